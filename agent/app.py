@@ -1,0 +1,210 @@
+"""Wires the agent's components together and owns their lifecycle.
+
+Start: open the buffer -> start staging, uploader and maintenance -> listen -> READY=1.
+SIGTERM: STOPPING=1 -> stop listening (in-flight requests finish) -> commit what was accepted ->
+stop uploading (a sealed batch stays sealed for next time) -> close the database; all within
+``shutdown_grace``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from prometheus_client import CollectorRegistry
+
+from agent.buffer.staging import Staging
+from agent.buffer.store import BufferStore
+from agent.config import AgentSettings
+from agent.http import build_app
+from agent.ingest.remote_write import RemoteWriteReceiver
+from agent.metrics import AgentMetrics
+from agent.uplink.transport import HttpTransport, Transport
+from agent.uplink.uploader import Uploader
+from backhaul import systemd
+from backhaul.sqlite import StoreError
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    """The running agent, as an async context manager.
+
+    Args:
+        settings: the whole configuration.
+        registry: metrics registry (a fresh one per agent by default).
+        transport: upload transport (HTTP to ``uplink.url`` by default; None if no URL is set).
+        clock: wall clock in seconds.
+    """
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        registry: CollectorRegistry | None = None,
+        transport: Transport | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = AgentMetrics(self.registry)
+        self._clock = clock
+        b = settings.buffer
+        self.store = BufferStore(b.path, int(b.budget_bytes), b.synchronous, b.zstd_level)
+        if transport is None and settings.uplink.url is not None:
+            transport = HttpTransport(
+                str(settings.uplink.url),
+                settings.uplink.token.get_secret_value(),
+                settings.uplink.timeout.total_seconds(),
+            )
+        self._transport = transport
+        self.uploader: Uploader | None = None
+        if transport is not None:
+            self.uploader = Uploader(settings.uplink, settings.device_id, self.store, transport, self.metrics, clock)
+        self.staging = Staging(
+            self.store,
+            self.metrics,
+            b.commit_delay_ms / 1000,
+            b.max_pending_samples,
+            on_commit=self.uploader.notify_data if self.uploader else lambda: None,
+            clock=clock,
+        )
+        self.receiver = RemoteWriteReceiver(self.staging, settings.ingest, b, self.metrics, clock)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._scheduler = AsyncIOScheduler()
+        self._runner: web.AppRunner | None = None
+        self._started = False
+        self._stopping = False
+        self.port: int | None = None
+
+    async def __aenter__(self) -> Agent:
+        if self._started:
+            raise RuntimeError("an Agent can be started once")
+        self._started = True
+        await self.store.call(self.store.open)
+        self.metrics.watch_buffer(lambda: self.store.totals, self.store.budget_bytes, self._clock)
+        self.metrics.info.info({"device": self.settings.device_id, "buffer_id": self.store.buffer_id})
+        self._tasks.append(asyncio.create_task(self.staging.run(), name="staging"))
+        if self.uploader is not None:
+            self._tasks.append(asyncio.create_task(self.uploader.run(), name="uploader"))
+        self._schedule_maintenance()
+        app = build_app(self.receiver, self.registry, self.health, int(self.settings.ingest.max_request_bytes))
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=self.settings.shutdown_grace.total_seconds() / 2
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.listen.host, self.settings.listen.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        log.info("agent %s listening on %s:%s", self.settings.device_id, self.settings.listen.host, self.port)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            await asyncio.wait_for(self._shutdown(), self.settings.shutdown_grace.total_seconds())
+        except TimeoutError:
+            log.error("shutdown took longer than %s; exiting anyway", self.settings.shutdown_grace)
+        finally:
+            await self.store.call(self.store.close)
+            self.store.worker.shutdown()
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        if self._runner is not None:
+            await self._runner.cleanup()  # stop listening; requests in flight finish
+        await self.staging.drain()
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._transport is not None:
+            await self._transport.close()
+
+    def _schedule_maintenance(self) -> None:
+        b = self.settings.buffer
+        self._scheduler.add_job(
+            self._expire, "interval", seconds=60, next_run_time=None, max_instances=1, coalesce=True
+        )
+        self._scheduler.add_job(
+            self._compact, "interval", seconds=b.compact_interval.total_seconds(), max_instances=1, coalesce=True
+        )
+        self._scheduler.start()
+        # Expire once right away: a device off for weeks should not upload stale data first.
+        self._tasks.append(asyncio.create_task(self._expire(), name="first-expiry"))
+
+    async def _expire(self) -> None:
+        cutoff = int((self._clock() - self.settings.buffer.max_age.total_seconds()) * 1000)
+        try:
+            losses = await self.store.call(self.store.expire, cutoff)
+        except StoreError as exc:
+            log.error("expiry failed: %s", exc)
+            return
+        if losses.expired:
+            self.metrics.expired.inc(losses.expired)
+            log.warning("expired %d samples older than %s", losses.expired, self.settings.buffer.max_age)
+            if self.uploader is not None:
+                self.uploader.notify_data()
+
+    async def _compact(self) -> None:
+        try:
+            merged = await self.store.call(
+                self.store.compact, self.settings.buffer.compact_target_samples, int(self._clock() * 1000)
+            )
+        except StoreError as exc:
+            log.error("compaction failed: %s", exc)
+            return
+        self.metrics.compacted.inc(merged)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        t = self.store.totals
+        detail: dict[str, Any] = {
+            "status": "stopping" if self._stopping else "ok",
+            "device": self.settings.device_id,
+            "buffer": {
+                "chunks": t.chunks,
+                "bytes": t.bytes,
+                "samples": t.samples,
+                "budget_bytes": self.store.budget_bytes,
+            },
+        }
+        if self.uploader is not None:
+            detail["uplink"] = {"last_error": self.uploader.last_error}
+        return not self._stopping, detail
+
+    async def watchdog(self, interval: float) -> None:
+        """Ping systemd's watchdog only while the event loop *and* the database thread answer."""
+        while True:
+            try:
+                await asyncio.wait_for(self.store.call(self.store.ping), timeout=interval)
+            except (TimeoutError, StoreError) as exc:
+                log.error("database thread not answering (%s); withholding the watchdog ping", exc)
+            else:
+                systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+
+async def serve(settings: AgentSettings) -> None:
+    """Run the agent until SIGTERM or SIGINT (the ``run`` command)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Agent(settings) as agent:
+        systemd.notify("READY=1\nSTATUS=buffering")
+        interval = systemd.watchdog_interval()
+        dog = asyncio.create_task(agent.watchdog(interval)) if interval else None
+        await stop.wait()
+        log.info("stopping")
+        systemd.notify("STOPPING=1")
+        if dog is not None:
+            dog.cancel()
+    log.info("stopped")

@@ -1,0 +1,62 @@
+"""The buffer database's schema, as explicit numbered migrations (tracked in PRAGMA user_version).
+
+Inspect a buffer with the sqlite-utils CLI, e.g. ``sqlite-utils tables buffer.db --counts`` or
+``sqlite-utils query buffer.db "select id, samples, bytes, batch_seq from chunks"``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Callable
+
+import sqlite_utils
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["meta"].create({"key": str, "value": int}, pk="key")  # counters and the sequence
+    db["meta_text"].create({"key": str, "value": str}, pk="key")  # buffer id
+    db["chunks"].create(
+        {
+            "id": int,
+            "created_ms": int,  # agent wall clock when written
+            "min_ts": int,  # oldest sample timestamp (ms) inside
+            "max_ts": int,
+            "samples": int,
+            "series": int,
+            "bytes": int,  # len(data): the unit of the byte budget
+            "batch_seq": int,  # NULL until claimed by a batch; then never evicted
+            "data": bytes,  # a zstd-compressed chunk (backhaul.wire.chunk)
+        },
+        pk="id",
+    )
+    db["chunks"].create_index(["batch_seq"])
+    db["batches"].create({"seq": int, "sealed_ms": int, "samples": int}, pk="seq")
+    db["meta_text"].insert({"key": "buffer_id", "value": uuid.uuid4().hex})
+    db["meta"].insert_all(
+        {"key": k, "value": 0}
+        for k in (
+            "next_seq",
+            "evicted_samples",
+            "expired_samples",
+            "dropped_samples",
+            "rejected_samples",
+            "reported_loss",
+        )
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the database to the newest schema, one transaction per migration."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version == 0:
+        # Must precede the first table: lets deleted pages be returned to the filesystem.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    db = sqlite_utils.Database(conn)
+    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+        with db.atomic():
+            step(db)
+            conn.execute(f"PRAGMA user_version = {number}")

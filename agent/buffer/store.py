@@ -1,0 +1,370 @@
+"""The SQLite ring buffer: compressed chunks under a byte budget, oldest evicted first.
+
+Every method here is synchronous and must run on the store's own thread: async callers use
+``await store.call(store.method, ...)``.
+
+Invariants:
+- A chunk is written in the same transaction that updates the loss counters of whatever it evicted,
+  so after any crash the counters and the data agree.
+- A chunk claimed by a batch (``batch_seq`` set) is never evicted, compacted or expired: the batch
+  must be re-sent byte for byte until the collector acknowledges it.
+- ``bytes`` (the compressed size) is what the budget counts; SQLite's page overhead comes on top.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import sqlite_utils
+
+from agent.buffer import schema
+from backhaul.sqlite import StoreError, Synchronous, Worker, connect, translate
+from backhaul.wire import chunk as chunkfmt
+from backhaul.wire.series import SeriesMap, merge_into, sample_count
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+LOSS_KEYS = ("evicted_samples", "expired_samples", "dropped_samples", "rejected_samples")
+
+
+@dataclass
+class Totals:
+    """What the buffer holds right now (kept in memory, recomputed at open)."""
+
+    chunks: int = 0
+    bytes: int = 0
+    samples: int = 0
+    oldest_ts: int | None = None  # oldest sample timestamp (ms) still buffered
+
+
+@dataclass
+class Batch:
+    """Chunks sealed under one sequence number; re-sent unchanged until acknowledged."""
+
+    seq: int
+    sealed_ms: int
+    samples: int
+    chunks: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class Losses:
+    """Samples removed by one operation, by cause."""
+
+    evicted: int = 0
+    expired: int = 0
+
+
+class BufferStore:
+    """Owns the buffer database file and its one connection.
+
+    Args:
+        path: database file; created (with its folder) when missing.
+        budget_bytes: ceiling on the compressed bytes of all chunks.
+        synchronous: SQLite's synchronous level (FULL keeps commits across a power cut).
+        zstd_level: compression level for chunks.
+    """
+
+    def __init__(self, path: Path, budget_bytes: int, synchronous: Synchronous, zstd_level: int = 3) -> None:
+        self.path = path
+        self.budget_bytes = budget_bytes
+        self.synchronous: Synchronous = synchronous
+        self.codec = chunkfmt.Codec(zstd_level)
+        self.worker = Worker("buffer-db")
+        self.totals = Totals()
+        self.buffer_id = ""
+        self.quarantined: list[Path] = []
+        self._conn: sqlite3.Connection | None = None
+
+    # -- lifecycle (sync, on the worker thread) ------------------------------------------------------
+
+    async def call(self, fn: Callable[..., T], *args: object) -> T:
+        return await self.worker.run(fn, *args)
+
+    def open(self) -> None:
+        try:
+            self._conn = self._open_checked()
+        except sqlite3.DatabaseError as exc:
+            # A file SQLite cannot read must not stop the agent from buffering new data: move it
+            # aside (with its WAL) for a person to look at, and start a new database.
+            self._quarantine(exc)
+            self._conn = self._open_checked()
+        self._recount()
+        log.info(
+            "buffer %s opened: %d chunks, %d samples, %d bytes (budget %d)",
+            self.path,
+            self.totals.chunks,
+            self.totals.samples,
+            self.totals.bytes,
+            self.budget_bytes,
+        )
+
+    def _open_checked(self) -> sqlite3.Connection:
+        conn = connect(self.path, self.synchronous)
+        try:
+            schema.migrate(conn)
+            (self.buffer_id,) = conn.execute("SELECT value FROM meta_text WHERE key='buffer_id'").fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _quarantine(self, exc: sqlite3.DatabaseError) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                dst = Path(f"{self.path}.corrupt-{stamp}{suffix}")
+                os.replace(src, dst)
+                self.quarantined.append(dst)
+        log.error(
+            "buffer %s unreadable (%s): moved aside to %s, starting a new buffer", self.path, exc, self.quarantined
+        )
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.warning("checkpoint on close failed: %s", exc)
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("buffer is not open", transient=False)
+        return self._conn
+
+    def _atomic(self) -> sqlite_utils.Database:
+        return sqlite_utils.Database(self.conn)
+
+    def _recount(self) -> None:
+        row = self.conn.execute(
+            "SELECT count(*), coalesce(sum(bytes),0), coalesce(sum(samples),0), min(min_ts) FROM chunks"
+        ).fetchone()
+        self.totals = Totals(chunks=row[0], bytes=row[1], samples=row[2], oldest_ts=row[3])
+
+    # -- counters ------------------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT key, value FROM meta").fetchall()
+        return {key: value for key, value in rows}
+
+    def _bump(self, key: str, by: int) -> None:
+        if by:
+            self.conn.execute("UPDATE meta SET value = value + ? WHERE key = ?", (by, key))
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    def append(self, series: SeriesMap, dropped: int, now_ms: int) -> Losses:
+        """Durably add one chunk of ``series`` (and ``dropped`` refused samples to the counter)."""
+        samples = sample_count(series)
+        blob = self.codec.encode(series) if samples else b""
+        try:
+            with self._atomic().atomic():
+                if samples:
+                    self._insert(blob, series, samples, now_ms)
+                self._bump("dropped_samples", dropped)
+                losses = self._evict_to_budget(self.totals.bytes + len(blob))
+        except sqlite3.Error as exc:
+            self._recount()
+            raise translate(exc) from exc
+        if losses.evicted:
+            self._recount()
+        elif samples:
+            t = self.totals
+            lo = min(min(ts) for ts, _ in series.values())
+            t.chunks, t.bytes, t.samples = t.chunks + 1, t.bytes + len(blob), t.samples + samples
+            t.oldest_ts = lo if t.oldest_ts is None else min(t.oldest_ts, lo)
+        return losses
+
+    def _insert(self, blob: bytes, series: SeriesMap, samples: int, now_ms: int, chunk_id: int | None = None) -> None:
+        lo = min(min(ts) for ts, _ in series.values())
+        hi = max(max(ts) for ts, _ in series.values())
+        self.conn.execute(
+            "INSERT INTO chunks (id, created_ms, min_ts, max_ts, samples, series, bytes, batch_seq, data)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+            (chunk_id, now_ms, lo, hi, samples, len(series), len(blob), blob),
+        )
+
+    def _evict_to_budget(self, total: int) -> Losses:
+        losses = Losses()
+        while total > self.budget_bytes:
+            victims = self.conn.execute(
+                "SELECT id, bytes, samples FROM chunks WHERE batch_seq IS NULL ORDER BY id LIMIT 64"
+            ).fetchall()
+            if not victims:
+                break  # only chunks in flight remain; the config check keeps them well under budget
+            for chunk_id, size, samples in victims:
+                self.conn.execute("DELETE FROM chunks WHERE id = ?", (chunk_id,))
+                total -= size
+                losses.evicted += samples
+                if total <= self.budget_bytes:
+                    break
+        if losses.evicted:
+            self._bump("evicted_samples", losses.evicted)
+            self.conn.execute("PRAGMA incremental_vacuum")
+        return losses
+
+    def expire(self, cutoff_ms: int) -> Losses:
+        """Drop unclaimed chunks whose newest sample is older than ``cutoff_ms``."""
+        try:
+            with self._atomic().atomic():
+                (samples,) = self.conn.execute(
+                    "SELECT coalesce(sum(samples), 0) FROM chunks WHERE batch_seq IS NULL AND max_ts < ?",
+                    (cutoff_ms,),
+                ).fetchone()
+                if samples:
+                    self.conn.execute("DELETE FROM chunks WHERE batch_seq IS NULL AND max_ts < ?", (cutoff_ms,))
+                    self._bump("expired_samples", samples)
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+        if samples:
+            self._recount()
+        return Losses(expired=samples)
+
+    def compact(self, target_samples: int, now_ms: int, max_chunks: int = 2000) -> int:
+        """Merge runs of small unclaimed chunks into chunks of about ``target_samples``.
+
+        Returns how many chunks were merged away. Bounded by ``max_chunks`` per call so that
+        commits of fresh data never wait long behind it.
+        """
+        rows = self.conn.execute(
+            "SELECT id, samples FROM chunks WHERE batch_seq IS NULL ORDER BY id LIMIT ?", (max_chunks,)
+        ).fetchall()
+        groups: list[list[int]] = []
+        current: list[int] = []
+        current_samples = 0
+        for chunk_id, samples in rows:
+            if samples >= target_samples // 2 or current_samples + samples > target_samples:
+                if len(current) > 1:
+                    groups.append(current)
+                current, current_samples = [], 0
+                if samples >= target_samples // 2:
+                    continue
+            current.append(chunk_id)
+            current_samples += samples
+        if len(current) > 1:
+            groups.append(current)
+        merged_away = 0
+        for group in groups:
+            merged_away += self._merge(group, now_ms)
+        if merged_away:
+            self._recount()
+        return merged_away
+
+    def _merge(self, ids: list[int], now_ms: int) -> int:
+        marks = ",".join("?" * len(ids))
+        series: SeriesMap = {}
+        try:
+            with self._atomic().atomic():
+                blobs = self.conn.execute(
+                    f"SELECT data FROM chunks WHERE id IN ({marks}) AND batch_seq IS NULL ORDER BY id", ids
+                ).fetchall()
+                if len(blobs) != len(ids):
+                    return 0
+                for (blob,) in blobs:
+                    merge_into(series, self.codec.decode(blob, limit=1 << 30))
+                merged = self.codec.encode(series)
+                self.conn.execute(f"DELETE FROM chunks WHERE id IN ({marks})", ids)
+                # The merged chunk takes the first id, so eviction order (oldest first) holds.
+                self._insert(merged, series, sample_count(series), now_ms, chunk_id=ids[0])
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+        return len(ids) - 1
+
+    # -- batches -------------------------------------------------------------------------------------
+
+    def claim(self, max_bytes: int, now_ms: int, report_losses: bool) -> Batch | None:
+        """The batch to send next: the one already sealed and unacknowledged, else a new one.
+
+        A new batch takes the oldest unclaimed chunks up to ``max_bytes`` (at least one). With no
+        data, an empty batch is sealed only when ``report_losses`` asks for one (so that loss
+        counters reach the collector even when everything was evicted).
+        """
+        row = self.conn.execute("SELECT seq, sealed_ms, samples FROM batches ORDER BY seq LIMIT 1").fetchone()
+        if row is not None:
+            return self._load_batch(*row)
+        candidates = self.conn.execute(
+            "SELECT id, bytes, samples FROM chunks WHERE batch_seq IS NULL ORDER BY id LIMIT 10000"
+        ).fetchall()
+        chosen: list[int] = []
+        size = samples = 0
+        for chunk_id, nbytes, nsamples in candidates:
+            if chosen and size + nbytes > max_bytes:
+                break
+            chosen.append(chunk_id)
+            size += nbytes
+            samples += nsamples
+        if not chosen and not report_losses:
+            return None
+        try:
+            with self._atomic().atomic():
+                (seq,) = self.conn.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
+                seq += 1
+                self.conn.execute("UPDATE meta SET value = ? WHERE key='next_seq'", (seq,))
+                self.conn.execute(
+                    "INSERT INTO batches (seq, sealed_ms, samples) VALUES (?, ?, ?)", (seq, now_ms, samples)
+                )
+                for chunk_id in chosen:
+                    self.conn.execute("UPDATE chunks SET batch_seq = ? WHERE id = ?", (seq, chunk_id))
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+        return self._load_batch(seq, now_ms, samples)
+
+    def _load_batch(self, seq: int, sealed_ms: int, samples: int) -> Batch:
+        blobs = self.conn.execute("SELECT data FROM chunks WHERE batch_seq = ? ORDER BY id", (seq,)).fetchall()
+        return Batch(seq=seq, sealed_ms=sealed_ms, samples=samples, chunks=[b for (b,) in blobs])
+
+    def unsent_loss(self) -> int:
+        """Losses counted since the collector last acknowledged a report of them."""
+        c = self.counters()
+        return sum(c[k] for k in LOSS_KEYS) - c["reported_loss"]
+
+    def ack(self, seq: int, reported_loss: int) -> None:
+        """The collector stored batch ``seq``: forget its chunks."""
+        try:
+            with self._atomic().atomic():
+                self.conn.execute("DELETE FROM chunks WHERE batch_seq = ?", (seq,))
+                self.conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+                self.conn.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'reported_loss'", (reported_loss,))
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+        self._recount()
+
+    def release(self, seq: int) -> None:
+        """Unseal batch ``seq`` (the collector refused it whole): its chunks become claimable again."""
+        try:
+            with self._atomic().atomic():
+                self.conn.execute("UPDATE chunks SET batch_seq = NULL WHERE batch_seq = ?", (seq,))
+                self.conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+
+    def reject(self, seq: int) -> int:
+        """Drop batch ``seq`` for good (the collector refused even a single chunk); count it."""
+        try:
+            with self._atomic().atomic():
+                (samples,) = self.conn.execute(
+                    "SELECT coalesce(sum(samples), 0) FROM chunks WHERE batch_seq = ?", (seq,)
+                ).fetchone()
+                self.conn.execute("DELETE FROM chunks WHERE batch_seq = ?", (seq,))
+                self.conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+                self._bump("rejected_samples", samples)
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+        self._recount()
+        return int(samples)
+
+    def ping(self) -> bool:
+        """A no-op query: proves the worker thread and the database answer (for the watchdog)."""
+        self.conn.execute("SELECT 1").fetchone()
+        return True

@@ -1,0 +1,30 @@
+"""The agent's one HTTP listener: remote write in, its own metrics and health out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from agent.ingest.remote_write import RemoteWriteReceiver
+
+
+def build_app(
+    receiver: RemoteWriteReceiver,
+    registry: CollectorRegistry,
+    health: Callable[[], tuple[bool, dict[str, Any]]],
+    max_request_bytes: int,
+) -> web.Application:
+    app = web.Application(client_max_size=max_request_bytes)
+
+    async def healthz(request: web.Request) -> web.Response:
+        ok, detail = health()
+        return web.json_response(detail, status=200 if ok else 503)
+
+    app.router.add_post("/api/v1/write", receiver.handle)
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    app.router.add_get("/healthz", healthz)
+    return app

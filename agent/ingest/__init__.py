@@ -1,0 +1,1 @@
+"""Sources of samples: each decodes its input and hands it to staging."""

@@ -1,0 +1,121 @@
+"""``POST /api/v1/write``: Prometheus remote write 1.0 into the durable buffer.
+
+Answers (DESIGN.md, delivery contract 6: 4xx means "drop it", 5xx means "retry"):
+    204  samples committed to the buffer (and only then)
+    400  body is not a snappy-compressed WriteRequest
+    413  body or its decompressed form over the configured limit
+    415  not ``application/x-protobuf`` or an encoding other than snappy
+    503  shutting down, overloaded, or the disk refused the write: the sender keeps the data and retries
+Samples that cannot be stored (timestamps outside the accepted window, absurd label sets, native
+histograms) are dropped one by one and counted in ``backhaul_ingest_dropped_samples_total{reason}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from agent.buffer.staging import Staging, Unavailable
+from agent.config import BufferSettings, IngestSettings
+from agent.metrics import AgentMetrics
+from backhaul.sqlite import StoreError
+from backhaul.wire import TooLarge, WireError
+from backhaul.wire import remote_write as rw
+
+log = logging.getLogger(__name__)
+
+# Bodies above this are decoded on a worker thread so one big request cannot stall the event loop.
+_INLINE_DECODE_BYTES = 256 * 1024
+
+
+class RemoteWriteReceiver:
+    """The remote-write handler and what it needs.
+
+    Args:
+        staging: where decoded samples wait for their group commit.
+        ingest: size and label limits.
+        buffer: for ``max_age`` (older samples would expire at once, so they are refused up front).
+        metrics: request and sample counters.
+        clock: wall clock in seconds.
+    """
+
+    def __init__(
+        self,
+        staging: Staging,
+        ingest: IngestSettings,
+        buffer: BufferSettings,
+        metrics: AgentMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._staging = staging
+        self._ingest = ingest
+        self._max_age_ms = int(buffer.max_age.total_seconds() * 1000)
+        self._max_future_ms = int(ingest.max_future.total_seconds() * 1000)
+        self._metrics = metrics
+        self._clock = clock
+
+    def limits(self) -> rw.Limits:
+        now_ms = int(self._clock() * 1000)
+        return rw.Limits(
+            max_decompressed_bytes=int(self._ingest.max_decompressed_bytes),
+            max_labels_per_series=self._ingest.max_labels_per_series,
+            max_label_bytes=self._ingest.max_label_bytes,
+            min_timestamp_ms=now_ms - self._max_age_ms,
+            max_timestamp_ms=now_ms + self._max_future_ms,
+        )
+
+    async def handle(self, request: web.Request) -> web.Response:
+        response = await self._handle(request)
+        self._metrics.requests.labels(str(response.status)).inc()
+        return response
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/x-protobuf":
+            return _error(415, f"Content-Type must be application/x-protobuf, not {request.content_type!r}")
+        encoding = request.headers.get("Content-Encoding", "snappy").lower()
+        if encoding != "snappy":
+            return _error(415, f"Content-Encoding must be snappy, not {encoding!r}")
+        limit = int(self._ingest.max_request_bytes)
+        if request.content_length is not None and request.content_length > limit:
+            return _error(413, f"request body of {request.content_length} bytes exceeds the limit of {limit}")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, f"request body exceeds the limit of {limit} bytes")
+        try:
+            if len(body) > _INLINE_DECODE_BYTES:
+                decoded = await asyncio.to_thread(rw.decode, body, self.limits())
+            else:
+                decoded = rw.decode(body, self.limits())
+        except TooLarge as exc:
+            return _error(413, str(exc))
+        except WireError as exc:
+            return _error(400, str(exc))
+
+        self._metrics.metadata_received.inc(decoded.metadata)
+        dropped = 0
+        for reason, count in decoded.dropped.items():
+            self._metrics.samples_dropped.labels(reason).inc(count)
+            dropped += count
+        if not decoded.samples and not dropped:
+            return web.Response(status=204)  # metadata-only (or empty) request
+        try:
+            await self._staging.submit(decoded.series, decoded.samples, dropped)
+        except Unavailable as exc:
+            return _error(503, str(exc), retry_after=1)
+        except StoreError as exc:
+            return _error(503 if exc.transient else 500, str(exc), retry_after=5)
+        return web.Response(status=204)
+
+
+def _error(status: int, reason: str, retry_after: int | None = None) -> web.Response:
+    if status >= 500:
+        log.warning("remote write answered %d: %s", status, reason)
+    else:
+        log.info("remote write refused (%d): %s", status, reason)
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return web.Response(status=status, text=reason + "\n", headers=headers)

@@ -1,0 +1,1 @@
+"""Getting buffered data off the device: batch sealing, upload, backoff."""

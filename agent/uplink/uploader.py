@@ -1,0 +1,227 @@
+"""The uploader: seals batches from the buffer and sends them until the collector acknowledges them.
+
+Rules (DESIGN.md, delivery contract 4):
+- A batch is sealed (sequence number assigned, chunks marked) in the database *before* it is sent,
+  and re-sent unchanged after any failure or restart, so the collector can drop a repeat by its
+  ``(device, buffer_id, seq)``.
+- Chunks are deleted only after a 2xx.
+- No answer, 5xx, 408 or 429: retry with exponential backoff and jitter, or after ``Retry-After``.
+  Data is never given up on for failing to send; only age (``buffer.max_age``) or the budget removes
+  it, and both are counted.
+- 401/403: the token is wrong; keep everything and retry slowly, logging why.
+- Any other 4xx: the collector says the batch is malformed. A batch of several chunks is unsealed and
+  retried in smaller batches to isolate the bad chunk; a single bad chunk is dropped and counted
+  (``backhaul_uplink_rejected_samples_total``), so one bad chunk cannot block the queue forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from agent.buffer.store import Batch, BufferStore
+from agent.config import UplinkSettings
+from agent.metrics import AgentMetrics
+from agent.uplink.transport import Reply, Transport, TransportError
+from backhaul import __version__
+from backhaul.sqlite import StoreError
+from backhaul.wire import batch as batchfmt
+from backhaul.wire.batch import BatchHeader
+
+log = logging.getLogger(__name__)
+
+
+class Backoff:
+    """Exponential backoff with "equal jitter": half the step fixed, half random."""
+
+    def __init__(self, minimum: float, maximum: float, rng: Callable[[], float] = random.random) -> None:
+        self.minimum, self.maximum, self._rng = minimum, maximum, rng
+        self.failures = 0
+
+    def next(self) -> float:
+        step = min(self.maximum, self.minimum * 2**self.failures)
+        self.failures += 1
+        return step / 2 + self._rng() * step / 2
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def retry_after(headers: dict[str, str], now: float) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), if any."""
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+class Uploader:
+    """Drains the buffer to the collector.
+
+    Args:
+        settings: the ``[uplink]`` settings.
+        device_id: this device's id, sent in every batch.
+        store: the buffer.
+        transport: how bodies reach the collector.
+        metrics: upload counters.
+        clock: wall clock in seconds; rng: jitter source (both replaceable in tests).
+    """
+
+    def __init__(
+        self,
+        settings: UplinkSettings,
+        device_id: str,
+        store: BufferStore,
+        transport: Transport,
+        metrics: AgentMetrics,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self._settings = settings
+        self._device_id = device_id
+        self._store = store
+        self._transport = transport
+        self._metrics = metrics
+        self._clock = clock
+        self._interval = settings.batch_interval.total_seconds()
+        self._max_bytes = int(settings.batch_max_bytes)
+        self._backoff = Backoff(settings.backoff_min.total_seconds(), settings.backoff_max.total_seconds(), rng)
+        self._data = asyncio.Event()
+        self._data.set()  # look at the buffer once at start: a backlog may wait from the last run
+        self._last_sent = float("-inf")
+        self._backlog = True
+        self.last_error: str | None = None
+
+    def notify_data(self) -> None:
+        """Staging calls this after each commit."""
+        self._data.set()
+
+    async def run(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            delay = await self._deliver(batch)
+            if delay:
+                await asyncio.sleep(delay)
+
+    async def _next_batch(self) -> Batch:
+        while True:
+            await self._data.wait()
+            if not self._backlog:
+                # Let a batch window's worth of data gather before sending.
+                wait = self._last_sent + self._interval - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            self._data.clear()
+            report_losses = await self._store.call(self._store.unsent_loss) > 0
+            batch = await self._store.call(self._store.claim, self._max_bytes, int(self._clock() * 1000), report_losses)
+            if batch is not None:
+                return batch
+            self._backlog = False
+
+    async def _deliver(self, batch: Batch) -> float:
+        """Send ``batch`` once; returns how long to wait before the next attempt."""
+        counters = await self._store.call(self._store.counters)
+        header = BatchHeader(
+            device=self._device_id,
+            buffer_id=self._store.buffer_id,
+            seq=batch.seq,
+            sent_at_ms=batch.sealed_ms,
+            samples=batch.samples,
+            evicted_samples=counters["evicted_samples"],
+            expired_samples=counters["expired_samples"],
+            dropped_samples=counters["dropped_samples"] + counters["rejected_samples"],
+            agent_version=__version__,
+        )
+        reported_loss = sum(
+            counters[k] for k in ("evicted_samples", "expired_samples", "dropped_samples", "rejected_samples")
+        )
+        body = batchfmt.encode(header, batch.chunks)
+        self._last_sent = time.monotonic()
+        started = time.perf_counter()
+        try:
+            reply = await self._transport.send(body)
+        except TransportError as exc:
+            return self._failed(exc.reason, str(exc), None)
+        finally:
+            self._metrics.upload_seconds.observe(time.perf_counter() - started)
+        self._note_clock(reply)
+        if 200 <= reply.status < 300:
+            await self._store.call(self._store.ack, batch.seq, reported_loss)
+            self._metrics.batches.labels("ok").inc()
+            self._metrics.uploaded_samples.inc(batch.samples)
+            self._metrics.uploaded_bytes.inc(len(body))
+            self._metrics.last_success.set(self._clock())
+            self._backoff.reset()
+            self.last_error = None
+            # Half a batch or more still waiting is a backlog: send the next one at once.
+            self._backlog = self._store.totals.bytes >= self._max_bytes // 2
+            self._max_bytes = int(self._settings.batch_max_bytes)
+            self._data.set()
+            return 0.0
+        return await self._refused(batch, reply)
+
+    async def _refused(self, batch: Batch, reply: Reply) -> float:
+        status = reply.status
+        reason = reply.text.strip()[:300]
+        if status in (408, 429) or status >= 500:
+            return self._failed(f"http_{status}", f"collector answered {status}: {reason}", reply)
+        if status in (401, 403):
+            self._backoff.failures = max(self._backoff.failures, 6)  # a config error: retry slowly
+            return self._failed(f"http_{status}", f"collector refused this device's token ({status}): {reason}", reply)
+        self._metrics.batches.labels("refused").inc()
+        try:
+            if len(batch.chunks) > 1:
+                await self._store.call(self._store.release, batch.seq)
+                self._max_bytes = max(1, sum(len(c) for c in batch.chunks) // 2)
+                log.warning(
+                    "collector refused batch %d (%d): %s; retrying its chunks in smaller batches",
+                    batch.seq,
+                    status,
+                    reason,
+                )
+            else:
+                lost = await self._store.call(self._store.reject, batch.seq)
+                self._metrics.rejected.inc(lost)
+                log.error(
+                    "collector refused batch %d (%d): %s; dropped its %d samples", batch.seq, status, reason, lost
+                )
+        except StoreError as exc:
+            log.error("could not update the buffer after a refused batch: %s", exc)
+            return self._backoff.next()
+        self._backlog = True
+        self._data.set()
+        return 0.0
+
+    def _failed(self, reason: str, detail: str, reply: Reply | None) -> float:
+        self._metrics.batches.labels("failed").inc()
+        self._metrics.upload_failures.labels(reason).inc()
+        delay = self._backoff.next()
+        asked = retry_after(reply.headers, self._clock()) if reply else None
+        if asked is not None:
+            delay = min(asked, self._settings.backoff_max.total_seconds())
+        self.last_error = detail
+        log.warning("upload failed (%s); next attempt in %.1f s", detail, delay)
+        self._backlog = True
+        self._data.set()  # the sealed batch is still there: retry it after the delay
+        return delay
+
+    def _note_clock(self, reply: Reply) -> None:
+        date = reply.headers.get("Date")
+        if not date:
+            return
+        try:
+            server = email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            return
+        self._metrics.clock_skew.set(self._clock() - server)

@@ -1,0 +1,34 @@
+"""The command-line shape both programs share: ``run --config PATH`` and ``check-config --config PATH``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic_settings import BaseSettings
+
+from backhaul import __version__
+from backhaul.settings import ConfigError, load
+
+S = TypeVar("S", bound=BaseSettings)
+
+EXIT_CONFIG = 2
+
+
+def parse_and_load(prog: str, cls: type[S], argv: list[str] | None) -> tuple[str, S]:
+    """Parse the command line and load settings; a bad config exits with status 2 and names the field."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "run in the foreground"), ("check-config", "validate the configuration and exit")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--config", type=Path, help="TOML file; BACKHAUL_* environment variables override it")
+    args = parser.parse_args(argv)
+    try:
+        settings = load(cls, args.config)
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    return args.command, settings

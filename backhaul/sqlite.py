@@ -1,0 +1,61 @@
+"""One SQLite connection owned by one thread, driven from asyncio.
+
+SQLite calls block (fsync on commit can take tens of milliseconds on an SD card), and a blocked event
+loop misses watchdog pings and HTTP requests. So each store hands its connection to a dedicated
+single-thread executor: every statement runs there, in order, and the loop only awaits the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal, TypeVar
+
+T = TypeVar("T")
+
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+
+class StoreError(Exception):
+    """A storage operation failed; ``transient`` says whether retrying later can help."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def translate(exc: sqlite3.Error) -> StoreError:
+    """Map SQLite's errors once, here: full disk and locks are transient, the rest is not."""
+    text = str(exc)
+    transient = isinstance(exc, sqlite3.OperationalError) and (
+        "full" in text or "locked" in text or "busy" in text or "disk I/O" in text
+    )
+    return StoreError(f"sqlite: {text}", transient=transient)
+
+
+def connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    # Keep the WAL from growing without bound between checkpoints.
+    conn.execute("PRAGMA journal_size_limit = 67108864")
+    return conn
+
+
+class Worker:
+    """Runs callables on one dedicated thread, in submission order."""
+
+    def __init__(self, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True)

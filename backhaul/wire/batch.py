@@ -1,0 +1,106 @@
+"""The upload envelope: one HTTP request body carrying a device's chunks to the collector.
+
+    magic       b"BHB"      3 bytes
+    version     u8          1
+    header_len  u32, then a UTF-8 JSON object (see :class:`BatchHeader`)
+    chunks      the zstd frames, back to back, with the lengths listed in the header
+
+Chunks travel exactly as the agent stored them (already zstd-compressed), so draining a backlog
+costs no re-encoding. ``(device, buffer_id, seq)`` names a batch for good: the agent re-sends a batch
+it has no answer for with the same identity and contents, and the collector stores each identity once.
+``buffer_id`` changes when the agent's buffer database is created anew (first start, or a database
+quarantined as corrupt), so a fresh sequence can never collide with an old one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import asdict, dataclass, field
+
+from backhaul.wire.errors import WireError
+
+MAGIC = b"BHB"
+VERSION = 1
+CONTENT_TYPE = "application/x-backhaul-batch"
+_PREFIX = struct.Struct("<3sBI")
+MAX_HEADER_BYTES = 1 << 20
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
+
+
+@dataclass
+class BatchHeader:
+    """What a batch says about itself.
+
+    Args:
+        device: the sending device's id.
+        buffer_id: the id of the agent's buffer database (a new one restarts ``seq``).
+        seq: per-buffer sequence number, increasing, never reused.
+        sent_at_ms: the agent's wall clock when the batch was first sealed.
+        samples: samples in the chunks, for a cheap check at the collector.
+        chunk_sizes: compressed size of each chunk, in order.
+        evicted_samples: samples the agent evicted to stay in its byte budget, ever (cumulative).
+        expired_samples: samples the agent dropped for age, ever (cumulative).
+        dropped_samples: samples the agent refused at ingest (bad timestamps, labels ...), ever.
+        agent_version: the agent's software version.
+    """
+
+    device: str
+    buffer_id: str
+    seq: int
+    sent_at_ms: int
+    samples: int = 0
+    chunk_sizes: list[int] = field(default_factory=list)
+    evicted_samples: int = 0
+    expired_samples: int = 0
+    dropped_samples: int = 0
+    agent_version: str = ""
+
+
+def encode(header: BatchHeader, chunks: list[bytes]) -> bytes:
+    header.chunk_sizes = [len(c) for c in chunks]
+    head = json.dumps(asdict(header), separators=(",", ":")).encode()
+    return b"".join((_PREFIX.pack(MAGIC, VERSION, len(head)), head, *chunks))
+
+
+def decode(body: bytes) -> tuple[BatchHeader, list[bytes]]:
+    """Split a batch body into its header and its (still compressed) chunks."""
+    if len(body) < _PREFIX.size:
+        raise WireError("batch: body shorter than the batch prefix")
+    magic, version, head_len = _PREFIX.unpack_from(body)
+    if magic != MAGIC:
+        raise WireError(f"batch: bad magic {magic!r}")
+    if version != VERSION:
+        raise WireError(f"batch: unsupported version {version} (this build reads {VERSION})")
+    if head_len > MAX_HEADER_BYTES or _PREFIX.size + head_len > len(body):
+        raise WireError("batch: header length runs past the body")
+    try:
+        raw = json.loads(body[_PREFIX.size : _PREFIX.size + head_len])
+        header = BatchHeader(**raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
+        raise WireError(f"batch: header is not a valid batch header ({exc})") from exc
+    _check_header(header)
+    pos = _PREFIX.size + head_len
+    if pos + sum(header.chunk_sizes) != len(body):
+        raise WireError(f"batch: chunk sizes add up to {sum(header.chunk_sizes)} bytes, body holds {len(body) - pos}")
+    chunks = []
+    for size in header.chunk_sizes:
+        chunks.append(body[pos : pos + size])
+        pos += size
+    return header, chunks
+
+
+def _check_header(h: BatchHeader) -> None:
+    if not isinstance(h.device, str) or not _DEVICE_ID.match(h.device):
+        raise WireError("batch: header field 'device' is not a valid device id")
+    if not isinstance(h.buffer_id, str) or not 1 <= len(h.buffer_id) <= 64:
+        raise WireError("batch: header field 'buffer_id' must be a string of 1 to 64 characters")
+    for name in ("seq", "sent_at_ms", "samples", "evicted_samples", "expired_samples", "dropped_samples"):
+        value = getattr(h, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise WireError(f"batch: header field {name!r} must be a non-negative integer")
+    sizes = h.chunk_sizes
+    if not isinstance(sizes, list) or not all(isinstance(s, int) and s > 0 for s in sizes):
+        raise WireError("batch: header field 'chunk_sizes' must list positive integers")

@@ -1,0 +1,17 @@
+"""Errors raised by the wire-format decoders.
+
+WireError            malformed input (an HTTP receiver answers 400)
+└── TooLarge         input over a configured size limit (an HTTP receiver answers 413)
+"""
+
+
+class WireError(ValueError):
+    """Input that does not follow the format; the message says what is wrong."""
+
+
+class TooLarge(WireError):
+    """Input, compressed or decompressed, over a configured limit."""
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(f"{what} exceeds the limit of {limit} bytes")
+        self.limit = limit

@@ -1,0 +1,29 @@
+"""In-memory shape of samples between decoding and encoding.
+
+A ``SeriesMap`` maps a series' sorted label pairs to its timestamps (ms) and values, in arrival order.
+It is the common currency of remote-write decoding, staging, chunk encoding and the collector's store.
+"""
+
+from collections.abc import Iterable
+
+Labels = tuple[tuple[str, str], ...]
+SeriesMap = dict[Labels, tuple[list[int], list[float]]]
+
+
+def merge_into(target: SeriesMap, source: SeriesMap) -> None:
+    """Append every sample of ``source`` to ``target`` (series by series)."""
+    for labels, (ts, vals) in source.items():
+        entry = target.get(labels)
+        if entry is None:
+            target[labels] = (list(ts), list(vals))
+        else:
+            entry[0].extend(ts)
+            entry[1].extend(vals)
+
+
+def sample_count(series: SeriesMap) -> int:
+    return sum(len(ts) for ts, _ in series.values())
+
+
+def labels_from_pairs(pairs: Iterable[tuple[str, str]]) -> Labels:
+    return tuple(sorted(pairs))

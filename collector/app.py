@@ -1,0 +1,90 @@
+"""Wires the collector together and owns its lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from backhaul import systemd
+from collector.config import CollectorSettings
+from collector.export import Exporter
+from collector.ingest import BatchReceiver
+from collector.metrics import CollectorMetrics, DeviceCollector
+from collector.store.sqlite import CollectorStore
+
+log = logging.getLogger(__name__)
+
+
+class Collector:
+    """The running collector, as an async context manager.
+
+    Args:
+        settings: the whole configuration.
+        registry: metrics registry (a fresh one by default).
+        clock: wall clock in seconds.
+    """
+
+    def __init__(
+        self,
+        settings: CollectorSettings,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = CollectorMetrics(self.registry)
+        self.store = CollectorStore(settings.store.path, settings.store.synchronous)
+        self.registry.register(DeviceCollector(lambda: self.store.devices))
+        self._receiver = BatchReceiver(settings, self.store, self.metrics, clock)
+        self._exporter = Exporter(self.store)
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    def build_app(self) -> web.Application:
+        app = web.Application(client_max_size=int(self.settings.limits.max_request_bytes))
+
+        async def healthz(request: web.Request) -> web.Response:
+            return web.json_response({"status": "ok", "devices": len(self.store.devices)})
+
+        app.router.add_post("/api/v1/batches", self._receiver.handle)
+        app.router.add_get("/api/v1/export", self._exporter.handle)
+        app.router.add_get("/metrics", make_aiohttp_handler(self.registry))
+        app.router.add_get("/healthz", healthz)
+        return app
+
+    async def __aenter__(self) -> Collector:
+        await self.store.worker.run(self.store.open)
+        self._runner = web.AppRunner(self.build_app(), access_log=None, shutdown_timeout=10)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.listen.host, self.settings.listen.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        log.info("collector listening on %s:%s", self.settings.listen.host, self.port)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.store.worker.run(self.store.close)
+        self.store.worker.shutdown()
+
+
+async def serve(settings: CollectorSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Collector(settings):
+        systemd.notify("READY=1")
+        await stop.wait()
+        systemd.notify("STOPPING=1")

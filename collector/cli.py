@@ -1,0 +1,25 @@
+"""``backhaul-collector``: run the collector, or check its configuration without starting it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from backhaul.cli import parse_and_load
+from collector.app import serve
+from collector.config import CollectorSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    command, settings = parse_and_load("backhaul-collector", CollectorSettings, argv)
+    if command == "check-config":
+        print(f"config ok: {len(settings.devices)} devices, store {settings.store.path}")
+        return 0
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The collector's settings (see examples/collector.toml)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pydantic import BaseModel, ByteSize, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings
+
+from backhaul.settings import settings_config
+from backhaul.sqlite import Synchronous
+from backhaul.wire.batch import DEVICE_ID_PATTERN
+
+
+class ListenSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(9300, ge=0, le=65535)
+
+
+class StoreSettings(BaseModel):
+    """The embedded SQLite store."""
+
+    path: Path = Path("/var/lib/backhaul-collector/collector.db")
+    # FULL: a batch is on disk before the agent is told it was stored (the agent then deletes it).
+    synchronous: Synchronous = "FULL"
+
+
+class LimitSettings(BaseModel):
+    max_request_bytes: ByteSize = ByteSize(64 * 1024**2)
+    # Hard cap on what one batch may decompress to: a zstd bomb gets 413, never an out-of-memory.
+    max_decompressed_bytes: ByteSize = ByteSize(256 * 1024**2)
+
+
+class DeviceEntry(BaseModel):
+    """One device allowed to upload. Give ``token_sha256`` (hex) in production; ``token`` is for demos."""
+
+    id: str = Field(pattern=DEVICE_ID_PATTERN)
+    token: SecretStr | None = None
+    token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> DeviceEntry:
+        if (self.token is None) == (self.token_sha256 is None):
+            raise ValueError("give exactly one of token or token_sha256")
+        return self
+
+    def digest(self) -> str:
+        if self.token_sha256 is not None:
+            return self.token_sha256
+        assert self.token is not None
+        return hashlib.sha256(self.token.get_secret_value().encode()).hexdigest()
+
+
+class CollectorSettings(BaseSettings):
+    """Root of the collector's configuration."""
+
+    model_config = settings_config()
+
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    # Label added to every stored series to tell devices apart (an existing one becomes exported_<name>).
+    device_label: str = Field("device", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    listen: ListenSettings = ListenSettings()
+    store: StoreSettings = StoreSettings()
+    limits: LimitSettings = LimitSettings()
+    devices: list[DeviceEntry] = []
+
+    @model_validator(mode="after")
+    def _unique(self) -> CollectorSettings:
+        ids = [d.id for d in self.devices]
+        if len(set(ids)) != len(ids):
+            raise ValueError("devices: each device id may appear once")
+        digests = [d.digest() for d in self.devices]
+        if len(set(digests)) != len(digests):
+            raise ValueError("devices: two devices share a token")
+        return self

@@ -1,0 +1,65 @@
+"""The collector's own metrics, plus per-device figures read from the store at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from collector.store.sqlite import DeviceState
+
+
+class CollectorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.requests = Counter(
+            "backhaul_collector_requests", "Batch requests answered, by HTTP status", ["code"], registry=r
+        )
+        self.batches = Counter("backhaul_collector_batches", "Batches received, by outcome", ["outcome"], registry=r)
+        self.samples = Counter("backhaul_collector_stored_samples", "New samples stored", registry=r)
+        self.duplicate_samples = Counter(
+            "backhaul_collector_duplicate_samples", "Samples received again and stored once", registry=r
+        )
+        self.body_bytes = Counter("backhaul_collector_received_bytes", "Batch body bytes received", registry=r)
+        self.decompressed_bytes = Counter(
+            "backhaul_collector_decompressed_bytes", "Chunk bytes after decompression", registry=r
+        )
+        self.ingest_seconds = Histogram(
+            "backhaul_collector_ingest_duration_seconds", "Time to decode and durably store one batch", registry=r
+        )
+
+
+class DeviceCollector(Collector):
+    """Per-device series, from the store's device table (which survives restarts)."""
+
+    def __init__(self, devices: Callable[[], dict[str, DeviceState]]) -> None:
+        self._devices = devices
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        devices = list(self._devices().values())
+        last_seen = GaugeMetricFamily(
+            "backhaul_collector_device_last_seen_timestamp_seconds",
+            "When the device's last batch was stored",
+            labels=["device"],
+        )
+        received = CounterMetricFamily(
+            "backhaul_collector_device_received_samples", "Samples stored for the device", labels=["device"]
+        )
+        batches = CounterMetricFamily(
+            "backhaul_collector_device_batches", "Batches stored for the device", labels=["device"]
+        )
+        lost = GaugeMetricFamily(
+            "backhaul_collector_device_reported_lost_samples",
+            "Samples the device's agent reports it lost (cumulative, per its current buffer), by cause",
+            labels=["device", "cause"],
+        )
+        for d in devices:
+            last_seen.add_metric([d.device], d.last_seen_ms / 1000)
+            received.add_metric([d.device], d.samples)
+            batches.add_metric([d.device], d.batches)
+            lost.add_metric([d.device, "evicted"], d.evicted_samples)
+            lost.add_metric([d.device, "expired"], d.expired_samples)
+            lost.add_metric([d.device, "dropped"], d.dropped_samples)
+        yield from (last_seen, received, batches, lost)

@@ -1,0 +1,111 @@
+"""PromQL series selectors: ``name{label="v", other!="v", re=~"a|b", nre!~"x.*"}``.
+
+Regular expressions are anchored at both ends, as in PromQL. Quoted values take "..." or '...' with
+backslash escapes, or `...` raw.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+class SelectorError(ValueError):
+    """The selector does not parse; the message says where."""
+
+
+@dataclass(frozen=True)
+class Matcher:
+    name: str
+    op: str
+    value: str
+
+    def predicate(self) -> Callable[[str], bool]:
+        if self.op == "=":
+            return lambda v: v == self.value
+        if self.op == "!=":
+            return lambda v: v != self.value
+        try:
+            pattern = re.compile(f"(?:{self.value})\\Z", re.DOTALL)
+        except re.error as exc:
+            raise SelectorError(f"bad regular expression {self.value!r} for {self.name}: {exc}") from exc
+        if self.op == "=~":
+            return lambda v: pattern.match(v) is not None
+        return lambda v: pattern.match(v) is None
+
+
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_OP = re.compile(r"=~|!~|!=|=")
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\", '"': '"', "'": "'"}
+
+
+class Selector:
+    """A parsed selector; :meth:`matches` tests a label dict (absent labels count as "")."""
+
+    def __init__(self, matchers: list[Matcher]) -> None:
+        if not any(m.predicate()("") is False for m in matchers):
+            raise SelectorError("a selector needs at least one matcher that does not match the empty string")
+        self.matchers = matchers
+        self._tests = [(m.name, m.predicate()) for m in matchers]
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        return all(test(labels.get(name, "")) for name, test in self._tests)
+
+    @classmethod
+    def parse(cls, text: str) -> Selector:
+        pos = _skip(text, 0)
+        matchers: list[Matcher] = []
+        name = _NAME.match(text, pos)
+        if name:
+            matchers.append(Matcher("__name__", "=", name.group()))
+            pos = _skip(text, name.end())
+        if pos < len(text) and text[pos] == "{":
+            pos = _skip(text, pos + 1)
+            while pos < len(text) and text[pos] != "}":
+                label = _LABEL.match(text, pos)
+                if not label:
+                    raise SelectorError(f"expected a label name at position {pos} of {text!r}")
+                pos = _skip(text, label.end())
+                op = _OP.match(text, pos)
+                if not op:
+                    raise SelectorError(f"expected =, !=, =~ or !~ at position {pos} of {text!r}")
+                value, pos = _quoted(text, _skip(text, op.end()))
+                matchers.append(Matcher(label.group(), op.group(), value))
+                pos = _skip(text, pos)
+                if pos < len(text) and text[pos] == ",":
+                    pos = _skip(text, pos + 1)
+                elif pos < len(text) and text[pos] != "}":
+                    raise SelectorError(f"expected , or }} at position {pos} of {text!r}")
+            if pos >= len(text):
+                raise SelectorError(f"unclosed {{ in {text!r}")
+            pos = _skip(text, pos + 1)
+        if pos != len(text) or not matchers:
+            raise SelectorError(f"not a series selector: {text!r}")
+        return cls(matchers)
+
+
+def _skip(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos].isspace():
+        pos += 1
+    return pos
+
+
+def _quoted(text: str, pos: int) -> tuple[str, int]:
+    if pos >= len(text) or text[pos] not in "\"'`":
+        raise SelectorError(f"expected a quoted value at position {pos} of {text!r}")
+    quote = text[pos]
+    out: list[str] = []
+    i = pos + 1
+    while i < len(text):
+        ch = text[i]
+        if ch == quote:
+            return "".join(out), i + 1
+        if ch == "\\" and quote != "`" and i + 1 < len(text):
+            out.append(_ESCAPES.get(text[i + 1], "\\" + text[i + 1]))
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    raise SelectorError(f"unterminated quoted value at position {pos} of {text!r}")

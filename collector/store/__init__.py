@@ -1,0 +1,1 @@
+"""Where the collector keeps what it received: embedded SQLite by default."""

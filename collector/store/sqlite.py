@@ -1,0 +1,194 @@
+"""The embedded store: one SQLite file with series, samples, batches seen and devices.
+
+- A batch is recorded in ``batches`` in the same transaction as its samples, so
+  ``(device, buffer_id, seq)`` is stored once, whatever the agent re-sends, and a crash can never
+  leave a batch half stored or stored without its record.
+- Samples are keyed by (series, timestamp): the same sample sent twice (a sender retrying a request
+  the agent had already committed) is stored once and counted as a duplicate sample.
+- Values are stored as their IEEE-754 bits in an INTEGER column, because SQLite turns NaN into NULL
+  and Prometheus' stale markers are NaNs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+from backhaul.sqlite import StoreError, Synchronous, Worker, connect, translate
+from backhaul.wire.batch import BatchHeader
+from backhaul.wire.series import Labels, SeriesMap
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DeviceState:
+    device: str
+    last_seen_ms: int = 0
+    samples: int = 0
+    batches: int = 0
+    duplicate_samples: int = 0
+    evicted_samples: int = 0
+    expired_samples: int = 0
+    dropped_samples: int = 0
+    agent_version: str = ""
+
+
+@dataclass
+class IngestResult:
+    duplicate_batch: bool
+    samples: int = 0  # new samples stored
+    duplicate_samples: int = 0  # samples already stored before
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE TABLE series (id INTEGER PRIMARY KEY, name TEXT NOT NULL, labels TEXT NOT NULL UNIQUE)")
+    db.execute(
+        "CREATE TABLE samples (series_id INTEGER NOT NULL, ts INTEGER NOT NULL, bits INTEGER NOT NULL,"
+        " PRIMARY KEY (series_id, ts)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE TABLE batches (device TEXT NOT NULL, buffer_id TEXT NOT NULL, seq INTEGER NOT NULL,"
+        " received_ms INTEGER NOT NULL, samples INTEGER NOT NULL, PRIMARY KEY (device, buffer_id, seq))"
+        " WITHOUT ROWID"
+    )
+    db["devices"].create(
+        {
+            "device": str,
+            "last_seen_ms": int,
+            "samples": int,
+            "batches": int,
+            "duplicate_samples": int,
+            "evicted_samples": int,
+            "expired_samples": int,
+            "dropped_samples": int,
+            "agent_version": str,
+        },
+        pk="device",
+    )
+    db.execute("CREATE INDEX series_by_name ON series (name)")
+
+
+MIGRATIONS = [_v1]
+
+
+class CollectorStore:
+    """Owns the collector's database file and its one connection (used on the store's thread only).
+
+    Args:
+        path: database file, created when missing.
+        synchronous: SQLite synchronous level; FULL makes every acknowledged batch survive power loss.
+    """
+
+    def __init__(self, path: Path, synchronous: Synchronous) -> None:
+        self.path = path
+        self.synchronous: Synchronous = synchronous
+        self.worker = Worker("collector-db")
+        self.devices: dict[str, DeviceState] = {}
+        self._series_ids: dict[str, int] = {}
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("store is not open", transient=False)
+        return self._conn
+
+    def open(self) -> None:
+        self._conn = connect(self.path, self.synchronous)
+        (version,) = self._conn.execute("PRAGMA user_version").fetchone()
+        db = sqlite_utils.Database(self._conn)
+        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+            with db.atomic():
+                step(db)
+                self._conn.execute(f"PRAGMA user_version = {number}")
+        self._series_ids = {labels: sid for sid, labels in self._conn.execute("SELECT id, labels FROM series")}
+        for row in db["devices"].rows:
+            self.devices[row["device"]] = DeviceState(**row)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def seen(self, device: str, buffer_id: str, seq: int) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM batches WHERE device=? AND buffer_id=? AND seq=?", (device, buffer_id, seq)
+        ).fetchone()
+        return row is not None
+
+    def ingest(self, header: BatchHeader, series: SeriesMap, device_label: str, now_ms: int) -> IngestResult:
+        """Store one decoded batch, once. Returns whether it was a repeat and how many samples were new."""
+        conn = self.conn
+        total = sum(len(ts) for ts, _ in series.values())
+        new_ids: list[str] = []
+        try:
+            with sqlite_utils.Database(conn).atomic():
+                try:
+                    conn.execute(
+                        "INSERT INTO batches (device, buffer_id, seq, received_ms, samples) VALUES (?,?,?,?,?)",
+                        (header.device, header.buffer_id, header.seq, now_ms, total),
+                    )
+                except sqlite3.IntegrityError:
+                    return IngestResult(duplicate_batch=True)
+                before = conn.total_changes
+                for labels, (stamps, values) in series.items():
+                    key = _stored_labels(labels, device_label, header.device)
+                    sid = self._series_ids.get(key)
+                    if sid is None:
+                        name = next((v for n, v in labels if n == "__name__"), "")
+                        cur = conn.execute("INSERT INTO series (name, labels) VALUES (?, ?)", (name, key))
+                        sid = int(cur.lastrowid or 0)
+                        self._series_ids[key] = sid
+                        new_ids.append(key)
+                    bits = array("q", array("d", values).tobytes())
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO samples (series_id, ts, bits) VALUES (?, ?, ?)",
+                        zip([sid] * len(stamps), stamps, bits, strict=True),
+                    )
+                stored = conn.total_changes - before - len(new_ids)
+                state = self.devices.get(header.device) or DeviceState(header.device)
+                updated = DeviceState(
+                    device=header.device,
+                    last_seen_ms=now_ms,
+                    samples=state.samples + stored,
+                    batches=state.batches + 1,
+                    duplicate_samples=state.duplicate_samples + total - stored,
+                    evicted_samples=max(state.evicted_samples, header.evicted_samples),
+                    expired_samples=max(state.expired_samples, header.expired_samples),
+                    dropped_samples=max(state.dropped_samples, header.dropped_samples),
+                    agent_version=header.agent_version,
+                )
+                sqlite_utils.Database(conn)["devices"].upsert(updated.__dict__, pk="device")
+        except sqlite3.Error as exc:
+            for key in new_ids:  # rolled back: forget ids that no longer exist
+                self._series_ids.pop(key, None)
+            raise translate(exc) from exc
+        self.devices[header.device] = updated
+        return IngestResult(duplicate_batch=False, samples=stored, duplicate_samples=total - stored)
+
+    def series(self) -> list[tuple[int, dict[str, str]]]:
+        return [(sid, dict(json.loads(labels))) for labels, sid in self._series_ids.items()]
+
+    def samples(self, series_id: int, start_ms: int, end_ms: int) -> tuple[list[int], list[float]]:
+        rows = self.conn.execute(
+            "SELECT ts, bits FROM samples WHERE series_id = ? AND ts >= ? AND ts <= ? ORDER BY ts",
+            (series_id, start_ms, end_ms),
+        ).fetchall()
+        stamps = [r[0] for r in rows]
+        values = array("d", array("q", [r[1] for r in rows]).tobytes()).tolist()
+        return stamps, values
+
+
+def _stored_labels(labels: Labels, device_label: str, device: str) -> str:
+    """The series' identity at the collector: its labels plus the device label, as sorted JSON pairs."""
+    pairs = [(f"exported_{n}" if n == device_label else n, v) for n, v in labels]
+    pairs.append((device_label, device))
+    pairs.sort()
+    return json.dumps(pairs, separators=(",", ":"), ensure_ascii=False)
