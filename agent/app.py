@@ -56,7 +56,7 @@ class Agent:
         self.metrics = AgentMetrics(self.registry)
         self._clock = clock
         b = settings.buffer
-        self.store = BufferStore(b.path, int(b.budget_bytes), b.synchronous, b.zstd_level)
+        self.store = BufferStore(b.path, int(b.budget_bytes), b.synchronous, b.zstd_level, b.compact_target_samples)
         if transport is None and settings.uplink.url is not None:
             transport = HttpTransport(
                 str(settings.uplink.url),
@@ -156,9 +156,7 @@ class Agent:
 
     async def _compact(self) -> None:
         try:
-            merged = await self.store.call(
-                self.store.compact, self.settings.buffer.compact_target_samples, int(self._clock() * 1000)
-            )
+            merged = await self.store.call(self.store.compact, int(self._clock() * 1000))
         except StoreError as exc:
             log.error("compaction failed: %s", exc)
             return

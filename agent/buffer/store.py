@@ -70,10 +70,19 @@ class BufferStore:
         budget_bytes: ceiling on the compressed bytes of all chunks.
         synchronous: SQLite's synchronous level (FULL keeps commits across a power cut).
         zstd_level: compression level for chunks.
+        target_samples: size compaction merges small chunks up to (bounds a merge's memory too).
     """
 
-    def __init__(self, path: Path, budget_bytes: int, synchronous: Synchronous, zstd_level: int = 3) -> None:
+    def __init__(
+        self,
+        path: Path,
+        budget_bytes: int,
+        synchronous: Synchronous,
+        zstd_level: int = 3,
+        target_samples: int = 100_000,
+    ) -> None:
         self.path = path
+        self.target_samples = target_samples
         self.budget_bytes = budget_bytes
         self.synchronous: Synchronous = synchronous
         self.codec = chunkfmt.Codec(zstd_level)
@@ -231,7 +240,7 @@ class BufferStore:
             self._recount()
         return Losses(expired=samples)
 
-    def compact(self, target_samples: int, now_ms: int, max_chunks: int = 2000) -> int:
+    def compact(self, now_ms: int, max_chunks: int = 2000) -> int:
         """Merge runs of small unclaimed chunks into chunks of about ``target_samples``.
 
         Returns how many chunks were merged away. Bounded by ``max_chunks`` per call so that
@@ -240,26 +249,34 @@ class BufferStore:
         rows = self.conn.execute(
             "SELECT id, samples FROM chunks WHERE batch_seq IS NULL ORDER BY id LIMIT ?", (max_chunks,)
         ).fetchall()
-        groups: list[list[int]] = []
+        merged_away = sum(self._merge(group, now_ms) for group in self._small_runs(rows))
+        if merged_away:
+            self._recount()
+        return merged_away
+
+    def _small_runs(self, rows: list[tuple[int, int]]) -> list[list[int]]:
+        """Runs of consecutive small chunks (``(id, samples)`` in id order) worth merging.
+
+        A chunk of at least half the target is left alone; a run stops before it would exceed the
+        target, which also bounds the memory a merge needs.
+        """
+        target = self.target_samples
+        runs: list[list[int]] = []
         current: list[int] = []
         current_samples = 0
         for chunk_id, samples in rows:
-            if samples >= target_samples // 2 or current_samples + samples > target_samples:
+            big = samples >= target // 2
+            if big or current_samples + samples > target:
                 if len(current) > 1:
-                    groups.append(current)
+                    runs.append(current)
                 current, current_samples = [], 0
-                if samples >= target_samples // 2:
+                if big:
                     continue
             current.append(chunk_id)
             current_samples += samples
         if len(current) > 1:
-            groups.append(current)
-        merged_away = 0
-        for group in groups:
-            merged_away += self._merge(group, now_ms)
-        if merged_away:
-            self._recount()
-        return merged_away
+            runs.append(current)
+        return runs
 
     def _merge(self, ids: list[int], now_ms: int) -> int:
         marks = ",".join("?" * len(ids))
@@ -308,6 +325,11 @@ class BufferStore:
             return None
         try:
             with self._atomic().atomic():
+                # One series table per batch instead of one per commit: merge small chunks first.
+                merged = {ids[0]: ids for ids in self._small_runs([(c, n) for c, _, n in candidates[: len(chosen)]])}
+                for first, ids in merged.items():
+                    self._merge(ids, now_ms)
+                    chosen = [c for c in chosen if c == first or c not in ids]
                 (seq,) = self.conn.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
                 seq += 1
                 self.conn.execute("UPDATE meta SET value = ? WHERE key='next_seq'", (seq,))
@@ -317,7 +339,10 @@ class BufferStore:
                 for chunk_id in chosen:
                     self.conn.execute("UPDATE chunks SET batch_seq = ? WHERE id = ?", (seq, chunk_id))
         except sqlite3.Error as exc:
+            self._recount()
             raise translate(exc) from exc
+        if merged:
+            self._recount()
         return self._load_batch(seq, now_ms, samples)
 
     def _load_batch(self, seq: int, sealed_ms: int, samples: int) -> Batch:
