@@ -1,0 +1,48 @@
+import json
+import struct
+
+import pytest
+
+from backhaul.wire import WireError
+from backhaul.wire import batch
+
+
+def header(**kw):
+    base = {"device": "dev-1", "buffer_id": "abc", "seq": 7, "sent_at_ms": 1, "samples": 3}
+    base.update(kw)
+    return batch.BatchHeader(**base)
+
+
+def test_round_trip():
+    body = batch.encode(header(evicted_samples=5), [b"one", b"chunk-two"])
+    h, chunks = batch.decode(body)
+    assert chunks == [b"one", b"chunk-two"]
+    assert (h.device, h.seq, h.evicted_samples, h.chunk_sizes) == ("dev-1", 7, 5, [3, 9])
+
+
+def raw(head: dict, tail: bytes = b"") -> bytes:
+    data = json.dumps(head).encode()
+    return struct.pack("<3sBI", b"BHB", 1, len(data)) + data + tail
+
+
+GOOD = {"device": "dev-1", "buffer_id": "b", "seq": 1, "sent_at_ms": 0, "chunk_sizes": [2]}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "shorter"),
+        (b"NOPE" + b"\0" * 8, "bad magic"),
+        (struct.pack("<3sBI", b"BHB", 2, 0), "unsupported version"),
+        (struct.pack("<3sBI", b"BHB", 1, 500) + b"{}", "runs past"),
+        (raw({"device": "dev-1"}), "not a valid batch header"),
+        (raw({**GOOD, "device": "../etc"}, b"xx"), "device"),
+        (raw({**GOOD, "seq": -1}, b"xx"), "seq"),
+        (raw({**GOOD, "chunk_sizes": [0]}, b""), "chunk_sizes"),
+        (raw(GOOD, b"x"), "chunk sizes add up"),
+        (raw({**GOOD, "unknown": 1}, b"xx"), "not a valid batch header"),
+    ],
+)
+def test_malformed_batches_are_refused_with_a_reason(body, message):
+    with pytest.raises(WireError, match=message):
+        batch.decode(body)

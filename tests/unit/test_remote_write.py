@@ -1,0 +1,78 @@
+import cramjam
+import pytest
+
+from backhaul.wire import TooLarge, WireError
+from backhaul.wire import remote_write as rw
+
+NOW = 1_700_000_000_000
+
+
+def limits(**kw):
+    base = {"min_timestamp_ms": NOW - 3_600_000, "max_timestamp_ms": NOW + 600_000}
+    base.update(kw)
+    return rw.Limits(**base)
+
+
+def test_encode_splits_like_prometheus_and_decode_reads_it_back():
+    series = {(("__name__", f"m{i}"), ("job", "j")): ([NOW, NOW + 5000], [float(i), i + 0.5]) for i in range(600)}
+    bodies = rw.encode(series, 500)
+    assert len(bodies) == 3  # 1,200 samples at 500 per request
+    merged = {}
+    for body in bodies:
+        for labels, (ts, vals) in rw.decode(body, limits()).series.items():
+            merged.setdefault(labels, ([], []))
+            merged[labels][0].extend(ts)
+            merged[labels][1].extend(vals)
+    assert merged == series
+
+
+def test_samples_outside_the_window_and_bad_label_sets_are_dropped_and_counted():
+    series = {
+        (("__name__", "ok"),): ([NOW, NOW - 7_200_000, NOW + 3_600_000], [1.0, 2.0, 3.0]),
+        (("__name__", "wide"), *((f"l{i}", "v") for i in range(200))): ([NOW], [1.0]),
+        (("__name__", "long"), ("l", "x" * 20_000)): ([NOW], [1.0]),
+    }
+    decoded = rw.decode(rw.encode(series)[0], limits())
+    assert decoded.series == {(("__name__", "ok"),): ([NOW], [1.0])}
+    assert decoded.samples == 1
+    assert decoded.dropped == {"too_old": 1, "too_far_in_future": 1, "too_many_labels": 1, "labels_too_long": 1}
+
+
+def test_duplicate_label_names_are_dropped():
+    request = rw.WriteRequest()
+    ts = request.timeseries.add()
+    ts.labels.add(name="__name__", value="a")
+    ts.labels.add(name="__name__", value="b")
+    ts.samples.add(value=1, timestamp=NOW)
+    body = bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
+    assert rw.decode(body, limits()).dropped == {"duplicate_label_name": 1}
+
+
+def test_metadata_only_request_is_fine():
+    request = rw.WriteRequest()
+    request.metadata.add(type=1, metric_family_name="up", help="x")
+    decoded = rw.decode(bytes(cramjam.snappy.compress_raw(request.SerializeToString())), limits())
+    assert (decoded.samples, decoded.metadata, decoded.series) == (0, 1, {})
+
+
+def test_bad_snappy_and_bad_protobuf_are_wire_errors():
+    with pytest.raises(WireError, match="snappy"):
+        rw.decode(b"\x05garbage-not-snappy", limits())
+    with pytest.raises(WireError, match="protobuf"):
+        rw.decode(bytes(cramjam.snappy.compress_raw(b"\xff\xff\xff\xff")), limits())
+
+
+def test_announced_size_over_the_limit_is_refused_before_decompressing():
+    # A 12-byte body whose preamble claims 1 GiB: refused without allocating anything.
+    body = bytes([0x80, 0x80, 0x80, 0x80, 0x04]) + b"\0" * 7
+    with pytest.raises(TooLarge):
+        rw.decode(body, limits(max_decompressed_bytes=1024 * 1024))
+
+
+def test_stale_marker_is_recognised_by_its_bits():
+    stale = rw.STALE_NAN_BYTES
+    import struct
+
+    assert rw.is_stale_marker(struct.unpack("<d", stale)[0])
+    assert not rw.is_stale_marker(float("nan"))
+    assert not rw.is_stale_marker(1.0)

@@ -1,0 +1,160 @@
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from agent.buffer.store import BufferStore
+
+NOW = 1_700_000_000_000
+
+
+def scrape(k: int, n: int = 200, prefix: str = "m", noisy: bool = False):
+    rng = random.Random(k)
+    return {
+        (("__name__", f"{prefix}{i}"), ("job", "node")): ([NOW + 5000 * k], [rng.random() if noisy else float(i * k)])
+        for i in range(n)
+    }
+
+
+@pytest.fixture
+def open_store(tmp_path: Path):
+    stores = []
+
+    def make(budget: int = 64 * 1024 * 1024, path: Path | None = None, **kw) -> BufferStore:
+        store = BufferStore(path or tmp_path / "buffer.db", budget, "FULL", **kw)
+        store.open()
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+def all_samples(store: BufferStore) -> dict:
+    out = {}
+    for (blob,) in store.conn.execute("SELECT data FROM chunks ORDER BY id"):
+        for labels, (ts, vals) in store.codec.decode(blob, 1 << 30).items():
+            for t, v in zip(ts, vals, strict=True):
+                out[(labels, t)] = v
+    return out
+
+
+def test_claim_seals_a_batch_and_ack_removes_it(open_store):
+    store = open_store()
+    for k in range(5):
+        store.append(scrape(k), dropped=0, now_ms=NOW)
+    before = all_samples(store)
+    batch = store.claim(4 << 20, NOW, report_losses=False)
+    assert batch is not None and batch.samples == 1000
+    assert len(batch.chunks) == 1  # five small chunks merged into one at seal time
+    assert all_samples(store) == before  # merging changed nothing but the layout
+    store.ack(batch.seq, reported_loss=0)
+    assert store.totals.samples == 0 and store.totals.chunks == 0
+    assert store.claim(4 << 20, NOW, report_losses=False) is None
+
+
+def test_a_sealed_batch_is_resent_identically_after_a_restart(open_store, tmp_path):
+    store = open_store()
+    for k in range(3):
+        store.append(scrape(k), 0, NOW)
+    first = store.claim(4 << 20, NOW, False)
+    store.append(scrape(9), 0, NOW)  # newer data must not join the sealed batch
+    store.close()
+    reopened = open_store(path=tmp_path / "buffer.db")
+    again = reopened.claim(4 << 20, NOW + 1000, False)
+    assert (again.seq, again.chunks, again.samples) == (first.seq, first.chunks, first.samples)
+    assert reopened.buffer_id == store.buffer_id
+    reopened.ack(again.seq, 0)
+    nxt = reopened.claim(4 << 20, NOW, False)
+    assert nxt.seq == first.seq + 1 and nxt.samples == 200
+
+
+def test_budget_evicts_oldest_first_counts_it_and_spares_the_batch_in_flight(open_store):
+    store = open_store(budget=1024 * 1024)
+    store.append(scrape(0, prefix="inflight"), 0, NOW)
+    in_flight = store.claim(4 << 20, NOW, False)
+    evicted = 0
+    k = 1
+    while evicted == 0 or k < 60:
+        # random values barely compress, so the budget fills in a few dozen chunks
+        evicted += store.append(scrape(k, n=2000, prefix=f"s{k}_", noisy=True), 0, NOW).evicted
+        k += 1
+    assert store.totals.bytes <= 1024 * 1024
+    assert store.counters()["evicted_samples"] == evicted
+    held = all_samples(store)
+    assert store.totals.samples == len(held)
+    # exact accounting: what was written = what is held + what was evicted
+    assert 200 + 2000 * (k - 1) == len(held) + evicted
+    # the oldest unclaimed data went first; the newest is still there
+    assert any(labels[0][1].startswith(f"s{k - 1}_") for labels, _ in held)
+    assert not any(labels[0][1].startswith("s1_") for labels, _ in held)
+    # the in-flight batch was never touched
+    assert store.claim(4 << 20, NOW, False).chunks == in_flight.chunks
+
+
+def test_expiry_drops_only_old_unclaimed_chunks_and_counts_them(open_store):
+    store = open_store()
+    store.append(scrape(0), 0, NOW)
+    store.append(scrape(1000), 0, NOW)  # 5000 s later
+    losses = store.expire(cutoff_ms=NOW + 1)
+    assert losses.expired == 200
+    assert store.counters()["expired_samples"] == 200
+    assert store.totals.samples == 200
+
+
+def test_compaction_merges_small_chunks_without_changing_data(open_store):
+    store = open_store(target_samples=2000)
+    for k in range(25):
+        store.append(scrape(k), 0, NOW)
+    before = all_samples(store)
+    bytes_before = store.totals.bytes
+    merged_away = store.compact(NOW)
+    assert merged_away > 0
+    assert store.totals.chunks < 25
+    assert all_samples(store) == before
+    assert store.totals.bytes < bytes_before
+
+
+def test_release_and_reject(open_store):
+    store = open_store()
+    store.append(scrape(0), 0, NOW)
+    batch = store.claim(4 << 20, NOW, False)
+    store.release(batch.seq)
+    again = store.claim(4 << 20, NOW, False)
+    assert again.seq == batch.seq + 1 and again.chunks == batch.chunks
+    assert store.reject(again.seq) == 200
+    assert store.counters()["rejected_samples"] == 200
+    assert store.totals.samples == 0
+
+
+def test_losses_are_reported_once_in_an_empty_batch(open_store):
+    store = open_store()
+    store.append({}, dropped=7, now_ms=NOW)
+    assert store.unsent_loss() == 7
+    batch = store.claim(4 << 20, NOW, report_losses=True)
+    assert batch.chunks == [] and batch.samples == 0
+    store.ack(batch.seq, reported_loss=7)
+    assert store.unsent_loss() == 0
+
+
+def test_an_unreadable_file_is_moved_aside_and_a_new_buffer_starts(open_store, tmp_path):
+    path = tmp_path / "buffer.db"
+    path.write_bytes(b"this is not a database" * 100)
+    store = open_store(path=path)
+    assert store.totals.samples == 0
+    assert len(store.quarantined) == 1 and store.quarantined[0].read_bytes().startswith(b"this is not")
+    store.append(scrape(0), 0, NOW)
+    assert store.totals.samples == 200
+
+
+def test_durable_across_connections_with_synchronous_full(open_store, tmp_path):
+    store = open_store()
+    store.append(scrape(0), 0, NOW)
+    # another connection sees the committed chunk without any close/checkpoint
+    other = sqlite3.connect(tmp_path / "buffer.db")
+    assert other.execute("SELECT sum(samples) FROM chunks").fetchone()[0] == 200
+    assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    other.close()

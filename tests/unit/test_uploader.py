@@ -1,0 +1,140 @@
+import asyncio
+import email.utils
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from agent.buffer.store import BufferStore
+from agent.config import UplinkSettings
+from agent.metrics import AgentMetrics
+from agent.uplink.transport import Reply, TransportError
+from agent.uplink.uploader import Backoff, Uploader, retry_after
+from backhaul.wire import batch as batchfmt
+
+NOW = 1_700_000_000_000
+
+
+class ScriptedTransport:
+    """In-process stand-in for the collector: answers from a script, records every body."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.bodies: list[bytes] = []
+        self.sent = asyncio.Event()
+
+    async def send(self, body: bytes) -> Reply:
+        self.bodies.append(body)
+        self.sent.set()
+        answer = self.answers.pop(0) if self.answers else Reply(200, {}, "{}")
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def close(self) -> None:
+        pass
+
+
+def scrape(k: int, n: int = 100):
+    return {(("__name__", f"m{i}"),): ([NOW + 5000 * k], [float(k)]) for i in range(n)}
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    s = BufferStore(tmp_path / "b.db", 64 << 20, "NORMAL")
+    await s.call(s.open)
+    yield s
+    await s.call(s.close)
+    s.worker.shutdown()
+
+
+async def run_until(uploader: Uploader, transport: ScriptedTransport, requests: int, timeout: float = 10) -> None:
+    task = asyncio.create_task(uploader.run())
+    try:
+        async with asyncio.timeout(timeout):
+            while len(transport.bodies) < requests:
+                transport.sent.clear()
+                await transport.sent.wait()
+            await asyncio.sleep(0.05)  # let the last reply be processed
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def make(store, transport, **kw):
+    options = {"batch_interval": timedelta(0), "backoff_min": timedelta(seconds=0.01),
+               "backoff_max": timedelta(seconds=0.05), **kw}
+    settings = UplinkSettings(url="http://collector.invalid/api/v1/batches", token="t", **options)
+    metrics = AgentMetrics(CollectorRegistry())
+    return Uploader(settings, "dev-1", store, transport, metrics), metrics
+
+
+async def test_failures_resend_the_identical_batch_until_acknowledged(store):
+    for k in range(3):
+        await store.call(store.append, scrape(k), 0, NOW)
+    transport = ScriptedTransport([
+        TransportError("connection", "refused"),
+        Reply(503, {"Retry-After": "0"}, "busy"),
+        Reply(500, {}, "oops"),
+        Reply(200, {}, "{}"),
+    ])
+    uploader, metrics = make(store, transport)
+    await run_until(uploader, transport, 4)
+    assert len(set(transport.bodies)) == 1  # byte-identical re-sends
+    header, _ = batchfmt.decode(transport.bodies[0])
+    assert (header.device, header.seq, header.samples) == ("dev-1", 1, 300)
+    assert store.totals.samples == 0
+    assert metrics.uploaded_samples._value.get() == 300
+
+
+async def test_unauthorised_keeps_the_data(store):
+    await store.call(store.append, scrape(0), 0, NOW)
+    transport = ScriptedTransport([Reply(401, {}, "unknown token")] * 1000)
+    uploader, _ = make(store, transport, backoff_max=timedelta(seconds=0.01))
+    await run_until(uploader, transport, 2)
+    assert store.totals.samples == 100
+    assert "token" in (uploader.last_error or "")
+
+
+async def test_a_refused_batch_is_split_and_only_the_bad_chunk_dropped(store):
+    # Two big chunks (not merged at seal time), the collector refuses any batch holding the first.
+    big = {(("__name__", f"m{i}"),): ([NOW], [float(i)]) for i in range(60_000)}
+    await store.call(store.append, big, 0, NOW)
+    await store.call(store.append, scrape(1), 0, NOW)
+    store.target_samples = 1000  # so neither chunk counts as small
+    first_chunk_len = None
+
+    class Picky(ScriptedTransport):
+        async def send(self, body: bytes) -> Reply:
+            nonlocal first_chunk_len
+            self.bodies.append(body)
+            self.sent.set()
+            header, chunks = batchfmt.decode(body)
+            first_chunk_len = first_chunk_len or header.chunk_sizes[0]
+            if first_chunk_len in header.chunk_sizes:
+                return Reply(400, {}, "chunk 0: bad")
+            return Reply(200, {}, "{}")
+
+    transport = Picky([])
+    uploader, metrics = make(store, transport)
+    await run_until(uploader, transport, 3)
+    assert metrics.rejected._value.get() == 60_000
+    assert store.totals.samples == 0
+    assert (await store.call(store.counters))["rejected_samples"] == 60_000
+
+
+def test_backoff_grows_with_jitter_and_caps():
+    backoff = Backoff(1, 8, rng=lambda: 1.0)
+    assert [backoff.next() for _ in range(6)] == [1, 2, 4, 8, 8, 8]
+    backoff.reset()
+    low = Backoff(1, 8, rng=lambda: 0.0)
+    assert [low.next() for _ in range(3)] == [0.5, 1, 2]
+
+
+def test_retry_after_accepts_seconds_and_http_dates():
+    now = 1_700_000_000.0
+    assert retry_after({"Retry-After": "7"}, now) == 7
+    assert retry_after({"Retry-After": email.utils.formatdate(now + 30, usegmt=True)}, now) == pytest.approx(30, abs=1)
+    assert retry_after({"Retry-After": "soon"}, now) is None
+    assert retry_after({}, now) is None
