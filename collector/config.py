@@ -59,7 +59,7 @@ class CollectorSettings(BaseSettings):
 
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     # Label added to every stored series to tell devices apart (an existing one becomes exported_<name>).
-    device_label: str = Field("device", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    device_label: str = Field("device_id", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
     listen: ListenSettings = ListenSettings()
     store: StoreSettings = StoreSettings()
     limits: LimitSettings = LimitSettings()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -17,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from backhaul.wire import remote_write as rw
 from backhaul.wire.series import SeriesMap
@@ -79,14 +84,19 @@ def export(collector_url: str, selector: str = '{__name__=~".+"}') -> list[dict[
 
 
 def exported_samples(
-    collector_url: str, selector: str = '{__name__=~".+"}', drop: tuple[str, ...] = ("device",)
+    collector_url: str, selector: str = '{__name__=~".+"}', drop: tuple[str, ...] = ("device_id",)
 ) -> dict[tuple[tuple[str, str], ...], dict[int, float]]:
     """Collector contents as {labels without ``drop``: {timestamp: value}}."""
     out: dict[tuple[tuple[str, str], ...], dict[int, float]] = {}
     for line in export(collector_url, selector):
         labels = tuple(sorted((k, v) for k, v in line["metric"].items() if k not in drop))
-        out.setdefault(labels, {}).update(zip(line["timestamps"], line["values"], strict=True))
+        values = [float(v) for v in line["values"]]  # "NaN", "Inf", "-Inf" arrive as strings
+        out.setdefault(labels, {}).update(zip(line["timestamps"], values, strict=True))
     return out
+
+
+def same_value(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
 
 
 def metric_value(url: str, name: str, labels: str = "") -> float:
@@ -165,3 +175,148 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.1)
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+class Sender(threading.Thread):
+    """Plays a Prometheus: pushes one "scrape" of ``series`` per ``interval`` and retries a request on
+    5xx or no answer until it is acknowledged, as Prometheus' remote write does. Records every sample
+    acknowledged with a 2xx."""
+
+    def __init__(
+        self,
+        agent_url: str,
+        series: int = 200,
+        interval: float = 0.05,
+        per_request: int = 500,
+        start_ms: int | None = None,
+        step_ms: int = 1000,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.agent_url = agent_url
+        self.series = series
+        self.interval = interval
+        self.per_request = per_request
+        self.next_ms = start_ms or int(time.time() * 1000) - 3_600_000
+        self.step_ms = step_ms
+        self.acked: dict[tuple[tuple[tuple[str, str], ...], int], float] = {}
+        self.unacknowledged: set[tuple[tuple[tuple[str, str], ...], int]] = set()
+        self.refused: list[int] = []
+        self.retries = 0
+        self._stop_event = threading.Event()
+        self.scrapes = 0
+
+    def scrape(self) -> SeriesMap:
+        ts = self.next_ms
+        self.next_ms += self.step_ms
+        k = self.scrapes
+        self.scrapes += 1
+        return {
+            (("__name__", f"test_metric_{i % 20}"), ("job", "sender"), ("series", str(i))): (
+                [ts],
+                [float(k * (i + 1)) + i / 7],
+            )
+            for i in range(self.series)
+        }
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            items = list(self.scrape().items())
+            # one request per `per_request` series (one sample each), recorded as soon as it is acked
+            for start in range(0, len(items), self.per_request):
+                part = dict(items[start : start + self.per_request])
+                if not self._send_until_acked(rw.encode(part)[0]):
+                    # stopped while the agent was not answering: never acknowledged, but the agent
+                    # may have committed it before dying, so it may legitimately arrive
+                    self.unacknowledged.update((labels, ts[0]) for labels, (ts, _) in part.items())
+                    return
+                for labels, (stamps, values) in part.items():
+                    for t, v in zip(stamps, values, strict=True):
+                        self.acked[(labels, t)] = v
+            time.sleep(self.interval)
+
+    def _send_until_acked(self, body: bytes) -> bool:
+        while True:
+            try:
+                status, _, _ = http(
+                    "POST",
+                    f"{self.agent_url}/api/v1/write",
+                    body,
+                    {"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy"},
+                    timeout=10,
+                )
+            except OSError:
+                status = 0
+            if 200 <= status < 300:
+                return True
+            if 400 <= status < 500:
+                self.refused.append(status)
+                return True
+            if self._stop_event.is_set():
+                return False
+            self.retries += 1
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(60)
+        assert not self.is_alive(), "sender stuck"
+
+
+class DelayProxy:
+    """A real HTTP proxy on 127.0.0.1 that forwards to ``target`` and, while ``delay`` > 0, holds the
+    answer back that long *after* the target has answered: a collector that stored a batch but whose
+    reply is late (or lost, if the agent dies meanwhile)."""
+
+    def __init__(self, target: str, delay: float = 0.0) -> None:
+        self.target = target
+        self.delay = delay
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.forwarded = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _start(self) -> None:
+        async def forward(request: web.Request) -> web.Response:
+            body = await request.read()
+            headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
+            async with self._session.post(self.target + request.path, data=body, headers=headers) as resp:
+                text = await resp.read()
+                self.forwarded += 1
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                return web.Response(status=resp.status, body=text, content_type=resp.content_type)
+
+        self._session = aiohttp.ClientSession()
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_post("/{tail:.*}", forward)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def __enter__(self) -> DelayProxy:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            await self._runner.cleanup()
+            await self._session.close()
+            # replies still held for an agent that died are abandoned
+            held = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in held:
+                task.cancel()
+            await asyncio.gather(*held, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()

@@ -3,8 +3,7 @@ import struct
 
 import pytest
 
-from backhaul.wire import WireError
-from backhaul.wire import batch
+from backhaul.wire import WireError, batch
 
 
 def header(**kw):

@@ -5,8 +5,7 @@ import struct
 import pytest
 import zstandard
 
-from backhaul.wire import TooLarge, WireError
-from backhaul.wire import chunk
+from backhaul.wire import TooLarge, WireError, chunk
 
 STALE = struct.unpack("<d", (0x7FF0000000000002).to_bytes(8, "little"))[0]
 
@@ -21,8 +20,9 @@ def random_series(rng: random.Random, n_series: int = 50, n_samples: int = 20):
         start = rng.randrange(1_600_000_000_000, 1_800_000_000_000)
         stamps = [start + k * 5000 + rng.randrange(-3, 4) for k in range(n_samples)]
         rng.shuffle(stamps) if i % 7 == 0 else None  # out-of-order within a series must survive too
-        values = [rng.choice([rng.random() * 1e6, float(rng.randrange(100)), -0.0, math.inf, STALE])
-                  for _ in range(n_samples)]
+        values = [
+            rng.choice([rng.random() * 1e6, float(rng.randrange(100)), -0.0, math.inf, STALE]) for _ in range(n_samples)
+        ]
         out[(("__name__", f"m{i}"), ("job", "node"), ("ünï", "cödé"))] = (stamps, values)
     return out
 
@@ -38,8 +38,9 @@ def test_round_trip_keeps_every_timestamp_and_value_bit():
 
 def test_codec_round_trip_and_compresses_regular_scrapes():
     stamps = [1_700_000_000_000 + 5000 * k for k in range(720)]
-    series = {(("__name__", f"node_metric_{i}"), ("instance", "a:9100")): (stamps, [float(i)] * 720)
-              for i in range(100)}
+    series = {
+        (("__name__", f"node_metric_{i}"), ("instance", "a:9100")): (stamps, [float(i)] * 720) for i in range(100)
+    }
     codec = chunk.Codec()
     frame = codec.encode(series)
     assert codec.decode(frame, limit=10**8) == series

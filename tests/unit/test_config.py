@@ -50,7 +50,7 @@ def test_invalid_agent_config_names_the_field(tmp_path, text, field):
 
 
 def test_collector_device_needs_exactly_one_token(tmp_path):
-    with pytest.raises(ConfigError, match="devices.0"):
+    with pytest.raises(ConfigError, match=r"devices\.0"):
         load(CollectorSettings, write(tmp_path, '[[devices]]\nid = "d"\n'))
 
 
@@ -66,8 +66,9 @@ def test_cli_check_config_ok_and_missing_or_broken_files(tmp_path):
     good = write(tmp_path, '[[devices]]\nid = "d"\ntoken = "t"\n')
     ok = subprocess.run([COLLECTOR, "check-config", "--config", good], capture_output=True, text=True, timeout=30)
     assert ok.returncode == 0 and "1 devices" in ok.stdout
-    missing = subprocess.run([COLLECTOR, "check-config", "--config", tmp_path / "nope.toml"],
-                             capture_output=True, text=True, timeout=30)
+    missing = subprocess.run(
+        [COLLECTOR, "check-config", "--config", tmp_path / "nope.toml"], capture_output=True, text=True, timeout=30
+    )
     assert missing.returncode == 2 and "not found" in missing.stderr
     broken = write(tmp_path, "this is = = not toml")
     bad = subprocess.run([COLLECTOR, "check-config", "--config", broken], capture_output=True, text=True, timeout=30)

@@ -49,10 +49,10 @@ async def store(tmp_path: Path):
     s.worker.shutdown()
 
 
-async def run_until(uploader: Uploader, transport: ScriptedTransport, requests: int, timeout: float = 10) -> None:
+async def run_until(uploader: Uploader, transport: ScriptedTransport, requests: int, limit: float = 10) -> None:
     task = asyncio.create_task(uploader.run())
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit):
             while len(transport.bodies) < requests:
                 transport.sent.clear()
                 await transport.sent.wait()
@@ -63,8 +63,12 @@ async def run_until(uploader: Uploader, transport: ScriptedTransport, requests: 
 
 
 def make(store, transport, **kw):
-    options = {"batch_interval": timedelta(0), "backoff_min": timedelta(seconds=0.01),
-               "backoff_max": timedelta(seconds=0.05), **kw}
+    options = {
+        "batch_interval": timedelta(0),
+        "backoff_min": timedelta(seconds=0.01),
+        "backoff_max": timedelta(seconds=0.05),
+        **kw,
+    }
     settings = UplinkSettings(url="http://collector.invalid/api/v1/batches", token="t", **options)
     metrics = AgentMetrics(CollectorRegistry())
     return Uploader(settings, "dev-1", store, transport, metrics), metrics
@@ -73,12 +77,14 @@ def make(store, transport, **kw):
 async def test_failures_resend_the_identical_batch_until_acknowledged(store):
     for k in range(3):
         await store.call(store.append, scrape(k), 0, NOW)
-    transport = ScriptedTransport([
-        TransportError("connection", "refused"),
-        Reply(503, {"Retry-After": "0"}, "busy"),
-        Reply(500, {}, "oops"),
-        Reply(200, {}, "{}"),
-    ])
+    transport = ScriptedTransport(
+        [
+            TransportError("connection", "refused"),
+            Reply(503, {"Retry-After": "0"}, "busy"),
+            Reply(500, {}, "oops"),
+            Reply(200, {}, "{}"),
+        ]
+    )
     uploader, metrics = make(store, transport)
     await run_until(uploader, transport, 4)
     assert len(set(transport.bodies)) == 1  # byte-identical re-sends
@@ -110,7 +116,7 @@ async def test_a_refused_batch_is_split_and_only_the_bad_chunk_dropped(store):
             nonlocal first_chunk_len
             self.bodies.append(body)
             self.sent.set()
-            header, chunks = batchfmt.decode(body)
+            header, _ = batchfmt.decode(body)
             first_chunk_len = first_chunk_len or header.chunk_sizes[0]
             if first_chunk_len in header.chunk_sizes:
                 return Reply(400, {}, "chunk 0: bad")

@@ -1,0 +1,88 @@
+"""SIGTERM and systemd's notify protocol, with a real agent process and a real notify socket."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from backhaul.wire.chunk import Codec
+from tests.support import Proc, Sender, free_port, metric_value
+
+pytestmark = [pytest.mark.integration]
+
+
+def buffered_samples(db: Path) -> set:
+    codec = Codec()
+    conn = sqlite3.connect(db)
+    found = set()
+    for (blob,) in conn.execute("SELECT data FROM chunks"):
+        for labels, (stamps, _) in codec.decode(blob, 1 << 30).items():
+            found.update((labels, t) for t in stamps)
+    conn.close()
+    return found
+
+
+def test_sigterm_under_systemd_notify_and_watchdog(tmp_path):
+    notify_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.settimeout(10)
+    port = free_port()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'device_id = "dev-1"\nshutdown_grace = 8\n[listen]\nport = {port}\n'
+        f'[buffer]\npath = "{tmp_path / "buffer.db"}"\nbudget_bytes = "64MiB"\n'
+    )
+    proc = Proc(
+        "backhaul-agent",
+        config,
+        tmp_path / "agent.log",
+        env={"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"},
+    )
+    proc.start()
+    try:
+        messages: list[str] = []
+
+        def receive_until(word: str) -> None:
+            while not any(word in m for m in messages):
+                messages.append(listener.recv(4096).decode())
+
+        receive_until("READY=1")
+        receive_until("WATCHDOG=1")
+        url = f"http://127.0.0.1:{port}"
+        proc.wait_healthy(url)
+        sender = Sender(url, series=500, interval=0)
+        sender.start()
+        time.sleep(1.0)
+        started = time.monotonic()
+        proc.popen.send_signal(15)
+        sender.stop()  # its last requests fail or are refused with 503: never acknowledged, never lost
+        assert proc.popen.wait(10) == 0
+        assert time.monotonic() - started < 8
+        receive_until("STOPPING=1")
+        assert messages.count("WATCHDOG=1") >= 1
+        # everything acknowledged before and during shutdown is in the buffer file
+        assert sender.acked.keys() <= buffered_samples(tmp_path / "buffer.db")
+        assert len(sender.acked) > 0
+    finally:
+        proc.kill()
+        listener.close()
+
+
+def test_restart_resumes_with_the_backlog(start_agent):
+    agent = start_agent("http://127.0.0.1:9")  # uplink unreachable
+    sender = Sender(agent.url, series=100)
+    sender.start()
+    time.sleep(0.5)
+    sender.stop()
+    held = metric_value(agent.url, "backhaul_buffer_samples")
+    assert held == len(sender.acked) > 0
+    assert agent.proc.stop() == 0
+    agent.proc.start()
+    agent.proc.wait_healthy(agent.url)
+    assert metric_value(agent.url, "backhaul_buffer_samples") == held
+    assert metric_value(agent.url, "backhaul_buffer_oldest_unsent_sample_age_seconds") > 0
