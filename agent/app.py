@@ -28,7 +28,7 @@ from agent.ingest.remote_write import RemoteWriteReceiver
 from agent.metrics import AgentMetrics
 from agent.uplink.transport import HttpTransport, Transport
 from agent.uplink.uploader import Uploader
-from backhaul import systemd
+from backhaul import __version__, systemd
 from backhaul.sqlite import StoreError
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,9 @@ class Agent:
         self._started = True
         await self.store.call(self.store.open)
         self.metrics.watch_buffer(lambda: self.store.totals, self.store.budget_bytes, self._clock)
-        self.metrics.info.info({"device": self.settings.device_id, "buffer_id": self.store.buffer_id})
+        self.metrics.info.info(
+            {"version": __version__, "device": self.settings.device_id, "buffer_id": self.store.buffer_id}
+        )
         self._tasks.append(asyncio.create_task(self.staging.run(), name="staging"))
         if self.uploader is not None:
             self._tasks.append(asyncio.create_task(self.uploader.run(), name="uploader"))
@@ -130,16 +132,15 @@ class Agent:
             await self._transport.close()
 
     def _schedule_maintenance(self) -> None:
-        b = self.settings.buffer
-        self._scheduler.add_job(
-            self._expire, "interval", seconds=60, next_run_time=None, max_instances=1, coalesce=True
-        )
-        self._scheduler.add_job(
-            self._compact, "interval", seconds=b.compact_interval.total_seconds(), max_instances=1, coalesce=True
-        )
+        interval = self.settings.buffer.maintenance_interval.total_seconds()
+        self._scheduler.add_job(self._maintain, "interval", seconds=interval, max_instances=1, coalesce=True)
         self._scheduler.start()
         # Expire once right away: a device off for weeks should not upload stale data first.
         self._tasks.append(asyncio.create_task(self._expire(), name="first-expiry"))
+
+    async def _maintain(self) -> None:
+        await self._expire()
+        await self._compact()
 
     async def _expire(self) -> None:
         cutoff = int((self._clock() - self.settings.buffer.max_age.total_seconds()) * 1000)

@@ -36,7 +36,8 @@ class BufferSettings(BaseModel):
     max_pending_samples: int = Field(2_000_000, ge=1000)
     # Small chunks (one per commit) are merged in the background into chunks of about this size.
     compact_target_samples: int = Field(100_000, ge=1000)
-    compact_interval: timedelta = timedelta(seconds=30)
+    # How often expiry (max_age) and compaction run.
+    maintenance_interval: timedelta = Field(timedelta(seconds=30), gt=timedelta(0))
     zstd_level: int = Field(3, ge=1, le=22)
 
 

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from agent.buffer.store import Totals
-from backhaul import __version__
 
 
 class AgentMetrics:
@@ -106,4 +105,3 @@ class AgentMetrics:
             return 0.0 if oldest is None else max(0.0, clock() - oldest / 1000)
 
         self.oldest_age.set_function(oldest_age)
-        self.info.info({"version": __version__})

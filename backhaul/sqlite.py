@@ -40,6 +40,9 @@ def connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 5000")
+    # Only takes effect on a new, empty file (before WAL mode writes the header): lets deleted pages
+    # be handed back to the filesystem with PRAGMA incremental_vacuum.
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     # Keep the WAL from growing without bound between checkpoints.

@@ -87,4 +87,6 @@ async def serve(settings: CollectorSettings) -> None:
     async with Collector(settings):
         systemd.notify("READY=1")
         await stop.wait()
+        log.info("stopping")
         systemd.notify("STOPPING=1")
+    log.info("stopped")

@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config ok: {len(settings.devices)} devices, store {settings.store.path}")
         return 0
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every job run at INFO
     asyncio.run(serve(settings))
     return 0
 

@@ -50,6 +50,11 @@ class DeviceCollector(Collector):
         batches = CounterMetricFamily(
             "backhaul_collector_device_batches", "Batches stored for the device", labels=["device"]
         )
+        duplicates = CounterMetricFamily(
+            "backhaul_collector_device_duplicate_samples",
+            "Samples the device sent again (a sender's retry) and that were stored once",
+            labels=["device"],
+        )
         lost = GaugeMetricFamily(
             "backhaul_collector_device_reported_lost_samples",
             "Samples the device's agent reports it lost (cumulative, per its current buffer), by cause",
@@ -59,7 +64,8 @@ class DeviceCollector(Collector):
             last_seen.add_metric([d.device], d.last_seen_ms / 1000)
             received.add_metric([d.device], d.samples)
             batches.add_metric([d.device], d.batches)
+            duplicates.add_metric([d.device], d.duplicate_samples)
             lost.add_metric([d.device, "evicted"], d.evicted_samples)
             lost.add_metric([d.device, "expired"], d.expired_samples)
             lost.add_metric([d.device, "dropped"], d.dropped_samples)
-        yield from (last_seen, received, batches, lost)
+        yield from (last_seen, received, batches, duplicates, lost)

@@ -52,9 +52,6 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring the database to the newest schema, one transaction per migration."""
     (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version == 0:
-        # Must precede the first table: lets deleted pages be returned to the filesystem.
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     db = sqlite_utils.Database(conn)
     for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
         with db.atomic():

@@ -71,6 +71,8 @@ class BufferStore:
         synchronous: SQLite's synchronous level (FULL keeps commits across a power cut).
         zstd_level: compression level for chunks.
         target_samples: size compaction merges small chunks up to (bounds a merge's memory too).
+        free_bytes_kept: free pages up to this size stay in the file for the next commits to reuse;
+            beyond it they go back to the filesystem.
     """
 
     def __init__(
@@ -80,7 +82,9 @@ class BufferStore:
         synchronous: Synchronous,
         zstd_level: int = 3,
         target_samples: int = 100_000,
+        free_bytes_kept: int = 4 * 1024 * 1024,
     ) -> None:
+        self.free_bytes_kept = free_bytes_kept
         self.path = path
         self.target_samples = target_samples
         self.budget_bytes = budget_bytes
@@ -187,6 +191,7 @@ class BufferStore:
             self._recount()
             raise translate(exc) from exc
         if losses.evicted:
+            self._release_free_pages()
             self._recount()
         elif samples:
             t = self.totals
@@ -220,23 +225,50 @@ class BufferStore:
                     break
         if losses.evicted:
             self._bump("evicted_samples", losses.evicted)
-            self.conn.execute("PRAGMA incremental_vacuum")
         return losses
 
+    def _release_free_pages(self) -> None:
+        """Give free pages back to the filesystem once there are many (after evictions, a drained
+        backlog, compaction); a few are kept, since the next commits would only grow the file again."""
+        try:
+            (free,) = self.conn.execute("PRAGMA freelist_count").fetchone()
+            (page,) = self.conn.execute("PRAGMA page_size").fetchone()
+            if free * page > self.free_bytes_kept:
+                # executescript steps the pragma to completion (execute() would free a single page);
+                # it must run outside a transaction, which is why callers call this after committing.
+                self.conn.executescript("PRAGMA incremental_vacuum;")
+        except sqlite3.Error as exc:  # only housekeeping: the data is committed either way
+            log.warning("could not release free pages: %s", exc)
+
     def expire(self, cutoff_ms: int) -> Losses:
-        """Drop unclaimed chunks whose newest sample is older than ``cutoff_ms``."""
+        """Drop data whose newest sample is older than ``cutoff_ms``, counting it as expired.
+
+        Unclaimed chunks go one by one. A sealed batch goes only as a whole, once everything in it is
+        past the cutoff: a batch the collector never acknowledged must not be retried forever, and a
+        batch is never sent with different contents under the same sequence number.
+        """
         try:
             with self._atomic().atomic():
                 (samples,) = self.conn.execute(
                     "SELECT coalesce(sum(samples), 0) FROM chunks WHERE batch_seq IS NULL AND max_ts < ?",
                     (cutoff_ms,),
                 ).fetchone()
+                self.conn.execute("DELETE FROM chunks WHERE batch_seq IS NULL AND max_ts < ?", (cutoff_ms,))
+                stale_batches = self.conn.execute(
+                    "SELECT batch_seq, sum(samples) FROM chunks WHERE batch_seq IS NOT NULL"
+                    " GROUP BY batch_seq HAVING max(max_ts) < ?",
+                    (cutoff_ms,),
+                ).fetchall()
+                for seq, batch_samples in stale_batches:
+                    self.conn.execute("DELETE FROM chunks WHERE batch_seq = ?", (seq,))
+                    self.conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+                    samples += batch_samples
                 if samples:
-                    self.conn.execute("DELETE FROM chunks WHERE batch_seq IS NULL AND max_ts < ?", (cutoff_ms,))
                     self._bump("expired_samples", samples)
         except sqlite3.Error as exc:
             raise translate(exc) from exc
         if samples:
+            self._release_free_pages()
             self._recount()
         return Losses(expired=samples)
 
@@ -251,6 +283,7 @@ class BufferStore:
         ).fetchall()
         merged_away = sum(self._merge(group, now_ms) for group in self._small_runs(rows))
         if merged_away:
+            self._release_free_pages()
             self._recount()
         return merged_away
 
@@ -349,6 +382,11 @@ class BufferStore:
         blobs = self.conn.execute("SELECT data FROM chunks WHERE batch_seq = ? ORDER BY id", (seq,)).fetchall()
         return Batch(seq=seq, sealed_ms=sealed_ms, samples=samples, chunks=[b for (b,) in blobs])
 
+    def oldest_unclaimed_ms(self) -> int | None:
+        """When the oldest chunk not yet in a batch was written (agent clock, ms), if any."""
+        (oldest,) = self.conn.execute("SELECT min(created_ms) FROM chunks WHERE batch_seq IS NULL").fetchone()
+        return int(oldest) if oldest is not None else None
+
     def unsent_loss(self) -> int:
         """Losses counted since the collector last acknowledged a report of them."""
         c = self.counters()
@@ -363,6 +401,7 @@ class BufferStore:
                 self.conn.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'reported_loss'", (reported_loss,))
         except sqlite3.Error as exc:
             raise translate(exc) from exc
+        self._release_free_pages()
         self._recount()
 
     def release(self, seq: int) -> None:

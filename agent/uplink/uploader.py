@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 class Backoff:
-    """Exponential backoff with "equal jitter": half the step fixed, half random."""
+    """Exponential backoff with "equal jitter" (half the step fixed, half random), never below ``minimum``."""
 
     def __init__(self, minimum: float, maximum: float, rng: Callable[[], float] = random.random) -> None:
         self.minimum, self.maximum, self._rng = minimum, maximum, rng
@@ -45,7 +45,7 @@ class Backoff:
     def next(self) -> float:
         step = min(self.maximum, self.minimum * 2**self.failures)
         self.failures += 1
-        return step / 2 + self._rng() * step / 2
+        return max(self.minimum, step / 2 + self._rng() * step / 2)
 
     def reset(self) -> None:
         self.failures = 0
@@ -164,8 +164,12 @@ class Uploader:
             self._metrics.last_success.set(self._clock())
             self._backoff.reset()
             self.last_error = None
-            # Half a batch or more still waiting is a backlog: send the next one at once.
-            self._backlog = self._store.totals.bytes >= self._max_bytes // 2
+            # Half a batch or more waiting, or data older than a batch window (left by an outage),
+            # is a backlog: send the next batch at once.
+            oldest = await self._store.call(self._store.oldest_unclaimed_ms)
+            self._backlog = self._store.totals.bytes >= self._max_bytes // 2 or (
+                oldest is not None and self._clock() * 1000 - oldest >= self._interval * 1000
+            )
             self._max_bytes = int(self._settings.batch_max_bytes)
             self._data.set()
             return 0.0

@@ -164,3 +164,13 @@ def test_full_buffer_evicts_oldest_counts_it_and_keeps_accepting(start_collector
         20,
         "the eviction report",
     )
+
+
+def test_samples_past_max_age_are_expired_and_counted(start_agent):
+    agent = start_agent("http://127.0.0.1:9", buffer={"max_age": 3, "maintenance_interval": 0.5})
+    now = int(time.time() * 1000)
+    series = {(("__name__", "short_lived"), ("i", str(i))): ([now - 1000], [1.0]) for i in range(50)}
+    assert push(agent.url, series) == [204]
+    assert metric_value(agent.url, "backhaul_buffer_samples") == 50
+    wait_until(lambda: metric_value(agent.url, "backhaul_buffer_expired_samples_total") == 50, 15, "expiry")
+    assert metric_value(agent.url, "backhaul_buffer_samples") == 0

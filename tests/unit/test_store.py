@@ -94,7 +94,7 @@ def test_budget_evicts_oldest_first_counts_it_and_spares_the_batch_in_flight(ope
     assert store.claim(4 << 20, NOW, False).chunks == in_flight.chunks
 
 
-def test_expiry_drops_only_old_unclaimed_chunks_and_counts_them(open_store):
+def test_expiry_drops_old_data_and_counts_it(open_store):
     store = open_store()
     store.append(scrape(0), 0, NOW)
     store.append(scrape(1000), 0, NOW)  # 5000 s later
@@ -102,6 +102,18 @@ def test_expiry_drops_only_old_unclaimed_chunks_and_counts_them(open_store):
     assert losses.expired == 200
     assert store.counters()["expired_samples"] == 200
     assert store.totals.samples == 200
+
+
+def test_a_sealed_batch_expires_only_as_a_whole(open_store):
+    store = open_store()
+    store.append(scrape(0), 0, NOW)
+    store.append(scrape(1000), 0, NOW)  # 5000 s later
+    sealed = store.claim(4 << 20, NOW, False)  # both scrapes, merged into one chunk
+    assert store.expire(cutoff_ms=NOW + 1).expired == 0  # part of it is still young
+    assert store.claim(4 << 20, NOW, False).chunks == sealed.chunks
+    assert store.expire(cutoff_ms=NOW + 5_000_001).expired == 400
+    assert store.claim(4 << 20, NOW, False) is None
+    assert store.totals.samples == 0
 
 
 def test_compaction_merges_small_chunks_without_changing_data(open_store):
@@ -158,3 +170,18 @@ def test_durable_across_connections_with_synchronous_full(open_store, tmp_path):
     assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     other.close()
+
+
+def test_the_file_gives_space_back_after_a_backlog_drains(open_store, tmp_path):
+    store = open_store(free_bytes_kept=64 * 1024)
+    assert store.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    for k in range(20):
+        store.append(scrape(k, n=5000, prefix=f"s{k}_", noisy=True), 0, NOW)
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    full = (tmp_path / "buffer.db").stat().st_size
+    assert full > 500_000
+    while (batch := store.claim(1 << 20, NOW, False)) is not None:
+        store.ack(batch.seq, 0)
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    drained = (tmp_path / "buffer.db").stat().st_size
+    assert drained < full / 2

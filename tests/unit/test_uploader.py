@@ -135,7 +135,7 @@ def test_backoff_grows_with_jitter_and_caps():
     assert [backoff.next() for _ in range(6)] == [1, 2, 4, 8, 8, 8]
     backoff.reset()
     low = Backoff(1, 8, rng=lambda: 0.0)
-    assert [low.next() for _ in range(3)] == [0.5, 1, 2]
+    assert [low.next() for _ in range(3)] == [1, 1, 2]
 
 
 def test_retry_after_accepts_seconds_and_http_dates():
