@@ -14,9 +14,9 @@ import sqlite_utils
 
 
 def _v1(db: sqlite_utils.Database) -> None:
-    db["meta"].create({"key": str, "value": int}, pk="key")  # counters and the sequence
-    db["meta_text"].create({"key": str, "value": str}, pk="key")  # buffer id
-    db["chunks"].create(
+    db.table("meta").create({"key": str, "value": int}, pk="key")  # counters and the sequence
+    db.table("meta_text").create({"key": str, "value": str}, pk="key")  # buffer id
+    db.table("chunks").create(
         {
             "id": int,
             "created_ms": int,  # agent wall clock when written
@@ -30,10 +30,10 @@ def _v1(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["chunks"].create_index(["batch_seq"])
-    db["batches"].create({"seq": int, "sealed_ms": int, "samples": int}, pk="seq")
-    db["meta_text"].insert({"key": "buffer_id", "value": uuid.uuid4().hex})
-    db["meta"].insert_all(
+    db.table("chunks").create_index(["batch_seq"])
+    db.table("batches").create({"seq": int, "sealed_ms": int, "samples": int}, pk="seq")
+    db.table("meta_text").insert({"key": "buffer_id", "value": uuid.uuid4().hex})
+    db.table("meta").insert_all(
         {"key": k, "value": 0}
         for k in (
             "next_seq",

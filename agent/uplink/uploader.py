@@ -45,7 +45,7 @@ class Backoff:
     def next(self) -> float:
         step = min(self.maximum, self.minimum * 2**self.failures)
         self.failures += 1
-        return max(self.minimum, step / 2 + self._rng() * step / 2)
+        return float(max(self.minimum, step / 2 + self._rng() * step / 2))
 
     def reset(self) -> None:
         self.failures = 0

@@ -58,7 +58,7 @@ def _v1(db: sqlite_utils.Database) -> None:
         " received_ms INTEGER NOT NULL, samples INTEGER NOT NULL, PRIMARY KEY (device, buffer_id, seq))"
         " WITHOUT ROWID"
     )
-    db["devices"].create(
+    db.table("devices").create(
         {
             "device": str,
             "last_seen_ms": int,
@@ -109,7 +109,7 @@ class CollectorStore:
                 step(db)
                 self._conn.execute(f"PRAGMA user_version = {number}")
         self._series_ids = {labels: sid for sid, labels in self._conn.execute("SELECT id, labels FROM series")}
-        for row in db["devices"].rows:
+        for row in db.table("devices").rows:
             self.devices[row["device"]] = DeviceState(**row)
 
     def close(self) -> None:
@@ -165,7 +165,7 @@ class CollectorStore:
                     dropped_samples=max(state.dropped_samples, header.dropped_samples),
                     agent_version=header.agent_version,
                 )
-                sqlite_utils.Database(conn)["devices"].upsert(updated.__dict__, pk="device")
+                sqlite_utils.Database(conn).table("devices").upsert(updated.__dict__, pk="device")
         except sqlite3.Error as exc:
             for key in new_ids:  # rolled back: forget ids that no longer exist
                 self._series_ids.pop(key, None)
