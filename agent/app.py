@@ -56,7 +56,14 @@ class Agent:
         self.metrics = AgentMetrics(self.registry)
         self._clock = clock
         b = settings.buffer
-        self.store = BufferStore(b.path, int(b.budget_bytes), b.synchronous, b.zstd_level, b.compact_target_samples)
+        self.store = BufferStore(
+            b.path,
+            int(b.budget_bytes),
+            b.synchronous,
+            b.zstd_level,
+            b.compact_target_samples,
+            min_free_bytes=int(b.min_free_bytes),
+        )
         if transport is None and settings.uplink.url is not None:
             transport = HttpTransport(
                 str(settings.uplink.url),
@@ -89,6 +96,7 @@ class Agent:
         self._started = True
         await self.store.call(self.store.open)
         self.metrics.watch_buffer(lambda: self.store.totals, self.store.budget_bytes, self._clock)
+        self.metrics.watch_disk(self.store.path.parent, self.store.min_free_bytes)
         self.metrics.info.info(
             {"version": __version__, "device": self.settings.device_id, "buffer_id": self.store.buffer_id}
         )

@@ -39,6 +39,9 @@ class BufferSettings(BaseModel):
     # How often expiry (max_age) and compaction run.
     maintenance_interval: timedelta = Field(timedelta(seconds=30), gt=timedelta(0))
     zstd_level: int = Field(3, ge=1, le=22)
+    # The filesystem's free-space floor: the buffer evicts its oldest data rather than take the free
+    # space below this, and answers 503 when even that cannot make room (other files filled the disk).
+    min_free_bytes: ByteSize = ByteSize(64 * 1024**2)
 
 
 class IngestSettings(BaseModel):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -60,6 +62,12 @@ class AgentMetrics:
             "backhaul_buffer_samples", "Samples in the buffer (not yet acknowledged)", registry=r
         )
         self.budget = Gauge("backhaul_buffer_budget_bytes", "The buffer's byte budget", registry=r)
+        self.disk_free = Gauge(
+            "backhaul_buffer_filesystem_free_bytes", "Free space on the buffer's filesystem", registry=r
+        )
+        self.disk_floor = Gauge(
+            "backhaul_buffer_filesystem_floor_bytes", "Free space the buffer leaves alone (min_free_bytes)", registry=r
+        )
         self.oldest_age = Gauge(
             "backhaul_buffer_oldest_unsent_sample_age_seconds",
             "Age of the oldest sample not yet acknowledged by the collector (0 when empty)",
@@ -92,6 +100,16 @@ class AgentMetrics:
         self.upload_seconds = Histogram(
             "backhaul_uplink_request_duration_seconds", "Duration of batch upload requests", registry=r
         )
+
+    def watch_disk(self, path: Path, floor: int) -> None:
+        """The buffer filesystem's free space, read at scrape time, next to the floor the buffer keeps."""
+        self.disk_floor.set(floor)
+
+        def free() -> float:
+            stat = os.statvfs(path)
+            return float(stat.f_bavail * stat.f_frsize)
+
+        self.disk_free.set_function(free)
 
     def watch_buffer(self, totals: Callable[[], Totals], budget: int, clock: Callable[[], float] = time.time) -> None:
         """Read the buffer's gauges from its live totals at scrape time."""

@@ -20,6 +20,9 @@ from backhaul.wire.remote_write import is_stale_marker
 from collector.selector import Selector, SelectorError
 from collector.store.sqlite import CollectorStore
 
+# Series fetched per query: few round trips to the store thread, bounded memory per step.
+SERIES_PER_QUERY = 500
+
 
 def parse_time(text: str | None, default_ms: int) -> int:
     """Unix seconds or RFC 3339 to milliseconds; raises ValueError with the offending text."""
@@ -64,16 +67,21 @@ class Exporter:
         chosen = [(sid, labels) for sid, labels in series if any(s.matches(labels) for s in selectors)]
         response = web.StreamResponse(headers={"Content-Type": "application/stream+json"})
         await response.prepare(request)
-        for sid, labels in sorted(chosen, key=lambda item: sorted(item[1].items())):
-            stamps, values = await store.worker.run(store.samples, sid, start, end)
-            keep = [i for i, v in enumerate(values) if not is_stale_marker(v)]
-            if not keep:
-                continue
-            line = {
-                "metric": labels,
-                "values": [_number(values[i]) for i in keep],
-                "timestamps": [stamps[i] for i in keep],
-            }
-            await response.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+        chosen.sort(key=lambda item: sorted(item[1].items()))
+        for first in range(0, len(chosen), SERIES_PER_QUERY):
+            page = chosen[first : first + SERIES_PER_QUERY]
+            found = await store.worker.run(store.samples, [sid for sid, _ in page], start, end)
+            lines = []
+            for sid, labels in page:
+                stamps, values = found.get(sid, ([], []))
+                keep = [i for i, v in enumerate(values) if not is_stale_marker(v)]
+                if keep:
+                    line = {
+                        "metric": labels,
+                        "values": [_number(values[i]) for i in keep],
+                        "timestamps": [stamps[i] for i in keep],
+                    }
+                    lines.append(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+            await response.write(b"".join(lines))
         await response.write_eof()
         return response

@@ -57,7 +57,7 @@ class DeviceCollector(Collector):
         )
         lost = GaugeMetricFamily(
             "backhaul_collector_device_reported_lost_samples",
-            "Samples the device's agent reports it lost (cumulative, per its current buffer), by cause",
+            "Samples the device's agent reports it lost (cumulative over all its buffers), by cause",
             labels=["device", "cause"],
         )
         for d in devices:
@@ -68,4 +68,5 @@ class DeviceCollector(Collector):
             lost.add_metric([d.device, "evicted"], d.evicted_samples)
             lost.add_metric([d.device, "expired"], d.expired_samples)
             lost.add_metric([d.device, "dropped"], d.dropped_samples)
+            lost.add_metric([d.device, "corrupt"], d.corrupt_samples)
         yield from (last_seen, received, batches, duplicates, lost)

@@ -57,3 +57,15 @@ def migrate(conn: sqlite3.Connection) -> None:
         with db.atomic():
             step(db)
             conn.execute(f"PRAGMA user_version = {number}")
+
+
+def _v2(db: sqlite_utils.Database) -> None:
+    # Chunks that failed to decode are kept here (out of the budget's way) for a person to inspect.
+    db.table("quarantine").create(
+        {"id": int, "chunk_id": int, "quarantined_ms": int, "reason": str, "samples": int, "data": bytes},
+        pk="id",
+    )
+    db.table("meta").insert_all({"key": k, "value": 0} for k in ("corrupt_samples", "corrupt_chunks"))
+
+
+MIGRATIONS.append(_v2)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +23,21 @@ from typing import TypeVar
 
 import sqlite_utils
 
-from agent.buffer import schema
+from agent.buffer import recovery, schema
 from backhaul.sqlite import StoreError, Synchronous, Worker, connect, translate
+from backhaul.wire import WireError
 from backhaul.wire import chunk as chunkfmt
 from backhaul.wire.series import SeriesMap, merge_into, sample_count
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-LOSS_KEYS = ("evicted_samples", "expired_samples", "dropped_samples", "rejected_samples")
+LOSS_KEYS = (
+    "evicted_samples",
+    "expired_samples",
+    "dropped_samples",
+    "rejected_samples",
+    "corrupt_samples",
+)
 
 
 @dataclass
@@ -73,6 +79,8 @@ class BufferStore:
         target_samples: size compaction merges small chunks up to (bounds a merge's memory too).
         free_bytes_kept: free pages up to this size stay in the file for the next commits to reuse;
             beyond it they go back to the filesystem.
+        min_free_bytes: the filesystem's free-space floor: the buffer evicts (and finally refuses new
+            data with a transient error) rather than take free space below it.
     """
 
     def __init__(
@@ -83,7 +91,9 @@ class BufferStore:
         zstd_level: int = 3,
         target_samples: int = 100_000,
         free_bytes_kept: int = 4 * 1024 * 1024,
+        min_free_bytes: int = 0,
     ) -> None:
+        self.min_free_bytes = min_free_bytes
         self.free_bytes_kept = free_bytes_kept
         self.path = path
         self.target_samples = target_samples
@@ -93,7 +103,7 @@ class BufferStore:
         self.worker = Worker("buffer-db")
         self.totals = Totals()
         self.buffer_id = ""
-        self.quarantined: list[Path] = []
+        self.recovery: recovery.Recovery | None = None  # set when open() had to salvage a damaged file
         self._conn: sqlite3.Connection | None = None
 
     # -- lifecycle (sync, on the worker thread) ------------------------------------------------------
@@ -102,13 +112,20 @@ class BufferStore:
         return await self.worker.run(fn, *args)
 
     def open(self) -> None:
+        """Open (or create) the buffer; a damaged file is salvaged, never a reason not to start."""
+        conn: sqlite3.Connection | None = None
         try:
-            self._conn = self._open_checked()
+            conn = self._open_checked()
+            problem = recovery.check(conn)
         except sqlite3.DatabaseError as exc:
-            # A file SQLite cannot read must not stop the agent from buffering new data: move it
-            # aside (with its WAL) for a person to look at, and start a new database.
-            self._quarantine(exc)
-            self._conn = self._open_checked()
+            problem = str(exc)
+        if problem is not None:
+            if conn is not None:
+                conn.close()
+            if self.path.exists():
+                self.recovery = recovery.salvage(self.path, self.synchronous, self.codec, problem)
+            conn = self._open_checked()
+        self._conn = conn
         self._recount()
         log.info(
             "buffer %s opened: %d chunks, %d samples, %d bytes (budget %d)",
@@ -128,18 +145,6 @@ class BufferStore:
             conn.close()
             raise
         return conn
-
-    def _quarantine(self, exc: sqlite3.DatabaseError) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(f"{self.path}{suffix}")
-            if src.exists():
-                dst = Path(f"{self.path}.corrupt-{stamp}{suffix}")
-                os.replace(src, dst)
-                self.quarantined.append(dst)
-        log.error(
-            "buffer %s unreadable (%s): moved aside to %s, starting a new buffer", self.path, exc, self.quarantined
-        )
 
     def close(self) -> None:
         if self._conn is not None:
@@ -181,12 +186,20 @@ class BufferStore:
         """Durably add one chunk of ``series`` (and ``dropped`` refused samples to the counter)."""
         samples = sample_count(series)
         blob = self.codec.encode(series) if samples else b""
+        disk_room = self._disk_room()
         try:
             with self._atomic().atomic():
+                # Evict first: the insert then reuses the freed pages instead of growing the file.
+                losses, held = self._evict(self.totals.bytes + len(blob), min(self.budget_bytes, disk_room))
+                if held > disk_room:
+                    raise StoreError(
+                        f"no room: the filesystem's free space would fall below the floor of "
+                        f"{self.min_free_bytes} bytes, even with every unsent chunk evicted",
+                        transient=True,
+                    )
                 if samples:
                     self._insert(blob, series, samples, now_ms)
                 self._bump("dropped_samples", dropped)
-                losses = self._evict_to_budget(self.totals.bytes + len(blob))
         except sqlite3.Error as exc:
             self._recount()
             raise translate(exc) from exc
@@ -209,9 +222,22 @@ class BufferStore:
             (chunk_id, now_ms, lo, hi, samples, len(series), len(blob), blob),
         )
 
-    def _evict_to_budget(self, total: int) -> Losses:
+    def _disk_room(self) -> int:
+        """Bytes the buffer may hold without taking the filesystem below ``min_free_bytes``.
+
+        What the buffer holds now plus what is free above the floor: pages freed by eviction are
+        reused by SQLite before the file grows.
+        """
+        if not self.min_free_bytes:
+            return 1 << 62
+        stat = os.statvfs(self.path.parent)
+        return self.totals.bytes + stat.f_bavail * stat.f_frsize - self.min_free_bytes
+
+    def _evict(self, total: int, limit: int) -> tuple[Losses, int]:
+        """Evict the oldest unsent chunks until ``total`` (bytes held, the new chunk included) fits
+        ``limit``; returns what was evicted and the bytes then held. Chunks in flight stay."""
         losses = Losses()
-        while total > self.budget_bytes:
+        while total > limit:
             victims = self.conn.execute(
                 "SELECT id, bytes, samples FROM chunks WHERE batch_seq IS NULL ORDER BY id LIMIT 64"
             ).fetchall()
@@ -221,11 +247,11 @@ class BufferStore:
                 self.conn.execute("DELETE FROM chunks WHERE id = ?", (chunk_id,))
                 total -= size
                 losses.evicted += samples
-                if total <= self.budget_bytes:
+                if total <= limit:
                     break
         if losses.evicted:
             self._bump("evicted_samples", losses.evicted)
-        return losses
+        return losses, total
 
     def _release_free_pages(self) -> None:
         """Give free pages back to the filesystem once there are many (after evictions, a drained
@@ -312,24 +338,38 @@ class BufferStore:
         return runs
 
     def _merge(self, ids: list[int], now_ms: int) -> int:
+        """Replace chunks ``ids`` by one; a chunk that does not decode is quarantined instead."""
         marks = ",".join("?" * len(ids))
         series: SeriesMap = {}
         try:
             with self._atomic().atomic():
-                blobs = self.conn.execute(
-                    f"SELECT data FROM chunks WHERE id IN ({marks}) AND batch_seq IS NULL ORDER BY id", ids
+                rows = self.conn.execute(
+                    f"SELECT id, samples, data FROM chunks WHERE id IN ({marks}) AND batch_seq IS NULL ORDER BY id",
+                    ids,
                 ).fetchall()
-                if len(blobs) != len(ids):
+                if len(rows) != len(ids):
                     return 0
-                for (blob,) in blobs:
-                    merge_into(series, self.codec.decode(blob, limit=1 << 30))
-                merged = self.codec.encode(series)
+                for chunk_id, samples, blob in rows:
+                    try:
+                        merge_into(series, self.codec.decode(blob, limit=recovery.MAX_CHUNK_BYTES))
+                    except WireError as exc:
+                        self._quarantine_chunk(chunk_id, samples, blob, str(exc), now_ms)
                 self.conn.execute(f"DELETE FROM chunks WHERE id IN ({marks})", ids)
-                # The merged chunk takes the first id, so eviction order (oldest first) holds.
-                self._insert(merged, series, sample_count(series), now_ms, chunk_id=ids[0])
+                if series:
+                    # The merged chunk takes the first id, so eviction order (oldest first) holds.
+                    self._insert(self.codec.encode(series), series, sample_count(series), now_ms, chunk_id=ids[0])
         except sqlite3.Error as exc:
             raise translate(exc) from exc
         return len(ids) - 1
+
+    def _quarantine_chunk(self, chunk_id: int, samples: int, blob: bytes, reason: str, now_ms: int) -> None:
+        log.error("chunk %d does not decode (%s): quarantined, %d samples lost", chunk_id, reason, samples)
+        self.conn.execute(
+            "INSERT INTO quarantine (chunk_id, quarantined_ms, reason, samples, data) VALUES (?, ?, ?, ?, ?)",
+            (chunk_id, now_ms, reason, samples, blob),
+        )
+        self._bump("corrupt_samples", samples)
+        self._bump("corrupt_chunks", 1)
 
     # -- batches -------------------------------------------------------------------------------------
 
@@ -347,13 +387,12 @@ class BufferStore:
             "SELECT id, bytes, samples FROM chunks WHERE batch_seq IS NULL ORDER BY id LIMIT 10000"
         ).fetchall()
         chosen: list[int] = []
-        size = samples = 0
-        for chunk_id, nbytes, nsamples in candidates:
+        size = 0
+        for chunk_id, nbytes, _ in candidates:
             if chosen and size + nbytes > max_bytes:
                 break
             chosen.append(chunk_id)
             size += nbytes
-            samples += nsamples
         if not chosen and not report_losses:
             return None
         try:
@@ -366,11 +405,15 @@ class BufferStore:
                 (seq,) = self.conn.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
                 seq += 1
                 self.conn.execute("UPDATE meta SET value = ? WHERE key='next_seq'", (seq,))
+                for chunk_id in chosen:
+                    self.conn.execute("UPDATE chunks SET batch_seq = ? WHERE id = ?", (seq, chunk_id))
+                # Counted after merging: a chunk quarantined by the merge is no longer in the batch.
+                (samples,) = self.conn.execute(
+                    "SELECT coalesce(sum(samples), 0) FROM chunks WHERE batch_seq = ?", (seq,)
+                ).fetchone()
                 self.conn.execute(
                     "INSERT INTO batches (seq, sealed_ms, samples) VALUES (?, ?, ?)", (seq, now_ms, samples)
                 )
-                for chunk_id in chosen:
-                    self.conn.execute("UPDATE chunks SET batch_seq = ? WHERE id = ?", (seq, chunk_id))
         except sqlite3.Error as exc:
             self._recount()
             raise translate(exc) from exc

@@ -23,7 +23,7 @@ import random
 import time
 from collections.abc import Callable
 
-from agent.buffer.store import Batch, BufferStore
+from agent.buffer.store import LOSS_KEYS, Batch, BufferStore
 from agent.config import UplinkSettings
 from agent.metrics import AgentMetrics
 from agent.uplink.transport import Reply, Transport, TransportError
@@ -141,11 +141,10 @@ class Uploader:
             evicted_samples=counters["evicted_samples"],
             expired_samples=counters["expired_samples"],
             dropped_samples=counters["dropped_samples"] + counters["rejected_samples"],
+            corrupt_samples=counters["corrupt_samples"],
             agent_version=__version__,
         )
-        reported_loss = sum(
-            counters[k] for k in ("evicted_samples", "expired_samples", "dropped_samples", "rejected_samples")
-        )
+        reported_loss = sum(counters[k] for k in LOSS_KEYS)
         body = batchfmt.encode(header, batch.chunks)
         self._last_sent = time.monotonic()
         started = time.perf_counter()

@@ -43,7 +43,9 @@ class BatchHeader:
         chunk_sizes: compressed size of each chunk, in order.
         evicted_samples: samples the agent evicted to stay in its byte budget, ever (cumulative).
         expired_samples: samples the agent dropped for age, ever (cumulative).
-        dropped_samples: samples the agent refused at ingest (bad timestamps, labels ...), ever.
+        dropped_samples: samples the agent refused at ingest (bad timestamps, labels ...) or the
+            collector refused as malformed, ever.
+        corrupt_samples: samples lost to a damaged buffer file or chunk, ever.
         agent_version: the agent's software version.
     """
 
@@ -56,6 +58,7 @@ class BatchHeader:
     evicted_samples: int = 0
     expired_samples: int = 0
     dropped_samples: int = 0
+    corrupt_samples: int = 0
     agent_version: str = ""
 
 
@@ -97,7 +100,15 @@ def _check_header(h: BatchHeader) -> None:
         raise WireError("batch: header field 'device' is not a valid device id")
     if not isinstance(h.buffer_id, str) or not 1 <= len(h.buffer_id) <= 64:
         raise WireError("batch: header field 'buffer_id' must be a string of 1 to 64 characters")
-    for name in ("seq", "sent_at_ms", "samples", "evicted_samples", "expired_samples", "dropped_samples"):
+    for name in (
+        "seq",
+        "sent_at_ms",
+        "samples",
+        "evicted_samples",
+        "expired_samples",
+        "dropped_samples",
+        "corrupt_samples",
+    ):
         value = getattr(h, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise WireError(f"batch: header field {name!r} must be a non-negative integer")

@@ -38,6 +38,7 @@ class DeviceState:
     expired_samples: int = 0
     dropped_samples: int = 0
     agent_version: str = ""
+    corrupt_samples: int = 0
 
 
 @dataclass
@@ -75,7 +76,19 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX series_by_name ON series (name)")
 
 
-MIGRATIONS = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    # Loss counters are cumulative per agent buffer; a device that re-created its buffer (after
+    # corruption) starts a new set, so a device's total is the sum over its buffers.
+    db.execute(
+        "CREATE TABLE buffers (device TEXT NOT NULL, buffer_id TEXT NOT NULL, evicted_samples INTEGER NOT NULL,"
+        " expired_samples INTEGER NOT NULL, dropped_samples INTEGER NOT NULL, corrupt_samples INTEGER NOT NULL,"
+        " PRIMARY KEY (device, buffer_id)) WITHOUT ROWID"
+    )
+    db.execute("ALTER TABLE devices ADD COLUMN corrupt_samples INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS = [_v1, _v2]
+LOSS_FIELDS = ("evicted_samples", "expired_samples", "dropped_samples", "corrupt_samples")
 
 
 class CollectorStore:
@@ -153,6 +166,7 @@ class CollectorStore:
                         zip([sid] * len(stamps), stamps, bits, strict=True),
                     )
                 stored = conn.total_changes - before - len(new_ids)
+                losses = self._record_losses(header)
                 state = self.devices.get(header.device) or DeviceState(header.device)
                 updated = DeviceState(
                     device=header.device,
@@ -160,10 +174,8 @@ class CollectorStore:
                     samples=state.samples + stored,
                     batches=state.batches + 1,
                     duplicate_samples=state.duplicate_samples + total - stored,
-                    evicted_samples=max(state.evicted_samples, header.evicted_samples),
-                    expired_samples=max(state.expired_samples, header.expired_samples),
-                    dropped_samples=max(state.dropped_samples, header.dropped_samples),
                     agent_version=header.agent_version,
+                    **losses,
                 )
                 sqlite_utils.Database(conn).table("devices").upsert(updated.__dict__, pk="device")
         except sqlite3.Error as exc:
@@ -173,17 +185,39 @@ class CollectorStore:
         self.devices[header.device] = updated
         return IngestResult(duplicate_batch=False, samples=stored, duplicate_samples=total - stored)
 
+    def _record_losses(self, header: BatchHeader) -> dict[str, int]:
+        """Keep the newest loss counters of the batch's buffer; return the device's totals."""
+        fields = ", ".join(LOSS_FIELDS)
+        keep_max = ", ".join(f"{f} = max({f}, excluded.{f})" for f in LOSS_FIELDS)
+        self.conn.execute(
+            f"INSERT INTO buffers (device, buffer_id, {fields}) VALUES (?, ?, ?, ?, ?, ?)"
+            f" ON CONFLICT (device, buffer_id) DO UPDATE SET {keep_max}",
+            (header.device, header.buffer_id, *(getattr(header, f) for f in LOSS_FIELDS)),
+        )
+        sums = self.conn.execute(
+            f"SELECT {', '.join(f'sum({f})' for f in LOSS_FIELDS)} FROM buffers WHERE device = ?", (header.device,)
+        ).fetchone()
+        return dict(zip(LOSS_FIELDS, sums, strict=True))
+
     def series(self) -> list[tuple[int, dict[str, str]]]:
         return [(sid, dict(json.loads(labels))) for labels, sid in self._series_ids.items()]
 
-    def samples(self, series_id: int, start_ms: int, end_ms: int) -> tuple[list[int], list[float]]:
+    def samples(self, series_ids: list[int], start_ms: int, end_ms: int) -> dict[int, tuple[list[int], list[float]]]:
+        """Samples of several series in ``[start_ms, end_ms]``, by series id, in time order."""
+        out: dict[int, tuple[list[int], list[float]]] = {}
+        marks = ",".join("?" * len(series_ids))
         rows = self.conn.execute(
-            "SELECT ts, bits FROM samples WHERE series_id = ? AND ts >= ? AND ts <= ? ORDER BY ts",
-            (series_id, start_ms, end_ms),
+            f"SELECT series_id, ts, bits FROM samples WHERE series_id IN ({marks}) AND ts >= ? AND ts <= ?"
+            " ORDER BY series_id, ts",
+            (*series_ids, start_ms, end_ms),
         ).fetchall()
-        stamps = [r[0] for r in rows]
-        values = array("d", array("q", [r[1] for r in rows]).tobytes()).tolist()
-        return stamps, values
+        for sid, ts, bits in rows:
+            entry = out.setdefault(sid, ([], []))
+            entry[0].append(ts)
+            entry[1].append(bits)
+        for sid, (stamps, bits_list) in out.items():
+            out[sid] = (stamps, array("d", array("q", bits_list).tobytes()).tolist())
+        return out
 
 
 def _stored_labels(labels: Labels, device_label: str, device: str) -> str:

@@ -156,7 +156,8 @@ def test_an_unreadable_file_is_moved_aside_and_a_new_buffer_starts(open_store, t
     path.write_bytes(b"this is not a database" * 100)
     store = open_store(path=path)
     assert store.totals.samples == 0
-    assert len(store.quarantined) == 1 and store.quarantined[0].read_bytes().startswith(b"this is not")
+    moved = store.recovery.moved_aside
+    assert len(moved) == 1 and moved[0].read_bytes().startswith(b"this is not")
     store.append(scrape(0), 0, NOW)
     assert store.totals.samples == 200
 
