@@ -91,12 +91,16 @@ class Staging:
         started = time.perf_counter()
         try:
             losses = await self._store.call(self._write, [g[0] for g in group], sum(g[2] for g in group))
-        except StoreError as exc:
+        except Exception as exc:
+            # Every waiting sender must get an answer (503/500 and a retry), whatever went wrong.
+            failure = exc if isinstance(exc, StoreError) else StoreError(f"internal error: {exc!r}", transient=False)
+            if not isinstance(exc, StoreError):
+                log.exception("commit of %d requests failed unexpectedly", len(group))
             self._metrics.commit_failures.inc()
-            log.error("commit of %d requests failed: %s", len(group), exc)
+            log.error("commit of %d requests failed: %s", len(group), failure)
             for *_, future in group:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(failure)
             return
         self._metrics.commit_seconds.observe(time.perf_counter() - started)
         self._metrics.commits.inc()

@@ -109,8 +109,17 @@ class Uploader:
 
     async def run(self) -> None:
         while True:
-            batch = await self._next_batch()
-            delay = await self._deliver(batch)
+            try:
+                batch = await self._next_batch()
+                delay = await self._deliver(batch)
+            except StoreError as exc:  # e.g. a full disk while sealing: the data is still there
+                delay = self._backoff.next()
+                self.last_error = f"buffer: {exc}"
+                log.error("uploader could not use the buffer (%s); retrying in %.1f s", exc, delay)
+            except Exception:  # a bug must not stop uploads for good: log it loudly and carry on
+                delay = self._backoff.next()
+                self.last_error = "internal error (see the log)"
+                log.exception("uploader failed unexpectedly; retrying in %.1f s", delay)
             if delay:
                 await asyncio.sleep(delay)
 

@@ -144,3 +144,24 @@ def test_retry_after_accepts_seconds_and_http_dates():
     assert retry_after({"Retry-After": email.utils.formatdate(now + 30, usegmt=True)}, now) == pytest.approx(30, abs=1)
     assert retry_after({"Retry-After": "soon"}, now) is None
     assert retry_after({}, now) is None
+
+
+async def test_a_buffer_error_while_sealing_does_not_stop_the_uploader(store, monkeypatch):
+    from backhaul.sqlite import StoreError
+
+    await store.call(store.append, scrape(0), 0, NOW)
+    real_claim = store.claim
+    calls = []
+
+    def flaky_claim(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise StoreError("sqlite: database or disk is full", transient=True)
+        return real_claim(*args)
+
+    monkeypatch.setattr(store, "claim", flaky_claim)
+    transport = ScriptedTransport([])
+    uploader, _ = make(store, transport)
+    await run_until(uploader, transport, 1)
+    assert len(calls) >= 2
+    assert store.totals.samples == 0  # delivered after the error
