@@ -113,15 +113,20 @@ class Uploader:
                 batch = await self._next_batch()
                 delay = await self._deliver(batch)
             except StoreError as exc:  # e.g. a full disk while sealing: the data is still there
-                delay = self._backoff.next()
-                self.last_error = f"buffer: {exc}"
-                log.error("uploader could not use the buffer (%s); retrying in %.1f s", exc, delay)
+                delay = self._retry_later(f"buffer: {exc}")
             except Exception:  # a bug must not stop uploads for good: log it loudly and carry on
-                delay = self._backoff.next()
-                self.last_error = "internal error (see the log)"
-                log.exception("uploader failed unexpectedly; retrying in %.1f s", delay)
+                log.exception("uploader failed unexpectedly")
+                delay = self._retry_later("internal error (see the log)")
             if delay:
                 await asyncio.sleep(delay)
+
+    def _retry_later(self, error: str) -> float:
+        delay = self._backoff.next()
+        self.last_error = error
+        log.error("uploader: %s; retrying in %.1f s", error, delay)
+        self._backlog = True
+        self._data.set()  # look at the buffer again after the delay
+        return delay
 
     async def _next_batch(self) -> Batch:
         while True:
