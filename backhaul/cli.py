@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic_settings import BaseSettings
 
@@ -32,3 +35,22 @@ def parse_and_load(prog: str, cls: type[S], argv: list[str] | None) -> tuple[str
         print(f"{prog}: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     return args.command, settings
+
+
+def main(
+    prog: str,
+    cls: type[S],
+    serve: Callable[[S], Coroutine[Any, Any, None]],
+    summary: Callable[[S], str],
+    argv: list[str] | None,
+) -> int:
+    """Both programs' entry point: ``check-config`` prints ``summary``, ``run`` runs ``serve``."""
+    command, settings = parse_and_load(prog, cls, argv)
+    if command == "check-config":
+        print(f"config ok: {summary(settings)}")
+        return 0
+    level = getattr(settings, "log_level", "INFO")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every job run at INFO
+    asyncio.run(serve(settings))
+    return 0

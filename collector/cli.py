@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import sys
 
-from backhaul.cli import parse_and_load
+from backhaul import cli
 from collector.app import serve
 from collector.config import CollectorSettings
 
 
 def main(argv: list[str] | None = None) -> int:
-    command, settings = parse_and_load("backhaul-collector", CollectorSettings, argv)
-    if command == "check-config":
-        print(f"config ok: {len(settings.devices)} devices, store {settings.store.path}")
-        return 0
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every job run at INFO
-    asyncio.run(serve(settings))
-    return 0
+    return cli.main(
+        "backhaul-collector",
+        CollectorSettings,
+        serve,
+        lambda s: f"{len(s.devices)} devices, store {s.store.path}",
+        argv,
+    )
 
 
 if __name__ == "__main__":

@@ -41,20 +41,14 @@ def _toml(values: dict[str, object]) -> str:
 
 
 @pytest.fixture
-def start_collector(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+def launch(tmp_path: Path) -> Iterator[Callable[[str, str, int, dict[str, object]], Running]]:
+    """Write ``config`` as ``<name>.toml``, start ``program`` with it, wait until healthy; killed at teardown."""
     started: list[Proc] = []
 
-    def start(port: int | None = None, name: str = "collector", **overrides: object) -> Running:
-        port = port or free_port()
-        config: dict[str, object] = {
-            "listen": {"host": "127.0.0.1", "port": port},
-            "store": {"path": str(tmp_path / f"{name}.db")},
-            "devices": [{"id": "dev-1", "token": TOKEN}, {"id": "dev-2", "token": TOKEN + "-2"}],
-        }
-        config.update(overrides)
+    def start(program: str, name: str, port: int, config: dict[str, object]) -> Running:
         path = tmp_path / f"{name}.toml"
         path.write_text(_toml(config))
-        proc = Proc("backhaul-collector", path, tmp_path / f"{name}.log").start()
+        proc = Proc(program, path, tmp_path / f"{name}.log").start()
         started.append(proc)
         url = f"http://127.0.0.1:{port}"
         proc.wait_healthy(url)
@@ -66,9 +60,22 @@ def start_collector(tmp_path: Path) -> Iterator[Callable[..., Running]]:
 
 
 @pytest.fixture
-def start_agent(tmp_path: Path) -> Iterator[Callable[..., Running]]:
-    started: list[Proc] = []
+def start_collector(tmp_path: Path, launch: Callable[..., Running]) -> Callable[..., Running]:
+    def start(port: int | None = None, name: str = "collector", **overrides: object) -> Running:
+        port = port or free_port()
+        config: dict[str, object] = {
+            "listen": {"host": "127.0.0.1", "port": port},
+            "store": {"path": str(tmp_path / f"{name}.db")},
+            "devices": [{"id": "dev-1", "token": TOKEN}, {"id": "dev-2", "token": TOKEN + "-2"}],
+        }
+        config.update(overrides)
+        return launch("backhaul-collector", name, port, config)
 
+    return start
+
+
+@pytest.fixture
+def start_agent(tmp_path: Path, launch: Callable[..., Running]) -> Callable[..., Running]:
     def start(
         collector_url: str | None,
         port: int | None = None,
@@ -95,14 +102,6 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., Running]]:
                 **(uplink or {}),
             }
         config.update(overrides)
-        path = tmp_path / f"{name}.toml"
-        path.write_text(_toml(config))
-        proc = Proc("backhaul-agent", path, tmp_path / f"{name}.log").start()
-        started.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        proc.wait_healthy(url)
-        return Running(proc, url, path)
+        return launch("backhaul-agent", name, port, config)
 
-    yield start
-    for proc in started:
-        proc.kill()
+    return start
