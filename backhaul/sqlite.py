@@ -8,6 +8,7 @@ single-thread executor: every statement runs there, in order, and the loop only 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,14 +41,26 @@ def connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 5000")
-    # Only takes effect on a new, empty file (before WAL mode writes the header): lets deleted pages
-    # be handed back to the filesystem with PRAGMA incremental_vacuum.
-    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-    conn.execute("PRAGMA journal_mode = WAL")
+    # First, so that no write below is synced at another level than the configured one.
     conn.execute(f"PRAGMA synchronous = {synchronous}")
+    (pages,) = conn.execute("PRAGMA page_count").fetchone()
+    if pages == 0:
+        # A new file only (before WAL mode writes the header; on an existing file the pragma would
+        # write a page at every open): lets PRAGMA incremental_vacuum hand pages back to the filesystem.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    conn.execute("PRAGMA journal_mode = WAL")
     # Keep the WAL from growing without bound between checkpoints.
     conn.execute("PRAGMA journal_size_limit = 67108864")
     return conn
+
+
+def sync_directory(path: Path) -> None:
+    """fsync a directory, so that renames and deletions in it survive a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Worker:

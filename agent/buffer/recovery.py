@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.buffer import schema
-from backhaul.sqlite import Synchronous, connect
+from backhaul.sqlite import Synchronous, connect, sync_directory
 from backhaul.wire import WireError
 from backhaul.wire.chunk import Codec
 
@@ -96,6 +96,7 @@ def salvage(path: Path, synchronous: Synchronous, codec: Codec, problem: str) ->
     os.replace(target, path)
     for suffix in ("-wal", "-shm"):
         Path(f"{target}{suffix}").unlink(missing_ok=True)
+    sync_directory(path.parent)  # the swap must not be undone by a power cut
     log.error(
         "buffer %s was damaged (%s): salvaged %d chunks (%d samples), lost %d chunks (%d samples known); "
         "damaged file moved to %s",
