@@ -55,6 +55,11 @@ class DeviceCollector(Collector):
             "Samples the device sent again (a sender's retry) and that were stored once",
             labels=["device"],
         )
+        duplicate_batches = CounterMetricFamily(
+            "backhaul_collector_device_duplicate_batches",
+            "Batches the device sent again (its reply was lost) and that were recognised, not stored twice",
+            labels=["device"],
+        )
         lost = GaugeMetricFamily(
             "backhaul_collector_device_reported_lost_samples",
             "Samples the device's agent reports it lost (cumulative over all its buffers), by cause",
@@ -65,8 +70,9 @@ class DeviceCollector(Collector):
             received.add_metric([d.device], d.samples)
             batches.add_metric([d.device], d.batches)
             duplicates.add_metric([d.device], d.duplicate_samples)
+            duplicate_batches.add_metric([d.device], d.duplicate_batches)
             lost.add_metric([d.device, "evicted"], d.evicted_samples)
             lost.add_metric([d.device, "expired"], d.expired_samples)
             lost.add_metric([d.device, "dropped"], d.dropped_samples)
             lost.add_metric([d.device, "corrupt"], d.corrupt_samples)
-        yield from (last_seen, received, batches, duplicates, lost)
+        yield from (last_seen, received, batches, duplicates, duplicate_batches, lost)

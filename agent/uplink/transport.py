@@ -30,6 +30,12 @@ class TransportError(Exception):
         self.reason = reason
 
 
+def _short(exc: Exception) -> str:
+    """aiohttp may put a whole half-received response in the message: keep the log line readable."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
 class Transport(Protocol):
     async def send(self, body: bytes) -> Reply: ...
 
@@ -65,9 +71,9 @@ class HttpTransport:
         except TimeoutError as exc:
             raise TransportError("timeout", f"no complete answer within {self._timeout.total} s") from exc
         except aiohttp.ClientConnectionError as exc:
-            raise TransportError("connection", str(exc) or type(exc).__name__) from exc
+            raise TransportError("connection", _short(exc)) from exc
         except aiohttp.ClientError as exc:
-            raise TransportError("http", str(exc) or type(exc).__name__) from exc
+            raise TransportError("http", _short(exc)) from exc
         except asyncio.CancelledError:
             raise
 

@@ -39,6 +39,7 @@ class DeviceState:
     dropped_samples: int = 0
     agent_version: str = ""
     corrupt_samples: int = 0
+    duplicate_batches: int = 0
 
 
 @dataclass
@@ -87,7 +88,11 @@ def _v2(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE devices ADD COLUMN corrupt_samples INTEGER NOT NULL DEFAULT 0")
 
 
-MIGRATIONS = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE devices ADD COLUMN duplicate_batches INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS = [_v1, _v2, _v3]
 LOSS_FIELDS = ("evicted_samples", "expired_samples", "dropped_samples", "corrupt_samples")
 
 
@@ -131,10 +136,24 @@ class CollectorStore:
             self._conn = None
 
     def seen(self, device: str, buffer_id: str, seq: int) -> bool:
+        """Whether this batch is already stored; a repeat is counted (it survives restarts)."""
         row = self.conn.execute(
             "SELECT 1 FROM batches WHERE device=? AND buffer_id=? AND seq=?", (device, buffer_id, seq)
         ).fetchone()
+        if row is not None:
+            self._count_duplicate_batch(device)
         return row is not None
+
+    def _count_duplicate_batch(self, device: str) -> None:
+        try:
+            self.conn.execute(
+                "UPDATE devices SET duplicate_batches = duplicate_batches + 1 WHERE device = ?", (device,)
+            )
+        except sqlite3.Error as exc:  # a statistic: never a reason to refuse the repeat
+            log.warning("could not count a duplicate batch: %s", exc)
+            return
+        if device in self.devices:
+            self.devices[device].duplicate_batches += 1
 
     def ingest(self, header: BatchHeader, series: SeriesMap, device_label: str, now_ms: int) -> IngestResult:
         """Store one decoded batch, once. Returns whether it was a repeat and how many samples were new."""
@@ -148,7 +167,8 @@ class CollectorStore:
                         "INSERT INTO batches (device, buffer_id, seq, received_ms, samples) VALUES (?,?,?,?,?)",
                         (header.device, header.buffer_id, header.seq, now_ms, total),
                     )
-                except sqlite3.IntegrityError:
+                except sqlite3.IntegrityError:  # a concurrent repeat stored it first
+                    self._count_duplicate_batch(header.device)
                     return IngestResult(duplicate_batch=True)
                 before = conn.total_changes
                 for labels, (stamps, values) in series.items():
@@ -174,6 +194,7 @@ class CollectorStore:
                     samples=state.samples + stored,
                     batches=state.batches + 1,
                     duplicate_samples=state.duplicate_samples + total - stored,
+                    duplicate_batches=state.duplicate_batches,
                     agent_version=header.agent_version,
                     **losses,
                 )

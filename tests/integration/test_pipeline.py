@@ -116,6 +116,7 @@ def test_agent_killed_while_the_collector_reply_is_in_flight(start_collector, st
             10,
             "the re-sent batch to be recognised as a duplicate",
         )
+        assert metric_value(collector.url, "backhaul_collector_device_duplicate_batches_total", 'device="dev-1"') >= 1
 
 
 def test_full_buffer_evicts_oldest_counts_it_and_keeps_accepting(start_collector, start_agent, tmp_path):
