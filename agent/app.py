@@ -85,6 +85,7 @@ class Agent:
         self.receiver = RemoteWriteReceiver(self.staging, settings.ingest, b, self.metrics, clock)
         self._tasks: list[asyncio.Task[None]] = []
         self._scheduler = AsyncIOScheduler()
+        self._maintenance: asyncio.Task[object] | None = None
         self._runner: web.AppRunner | None = None
         self._started = False
         self._stopping = False
@@ -132,6 +133,11 @@ class Agent:
             await self._runner.cleanup()  # stop listening; requests in flight finish
         await self.staging.drain()
         if self._scheduler.running:
+            # Let a maintenance pass in progress finish (it runs on the database thread anyway)
+            # rather than have the scheduler cancel it and log the cancellation as an error.
+            self._scheduler.pause()
+            if self._maintenance is not None:
+                await asyncio.gather(self._maintenance, return_exceptions=True)
             self._scheduler.shutdown(wait=False)
         for task in self._tasks:
             task.cancel()
@@ -147,8 +153,12 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._expire(), name="first-expiry"))
 
     async def _maintain(self) -> None:
-        await self._expire()
-        await self._compact()
+        self._maintenance = asyncio.current_task()
+        try:
+            await self._expire()
+            await self._compact()
+        finally:
+            self._maintenance = None
 
     async def _expire(self) -> None:
         cutoff = int((self._clock() - self.settings.buffer.max_age.total_seconds()) * 1000)
