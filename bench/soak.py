@@ -71,7 +71,7 @@ from pydantic import ByteSize, TypeAdapter
 from backhaul.wire import remote_write as rw
 from backhaul.wire.chunk import Codec
 from backhaul.wire.series import SeriesMap
-from tests.support import BIN, TOKEN, Proc, export, free_port, http, metric_value
+from tests.support import BIN, TOKEN, Proc, agent_loss_counters, export, free_port, http, metric_value, toml_text
 
 DEVICE = "dev-1"
 FAULTS = ("agent-kill", "agent-term-kill", "collector-kill", "collector-outage")
@@ -82,24 +82,6 @@ BYTES_PER_SAMPLE = 5.5  # in the agent's buffer after compaction, for the values
 def value_of(ts: int, series: int) -> float:
     """The value series ``series`` has at ``ts``: checkable at the end, and barely compressible."""
     return math.sin(ts * 0.0129898 + series * 78.233) * 43758.5453 % 1.0
-
-
-def toml(values: dict[str, object]) -> str:
-    def scalar(v: object) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    lines = [f"{k} = {scalar(v)}" for k, v in values.items() if not isinstance(v, dict | list)]
-    for k, v in values.items():
-        if isinstance(v, dict):
-            lines += [f"[{k}]", *(f"{kk} = {scalar(vv)}" for kk, vv in v.items())]
-        elif isinstance(v, list):
-            for item in v:
-                lines += [f"[[{k}]]", *(f"{kk} = {scalar(vv)}" for kk, vv in item.items())]
-    return "\n".join(lines) + "\n"
 
 
 # -- the sender ----------------------------------------------------------------------------------------
@@ -253,7 +235,7 @@ class Soak:
         self.collector_url = f"http://127.0.0.1:{free_port()}"
         self.agent_url = f"http://127.0.0.1:{free_port()}"
         (workdir / "collector.toml").write_text(
-            toml(
+            toml_text(
                 {
                     "listen": {"host": "127.0.0.1", "port": int(self.collector_url.rsplit(":", 1)[1])},
                     "store": {"path": str(workdir / "collector.db")},
@@ -262,7 +244,7 @@ class Soak:
             )
         )
         (workdir / "agent.toml").write_text(
-            toml(
+            toml_text(
                 {
                     "device_id": DEVICE,
                     "shutdown_grace": 10,
@@ -567,21 +549,6 @@ class Soak:
                     proc.stop()
                 except AssertionError:
                     pass
-
-
-def agent_loss_counters(db: Path) -> dict[str, int]:
-    """The agent's persistent loss counters, read-only from its live database."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    finally:
-        conn.close()
-    return {
-        "evicted": meta.get("evicted_samples", 0),
-        "expired": meta.get("expired_samples", 0),
-        "dropped": meta.get("dropped_samples", 0) + meta.get("rejected_samples", 0),
-        "corrupt": meta.get("corrupt_samples", 0),
-    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

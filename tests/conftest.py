@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import TOKEN, Proc, free_port
+from tests.support import TOKEN, Proc, free_port, toml_text
 
 
 @dataclass
@@ -18,28 +18,6 @@ class Running:
     config: Path
 
 
-def _toml(values: dict[str, object]) -> str:
-    """Just enough TOML for our configs: top-level scalars and one level of tables."""
-
-    def scalar(v: object) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    lines = [f"{k} = {scalar(v)}" for k, v in values.items() if not isinstance(v, dict | list)]
-    for k, v in values.items():
-        if isinstance(v, dict):
-            lines.append(f"[{k}]")
-            lines += [f"{kk} = {scalar(vv)}" for kk, vv in v.items()]
-        elif isinstance(v, list):
-            for item in v:
-                lines.append(f"[[{k}]]")
-                lines += [f"{kk} = {scalar(vv)}" for kk, vv in item.items()]
-    return "\n".join(lines) + "\n"
-
-
 @pytest.fixture
 def launch(tmp_path: Path) -> Iterator[Callable[[str, str, int, dict[str, object]], Running]]:
     """Write ``config`` as ``<name>.toml``, start ``program`` with it, wait until healthy; killed at teardown."""
@@ -47,7 +25,7 @@ def launch(tmp_path: Path) -> Iterator[Callable[[str, str, int, dict[str, object
 
     def start(program: str, name: str, port: int, config: dict[str, object]) -> Running:
         path = tmp_path / f"{name}.toml"
-        path.write_text(_toml(config))
+        path.write_text(toml_text(config))
         proc = Proc(program, path, tmp_path / f"{name}.log").start()
         started.append(proc)
         url = f"http://127.0.0.1:{port}"

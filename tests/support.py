@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -108,6 +109,43 @@ def metric_value(url: str, name: str, labels: str = "") -> float:
         if line.startswith(wanted + " "):
             total += float(line.split()[-1])
     return total
+
+
+def toml_text(values: dict[str, object]) -> str:
+    """Just enough TOML for our configs: top-level scalars and one level of tables."""
+
+    def scalar(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = [f"{k} = {scalar(v)}" for k, v in values.items() if not isinstance(v, dict | list)]
+    for k, v in values.items():
+        if isinstance(v, dict):
+            lines.append(f"[{k}]")
+            lines += [f"{kk} = {scalar(vv)}" for kk, vv in v.items()]
+        elif isinstance(v, list):
+            for item in v:
+                lines.append(f"[[{k}]]")
+                lines += [f"{kk} = {scalar(vv)}" for kk, vv in item.items()]
+    return "\n".join(lines) + "\n"
+
+
+def agent_loss_counters(db: Path) -> dict[str, int]:
+    """The agent's persistent loss counters, read from its (live) buffer database, read-only."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    finally:
+        conn.close()
+    return {
+        "evicted": meta.get("evicted_samples", 0),
+        "expired": meta.get("expired_samples", 0),
+        "dropped": meta.get("dropped_samples", 0) + meta.get("rejected_samples", 0),
+        "corrupt": meta.get("corrupt_samples", 0),
+    }
 
 
 @dataclass

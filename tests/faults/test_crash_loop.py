@@ -46,7 +46,16 @@ import pytest
 from backhaul.wire.chunk import Codec
 from backhaul.wire.series import SeriesMap
 from tests.conftest import Running
-from tests.support import DelayProxy, Proc, Sender, exported_samples, http, metric_value, wait_until
+from tests.support import (
+    DelayProxy,
+    Proc,
+    Sender,
+    agent_loss_counters,
+    exported_samples,
+    http,
+    metric_value,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -295,21 +304,6 @@ class CrashLoop:
                     self.extra_copies += found  # the retry that will be answered commits it again
         finally:
             conn.close()
-
-
-def agent_loss_counters(db: Path) -> dict[str, int]:
-    """The agent's persistent loss counters, read from its live database (read-only)."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    finally:
-        conn.close()
-    return {
-        "evicted": meta.get("evicted_samples", 0),
-        "expired": meta.get("expired_samples", 0),
-        "dropped": meta.get("dropped_samples", 0) + meta.get("rejected_samples", 0),
-        "corrupt": meta.get("corrupt_samples", 0),
-    }
 
 
 def account(loop: CrashLoop, collector_url: str) -> dict[str, int]:

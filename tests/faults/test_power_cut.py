@@ -24,7 +24,7 @@ import pytest
 
 from backhaul.wire.chunk import Codec
 from tests.faults.powercut import CutReport, LossyDisk, build_library
-from tests.support import TOKEN, Proc, Sender, exported_samples, free_port, metric_value, wait_until
+from tests.support import TOKEN, Proc, Sender, exported_samples, free_port, metric_value, toml_text, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -36,22 +36,6 @@ NOWHERE = "http://127.0.0.1:9"  # nothing listens on the discard port: the uplin
 @pytest.fixture(scope="session")
 def lossy_fs_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_library(tmp_path_factory.mktemp("lossy_fs"))
-
-
-def _toml(tables: dict[str, object]) -> str:
-    def scalar(v: object) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    lines = [f"{k} = {scalar(v)}" for k, v in tables.items() if not isinstance(v, dict)]
-    for name, table in tables.items():
-        if isinstance(table, dict):
-            lines.append(f"[{name}]")
-            lines += [f"{k} = {scalar(v)}" for k, v in table.items()]
-    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -121,7 +105,7 @@ def lossy_agent(tmp_path: Path, lossy_fs_library: Path) -> Iterator[Callable[...
         port = free_port()
         config = tmp_path / "agent.toml"
         config.write_text(
-            _toml(
+            toml_text(
                 {
                     "device_id": "dev-1",
                     "shutdown_grace": 10,
