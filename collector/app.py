@@ -18,6 +18,7 @@ from collector.config import CollectorSettings
 from collector.export import Exporter
 from collector.ingest import BatchReceiver
 from collector.metrics import CollectorMetrics, DeviceCollector
+from collector.remote_write import RemoteWriteReceiver
 from collector.store.sqlite import CollectorStore
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class Collector:
         self.store = CollectorStore(settings.store.path, settings.store.synchronous)
         self.registry.register(DeviceCollector(lambda: self.store.devices))
         self._receiver = BatchReceiver(settings, self.store, self.metrics, clock)
+        self._remote_write = RemoteWriteReceiver(settings, self.store, self.metrics, clock)
         self._exporter = Exporter(self.store)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -55,6 +57,7 @@ class Collector:
             return web.json_response({"status": "ok", "devices": len(self.store.devices)})
 
         app.router.add_post("/api/v1/batches", self._receiver.handle)
+        app.router.add_post("/api/v1/write", self._remote_write.handle)
         app.router.add_get("/api/v1/export", self._exporter.handle)
         app.router.add_get("/metrics", make_aiohttp_handler(self.registry))
         app.router.add_get("/healthz", healthz)

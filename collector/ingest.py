@@ -88,7 +88,7 @@ class BatchReceiver:
             return _error(400, str(exc))
         try:
             result: IngestResult = await store.worker.run(
-                store.ingest, header, series, self._settings.device_label, int(self._clock() * 1000)
+                store.ingest, header.device, series, self._settings.device_label, int(self._clock() * 1000), header
             )
         except StoreError as exc:
             return _error(503 if exc.transient else 500, str(exc), {"Retry-After": "10"})

@@ -17,6 +17,12 @@ class CollectorMetrics:
         self.requests = Counter(
             "backhaul_collector_requests", "Batch requests answered, by HTTP status", ["code"], registry=r
         )
+        self.remote_write_requests = Counter(
+            "backhaul_collector_remote_write_requests",
+            "Plain remote-write requests answered, by HTTP status",
+            ["code"],
+            registry=r,
+        )
         self.batches = Counter("backhaul_collector_batches", "Batches received, by outcome", ["outcome"], registry=r)
         self.samples = Counter("backhaul_collector_stored_samples", "New samples stored", registry=r)
         self.duplicate_samples = Counter(

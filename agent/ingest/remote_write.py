@@ -74,11 +74,9 @@ class RemoteWriteReceiver:
         return response
 
     async def _handle(self, request: web.Request) -> web.Response:
-        if request.content_type != "application/x-protobuf":
-            return _error(415, f"Content-Type must be application/x-protobuf, not {request.content_type!r}")
-        encoding = request.headers.get("Content-Encoding", "snappy").lower()
-        if encoding != "snappy":
-            return _error(415, f"Content-Encoding must be snappy, not {encoding!r}")
+        problem = rw.header_problem(request.content_type, request.headers.get("Content-Encoding"))
+        if problem:
+            return _error(415, problem)
         limit = int(self._ingest.max_request_bytes)
         if request.content_length is not None and request.content_length > limit:
             return _error(413, f"request body of {request.content_length} bytes exceeds the limit of {limit}")

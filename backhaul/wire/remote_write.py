@@ -105,6 +105,23 @@ class Decoded:
             self.dropped[reason] = self.dropped.get(reason, 0) + count
 
 
+CONTENT_TYPE = "application/x-protobuf"
+
+
+def header_problem(content_type: str, content_encoding: str | None) -> str | None:
+    """Why a request's headers rule out remote write 1.0 (an HTTP receiver answers 415), or None.
+
+    A missing Content-Encoding is taken as snappy: the body must be snappy either way, and some
+    senders leave the header out.
+    """
+    if content_type != CONTENT_TYPE:
+        return f"Content-Type must be {CONTENT_TYPE}, not {content_type!r}"
+    encoding = (content_encoding or "snappy").lower()
+    if encoding != "snappy":
+        return f"Content-Encoding must be snappy, not {encoding!r}"
+    return None
+
+
 def snappy_uncompressed_length(body: bytes) -> int:
     """The length a snappy block announces in its varint preamble, read without decompressing."""
     result = shift = 0

@@ -155,24 +155,31 @@ class CollectorStore:
         if device in self.devices:
             self.devices[device].duplicate_batches += 1
 
-    def ingest(self, header: BatchHeader, series: SeriesMap, device_label: str, now_ms: int) -> IngestResult:
-        """Store one decoded batch, once. Returns whether it was a repeat and how many samples were new."""
+    def ingest(
+        self, device: str, series: SeriesMap, device_label: str, now_ms: int, batch: BatchHeader | None = None
+    ) -> IngestResult:
+        """Store samples of ``device`` in one transaction; returns how many were new.
+
+        With ``batch`` (a backhaul batch) its identity is recorded in the same transaction and a repeat
+        stores nothing. Without (plain remote write) only the per-sample key de-duplicates.
+        """
         conn = self.conn
         total = sum(len(ts) for ts, _ in series.values())
         new_ids: list[str] = []
         try:
             with sqlite_utils.Database(conn).atomic():
-                try:
-                    conn.execute(
-                        "INSERT INTO batches (device, buffer_id, seq, received_ms, samples) VALUES (?,?,?,?,?)",
-                        (header.device, header.buffer_id, header.seq, now_ms, total),
-                    )
-                except sqlite3.IntegrityError:  # a concurrent repeat stored it first
-                    self._count_duplicate_batch(header.device)
-                    return IngestResult(duplicate_batch=True)
+                if batch is not None:
+                    try:
+                        conn.execute(
+                            "INSERT INTO batches (device, buffer_id, seq, received_ms, samples) VALUES (?,?,?,?,?)",
+                            (device, batch.buffer_id, batch.seq, now_ms, total),
+                        )
+                    except sqlite3.IntegrityError:  # a concurrent repeat stored it first
+                        self._count_duplicate_batch(device)
+                        return IngestResult(duplicate_batch=True)
                 before = conn.total_changes
                 for labels, (stamps, values) in series.items():
-                    key = _stored_labels(labels, device_label, header.device)
+                    key = _stored_labels(labels, device_label, device)
                     sid = self._series_ids.get(key)
                     if sid is None:
                         name = next((v for n, v in labels if n == "__name__"), "")
@@ -186,24 +193,22 @@ class CollectorStore:
                         zip([sid] * len(stamps), stamps, bits, strict=True),
                     )
                 stored = conn.total_changes - before - len(new_ids)
-                losses = self._record_losses(header)
-                state = self.devices.get(header.device) or DeviceState(header.device)
-                updated = DeviceState(
-                    device=header.device,
-                    last_seen_ms=now_ms,
-                    samples=state.samples + stored,
-                    batches=state.batches + 1,
-                    duplicate_samples=state.duplicate_samples + total - stored,
-                    duplicate_batches=state.duplicate_batches,
-                    agent_version=header.agent_version,
-                    **losses,
-                )
+                state = self.devices.get(device) or DeviceState(device)
+                updated = DeviceState(**state.__dict__)
+                updated.last_seen_ms = now_ms
+                updated.samples += stored
+                updated.duplicate_samples += total - stored
+                if batch is not None:
+                    updated.batches += 1
+                    updated.agent_version = batch.agent_version
+                    for name, value in self._record_losses(batch).items():
+                        setattr(updated, name, value)
                 sqlite_utils.Database(conn).table("devices").upsert(updated.__dict__, pk="device")
         except sqlite3.Error as exc:
             for key in new_ids:  # rolled back: forget ids that no longer exist
                 self._series_ids.pop(key, None)
             raise translate(exc) from exc
-        self.devices[header.device] = updated
+        self.devices[device] = updated
         return IngestResult(duplicate_batch=False, samples=stored, duplicate_samples=total - stored)
 
     def _record_losses(self, header: BatchHeader) -> dict[str, int]:

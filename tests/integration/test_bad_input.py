@@ -12,7 +12,7 @@ import zstandard
 from backhaul.wire import batch as batchfmt
 from backhaul.wire import remote_write as rw
 from backhaul.wire.chunk import Codec
-from tests.support import TOKEN, http, metric_value, push
+from tests.support import TOKEN, exported_samples, http, metric_value, push
 
 pytestmark = [pytest.mark.integration]
 
@@ -123,3 +123,26 @@ def test_export_rejects_bad_selectors_and_times(start_collector):
         status, text, _ = http("GET", f"{collector.url}/api/v1/export{query}")
         assert status == 400, query
         assert text.strip()
+
+
+def test_collector_accepts_plain_remote_write_from_a_device(start_collector):
+    collector = start_collector()
+    now = int(time.time() * 1000)
+    series = {(("__name__", "rw_direct"), ("i", str(i))): ([now - 1000, now], [float(i), i + 0.25]) for i in range(10)}
+    headers = {**PROTO, "Authorization": f"Bearer {TOKEN}"}
+    for body in rw.encode(series):
+        status, text, _ = http("POST", f"{collector.url}/api/v1/write", body, headers)
+        assert status == 204, text
+        again, _, _ = http("POST", f"{collector.url}/api/v1/write", body, headers)  # a sender's retry
+        assert again == 204
+    got = exported_samples(collector.url, '{__name__="rw_direct"}')
+    assert got == {labels: dict(zip(ts, vals, strict=True)) for labels, (ts, vals) in series.items()}
+    assert metric_value(collector.url, "backhaul_collector_device_received_samples_total", 'device="dev-1"') == 20
+    assert metric_value(collector.url, "backhaul_collector_device_duplicate_samples_total", 'device="dev-1"') == 20
+    for body, hdrs, expected in (
+        (rw.encode(series)[0], PROTO, 401),
+        (b"\x0cnot snappy", headers, 400),
+        (rw.encode(series)[0], {**headers, "Content-Type": "text/plain"}, 415),
+    ):
+        status, text, _ = http("POST", f"{collector.url}/api/v1/write", body, hdrs)
+        assert status == expected, text
