@@ -94,21 +94,19 @@ class RemoteWriteReceiver:
         except WireError as exc:
             return _error(400, str(exc))
 
+        dropped = sum(decoded.dropped.values())
+        if decoded.samples or dropped:
+            try:
+                await self._staging.submit(decoded.series, decoded.samples, dropped)
+            except Unavailable as exc:
+                return _error(503, str(exc), retry_after=1)
+            except StoreError as exc:
+                return _error(503 if exc.transient else 500, str(exc), retry_after=5)
+        # Counted once the request is answered 2xx, so that a sender's retry does not count twice.
         self._metrics.metadata_received.inc(decoded.metadata)
-        dropped = 0
         for reason, count in decoded.dropped.items():
             self._metrics.samples_dropped.labels(reason).inc(count)
-            dropped += count
-        if not decoded.samples and not dropped:
-            return web.Response(status=204)  # metadata-only (or empty) request
-        try:
-            await self._staging.submit(decoded.series, decoded.samples, dropped)
-        except Unavailable as exc:
-            return _error(503, str(exc), retry_after=1)
-        except StoreError as exc:
-            return _error(503 if exc.transient else 500, str(exc), retry_after=5)
         return web.Response(status=204)
-
 
 def _error(status: int, reason: str, retry_after: int | None = None) -> web.Response:
     if status >= 500:
