@@ -11,11 +11,11 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from backhaul.sqlite import StoreError
 from backhaul.wire import TooLarge, WireError
@@ -26,14 +26,15 @@ from backhaul.wire.chunk import Codec
 from backhaul.wire.series import SeriesMap, merge_into, sample_count
 from collector.auth import AuthError, DeviceAuth
 from collector.config import CollectorSettings
+from collector.endpoint import DeviceEndpoint
 from collector.metrics import CollectorMetrics
 from collector.store.sqlite import CollectorStore, IngestResult
 
-log = logging.getLogger(__name__)
 
-
-class BatchReceiver:
+class BatchReceiver(DeviceEndpoint):
     """Args: settings, store, metrics and a wall clock (seconds)."""
+
+    what = "batch"
 
     def __init__(
         self,
@@ -42,37 +43,31 @@ class BatchReceiver:
         metrics: CollectorMetrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._settings = settings
-        self._store = store
-        self._metrics = metrics
-        self._auth = DeviceAuth(settings.devices)
-        self._clock = clock
+        super().__init__(settings, store, metrics, clock)
         self._codec = Codec()
 
-    async def handle(self, request: web.Request) -> web.Response:
-        response = await self._handle(request)
-        self._metrics.requests.labels(str(response.status)).inc()
-        return response
+    def _answers(self) -> Counter:
+        return self._metrics.requests
 
     async def _handle(self, request: web.Request) -> web.Response:
         try:
             device = self._auth.device_for(request.headers.get("Authorization"))
         except AuthError as exc:
-            return _error(exc.status, str(exc), {"WWW-Authenticate": "Bearer"})
+            return self._error(exc.status, str(exc), {"WWW-Authenticate": "Bearer"})
         if request.content_type != batchfmt.CONTENT_TYPE:
-            return _error(415, f"Content-Type must be {batchfmt.CONTENT_TYPE}, not {request.content_type!r}")
+            return self._error(415, f"Content-Type must be {batchfmt.CONTENT_TYPE}, not {request.content_type!r}")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"body exceeds the limit of {int(self._settings.limits.max_request_bytes)} bytes")
+            return self._error(413, f"body exceeds the limit of {int(self._settings.limits.max_request_bytes)} bytes")
         self._metrics.body_bytes.inc(len(body))
         try:
             header, chunks = batchfmt.decode(body)
             DeviceAuth.check_claim(device, header.device)
         except WireError as exc:
-            return _error(400, str(exc))
+            return self._error(400, str(exc))
         except AuthError as exc:
-            return _error(exc.status, str(exc))
+            return self._error(exc.status, str(exc))
 
         store = self._store
         if await store.worker.run(store.seen, header.device, header.buffer_id, header.seq):
@@ -82,16 +77,16 @@ class BatchReceiver:
         try:
             series = await asyncio.to_thread(self._decode_chunks, header, chunks)
         except TooLarge as exc:
-            return _error(413, str(exc))
+            return self._error(413, str(exc))
         except WireError as exc:
             self._metrics.batches.labels("malformed").inc()
-            return _error(400, str(exc))
+            return self._error(400, str(exc))
         try:
             result: IngestResult = await store.worker.run(
                 store.ingest, header.device, series, self._settings.device_label, int(self._clock() * 1000), header
             )
         except StoreError as exc:
-            return _error(503 if exc.transient else 500, str(exc), {"Retry-After": "10"})
+            return self._error(503 if exc.transient else 500, str(exc), {"Retry-After": "10"})
         self._metrics.ingest_seconds.observe(time.perf_counter() - started)
         if result.duplicate_batch:
             self._metrics.batches.labels("duplicate").inc()
@@ -119,8 +114,3 @@ class BatchReceiver:
         if found != header.samples:
             raise WireError(f"batch header announces {header.samples} samples, its chunks hold {found}")
         return series
-
-
-def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
-    (log.warning if status >= 500 else log.info)("batch refused (%d): %s", status, reason)
-    return web.Response(status=status, text=reason + "\n", headers=headers)

@@ -7,63 +7,44 @@ A retried request is harmless: samples are keyed by (series, timestamp) and stor
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from backhaul.sqlite import StoreError
 from backhaul.wire import TooLarge, WireError
 from backhaul.wire import remote_write as rw
-from collector.auth import AuthError, DeviceAuth
-from collector.config import CollectorSettings
-from collector.metrics import CollectorMetrics
-from collector.store.sqlite import CollectorStore
-
-log = logging.getLogger(__name__)
+from collector.auth import AuthError
+from collector.endpoint import DeviceEndpoint
 
 
-class RemoteWriteReceiver:
+class RemoteWriteReceiver(DeviceEndpoint):
     """Args: settings, store, metrics and a wall clock (seconds)."""
 
-    def __init__(
-        self,
-        settings: CollectorSettings,
-        store: CollectorStore,
-        metrics: CollectorMetrics,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._settings = settings
-        self._store = store
-        self._metrics = metrics
-        self._auth = DeviceAuth(settings.devices)
-        self._clock = clock
+    what = "remote write"
 
-    async def handle(self, request: web.Request) -> web.Response:
-        response = await self._handle(request)
-        self._metrics.remote_write_requests.labels(str(response.status)).inc()
-        return response
+    def _answers(self) -> Counter:
+        return self._metrics.remote_write_requests
 
     async def _handle(self, request: web.Request) -> web.Response:
         try:
             device = self._auth.device_for(request.headers.get("Authorization"))
         except AuthError as exc:
-            return _error(exc.status, str(exc), {"WWW-Authenticate": "Bearer"})
+            return self._error(exc.status, str(exc), {"WWW-Authenticate": "Bearer"})
         problem = rw.header_problem(request.content_type, request.headers.get("Content-Encoding"))
         if problem:
-            return _error(415, problem)
+            return self._error(415, problem)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"body exceeds the limit of {int(self._settings.limits.max_request_bytes)} bytes")
+            return self._error(413, f"body exceeds the limit of {int(self._settings.limits.max_request_bytes)} bytes")
         limits = rw.Limits(max_decompressed_bytes=int(self._settings.limits.max_decompressed_bytes))
         try:
             decoded = rw.decode(body, limits)
         except TooLarge as exc:
-            return _error(413, str(exc))
+            return self._error(413, str(exc))
         except WireError as exc:
-            return _error(400, str(exc))
+            return self._error(400, str(exc))
         if decoded.samples:
             store = self._store
             try:
@@ -71,12 +52,7 @@ class RemoteWriteReceiver:
                     store.ingest, device, decoded.series, self._settings.device_label, int(self._clock() * 1000)
                 )
             except StoreError as exc:
-                return _error(503 if exc.transient else 500, str(exc), {"Retry-After": "10"})
+                return self._error(503 if exc.transient else 500, str(exc), {"Retry-After": "10"})
             self._metrics.samples.inc(result.samples)
             self._metrics.duplicate_samples.inc(result.duplicate_samples)
         return web.Response(status=204)
-
-
-def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
-    (log.warning if status >= 500 else log.info)("remote write refused (%d): %s", status, reason)
-    return web.Response(status=status, text=reason + "\n", headers=headers)
