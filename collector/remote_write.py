@@ -7,7 +7,6 @@ A retried request is harmless: samples are keyed by (series, timestamp) and stor
 
 from __future__ import annotations
 
-
 from aiohttp import web
 from prometheus_client import Counter
 

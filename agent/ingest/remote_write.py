@@ -108,6 +108,7 @@ class RemoteWriteReceiver:
             self._metrics.samples_dropped.labels(reason).inc(count)
         return web.Response(status=204)
 
+
 def _error(status: int, reason: str, retry_after: int | None = None) -> web.Response:
     if status >= 500:
         log.warning("remote write answered %d: %s", status, reason)
