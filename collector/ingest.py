@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import Counter
@@ -25,26 +24,14 @@ from backhaul.wire.batch import BatchHeader
 from backhaul.wire.chunk import Codec
 from backhaul.wire.series import SeriesMap, merge_into, sample_count
 from collector.auth import AuthError, DeviceAuth
-from collector.config import CollectorSettings
 from collector.endpoint import DeviceEndpoint
-from collector.metrics import CollectorMetrics
-from collector.store.sqlite import CollectorStore, IngestResult
+from collector.store.sqlite import IngestResult
 
 
 class BatchReceiver(DeviceEndpoint):
     """Args: settings, store, metrics and a wall clock (seconds)."""
 
     what = "batch"
-
-    def __init__(
-        self,
-        settings: CollectorSettings,
-        store: CollectorStore,
-        metrics: CollectorMetrics,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        super().__init__(settings, store, metrics, clock)
-        self._codec = Codec()
 
     def _answers(self) -> Counter:
         return self._metrics.requests
@@ -101,9 +88,12 @@ class BatchReceiver(DeviceEndpoint):
     def _decode_chunks(self, header: BatchHeader, chunks: list[bytes]) -> SeriesMap:
         """On a worker thread: decompress (capped across the whole batch) and decode every chunk."""
         budget = int(self._settings.limits.max_decompressed_bytes)
+        # A codec per call: zstd (de)compressor objects must not be used by two threads at once,
+        # and concurrent batches are decoded on different worker threads.
+        codec = Codec()
         series: SeriesMap = {}
         for index, frame in enumerate(chunks):
-            raw = self._codec.decompress(frame, budget)
+            raw = codec.decompress(frame, budget)
             budget -= len(raw)
             try:
                 merge_into(series, chunkfmt.decode(raw))
