@@ -18,6 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
@@ -272,18 +273,23 @@ class Sender(threading.Thread):
                         self.acked[(labels, t)] = v
             time.sleep(self.interval)
 
+    def _post(self, body: bytes) -> int:
+        """One attempt; 0 when there was no (complete) answer."""
+        try:
+            status, _, _ = http(
+                "POST",
+                f"{self.agent_url}/api/v1/write",
+                body,
+                {"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy"},
+                timeout=10,
+            )
+        except (OSError, HTTPException):  # refused, reset, or killed mid-answer (a torn status line)
+            return 0
+        return status
+
     def _send_until_acked(self, body: bytes) -> bool:
         while True:
-            try:
-                status, _, _ = http(
-                    "POST",
-                    f"{self.agent_url}/api/v1/write",
-                    body,
-                    {"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy"},
-                    timeout=10,
-                )
-            except OSError:
-                status = 0
+            status = self._post(body)
             if 200 <= status < 300:
                 return True
             if 400 <= status < 500:

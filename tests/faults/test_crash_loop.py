@@ -37,7 +37,6 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from http.client import HTTPException
 from pathlib import Path
 
 import psutil
@@ -84,6 +83,7 @@ class RecordingSender(Sender):
         self.fresh = threading.Event()  # set when a request goes out for the first time
         self._labels: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
         self._ts = 0
+        self._first_attempt = False
 
     def scrape(self) -> SeriesMap:
         self._ts = self.next_ms
@@ -96,33 +96,18 @@ class RecordingSender(Sender):
         return out
 
     def _send_until_acked(self, body: bytes) -> bool:
-        first = True
-        while True:
-            attempt = Attempt(self._ts, time.monotonic())
-            self.attempts.append(attempt)
-            if first:
-                self.fresh.set()
-                first = False
-            try:
-                status, _, _ = http(
-                    "POST",
-                    f"{self.agent_url}/api/v1/write",
-                    body,
-                    {"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy"},
-                    timeout=10,
-                )
-            except (OSError, HTTPException):  # killed mid-answer: a torn status line
-                status = 0
-            attempt.end, attempt.status = time.monotonic(), status
-            if 200 <= status < 300:
-                return True
-            if 400 <= status < 500:
-                self.refused.append(status)
-                return True
-            if self._stop_event.is_set():
-                return False
-            self.retries += 1
-            time.sleep(0.05)
+        self._first_attempt = True
+        return super()._send_until_acked(body)
+
+    def _post(self, body: bytes) -> int:
+        attempt = Attempt(self._ts, time.monotonic())
+        self.attempts.append(attempt)
+        if self._first_attempt:
+            self.fresh.set()
+            self._first_attempt = False
+        attempt.status = super()._post(body)
+        attempt.end = time.monotonic()
+        return attempt.status
 
     def wait_fresh_request(self, timeout: float = 5) -> None:
         self.fresh.clear()
