@@ -26,6 +26,7 @@ from agent.config import AgentSettings
 from agent.http import build_app
 from agent.ingest.remote_write import RemoteWriteReceiver
 from agent.metrics import AgentMetrics
+from agent.uplink.remote_write import RemoteWriteTransport
 from agent.uplink.transport import HttpTransport, Transport
 from agent.uplink.uploader import Uploader
 from backhaul import __version__, systemd
@@ -65,11 +66,7 @@ class Agent:
             min_free_bytes=int(b.min_free_bytes),
         )
         if transport is None and settings.uplink.url is not None:
-            transport = HttpTransport(
-                str(settings.uplink.url),
-                settings.uplink.token.get_secret_value(),
-                settings.uplink.timeout.total_seconds(),
-            )
+            transport = self._transport_for(settings)
         self._transport = transport
         self.uploader: Uploader | None = None
         if transport is not None:
@@ -90,6 +87,16 @@ class Agent:
         self._started = False
         self._stopping = False
         self.port: int | None = None
+
+    @staticmethod
+    def _transport_for(settings: AgentSettings) -> Transport:
+        u = settings.uplink
+        token, timeout = u.token.get_secret_value(), u.timeout.total_seconds()
+        if u.protocol == "remote_write":
+            return RemoteWriteTransport(
+                str(u.url), token, timeout, settings.device_id, u.device_label, u.max_samples_per_request
+            )
+        return HttpTransport(str(u.url), token, timeout)
 
     async def __aenter__(self) -> Agent:
         if self._started:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ByteSize, Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import BaseSettings
@@ -60,6 +61,13 @@ class UplinkSettings(BaseModel):
 
     url: HttpUrl | None = None
     token: SecretStr = SecretStr("")
+    # "backhaul": batches to a backhaul collector (url .../api/v1/batches). "remote_write": plain
+    # Prometheus remote write 1.0 straight to a TSDB (url e.g. http://vm:8428/api/v1/write).
+    protocol: Literal["backhaul", "remote_write"] = "backhaul"
+    # remote_write only: samples per request, and the label naming this device on every series
+    # (what the collector adds; "" for none).
+    max_samples_per_request: int = Field(2000, ge=1, le=1_000_000)
+    device_label: str = Field("device_id", pattern=r"^([a-zA-Z_][a-zA-Z0-9_]*)?$")
     # Gather data for this long before sending a batch (a backlog is sent back to back).
     batch_interval: timedelta = timedelta(seconds=10)
     batch_max_bytes: ByteSize = Field(ByteSize(4 * 1024**2), ge=64 * 1024)
@@ -88,6 +96,7 @@ class AgentSettings(BaseSettings):
             raise ValueError(
                 "buffer.budget_bytes must be at least 4 x uplink.batch_max_bytes (a batch in flight is never evicted)"
             )
-        if self.uplink.url is not None and not self.uplink.token.get_secret_value():
+        u = self.uplink
+        if u.url is not None and u.protocol == "backhaul" and not u.token.get_secret_value():
             raise ValueError("uplink.token is required when uplink.url is set")
         return self

@@ -16,6 +16,9 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from backhaul import systemd
 from collector.config import CollectorSettings
 from collector.export import Exporter
+from collector.forward.metrics import ForwardMetrics, QueueCollector
+from collector.forward.remote_write import Forwarder, Forwarding
+from collector.forward.spool import Spool
 from collector.ingest import BatchReceiver
 from collector.metrics import CollectorMetrics, DeviceCollector
 from collector.remote_write import RemoteWriteReceiver
@@ -47,8 +50,31 @@ class Collector:
         self._receiver = BatchReceiver(settings, self.store, self.metrics, clock)
         self._remote_write = RemoteWriteReceiver(settings, self.store, self.metrics, clock)
         self._exporter = Exporter(self.store)
+        self.forwarding = self._forwarding(clock)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+
+    def _forwarding(self, clock: Callable[[], float]) -> Forwarding | None:
+        """One forwarder per ``[[forward]]`` target; the ingest endpoints queue to them before storing."""
+        s = self.settings
+        if not s.forward:
+            return None
+        metrics = ForwardMetrics(self.registry)
+        forwarders = [
+            Forwarder(
+                t,
+                Spool(s.spool_path(t), s.store.synchronous, int(t.spool_max_bytes)),
+                metrics,
+                s.device_label,
+                int(s.limits.max_decompressed_bytes),
+                clock,
+            )
+            for t in s.forward
+        ]
+        self.registry.register(QueueCollector(lambda: {f.name: f.spool.totals for f in forwarders}, clock))
+        forwarding = Forwarding(forwarders)
+        self._receiver.forward = self._remote_write.forward = forwarding.enqueue
+        return forwarding
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=int(self.settings.limits.max_request_bytes))
@@ -65,6 +91,8 @@ class Collector:
 
     async def __aenter__(self) -> Collector:
         await self.store.worker.run(self.store.open)
+        if self.forwarding is not None:
+            await self.forwarding.start()
         self._runner = web.AppRunner(self.build_app(), access_log=None, shutdown_timeout=10)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.listen.host, self.settings.listen.port)
@@ -78,6 +106,8 @@ class Collector:
     ) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.forwarding is not None:
+            await self.forwarding.stop()
         await self.store.worker.run(self.store.close)
         self.store.worker.shutdown()
 

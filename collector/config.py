@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from pathlib import Path
 
-from pydantic import BaseModel, ByteSize, Field, SecretStr, model_validator
+from pydantic import BaseModel, ByteSize, Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import BaseSettings
 
 from backhaul.settings import settings_config
@@ -52,6 +53,26 @@ class DeviceEntry(BaseModel):
         return hashlib.sha256(self.token.get_secret_value().encode()).hexdigest()
 
 
+class ForwardTarget(BaseModel):
+    """One remote-write endpoint (VictoriaMetrics, Prometheus, Mimir, Thanos Receive) that gets every stored sample."""
+
+    # Names the target in metrics, logs and the default spool file name.
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    url: HttpUrl
+    bearer_token: SecretStr | None = None
+    # Extra request headers, e.g. X-Scope-OrgID for Mimir or an Authorization of another kind.
+    headers: dict[str, str] = {}
+    max_samples_per_request: int = Field(2000, ge=1, le=1_000_000)
+    timeout: timedelta = Field(timedelta(seconds=30), gt=timedelta(0))
+    backoff_min: timedelta = Field(timedelta(seconds=1), gt=timedelta(0))
+    backoff_max: timedelta = Field(timedelta(minutes=5), gt=timedelta(0))
+    # The durable queue of what this target has not acknowledged yet (default: next to the store,
+    # forward-<name>.db). Over spool_max_bytes the oldest entries are dropped and counted; the
+    # collector's own store still holds them.
+    spool_path: Path | None = None
+    spool_max_bytes: ByteSize = Field(ByteSize(10 * 1024**3), ge=1024**2)
+
+
 class CollectorSettings(BaseSettings):
     """Root of the collector's configuration."""
 
@@ -64,6 +85,10 @@ class CollectorSettings(BaseSettings):
     store: StoreSettings = StoreSettings()
     limits: LimitSettings = LimitSettings()
     devices: list[DeviceEntry] = []
+    forward: list[ForwardTarget] = []
+
+    def spool_path(self, target: ForwardTarget) -> Path:
+        return target.spool_path or self.store.path.parent / f"forward-{target.name}.db"
 
     @model_validator(mode="after")
     def _unique(self) -> CollectorSettings:
@@ -73,4 +98,7 @@ class CollectorSettings(BaseSettings):
         digests = [d.digest() for d in self.devices]
         if len(set(digests)) != len(digests):
             raise ValueError("devices: two devices share a token")
+        names = [t.name for t in self.forward]
+        if len(set(names)) != len(names):
+            raise ValueError("forward: each target name may appear once")
         return self

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import Counter
@@ -25,6 +26,7 @@ from backhaul.wire.chunk import Codec
 from backhaul.wire.series import SeriesMap, merge_into, sample_count
 from collector.auth import AuthError, DeviceAuth
 from collector.endpoint import DeviceEndpoint
+from collector.forward.spool import Kind
 from collector.store.sqlite import IngestResult
 
 
@@ -32,6 +34,9 @@ class BatchReceiver(DeviceEndpoint):
     """Args: settings, store, metrics and a wall clock (seconds)."""
 
     what = "batch"
+    # Set when forwarding is configured: queues a batch durably for every target *before* the store
+    # commits it (docs/forwarding.md: a crash in between can then only forward twice, never lose).
+    forward: Callable[[str, Kind, bytes, int], Awaitable[None]] | None = None
 
     def _answers(self) -> Counter:
         return self._metrics.requests
@@ -68,6 +73,11 @@ class BatchReceiver(DeviceEndpoint):
         except WireError as exc:
             self._metrics.batches.labels("malformed").inc()
             return self._error(400, str(exc))
+        if self.forward is not None:
+            try:
+                await self.forward(header.device, "batch", body, header.samples)
+            except StoreError as exc:
+                return self._error(503, f"forward spool: {exc}", {"Retry-After": "10"})
         try:
             result: IngestResult = await store.worker.run(
                 store.ingest, header.device, series, self._settings.device_label, int(self._clock() * 1000), header

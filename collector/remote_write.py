@@ -7,6 +7,8 @@ A retried request is harmless: samples are keyed by (series, timestamp) and stor
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 from prometheus_client import Counter
 
@@ -15,12 +17,15 @@ from backhaul.wire import TooLarge, WireError
 from backhaul.wire import remote_write as rw
 from collector.auth import AuthError
 from collector.endpoint import DeviceEndpoint
+from collector.forward.spool import Kind
 
 
 class RemoteWriteReceiver(DeviceEndpoint):
     """Args: settings, store, metrics and a wall clock (seconds)."""
 
     what = "remote write"
+    # Set when forwarding is configured; called before the store commits (see collector/ingest.py).
+    forward: Callable[[str, Kind, bytes, int], Awaitable[None]] | None = None
 
     def _answers(self) -> Counter:
         return self._metrics.remote_write_requests
@@ -45,6 +50,11 @@ class RemoteWriteReceiver(DeviceEndpoint):
         except WireError as exc:
             return self._error(400, str(exc))
         if decoded.samples:
+            if self.forward is not None:
+                try:
+                    await self.forward(device, "remote_write", body, decoded.samples)
+                except StoreError as exc:
+                    return self._error(503, f"forward spool: {exc}", {"Retry-After": "10"})
             store = self._store
             try:
                 result = await store.worker.run(

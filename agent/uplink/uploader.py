@@ -28,42 +28,14 @@ from agent.config import UplinkSettings
 from agent.metrics import AgentMetrics
 from agent.uplink.transport import Reply, Transport, TransportError
 from backhaul import __version__
+from backhaul.retry import Backoff, retry_after
 from backhaul.sqlite import StoreError
 from backhaul.wire import batch as batchfmt
 from backhaul.wire.batch import BatchHeader
 
+__all__ = ["Backoff", "Uploader", "retry_after"]
+
 log = logging.getLogger(__name__)
-
-
-class Backoff:
-    """Exponential backoff with "equal jitter" (half the step fixed, half random), never below ``minimum``."""
-
-    def __init__(self, minimum: float, maximum: float, rng: Callable[[], float] = random.random) -> None:
-        self.minimum, self.maximum, self._rng = minimum, maximum, rng
-        self.failures = 0
-
-    def next(self) -> float:
-        step = min(self.maximum, self.minimum * 2**self.failures)
-        self.failures += 1
-        return float(max(self.minimum, step / 2 + self._rng() * step / 2))
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
-def retry_after(headers: dict[str, str], now: float) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), if any."""
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 class Uploader:

@@ -27,3 +27,18 @@ def sample_count(series: SeriesMap) -> int:
 
 def labels_from_pairs(pairs: Iterable[tuple[str, str]]) -> Labels:
     return tuple(sorted(pairs))
+
+
+def with_device_label(series: SeriesMap, label: str, device: str) -> SeriesMap:
+    """The series as a store or TSDB keeps them: ``label=device`` added (an existing one becomes
+    ``exported_<label>``, as Prometheus does with target labels on a clash)."""
+    out: SeriesMap = {}
+    for labels, samples in series.items():
+        pairs = [(f"exported_{n}" if n == label else n, v) for n, v in labels]
+        pairs.append((label, device))
+        key = tuple(sorted(pairs))
+        if key in out:  # only if a series already had both <label> and exported_<label>
+            merge_into(out, {key: samples})
+        else:
+            out[key] = samples
+    return out

@@ -1,0 +1,288 @@
+"""Forwarding to one remote-write target: a durable spool and one sender task.
+
+What the collector stores is enqueued here first (see :meth:`Forwarder.enqueue` and
+docs/forwarding.md for why *before* the store's commit). The sender takes the oldest entry, turns it
+into remote-write 1.0 requests of at most ``max_samples_per_request`` samples, and sends them in order:
+
+- 2xx: next request; once all requests of an entry are acknowledged the entry is deleted.
+- no answer, timeout, 408, 429, 5xx: retry the same request after a backoff with jitter, or after
+  ``Retry-After``. Nothing is given up on for failing to send.
+- 401, 403, 404: the target is misconfigured (token, URL): keep everything, retry slowly, log why.
+- any other 4xx: the target refuses these samples for good. Prometheus answers 400 "out of bounds"
+  for samples older than its head block (backfill after an outage) and rolls back the whole request.
+  The samples are counted in ``backhaul_collector_forward_rejected_samples_total{target,reason}``,
+  logged once per entry with an explanation, and passed over: the collector's store keeps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from backhaul import __version__
+from backhaul.retry import Backoff, retry_after
+from backhaul.sqlite import StoreError
+from backhaul.wire import WireError
+from backhaul.wire import batch as batchfmt
+from backhaul.wire import remote_write as rw
+from backhaul.wire.chunk import Codec
+from backhaul.wire.series import SeriesMap, merge_into, with_device_label
+from collector.config import ForwardTarget
+from collector.forward.metrics import ForwardMetrics
+from collector.forward.spool import Entry, Kind, Spool
+
+log = logging.getLogger(__name__)
+
+# What Prometheus (and compatible receivers) say when they refuse samples for good.
+REJECTIONS = (
+    ("out of bounds", "out_of_bounds"),
+    ("too old", "too_old"),
+    ("out of order", "out_of_order"),
+    ("duplicate sample", "duplicate_timestamp"),
+)
+MISCONFIGURED = (401, 403, 404)
+
+
+def rejection_reason(status: int, text: str) -> str:
+    """A short metric label for a refusal: Prometheus' reason when recognised, else ``http_<status>``."""
+    lowered = text.lower()
+    for needle, reason in REJECTIONS:
+        if needle in lowered:
+            return reason
+    return f"http_{status}"
+
+
+@dataclass
+class _Outcome:
+    """One request's fate: ``delay`` > 0 means retry it after that long; ``rejected`` names a refusal."""
+
+    delay: float = 0.0
+    rejected: str | None = None
+
+
+class Forwarder:
+    """Forwards every enqueued entry to one target, in order, until acknowledged.
+
+    Args:
+        target: the target's settings.
+        spool: its durable queue (opened by :meth:`start`).
+        metrics: forwarding metrics shared by all targets.
+        device_label: the label the collector adds to every series (``device_id``).
+        max_decompressed_bytes: cap for decoding an entry (the ingest path already checked it).
+        clock: wall clock in seconds; rng: jitter source.
+    """
+
+    def __init__(
+        self,
+        target: ForwardTarget,
+        spool: Spool,
+        metrics: ForwardMetrics,
+        device_label: str,
+        max_decompressed_bytes: int,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.target = target
+        self.name = target.name
+        self.spool = spool
+        self._metrics = metrics
+        self._device_label = device_label
+        self._limit = max_decompressed_bytes
+        self._clock = clock
+        self._backoff = Backoff(target.backoff_min.total_seconds(), target.backoff_max.total_seconds(), rng)
+        self._headers = {
+            **target.headers,
+            "Content-Type": rw.CONTENT_TYPE,
+            "Content-Encoding": "snappy",
+            "X-Prometheus-Remote-Write-Version": "0.1.0",
+            "User-Agent": f"backhaul-collector/{__version__}",
+        }
+        if target.bearer_token is not None:
+            self._headers["Authorization"] = f"Bearer {target.bearer_token.get_secret_value()}"
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.last_error: str | None = None
+        self._last_refusal = ""
+
+    async def start(self) -> None:
+        await self.spool.worker.run(self.spool.open)
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.target.timeout.total_seconds()))
+        self._task = asyncio.create_task(self._run(), name=f"forward-{self.name}")
+
+    async def stop(self) -> None:
+        """Stop sending (an entry half sent stays queued with its progress), close the spool."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        await self.spool.worker.run(self.spool.close)
+        self.spool.worker.shutdown()
+
+    async def enqueue(self, device: str, kind: Kind, body: bytes, samples: int) -> None:
+        """Durably queue what ``device`` sent; raises StoreError when the spool cannot write."""
+        dropped = await self.spool.worker.run(self.spool.add, device, kind, body, samples, int(self._clock() * 1000))
+        if dropped:
+            self._metrics.dropped.labels(self.name, "spool_full").inc(dropped)
+            log.error(
+                "forward %s: spool over %d bytes; dropped the oldest %d unsent samples (the store keeps them)",
+                self.name,
+                self.spool.max_bytes,
+                dropped,
+            )
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                entry = await self.spool.worker.run(self.spool.first)
+                if entry is None:
+                    await self._wake.wait()
+                    self._wake.clear()
+                    continue
+                delay = await self._forward(entry)
+            except StoreError as exc:
+                delay = self._retry_later(f"spool: {exc}")
+            except Exception:  # a bug must not stop forwarding for good
+                log.exception("forward %s: failed unexpectedly", self.name)
+                delay = self._retry_later("internal error (see the log)")
+            if delay:
+                await asyncio.sleep(delay)
+
+    def _retry_later(self, error: str) -> float:
+        delay = self._backoff.next()
+        self.last_error = error
+        log.error("forward %s: %s; retrying in %.1f s", self.name, error, delay)
+        return delay
+
+    async def _forward(self, entry: Entry) -> float:
+        """Send what is left of ``entry``; returns how long to wait before the next attempt (0: done)."""
+        try:
+            bodies, counts = await asyncio.to_thread(self._requests, entry)
+        except WireError as exc:  # checked at ingest, so only a bug or a damaged spool gets here
+            log.error("forward %s: entry %d cannot be decoded (%s); dropping it", self.name, entry.id, exc)
+            self._metrics.dropped.labels(self.name, "undecodable").inc(entry.samples)
+            await self.spool.worker.run(self.spool.remove, entry)
+            return 0.0
+        refused: dict[str, int] = {}
+        for index in range(entry.done, len(bodies)):
+            outcome = await self._post(bodies[index], counts[index])
+            if outcome.delay:
+                return outcome.delay
+            if outcome.rejected is not None:
+                refused[outcome.rejected] = refused.get(outcome.rejected, 0) + counts[index]
+            entry.done = index + 1
+            if entry.done < len(bodies):
+                await self.spool.worker.run(self.spool.progress, entry.id, entry.done)
+        await self.spool.worker.run(self.spool.remove, entry)
+        if refused:
+            self._explain(entry, refused)
+        return 0.0
+
+    def _requests(self, entry: Entry) -> tuple[list[bytes], list[int]]:
+        """On a worker thread: the entry as remote-write bodies, and the samples in each."""
+        series: SeriesMap = {}
+        if entry.kind == "batch":
+            _, frames = batchfmt.decode(entry.body)
+            codec = Codec()
+            for frame in frames:
+                merge_into(series, codec.decode(frame, self._limit))
+        else:
+            series = rw.decode(entry.body, rw.Limits(max_decompressed_bytes=self._limit)).series
+        series = with_device_label(series, self._device_label, entry.device)
+        size = self.target.max_samples_per_request
+        bodies = rw.encode(series, size)
+        total = sum(len(ts) for ts, _ in series.values())
+        counts = [size] * (len(bodies) - 1) + [total - size * (len(bodies) - 1)]
+        return bodies, counts
+
+    async def _post(self, body: bytes, samples: int) -> _Outcome:
+        assert self._session is not None
+        started = time.perf_counter()
+        try:
+            async with self._session.post(str(self.target.url), data=body, headers=self._headers) as resp:
+                status = resp.status
+                text = (await resp.content.read(4096)).decode("utf-8", "replace").strip()
+                headers = dict(resp.headers)
+        except TimeoutError:
+            return self._failed("timeout", f"no complete answer within {self.target.timeout.total_seconds()} s")
+        except aiohttp.ClientError as exc:
+            return self._failed("connection", f"{type(exc).__name__}: {str(exc)[:200]}")
+        finally:
+            self._metrics.request_seconds.labels(self.name).observe(time.perf_counter() - started)
+        if 200 <= status < 300:
+            self._metrics.sent_samples.labels(self.name).inc(samples)
+            self._metrics.sent_requests.labels(self.name).inc()
+            self._metrics.sent_bytes.labels(self.name).inc(len(body))
+            self._backoff.reset()
+            self.last_error = None
+            return _Outcome()
+        if status in (408, 429) or status >= 500:
+            outcome = self._failed(f"http_{status}", f"answered {status}: {text[:300]}")
+            asked = retry_after(headers, self._clock())
+            if asked is not None:
+                outcome.delay = max(0.1, min(asked, self._backoff.maximum))
+            return outcome
+        if status in MISCONFIGURED:
+            self._backoff.failures = max(self._backoff.failures, 6)  # a config error: retry slowly
+            return self._failed(f"http_{status}", f"refused our request ({status}, check url and token): {text[:300]}")
+        reason = rejection_reason(status, text)
+        self._metrics.rejected.labels(self.name, reason).inc(samples)
+        self._last_refusal = f"{status} {text[:300]}"
+        return _Outcome(rejected=reason)
+
+    def _failed(self, reason: str, detail: str) -> _Outcome:
+        self._metrics.failures.labels(self.name, reason).inc()
+        delay = self._backoff.next()
+        self.last_error = detail
+        log.warning("forward %s: %s; next attempt in %.1f s", self.name, detail, delay)
+        return _Outcome(delay=delay)
+
+    def _explain(self, entry: Entry, refused: dict[str, int]) -> None:
+        """One log line per entry, whatever the number of refused requests in it."""
+        counts = ", ".join(f"{n} {reason}" for reason, n in sorted(refused.items()))
+        hint = ""
+        if "out_of_bounds" in refused or "too_old" in refused:
+            hint = (
+                " — the target does not take samples older than its head block (a stock Prometheus; set"
+                " storage.tsdb.out_of_order_time_window there, or forward backfill to VictoriaMetrics)"
+            )
+        log.warning(
+            "forward %s: target refused %s samples from device %s for good (last answer: %s); not retried, "
+            "the collector's store keeps them%s",
+            self.name,
+            counts,
+            entry.device,
+            self._last_refusal,
+            hint,
+        )
+
+
+class Forwarding:
+    """All targets together: what the ingest endpoints call before they store anything.
+
+    Args:
+        forwarders: one per configured target.
+    """
+
+    def __init__(self, forwarders: list[Forwarder]) -> None:
+        self.forwarders = forwarders
+
+    async def start(self) -> None:
+        for forwarder in self.forwarders:
+            await forwarder.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(f.stop() for f in self.forwarders))
+
+    async def enqueue(self, device: str, kind: Kind, body: bytes, samples: int) -> None:
+        """Queue in every target's spool (concurrently: one fsync each); raises StoreError if any fails."""
+        if samples:
+            await asyncio.gather(*(f.enqueue(device, kind, body, samples) for f in self.forwarders))

@@ -1,0 +1,159 @@
+"""A target's durable queue: one SQLite file of what the target has not acknowledged yet.
+
+An entry is what one device sent in one request, kept as it arrived (a backhaul batch body, or a
+plain remote-write body), so enqueueing costs one insert and no re-encoding on the ingest path; the
+sender converts it to remote-write requests when it sends. ``done`` counts the requests of an entry
+the target already acknowledged, so a restart resumes inside a large entry instead of at its start.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import sqlite_utils
+
+from backhaul.sqlite import StoreError, Synchronous, Worker, connect, translate
+
+Kind = Literal["batch", "remote_write"]
+
+
+@dataclass
+class Entry:
+    id: int
+    device: str
+    kind: Kind
+    body: bytes
+    samples: int
+    created_ms: int
+    done: int
+
+
+@dataclass
+class Totals:
+    entries: int = 0
+    bytes: int = 0
+    samples: int = 0
+    oldest_ms: int | None = None
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db.execute(
+        "CREATE TABLE entries (id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, kind TEXT NOT NULL,"
+        " body BLOB NOT NULL, bytes INTEGER NOT NULL, samples INTEGER NOT NULL, created_ms INTEGER NOT NULL,"
+        " done INTEGER NOT NULL DEFAULT 0)"
+    )
+
+
+MIGRATIONS = [_v1]
+
+
+class Spool:
+    """Owns one spool file and its connection (used on the spool's own thread only).
+
+    Args:
+        path: database file, created with its folder when missing.
+        synchronous: SQLite synchronous level; FULL keeps an enqueued entry across a power cut.
+        max_bytes: over this many body bytes the oldest entries are dropped (the caller counts them).
+    """
+
+    def __init__(self, path: Path, synchronous: Synchronous, max_bytes: int) -> None:
+        self.path = path
+        self.synchronous: Synchronous = synchronous
+        self.max_bytes = max_bytes
+        self.worker = Worker(f"spool-{path.stem}")
+        self.totals = Totals()
+        self._conn: sqlite3.Connection | None = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("spool is not open", transient=False)
+        return self._conn
+
+    def open(self) -> None:
+        try:
+            self._conn = connect(self.path, self.synchronous)
+            (version,) = self._conn.execute("PRAGMA user_version").fetchone()
+            db = sqlite_utils.Database(self._conn)
+            for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+                with db.atomic():
+                    step(db)
+                    self._conn.execute(f"PRAGMA user_version = {number}")
+            self._recount()
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _recount(self) -> None:
+        count, size, samples, oldest = self.conn.execute(
+            "SELECT count(*), coalesce(sum(bytes), 0), coalesce(sum(samples), 0), min(created_ms) FROM entries"
+        ).fetchone()
+        self.totals = Totals(count, size, samples, oldest)
+
+    def add(self, device: str, kind: Kind, body: bytes, samples: int, now_ms: int) -> int:
+        """Enqueue one entry durably; returns the samples of old entries dropped to stay under ``max_bytes``."""
+        conn = self.conn
+        try:
+            with sqlite_utils.Database(conn).atomic():
+                cur = conn.execute(
+                    "INSERT INTO entries (device, kind, body, bytes, samples, created_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                    (device, kind, body, len(body), samples, now_ms),
+                )
+                doomed = self._over_budget(int(cur.lastrowid or 0), self.totals.bytes + len(body))
+                conn.executemany("DELETE FROM entries WHERE id = ?", [(row[0],) for row in doomed])
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+        t = self.totals
+        t.entries += 1 - len(doomed)
+        t.bytes += len(body) - sum(row[1] for row in doomed)
+        t.samples += samples - sum(row[2] for row in doomed)
+        if doomed or t.oldest_ms is None:
+            self._recount()
+        return sum(row[2] for row in doomed)
+
+    def _over_budget(self, newest: int, size: int) -> list[tuple[int, int, int]]:
+        """The oldest entries to drop to get ``size`` under ``max_bytes``, never the one just added
+        (the newest data is what a dashboard wants)."""
+        doomed: list[tuple[int, int, int]] = []
+        if size <= self.max_bytes:
+            return doomed
+        for entry_id, length, samples in self.conn.execute(
+            "SELECT id, bytes, samples FROM entries WHERE id < ? ORDER BY id", (newest,)
+        ):
+            if size <= self.max_bytes:
+                break
+            doomed.append((entry_id, length, samples))
+            size -= length
+        return doomed
+
+    def first(self) -> Entry | None:
+        row = self.conn.execute(
+            "SELECT id, device, kind, body, samples, created_ms, done FROM entries ORDER BY id LIMIT 1"
+        ).fetchone()
+        return None if row is None else Entry(*row)
+
+    def progress(self, entry_id: int, done: int) -> None:
+        try:
+            self.conn.execute("UPDATE entries SET done = ? WHERE id = ?", (done, entry_id))
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+
+    def remove(self, entry: Entry) -> None:
+        try:
+            cur = self.conn.execute("DELETE FROM entries WHERE id = ?", (entry.id,))
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+        if cur.rowcount:  # it may have been dropped for room meanwhile
+            self.totals.entries -= 1
+            self.totals.bytes -= len(entry.body)
+            self.totals.samples -= entry.samples
+            if entry.created_ms == self.totals.oldest_ms:
+                row = self.conn.execute("SELECT created_ms FROM entries ORDER BY id LIMIT 1").fetchone()
+                self.totals.oldest_ms = None if row is None else row[0]
