@@ -128,6 +128,8 @@ class Forwarder:
 
     async def enqueue(self, device: str, kind: Kind, body: bytes, samples: int) -> None:
         """Durably queue what ``device`` sent; raises StoreError when the spool cannot write."""
+        if not samples:  # a batch that only reports losses: nothing to forward
+            return
         dropped = await self.spool.worker.run(self.spool.add, device, kind, body, samples, int(self._clock() * 1000))
         if dropped:
             self._metrics.dropped.labels(self.name, "spool_full").inc(dropped)
@@ -284,5 +286,4 @@ class Forwarding:
 
     async def enqueue(self, device: str, kind: Kind, body: bytes, samples: int) -> None:
         """Queue in every target's spool (concurrently: one fsync each); raises StoreError if any fails."""
-        if samples:
-            await asyncio.gather(*(f.enqueue(device, kind, body, samples) for f in self.forwarders))
+        await asyncio.gather(*(f.enqueue(device, kind, body, samples) for f in self.forwarders))

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
+from backhaul.wire import remote_write as rw
+from backhaul.wire.series import SeriesMap as SeriesMapT
 from tests.support import free_port, http, require_program, wait_until
 
 Samples = dict[tuple[tuple[str, str], ...], dict[int, float]]
@@ -140,3 +143,44 @@ def prometheus_receiver(tmp_path: Path, tsdbs: list[Tsdb]) -> Callable[[], Tsdb]
         return db.start()
 
     return start
+
+
+@dataclass
+class ScriptedReceiver:
+    """A real remote-write receiver on 127.0.0.1 that answers from a script: each request takes the next
+    answer (the last one repeats), and every request's decoded samples are recorded."""
+
+    answers: list[tuple[int, dict[str, str], str]]
+    url: str = ""
+    received: list[SeriesMapT] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.headers.append(dict(request.headers))
+        self.received.append(rw.decode(body, rw.Limits()).series)
+        status, headers, text = self.answers[min(len(self.statuses), len(self.answers) - 1)]
+        self.statuses.append(status)
+        return web.Response(status=status, headers=headers, text=text)
+
+
+@pytest.fixture
+async def scripted_receiver() -> AsyncIterator[Callable[..., Awaitable[ScriptedReceiver]]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(*answers: tuple[int, dict[str, str], str]) -> ScriptedReceiver:
+        receiver = ScriptedReceiver(list(answers) or [(204, {}, "")])
+        app = web.Application(client_max_size=1 << 28)
+        app.router.add_post("/api/v1/write", receiver.handle)
+        runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await runner.setup()
+        runners.append(runner)
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        receiver.url = f"http://127.0.0.1:{port}/api/v1/write"
+        return receiver
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()

@@ -1,0 +1,158 @@
+"""The collector's forwarder and its spool, against a real HTTP receiver that answers from a script."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from backhaul.wire import batch as batchfmt
+from backhaul.wire.batch import BatchHeader
+from backhaul.wire.chunk import Codec
+from backhaul.wire.series import SeriesMap, merge_into
+from collector.config import ForwardTarget
+from collector.forward.metrics import ForwardMetrics
+from collector.forward.remote_write import Forwarder, rejection_reason
+from collector.forward.spool import Spool
+from tests.forward.conftest import ScriptedReceiver
+
+Start = Callable[..., Awaitable[ScriptedReceiver]]
+
+
+def series(n: int, points: int) -> SeriesMap:
+    return {
+        (("__name__", "m"), ("i", str(i))): ([1_000 * k for k in range(points)], [i + k / 4 for k in range(points)])
+        for i in range(n)
+    }
+
+
+def batch_body(data: SeriesMap, seq: int = 1) -> bytes:
+    header = BatchHeader(device="edge-1", buffer_id="b", seq=seq, sent_at_ms=0, samples=30)
+    header.samples = sum(len(ts) for ts, _ in data.values())
+    return batchfmt.encode(header, [Codec().encode(data)])
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+async def make(tmp_path: Path, url: str, per_request: int = 10) -> tuple[Forwarder, CollectorRegistry]:
+    registry = CollectorRegistry()
+    target = ForwardTarget(
+        name="t", url=url, max_samples_per_request=per_request, backoff_min=0.01, backoff_max=0.05, timeout=5
+    )
+    spool = Spool(tmp_path / "spool.db", "NORMAL", 1 << 30)
+    forwarder = Forwarder(target, spool, ForwardMetrics(registry), "device_id", 1 << 26)
+    await forwarder.start()
+    return forwarder, registry
+
+
+async def drained(forwarder: Forwarder) -> None:
+    for _ in range(500):
+        if forwarder.spool.totals.entries == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("spool did not drain")
+
+
+def received(receiver: ScriptedReceiver, ok_only: bool = True) -> SeriesMap:
+    out: SeriesMap = {}
+    for status, part in zip(receiver.statuses, receiver.received, strict=True):
+        if 200 <= status < 300 or not ok_only:
+            merge_into(out, part)
+    return out
+
+
+async def test_retries_after_503_and_resumes_inside_an_entry(tmp_path: Path, scripted_receiver: Start) -> None:
+    receiver = await scripted_receiver((204, {}, ""), (204, {}, ""), (503, {"Retry-After": "0"}, "busy"), (204, {}, ""))
+    forwarder, registry = await make(tmp_path, receiver.url)
+    data = series(3, 10)  # 30 samples: three requests of ten
+    await forwarder.enqueue("edge-1", "batch", batch_body(data), 30)
+    await drained(forwarder)
+    await forwarder.stop()
+    assert receiver.statuses == [204, 204, 503, 204]  # the two acknowledged requests were not sent again
+    expected = {tuple(sorted((*k, ("device_id", "edge-1")))): v for k, v in data.items()}
+    assert received(receiver) == expected
+    assert receiver.headers[0]["Content-Encoding"] == "snappy"
+    assert receiver.headers[0]["X-Prometheus-Remote-Write-Version"] == "0.1.0"
+    assert value(registry, "backhaul_collector_forward_sent_samples_total", target="t") == 30
+    assert value(registry, "backhaul_collector_forward_failures_total", target="t", reason="http_503") == 1
+
+
+async def test_out_of_bounds_is_counted_once_and_never_retried(tmp_path: Path, scripted_receiver: Start) -> None:
+    receiver = await scripted_receiver((400, {}, "out of bounds"))
+    forwarder, registry = await make(tmp_path, receiver.url)
+    await forwarder.enqueue("edge-1", "batch", batch_body(series(5, 5)), 25)
+    await drained(forwarder)
+    await asyncio.sleep(0.2)
+    await forwarder.stop()
+    assert len(receiver.statuses) == 3  # 25 samples, ten per request: three requests, each sent once
+    rejected = value(registry, "backhaul_collector_forward_rejected_samples_total", target="t", reason="out_of_bounds")
+    assert rejected == 25
+    assert value(registry, "backhaul_collector_forward_sent_samples_total", target="t") == 0
+
+
+async def test_a_wrong_token_keeps_the_data_and_retries(tmp_path: Path, scripted_receiver: Start) -> None:
+    receiver = await scripted_receiver((401, {}, "unauthorized"), (401, {}, "unauthorized"), (204, {}, ""))
+    forwarder, registry = await make(tmp_path, receiver.url, per_request=100)
+    forwarder._backoff.maximum = 0.05  # "retry slowly" still means within this test
+    await forwarder.enqueue("edge-1", "batch", batch_body(series(2, 5)), 10)
+    await drained(forwarder)
+    await forwarder.stop()
+    assert receiver.statuses == [401, 401, 204]
+    assert value(registry, "backhaul_collector_forward_sent_samples_total", target="t") == 10
+
+
+async def test_spool_survives_a_restart_with_its_progress(tmp_path: Path, scripted_receiver: Start) -> None:
+    down = await scripted_receiver((204, {}, ""), (503, {}, "down"))
+    forwarder, _ = await make(tmp_path, down.url)
+    await forwarder.enqueue("edge-1", "batch", batch_body(series(3, 10)), 30)
+    await forwarder.enqueue("edge-1", "remote_write", b"", 0)  # nothing to forward: not even queued
+    for _ in range(500):
+        if len(down.statuses) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    await forwarder.stop()  # like a collector restart in the middle of an outage
+    assert forwarder.spool.totals.entries == 1
+
+    up = await scripted_receiver()
+    forwarder, registry = await make(tmp_path, up.url)
+    assert forwarder.spool.totals.samples == 30
+    await drained(forwarder)
+    await forwarder.stop()
+    assert len(up.statuses) == 2  # resumed after the one request the first receiver acknowledged
+    assert value(registry, "backhaul_collector_forward_sent_samples_total", target="t") == 20
+
+
+def test_spool_over_budget_drops_the_oldest_and_says_how_many(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db", "NORMAL", max_bytes=1024**2)
+    spool.open()
+    body = bytes(400 * 1024)
+    assert spool.add("d", "batch", body, 10, 1) == 0
+    assert spool.add("d", "batch", body, 20, 2) == 0
+    assert spool.add("d", "batch", body, 30, 3) == 10  # the oldest goes, never the newest
+    assert (spool.totals.entries, spool.totals.samples, spool.totals.oldest_ms) == (2, 50, 2)
+    first = spool.first()
+    assert first is not None and first.samples == 20
+    spool.remove(first)
+    spool.close()
+    spool.open()  # the totals are read back from the file
+    assert (spool.totals.entries, spool.totals.samples, spool.totals.oldest_ms) == (1, 30, 3)
+    spool.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "text", "reason"),
+    [
+        (400, "out of bounds", "out_of_bounds"),
+        (400, "too old sample", "too_old"),
+        (400, "out of order sample", "out_of_order"),
+        (400, "duplicate sample for timestamp", "duplicate_timestamp"),
+        (413, "too big", "http_413"),
+    ],
+)
+def test_refusals_are_named(status: int, text: str, reason: str) -> None:
+    assert rejection_reason(status, text) == reason
