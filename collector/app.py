@@ -80,7 +80,13 @@ class Collector:
         app = web.Application(client_max_size=int(self.settings.limits.max_request_bytes))
 
         async def healthz(request: web.Request) -> web.Response:
-            return web.json_response({"status": "ok", "devices": len(self.store.devices)})
+            detail: dict[str, object] = {"status": "ok", "devices": len(self.store.devices)}
+            if self.forwarding is not None:
+                detail["forward"] = {
+                    f.name: {"queued_samples": f.spool.totals.samples, "last_error": f.last_error}
+                    for f in self.forwarding.forwarders
+                }
+            return web.json_response(detail)
 
         app.router.add_post("/api/v1/batches", self._receiver.handle)
         app.router.add_post("/api/v1/write", self._remote_write.handle)

@@ -3,6 +3,7 @@ forwarders, or straight from the agent — and come back from PromQL exactly as 
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import pytest
 from backhaul.wire.series import SeriesMap
 from tests.conftest import Running
 from tests.forward.conftest import Samples, Tsdb
-from tests.support import exported_samples, metric_value, push, wait_until
+from tests.support import exported_samples, http, metric_value, push, wait_until
 
 pytestmark = [pytest.mark.integration]
 
@@ -107,6 +108,9 @@ def test_collector_forwards_everything_to_victoria_metrics_and_prometheus_throug
         "the outage's samples to wait in vm's spool",
     )
     assert metric_value(collector.url, "backhaul_collector_forward_failures_total", 'reason="connection",target="vm"')
+    health = json.loads(http("GET", f"{collector.url}/healthz")[1])["forward"]
+    assert health["vm"]["queued_samples"] == 1200 and "Cannot connect" in health["vm"]["last_error"]
+    assert health["prom"] == {"queued_samples": 0, "last_error": None}
     vm.start()
     assert_holds(vm, "fwd", as_stored(before, during))
     wait_until(
