@@ -91,6 +91,8 @@ class RemoteWriteTransport:
         series: SeriesMap = {}
         for frame in frames:
             merge_into(series, codec.decode(frame, MAX_CHUNK_BYTES))
+        if not series:  # a batch that only reports losses: nothing for a database
+            return []
         if self._device_label:
             series = with_device_label(series, self._device_label, self._device_id)
         return rw.encode(series, self._max_samples)

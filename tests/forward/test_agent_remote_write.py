@@ -56,3 +56,14 @@ async def test_another_batch_starts_from_its_first_request(scripted_receiver: St
     assert receiver.statuses == [204, 400, 204, 204]
     assert "Authorization" not in receiver.headers[0]
     assert receiver.received[0] == {(("__name__", "m0"),): ([1, 2, 3, 4], [0.0, 1.0, 2.0, 3.0])}  # no device label
+
+
+async def test_a_batch_that_only_reports_losses_sends_nothing(scripted_receiver: Start) -> None:
+    receiver = await scripted_receiver()
+    transport = RemoteWriteTransport(receiver.url, "", 5, "edge-9")
+    empty = batchfmt.encode(BatchHeader(device="edge-9", buffer_id="b1", seq=3, sent_at_ms=0, evicted_samples=5), [])
+    try:
+        assert (await transport.send(empty)).status == 204
+    finally:
+        await transport.close()
+    assert receiver.statuses == []
