@@ -32,7 +32,7 @@ from backhaul.wire import WireError
 from backhaul.wire import batch as batchfmt
 from backhaul.wire import remote_write as rw
 from backhaul.wire.chunk import Codec
-from backhaul.wire.series import SeriesMap, merge_into, with_device_label
+from backhaul.wire.series import Labels, SeriesMap, with_device_label
 from collector.config import ForwardTarget
 from collector.forward.metrics import ForwardMetrics
 from collector.forward.spool import Entry, Kind, Spool
@@ -47,6 +47,9 @@ REJECTIONS = (
     ("duplicate sample", "duplicate_timestamp"),
 )
 MISCONFIGURED = (401, 403, 404)
+# Small entries (one agent batch each) are sent together up to this many samples: one pass of
+# requests and one spool transaction for many batches. Bounds the memory of one pass too.
+GROUP_SAMPLES = 100_000
 
 
 def rejection_reason(status: int, text: str) -> str:
@@ -110,6 +113,12 @@ class Forwarder:
         self._session: aiohttp.ClientSession | None = None
         self.last_error: str | None = None
         self._last_refusal = ""
+        # The group of entries being sent, how many of its requests were acknowledged, and what the
+        # target refused in it so far (logged once the group is done).
+        self._pending: list[Entry] | None = None
+        self._relabelled: dict[tuple[Labels, str], Labels] = {}
+        self._done = 0
+        self._refused: dict[str, int] = {}
 
     async def start(self) -> None:
         await self.spool.worker.run(self.spool.open)
@@ -144,12 +153,14 @@ class Forwarder:
     async def _run(self) -> None:
         while True:
             try:
-                entry = await self.spool.worker.run(self.spool.first)
-                if entry is None:
+                # A group that failed is retried as it was, not re-taken with newer entries, so that
+                # no request is re-sent (and no refusal counted twice) because the group grew.
+                entries = self._pending or await self.spool.worker.run(self.spool.take, GROUP_SAMPLES)
+                if not entries:
                     await self._wake.wait()
                     self._wake.clear()
                     continue
-                delay = await self._forward(entry)
+                delay = await self._forward(entries)
             except StoreError as exc:
                 delay = self._retry_later(f"spool: {exc}")
             except Exception:  # a bug must not stop forwarding for good
@@ -164,46 +175,73 @@ class Forwarder:
         log.error("forward %s: %s; retrying in %.1f s", self.name, error, delay)
         return delay
 
-    async def _forward(self, entry: Entry) -> float:
-        """Send what is left of ``entry``; returns how long to wait before the next attempt (0: done)."""
+    async def _forward(self, entries: list[Entry]) -> float:
+        """Send what is left of ``entries`` (the oldest in the spool, together); returns how long to
+        wait before the next attempt (0: all sent)."""
         try:
-            bodies, counts = await asyncio.to_thread(self._requests, entry)
+            bodies, counts = await asyncio.to_thread(self._requests, entries)
         except WireError as exc:  # checked at ingest, so only a bug or a damaged spool gets here
-            log.error("forward %s: entry %d cannot be decoded (%s); dropping it", self.name, entry.id, exc)
-            self._metrics.dropped.labels(self.name, "undecodable").inc(entry.samples)
-            await self.spool.worker.run(self.spool.remove, entry)
+            ids = [e.id for e in entries]
+            log.error("forward %s: entries %s cannot be decoded (%s); dropping them", self.name, ids, exc)
+            self._metrics.dropped.labels(self.name, "undecodable").inc(sum(e.samples for e in entries))
+            await self.spool.worker.run(self.spool.remove, *entries)
+            self._pending = None
             return 0.0
-        refused: dict[str, int] = {}
-        for index in range(entry.done, len(bodies)):
+        # Where to resume: a lone entry keeps its progress in the spool (it survives a restart);
+        # a group of small ones only in memory, and is sent whole again after a restart.
+        single = len(entries) == 1
+        if self._pending is not entries:
+            self._pending, self._done, self._refused = entries, entries[0].done if single else 0, {}
+        for index in range(self._done, len(bodies)):
             outcome = await self._post(bodies[index], counts[index])
             if outcome.delay:
                 return outcome.delay
             if outcome.rejected is not None:
-                refused[outcome.rejected] = refused.get(outcome.rejected, 0) + counts[index]
-            entry.done = index + 1
-            if entry.done < len(bodies):
-                await self.spool.worker.run(self.spool.progress, entry.id, entry.done)
-        await self.spool.worker.run(self.spool.remove, entry)
+                self._refused[outcome.rejected] = self._refused.get(outcome.rejected, 0) + counts[index]
+            self._done = index + 1
+            if single and self._done < len(bodies):
+                await self.spool.worker.run(self.spool.progress, entries[0].id, self._done)
+        await self.spool.worker.run(self.spool.remove, *entries)
+        refused, self._pending, self._done, self._refused = self._refused, None, 0, {}
         if refused:
-            self._explain(entry, refused)
+            self._explain(entries, refused)
         return 0.0
 
-    def _requests(self, entry: Entry) -> tuple[list[bytes], list[int]]:
-        """On a worker thread: the entry as remote-write bodies, and the samples in each."""
+    def _requests(self, entries: list[Entry]) -> tuple[list[bytes], list[int]]:
+        """On a worker thread: the entries as remote-write bodies, and the samples in each."""
         series: SeriesMap = {}
-        if entry.kind == "batch":
-            _, frames = batchfmt.decode(entry.body)
-            codec = Codec()
-            for frame in frames:
-                merge_into(series, codec.decode(frame, self._limit))
-        else:
-            series = rw.decode(entry.body, rw.Limits(max_decompressed_bytes=self._limit)).series
-        series = with_device_label(series, self._device_label, entry.device)
+        codec = Codec()
+        for entry in entries:
+            if entry.kind == "batch":
+                _, frames = batchfmt.decode(entry.body)
+                for frame in frames:
+                    self._add(series, codec.decode(frame, self._limit), entry.device)
+            else:
+                decoded = rw.decode(entry.body, rw.Limits(max_decompressed_bytes=self._limit))
+                self._add(series, decoded.series, entry.device)
         size = self.target.max_samples_per_request
         bodies = rw.encode(series, size)
         total = sum(len(ts) for ts, _ in series.values())
         counts = [size] * (len(bodies) - 1) + [total - size * (len(bodies) - 1)]
         return bodies, counts
+
+    def _add(self, series: SeriesMap, part: SeriesMap, device: str) -> None:
+        """Append ``part`` to ``series`` with the device label added. The relabelled keys are cached:
+        a batch holds the same series as the last one, and building them dominated the cost."""
+        cache = self._relabelled
+        if len(cache) > 1_000_000:
+            cache.clear()
+        for labels, (stamps, values) in part.items():
+            key = cache.get((labels, device))
+            if key is None:
+                (key,) = with_device_label({labels: ([], [])}, self._device_label, device)
+                cache[(labels, device)] = key
+            entry = series.get(key)
+            if entry is None:
+                series[key] = (list(stamps), list(values))
+            else:
+                entry[0].extend(stamps)
+                entry[1].extend(values)
 
     async def _post(self, body: bytes, samples: int) -> _Outcome:
         assert self._session is not None
@@ -247,8 +285,8 @@ class Forwarder:
         log.warning("forward %s: %s; next attempt in %.1f s", self.name, detail, delay)
         return _Outcome(delay=delay)
 
-    def _explain(self, entry: Entry, refused: dict[str, int]) -> None:
-        """One log line per entry, whatever the number of refused requests in it."""
+    def _explain(self, entries: list[Entry], refused: dict[str, int]) -> None:
+        """One log line per group of entries, whatever the number of refused requests in it."""
         counts = ", ".join(f"{n} {reason}" for reason, n in sorted(refused.items()))
         hint = ""
         if "out_of_bounds" in refused or "too_old" in refused:
@@ -257,11 +295,11 @@ class Forwarder:
                 " storage.tsdb.out_of_order_time_window there, or forward backfill to VictoriaMetrics)"
             )
         log.warning(
-            "forward %s: target refused %s samples from device %s for good (last answer: %s); not retried, "
+            "forward %s: target refused %s samples from %s for good (last answer: %s); not retried, "
             "the collector's store keeps them%s",
             self.name,
             counts,
-            entry.device,
+            "device " + ", ".join(sorted({e.device for e in entries})),
             self._last_refusal,
             hint,
         )

@@ -134,10 +134,25 @@ class Spool:
         return doomed
 
     def first(self) -> Entry | None:
-        row = self.conn.execute(
-            "SELECT id, device, kind, body, samples, created_ms, done FROM entries ORDER BY id LIMIT 1"
-        ).fetchone()
-        return None if row is None else Entry(*row)
+        taken = self.take(0)
+        return taken[0] if taken else None
+
+    def take(self, max_samples: int, max_entries: int = 512) -> list[Entry]:
+        """The oldest entries, in order: always the first, then more while they total at most ``max_samples``."""
+        out: list[Entry] = []
+        total = 0
+        # Sizes first, bodies only of the entries taken.
+        for entry_id, samples in self.conn.execute(
+            "SELECT id, samples FROM entries ORDER BY id LIMIT ?", (max_entries,)
+        ).fetchall():
+            if out and total + samples > max_samples:
+                break
+            row = self.conn.execute(
+                "SELECT id, device, kind, body, samples, created_ms, done FROM entries WHERE id = ?", (entry_id,)
+            ).fetchone()
+            out.append(Entry(*row))
+            total += samples
+        return out
 
     def progress(self, entry_id: int, done: int) -> None:
         try:
@@ -145,15 +160,19 @@ class Spool:
         except sqlite3.Error as exc:
             raise translate(exc) from exc
 
-    def remove(self, entry: Entry) -> None:
+    def remove(self, *entries: Entry) -> None:
+        """Delete sent entries, in one transaction."""
+        gone: list[Entry] = []
         try:
-            cur = self.conn.execute("DELETE FROM entries WHERE id = ?", (entry.id,))
+            with sqlite_utils.Database(self.conn).atomic():
+                for entry in entries:
+                    if self.conn.execute("DELETE FROM entries WHERE id = ?", (entry.id,)).rowcount:
+                        gone.append(entry)  # (it may have been dropped for room meanwhile)
         except sqlite3.Error as exc:
             raise translate(exc) from exc
-        if cur.rowcount:  # it may have been dropped for room meanwhile
-            self.totals.entries -= 1
-            self.totals.bytes -= len(entry.body)
-            self.totals.samples -= entry.samples
-            if entry.created_ms == self.totals.oldest_ms:
-                row = self.conn.execute("SELECT created_ms FROM entries ORDER BY id LIMIT 1").fetchone()
-                self.totals.oldest_ms = None if row is None else row[0]
+        t = self.totals
+        t.entries -= len(gone)
+        t.bytes -= sum(len(e.body) for e in gone)
+        t.samples -= sum(e.samples for e in gone)
+        row = self.conn.execute("SELECT created_ms FROM entries ORDER BY id LIMIT 1").fetchone()
+        t.oldest_ms = None if row is None else row[0]

@@ -156,3 +156,20 @@ def test_spool_over_budget_drops_the_oldest_and_says_how_many(tmp_path: Path) ->
 )
 def test_refusals_are_named(status: int, text: str, reason: str) -> None:
     assert rejection_reason(status, text) == reason
+
+
+async def test_small_entries_travel_together(tmp_path: Path, scripted_receiver: Start) -> None:
+    receiver = await scripted_receiver((503, {}, "busy"), (204, {}, ""))
+    forwarder, registry = await make(tmp_path, receiver.url, per_request=100)
+    forwarder._backoff.minimum = forwarder._backoff.maximum = 0.2  # time for all five to be queued first
+    for device in range(5):
+        await forwarder.enqueue(f"edge-{device}", "batch", batch_body(series(2, 5), seq=device), 10)
+    await drained(forwarder)
+    await forwarder.stop()
+    # the first pass took only the first entry (the others were not queued yet) and failed; its retry
+    # is that same entry alone; then the other four go in one request
+    assert [sum(len(ts) for ts, _ in part.values()) for part in receiver.received] == [10, 10, 40]
+    devices = {dict(labels)["device_id"] for labels in receiver.received[2]}
+    assert devices == {"edge-1", "edge-2", "edge-3", "edge-4"}
+    assert value(registry, "backhaul_collector_forward_sent_samples_total", target="t") == 50
+    assert value(registry, "backhaul_collector_forward_sent_requests_total", target="t") == 2
