@@ -1,17 +1,18 @@
 """Forwarding to one remote-write target: a durable spool and one sender task.
 
 What the collector stores is enqueued here first (see :meth:`Forwarder.enqueue` and
-docs/forwarding.md for why *before* the store's commit). The sender takes the oldest entry, turns it
-into remote-write 1.0 requests of at most ``max_samples_per_request`` samples, and sends them in order:
+docs/forwarding.md for why *before* the store's commit). The sender takes the oldest entries (small
+ones together, up to ``GROUP_SAMPLES``), turns them into remote-write 1.0 requests of at most
+``max_samples_per_request`` samples, and sends them in order:
 
-- 2xx: next request; once all requests of an entry are acknowledged the entry is deleted.
+- 2xx: next request; once all requests are acknowledged the entries are deleted.
 - no answer, timeout, 408, 429, 5xx: retry the same request after a backoff with jitter, or after
   ``Retry-After``. Nothing is given up on for failing to send.
 - 401, 403, 404: the target is misconfigured (token, URL): keep everything, retry slowly, log why.
 - any other 4xx: the target refuses these samples for good. Prometheus answers 400 "out of bounds"
   for samples older than its head block (backfill after an outage) and rolls back the whole request.
   The samples are counted in ``backhaul_collector_forward_rejected_samples_total{target,reason}``,
-  logged once per entry with an explanation, and passed over: the collector's store keeps them.
+  logged once per group of entries with an explanation, and passed over: the collector's store keeps them.
 """
 
 from __future__ import annotations
@@ -116,9 +117,9 @@ class Forwarder:
         # The group of entries being sent, how many of its requests were acknowledged, and what the
         # target refused in it so far (logged once the group is done).
         self._pending: list[Entry] | None = None
-        self._relabelled: dict[tuple[Labels, str], Labels] = {}
         self._done = 0
         self._refused: dict[str, int] = {}
+        self._relabelled: dict[tuple[Labels, str], Labels] = {}  # (labels, device) -> labels as forwarded
 
     async def start(self) -> None:
         await self.spool.worker.run(self.spool.open)
