@@ -169,13 +169,14 @@ def test_old_backfill_is_refused_by_prometheus_counted_once_and_accepted_by_vict
     assert sum(len(p) for p in exported_samples(collector.url, '{job="backfill"}').values()) == 1200
 
 
-def test_agent_uploads_straight_to_victoria_metrics_and_prometheus(
+def test_agent_uploads_straight_to_victoria_metrics_and_prometheus_and_keeps_data_through_an_outage(
     victoria_metrics: Callable[[], Tsdb],
     prometheus_receiver: Callable[[], Tsdb],
     start_agent: Callable[..., Running],
 ) -> None:
     vm, prom = victoria_metrics(), prometheus_receiver()
     series = make_series("direct", 50, aligned_now() - 30 * 60_000, 20)
+    agents: dict[str, Running] = {}
     for name, db in (("agent-vm", vm), ("agent-prom", prom)):
         agent = start_agent(
             db.url,  # replaced by uplink.url below; the token it brings is ignored by both databases
@@ -194,5 +195,21 @@ def test_agent_uploads_straight_to_victoria_metrics_and_prometheus(
         assert_holds(db, "direct", as_stored(series))
         wait_until(partial(buffer_empty, agent.url), 10, "the agent's buffer to empty")
         assert metric_value(agent.url, "backhaul_uplink_samples_total") == 1000
+        agents[name] = agent
     # 1,000 samples at 100 per request: at least ten requests reached VictoriaMetrics
     assert metric_value(vm.url, "vm_http_requests_total", 'path="/api/v1/write", protocol="promremotewrite"') >= 10
+
+    # the buffer's guarantee holds without a collector: while the database is down the agent keeps it all
+    agent_vm = agents["agent-vm"].url
+    vm.stop()
+    later = make_series("direct", 50, aligned_now() - 30 * 60_000 + 20 * STEP_MS, 10)
+    assert set(push(agent_vm, later)) == {204}
+    wait_until(
+        lambda: metric_value(agent_vm, "backhaul_uplink_failures_total", 'reason="connection"') >= 2,
+        10,
+        "the agent to fail to reach the stopped database",
+    )
+    assert metric_value(agent_vm, "backhaul_buffer_samples") == 500
+    vm.start()
+    assert_holds(vm, "direct", as_stored(series, later))
+    wait_until(partial(buffer_empty, agent_vm), 10, "the agent's buffer to empty")
