@@ -124,12 +124,15 @@ def victoria_metrics(tmp_path: Path, tsdbs: list[Tsdb]) -> Callable[[], Tsdb]:
 
 
 @pytest.fixture
-def prometheus_receiver(tmp_path: Path, tsdbs: list[Tsdb]) -> Callable[[], Tsdb]:
-    def start() -> Tsdb:
+def prometheus_receiver(tmp_path: Path, tsdbs: list[Tsdb]) -> Callable[..., Tsdb]:
+    def start(out_of_order_time_window: str | None = None) -> Tsdb:
         binary = require_program("prometheus")
         port = free_port()
         config = tmp_path / f"prometheus-{port}.yml"
-        config.write_text("global: {}\n")  # scrapes nothing: only what is written to it
+        text = "global: {}\n"  # scrapes nothing: only what is written to it
+        if out_of_order_time_window:
+            text += f"storage:\n  tsdb:\n    out_of_order_time_window: {out_of_order_time_window}\n"
+        config.write_text(text)
         argv = [
             binary,
             "--web.enable-remote-write-receiver",

@@ -85,7 +85,7 @@ def forward_to(*dbs: tuple[str, Tsdb], **extra: object) -> list[dict[str, object
 
 def test_collector_forwards_everything_through_a_database_outage_and_a_collector_crash(
     victoria_metrics: Callable[[], Tsdb],
-    prometheus_receiver: Callable[[], Tsdb],
+    prometheus_receiver: Callable[..., Tsdb],
     start_collector: Callable[..., Running],
     start_agent: Callable[..., Running],
 ) -> None:
@@ -128,14 +128,14 @@ def test_collector_forwards_everything_through_a_database_outage_and_a_collector
     assert sum(len(p) for p in exported_samples(collector.url, '{job="fwd"}').values()) == 2400
 
 
-def test_old_backfill_is_refused_by_prometheus_counted_once_and_accepted_by_victoria_metrics(
+def test_old_backfill_is_refused_by_stock_prometheus_counted_once_and_accepted_by_vm_and_ooo_prometheus(
     victoria_metrics: Callable[[], Tsdb],
-    prometheus_receiver: Callable[[], Tsdb],
+    prometheus_receiver: Callable[..., Tsdb],
     start_collector: Callable[..., Running],
     start_agent: Callable[..., Running],
 ) -> None:
-    vm, prom = victoria_metrics(), prometheus_receiver()
-    collector = start_collector(forward=forward_to(("vm", vm), ("prom", prom)))
+    vm, prom, ooo = victoria_metrics(), prometheus_receiver(), prometheus_receiver(out_of_order_time_window="1d")
+    collector = start_collector(forward=forward_to(("vm", vm), ("prom", prom), ("ooo", ooo)))
     agent = start_agent(collector.url)
     now = aligned_now()
     fresh = make_series("fresh", 10, now - 5 * 60_000, 10)
@@ -145,6 +145,7 @@ def test_old_backfill_is_refused_by_prometheus_counted_once_and_accepted_by_vict
     old = make_series("backfill", 40, now - 3 * 3_600_000, 30)  # three hours old: before the head block
     assert set(push(agent.url, old)) == {204}
     assert_holds(vm, "backfill", as_stored(old))
+    assert_holds(ooo, "backfill", as_stored(old))  # the documented remedy for Prometheus works
     rejected = 'reason="out_of_bounds",target="prom"'
     wait_until(
         lambda: metric_value(collector.url, "backhaul_collector_forward_rejected_samples_total", rejected) == 1200,
@@ -171,7 +172,7 @@ def test_old_backfill_is_refused_by_prometheus_counted_once_and_accepted_by_vict
 
 def test_agent_uploads_straight_to_victoria_metrics_and_prometheus_and_keeps_data_through_an_outage(
     victoria_metrics: Callable[[], Tsdb],
-    prometheus_receiver: Callable[[], Tsdb],
+    prometheus_receiver: Callable[..., Tsdb],
     start_agent: Callable[..., Running],
 ) -> None:
     vm, prom = victoria_metrics(), prometheus_receiver()
