@@ -8,6 +8,7 @@ the target already acknowledged, so a restart resumes inside a large entry inste
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Literal
 import sqlite_utils
 
 from backhaul.sqlite import StoreError, Synchronous, Worker, connect, translate
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["batch", "remote_write"]
 
@@ -176,3 +179,10 @@ class Spool:
         t.samples -= sum(e.samples for e in gone)
         row = self.conn.execute("SELECT created_ms FROM entries ORDER BY id LIMIT 1").fetchone()
         t.oldest_ms = None if row is None else row[0]
+        if row is None and gone:
+            # Drained (after an outage, perhaps of gigabytes): hand the free pages back to the filesystem.
+            # executescript steps the pragma to completion (execute() would free one page).
+            try:
+                self.conn.executescript("PRAGMA incremental_vacuum;")
+            except sqlite3.Error as exc:  # housekeeping only: the entries are gone either way
+                log.warning("spool %s: could not release free pages: %s", self.path, exc)

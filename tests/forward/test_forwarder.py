@@ -141,6 +141,13 @@ def test_spool_over_budget_drops_the_oldest_and_says_how_many(tmp_path: Path) ->
     spool.close()
     spool.open()  # the totals are read back from the file
     assert (spool.totals.entries, spool.totals.samples, spool.totals.oldest_ms) == (1, 30, 3)
+    big = spool.path.stat().st_size + (spool.path.with_name("s.db-wal").stat().st_size)
+    last = spool.first()
+    assert last is not None
+    spool.remove(last)
+    spool.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert spool.path.stat().st_size < big // 2  # a drained spool gives its pages back
+    assert (spool.totals.entries, spool.totals.bytes, spool.totals.oldest_ms) == (0, 0, None)
     spool.close()
 
 
