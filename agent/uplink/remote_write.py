@@ -6,7 +6,8 @@ and answers the uploader with one :class:`Reply` for the whole batch: 2xx only o
 it was acknowledged, otherwise the first failing request's answer. So the buffer deletes a batch only
 when all of it is in the database, and a retry resumes at the first request not yet acknowledged.
 
-A 4xx other than 401/403/408/429 makes the uploader split the batch and finally drop (and count, as
+A wrong URL (404, or VictoriaMetrics' 400 "unsupported path") keeps the data and is retried slowly, like
+a wrong token. Any other 4xx but 408/429 makes the uploader split the batch and finally drop (and count, as
 ``backhaul_uplink_rejected_samples_total``) a chunk the database refuses — e.g. a stock Prometheus
 answering 400 "out of bounds" to samples older than its head block (see docs/forwarding.md).
 """
@@ -24,6 +25,8 @@ from backhaul.wire import remote_write as rw
 from backhaul.wire.chunk import Codec
 from backhaul.wire.series import SeriesMap, merge_into, with_device_label
 
+# What VictoriaMetrics says (with a 400) when the URL's path is wrong.
+UNSUPPORTED_PATH = "unsupported path requested"
 # The agent decodes only chunks it wrote itself; the cap is a guard, not a policy.
 MAX_CHUNK_BYTES = 256 * 1024**2
 
@@ -104,7 +107,12 @@ class RemoteWriteTransport:
             async with self._session.post(self._url, data=body, headers=self._headers) as resp:
                 text = (await resp.content.read(4096)).decode("utf-8", "replace")
                 self.requests_sent += 1
-                return Reply(resp.status, dict(resp.headers), text)
+                status = resp.status
+                if status == 400 and UNSUPPORTED_PATH in text:
+                    # VictoriaMetrics answers a wrong path with 400, which would make the uploader drop
+                    # the batch as malformed: it is a wrong URL, so say 404 (keep it, retry slowly).
+                    status = 404
+                return Reply(status, dict(resp.headers), text)
         except TimeoutError as exc:
             raise TransportError("timeout", f"no complete answer within {self._timeout.total} s") from exc
         except aiohttp.ClientConnectionError as exc:

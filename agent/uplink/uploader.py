@@ -8,7 +8,7 @@ Rules (DESIGN.md, delivery contract 4):
 - No answer, 5xx, 408 or 429: retry with exponential backoff and jitter, or after ``Retry-After``.
   Data is never given up on for failing to send; only age (``buffer.max_age``) or the budget removes
   it, and both are counted.
-- 401/403: the token is wrong; keep everything and retry slowly, logging why.
+- 401/403: the token is wrong; 404: the URL is; keep everything and retry slowly, logging why.
 - Any other 4xx: the collector says the batch is malformed. A batch of several chunks is unsealed and
   retried in smaller batches to isolate the bad chunk; a single bad chunk is dropped and counted
   (``backhaul_uplink_rejected_samples_total``), so one bad chunk cannot block the queue forever.
@@ -165,9 +165,10 @@ class Uploader:
         reason = reply.text.strip()[:300]
         if status in (408, 429) or status >= 500:
             return self._failed(f"http_{status}", f"collector answered {status}: {reason}", reply)
-        if status in (401, 403):
+        if status in (401, 403, 404):
             self._backoff.failures = max(self._backoff.failures, 6)  # a config error: retry slowly
-            return self._failed(f"http_{status}", f"collector refused this device's token ({status}): {reason}", reply)
+            problem = "has no such endpoint (check uplink.url)" if status == 404 else "refused this device's token"
+            return self._failed(f"http_{status}", f"collector {problem} ({status}): {reason}", reply)
         self._metrics.batches.labels("refused").inc()
         try:
             if len(batch.chunks) > 1:

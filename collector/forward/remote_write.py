@@ -8,7 +8,8 @@ ones together, up to ``GROUP_SAMPLES``), turns them into remote-write 1.0 reques
 - 2xx: next request; once all requests are acknowledged the entries are deleted.
 - no answer, timeout, 408, 429, 5xx: retry the same request after a backoff with jitter, or after
   ``Retry-After``. Nothing is given up on for failing to send.
-- 401, 403, 404: the target is misconfigured (token, URL): keep everything, retry slowly, log why.
+- 401, 403, 404 (or VictoriaMetrics' 400 "unsupported path"): the target is misconfigured (token,
+  URL): keep everything, retry slowly, log why.
 - any other 4xx: the target refuses these samples for good. Prometheus answers 400 "out of bounds"
   for samples older than its head block (backfill after an outage) and rolls back the whole request.
   The samples are counted in ``backhaul_collector_forward_rejected_samples_total{target,reason}``,
@@ -48,6 +49,8 @@ REJECTIONS = (
     ("duplicate sample", "duplicate_timestamp"),
 )
 MISCONFIGURED = (401, 403, 404)
+# VictoriaMetrics answers a wrong path with 400 and this text: a wrong URL, not refused samples.
+UNSUPPORTED_PATH = "unsupported path requested"
 # Small entries (one agent batch each) are sent together up to this many samples: one pass of
 # requests and one spool transaction for many batches. Bounds the memory of one pass too.
 GROUP_SAMPLES = 100_000
@@ -271,7 +274,7 @@ class Forwarder:
             if asked is not None:
                 outcome.delay = max(0.1, min(asked, self._backoff.maximum))
             return outcome
-        if status in MISCONFIGURED:
+        if status in MISCONFIGURED or (status == 400 and UNSUPPORTED_PATH in text):
             self._backoff.failures = max(self._backoff.failures, 6)  # a config error: retry slowly
             return self._failed(f"http_{status}", f"refused our request ({status}, check url and token): {text[:300]}")
         reason = rejection_reason(status, text)

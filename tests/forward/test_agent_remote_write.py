@@ -67,3 +67,15 @@ async def test_a_batch_that_only_reports_losses_sends_nothing(scripted_receiver:
     finally:
         await transport.close()
     assert receiver.statuses == []
+
+
+async def test_victoria_metrics_wrong_path_answer_reads_as_404(scripted_receiver: Start) -> None:
+    text = 'remoteAddr: "127.0.0.1:1"; requestURI: /api/v1/wrong; unsupported path requested: "/api/v1/wrong"'
+    receiver = await scripted_receiver((400, {}, text))
+    transport = RemoteWriteTransport(receiver.url, "", 5, "edge-9")
+    data: SeriesMap = {(("__name__", "m"),): ([1], [1.0])}
+    try:
+        # 404 is what the uploader keeps the batch for (a wrong URL); a 400 would have it dropped
+        assert (await transport.send(body({**data, (("__name__", "n"),): ([1], [2.0])}, 1))).status == 404
+    finally:
+        await transport.close()

@@ -180,3 +180,18 @@ async def test_small_entries_travel_together(tmp_path: Path, scripted_receiver: 
     assert devices == {"edge-1", "edge-2", "edge-3", "edge-4"}
     assert value(registry, "backhaul_collector_forward_sent_samples_total", target="t") == 50
     assert value(registry, "backhaul_collector_forward_sent_requests_total", target="t") == 2
+
+
+async def test_a_wrong_victoria_metrics_path_is_a_misconfiguration_not_a_refusal(
+    tmp_path: Path, scripted_receiver: Start
+) -> None:
+    wrong = 'remoteAddr: "127.0.0.1:1"; requestURI: /api/v1/wrong; unsupported path requested: "/api/v1/wrong"'
+    receiver = await scripted_receiver((400, {}, wrong), (204, {}, ""))
+    forwarder, registry = await make(tmp_path, receiver.url, per_request=100)
+    forwarder._backoff.maximum = 0.05
+    await forwarder.enqueue("edge-1", "batch", batch_body(series(2, 5)), 10)
+    await drained(forwarder)
+    await forwarder.stop()
+    assert receiver.statuses == [400, 204]
+    assert value(registry, "backhaul_collector_forward_failures_total", target="t", reason="http_400") == 1
+    assert value(registry, "backhaul_collector_forward_rejected_samples_total", target="t", reason="http_400") == 0

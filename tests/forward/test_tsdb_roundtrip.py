@@ -214,3 +214,21 @@ def test_agent_uploads_straight_to_victoria_metrics_and_prometheus_and_keeps_dat
     vm.start()
     assert_holds(vm, "direct", as_stored(series, later))
     wait_until(partial(buffer_empty, agent_vm), 10, "the agent's buffer to empty")
+
+
+def test_agent_keeps_its_data_when_the_database_url_is_wrong(
+    victoria_metrics: Callable[[], Tsdb], start_agent: Callable[..., Running]
+) -> None:
+    vm = victoria_metrics()
+    agent = start_agent(
+        vm.url,
+        uplink={"url": f"{vm.url}/api/v1/wirte", "protocol": "remote_write", "backoff_min": 0.1, "backoff_max": 0.2},
+    )
+    assert set(push(agent.url, make_series("typo", 10, aligned_now() - 60_000, 3))) == {204}
+    wait_until(
+        lambda: metric_value(agent.url, "backhaul_uplink_failures_total", 'reason="http_404"') >= 1,
+        10,
+        "the agent to be told the path is wrong",
+    )
+    assert metric_value(agent.url, "backhaul_uplink_rejected_samples_total") == 0
+    assert metric_value(agent.url, "backhaul_buffer_samples") == 30
