@@ -70,7 +70,7 @@ class _Builder:
     def counter_f(self, name: str, per_s: float, quantum: float = 0.01, start: float = 0, **labels: str) -> Series:
         """Float counter (seconds): increments vary around ``per_s`` and are rounded to ``quantum``."""
         rng = self.rng
-        digits = max(0, -math.floor(math.log10(quantum)))
+        digits = _digits(quantum)
 
         def step(v: float, _ts: int) -> float:
             inc = max(0.0, rng.gauss(per_s * 5, per_s * 5 * 0.3))
@@ -103,19 +103,26 @@ class _Builder:
     ) -> Series:
         """Gauge random walk in steps of ``quantum``, moving on a fraction ``p`` of scrapes."""
         rng = self.rng
+        digits = _digits(quantum)
 
         def step(v: float, _ts: int) -> float:
             if p < 1 and rng.random() >= p:
                 return v
             nv = min(hi, max(lo, v + rng.gauss(0, sd)))
-            return round(nv / quantum) * quantum
+            return round(round(nv / quantum) * quantum, digits)
 
-        return self.add(name, round(value / quantum) * quantum, step, **labels)
+        return self.add(name, round(round(value / quantum) * quantum, digits), step, **labels)
 
     def noise(self, name: str, mean: float, **labels: str) -> Series:
-        """Pure noise around ``mean`` (durations measured per scrape): incompressible floats."""
+        """Pure noise around ``mean``: durations measured per scrape, in nanoseconds as Go measures them
+        and printed as float64(ns) / 1e9, so a short decimal but with no pattern from one scrape to the next."""
         rng = self.rng
-        return self.add(name, mean, lambda _v, _ts: mean * rng.lognormvariate(0, 0.35), **labels)
+        return self.add(name, mean, lambda _v, _ts: round(mean * rng.lognormvariate(0, 0.35), 9), **labels)
+
+
+def _digits(quantum: float) -> int:
+    """Fractional digits of a quantum: the exporter prints such values as short decimals."""
+    return max(0, -math.floor(math.log10(quantum)))
 
 
 def _node_exporter(rng: random.Random, instance: str) -> Target:

@@ -1,28 +1,41 @@
 """The columnar chunk: backhaul's unit of storage in the agent's buffer and of transfer in batches.
 
-Layout of an uncompressed chunk, version 1 (all integers little-endian; see docs/wire-format.md):
+Layout of an uncompressed chunk, version 2 (all integers little-endian; see docs/wire-format.md):
 
     magic      b"BHK"          3 bytes
-    version    u8              1
+    version    u8              2
     n_series   u32
     n_samples  u32
     table_len  u32, then a UTF-8 JSON array with one flat array [name, value, name, value, ...]
                per series, label names sorted
     counts     n_series x u32, samples per series, in table order
+    kinds      n_series x u8: 0 = the series' values are stored as floats, 1 + k = every value is a
+               decimal with at most k fractional digits (k <= 15), stored as the integer value x 10^k
     times      n_samples x i64, byte-shuffled: the timestamp column (series after series) as
                delta-of-delta; the first entry is the first timestamp itself
-    values     n_samples x u64, byte-shuffled: each value's IEEE-754 bits XOR the previous
-               value's bits in the column
+    integers   u64 per sample of the decimal series, byte-shuffled: zigzag-encoded differences of
+               the scaled integers, each series starting from 0
+    floats     u64 per sample of the float series, byte-shuffled: each value's IEEE-754 bits XOR the
+               previous value's bits in that column
 
-Regular scrapes make delta-of-delta zero and unchanged values XOR to zero, and byte-shuffling puts the
-bytes that do vary next to each other, so zstd (the stored and sent form) squeezes both columns hard.
-Values keep their exact bits: NaN payloads, Prometheus stale markers and -0.0 survive a round trip.
+Why two value columns: exporters print most values as short decimals (integer counters and gauges,
+CPU seconds in hundredths, temperatures in thousandths, durations in nanoseconds), and the
+difference of two such values as an integer is a few significant bits, where the XOR of their
+IEEE-754 forms scatters bits across the mantissa. Values that are not short decimals (sums of floats,
+ratios, NaN, infinities, -0.0) keep the XOR encoding. Either way every value keeps its exact bits:
+a decimal n x 10^-k is decoded as the correctly rounded quotient n / 10^k, which is the value the
+encoder verified. Regular scrapes make delta-of-delta zero, and byte-shuffling puts the bytes that
+do vary next to each other, so zstd (the stored and sent form) squeezes every column hard.
+
+Version 1 chunks (one XOR'd value column, no kinds) are still decoded: buffers written by an older
+agent, and batches from one, stay readable.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import operator
 import struct
 import sys
@@ -35,10 +48,15 @@ from backhaul.wire.errors import TooLarge, WireError
 from backhaul.wire.series import Labels, SeriesMap
 
 MAGIC = b"BHK"
-VERSION = 1
+VERSION = 2
+_READABLE = (1, 2)
 _HEADER = struct.Struct("<3sBII")
 _U32 = struct.Struct("<I")
 _LITTLE = sys.byteorder == "little"
+MAX_DECIMALS = 15
+# Scaled integers stay well inside the range where a float holds every integer exactly.
+_MAX_SCALED = 2**52
+FLOAT_KIND = 0
 
 
 def _shuffle(column: array) -> bytes:  # type: ignore[type-arg]
@@ -60,12 +78,52 @@ def _unshuffle(data: bytes, typecode: str) -> array:  # type: ignore[type-arg]
     return column
 
 
+def decimal_scale(values: list[float]) -> int | None:
+    """The fewest fractional digits k that hold every value exactly as n / 10^k, or None.
+
+    None for NaN, infinities, -0.0 and values that are not short decimals (their exact bits would not
+    survive). Exactness is checked, not assumed: n / 10^k is Python's correctly rounded integer
+    division, the same one the decoder does.
+    """
+    k = 0
+    scale = 1
+    for v in values:
+        while True:
+            try:
+                n = round(v * scale)
+            except (ValueError, OverflowError):  # NaN or infinity
+                return None
+            if -_MAX_SCALED < n < _MAX_SCALED and n / scale == v:
+                if n == 0 and math.copysign(1.0, v) < 0:
+                    return None  # -0.0 == 0.0, but its sign bit must survive
+                break
+            k += 1
+            if k > MAX_DECIMALS:
+                return None
+            scale *= 10
+    return k
+
+
+def _zigzag_deltas(values: list[float], scale: int) -> list[int]:
+    ints = [round(v * scale) for v in values]
+    return [((b - a) << 1) ^ ((b - a) >> 63) for a, b in zip([0, *ints], ints, strict=False)]
+
+
+def _from_zigzag_deltas(column: array, scale: int) -> list[float]:  # type: ignore[type-arg]
+    ints = accumulate((z >> 1) ^ -(z & 1) for z in column)
+    if scale == 1:
+        return [float(n) for n in ints]
+    return [n / scale for n in ints]
+
+
 def encode(series: SeriesMap) -> bytes:
-    """Encode samples into an uncompressed chunk (use :func:`compress` for the stored form)."""
+    """Encode samples into an uncompressed chunk (use :class:`Codec` for the stored form)."""
     table: list[list[str]] = []
     counts = array("I")
+    kinds = bytearray()
     stamps: list[int] = []
-    values: list[float] = []
+    integers = array("Q")
+    floats: list[float] = []
     for labels, (ts, vals) in series.items():
         if len(ts) != len(vals):
             raise ValueError(f"series {labels!r}: {len(ts)} timestamps but {len(vals)} values")
@@ -74,11 +132,17 @@ def encode(series: SeriesMap) -> bytes:
         table.append([part for pair in labels for part in pair])
         counts.append(len(ts))
         stamps.extend(ts)
-        values.extend(vals)
+        k = decimal_scale(vals)
+        if k is None:
+            kinds.append(FLOAT_KIND)
+            floats.extend(vals)
+        else:
+            kinds.append(1 + k)
+            integers.extend(_zigzag_deltas(vals, 10**k))
 
     deltas = [b - a for a, b in zip([0, *stamps], stamps, strict=False)]
     dod = array("q", [b - a for a, b in zip([0, *deltas], deltas, strict=False)])
-    bits = array("Q", array("d", values).tobytes())
+    bits = array("Q", array("d", floats).tobytes())
     xored = array("Q", [b ^ a for a, b in zip([0, *bits], bits, strict=False)])
     if not _LITTLE:
         counts.byteswap()
@@ -89,7 +153,9 @@ def encode(series: SeriesMap) -> bytes:
             _U32.pack(len(table_bytes)),
             table_bytes,
             counts.tobytes(),
+            bytes(kinds),
             _shuffle(dod),
+            _shuffle(integers),
             _shuffle(xored),
         )
     )
@@ -102,11 +168,12 @@ def decode(data: bytes) -> SeriesMap:
     magic, version, n_series, n_samples = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise WireError(f"chunk: bad magic {magic!r}")
-    if version != VERSION:
-        raise WireError(f"chunk: unsupported version {version} (this build reads {VERSION})")
+    if version not in _READABLE:
+        raise WireError(f"chunk: unsupported version {version} (this build reads {', '.join(map(str, _READABLE))})")
     (table_len,) = _U32.unpack_from(data, _HEADER.size)
     pos = _HEADER.size + _U32.size
-    expected = pos + table_len + 4 * n_series + 16 * n_samples
+    kinds_len = n_series if version >= 2 else 0
+    expected = pos + table_len + 4 * n_series + kinds_len + 16 * n_samples
     if len(data) != expected:
         raise WireError(f"chunk: {len(data)} bytes, but its header announces {expected}")
     try:
@@ -123,27 +190,37 @@ def decode(data: bytes) -> SeriesMap:
     if sum(counts) != n_samples or 0 in counts:
         raise WireError(f"chunk: per-series counts do not add up to {n_samples} samples")
     pos += 4 * n_series
+    kinds = data[pos : pos + kinds_len] if version >= 2 else bytes(n_series)
+    if any(kind > 1 + MAX_DECIMALS for kind in kinds):
+        raise WireError(f"chunk: a value kind is above {1 + MAX_DECIMALS}")
+    pos += kinds_len
     dod = _unshuffle(data[pos : pos + 8 * n_samples], "q")
-    xored = _unshuffle(data[pos + 8 * n_samples :], "Q")
+    pos += 8 * n_samples
     stamps = list(accumulate(accumulate(dod)))
-    bits = array("Q", accumulate(xored, operator.xor))
-    values = array("d", bits.tobytes()).tolist()
+    n_integers = sum(count for count, kind in zip(counts, kinds, strict=True) if kind != FLOAT_KIND)
+    integers = _unshuffle(data[pos : pos + 8 * n_integers], "Q")
+    xored = _unshuffle(data[pos + 8 * n_integers :], "Q")
+    floats = array("d", array("Q", accumulate(xored, operator.xor)).tobytes()).tolist()
 
     out: SeriesMap = {}
-    start = 0
-    for flat, count in zip(table, counts, strict=True):
+    start = int_at = float_at = 0
+    for flat, count, kind in zip(table, counts, kinds, strict=True):
         labels = _labels(flat)
         end = start + count
+        if kind == FLOAT_KIND:
+            values = floats[float_at : float_at + count]
+            float_at += count
+        else:
+            values = _from_zigzag_deltas(integers[int_at : int_at + count], 10 ** (kind - 1))
+            int_at += count
         entry = out.get(labels)
         if entry is None:
-            out[labels] = (stamps[start:end], values[start:end])
+            out[labels] = (stamps[start:end], values)
         else:  # the same series twice in one chunk is legal, if wasteful
             entry[0].extend(stamps[start:end])
-            entry[1].extend(values[start:end])
+            entry[1].extend(values)
         start = end
     return out
-
-
 def _labels(flat: object) -> Labels:
     if not isinstance(flat, list) or not flat or len(flat) % 2 or not all(isinstance(part, str) for part in flat):
         raise WireError("chunk: a series entry is not a non-empty list of label name/value strings")
