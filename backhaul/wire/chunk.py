@@ -221,6 +221,8 @@ def decode(data: bytes) -> SeriesMap:
             entry[1].extend(values)
         start = end
     return out
+
+
 def _labels(flat: object) -> Labels:
     if not isinstance(flat, list) or not flat or len(flat) % 2 or not all(isinstance(part, str) for part in flat):
         raise WireError("chunk: a series entry is not a non-empty list of label name/value strings")
