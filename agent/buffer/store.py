@@ -27,7 +27,7 @@ from agent.buffer import recovery, schema
 from backhaul.sqlite import StoreError, Synchronous, Worker, connect, translate
 from backhaul.wire import WireError
 from backhaul.wire import chunk as chunkfmt
-from backhaul.wire.series import SeriesMap, merge_into, sample_count, time_range
+from backhaul.wire.series import SeriesMap, merge_owned, sample_count, time_range
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -342,7 +342,7 @@ class BufferStore:
     def _merge(self, ids: list[int], now_ms: int) -> int:
         """Replace chunks ``ids`` by one; a chunk that does not decode is quarantined instead."""
         marks = ",".join("?" * len(ids))
-        series: SeriesMap = {}
+        parts: list[SeriesMap] = []
         try:
             with self._atomic().atomic():
                 rows = self.conn.execute(
@@ -353,10 +353,11 @@ class BufferStore:
                     return 0
                 for chunk_id, samples, blob in rows:
                     try:
-                        merge_into(series, self.codec.decode(blob, limit=recovery.MAX_CHUNK_BYTES))
+                        parts.append(self.codec.decode(blob, limit=recovery.MAX_CHUNK_BYTES))
                     except WireError as exc:
                         self._quarantine_chunk(chunk_id, samples, blob, str(exc), now_ms)
                 self.conn.execute(f"DELETE FROM chunks WHERE id IN ({marks})", ids)
+                series = merge_owned(parts) if parts else {}
                 if series:
                     # The merged chunk takes the first id, so eviction order (oldest first) holds.
                     self._insert(
