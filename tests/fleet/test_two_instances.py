@@ -4,6 +4,7 @@ batch stored once, none lost, even when both instances receive the same batch at
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,8 +14,9 @@ import pytest
 
 from backhaul.wire.series import sample_count
 from tests.conftest import Running
+from tests.fleet.balancer import RoundRobin
 from tests.fleet.batches import batch_body, headers, series_for
-from tests.support import TOKEN, exported_samples, metric_value
+from tests.support import TOKEN, Sender, exported_samples, metric_value, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -25,6 +27,14 @@ BATCHES = 30  # per device
 def two_instances(start_collector: Callable[..., Running], dsn: str) -> list[Running]:
     store = {"backend": "postgres", "dsn": dsn, "pool_size": 4}
     return [start_collector(name=name, store=store) for name in ("a", "b")]
+
+
+async def fetch(dsn: str, sql: str) -> Any:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
 
 
 async def post(session: aiohttp.ClientSession, url: str, body: bytes, token: str) -> tuple[int, dict[str, Any]]:
@@ -79,3 +89,37 @@ async def test_the_same_batches_through_two_instances_are_stored_once(
         assert row["samples"] == total // len(TOKENS)
         assert row["duplicate_samples"] == 0  # a batch stored twice would show up here
         assert row["duplicate_batches"] == raced // len(TOKENS)
+
+
+@pytest.mark.faults
+def test_agents_behind_a_balancer_lose_nothing_when_an_instance_dies(
+    start_collector: Callable[..., Running], start_agent: Callable[..., Running], pg_dsn: str
+) -> None:
+    """Two real agents upload through a round-robin balancer to two instances; one instance is
+    killed (SIGKILL) half-way. Every sample the agents acknowledged arrives once."""
+    a, b = two_instances(start_collector, pg_dsn)
+    with RoundRobin([a.url, b.url]) as balancer:
+        uplink = {"batch_interval": 0.1, "backoff_min": 0.1, "backoff_max": 0.5}
+        agents = {
+            device: start_agent(
+                balancer.url, name=f"agent-{device}", device_id=device, uplink={"token": token, **uplink}
+            )
+            for device, token in TOKENS.items()
+        }
+        senders = {device: Sender(agent.url, series=50, interval=0.05) for device, agent in agents.items()}
+        for sender in senders.values():
+            sender.start()
+        wait_until(lambda: min(balancer.forwarded.values()) >= 5, 30, "uploads through both instances")
+        a.proc.kill()
+        time.sleep(1.5)
+        for sender in senders.values():
+            sender.stop()
+        for agent in agents.values():
+            wait_until(lambda agent=agent: metric_value(agent.url, "backhaul_buffer_samples") == 0, 30, "drained")
+
+    assert balancer.failed > 0  # the agents did meet the dead instance, and retried elsewhere
+    for device, sender in senders.items():
+        got = exported_samples(b.url, f'{{device_id="{device}",job="sender"}}')
+        assert {(labels, ts): v for labels, series in got.items() for ts, v in series.items()} == sender.acked
+    # a batch stored twice (once by the killed instance, once by the survivor) would count here
+    assert asyncio.run(fetch(pg_dsn, "SELECT max(duplicate_samples) FROM devices")) == 0
