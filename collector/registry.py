@@ -53,7 +53,10 @@ async def import_config_devices(store: Store, devices: Iterable[DeviceEntry], no
         found = known.get(entry.id)
         if found is None:
             if not await store.register(entry.id, digest, now_ms, source="config"):
-                log.warning("device %s from the config could not be registered (its token is in use)", entry.id)
+                # Another instance starting with the same config may have registered it just now.
+                again = {r.device: r for r in await store.registrations()}.get(entry.id)
+                if again is None or again.token_sha256 != digest:
+                    log.warning("device %s from the config was not registered: its token or id is taken", entry.id)
         elif found.token_sha256 != digest:
             if found.source == "config" and not found.revoked:
                 await store.set_token(entry.id, digest, now_ms, source="config")
