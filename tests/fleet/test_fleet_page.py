@@ -253,3 +253,91 @@ def test_a_real_agent_reports_its_backlog(
     # the batch reported what was waiting when it was sent: itself, oldest sample first
     assert seen["backlog_bytes"] > 0
     assert seen["backlog_oldest_ms"] == stamp
+
+
+class DevTools:
+    """Just enough of the Chrome DevTools protocol to run JavaScript in a page and read the result."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+        self._ids = iter(range(1, 1_000_000))
+
+    async def evaluate(self, expression: str) -> Any:
+        call = next(self._ids)
+        params = {"expression": expression, "awaitPromise": True, "returnByValue": True}
+        await self._ws.send_json({"id": call, "method": "Runtime.evaluate", "params": params})
+        while True:
+            msg = await self._ws.receive_json(timeout=30)
+            if msg.get("id") == call:
+                if "error" in msg:  # e.g. the page navigated while evaluating
+                    raise RuntimeError(msg["error"])
+                assert "exceptionDetails" not in msg["result"], msg
+                return msg["result"]["result"].get("value")
+
+    async def wait_for(self, condition: str) -> None:
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    if await self.evaluate(condition):
+                        return
+                except RuntimeError:
+                    pass  # still loading: no (stable) document yet
+                await asyncio.sleep(0.05)
+
+
+@pytest.mark.integration
+async def test_clicking_a_column_sorts_by_it(fleet: tuple[str, Clock], tmp_path: Path) -> None:
+    url, _ = fleet
+    program = require_program("chromium")
+    profile = tmp_path / "chromium-devtools"
+    proc = await asyncio.create_subprocess_exec(
+        program,
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--remote-debugging-port=0",  # Chromium picks a port and writes it to DevToolsActivePort
+        f"{url}/fleet",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        port_file = profile / "DevToolsActivePort"
+        for _ in range(300):
+            if port_file.exists() and port_file.read_text().strip():
+                break
+            await asyncio.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/json/list") as resp:
+                targets = await resp.json()
+            page = next(t for t in targets if t["type"] == "page")
+            async with session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                tools = DevTools(ws)
+                await tools.wait_for("document.body && document.body.dataset.loaded === 'true'")
+                click = (
+                    "document.querySelector('th[data-key=\"{key}\"]').click();"
+                    "[...document.querySelectorAll('#fleet tbody tr')].map(r => r.dataset.device)"
+                )
+                order = await tools.evaluate(click.replace("{key}", "backlog_bytes"))
+                assert order[-2:] == ["edge-a", "edge-old"]  # ascending: the biggest backlog last
+                order = await tools.evaluate(click.replace("{key}", "backlog_bytes"))
+                assert order[:2] == ["edge-old", "edge-a"]  # a second click: descending
+                assert await tools.evaluate("location.search") == "?sort=backlog_bytes&dir=desc"
+                aria = "document.querySelector('th[data-key=\"backlog_bytes\"]').getAttribute('aria-sort')"
+                assert await tools.evaluate(aria) == "descending"
+                # never-seen devices sort last either way
+                order = await tools.evaluate(click.replace("{key}", "last_seen_age_s"))
+                assert order[0] != "edge-new" and order[-1] == "edge-new"
+                order = await tools.evaluate(click.replace("{key}", "last_seen_age_s"))
+                assert order[0] == "edge-old" and order[-1] == "edge-new"
+    finally:
+        proc.terminate()  # lets Chromium take its helper processes down with it
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        shutil.rmtree(profile, ignore_errors=True)
