@@ -19,6 +19,7 @@ import pytest
 
 from collector.app import Collector
 from collector.config import CollectorSettings
+from collector.fleet import common_version
 from tests.conftest import Running
 from tests.fleet.batches import batch_body, headers, series_for
 from tests.support import http, push, require_program, wait_until
@@ -341,3 +342,9 @@ async def test_clicking_a_column_sorts_by_it(fleet: tuple[str, Clock], tmp_path:
             proc.kill()
             await proc.wait()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_common_version_is_the_most_frequent_and_stable_on_ties() -> None:
+    assert common_version(["1.0", "1.0", "0.9", ""]) == "1.0"
+    assert common_version(["0.9", "1.0"]) == "1.0"  # a tie: the higher version string
+    assert common_version(["", ""]) == ""
