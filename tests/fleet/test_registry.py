@@ -3,7 +3,9 @@ token replaces the old one at once, a revoked device gets 403 at once from every
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import sqlite3
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from collector import cli
 from collector.config import DeviceEntry
 from collector.registry import import_config_devices
 from collector.store.embedded import EmbeddedStore
@@ -21,13 +24,16 @@ from tests.fleet.batches import batch_body, headers, series_for
 from tests.support import BIN, TOKEN, http
 
 
-def devices_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "backhaul-collector"), "devices", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def devices_cli(config: Path, *args: str, subprocess_: bool = False) -> subprocess.CompletedProcess[str]:
+    """``backhaul-collector devices ARGS --config CONFIG``: by default in this process (the same
+    ``main``, without a second or so of interpreter start per call), or as the real console script."""
+    argv = ["devices", *args, "--config", str(config)]
+    if subprocess_:
+        return subprocess.run([str(BIN / "backhaul-collector"), *argv], capture_output=True, text=True, timeout=60)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def upload(collector: Running, device: str, seq: int, token: str) -> tuple[int, str]:
@@ -50,7 +56,7 @@ def instances(request: pytest.FixtureRequest, start_collector: Callable[..., Run
 @pytest.mark.integration
 def test_add_rotate_revoke_take_effect_at_once_everywhere(instances: list[Running]) -> None:
     first, last = instances[0], instances[-1]
-    added = devices_cli(first.config, "add", "edge-9")
+    added = devices_cli(first.config, "add", "edge-9", subprocess_=True)
     assert added.returncode == 0, added.stderr
     token = added.stdout.strip()
     assert len(token) >= 43 and "shown only this once" in added.stderr
