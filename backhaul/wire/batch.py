@@ -47,6 +47,10 @@ class BatchHeader:
             collector refused as malformed, ever.
         corrupt_samples: samples lost to a damaged buffer file or chunk, ever.
         agent_version: the agent's software version.
+        backlog_bytes: compressed bytes waiting in the agent's buffer when the batch was sent (this
+            batch included); optional, 0 from agents that predate it.
+        backlog_oldest_ms: wall-clock timestamp (ms) of the oldest sample still in the agent's buffer,
+            0 when empty or unknown (older agents).
     """
 
     device: str
@@ -60,6 +64,8 @@ class BatchHeader:
     dropped_samples: int = 0
     corrupt_samples: int = 0
     agent_version: str = ""
+    backlog_bytes: int = 0
+    backlog_oldest_ms: int = 0
 
 
 def encode(header: BatchHeader, chunks: list[bytes]) -> bytes:
@@ -108,6 +114,8 @@ def _check_header(h: BatchHeader) -> None:
         "expired_samples",
         "dropped_samples",
         "corrupt_samples",
+        "backlog_bytes",
+        "backlog_oldest_ms",
     ):
         value = getattr(h, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
