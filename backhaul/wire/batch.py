@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from backhaul.wire.errors import WireError
 
@@ -68,6 +68,9 @@ class BatchHeader:
     backlog_oldest_ms: int = 0
 
 
+_FIELDS = frozenset(f.name for f in fields(BatchHeader))
+
+
 def encode(header: BatchHeader, chunks: list[bytes]) -> bytes:
     header.chunk_sizes = [len(c) for c in chunks]
     head = json.dumps(asdict(header), separators=(",", ":")).encode()
@@ -87,7 +90,12 @@ def decode(body: bytes) -> tuple[BatchHeader, list[bytes]]:
         raise WireError("batch: header length runs past the body")
     try:
         raw = json.loads(body[_PREFIX.size : _PREFIX.size + head_len])
-        header = BatchHeader(**raw)
+        # Fields this build does not know are informational additions from a newer agent: ignored, so
+        # that agents can be upgraded before their collector. A change that old collectors must not
+        # misread bumps VERSION instead.
+        if not isinstance(raw, dict):
+            raise TypeError("not a JSON object")
+        header = BatchHeader(**{k: v for k, v in raw.items() if k in _FIELDS})
     except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
         raise WireError(f"batch: header is not a valid batch header ({exc})") from exc
     _check_header(header)
