@@ -10,8 +10,12 @@ demo:
 test:
 	scripts/test
 
+# About 15 minutes: ~1k series over a simulated hour, then 10k series (15 min of scrapes for the
+# sizes, an hour's backlog for the drain), each figure next to its references from the same run.
 bench: venv
-	.venv/bin/python bench/foundation.py
+	vmagent=$$(bench/fetch-vmagent || true); \
+	.venv/bin/python bench/foundation.py --series 1000 --vmagent "$$vmagent" && \
+	.venv/bin/python bench/foundation.py --series 10000 --minutes 15 --drain-minutes 60 --vmagent "$$vmagent"
 
 lint: venv
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.server
 import json
 import math
 import multiprocessing as mp
@@ -421,6 +422,61 @@ def prometheus_server(workdir: Path, binary: str) -> Server:
     return Server("prometheus", argv, f"http://127.0.0.1:{port}", "/-/ready", workdir)
 
 
+class ByteSink:
+    """An HTTP endpoint that takes anything and counts body bytes: where vmagent forwards to."""
+
+    def __init__(self) -> None:
+        sink = self
+        self.bytes = 0
+        self.requests = 0
+        self.encodings: set[str] = set()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(n)
+                sink.bytes += n
+                sink.requests += 1
+                sink.encodings.add(self.headers.get("Content-Encoding") or "none")
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="sink", daemon=True)
+        self._thread.start()
+
+    def settled(self, quiet: float = 3.0, timeout: float = 60.0) -> int:
+        """Wait until no bytes arrive for ``quiet`` seconds; return the byte count."""
+        deadline = time.monotonic() + timeout
+        last, since = self.bytes, time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - since < quiet:
+            time.sleep(0.2)
+            if self.bytes != last:
+                last, since = self.bytes, time.monotonic()
+        return self.bytes
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def vmagent_server(workdir: Path, binary: str, sink: ByteSink) -> Server:
+    port = free_port()
+    argv = [
+        binary,
+        f"-httpListenAddr=127.0.0.1:{port}",
+        f"-remoteWrite.url={sink.url}/api/v1/write",
+        f"-remoteWrite.tmpDataPath={workdir / 'vmagent-queue'}",
+        "-remoteWrite.forceVMProto",  # the zstd protocol, without probing the sink for it
+        "-loggerLevel=WARN",
+    ]
+    return Server("vmagent", argv, f"http://127.0.0.1:{port}", "/health", workdir)
+
+
 @dataclass
 class IngestPlan:
     """Which bodies go where: shards of series, replayed in waves that keep all shards close in time."""
@@ -564,7 +620,9 @@ async def push(
     result.peak_rss = peak[0]
 
 
-def run_ingest(server: Server, ip: IngestPlan, seconds: float, progress: Progress) -> IngestResult:
+def run_ingest(
+    server: Server, ip: IngestPlan, seconds: float, progress: Progress, sink: ByteSink | None = None
+) -> IngestResult:
     result = IngestResult(server.name, plan_series=ip.plan.n_series)
     progress.set(f"starting {server.name} ...")
     proc = server.start()
@@ -578,6 +636,15 @@ def run_ingest(server: Server, ip: IngestPlan, seconds: float, progress: Progres
                 "dropped_samples": metric_sum(page, "backhaul_ingest_dropped_samples_total"),
                 "commits": metric_sum(page, "backhaul_buffer_commits_total"),
             }
+        elif server.name == "vmagent" and sink is not None:
+            progress.set("waiting for vmagent to forward everything ...")
+            result.server = {
+                "ingested_samples": metric_sum(page, "vmagent_rows_inserted_total"),
+                "forwarded_bytes": sink.settled(),
+                "forwarded_requests": sink.requests,
+            }
+            if sink.encodings != {"zstd"}:
+                print(f"warning: vmagent sent Content-Encoding {sink.encodings}, not zstd", file=sys.stderr)
         else:
             result.server = {
                 "ingested_samples": metric_sum(page, "prometheus_tsdb_head_samples_appended_total"),
@@ -607,15 +674,16 @@ class Row:
     references: list[tuple[str, float | None]]
     target: str
     fmt: str = "{:.2f}"
+    ref_fmt: str | None = None  # when the references are in another unit than the figure
 
-    def show(self, value: float | None) -> str:
-        return "n/a" if value is None else self.fmt.format(value)
+    def show(self, value: float | None, fmt: str | None = None) -> str:
+        return "n/a" if value is None else (fmt or self.fmt).format(value)
 
 
 def render(rows: list[Row]) -> str:
     cells = []
     for r in rows:
-        refs = [f"{name}: {r.show(v)}" for name, v in r.references] or ["-"]
+        refs = [f"{name}: {r.show(v, r.ref_fmt)}" for name, v in r.references] or ["-"]
         cells.append((r.figure, r.show(r.backhaul), refs, r.target))
     w0 = max(len("figure"), *(len(c[0]) for c in cells))
     w1 = max(len("backhaul"), *(len(c[1]) for c in cells))
@@ -629,7 +697,9 @@ def render(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def build_rows(sizes: dict[str, Any], ingest: list[IngestResult], n_series: int) -> list[Row]:
+def build_rows(
+    sizes: dict[str, Any], ingest: list[IngestResult], n_series: int, drain: dict[str, Any] | None = None
+) -> list[Row]:
     refs = sizes["references"]
     n = refs["samples"]
     per_scrape = [
@@ -674,6 +744,14 @@ def build_rows(sizes: dict[str, Any], ingest: list[IngestResult], n_series: int)
         else []
     )
     vm_queue = ("RW protobuf + zstd-3 per request (vmagent-style queue)", refs["zstd3"] / n)
+    vmagent = next((r for r in ingest if r.name == "vmagent"), None)
+    if vmagent and vmagent.samples and vmagent.server.get("forwarded_bytes"):
+        real_vm = (
+            "real vmagent 1.112, its zstd protocol, blocks of <=10k samples under load",
+            vmagent.server["forwarded_bytes"] / vmagent.samples,
+        )
+        for row in rows:
+            row.references.insert(0, real_vm)
     rows.append(Row("buffer bytes/sample, compacted chunks", disk["chunk_bytes"] / dn, [vm_queue, *prom_disk], "<= 2"))
     rows.append(
         Row(
@@ -697,10 +775,12 @@ def build_rows(sizes: dict[str, Any], ingest: list[IngestResult], n_series: int)
         )
 
     def ref(attr: str, scale: float = 1.0) -> list[tuple[str, float | None]]:
-        if prom is None:
-            return [("Prometheus 2.42 (not run)", None)]
-        value = prom.row()[attr] if attr in prom.row() else getattr(prom, attr)
-        return [("Prometheus 2.42 remote-write receiver", value * scale)]
+        out: list[tuple[str, float | None]] = []
+        for name, r in (("Prometheus 2.42 remote-write receiver", prom), ("vmagent 1.112 (forwarding)", vmagent)):
+            if r is not None:
+                value = r.row()[attr] if attr in r.row() else getattr(r, attr)
+                out.append((name, value * scale))
+        return out or [("Prometheus 2.42 (not run)", None)]
 
     if agent:
         a = agent.row()
@@ -715,6 +795,17 @@ def build_rows(sizes: dict[str, Any], ingest: list[IngestResult], n_series: int)
             Row(f"resident memory, peak during ingest, MB ({label})", agent.peak_rss / 2**20, ref("peak_rss", 2**-20),
                 "<= 60 MB at 10k series (vmagent ~25 MB)", fmt="{:.0f}"),
             Row("resident memory, idle after start-up, MB", agent.idle_rss / 2**20, ref("idle_rss", 2**-20), "-",
+                fmt="{:.0f}"),
+        ]  # fmt: skip
+    if drain:
+        produced = drain["series"] / (INTERVAL_MS / 1000)
+        backlog = f"{drain['samples'] / produced / 3600:g} h backlog of {drain['series']:,} series"
+        rows += [
+            Row(f"backlog drain to a local collector, x real time ({backlog})", drain["real_time_multiple"],
+                [(f"uploaded+stored, samples/s (in {drain['seconds']:.0f} s)", drain["samples_per_s"]),
+                 ("the workload produces, samples/s", produced)], ">= 50x", fmt="{:.0f}x",
+                ref_fmt="{:,.0f}"),
+            Row("resident memory, peak during the drain, MB", drain["agent_peak_rss"] / 2**20, [], "<= 60 MB",
                 fmt="{:.0f}"),
         ]  # fmt: skip
     return rows
@@ -734,8 +825,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--ingest-seconds", type=float, default=15, help="push duration per ingest target")
     ap.add_argument("--shards", type=int, default=6, help="concurrent remote-write connections")
+    ap.add_argument(
+        "--drain-minutes",
+        type=float,
+        default=0,
+        help="also time the upload of a backlog of this many minutes to a real collector (0: skip)",
+    )
     ap.add_argument("--quick", action="store_true", help="small everything: a smoke run of under 30 s")
     ap.add_argument("--no-prometheus", action="store_true", help="skip the Prometheus ingest reference")
+    ap.add_argument(
+        "--vmagent",
+        default=os.environ.get("BACKHAUL_BENCH_VMAGENT") or shutil.which("vmagent"),
+        help="a vmagent >= 1.88 binary for the zstd-protocol reference (bench/fetch-vmagent gets one)",
+    )
     args = ap.parse_args(argv)
     if args.minutes is None:
         args.minutes = 60.0 if args.series <= 2000 else 10.0
@@ -772,9 +874,23 @@ def main(argv: list[str] | None = None) -> int:
         for make in targets:
             with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
                 ingest.append(run_ingest(make(Path(tmp)), ip, args.ingest_seconds, progress))
+        if args.vmagent:
+            sink = ByteSink()
+            try:
+                with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+                    server = vmagent_server(Path(tmp), args.vmagent, sink)
+                    ingest.append(run_ingest(server, ip, args.ingest_seconds, progress, sink))
+            finally:
+                sink.close()
+        drain = None
+        if args.drain_minutes:
+            from drain import run_drain  # drain.py builds on this module's helpers
+
+            drain_spec = WorkloadSpec(args.series, args.drain_minutes, now_ms - int(args.drain_minutes * 60_000))
+            drain = run_drain(drain_spec, progress)
         progress.set("done")
 
-    rows = build_rows(sizes, ingest, workload.n_series)
+    rows = build_rows(sizes, ingest, workload.n_series, drain)
     elapsed = time.monotonic() - wall0
     table = render(rows)
     print()
@@ -802,6 +918,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rows": [asdict(r) for r in rows],
                 "sizes": sizes,
                 "ingest": [r.row() for r in ingest],
+                "drain": drain,
                 "notes": notes,
                 "table": table,
             },

@@ -1,5 +1,10 @@
 """A deterministic, realistic scrape workload: node_exporter plus an inference server, every 5 s.
 
+The node_exporter target replays a real recording (bench/fixtures: two scrapes of Debian's
+node_exporter 1.5.0, 10 s apart): its series, labels and values are real, and each series moves the
+way it moved between the two scrapes. The inference server is modelled (below) on the metric
+families inference servers and DCGM export.
+
 One *replica* is one edge host: a node_exporter target (``job="node"``) and an inference-server
 target (``job="inference"``), about 1,000 series together, including the ``up``/``scrape_*`` series
 Prometheus adds per target. More series means more replicas (``instance`` 127.0.0.2, .3, ...).
@@ -13,11 +18,16 @@ a fixed per-target phase within the interval plus a few ms of jitter, now and th
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
+from backhaul.wire.chunk import decimal_scale
 from backhaul.wire.series import Labels, SeriesMap
 
 INTERVAL_MS = 5_000
@@ -70,7 +80,7 @@ class _Builder:
     def counter_f(self, name: str, per_s: float, quantum: float = 0.01, start: float = 0, **labels: str) -> Series:
         """Float counter (seconds): increments vary around ``per_s`` and are rounded to ``quantum``."""
         rng = self.rng
-        digits = max(0, -math.floor(math.log10(quantum)))
+        digits = _digits(quantum)
 
         def step(v: float, _ts: int) -> float:
             inc = max(0.0, rng.gauss(per_s * 5, per_s * 5 * 0.3))
@@ -103,19 +113,26 @@ class _Builder:
     ) -> Series:
         """Gauge random walk in steps of ``quantum``, moving on a fraction ``p`` of scrapes."""
         rng = self.rng
+        digits = _digits(quantum)
 
         def step(v: float, _ts: int) -> float:
             if p < 1 and rng.random() >= p:
                 return v
             nv = min(hi, max(lo, v + rng.gauss(0, sd)))
-            return round(nv / quantum) * quantum
+            return round(round(nv / quantum) * quantum, digits)
 
-        return self.add(name, round(value / quantum) * quantum, step, **labels)
+        return self.add(name, round(round(value / quantum) * quantum, digits), step, **labels)
 
     def noise(self, name: str, mean: float, **labels: str) -> Series:
-        """Pure noise around ``mean`` (durations measured per scrape): incompressible floats."""
+        """Pure noise around ``mean``: durations measured per scrape, in nanoseconds as Go measures them
+        and printed as float64(ns) / 1e9, so a short decimal but with no pattern from one scrape to the next."""
         rng = self.rng
-        return self.add(name, mean, lambda _v, _ts: mean * rng.lognormvariate(0, 0.35), **labels)
+        return self.add(name, mean, lambda _v, _ts: round(mean * rng.lognormvariate(0, 0.35), 9), **labels)
+
+
+def _digits(quantum: float) -> int:
+    """Fractional digits of a quantum: the exporter prints such values as short decimals."""
+    return max(0, -math.floor(math.log10(quantum)))
 
 
 def _node_exporter(rng: random.Random, instance: str) -> Target:
@@ -528,9 +545,78 @@ def _inference_server(rng: random.Random, instance: str) -> Target:
     return t
 
 
+# Two real scrapes of Debian's prometheus-node-exporter 1.5.0, 10 s apart, on a 2-core VM.
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+RECORDED_NODE = ("node_exporter-1.5.0.a.prom", "node_exporter-1.5.0.b.prom")
+RECORDED_GAP_S = 10.0
+_COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
+
+
+@functools.cache
+def _recorded(names: tuple[str, str]) -> list[tuple[str, Labels, float, float, bool]]:
+    """(name, labels, first value, second value, is a counter) for every series of the recording."""
+    scrapes = []
+    for name in names:
+        text = (FIXTURES / name).read_text()
+        found = {}
+        for family in text_string_to_metric_families(text):
+            counter = family.type in ("counter", "histogram", "summary")
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                found[key] = (sample.value, counter or sample.name.endswith(_COUNTER_SUFFIXES))
+        scrapes.append(found)
+    first, second = scrapes
+    return [(n, labels, v, second[(n, labels)][0], c) for (n, labels), (v, c) in first.items() if (n, labels) in second]
+
+
+def _recorded_node_exporter(rng: random.Random, instance: str) -> Target:
+    """node_exporter replayed from a real recording: its series, label sets and values are real.
+
+    What each series does per 5 s scrape follows what it did between the two recorded scrapes: a
+    counter keeps its observed rate (increments vary by 30 %), a gauge that moved random-walks by the
+    observed step, anything that did not move stays constant. Values keep the decimals the exporter
+    printed (whole bytes, CPU seconds in hundredths, ...), as the real exporter would go on printing them.
+    """
+    t = Target("node", instance, rng.randrange(INTERVAL_MS))
+    b = _Builder(rng, t)
+    for name, labels, a, z, counter in _recorded(RECORDED_NODE):
+        extra = {k: v for k, v in labels if k not in ("job", "instance")}
+        if a == z or math.isnan(a) or math.isnan(z):
+            b.const(name, z, **extra)
+            continue
+        digits = decimal_scale([a, z])
+        per_scrape = (z - a) * INTERVAL_MS / 1000 / RECORDED_GAP_S
+        if name.endswith("time_seconds") and abs(per_scrape * 1000 / INTERVAL_MS - 1) < 0.1:
+            b.add(name, z, lambda _v, ts, d=digits: ts / 1000 if d is None else round(ts / 1000, d), **extra)
+        elif counter:
+            b.add(name, z, _counter_step(rng, per_scrape, digits), **extra)
+        else:
+            b.add(name, z, _walk_step(rng, abs(per_scrape), digits, nonnegative=min(a, z) >= 0), **extra)
+    _scrape_meta(b, len(t.series))
+    return t
+
+
+def _counter_step(rng: random.Random, mean: float, digits: int | None) -> Step:
+    def step(v: float, _ts: int) -> float:
+        nv = v + max(0.0, rng.gauss(mean, abs(mean) * 0.3))
+        return nv if digits is None else round(nv, digits)
+
+    return step
+
+
+def _walk_step(rng: random.Random, sd: float, digits: int | None, nonnegative: bool) -> Step:
+    def step(v: float, _ts: int) -> float:
+        nv = v + rng.gauss(0, sd)
+        if nonnegative:
+            nv = abs(nv)
+        return nv if digits is None else round(nv, digits)
+
+    return step
+
+
 def replica_targets(rng: random.Random, replica: int) -> list[Target]:
     host = f"127.0.0.{replica + 1}"
-    return [_node_exporter(rng, f"{host}:9100"), _inference_server(rng, f"{host}:8002")]
+    return [_recorded_node_exporter(rng, f"{host}:9100"), _inference_server(rng, f"{host}:8002")]
 
 
 class Workload:

@@ -16,13 +16,15 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from backhaul import systemd
 from collector.config import CollectorSettings
 from collector.export import Exporter
+from collector.fleet import Fleet
 from collector.forward.metrics import ForwardMetrics, QueueCollector
 from collector.forward.remote_write import Forwarder, Forwarding
 from collector.forward.spool import Spool
 from collector.ingest import BatchReceiver
 from collector.metrics import CollectorMetrics, DeviceCollector
+from collector.registry import import_config_devices
 from collector.remote_write import RemoteWriteReceiver
-from collector.store.sqlite import CollectorStore
+from collector.store import make_store
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +47,13 @@ class Collector:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = CollectorMetrics(self.registry)
-        self.store = CollectorStore(settings.store.path, settings.store.synchronous)
+        self.store = make_store(settings.store)
+        self._clock = clock
         self.registry.register(DeviceCollector(lambda: self.store.devices))
         self._receiver = BatchReceiver(settings, self.store, self.metrics, clock)
         self._remote_write = RemoteWriteReceiver(settings, self.store, self.metrics, clock)
         self._exporter = Exporter(self.store)
+        self._fleet = Fleet(settings, self.store, clock)
         self.forwarding = self._forwarding(clock)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -93,10 +97,13 @@ class Collector:
         app.router.add_get("/api/v1/export", self._exporter.handle)
         app.router.add_get("/metrics", make_aiohttp_handler(self.registry))
         app.router.add_get("/healthz", healthz)
+        app.router.add_get("/api/v1/fleet", self._fleet.api)
+        app.router.add_get("/fleet", self._fleet.page)
         return app
 
     async def __aenter__(self) -> Collector:
-        await self.store.worker.run(self.store.open)
+        await self.store.open()
+        await import_config_devices(self.store, self.settings.devices, int(self._clock() * 1000))
         if self.forwarding is not None:
             await self.forwarding.start()
         self._runner = web.AppRunner(self.build_app(), access_log=None, shutdown_timeout=10)
@@ -114,8 +121,7 @@ class Collector:
             await self._runner.cleanup()
         if self.forwarding is not None:
             await self.forwarding.stop()
-        await self.store.worker.run(self.store.close)
-        self.store.worker.shutdown()
+        await self.store.close()
 
 
 async def serve(settings: CollectorSettings) -> None:

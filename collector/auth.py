@@ -1,34 +1,50 @@
-"""Per-device bearer tokens. Tokens are compared by their SHA-256, so only digests need be kept."""
+"""Per-device bearer tokens, checked against the device registry in the store on every request.
+
+Only SHA-256 digests of tokens are stored. The registry is read per request (one indexed lookup), so
+a revocation or rotation made by any instance, or by the ``devices`` CLI, holds at once everywhere.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 
-from collector.config import DeviceEntry
+from backhaul.sqlite import StoreError
+from collector.store import Store
 
 
 class AuthError(Exception):
-    """``status`` is 401 (no or unknown token) or 403 (a token of another device)."""
+    """``status`` is 401 (no or unknown token), 403 (revoked, or a token of another device) or 503
+    (the registry cannot be read right now: the device retries)."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
 
 
-class DeviceAuth:
-    def __init__(self, devices: Iterable[DeviceEntry]) -> None:
-        self._by_digest = {d.digest(): d.id for d in devices}
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.strip().encode()).hexdigest()
 
-    def device_for(self, authorization: str | None) -> str:
-        """The device a ``Bearer`` header belongs to; raises :class:`AuthError` (401)."""
+
+class DeviceAuth:
+    """Args: the store that holds the registry."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def device_for(self, authorization: str | None) -> str:
+        """The device a ``Bearer`` header belongs to; raises :class:`AuthError`."""
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError(401, "missing bearer token")
-        device = self._by_digest.get(hashlib.sha256(token.strip().encode()).hexdigest())
-        if device is None:
+        try:
+            found = await self._store.registration(token_digest(token))
+        except StoreError as exc:
+            raise AuthError(503, f"device registry unavailable: {exc}") from exc
+        if found is None:
             raise AuthError(401, "unknown token")
-        return device
+        if found.revoked:
+            raise AuthError(403, f"device {found.device!r} is revoked")
+        return found.device
 
     @staticmethod
     def check_claim(token_device: str, claimed: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ByteSize, Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import BaseSettings
@@ -20,11 +21,31 @@ class ListenSettings(BaseModel):
 
 
 class StoreSettings(BaseModel):
-    """The embedded SQLite store."""
+    """The embedded SQLite store (``backend = "sqlite"``), or PostgreSQL shared by several instances."""
 
+    backend: Literal["sqlite", "postgres"] = "sqlite"
     path: Path = Path("/var/lib/backhaul-collector/collector.db")
     # FULL: a batch is on disk before the agent is told it was stored (the agent then deletes it).
     synchronous: Synchronous = "FULL"
+    # postgres only: postgresql://user:password@host:port/database
+    dsn: SecretStr | None = None
+    pool_size: int = Field(10, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _dsn_for_postgres(self) -> StoreSettings:
+        if self.backend == "postgres" and self.dsn is None:
+            raise ValueError("backend 'postgres' needs dsn = 'postgresql://user:password@host:port/database'")
+        return self
+
+    def describe(self) -> str:
+        return f"postgres ({self.pool_size} connections)" if self.backend == "postgres" else f"sqlite {self.path}"
+
+
+class FleetSettings(BaseModel):
+    """The fleet page (GET /fleet) and its JSON API (GET /api/v1/fleet)."""
+
+    # A device whose last batch is older than this is shown offline.
+    offline_after: timedelta = Field(timedelta(minutes=5), gt=timedelta(0))
 
 
 class LimitSettings(BaseModel):
@@ -84,6 +105,7 @@ class CollectorSettings(BaseSettings):
     listen: ListenSettings = ListenSettings()
     store: StoreSettings = StoreSettings()
     limits: LimitSettings = LimitSettings()
+    fleet: FleetSettings = FleetSettings()
     devices: list[DeviceEntry] = []
     forward: list[ForwardTarget] = []
 

@@ -13,7 +13,7 @@ from prometheus_client import Counter
 from collector.auth import DeviceAuth
 from collector.config import CollectorSettings
 from collector.metrics import CollectorMetrics
-from collector.store.sqlite import CollectorStore
+from collector.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,14 @@ class DeviceEndpoint:
     def __init__(
         self,
         settings: CollectorSettings,
-        store: CollectorStore,
+        store: Store,
         metrics: CollectorMetrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._store = store
         self._metrics = metrics
-        self._auth = DeviceAuth(settings.devices)
+        self._auth = DeviceAuth(store)
         self._clock = clock
 
     def _answers(self) -> Counter:

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from backhaul.wire.remote_write import is_stale_marker
 from collector.selector import Selector, SelectorError
-from collector.store.sqlite import CollectorStore
+from collector.store import Store
 
 # Series fetched per query: few round trips to the store thread, bounded memory per step.
 SERIES_PER_QUERY = 500
@@ -48,7 +48,7 @@ def _number(value: float) -> float | str:
 
 
 class Exporter:
-    def __init__(self, store: CollectorStore) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -63,14 +63,14 @@ class Exporter:
             raise web.HTTPBadRequest(text=f"{exc}\n") from exc
 
         store = self._store
-        series = await store.worker.run(store.series)
+        series = await store.series()
         chosen = [(sid, labels) for sid, labels in series if any(s.matches(labels) for s in selectors)]
         response = web.StreamResponse(headers={"Content-Type": "application/stream+json"})
         await response.prepare(request)
         chosen.sort(key=lambda item: sorted(item[1].items()))
         for first in range(0, len(chosen), SERIES_PER_QUERY):
             page = chosen[first : first + SERIES_PER_QUERY]
-            found = await store.worker.run(store.samples, [sid for sid, _ in page], start, end)
+            found = await store.samples([sid for sid, _ in page], start, end)
             lines = []
             for sid, labels in page:
                 stamps, values = found.get(sid, ([], []))

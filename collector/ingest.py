@@ -27,7 +27,7 @@ from backhaul.wire.series import SeriesMap, merge_into, sample_count
 from collector.auth import AuthError, DeviceAuth
 from collector.endpoint import DeviceEndpoint
 from collector.forward.spool import Kind
-from collector.store.sqlite import IngestResult
+from collector.store import IngestResult
 
 
 class BatchReceiver(DeviceEndpoint):
@@ -43,7 +43,7 @@ class BatchReceiver(DeviceEndpoint):
 
     async def _handle(self, request: web.Request) -> web.Response:
         try:
-            device = self._auth.device_for(request.headers.get("Authorization"))
+            device = await self._auth.device_for(request.headers.get("Authorization"))
         except AuthError as exc:
             return self._error(exc.status, str(exc), {"WWW-Authenticate": "Bearer"})
         if request.content_type != batchfmt.CONTENT_TYPE:
@@ -62,7 +62,7 @@ class BatchReceiver(DeviceEndpoint):
             return self._error(exc.status, str(exc))
 
         store = self._store
-        if await store.worker.run(store.seen, header.device, header.buffer_id, header.seq):
+        if await store.seen(header.device, header.buffer_id, header.seq):
             self._metrics.batches.labels("duplicate").inc()
             return web.json_response({"stored": True, "duplicate": True, "seq": header.seq})
         started = time.perf_counter()
@@ -79,8 +79,8 @@ class BatchReceiver(DeviceEndpoint):
             except StoreError as exc:
                 return self._error(503, f"forward spool: {exc}", {"Retry-After": "10"})
         try:
-            result: IngestResult = await store.worker.run(
-                store.ingest, header.device, series, self._settings.device_label, int(self._clock() * 1000), header
+            result: IngestResult = await store.ingest(
+                header.device, series, self._settings.device_label, int(self._clock() * 1000), header
             )
         except StoreError as exc:
             return self._error(503 if exc.transient else 500, str(exc), {"Retry-After": "10"})

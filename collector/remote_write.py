@@ -32,7 +32,7 @@ class RemoteWriteReceiver(DeviceEndpoint):
 
     async def _handle(self, request: web.Request) -> web.Response:
         try:
-            device = self._auth.device_for(request.headers.get("Authorization"))
+            device = await self._auth.device_for(request.headers.get("Authorization"))
         except AuthError as exc:
             return self._error(exc.status, str(exc), {"WWW-Authenticate": "Bearer"})
         problem = rw.header_problem(request.content_type, request.headers.get("Content-Encoding"))
@@ -57,8 +57,8 @@ class RemoteWriteReceiver(DeviceEndpoint):
                     return self._error(503, f"forward spool: {exc}", {"Retry-After": "10"})
             store = self._store
             try:
-                result = await store.worker.run(
-                    store.ingest, device, decoded.series, self._settings.device_label, int(self._clock() * 1000)
+                result = await store.ingest(
+                    device, decoded.series, self._settings.device_label, int(self._clock() * 1000)
                 )
             except StoreError as exc:
                 return self._error(503 if exc.transient else 500, str(exc), {"Retry-After": "10"})

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from agent.buffer.store import BufferStore, Losses
 from agent.metrics import AgentMetrics
 from backhaul.sqlite import StoreError
-from backhaul.wire.series import SeriesMap, merge_into
+from backhaul.wire.series import SeriesMap, merge_owned
 
 log = logging.getLogger(__name__)
 
@@ -115,10 +115,6 @@ class Staging:
 
     def _write(self, parts: list[SeriesMap], dropped: int) -> Losses:
         """On the store's thread: merge the group into one chunk and commit it."""
-        if len(parts) == 1:
-            merged = parts[0]
-        else:
-            merged = {}
-            for part in parts:
-                merge_into(merged, part)
+        # The requests' decoded maps are ours alone (a request is answered only after this commit).
+        merged = merge_owned(parts)
         return self._store.append(merged, dropped, int(self._clock() * 1000))

@@ -27,7 +27,7 @@ from agent.buffer import recovery, schema
 from backhaul.sqlite import StoreError, Synchronous, Worker, connect, translate
 from backhaul.wire import WireError
 from backhaul.wire import chunk as chunkfmt
-from backhaul.wire.series import SeriesMap, merge_into, sample_count
+from backhaul.wire.series import SeriesMap, merge_owned, sample_count, time_range
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -198,7 +198,8 @@ class BufferStore:
                         transient=True,
                     )
                 if samples:
-                    self._insert(blob, series, samples, now_ms)
+                    span = time_range(series)
+                    self._insert(blob, span, len(series), samples, now_ms)
                 self._bump("dropped_samples", dropped)
         except sqlite3.Error as exc:
             self._recount()
@@ -208,18 +209,19 @@ class BufferStore:
             self._recount()
         elif samples:
             t = self.totals
-            lo = min(min(ts) for ts, _ in series.values())
+            lo = span[0]
             t.chunks, t.bytes, t.samples = t.chunks + 1, t.bytes + len(blob), t.samples + samples
             t.oldest_ts = lo if t.oldest_ts is None else min(t.oldest_ts, lo)
         return losses
 
-    def _insert(self, blob: bytes, series: SeriesMap, samples: int, now_ms: int, chunk_id: int | None = None) -> None:
-        lo = min(min(ts) for ts, _ in series.values())
-        hi = max(max(ts) for ts, _ in series.values())
+    def _insert(
+        self, blob: bytes, span: tuple[int, int], n_series: int, samples: int, now_ms: int, chunk_id: int | None = None
+    ) -> None:
+        lo, hi = span
         self.conn.execute(
             "INSERT INTO chunks (id, created_ms, min_ts, max_ts, samples, series, bytes, batch_seq, data)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
-            (chunk_id, now_ms, lo, hi, samples, len(series), len(blob), blob),
+            (chunk_id, now_ms, lo, hi, samples, n_series, len(blob), blob),
         )
 
     def _disk_room(self) -> int:
@@ -340,7 +342,7 @@ class BufferStore:
     def _merge(self, ids: list[int], now_ms: int) -> int:
         """Replace chunks ``ids`` by one; a chunk that does not decode is quarantined instead."""
         marks = ",".join("?" * len(ids))
-        series: SeriesMap = {}
+        parts: list[SeriesMap] = []
         try:
             with self._atomic().atomic():
                 rows = self.conn.execute(
@@ -351,13 +353,21 @@ class BufferStore:
                     return 0
                 for chunk_id, samples, blob in rows:
                     try:
-                        merge_into(series, self.codec.decode(blob, limit=recovery.MAX_CHUNK_BYTES))
+                        parts.append(self.codec.decode(blob, limit=recovery.MAX_CHUNK_BYTES))
                     except WireError as exc:
                         self._quarantine_chunk(chunk_id, samples, blob, str(exc), now_ms)
                 self.conn.execute(f"DELETE FROM chunks WHERE id IN ({marks})", ids)
+                series = merge_owned(parts) if parts else {}
                 if series:
                     # The merged chunk takes the first id, so eviction order (oldest first) holds.
-                    self._insert(self.codec.encode(series), series, sample_count(series), now_ms, chunk_id=ids[0])
+                    self._insert(
+                        self.codec.encode(series),
+                        time_range(series),
+                        len(series),
+                        sample_count(series),
+                        now_ms,
+                        chunk_id=ids[0],
+                    )
         except sqlite3.Error as exc:
             raise translate(exc) from exc
         return len(ids) - 1

@@ -52,6 +52,7 @@ class RemoteWriteReceiver:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._staging = staging
+        self._labels = rw.LabelCache()
         self._ingest = ingest
         self._max_age_ms = int(buffer.max_age.total_seconds() * 1000)
         self._max_future_ms = int(ingest.max_future.total_seconds() * 1000)
@@ -86,9 +87,9 @@ class RemoteWriteReceiver:
             return _error(413, f"request body exceeds the limit of {limit} bytes")
         try:
             if len(body) > _INLINE_DECODE_BYTES:
-                decoded = await asyncio.to_thread(rw.decode, body, self.limits())
+                decoded = await asyncio.to_thread(rw.decode, body, self.limits(), self._labels)
             else:
-                decoded = rw.decode(body, self.limits())
+                decoded = rw.decode(body, self.limits(), self._labels)
         except TooLarge as exc:
             return _error(413, str(exc))
         except WireError as exc:

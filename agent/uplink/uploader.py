@@ -129,6 +129,9 @@ class Uploader:
             dropped_samples=counters["dropped_samples"] + counters["rejected_samples"],
             corrupt_samples=counters["corrupt_samples"],
             agent_version=__version__,
+            # What is still waiting (this batch included), for the collector's fleet page.
+            backlog_bytes=self._store.totals.bytes,
+            backlog_oldest_ms=self._store.totals.oldest_ts or 0,
         )
         reported_loss = sum(counters[k] for k in LOSS_KEYS)
         body = batchfmt.encode(header, batch.chunks)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from backhaul.wire.errors import WireError
 
@@ -47,6 +47,10 @@ class BatchHeader:
             collector refused as malformed, ever.
         corrupt_samples: samples lost to a damaged buffer file or chunk, ever.
         agent_version: the agent's software version.
+        backlog_bytes: compressed bytes waiting in the agent's buffer when the batch was sent (this
+            batch included); optional, 0 from agents that predate it.
+        backlog_oldest_ms: wall-clock timestamp (ms) of the oldest sample still in the agent's buffer,
+            0 when empty or unknown (older agents).
     """
 
     device: str
@@ -60,6 +64,11 @@ class BatchHeader:
     dropped_samples: int = 0
     corrupt_samples: int = 0
     agent_version: str = ""
+    backlog_bytes: int = 0
+    backlog_oldest_ms: int = 0
+
+
+_FIELDS = frozenset(f.name for f in fields(BatchHeader))
 
 
 def encode(header: BatchHeader, chunks: list[bytes]) -> bytes:
@@ -81,7 +90,12 @@ def decode(body: bytes) -> tuple[BatchHeader, list[bytes]]:
         raise WireError("batch: header length runs past the body")
     try:
         raw = json.loads(body[_PREFIX.size : _PREFIX.size + head_len])
-        header = BatchHeader(**raw)
+        # Fields this build does not know are informational additions from a newer agent: ignored, so
+        # that agents can be upgraded before their collector. A change that old collectors must not
+        # misread bumps VERSION instead.
+        if not isinstance(raw, dict):
+            raise TypeError("not a JSON object")
+        header = BatchHeader(**{k: v for k, v in raw.items() if k in _FIELDS})
     except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
         raise WireError(f"batch: header is not a valid batch header ({exc})") from exc
     _check_header(header)
@@ -108,6 +122,8 @@ def _check_header(h: BatchHeader) -> None:
         "expired_samples",
         "dropped_samples",
         "corrupt_samples",
+        "backlog_bytes",
+        "backlog_oldest_ms",
     ):
         value = getattr(h, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:

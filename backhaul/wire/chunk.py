@@ -1,28 +1,41 @@
 """The columnar chunk: backhaul's unit of storage in the agent's buffer and of transfer in batches.
 
-Layout of an uncompressed chunk, version 1 (all integers little-endian; see docs/wire-format.md):
+Layout of an uncompressed chunk, version 2 (all integers little-endian; see docs/wire-format.md):
 
     magic      b"BHK"          3 bytes
-    version    u8              1
+    version    u8              2
     n_series   u32
     n_samples  u32
     table_len  u32, then a UTF-8 JSON array with one flat array [name, value, name, value, ...]
                per series, label names sorted
     counts     n_series x u32, samples per series, in table order
+    kinds      n_series x u8: 0 = the series' values are stored as floats, 1 + k = every value is a
+               decimal with at most k fractional digits (k <= 15), stored as the integer value x 10^k
     times      n_samples x i64, byte-shuffled: the timestamp column (series after series) as
                delta-of-delta; the first entry is the first timestamp itself
-    values     n_samples x u64, byte-shuffled: each value's IEEE-754 bits XOR the previous
-               value's bits in the column
+    integers   u64 per sample of the decimal series, byte-shuffled: zigzag-encoded differences of
+               the scaled integers, each series starting from 0
+    floats     u64 per sample of the float series, byte-shuffled: each value's IEEE-754 bits XOR the
+               previous value's bits in that column
 
-Regular scrapes make delta-of-delta zero and unchanged values XOR to zero, and byte-shuffling puts the
-bytes that do vary next to each other, so zstd (the stored and sent form) squeezes both columns hard.
-Values keep their exact bits: NaN payloads, Prometheus stale markers and -0.0 survive a round trip.
+Why two value columns: exporters print most values as short decimals (integer counters and gauges,
+CPU seconds in hundredths, temperatures in thousandths, durations in nanoseconds), and the
+difference of two such values as an integer is a few significant bits, where the XOR of their
+IEEE-754 forms scatters bits across the mantissa. Values that are not short decimals (sums of floats,
+ratios, NaN, infinities, -0.0) keep the XOR encoding. Either way every value keeps its exact bits:
+a decimal n x 10^-k is decoded as the correctly rounded quotient n / 10^k, which is the value the
+encoder verified. Regular scrapes make delta-of-delta zero, and byte-shuffling puts the bytes that
+do vary next to each other, so zstd (the stored and sent form) squeezes every column hard.
+
+Version 1 chunks (one XOR'd value column, no kinds) are still decoded: buffers written by an older
+agent, and batches from one, stay readable.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import operator
 import struct
 import sys
@@ -35,10 +48,15 @@ from backhaul.wire.errors import TooLarge, WireError
 from backhaul.wire.series import Labels, SeriesMap
 
 MAGIC = b"BHK"
-VERSION = 1
+VERSION = 2
+_READABLE = (1, 2)
 _HEADER = struct.Struct("<3sBII")
 _U32 = struct.Struct("<I")
 _LITTLE = sys.byteorder == "little"
+MAX_DECIMALS = 15
+# Scaled integers stay well inside the range where a float holds every integer exactly.
+_MAX_SCALED = 2**52
+FLOAT_KIND = 0
 
 
 def _shuffle(column: array) -> bytes:  # type: ignore[type-arg]
@@ -60,36 +78,110 @@ def _unshuffle(data: bytes, typecode: str) -> array:  # type: ignore[type-arg]
     return column
 
 
+def decimal_scale(values: list[float]) -> int | None:
+    """The fewest fractional digits k that hold every value exactly as n / 10^k, or None.
+
+    None for NaN, infinities, -0.0 and values that are not short decimals (their exact bits would not
+    survive). Exactness is checked, not assumed: n / 10^k is Python's correctly rounded integer
+    division, the same one the decoder does.
+    """
+    k = 0
+    scale = 1
+    for v in values:
+        while True:
+            try:
+                n = round(v * scale)
+            except (ValueError, OverflowError):  # NaN or infinity
+                return None
+            if -_MAX_SCALED < n < _MAX_SCALED and n / scale == v:
+                if n == 0 and math.copysign(1.0, v) < 0:
+                    return None  # -0.0 == 0.0, but its sign bit must survive
+                break
+            k += 1
+            if k > MAX_DECIMALS:
+                return None
+            scale *= 10
+    return k
+
+
+def _zigzag_deltas(values: list[float], scale: int) -> list[int]:
+    ints = [round(v * scale) for v in values]
+    return [((b - a) << 1) ^ ((b - a) >> 63) for a, b in zip([0, *ints], ints, strict=False)]
+
+
+class _TableCache:
+    """Each series' JSON table entry, kept across chunks: the agent encodes the same series in every
+    group commit, and formatting their labels was a good share of a commit's CPU. Bounded: when full
+    it starts over."""
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self._max_entries = max_entries
+        self._entries: dict[Labels, bytes] = {}
+
+    def entry(self, labels: Labels) -> bytes:
+        found = self._entries.get(labels)
+        if found is None:
+            found = json.dumps(
+                [part for pair in labels for part in pair], separators=(",", ":"), ensure_ascii=False
+            ).encode()
+            if len(self._entries) >= self._max_entries:
+                self._entries.clear()
+            self._entries[labels] = found
+        return found
+
+
+_TABLE = _TableCache()
+
+
 def encode(series: SeriesMap) -> bytes:
-    """Encode samples into an uncompressed chunk (use :func:`compress` for the stored form)."""
-    table: list[list[str]] = []
+    """Encode samples into an uncompressed chunk (use :class:`Codec` for the stored form)."""
+    entries: list[bytes] = []
     counts = array("I")
+    kinds = bytearray()
     stamps: list[int] = []
-    values: list[float] = []
+    integers = array("Q")
+    floats: list[float] = []
+    entry = _TABLE.entry
     for labels, (ts, vals) in series.items():
-        if len(ts) != len(vals):
-            raise ValueError(f"series {labels!r}: {len(ts)} timestamps but {len(vals)} values")
-        if not ts:
+        n = len(ts)
+        if n != len(vals):
+            raise ValueError(f"series {labels!r}: {n} timestamps but {len(vals)} values")
+        if not n:
             continue
-        table.append([part for pair in labels for part in pair])
-        counts.append(len(ts))
+        entries.append(entry(labels))
+        counts.append(n)
         stamps.extend(ts)
-        values.extend(vals)
+        if n == 1:  # one sample per series, as a single remote-write request brings: the common case
+            v = float(vals[0])
+            if v.is_integer() and -_MAX_SCALED < v < _MAX_SCALED and (v or math.copysign(1.0, v) > 0):
+                kinds.append(1)
+                i = int(v)
+                integers.append((i << 1) ^ (i >> 63))
+                continue
+        k = decimal_scale(vals)
+        if k is None:
+            kinds.append(FLOAT_KIND)
+            floats.extend(vals)
+        else:
+            kinds.append(1 + k)
+            integers.extend(_zigzag_deltas(vals, 10**k))
 
     deltas = [b - a for a, b in zip([0, *stamps], stamps, strict=False)]
     dod = array("q", [b - a for a, b in zip([0, *deltas], deltas, strict=False)])
-    bits = array("Q", array("d", values).tobytes())
+    bits = array("Q", array("d", floats).tobytes())
     xored = array("Q", [b ^ a for a, b in zip([0, *bits], bits, strict=False)])
     if not _LITTLE:
         counts.byteswap()
-    table_bytes = json.dumps(table, separators=(",", ":"), ensure_ascii=False).encode()
+    table_bytes = b"[" + b",".join(entries) + b"]"
     return b"".join(
         (
-            _HEADER.pack(MAGIC, VERSION, len(table), len(stamps)),
+            _HEADER.pack(MAGIC, VERSION, len(entries), len(stamps)),
             _U32.pack(len(table_bytes)),
             table_bytes,
             counts.tobytes(),
+            bytes(kinds),
             _shuffle(dod),
+            _shuffle(integers),
             _shuffle(xored),
         )
     )
@@ -102,11 +194,12 @@ def decode(data: bytes) -> SeriesMap:
     magic, version, n_series, n_samples = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise WireError(f"chunk: bad magic {magic!r}")
-    if version != VERSION:
-        raise WireError(f"chunk: unsupported version {version} (this build reads {VERSION})")
+    if version not in _READABLE:
+        raise WireError(f"chunk: unsupported version {version} (this build reads {', '.join(map(str, _READABLE))})")
     (table_len,) = _U32.unpack_from(data, _HEADER.size)
     pos = _HEADER.size + _U32.size
-    expected = pos + table_len + 4 * n_series + 16 * n_samples
+    kinds_len = n_series if version >= 2 else 0
+    expected = pos + table_len + 4 * n_series + kinds_len + 16 * n_samples
     if len(data) != expected:
         raise WireError(f"chunk: {len(data)} bytes, but its header announces {expected}")
     try:
@@ -123,29 +216,52 @@ def decode(data: bytes) -> SeriesMap:
     if sum(counts) != n_samples or 0 in counts:
         raise WireError(f"chunk: per-series counts do not add up to {n_samples} samples")
     pos += 4 * n_series
+    kinds = data[pos : pos + kinds_len] if version >= 2 else bytes(n_series)
+    if any(kind > 1 + MAX_DECIMALS for kind in kinds):
+        raise WireError(f"chunk: a value kind is above {1 + MAX_DECIMALS}")
+    pos += kinds_len
     dod = _unshuffle(data[pos : pos + 8 * n_samples], "q")
-    xored = _unshuffle(data[pos + 8 * n_samples :], "Q")
+    pos += 8 * n_samples
     stamps = list(accumulate(accumulate(dod)))
-    bits = array("Q", accumulate(xored, operator.xor))
-    values = array("d", bits.tobytes()).tolist()
+    n_integers = sum(count for count, kind in zip(counts, kinds, strict=True) if kind != FLOAT_KIND)
+    # Undo zigzag for the whole column at once; the per-series work below is then slicing and sums.
+    integers = [(z >> 1) ^ -(z & 1) for z in _unshuffle(data[pos : pos + 8 * n_integers], "Q")]
+    xored = _unshuffle(data[pos + 8 * n_integers :], "Q")
+    floats = array("d", array("Q", accumulate(xored, operator.xor)).tobytes()).tolist()
 
     out: SeriesMap = {}
-    start = 0
-    for flat, count in zip(table, counts, strict=True):
+    start = int_at = float_at = 0
+    for flat, count, kind in zip(table, counts, kinds, strict=True):
         labels = _labels(flat)
         end = start + count
+        values: list[float]
+        if kind == FLOAT_KIND:
+            values = floats[float_at : float_at + count]
+            float_at += count
+        elif count == 1:
+            values = [integers[int_at] / 10 ** (kind - 1)]
+            int_at += 1
+        else:
+            scale = 10 ** (kind - 1)
+            ints = accumulate(integers[int_at : int_at + count])
+            values = [float(n) for n in ints] if scale == 1 else [n / scale for n in ints]
+            int_at += count
         entry = out.get(labels)
         if entry is None:
-            out[labels] = (stamps[start:end], values[start:end])
+            out[labels] = (stamps[start:end], values)
         else:  # the same series twice in one chunk is legal, if wasteful
             entry[0].extend(stamps[start:end])
-            entry[1].extend(values[start:end])
+            entry[1].extend(values)
         start = end
     return out
 
 
+_STR_ONLY = {str}
+
+
 def _labels(flat: object) -> Labels:
-    if not isinstance(flat, list) or not flat or len(flat) % 2 or not all(isinstance(part, str) for part in flat):
+    # set(map(type, ...)) runs in C: much cheaper than an isinstance() per item for every series.
+    if type(flat) is not list or not flat or len(flat) % 2 or set(map(type, flat)) != _STR_ONLY:
         raise WireError("chunk: a series entry is not a non-empty list of label name/value strings")
     return tuple(zip(flat[0::2], flat[1::2], strict=True))
 

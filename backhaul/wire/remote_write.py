@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,16 +65,33 @@ def _build_messages() -> dict[str, Any]:
         ("timeseries", 1, _F.TYPE_MESSAGE, rep, ".prometheus.TimeSeries"),
         ("metadata", 3, _F.TYPE_MESSAGE, rep, ".prometheus.MetricMetadata"),
     )
+    # The same messages for parsing, with a series' labels read as raw bytes: a length-delimited
+    # Label on the wire is also a valid `bytes` field, and a series' raw label bytes are the key of
+    # the label cache, so a series seen before costs one dict lookup instead of a Python object per
+    # label name and value.
+    message(
+        "TimeSeriesRawLabels",
+        ("labels", 1, _F.TYPE_BYTES, rep, ""),
+        ("samples", 2, _F.TYPE_MESSAGE, rep, ".prometheus.Sample"),
+        ("histograms", 4, _F.TYPE_MESSAGE, rep, ".prometheus.Histogram"),
+    )
+    message(
+        "WriteRequestRawLabels",
+        ("timeseries", 1, _F.TYPE_MESSAGE, rep, ".prometheus.TimeSeriesRawLabels"),
+        ("metadata", 3, _F.TYPE_MESSAGE, rep, ".prometheus.MetricMetadata"),
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
     return {
         name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"prometheus.{name}"))
-        for name in ("WriteRequest", "TimeSeries", "Label", "Sample")
+        for name in ("WriteRequest", "TimeSeries", "Label", "Sample", "WriteRequestRawLabels")
     }
 
 
 _MESSAGES = _build_messages()
 WriteRequest = _MESSAGES["WriteRequest"]
+_WriteRequestRawLabels = _MESSAGES["WriteRequestRawLabels"]
+_Label = _MESSAGES["Label"]
 
 # Millisecond timestamps beyond this are not dates (year ~285,000); refusing them keeps the
 # chunk encoder's delta arithmetic inside int64.
@@ -146,14 +164,67 @@ def decompress(body: bytes, limit: int) -> bytes:
         raise WireError(f"snappy: {exc}") from exc
 
 
-def decode(body: bytes, limits: Limits) -> Decoded:
-    """Decode a snappy-compressed ``WriteRequest`` into a :class:`Decoded`."""
+class LabelCache:
+    """Label sets already decoded (and checked against the limits), keyed by their raw protobuf bytes.
+
+    A sender repeats the same series request after request; decoding its labels once saves most of a
+    request's parsing. Strings and label pairs are interned so that thousands of series sharing
+    ``job="node"`` hold one copy. Bounded: when full it starts over (the next requests refill it).
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._max_entries = max_entries
+        self._sets: dict[bytes | tuple[bytes, ...], Labels | str] = {}
+        self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
+        self._limits: tuple[int, int] = (0, 0)
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+    def lookup(self, raw: Sequence[bytes], limits: Limits) -> Labels | str:
+        """The series' sorted labels, or the reason they are refused (a drop reason)."""
+        joined = b"\xff".join(raw)
+        # When an item holds 0xff itself (a length varint can), joining would be ambiguous.
+        key = joined if joined.count(b"\xff") == len(raw) - 1 else tuple(raw)
+        found = self._sets.get(key)
+        if found is not None and self._limits == (limits.max_labels_per_series, limits.max_label_bytes):
+            return found
+        if self._limits != (limits.max_labels_per_series, limits.max_label_bytes):
+            self.clear()
+            self._limits = (limits.max_labels_per_series, limits.max_label_bytes)
+        pairs = []
+        for item in raw:
+            try:
+                label = _Label.FromString(item)
+            except DecodeError as exc:
+                raise WireError(f"protobuf: not a WriteRequest (bad label: {exc})") from exc
+            pairs.append((label.name, label.value))
+        result: Labels | str = _label_problem(pairs, limits) or tuple(
+            self._pairs.setdefault(pair, pair) for pair in sorted(pairs)
+        )
+        if len(self._sets) >= self._max_entries:
+            self._sets.clear()
+        self._sets[key] = result
+        return result
+
+    def clear(self) -> None:
+        self._sets.clear()
+        self._pairs.clear()
+
+
+def decode(body: bytes, limits: Limits, cache: LabelCache | None = None) -> Decoded:
+    """Decode a snappy-compressed ``WriteRequest`` into a :class:`Decoded`.
+
+    Pass the receiver's long-lived :class:`LabelCache` to make repeated series cheap.
+    """
     raw = decompress(body, limits.max_decompressed_bytes)
-    request = WriteRequest()
+    request = _WriteRequestRawLabels()
     try:
         request.ParseFromString(raw)
     except DecodeError as exc:
         raise WireError(f"protobuf: not a WriteRequest ({exc})") from exc
+    if cache is None:
+        cache = LabelCache()
 
     out = Decoded(metadata=len(request.metadata))
     series = out.series
@@ -163,14 +234,17 @@ def decode(body: bytes, limits: Limits) -> Decoded:
         samples = ts.samples
         if not samples:
             continue
-        pairs = [(label.name, label.value) for label in ts.labels]
-        reason = _label_problem(pairs, limits)
-        if reason:
-            out.drop(reason, len(samples))
+        labels = cache.lookup(ts.labels, limits)
+        if isinstance(labels, str):
+            out.drop(labels, len(samples))
             continue
-        labels: Labels = tuple(sorted(pairs))
-        stamps = [s.timestamp for s in samples]
-        values = [s.value for s in samples]
+        if len(samples) == 1:  # the usual case: one sample per series and request
+            sample = samples[0]
+            stamps = [sample.timestamp]
+            values = [sample.value]
+        else:
+            stamps = [s.timestamp for s in samples]
+            values = [s.value for s in samples]
         if min(stamps) < lo or max(stamps) > hi:
             keep = [i for i, t in enumerate(stamps) if lo <= t <= hi]
             out.drop("too_old", sum(1 for t in stamps if t < lo))

@@ -21,6 +21,30 @@ def merge_into(target: SeriesMap, source: SeriesMap) -> None:
             entry[1].extend(vals)
 
 
+def merge_owned(parts: list[SeriesMap]) -> SeriesMap:
+    """Merge maps the caller owns and will not use again: their lists are reused, not copied.
+
+    The first map becomes the result; later maps' lists are appended to it or adopted.
+    """
+    merged = parts[0]
+    for part in parts[1:]:
+        for labels, pair in part.items():
+            entry = merged.get(labels)
+            if entry is None:
+                merged[labels] = pair
+            else:
+                entry[0].extend(pair[0])
+                entry[1].extend(pair[1])
+    return merged
+
+
+def time_range(series: SeriesMap) -> tuple[int, int]:
+    """The oldest and newest timestamp in a non-empty map."""
+    lo = min(min(ts) if len(ts) > 1 else ts[0] for ts, _ in series.values())
+    hi = max(max(ts) if len(ts) > 1 else ts[0] for ts, _ in series.values())
+    return lo, hi
+
+
 def sample_count(series: SeriesMap) -> int:
     return sum(len(ts) for ts, _ in series.values())
 

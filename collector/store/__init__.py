@@ -1,1 +1,67 @@
-"""Where the collector keeps what it received: embedded SQLite by default."""
+"""Where the collector keeps what it received: embedded SQLite by default, PostgreSQL when several
+collector instances share one store.
+
+Both back ends implement :class:`Store`. Everything a second instance must agree on lives behind it:
+the batches already stored (de-duplication), the device registry (tokens, revocations) and the
+figures the fleet page shows. An instance keeps nothing else that another instance would need.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from backhaul.wire.batch import BatchHeader
+from backhaul.wire.series import SeriesMap
+from collector.config import StoreSettings
+from collector.store.records import Registration
+from collector.store.sqlite import DeviceState, IngestResult
+
+__all__ = ["DeviceState", "IngestResult", "Registration", "Store", "make_store"]
+
+
+class Store(Protocol):
+    """What the collector's endpoints need from a store; every call is a coroutine.
+
+    ``devices`` is the last known state of every device this instance has seen, for the metrics
+    page (a scrape cannot await); the fleet page reads :meth:`device_states` for the shared truth.
+    """
+
+    @property
+    def devices(self) -> dict[str, DeviceState]: ...
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    # -- samples and de-duplication
+    async def seen(self, device: str, buffer_id: str, seq: int) -> bool: ...
+    async def ingest(
+        self, device: str, series: SeriesMap, device_label: str, now_ms: int, batch: BatchHeader | None = None
+    ) -> IngestResult: ...
+    async def series(self) -> list[tuple[int, dict[str, str]]]: ...
+    async def samples(
+        self, series_ids: list[int], start_ms: int, end_ms: int
+    ) -> dict[int, tuple[list[int], list[float]]]: ...
+
+    # -- device registry
+    async def registration(self, token_sha256: str) -> Registration | None: ...
+    async def registrations(self) -> list[Registration]: ...
+    async def register(self, device: str, token_sha256: str, now_ms: int, source: str = "cli") -> bool: ...
+    async def set_token(self, device: str, token_sha256: str, now_ms: int, source: str = "cli") -> bool: ...
+    async def revoke(self, device: str, now_ms: int) -> bool: ...
+
+    # -- fleet page
+    async def device_states(self) -> list[DeviceState]: ...
+    async def model_info(self, device_label: str) -> dict[str, dict[str, str]]: ...
+    async def alerts_firing(self) -> dict[str, list[dict[str, Any]]]: ...
+
+
+def make_store(settings: StoreSettings) -> Store:
+    """The configured back end, not yet opened."""
+    if settings.backend == "postgres":
+        from collector.store.postgres import PostgresStore  # asyncpg is only loaded when used
+
+        assert settings.dsn is not None  # checked by the settings
+        return PostgresStore(settings.dsn.get_secret_value(), settings.pool_size)
+    from collector.store.embedded import EmbeddedStore
+
+    return EmbeddedStore(settings.path, settings.synchronous)

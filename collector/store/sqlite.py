@@ -15,6 +15,7 @@ import json
 import logging
 import sqlite3
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import sqlite_utils
 from backhaul.sqlite import StoreError, Synchronous, Worker, connect, translate
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.series import Labels, SeriesMap
+from collector.store.records import Registration
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ class DeviceState:
     agent_version: str = ""
     corrupt_samples: int = 0
     duplicate_batches: int = 0
+    backlog_bytes: int = 0  # what the agent last reported still waiting in its buffer
+    backlog_oldest_ms: int = 0  # wall-clock ms of its oldest buffered sample (0: none/unknown)
 
 
 @dataclass
@@ -92,7 +96,23 @@ def _v3(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE devices ADD COLUMN duplicate_batches INTEGER NOT NULL DEFAULT 0")
 
 
-MIGRATIONS = [_v1, _v2, _v3]
+def _v4(db: sqlite_utils.Database) -> None:
+    """Reserved: version 4 is the alerts table, added on another branch (issue 7); replaced at merge."""
+
+
+def _v5(db: sqlite_utils.Database) -> None:
+    # The agent's reported backlog, for the fleet page; and the device registry, shared by every
+    # process that opens this file (the collector and the `devices` CLI).
+    db.execute("ALTER TABLE devices ADD COLUMN backlog_bytes INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE devices ADD COLUMN backlog_oldest_ms INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        "CREATE TABLE registry (device TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL UNIQUE,"
+        " created_ms INTEGER NOT NULL, rotated_ms INTEGER NOT NULL DEFAULT 0,"
+        " revoked_ms INTEGER NOT NULL DEFAULT 0, source TEXT NOT NULL DEFAULT 'cli')"
+    )
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]
 LOSS_FIELDS = ("evicted_samples", "expired_samples", "dropped_samples", "corrupt_samples")
 
 
@@ -201,6 +221,8 @@ class CollectorStore:
                 if batch is not None:
                     updated.batches += 1
                     updated.agent_version = batch.agent_version
+                    updated.backlog_bytes = batch.backlog_bytes
+                    updated.backlog_oldest_ms = batch.backlog_oldest_ms
                     for name, value in self._record_losses(batch).items():
                         setattr(updated, name, value)
                 sqlite_utils.Database(conn).table("devices").upsert(updated.__dict__, pk="device")
@@ -244,6 +266,82 @@ class CollectorStore:
         for sid, (stamps, bits_list) in out.items():
             out[sid] = (stamps, array("d", array("q", bits_list).tobytes()).tolist())
         return out
+
+    # -- device registry (see collector.registry) ------------------------------------------------------
+
+    def registration(self, token_sha256: str) -> Registration | None:
+        sql = f"SELECT {_REG_FIELDS} FROM registry WHERE token_sha256 = ?"
+        row = self.conn.execute(sql, (token_sha256,)).fetchone()
+        return Registration(*row) if row else None
+
+    def registrations(self) -> list[Registration]:
+        return [Registration(*row) for row in self.conn.execute(f"SELECT {_REG_FIELDS} FROM registry ORDER BY device")]
+
+    def register(self, device: str, token_sha256: str, now_ms: int, source: str = "cli") -> bool:
+        """Add a device; False when the id (or, improbably, the token) is already registered."""
+        try:
+            with sqlite_utils.Database(self.conn).atomic():
+                cur = self.conn.execute(
+                    "INSERT INTO registry (device, token_sha256, created_ms, source) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT DO NOTHING",
+                    (device, token_sha256, now_ms, source),
+                )
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+        return cur.rowcount == 1
+
+    def set_token(self, device: str, token_sha256: str, now_ms: int, source: str = "cli") -> bool:
+        """Replace a device's token (the old one stops working at once); False if unknown."""
+        return self._update_registry(
+            "UPDATE registry SET token_sha256 = ?, rotated_ms = ?, source = ? WHERE device = ?",
+            (token_sha256, now_ms, source, device),
+        )
+
+    def revoke(self, device: str, now_ms: int) -> bool:
+        """Refuse the device from now on (403); False if unknown."""
+        return self._update_registry(
+            "UPDATE registry SET revoked_ms = ? WHERE device = ? AND revoked_ms = 0", (now_ms, device)
+        )
+
+    def _update_registry(self, sql: str, args: tuple[object, ...]) -> bool:
+        try:
+            with sqlite_utils.Database(self.conn).atomic():
+                cur = self.conn.execute(sql, args)
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+        return cur.rowcount == 1
+
+    # -- fleet page ------------------------------------------------------------------------------------
+
+    def device_states(self) -> list[DeviceState]:
+        """Every device's figures, read from the file (another process may have written them)."""
+        cur = self.conn.execute("SELECT * FROM devices")
+        names = [d[0] for d in cur.description]
+        return [DeviceState(**dict(zip(names, row, strict=True))) for row in cur]
+
+    def model_info(self, device_label: str) -> dict[str, dict[str, str]]:
+        """Per device, the labels of its ``backhaul_model_info`` series with the newest sample."""
+        rows = self.conn.execute(
+            "SELECT s.labels, max(m.ts) FROM series s JOIN samples m ON m.series_id = s.id"
+            " WHERE s.name = 'backhaul_model_info' GROUP BY s.id"
+        ).fetchall()
+        return newest_model_info(((dict(json.loads(labels)), ts) for labels, ts in rows), device_label)
+
+
+_REG_FIELDS = "device, token_sha256, created_ms, rotated_ms, revoked_ms, source"
+
+
+def newest_model_info(rows: Iterable[tuple[dict[str, str], int]], device_label: str) -> dict[str, dict[str, str]]:
+    """Pick, per device, the labels (without name and device label) of the most recent series."""
+    newest: dict[str, tuple[int, dict[str, str]]] = {}
+    for labels, ts in rows:
+        device = labels.get(device_label)
+        if device is None:
+            continue
+        if device not in newest or ts > newest[device][0]:
+            rest = {k: v for k, v in labels.items() if k not in ("__name__", device_label)}
+            newest[device] = (ts, rest)
+    return {device: labels for device, (_, labels) in newest.items()}
 
 
 def _stored_labels(labels: Labels, device_label: str, device: str) -> str:

@@ -125,7 +125,7 @@ async def collector_metrics(tmp_path: Path) -> Exported:
         now = int(time.time() * 1000)
         series = {(("__name__", "x"),): ([now], [1.0])}
         store = collector.store
-        await store.worker.run(store.ingest, "d", series, "device_id", now, header)
+        await store.ingest("d", series, "device_id", now, header)
         # (a second ForwardMetrics on a scratch registry: the same metric objects' label names)
         return exported_by(collector.registry, collector.metrics, ForwardMetrics(CollectorRegistry()))
 

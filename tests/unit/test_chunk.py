@@ -82,3 +82,70 @@ def test_decompression_is_capped_whatever_the_frame_claims():
 def test_garbage_is_not_a_zstd_frame():
     with pytest.raises(WireError, match="zstd"):
         chunk.Codec().decompress(b"definitely not zstd", limit=1000)
+
+
+# A version 1 chunk as the previous encoder wrote it (one XOR'd value column): buffers and batches
+# written by an older agent must stay readable after an upgrade.
+V1_CHUNK = bytes.fromhex(
+    "42484b0102000000050000003a0000005b5b225f5f6e616d655f5f222c227570222c226a6f62222c226e6f6465225d2c5b225f5f"
+    "6e616d655f5f222c226e6f64655f6c6f616431225d5d0300000002000000008803639a68ab00c53ae51a00ff00cf3000ff008b74"
+    "00ff0001fe00ff0000ff00ff0000ff00ff00000000000000000000000000000000000000000000000000000000000000f0f0f020"
+    "203f3f3f0040"
+)
+
+
+def test_version_1_chunks_still_decode():
+    assert chunk.decode(V1_CHUNK) == {
+        (("__name__", "up"), ("job", "node")): ([1700000000000, 1700000005000, 1700000010003], [1.0, 0.0, 1.0]),
+        (("__name__", "node_load1"),): ([1700000000001, 1700000005001], [0.25, math.inf]),
+    }
+
+
+@pytest.mark.parametrize(
+    ("values", "scale"),
+    [
+        ([0.0, 1.0, 42.0, -7.0], 0),
+        ([327.416, 1357.029, 0.5], 3),
+        ([1.795966612e09, 0.000164831], 9),
+        ([1e-15, 2e-15], 15),
+        ([0.1 + 0.2], None),  # 0.30000000000000004: 17 digits
+        ([1.0, math.nan], None),
+        ([math.inf], None),
+        ([-0.0], None),  # equal to 0.0, but the sign bit must survive
+        ([2.0**60], None),  # beyond the integers a float holds exactly
+        ([9621.669682929169], None),  # a float sum, as client libraries accumulate histograms
+    ],
+)
+def test_decimal_scale_is_the_fewest_digits_that_hold_every_value(values, scale):
+    assert chunk.decimal_scale(values) == scale
+
+
+def test_short_decimals_round_trip_exactly_and_cost_less_than_their_float_bits():
+    rng = random.Random(7)
+    stamps = [1_700_000_000_000 + 5000 * k for k in range(360)]
+    series = {}
+    for i, digits in enumerate([0, 1, 2, 3, 6, 9, 12, 15] * 4):
+        value = round(rng.uniform(-1e3, 1e3), digits)
+        values = []
+        for _ in stamps:  # a counter-like walk of short decimals, as an exporter prints them
+            value = round(value + rng.randrange(0, 500) / 10**digits, digits)
+            values.append(value)
+        series[(("__name__", f"m{i}"), ("digits", str(digits)))] = (stamps, values)
+    data = chunk.encode(series)
+    decoded = chunk.decode(data)
+    for labels, (ts, values) in series.items():
+        assert decoded[labels][0] == ts
+        assert bits(decoded[labels][1]) == bits(values)
+    # The same values with their bits perturbed by one ulp are floats, not decimals: XOR'd bits.
+    as_floats = {k: (ts, [math.nextafter(v, math.inf) for v in vs]) for k, (ts, vs) in series.items()}
+    zstd = zstandard.ZstdCompressor()
+    assert len(zstd.compress(data)) < 0.6 * len(zstd.compress(chunk.encode(as_floats)))
+
+
+def test_a_value_kind_out_of_range_is_refused():
+    data = bytearray(chunk.encode({(("__name__", "up"),): ([1], [1.0])}))
+    kinds_at = 4 + 8 + 4 + len(b'[["__name__","up"]]') + 4
+    assert data[kinds_at] == 1  # an integer: decimal with 0 fractional digits
+    data[kinds_at] = 99
+    with pytest.raises(WireError, match="value kind"):
+        chunk.decode(bytes(data))

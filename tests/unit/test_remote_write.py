@@ -76,3 +76,33 @@ def test_stale_marker_is_recognised_by_its_bits():
     assert rw.is_stale_marker(struct.unpack("<d", stale)[0])
     assert not rw.is_stale_marker(float("nan"))
     assert not rw.is_stale_marker(1.0)
+
+
+def test_the_label_cache_gives_the_same_answers_and_shares_one_tuple_per_series():
+    # A value of 255 bytes puts 0xff into its length varint: the cache must not confuse such series.
+    series = {
+        (("__name__", "up"), ("job", "node")): ([NOW], [1.0]),
+        (("__name__", "up"), ("job", "x" * 255)): ([NOW], [2.0]),
+        (("__name__", "up"), ("job", "x" * 254), ("k", "\x7f")): ([NOW], [3.0]),
+        (("__name__", "wide"), *((f"l{i}", "v") for i in range(200))): ([NOW], [4.0]),
+    }
+    body = rw.encode(series)[0]
+    cache = rw.LabelCache()
+    first = rw.decode(body, limits(), cache)
+    second = rw.decode(body, limits(), cache)
+    assert first.series == second.series == rw.decode(body, limits()).series
+    assert second.dropped == {"too_many_labels": 1}
+    assert len(first.series) == 3
+    for a, b in zip(first.series, second.series, strict=True):
+        assert a is b  # decoded once, then looked up
+    # Other limits (a reloaded config) must not reuse answers given under the old ones.
+    strict = rw.decode(body, limits(max_label_bytes=100), cache)
+    assert strict.dropped == {"too_many_labels": 1, "labels_too_long": 2}
+
+
+def test_a_malformed_label_inside_a_series_is_refused_with_a_reason():
+    # TimeSeries with one "label" that is not a Label message (a truncated field).
+    series_bytes = b"\x0a\x02\x0a\x05" + b"\x12\x09\x09" + b"\0" * 8
+    body = bytes(cramjam.snappy.compress_raw(b"\x0a" + bytes([len(series_bytes)]) + series_bytes))
+    with pytest.raises(WireError, match="label"):
+        rw.decode(body, limits())

@@ -1,0 +1,102 @@
+"""The fleet page: every device, how healthy it is, how far behind, what it runs.
+
+    GET /api/v1/fleet   JSON (below); the page is built from it and nothing else
+    GET /fleet          one static HTML file with inline JS and CSS (collector/static/fleet.html)
+
+Everything is read from the store, so every collector instance shows the same fleet. A device is
+listed when it is in the registry or has ever uploaded. ``version_drift`` flags a device whose agent
+version differs from the fleet's most common one. ``alerts_firing`` is filled by the store's
+``alerts_firing()`` (empty until the collector keeps alerts).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from collector.config import CollectorSettings
+from collector.store import DeviceState, Store
+
+# Label names an inference server's model-info series may use, in order of preference.
+MODEL_NAME_LABELS = ("model", "model_name", "name")
+MODEL_VERSION_LABELS = ("version", "model_version")
+
+
+def _first(labels: dict[str, str], names: tuple[str, ...]) -> str:
+    return next((labels[n] for n in names if labels.get(n)), "")
+
+
+def common_version(versions: list[str]) -> str:
+    """The most common non-empty version; a tie goes to the highest, so the answer is stable."""
+    counts = Counter(v for v in versions if v)
+    if not counts:
+        return ""
+    return max(counts.items(), key=lambda item: (item[1], item[0]))[0]
+
+
+class Fleet:
+    """Args: settings, the store, and a wall clock in seconds."""
+
+    def __init__(self, settings: CollectorSettings, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self._settings = settings
+        self._store = store
+        self._clock = clock
+        self._page = resources.files("collector").joinpath("static/fleet.html").read_bytes()
+
+    async def snapshot(self) -> dict[str, Any]:
+        store = self._store
+        states = {s.device: s for s in await store.device_states()}
+        registry = {r.device: r for r in await store.registrations()}
+        models = await store.model_info(self._settings.device_label)
+        alerts = await store.alerts_firing()
+        now_ms = int(self._clock() * 1000)
+        offline_after_ms = int(self._settings.fleet.offline_after.total_seconds() * 1000)
+        common = common_version([s.agent_version for s in states.values()])
+        devices = []
+        for name in sorted(states.keys() | registry.keys()):
+            state = states.get(name) or DeviceState(name)
+            reg = registry.get(name)
+            model = models.get(name, {})
+            seen = state.last_seen_ms > 0
+            devices.append(
+                {
+                    "device": name,
+                    "registered": reg is not None,
+                    "revoked": bool(reg and reg.revoked),
+                    "last_seen_ms": state.last_seen_ms if seen else None,
+                    "last_seen_age_s": (now_ms - state.last_seen_ms) / 1000 if seen else None,
+                    "online": seen and now_ms - state.last_seen_ms <= offline_after_ms,
+                    "backlog_bytes": state.backlog_bytes,
+                    "backlog_oldest_ms": state.backlog_oldest_ms or None,
+                    "backlog_age_s": (now_ms - state.backlog_oldest_ms) / 1000 if state.backlog_oldest_ms else None,
+                    "samples": state.samples,
+                    "batches": state.batches,
+                    "evicted_samples": state.evicted_samples,
+                    "expired_samples": state.expired_samples,
+                    "dropped_samples": state.dropped_samples,
+                    "corrupt_samples": state.corrupt_samples,
+                    "agent_version": state.agent_version,
+                    "version_drift": bool(state.agent_version) and state.agent_version != common,
+                    "model_name": _first(model, MODEL_NAME_LABELS),
+                    "model_version": _first(model, MODEL_VERSION_LABELS),
+                    "model_labels": model,
+                    "alerts_firing": alerts.get(name, []),
+                }
+            )
+        return {
+            "generated_ms": now_ms,
+            "offline_after_s": offline_after_ms / 1000,
+            "common_agent_version": common,
+            "devices": devices,
+        }
+
+    async def api(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.snapshot(), headers={"Cache-Control": "no-store"})
+
+    async def page(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._page, content_type="text/html", charset="utf-8")

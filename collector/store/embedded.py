@@ -1,0 +1,77 @@
+"""The embedded SQLite store behind the async :class:`collector.store.Store` interface.
+
+:class:`CollectorStore` is synchronous and owns one connection on one thread; this wrapper runs each
+call on that thread, so the event loop never waits for an fsync.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from backhaul.sqlite import Synchronous
+from backhaul.wire.batch import BatchHeader
+from backhaul.wire.series import SeriesMap
+from collector.store.records import Registration
+from collector.store.sqlite import CollectorStore, DeviceState, IngestResult
+
+
+class EmbeddedStore:
+    """Args: path of the database file (created when missing) and SQLite's synchronous level."""
+
+    def __init__(self, path: Path, synchronous: Synchronous) -> None:
+        self.db = CollectorStore(path, synchronous)
+        self._run = self.db.worker.run
+
+    @property
+    def devices(self) -> dict[str, DeviceState]:
+        return self.db.devices
+
+    async def open(self) -> None:
+        await self._run(self.db.open)
+
+    async def close(self) -> None:
+        await self._run(self.db.close)
+        self.db.worker.shutdown()
+
+    async def seen(self, device: str, buffer_id: str, seq: int) -> bool:
+        return await self._run(self.db.seen, device, buffer_id, seq)
+
+    async def ingest(
+        self, device: str, series: SeriesMap, device_label: str, now_ms: int, batch: BatchHeader | None = None
+    ) -> IngestResult:
+        return await self._run(self.db.ingest, device, series, device_label, now_ms, batch)
+
+    async def series(self) -> list[tuple[int, dict[str, str]]]:
+        return await self._run(self.db.series)
+
+    async def samples(
+        self, series_ids: list[int], start_ms: int, end_ms: int
+    ) -> dict[int, tuple[list[int], list[float]]]:
+        return await self._run(self.db.samples, series_ids, start_ms, end_ms)
+
+    async def registration(self, token_sha256: str) -> Registration | None:
+        return await self._run(self.db.registration, token_sha256)
+
+    async def registrations(self) -> list[Registration]:
+        return await self._run(self.db.registrations)
+
+    async def register(self, device: str, token_sha256: str, now_ms: int, source: str = "cli") -> bool:
+        return await self._run(self.db.register, device, token_sha256, now_ms, source)
+
+    async def set_token(self, device: str, token_sha256: str, now_ms: int, source: str = "cli") -> bool:
+        return await self._run(self.db.set_token, device, token_sha256, now_ms, source)
+
+    async def revoke(self, device: str, now_ms: int) -> bool:
+        return await self._run(self.db.revoke, device, now_ms)
+
+    async def device_states(self) -> list[DeviceState]:
+        return await self._run(self.db.device_states)
+
+    async def model_info(self, device_label: str) -> dict[str, dict[str, str]]:
+        return await self._run(self.db.model_info, device_label)
+
+    async def alerts_firing(self) -> dict[str, list[dict[str, Any]]]:
+        # Firing alerts per device come with the alerts table (another branch of issue 7); until
+        # then there are none to show.
+        return {}

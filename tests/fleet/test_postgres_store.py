@@ -1,0 +1,75 @@
+"""The PostgreSQL store on its own, against a real server: values bit for bit, de-duplication,
+errors translated once."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import struct
+from collections.abc import AsyncIterator
+
+import pytest
+
+from backhaul.sqlite import StoreError
+from backhaul.wire.batch import BatchHeader
+from backhaul.wire.remote_write import STALE_NAN_BYTES
+from collector.store.postgres import PostgresStore
+from tests.support import free_port
+
+STALE_NAN = struct.unpack("<d", STALE_NAN_BYTES)[0]  # Prometheus' stale marker, a NaN with its own bits
+LABELS = (("__name__", "temp"), ("device_id", "x"), ("room", "a"))
+
+
+@pytest.fixture
+async def store(pg_dsn: str) -> AsyncIterator[PostgresStore]:
+    s = PostgresStore(pg_dsn, pool_size=3)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def bits(v: float) -> bytes:
+    return struct.pack("<d", v)
+
+
+async def test_values_survive_bit_for_bit(store: PostgresStore) -> None:
+    values = [1.5, -0.0, math.inf, -math.inf, math.nan, STALE_NAN]
+    result = await store.ingest("dev-1", {LABELS: (list(range(1000, 1006)), values)}, "device_id", 1)
+    assert (result.samples, result.duplicate_samples) == (6, 0)
+    [(sid, labels)] = await store.series()
+    # the device label is added, an existing one of that name kept as exported_<name>
+    assert labels == {"__name__": "temp", "exported_device_id": "x", "room": "a", "device_id": "dev-1"}
+    stamps, got = (await store.samples([sid], 0, 2000))[sid]
+    assert stamps == list(range(1000, 1006))
+    assert [bits(v) for v in got] == [bits(v) for v in values]
+    # a sender's retry of the same remote-write request: stored once, counted as duplicates
+    again = await store.ingest("dev-1", {LABELS: (list(range(1000, 1006)), values)}, "device_id", 2)
+    assert (again.samples, again.duplicate_samples) == (0, 6)
+    assert store.devices["dev-1"].duplicate_samples == 6
+
+
+async def test_a_batch_raced_within_one_instance_is_stored_once(store: PostgresStore) -> None:
+    header = BatchHeader(device="dev-1", buffer_id="b", seq=7, sent_at_ms=1, samples=3, agent_version="1.2.3")
+    series = {LABELS: ([1, 2, 3], [1.0, 2.0, 3.0])}
+    results = await asyncio.gather(*(store.ingest("dev-1", series, "device_id", 5, header) for _ in range(4)))
+    assert sorted(r.duplicate_batch for r in results) == [False, True, True, True]
+    assert await store.seen("dev-1", "b", 7)
+    [state] = await store.device_states()
+    assert (state.samples, state.batches, state.duplicate_samples, state.agent_version) == (3, 1, 0, "1.2.3")
+    assert state.duplicate_batches == 4  # three lost races and one seen()
+
+
+async def test_model_info_is_the_newest_series(store: PostgresStore) -> None:
+    old = (("__name__", "backhaul_model_info"), ("model", "a"), ("version", "1"))
+    new = (("__name__", "backhaul_model_info"), ("model", "a"), ("version", "2"))
+    await store.ingest("dev-1", {old: ([100], [1.0]), new: ([200], [1.0])}, "device_id", 1)
+    assert await store.model_info("device_id") == {"dev-1": {"model": "a", "version": "2"}}
+
+
+async def test_an_unreachable_database_is_a_transient_error() -> None:
+    store = PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/x", pool_size=1)
+    with pytest.raises(StoreError) as caught:
+        await store.open()
+    assert caught.value.transient
