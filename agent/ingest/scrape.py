@@ -70,11 +70,14 @@ class Target:
 def families_to_series(families: Iterable[Metric], base: dict[str, str], default_ms: int) -> SeriesMap:
     """Metric families (parsed or collected) as a ``SeriesMap`` with the target's labels attached."""
     out: SeriesMap = {}
+    families = list(families)
+    # A counter's (histogram's, summary's) _created series: in the text format a family of its own.
+    # It is start-time metadata, one more series per counter: not worth the uplink.
+    created = {f"{f.name}_created" for f in families if f.type in _CREATED_TYPES}
     for family in families:
-        created = f"{family.name}_created" if family.type in _CREATED_TYPES else None
         for sample in family.samples:
-            if sample.name == created or sample.native_histogram is not None:
-                continue  # _created is metadata Prometheus ignores; native histograms have no float value
+            if sample.name in created or sample.native_histogram is not None:
+                continue  # native histograms have no float value to keep
             pairs = {"__name__": sample.name}
             for k, v in sample.labels.items():
                 if v == "":
