@@ -74,9 +74,9 @@ class Server:
         self.started = time.time()
 
     def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", lambda r: self.complete(r, chat=True))
-        app.router.add_post("/v1/completions", lambda r: self.complete(r, chat=False))
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # long prompts
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", make_aiohttp_handler(self.registry))
@@ -87,6 +87,12 @@ class Server:
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": self.model.name, "object": "model"}]})
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self.complete(request, chat=True)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self.complete(request, chat=False)
 
     async def complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
         route = request.path
