@@ -139,6 +139,7 @@ class Agent:
             clock=self._clock,
         )
         self.host: HostSampler | None = None
+        self._host_task: asyncio.Task[None] | None = None
         if s.host.enabled:
             self.host = HostSampler(
                 self.sink,
@@ -161,7 +162,7 @@ class Agent:
         if self.model is not None:
             self._tasks.append(asyncio.create_task(self.model.compute_digest(), name="model-digest"))
         if self.host is not None:
-            self._tasks.append(asyncio.create_task(self.host.run(), name="host-metrics"))
+            self._host_task = asyncio.create_task(self.host.run(), name="host-metrics")
         await self.scraper.start()
         if self.proxy is not None:
             await self.proxy.start()
@@ -212,6 +213,9 @@ class Agent:
         if self.proxy is not None:
             await self.proxy.stop()
         await self.scraper.stop()
+        if self._host_task is not None:
+            self._host_task.cancel()
+            await asyncio.gather(self._host_task, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()  # stop listening; requests in flight finish
         await self.staging.drain()
