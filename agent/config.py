@@ -118,7 +118,7 @@ class ScrapeSettings(BaseModel):
     # Bigger pages are refused (the target's up is 0).
     max_body_bytes: ByteSize = ByteSize(16 * 1024**2)
     # The agent's own registry (proxy, supervisor, model info, backhaul_*) into the buffer; 0 = off.
-    self_interval: timedelta = timedelta(seconds=15)
+    self_interval: timedelta = Field(timedelta(0), ge=timedelta(0))
     targets: list[ScrapeTarget] = []
 
 
@@ -127,7 +127,7 @@ class HostSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
+    enabled: bool = False
     interval: timedelta = Field(timedelta(seconds=15), gt=timedelta(0))
     # Used when found on PATH (or at this path); "" turns it off.
     nvidia_smi: str = "nvidia-smi"
