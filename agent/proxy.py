@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -187,6 +188,8 @@ class InferenceProxy:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self._last_warning = -math.inf
+        self._unlogged = 0
 
     async def __aenter__(self) -> InferenceProxy:
         await self.start()
@@ -264,7 +267,14 @@ class InferenceProxy:
 
     def _failed(self, reason: str, status: int, text: str) -> web.Response:
         self.metrics.upstream_errors.labels(reason).inc()
-        log.warning("proxy: %s", text)
+        # Clients retrying against a server that is down would flood the log: one line per 10 s.
+        now = time.monotonic()
+        if now - self._last_warning >= 10:
+            more = f" ({self._unlogged} more failures since the last message)" if self._unlogged else ""
+            log.warning("proxy: %s%s", text, more)
+            self._last_warning, self._unlogged = now, 0
+        else:
+            self._unlogged += 1
         return web.Response(status=status, text=text + "\n")
 
     @staticmethod
