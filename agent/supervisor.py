@@ -186,20 +186,20 @@ class Supervisor:
         """SIGTERM to the process group, SIGKILL after ``stop_grace``; returns once the child is gone."""
         self._stopping = True
         self._wake.set()
+        grace = self.settings.stop_grace.total_seconds()
         proc = self._proc
         if proc is not None and proc.returncode is None:
             self.state = State.STOPPING
-            grace = self.settings.stop_grace.total_seconds()
             log.info("stopping inference process %d (SIGTERM, SIGKILL after %g s)", proc.pid, grace)
             self._signal(proc, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), grace)
-            except TimeoutError:
-                log.warning("inference process %d ignored SIGTERM for %g s: SIGKILL", proc.pid, grace)
-                self._signal(proc, signal.SIGKILL)
-                await proc.wait()
+        # A child being spawned right now gets its SIGTERM from _run_once; either way the loop ends
+        # once the child is gone, and the grace bounds the wait.
         if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+            done, _ = await asyncio.wait({self._task}, timeout=grace)
+            if not done:
+                log.warning("inference process %s ignored SIGTERM for %g s: SIGKILL", self.pid, grace)
+                self.kill_now()
+                await asyncio.gather(self._task, return_exceptions=True)
         self.state = State.STOPPED
 
     def kill_now(self) -> None:
@@ -262,6 +262,8 @@ class Supervisor:
             return 127
         self._proc = proc
         self.pid = proc.pid
+        if self._stopping:  # stop() came while it was being spawned
+            self._signal(proc, signal.SIGTERM)
         self._started_at = time.monotonic()
         with contextlib.suppress(psutil.Error):
             self._ps = psutil.Process(proc.pid)

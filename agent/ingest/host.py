@@ -108,7 +108,10 @@ class HostSampler:
         try:
             next_at = time.monotonic()
             while True:
-                await self.sample_once()
+                try:
+                    await self.sample_once()
+                except Exception:  # one bad pass (a sensor driver, psutil) must not end host metrics
+                    log.exception("host metrics pass failed")
                 next_at += self._interval
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
                 next_at = max(next_at, time.monotonic() - self._interval)  # after a stall, skip, do not burst
