@@ -121,3 +121,16 @@ def test_garbage_page_is_a_scrape_error() -> None:
 def test_exit_descriptions() -> None:
     assert describe_exit(3) == "exit code 3"
     assert describe_exit(-9) == "signal SIGKILL"
+
+
+def test_the_example_config_describes_every_new_section() -> None:
+    from agent.config import AgentSettings
+    from backhaul.settings import load
+    from tests.inference.conftest import ROOT
+
+    settings = load(AgentSettings, ROOT / "examples" / "agent.toml")
+    assert settings.inference.command[0].endswith("llama-server")
+    assert settings.inference.metrics_url is not None
+    assert settings.scrape.targets[0].job == "node" and settings.scrape.targets[0].labels == {"site": "plant-3"}
+    assert settings.host.enabled and not settings.proxy.enabled
+    assert settings.scrape.self_interval.total_seconds() == 15
