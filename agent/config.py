@@ -103,8 +103,9 @@ class ScrapeTarget(BaseModel):
 
     job: str = Field(min_length=1)
     url: HttpUrl
-    interval: timedelta | None = None
-    timeout: timedelta | None = None
+    # Default: [scrape] interval and timeout.
+    interval: timedelta | None = Field(None, gt=timedelta(0))
+    timeout: timedelta | None = Field(None, gt=timedelta(0))
     labels: dict[str, str] = {}
 
 
@@ -173,4 +174,12 @@ class AgentSettings(BaseSettings):
             )
         if self.uplink.url is not None and not self.uplink.token.get_secret_value():
             raise ValueError("uplink.token is required when uplink.url is set")
+        return self
+
+    @model_validator(mode="after")
+    def _child_stops_within_the_grace(self) -> AgentSettings:
+        if self.inference.command and self.inference.stop_grace >= self.shutdown_grace:
+            raise ValueError(
+                "inference.stop_grace must be shorter than shutdown_grace (the child is stopped within it)"
+            )
         return self

@@ -134,3 +134,16 @@ def test_the_example_config_describes_every_new_section() -> None:
     assert settings.scrape.targets[0].job == "node" and settings.scrape.targets[0].labels == {"site": "plant-3"}
     assert settings.host.enabled and not settings.proxy.enabled
     assert settings.scrape.self_interval.total_seconds() == 15
+
+
+def test_bad_inference_settings_name_the_field() -> None:
+    from pydantic import ValidationError
+
+    from agent.config import AgentSettings
+
+    with pytest.raises(ValidationError, match="stop_grace must be shorter"):
+        AgentSettings(device_id="d", shutdown_grace=5, inference={"command": ["x"], "stop_grace": 10})
+    with pytest.raises(ValidationError, match=r"scrape\.targets\.0\.interval"):
+        AgentSettings(device_id="d", scrape={"targets": [{"job": "a", "url": "http://x/metrics", "interval": 0}]})
+    with pytest.raises(ValidationError, match=r"inference\.comand"):
+        AgentSettings(device_id="d", inference={"comand": ["x"]})  # a typo is an error, not ignored
