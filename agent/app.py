@@ -167,6 +167,15 @@ class Agent:
         if self.proxy is not None:
             await self.proxy.start()
 
+    async def _stop_sources(self) -> None:
+        """Proxy, scraper and host metrics (the supervised child is stopped by the caller)."""
+        if self.proxy is not None:
+            await self.proxy.stop()
+        await self.scraper.stop()
+        if self._host_task is not None:
+            self._host_task.cancel()
+            await asyncio.gather(self._host_task, return_exceptions=True)
+
     async def __aenter__(self) -> Agent:
         if self._started:
             raise RuntimeError("an Agent can be started once")
@@ -181,14 +190,21 @@ class Agent:
         if self.uploader is not None:
             self._tasks.append(asyncio.create_task(self.uploader.run(), name="uploader"))
         self._schedule_maintenance()
-        await self._start_sources()
-        app = build_app(self.receiver, self.registry, self.health, int(self.settings.ingest.max_request_bytes))
-        self._runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=self.settings.shutdown_grace.total_seconds() / 2
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.listen.host, self.settings.listen.port)
-        await site.start()
+        try:
+            await self._start_sources()
+            app = build_app(self.receiver, self.registry, self.health, int(self.settings.ingest.max_request_bytes))
+            self._runner = web.AppRunner(
+                app, access_log=None, shutdown_timeout=self.settings.shutdown_grace.total_seconds() / 2
+            )
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.settings.listen.host, self.settings.listen.port)
+            await site.start()
+        except BaseException:
+            # A listener that cannot bind (port taken) must not leave the inference process behind.
+            await self._stop_sources()
+            if self.supervisor is not None:
+                await self.supervisor.stop()
+            raise
         self.port = self._runner.addresses[0][1]
         log.info("agent %s listening on %s:%s", self.settings.device_id, self.settings.listen.host, self.port)
         return self
@@ -210,12 +226,7 @@ class Agent:
         self._stopping = True
         # The child gets its SIGTERM at once and its grace runs alongside the rest of the shutdown.
         child = asyncio.create_task(self.supervisor.stop()) if self.supervisor is not None else None
-        if self.proxy is not None:
-            await self.proxy.stop()
-        await self.scraper.stop()
-        if self._host_task is not None:
-            self._host_task.cancel()
-            await asyncio.gather(self._host_task, return_exceptions=True)
+        await self._stop_sources()
         if self._runner is not None:
             await self._runner.cleanup()  # stop listening; requests in flight finish
         await self.staging.drain()

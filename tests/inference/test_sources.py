@@ -107,3 +107,35 @@ async def test_each_scrape_reports_up_and_why_it_failed(
         assert by_name["build_info"][0]["version"] == "1"
         assert by_name["scrape_samples_scraped"][1][1] == [1.0]
     assert registry.get_sample_value("backhaul_scrape_target_up", {"job": "t", "instance": target.instance}) == up
+
+
+async def test_a_proxy_port_in_use_fails_the_start_and_stops_the_child(tmp_path: Path) -> None:
+    import socket
+    import sys
+
+    import psutil
+
+    pidfile = tmp_path / "pid"
+    child = [
+        sys.executable,
+        "-c",
+        f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(60)",
+    ]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = AgentSettings(
+            device_id="dev-1",
+            listen={"port": 0},
+            buffer={"path": tmp_path / "buffer.db", "budget_bytes": "64MiB"},
+            inference={"command": child, "stop_grace": 1},
+            proxy={"enabled": True, "port": taken.getsockname()[1]},
+        )
+        agent = Agent(settings)
+        with pytest.raises(OSError):
+            async with agent:
+                pass
+    assert agent.supervisor is not None and agent.supervisor.pid is not None
+    pid = agent.supervisor.pid
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    await agent.__aexit__(None, None, None)  # what a caller's cleanup would do: closes the buffer
