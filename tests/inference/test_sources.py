@@ -115,12 +115,7 @@ async def test_a_proxy_port_in_use_fails_the_start_and_stops_the_child(tmp_path:
 
     import psutil
 
-    pidfile = tmp_path / "pid"
-    child = [
-        sys.executable,
-        "-c",
-        f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(60)",
-    ]
+    child = [sys.executable, "-c", "import time; time.sleep(60)"]
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
