@@ -87,25 +87,6 @@ def demo_command(port: int, *extra: str) -> list[str]:
 
 
 @pytest.fixture
-def demo_server() -> Iterator[Callable[..., str]]:
-    """Start the demo inference server as a process; returns its base URL."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(*extra: str) -> str:
-        port = free_port()
-        proc = subprocess.Popen(demo_command(port, *extra), cwd=ROOT, stdout=subprocess.DEVNULL)
-        started.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/healthz", proc=proc)
-        return url
-
-    yield start
-    for proc in started:
-        proc.terminate()
-        proc.wait(10)
-
-
-@pytest.fixture
 def agent_with(tmp_path: Path) -> Iterator[Callable[..., Running]]:
     """Start a real backhaul-agent whose config may have nested sections; killed at teardown."""
     started: list[Proc] = []
