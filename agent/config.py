@@ -178,8 +178,7 @@ class AgentSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _child_stops_within_the_grace(self) -> AgentSettings:
-        if self.inference.command and self.inference.stop_grace >= self.shutdown_grace:
-            raise ValueError(
-                "inference.stop_grace must be shorter than shutdown_grace (the child is stopped within it)"
-            )
+        # The child's grace runs alongside the agent's own shutdown, which SIGKILLs it when time is up.
+        if self.inference.command and self.inference.stop_grace > self.shutdown_grace:
+            raise ValueError("inference.stop_grace must not exceed shutdown_grace (the child is stopped within it)")
         return self

@@ -171,3 +171,29 @@ def test_a_hanging_target_never_holds_up_the_others(
 
         wait_until(hung_down, 15, "up=0 of the hung target at the collector")
         assert agent.proc.stop() == 0
+
+
+def test_a_crash_looping_server_shows_on_the_agents_metrics_and_health(
+    tmp_path: Path, agent_with: Callable[..., Running]
+) -> None:
+    port = free_port()
+    agent = agent_with(
+        inference={
+            "command": demo_command(port, "--exit-after", "0.3"),  # serves briefly, then exits with status 3
+            "cwd": str(ROOT),
+            "restart_backoff_min": 0.1,
+            "restart_backoff_max": 0.5,
+            "crash_loop_restarts": 3,
+            "crash_loop_window": 60,
+        }
+    )
+    wait_until(lambda: metric_value(agent.url, "backhaul_inference_crash_loop") == 1, 30, "the crash loop")
+    assert metric_value(agent.url, "backhaul_inference_last_exit_code") == 3
+    assert metric_value(agent.url, "backhaul_inference_restarts_total") >= 2
+    _, body, _ = http("GET", f"{agent.url}/healthz")
+    health = json.loads(body)
+    assert health["inference"]["state"] == "crash_loop" and health["inference"]["last_exit"] == "exit code 3"
+    log = agent.proc.log.read_text()
+    assert "inference process in a crash loop: 3 exits" in log
+    assert "--exit-after reached, exiting with status 3" in log  # the child's output, in the agent's log
+    assert agent.proc.stop() == 0

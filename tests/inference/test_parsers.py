@@ -141,8 +141,8 @@ def test_bad_inference_settings_name_the_field() -> None:
 
     from agent.config import AgentSettings
 
-    with pytest.raises(ValidationError, match="stop_grace must be shorter"):
-        AgentSettings(device_id="d", shutdown_grace=5, inference={"command": ["x"], "stop_grace": 10})
+    with pytest.raises(ValidationError, match="stop_grace must not exceed"):
+        AgentSettings(device_id="d", shutdown_grace=5, inference={"command": ["x"], "stop_grace": 6})
     with pytest.raises(ValidationError, match=r"scrape\.targets\.0\.interval"):
         AgentSettings(device_id="d", scrape={"targets": [{"job": "a", "url": "http://x/metrics", "interval": 0}]})
     with pytest.raises(ValidationError, match=r"inference\.comand"):
