@@ -182,7 +182,7 @@ class Scraper:
                     next_run_time=first,
                     max_instances=1,
                     coalesce=True,
-                    misfire_grace_time=max(1, int(target.interval)),
+                    misfire_grace_time=None,  # late (a busy loop) is better than skipped
                 )
             )
         if self._self_registry is not None and self._self_interval > 0:
@@ -194,6 +194,7 @@ class Scraper:
                     next_run_time=now + timedelta(seconds=0.5),
                     max_instances=1,
                     coalesce=True,
+                    misfire_grace_time=None,
                 )
             )
 
