@@ -134,3 +134,48 @@ async def test_a_proxy_port_in_use_fails_the_start_and_stops_the_child(tmp_path:
     pid = agent.supervisor.pid
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     await agent.__aexit__(None, None, None)  # what a caller's cleanup would do: closes the buffer
+
+
+async def test_host_sampler_with_psutil_and_a_running_tegrastats(agent: Agent, tmp_path: Path) -> None:
+    import stat
+
+    import psutil
+
+    from agent.ingest.host import HostSampler
+    from tests.inference.conftest import FIXTURES
+
+    # No Jetson here: a stand-in prints recorded tegrastats lines at the interval it is given, as tegrastats does.
+    fake = tmp_path / "tegrastats"
+    lines = FIXTURES / "tegrastats-orin.txt"
+    fake.write_text(
+        "#!/bin/sh\n"
+        '[ "$1" = --interval ] || exit 2\n'
+        f"echo $$ > {tmp_path / 'tegra.pid'}\n"
+        f"while true; do cat {lines}; sleep $(($2 / 1000)).$(($2 % 1000 / 100)); done\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    sampler = HostSampler(agent.sink, tmp_path, 0.2, {"job": "host", "instance": "dev-1"}, "", str(fake))
+    task = asyncio.create_task(sampler.run())
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            series = await sampler.sample_once()
+            names = {dict(labels)["__name__"] for labels in series}
+            if "backhaul_jetson_gpu_utilization_ratio" in names or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert {
+        "backhaul_host_cpu_seconds_total",
+        "backhaul_host_memory_available_bytes",
+        "backhaul_host_disk_free_bytes",
+        "backhaul_jetson_gpu_utilization_ratio",
+        "backhaul_jetson_power_watts",
+    } <= names
+    disk = [labels for labels in series if dict(labels)["__name__"] == "backhaul_host_disk_free_bytes"]
+    assert dict(disk[0])["path"] == str(tmp_path) and dict(disk[0])["job"] == "host"
+    tegra = int((tmp_path / "tegra.pid").read_text())
+    assert not psutil.pid_exists(tegra) or psutil.Process(tegra).status() == psutil.STATUS_ZOMBIE
+    assert value(agent, "backhaul_source_samples_total", source="host") > 0
