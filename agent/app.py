@@ -24,8 +24,14 @@ from agent.buffer.staging import Staging
 from agent.buffer.store import BufferStore
 from agent.config import AgentSettings
 from agent.http import build_app
+from agent.ingest.host import HostSampler
+from agent.ingest.model import ModelInfo
 from agent.ingest.remote_write import RemoteWriteReceiver
+from agent.ingest.scrape import Scraper, Target
+from agent.ingest.sink import SampleSink
 from agent.metrics import AgentMetrics
+from agent.proxy import InferenceProxy
+from agent.supervisor import Supervisor
 from agent.uplink.remote_write import RemoteWriteTransport
 from agent.uplink.transport import HttpTransport, Transport
 from agent.uplink.uploader import Uploader
@@ -82,6 +88,7 @@ class Agent:
         self.receiver = RemoteWriteReceiver(self.staging, settings.ingest, b, self.metrics, clock)
         self._tasks: list[asyncio.Task[None]] = []
         self._scheduler = AsyncIOScheduler()
+        self._build_sources()
         self._maintenance: asyncio.Task[object] | None = None
         self._runner: web.AppRunner | None = None
         self._started = False
@@ -98,6 +105,84 @@ class Agent:
             )
         return HttpTransport(str(u.url), token, timeout)
 
+    def _build_sources(self) -> None:
+        """Scraper, host sampler, supervisor, proxy and model info, each only when configured."""
+        s = self.settings
+        self.sink = SampleSink(
+            self.staging,
+            self.metrics,
+            self.registry,
+            s.buffer.max_age.total_seconds(),
+            s.ingest.max_future.total_seconds(),
+            self._clock,
+        )
+        sc = s.scrape
+        targets = [
+            Target(
+                t.job,
+                str(t.url),
+                (t.interval or sc.interval).total_seconds(),
+                (t.timeout or sc.timeout).total_seconds(),
+                dict(t.labels),
+            )
+            for t in sc.targets
+        ]
+        inf = s.inference
+        if inf.metrics_url is not None:
+            targets.append(
+                Target("inference", str(inf.metrics_url), sc.interval.total_seconds(), sc.timeout.total_seconds())
+            )
+        for t in targets:
+            t.timeout = min(t.timeout, t.interval)  # a scrape never outlives its interval
+        self.scraper = Scraper(
+            targets,
+            self.sink,
+            self.registry,
+            self._scheduler,
+            int(sc.max_body_bytes),
+            self_registry=self.registry,
+            self_interval=sc.self_interval.total_seconds(),
+            self_labels={"job": "backhaul-agent", "instance": s.device_id},
+            clock=self._clock,
+        )
+        self.host: HostSampler | None = None
+        self._host_task: asyncio.Task[None] | None = None
+        if s.host.enabled:
+            self.host = HostSampler(
+                self.sink,
+                s.buffer.path.parent,
+                s.host.interval.total_seconds(),
+                {"job": "host", "instance": s.device_id},
+                s.host.nvidia_smi,
+                s.host.tegrastats,
+                self._clock,
+            )
+        self.supervisor = Supervisor(inf, self.registry) if inf.command else None
+        self.proxy = InferenceProxy(s.proxy, self.registry) if s.proxy.enabled else None
+        self.model: ModelInfo | None = None
+        if inf.model_name or inf.model_version or inf.model_path:
+            self.model = ModelInfo(self.registry, inf.model_name, inf.model_version, inf.model_path)
+
+    async def _start_sources(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.start()
+        if self.model is not None:
+            self._tasks.append(asyncio.create_task(self.model.compute_digest(), name="model-digest"))
+        if self.host is not None:
+            self._host_task = asyncio.create_task(self.host.run(), name="host-metrics")
+        await self.scraper.start()
+        if self.proxy is not None:
+            await self.proxy.start()
+
+    async def _stop_sources(self) -> None:
+        """Proxy, scraper and host metrics (the supervised child is stopped by the caller)."""
+        if self.proxy is not None:
+            await self.proxy.stop()
+        await self.scraper.stop()
+        if self._host_task is not None:
+            self._host_task.cancel()
+            await asyncio.gather(self._host_task, return_exceptions=True)
+
     async def __aenter__(self) -> Agent:
         if self._started:
             raise RuntimeError("an Agent can be started once")
@@ -112,13 +197,21 @@ class Agent:
         if self.uploader is not None:
             self._tasks.append(asyncio.create_task(self.uploader.run(), name="uploader"))
         self._schedule_maintenance()
-        app = build_app(self.receiver, self.registry, self.health, int(self.settings.ingest.max_request_bytes))
-        self._runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=self.settings.shutdown_grace.total_seconds() / 2
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.listen.host, self.settings.listen.port)
-        await site.start()
+        try:
+            await self._start_sources()
+            app = build_app(self.receiver, self.registry, self.health, int(self.settings.ingest.max_request_bytes))
+            self._runner = web.AppRunner(
+                app, access_log=None, shutdown_timeout=self.settings.shutdown_grace.total_seconds() / 2
+            )
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.settings.listen.host, self.settings.listen.port)
+            await site.start()
+        except BaseException:
+            # A listener that cannot bind (port taken) must not leave the inference process behind.
+            await self._stop_sources()
+            if self.supervisor is not None:
+                await self.supervisor.stop()
+            raise
         self.port = self._runner.addresses[0][1]
         log.info("agent %s listening on %s:%s", self.settings.device_id, self.settings.listen.host, self.port)
         return self
@@ -131,11 +224,16 @@ class Agent:
         except TimeoutError:
             log.error("shutdown took longer than %s; exiting anyway", self.settings.shutdown_grace)
         finally:
+            if self.supervisor is not None:
+                self.supervisor.kill_now()  # shutdown ran out of time: never leave the child behind
             await self.store.call(self.store.close)
             self.store.worker.shutdown()
 
     async def _shutdown(self) -> None:
         self._stopping = True
+        # The child gets its SIGTERM at once and its grace runs alongside the rest of the shutdown.
+        child = asyncio.create_task(self.supervisor.stop()) if self.supervisor is not None else None
+        await self._stop_sources()
         if self._runner is not None:
             await self._runner.cleanup()  # stop listening; requests in flight finish
         await self.staging.drain()
@@ -151,6 +249,8 @@ class Agent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._transport is not None:
             await self._transport.close()
+        if child is not None:
+            await child
 
     def _schedule_maintenance(self) -> None:
         interval = self.settings.buffer.maintenance_interval.total_seconds()
@@ -202,6 +302,11 @@ class Agent:
         }
         if self.uploader is not None:
             detail["uplink"] = {"last_error": self.uploader.last_error}
+        if self.supervisor is not None:
+            detail["inference"] = self.supervisor.describe()
+        failing = {url: err for url, err in self.scraper.last_error.items() if err}
+        if failing:
+            detail["scrape_errors"] = failing
         return not self._stopping, detail
 
     async def watchdog(self, interval: float) -> None:

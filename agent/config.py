@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ByteSize, Field, HttpUrl, SecretStr, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import BaseSettings
 
 from backhaul.settings import settings_config
@@ -76,6 +76,86 @@ class UplinkSettings(BaseModel):
     backoff_max: timedelta = timedelta(minutes=5)
 
 
+class InferenceSettings(BaseModel):
+    """The supervised inference process (nothing is supervised while ``command`` is empty)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: list[str] = []
+    env: dict[str, str] = {}
+    cwd: Path | None = None
+    # Polled while the process runs; its answer sets backhaul_inference_healthy.
+    health_url: HttpUrl | None = None
+    health_interval: timedelta = Field(timedelta(seconds=10), gt=timedelta(0))
+    # Scraped like any [[scrape.targets]] entry (job "inference").
+    metrics_url: HttpUrl | None = None
+    restart_backoff_min: timedelta = Field(timedelta(seconds=1), gt=timedelta(0))
+    restart_backoff_max: timedelta = Field(timedelta(seconds=60), gt=timedelta(0))
+    # This many restarts within crash_loop_window: state "crash_loop" (gauge and alert hook).
+    crash_loop_restarts: int = Field(5, ge=1)
+    crash_loop_window: timedelta = Field(timedelta(minutes=5), gt=timedelta(0))
+    # On agent shutdown: SIGTERM to the process group, SIGKILL after this.
+    stop_grace: timedelta = Field(timedelta(seconds=10), ge=timedelta(0))
+    # stdout/stderr lines passed to the agent's log per second; the rest are counted, not logged.
+    log_lines_per_second: float = Field(20.0, ge=0)
+    # Reported as backhaul_model_info{name,version,sha256} 1; the file's SHA-256 is computed at start.
+    model_name: str = ""
+    model_version: str = ""
+    model_path: Path | None = None
+
+
+class ScrapeTarget(BaseModel):
+    """One /metrics endpoint (Prometheus text or OpenMetrics)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: str = Field(min_length=1)
+    url: HttpUrl
+    # Default: [scrape] interval and timeout.
+    interval: timedelta | None = Field(None, gt=timedelta(0))
+    timeout: timedelta | None = Field(None, gt=timedelta(0))
+    labels: dict[str, str] = {}
+
+
+class ScrapeSettings(BaseModel):
+    """Pull-based sources: scrape targets and the agent's own metrics."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval: timedelta = Field(timedelta(seconds=15), gt=timedelta(0))
+    timeout: timedelta = Field(timedelta(seconds=10), gt=timedelta(0))
+    # Bigger pages are refused (the target's up is 0).
+    max_body_bytes: ByteSize = ByteSize(16 * 1024**2)
+    # The agent's own registry (proxy, supervisor, model info, backhaul_*) into the buffer; 0 = off.
+    self_interval: timedelta = Field(timedelta(0), ge=timedelta(0))
+    targets: list[ScrapeTarget] = []
+
+
+class HostSettings(BaseModel):
+    """Host metrics (psutil) and GPU metrics (nvidia-smi, tegrastats) into the buffer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    interval: timedelta = Field(timedelta(seconds=15), gt=timedelta(0))
+    # Used when found on PATH (or at this path); "" turns it off.
+    nvidia_smi: str = "nvidia-smi"
+    tegrastats: str = "tegrastats"
+
+
+class ProxySettings(BaseModel):
+    """The optional reverse proxy in front of the inference HTTP API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(9202, ge=0, le=65535)
+    upstream: HttpUrl = HttpUrl("http://127.0.0.1:8080")
+    # Whole-request limit towards the upstream (long generations stream for a while).
+    timeout: timedelta = Field(timedelta(minutes=10), gt=timedelta(0))
+
+
 class AgentSettings(BaseSettings):
     """Root of the agent's configuration."""
 
@@ -89,6 +169,10 @@ class AgentSettings(BaseSettings):
     buffer: BufferSettings = BufferSettings()
     ingest: IngestSettings = IngestSettings()
     uplink: UplinkSettings = UplinkSettings()
+    inference: InferenceSettings = InferenceSettings()
+    scrape: ScrapeSettings = ScrapeSettings()
+    host: HostSettings = HostSettings()
+    proxy: ProxySettings = ProxySettings()
 
     @model_validator(mode="after")
     def _budget_holds_batches(self) -> AgentSettings:
@@ -99,4 +183,11 @@ class AgentSettings(BaseSettings):
         u = self.uplink
         if u.url is not None and u.protocol == "backhaul" and not u.token.get_secret_value():
             raise ValueError("uplink.token is required when uplink.url is set")
+        return self
+
+    @model_validator(mode="after")
+    def _child_stops_within_the_grace(self) -> AgentSettings:
+        # The child's grace runs alongside the agent's own shutdown, which SIGKILLs it when time is up.
+        if self.inference.command and self.inference.stop_grace > self.shutdown_grace:
+            raise ValueError("inference.stop_grace must not exceed shutdown_grace (the child is stopped within it)")
         return self

@@ -1,6 +1,8 @@
 """The backhaul demo (`make demo`): a local Prometheus stand-in pushes to a real agent, which buffers
 and uploads to a real collector, through a collector outage and an agent power cut; at the end every
-sample the agent acknowledged must be in the collector's export.
+sample the agent acknowledged must be in the collector's export. Meanwhile the agent supervises a real
+(demo) inference server, scrapes its /metrics, measures the requests a client sends through the
+agent's proxy, samples the host and reports the model; those must reach the collector too.
 
 Runs in about a minute with no arguments. Everything lives in ./demo-data (wiped at start): configs
 derived from examples/*.toml, the agent's buffer, the collector's store, and both processes' logs.
@@ -10,6 +12,7 @@ derived from examples/*.toml, the agent's buffer, the collector's store, and bot
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -34,6 +37,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import psutil
+
 from backhaul.wire import remote_write as rw
 from backhaul.wire.series import Labels, SeriesMap
 
@@ -44,6 +49,8 @@ BIN = Path(sys.executable).parent  # the console scripts installed next to this 
 DEVICE = "edge-demo-1"
 BATCH_INTERVAL = 2.0  # seconds; short so the demo shows several uploads
 PUSH_INTERVAL = 1.0  # seconds between "scrapes" of the simulated inference server
+INFERENCE_TPS = 40  # tokens per second of the supervised demo inference server
+PUSHER_JOB = "inference-server"  # the pusher's samples; the agent's own sources use other jobs
 
 OLDEST = "backhaul_buffer_oldest_unsent_sample_age_seconds"
 Sample = tuple[Labels, int, float]  # (sorted label pairs incl. __name__, timestamp ms, value)
@@ -166,15 +173,20 @@ def toml_dump(values: dict[str, Any]) -> str:
             return "true" if v else "false"
         if isinstance(v, int | float):
             return repr(v)
+        if isinstance(v, list):  # an array of scalars (command = [...])
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
         return json.dumps(str(v))  # a JSON string is a valid TOML basic string
 
+    def tables(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
     def table(prefix: str, body: dict[str, Any]) -> list[str]:
-        lines = [f"{k} = {scalar(v)}" for k, v in body.items() if not isinstance(v, dict | list)]
+        lines = [f"{k} = {scalar(v)}" for k, v in body.items() if not isinstance(v, dict) and not tables(v)]
         for k, v in body.items():
             name = f"{prefix}.{k}" if prefix else k
             if isinstance(v, dict):
                 lines += ["", f"[{name}]", *table(name, v)]
-            elif isinstance(v, list):
+            elif tables(v):
                 for item in v:
                     lines += ["", f"[[{name}]]", *table(name, item)]
         return lines
@@ -444,6 +456,56 @@ class Pusher:
         return True
 
 
+class Client(threading.Thread):
+    """An application using the inference server through the agent's proxy: a chat completion every
+    0.4 s, every other one streamed. Failures are expected while the agent is down."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(name="client", daemon=True)
+        self.url = url
+        self.ok = 0
+        self.failed = 0
+        self.tokens = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self._stop_event.wait(0.4):
+            n += 1
+            body: dict[str, Any] = {
+                "model": "demo-llm-1b",
+                "messages": [{"role": "user", "content": f"status of line {n % 5}"}],
+                "max_tokens": 12,
+            }
+            if n % 2:
+                body |= {"stream": True, "stream_options": {"include_usage": True}}
+            try:
+                status, answer, _ = http(
+                    "POST",
+                    f"{self.url}/v1/chat/completions",
+                    json.dumps(body).encode(),
+                    {"Content-Type": "application/json"},
+                    timeout=5,
+                )
+            except (OSError, HTTPException):
+                self.failed += 1
+                continue
+            if status != 200:
+                self.failed += 1
+                continue
+            self.ok += 1
+            last = answer.rstrip().splitlines()[-3] if n % 2 else answer  # streamed: the usage chunk
+            try:
+                self.tokens += int(json.loads(last.removeprefix(b"data: "))["usage"]["completion_tokens"])
+            except (ValueError, KeyError, TypeError, IndexError):
+                pass
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(10)
+
+
 # -- watching --------------------------------------------------------------------------------------
 
 
@@ -492,15 +554,19 @@ COLUMNS = (
     ("backlog", 8),
     ("buffer", 10),
     ("oldest", 7),
+    ("server", 7),
+    ("tokens", 6),
 )
 
 
 LEGEND = (
     ("acked", "samples the agent answered 2xx to: from now on they are its responsibility"),
     ("retrying", "samples the pusher holds because the agent did not answer (Prometheus would do the same)"),
-    ("stored", f"samples the collector stored for {DEVICE} (its /metrics)"),
+    ("stored", f"samples the collector stored for {DEVICE} (its /metrics): the pusher's and the agent's own"),
     ("backlog", "samples in the agent's disk buffer not yet stored by the collector; buffer = compressed size"),
     ("oldest", "age of the oldest of them"),
+    ("server", "the supervised inference server's state (the agent's /healthz)"),
+    ("tokens", "completion tokens the agent's proxy counted (since the agent started)"),
     ("uplink", "the agent's upload state (its /healthz and /metrics)"),
 )
 
@@ -518,6 +584,10 @@ class Demo:
         )
         self.agent = Service("backhaul-agent", DATA / "agent.toml", DATA / "agent.log", f"http://127.0.0.1:{aport}")
         self.ports = (aport, cport)
+        self.inference_port, self.proxy_port = free_port(), free_port()
+        self.client = Client(f"http://127.0.0.1:{self.proxy_port}")
+        self.model_file = DATA / "model.bin"
+        self.orphan_check: str | None = None  # what happened to the server when the agent was killed
         self.scrape_size = 0
         self.pusher = Pusher(self.agent.url, InferenceServer())
         self.t0 = time.monotonic()
@@ -558,6 +628,14 @@ class Demo:
             ]
         else:
             cells += [" " * 7 + dash, " " * 9 + dash, " " * 6 + dash]
+        state = ((snap.health or {}).get("inference") or {}).get("state")
+        if state is None:
+            cells.append(" " * 6 + dash)
+        else:
+            shown = "up" if state == "running" else state[:7]
+            cells.append((Style.green if state == "running" else Style.yellow)(f"{shown:>7}"))
+        tokens = sum(v for k, v in (snap.agent or {}).items() if k.startswith("backhaul_proxy_completion_tokens_total"))
+        cells.append(f"{int(tokens):>6}" if snap.agent is not None else " " * 5 + dash)
         print("   " + "  ".join(cells) + "  " + self.uplink_state(snap), flush=True)
 
     def uplink_state(self, snap: Snapshot) -> str:
@@ -631,6 +709,7 @@ class Demo:
                     "backoff_max": 3,
                     "timeout": 5,
                 },
+                **self.inference_config(),
             },
             self.agent.config,
         )
@@ -647,6 +726,16 @@ class Demo:
         )
         self.agent.start()
         note(f"agent      {self.agent.url:<24} pid {self.pid(self.agent):<8} log {self.rel(self.agent.log)}")
+        server = self.wait_inference()
+        note(
+            f"inference  http://127.0.0.1:{self.inference_port:<8} pid {server:<8} "
+            f"python -m demo.inference_server, supervised by the agent ({INFERENCE_TPS} tokens/s)"
+        )
+        note(
+            f"proxy      {self.client.url:<24} the agent's; a client sends a chat completion every 0.4 s "
+            "through it (every other one streamed)"
+        )
+        note("the agent scrapes the server's /metrics every 1 s, samples the host every 2 s, and its own metrics")
         self.scrape_size = len(InferenceServer().scrape(time.time()))  # a throwaway one: the pusher's is its own
         note(
             f"pusher     plays the device's Prometheus: {self.scrape_size} inference-server series every "
@@ -664,6 +753,7 @@ class Demo:
         for name, meaning in LEGEND:
             print(f"     {name:<9} {Style.dim(meaning)}")
         self.pusher.start()
+        self.client.start()
         self.t0 = time.monotonic()
 
     def normal(self) -> None:
@@ -724,6 +814,7 @@ class Demo:
         while (before.backlog_samples or 0) < self.scrape_size and time.monotonic() < deadline:
             time.sleep(0.05)
             before = self.snapshot()
+        child = ((before.health or {}).get("inference") or {}).get("pid")
         self.agent.kill()
         self.uplink_bytes.new_process()
         self.uplink_samples.new_process()
@@ -732,8 +823,16 @@ class Demo:
             + f" with {before.backlog_samples or 0:,} acknowledged samples in its buffer, not yet uploaded"
         )
         self.watch(2.5)
+        if child:
+            self.orphan_check = None if process_gone(child) else f"inference server pid {child} outlived the agent"
+            note(
+                f"inference server pid {child}: "
+                + (Style.green("ended with the agent") if not self.orphan_check else Style.red("still running"))
+                + Style.dim(" (the kernel's parent-death signal: no orphan holds its port)")
+            )
         self.agent.start()
         note(Style.green("agent restarted") + f", pid {self.pid(self.agent)}: {self.reopened()}")
+        note(f"inference server started again by the new agent: pid {self.wait_inference()}")
         self.header()
         self.watch(8)
 
@@ -750,17 +849,32 @@ class Demo:
             "5/5", "Drain and verify", "The pusher stops (after delivering its queue); the agent empties its buffer."
         )
         self.pusher.finish()
+        self.client.stop()
         acked = self.pusher.acked
         self.header()
-        final = self.watch(
-            30,
-            until=lambda s: s.backlog_samples == 0 and (s.stored or 0) >= len(acked),
-            at_least=0,
-        )
-        if final.backlog_samples != 0:
-            note(Style.yellow(f"buffer not empty after 30 s: {final.backlog_samples} samples left"))
+        # The agent's own sources keep adding samples, so the buffer never stays empty: wait until
+        # everything older than one batch window (and so everything the pusher sent) was uploaded.
+        finished = time.monotonic()
+
+        def drained(s: Snapshot) -> bool:
+            return (
+                s.agent is not None
+                and s.agent.get(OLDEST, 99) <= BATCH_INTERVAL + 1.5
+                and time.monotonic() - finished > BATCH_INTERVAL + 1.5
+                and (s.stored or 0) >= len(acked)
+            )
+
+        final = self.watch(30, until=drained, at_least=0)
+        if not drained(final):
+            note(Style.yellow(f"backlog not drained after 30 s: {final.backlog_samples} samples left"))
 
         exported, dupes, foreign, lines = self.export()
+        for _ in range(20):  # a batch may still be on its way
+            if not acked - exported:
+                break
+            time.sleep(0.5)
+            exported, dupes, foreign, lines = self.export()
+        inference_problems = self.inference_checks()
         missing = acked - exported
         extra = exported - acked
         bytes_per_sample = self.uplink_bytes.total / self.uplink_samples.total if self.uplink_samples.total else 0
@@ -774,7 +888,11 @@ class Demo:
                 f"{len(acked):,} samples",
                 f"{self.pusher.acked_requests} requests, {len(series)} series",
             ),
-            ("stored at the collector", f"{final.stored or 0:,} samples", f"export: {lines} series lines"),
+            (
+                "stored at the collector",
+                f"{final.stored or 0:,} samples",
+                f"the pusher's and the agent's own; {lines} lines",
+            ),
             ("missing", f"{len(missing):,}", "acknowledged, not in the export"),
             ("duplicates", f"{dupes:,}", "same series and timestamp exported more than once"),
             (
@@ -817,14 +935,17 @@ class Demo:
         print()
         if dupes or foreign:  # cannot happen with a correct collector; shown, but the verdict is about loss
             print("   " + Style.yellow(f"WARNING  {dupes:,} duplicate samples, {foreign:,} series with a wrong device"))
-        if not missing:
+        if not missing and not inference_problems:
             once = "exactly once" if not dupes else "(some more than once)"
             print(
                 "   "
                 + Style.green(Style.bold("PASS"))
                 + f"  all {len(acked):,} acknowledged samples reached the collector {once}, "
-                "through a collector outage and an agent power cut."
+                "through a collector outage and an agent power cut;"
             )
+            print("         the supervised inference server's metrics, the proxy's and the model info reached it too.")
+        elif not missing:
+            print("   " + Style.red(Style.bold("FAIL")) + "  inference process: " + "; ".join(inference_problems))
         else:
             print(
                 "   "
@@ -833,7 +954,7 @@ class Demo:
             )
             for labels, ts, val in sorted(missing)[:5]:
                 print(Style.dim(f"     missing: {dict(labels)} @ {ts} = {val}"))
-        code = 1 if missing else 0
+        code = 1 if missing or inference_problems else 0
         if self.keep:
             print()
             note("--keep: agent and collector keep running; Ctrl-C stops them.")
@@ -861,6 +982,8 @@ class Demo:
             metric = dict(line["metric"])
             if metric.pop("device_id", None) != DEVICE:
                 foreign += 1
+            if metric.get("job") != PUSHER_JOB:
+                continue  # the agent's own sources: checked by inference_checks()
             labels = tuple(sorted(metric.items()))
             for ts, value in zip(line["timestamps"], line["values"], strict=True):
                 if (labels, ts) in points:  # within a line or across two lines of the same series
@@ -880,6 +1003,117 @@ class Demo:
         lines = body.decode().splitlines()
         return lines[0] if status == 200 and lines else None
 
+    # -- the inference process --
+
+    def inference_config(self) -> dict[str, Any]:
+        """The agent's [inference], [scrape], [host] and [proxy] sections for the demo."""
+        upstream = f"http://127.0.0.1:{self.inference_port}"
+        self.model_file.write_bytes(b"".join(i.to_bytes(4, "big") for i in range(256 * 1024)))  # 1 MiB "weights"
+        command = [sys.executable, "-m", "demo.inference_server", "--port", str(self.inference_port)]
+        return {
+            "inference": {
+                "command": [*command, "--tokens-per-second", str(INFERENCE_TPS)],
+                "env": {"PYTHONPATH": str(ROOT)},
+                "cwd": str(ROOT),
+                "health_url": f"{upstream}/healthz",
+                "health_interval": 1,
+                "metrics_url": f"{upstream}/metrics",
+                "restart_backoff_min": 0.5,
+                "restart_backoff_max": 5,
+                "stop_grace": 5,
+                "model_name": "demo-llm-1b",
+                "model_version": "2026.11-demo",
+                "model_path": str(self.model_file),
+            },
+            "scrape": {"interval": 1, "timeout": 1, "self_interval": 2, "targets": []},
+            "host": {"enabled": True, "interval": 2},
+            "proxy": {"enabled": True, "port": self.proxy_port, "upstream": upstream},
+        }
+
+    def wait_inference(self, timeout: float = 15) -> int:
+        """The supervised server's pid, once it answers through the proxy."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = (get_json(f"{self.agent.url}/healthz") or {}).get("inference") or {}
+            if info.get("pid") and (get_json(f"{self.client.url}/healthz") or {}).get("status") == "ok":
+                return int(info["pid"])
+            time.sleep(0.1)
+        raise RuntimeError(f"the supervised inference server did not come up in {timeout:.0f} s; see {self.agent.log}")
+
+    def inference_checks(self) -> list[str]:
+        """Print what the agent's own sources delivered; the problems found (none for a PASS)."""
+
+        def latest(selector: str) -> dict[str, float]:
+            query = urllib.parse.urlencode({"match[]": selector})
+            try:
+                status, body, _ = http("GET", f"{self.collector.url}/api/v1/export?{query}", timeout=10)
+            except OSError:
+                return {}
+            out: dict[str, float] = {}
+            for raw in body.splitlines() if status == 200 else []:
+                line = json.loads(raw)
+                metric = ",".join(f"{k}={v}" for k, v in sorted(line["metric"].items()) if k != "device_id")
+                out[metric] = float(line["values"][-1])
+            return out
+
+        snap = self.snapshot()
+        agent = snap.agent or {}
+        info = (snap.health or {}).get("inference") or {}
+        ttft_n = agent.get('backhaul_proxy_time_to_first_token_seconds_count{route="/v1/chat/completions"}', 0)
+        ttft = agent.get('backhaul_proxy_time_to_first_token_seconds_sum{route="/v1/chat/completions"}', 0)
+        rate_n = agent.get('backhaul_proxy_tokens_per_second_count{route="/v1/chat/completions"}', 0)
+        rate = agent.get('backhaul_proxy_tokens_per_second_sum{route="/v1/chat/completions"}', 0)
+        scraped_up = latest('up{job="inference"}')
+        proxied = latest("backhaul_proxy_completion_tokens_total")
+        model = latest("backhaul_model_info")
+        host = latest('backhaul_host_memory_total_bytes{job="host"}')
+        sha = hashlib.sha256(self.model_file.read_bytes()).hexdigest()
+        banner("Inference process", "")
+        rows = [
+            (
+                "supervised server",
+                f"{info.get('state', '?')}, pid {info.get('pid')}",
+                "restarted by the new agent after the power cut",
+            ),
+            (
+                "client via the proxy",
+                f"{self.client.ok:,} ok / {self.client.failed:,} failed",
+                f"{self.client.tokens:,} tokens received; failures while the agent was down",
+            ),
+            (
+                "measured by the proxy",
+                f"TTFT {ttft / ttft_n * 1000:.0f} ms" if ttft_n else "TTFT —",
+                (f"{rate / rate_n:.0f} tokens/s decode" if rate_n else "") + " (mean since the agent restarted)",
+            ),
+            (
+                "at the collector",
+                f"up{{job=inference}} = {max(scraped_up.values(), default=0):.0f}",
+                "the server's /metrics, scraped",
+            ),
+            ("", f"{len(proxied)} proxy token series", "backhaul_proxy_completion_tokens_total (self-scrape)"),
+            ("", f"{len(host)} host series", "backhaul_host_memory_total_bytes (psutil)"),
+        ]
+        for label, value, detail in rows:
+            print(f"   {label:<27} {value:>22}   {Style.dim(detail)}")
+        for metric in model:
+            print(f"   {'model info':<27} {Style.dim(metric)}")
+        problems = []
+        if self.orphan_check:
+            problems.append(self.orphan_check)
+        if info.get("state") != "running":
+            problems.append(f"supervised server is {info.get('state')}")
+        if max(scraped_up.values(), default=0) != 1:
+            problems.append("no up=1 for the scraped inference server at the collector")
+        if not proxied or max(proxied.values()) <= 0:
+            problems.append("no proxy token counts at the collector")
+        if not any(f"sha256={sha}" in m for m in model):
+            problems.append("no backhaul_model_info with the model file's SHA-256 at the collector")
+        if not host:
+            problems.append("no host metrics at the collector")
+        if self.client.ok == 0:
+            problems.append("no request went through the proxy")
+        return problems
+
     # -- helpers --
 
     @staticmethod
@@ -896,10 +1130,19 @@ class Demo:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         self.pusher.abort()
+        self.client.stop()  # the agent stops the inference server it supervises
         for service in (self.agent, self.collector):
             if service.running:
                 code = service.terminate(timeout=15)
                 note(f"{service.program} stopped (exit status {code})")
+
+
+def process_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (an exited orphan may linger as a zombie until its new parent reaps it)."""
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,277 @@
+"""Scraping: /metrics pages (Prometheus text 0.0.4 or OpenMetrics) and the agent's own registry, into the buffer.
+
+Each target is an APScheduler interval job with ``max_instances=1`` and coalescing, and each scrape
+has its own timeout, so a slow or dead target skips its own missed runs and never delays another.
+Like Prometheus, every sample gets the target's ``job`` and ``instance`` labels (a scraped label of
+the same name is kept as ``exported_<name>``) plus the target's configured labels, and every scrape
+adds ``up``, ``scrape_duration_seconds`` and ``scrape_samples_scraped``. Timestamps in the page are
+kept; samples without one get the scrape's start time. Parsing is prometheus_client's, off the event
+loop (a node_exporter page takes tens of milliseconds of pure Python).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from agent.ingest.sink import SampleSink
+from backhaul.wire.series import Labels, SeriesMap
+
+log = logging.getLogger(__name__)
+
+# Text first: prometheus_client's text parser is the faster and more forgiving of the two.
+ACCEPT = "text/plain;version=0.0.4;q=1,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"
+_CREATED_TYPES = {"counter", "histogram", "summary", "gaugehistogram"}
+
+
+class ScrapeError(Exception):
+    """A scrape that produced no samples; the message says why (the target's ``up`` is 0)."""
+
+
+@dataclass
+class Target:
+    """A scrape target as the scraper runs it.
+
+    Args:
+        job: the ``job`` label.
+        url: the page to fetch.
+        interval: seconds between scrapes.
+        timeout: seconds allowed for one scrape (fetch and parse).
+        labels: extra labels for every sample (applied after job and instance).
+    """
+
+    job: str
+    url: str
+    interval: float
+    timeout: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def instance(self) -> str:
+        return urlsplit(self.url).netloc
+
+    def base_labels(self) -> dict[str, str]:
+        return {"job": self.job, "instance": self.instance, **self.labels}
+
+
+def families_to_series(families: Iterable[Metric], base: dict[str, str], default_ms: int) -> SeriesMap:
+    """Metric families (parsed or collected) as a ``SeriesMap`` with the target's labels attached."""
+    out: SeriesMap = {}
+    families = list(families)
+    # A counter's (histogram's, summary's) _created series: in the text format a family of its own.
+    # It is start-time metadata, one more series per counter: not worth the uplink.
+    created = {f"{f.name}_created" for f in families if f.type in _CREATED_TYPES}
+    for family in families:
+        for sample in family.samples:
+            if sample.name in created or sample.native_histogram is not None:
+                continue  # native histograms have no float value to keep
+            pairs = {"__name__": sample.name}
+            for k, v in sample.labels.items():
+                if v == "":
+                    continue  # an empty label is an absent label
+                pairs[f"exported_{k}" if k in base else k] = v
+            pairs.update(base)
+            ts = sample.timestamp
+            ms = default_ms if ts is None else round(float(ts) * 1000)
+            labels: Labels = tuple(sorted(pairs.items()))
+            entry = out.get(labels)
+            if entry is None:
+                out[labels] = ([ms], [float(sample.value)])
+            else:  # the same series twice in one page: keep both, as Prometheus would refuse only one
+                entry[0].append(ms)
+                entry[1].append(float(sample.value))
+    return out
+
+
+def parse_page(text: str, content_type: str, base: dict[str, str], default_ms: int) -> SeriesMap:
+    """A /metrics page as a ``SeriesMap``; raises :class:`ScrapeError` when it does not parse."""
+    parser = parse_openmetrics if content_type.startswith("application/openmetrics-text") else parse_text
+    try:
+        return families_to_series(parser(text), base, default_ms)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise ScrapeError(f"unparsable {content_type or 'page'}: {exc}") from exc
+
+
+def _report(base: dict[str, str], ms: int, up: float, duration: float, scraped: int) -> SeriesMap:
+    """The synthetic series Prometheus adds to every scrape."""
+
+    def labels(name: str) -> Labels:
+        return tuple(sorted({"__name__": name, **base}.items()))
+
+    return {
+        labels("up"): ([ms], [up]),
+        labels("scrape_duration_seconds"): ([ms], [duration]),
+        labels("scrape_samples_scraped"): ([ms], [float(scraped)]),
+    }
+
+
+class Scraper:
+    """Scrapes every target on its own schedule and commits the samples.
+
+    Args:
+        targets: what to scrape.
+        sink: where samples go.
+        registry: the agent's registry (scrape counters and per-target ``up`` for its /metrics).
+        scheduler: the agent's AsyncIOScheduler (started by the agent).
+        max_body_bytes: a bigger page fails the scrape.
+        self_registry: when given, this registry itself is "scraped" every ``self_interval`` seconds.
+        self_labels: job and instance labels for the self-scrape.
+        clock: wall clock in seconds.
+    """
+
+    def __init__(
+        self,
+        targets: list[Target],
+        sink: SampleSink,
+        registry: CollectorRegistry,
+        scheduler: AsyncIOScheduler,
+        max_body_bytes: int = 16 * 1024**2,
+        self_registry: CollectorRegistry | None = None,
+        self_interval: float = 0.0,
+        self_labels: dict[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.targets = targets
+        self._sink = sink
+        self._scheduler = scheduler
+        self._max_body = max_body_bytes
+        self._self_registry = self_registry
+        self._self_interval = self_interval
+        self._self_labels = self_labels or {"job": "backhaul-agent", "instance": "localhost"}
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+        self._jobs: list[Any] = []
+        self._running: set[asyncio.Task[Any]] = set()
+        self.scrapes = Counter(
+            "backhaul_scrapes", "Scrapes by job and outcome (ok, failed)", ["job", "outcome"], registry=registry
+        )
+        self.target_up = Gauge(
+            "backhaul_scrape_target_up",
+            "1 if the target's last scrape succeeded",
+            ["job", "instance"],
+            registry=registry,
+        )
+        self.last_error: dict[str, str] = {}
+
+    async def start(self) -> None:
+        """Open the HTTP session and schedule every target (first scrapes within a second)."""
+        self._session = aiohttp.ClientSession(headers={"Accept": ACCEPT, "User-Agent": "backhaul-agent"})
+        now = datetime.now().astimezone()
+        for i, target in enumerate(self.targets):
+            # Spread the first scrapes a little so targets sharing an interval do not all fire at once.
+            first = now + timedelta(seconds=0.1 + (i % 10) * 0.05)
+            self._jobs.append(
+                self._scheduler.add_job(
+                    self._run,
+                    "interval",
+                    args=[target],
+                    seconds=target.interval,
+                    next_run_time=first,
+                    max_instances=1,
+                    coalesce=True,
+                    misfire_grace_time=None,  # late (a busy loop) is better than skipped
+                )
+            )
+        if self._self_registry is not None and self._self_interval > 0:
+            self._jobs.append(
+                self._scheduler.add_job(
+                    self._run_self,
+                    "interval",
+                    seconds=self._self_interval,
+                    next_run_time=now + timedelta(seconds=0.5),
+                    max_instances=1,
+                    coalesce=True,
+                    misfire_grace_time=None,
+                )
+            )
+
+    async def stop(self) -> None:
+        """Unschedule, let scrapes in flight finish their commit or cancel them after a second, close."""
+        for job in self._jobs:
+            try:
+                job.remove()
+            except LookupError:  # the scheduler is already shut down
+                pass
+        self._jobs.clear()
+        if self._running:
+            _, pending = await asyncio.wait(self._running, timeout=1.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _run(self, target: Target) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
+        try:
+            series = await self.scrape(target)
+            await self._sink.commit(f"scrape:{target.job}", series)
+        finally:
+            self._running.discard(task)
+
+    async def _run_self(self) -> None:
+        assert self._self_registry is not None
+        series = families_to_series(self._self_registry.collect(), self._self_labels, int(self._clock() * 1000))
+        await self._sink.commit("self", series)
+
+    async def scrape(self, target: Target) -> SeriesMap:
+        """One scrape of ``target``: its samples plus up/scrape_duration_seconds/scrape_samples_scraped."""
+        started_wall = self._clock()
+        started = time.perf_counter()
+        ms = int(started_wall * 1000)
+        base = target.base_labels()
+        try:
+            async with asyncio.timeout(target.timeout):
+                text, content_type = await self._fetch(target)
+                series = await asyncio.to_thread(parse_page, text, content_type, base, ms)
+        except (ScrapeError, TimeoutError) as exc:
+            error = str(exc) or f"timed out after {target.timeout:g} s"
+            series = {}
+        else:
+            error = ""
+        duration = time.perf_counter() - started
+        scraped = sum(len(ts) for ts, _ in series.values())
+        up = 0.0 if error else 1.0
+        self.target_up.labels(target.job, target.instance).set(up)
+        self.scrapes.labels(target.job, "failed" if error else "ok").inc()
+        previous = self.last_error.get(target.url, "")
+        if error and error != previous:
+            log.warning("scrape of %s (job %s) failed: %s", target.url, target.job, error)
+        elif not error and previous:
+            log.info("scrape of %s (job %s) works again", target.url, target.job)
+        self.last_error[target.url] = error
+        series.update(_report(base, ms, up, round(duration, 6), scraped))
+        return series
+
+    async def _fetch(self, target: Target) -> tuple[str, str]:
+        assert self._session is not None, "Scraper.start() first"
+        try:
+            async with self._session.get(target.url) as resp:
+                if resp.status != 200:
+                    raise ScrapeError(f"HTTP {resp.status}")
+                if resp.content_length is not None and resp.content_length > self._max_body:
+                    raise ScrapeError(f"page of {resp.content_length} bytes exceeds {self._max_body}")
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    body += chunk
+                    if len(body) > self._max_body:
+                        raise ScrapeError(f"page exceeds {self._max_body} bytes")
+                return body.decode("utf-8", errors="replace"), resp.content_type
+        except aiohttp.ClientError as exc:
+            raise ScrapeError(f"{type(exc).__name__}: {exc}") from exc

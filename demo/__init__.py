@@ -1,0 +1,1 @@
+"""Demo programs for backhaul's README demo (a fake inference server)."""
