@@ -104,8 +104,53 @@ def decimal_scale(values: list[float]) -> int | None:
     return k
 
 
-def _zigzag_deltas(values: list[float], scale: int) -> list[int]:
-    ints = [round(v * scale) for v in values]
+_NEG_ZERO = array("d", [-0.0]).tobytes()
+
+
+def _has_negative_zero(values: list[float]) -> bool:
+    raw = array("d", values).tobytes()
+    at = raw.find(_NEG_ZERO)
+    while at != -1:
+        if at % 8 == 0:
+            return True
+        at = raw.find(_NEG_ZERO, at + 1)
+    return False
+
+
+def scaled_integers(values: list[float]) -> tuple[int, list[int]] | None:
+    """``(k, [v x 10^k ...])`` for the fewest digits k that hold every value exactly, or None.
+
+    The same answer as :func:`decimal_scale`, computed a column at a time (list operations run in C)
+    instead of value by value, since the encoder runs this for every series of every chunk.
+    """
+    try:
+        if all(map(float.is_integer, values)):
+            k, ns = 0, list(map(int, values))
+        else:
+            k0 = decimal_scale(values[:8])  # a few values tell the likely k, or that these are floats
+            if k0 is None:
+                return None
+            scale = 10**k0
+            ns = [round(v * scale) for v in values]
+            if [n / scale for n in ns] != values:
+                k1 = decimal_scale(values)  # some later value needs more digits (or is no decimal)
+                if k1 is None:
+                    return None
+                scale = 10**k1
+                return k1, [round(v * scale) for v in values]
+            k = k0
+    except TypeError:  # an int among the values (float.is_integer wants floats)
+        return scaled_integers([float(v) for v in values])
+    except (ValueError, OverflowError):  # NaN or infinity
+        return None
+    if ns and (max(ns) >= _MAX_SCALED or min(ns) <= -_MAX_SCALED):
+        return None
+    if 0 in ns and _has_negative_zero(values):
+        return None  # -0.0 == 0.0, but its sign bit must survive
+    return k, ns
+
+
+def _zigzag_deltas(ints: list[int]) -> list[int]:
     return [((b - a) << 1) ^ ((b - a) >> 63) for a, b in zip([0, *ints], ints, strict=False)]
 
 
@@ -158,13 +203,13 @@ def encode(series: SeriesMap) -> bytes:
                 i = int(v)
                 integers.append((i << 1) ^ (i >> 63))
                 continue
-        k = decimal_scale(vals)
-        if k is None:
+        scaled = scaled_integers(vals)
+        if scaled is None:
             kinds.append(FLOAT_KIND)
             floats.extend(vals)
         else:
-            kinds.append(1 + k)
-            integers.extend(_zigzag_deltas(vals, 10**k))
+            kinds.append(1 + scaled[0])
+            integers.extend(_zigzag_deltas(scaled[1]))
 
     deltas = [b - a for a, b in zip([0, *stamps], stamps, strict=False)]
     dod = array("q", [b - a for a, b in zip([0, *deltas], deltas, strict=False)])

@@ -9,7 +9,9 @@ acknowledged = delivered + evicted + expired exactly, and everything retained ar
 
 from __future__ import annotations
 
+import itertools
 import math
+import random
 import time
 
 import pytest
@@ -17,7 +19,8 @@ import pytest
 from agent.buffer.store import BufferStore
 from tests.support import metric_value, wait_until
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow]
+# 86.4 M samples through the buffer take a minute or more on a 2-core machine: more than the default 120 s allows when busy.
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
 SERIES = 1000  # one sample per series per second: 1,000 samples/s
 MINUTE_MS = 60_000
@@ -26,7 +29,10 @@ MAX_AGE_MS = 3 * 3_600_000
 
 
 def minute_of_samples(start_ms: int, minute: int) -> dict:
-    """A minute of 1 s scrapes: half constants, a fifth counters, the rest wandering gauges."""
+    """A minute of 1 s scrapes: half constants, a fifth counters rising by random steps, the rest
+    noisy gauges with two decimals — about what an exporter sends (perfectly regular data would
+    compress to next to nothing and never fill the budget)."""
+    rng = random.Random(minute)
     stamps = [start_ms + k * 1000 for k in range(60)]
     out = {}
     for i in range(SERIES):
@@ -34,11 +40,12 @@ def minute_of_samples(start_ms: int, minute: int) -> dict:
         if i % 10 < 5:
             values = [float(i)] * 60
         elif i % 10 < 7:
-            base = (minute * 60) * (i % 7 + 1) * 1.5
-            values = [base + k * (i % 7 + 1) * 1.5 for k in range(60)]
+            rate = i % 7 + 1
+            values = list(map(float, itertools.accumulate(rng.randrange(2 * rate + 1) for _ in range(60))))
+            values = [v + minute * 60 * rate for v in values]
         else:
             phase = minute * 60 + i
-            values = [round(50 + 40 * math.sin((phase + k) / 300), 2) for k in range(60)]
+            values = [round(50 + 40 * math.sin((phase + k) / 300) + rng.gauss(0, 0.5), 2) for k in range(60)]
         out[labels] = (stamps, values)
     return out
 
