@@ -19,7 +19,7 @@ import pytest
 from agent.buffer.store import BufferStore
 from tests.support import metric_value, wait_until
 
-# 86.4 M samples through the buffer take a minute or more on a 2-core machine: more than the default 120 s allows when busy.
+# 86.4 M samples through the buffer take a minute or more on 2 cores: more than the default 120 s when busy.
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
 SERIES = 1000  # one sample per series per second: 1,000 samples/s
