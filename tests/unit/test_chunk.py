@@ -118,6 +118,21 @@ def test_version_1_chunks_still_decode():
 )
 def test_decimal_scale_is_the_fewest_digits_that_hold_every_value(values, scale):
     assert chunk.decimal_scale(values) == scale
+    # The column-at-a-time version the encoder uses gives the same answer, and the integers.
+    scaled = chunk.scaled_integers(values)
+    if scale is None:
+        assert scaled is None
+    else:
+        assert scaled is not None and scaled[0] == scale
+        assert [n / 10**scale for n in scaled[1]] == values
+
+
+def test_scaled_integers_notices_a_later_value_that_needs_more_digits():
+    values = [1.0] * 8 + [2.5, 3.25, -0.125]
+    assert chunk.scaled_integers(values) == (3, [1000] * 8 + [2500, 3250, -125])
+    assert chunk.scaled_integers([1.5] * 8 + [1 / 3]) is None
+    assert chunk.scaled_integers([0.0, 1.0, -0.0]) is None
+    assert chunk.scaled_integers([1, 2, 3]) == (0, [1, 2, 3])  # ints, as a sender's code may pass
 
 
 def test_short_decimals_round_trip_exactly_and_cost_less_than_their_float_bits():
