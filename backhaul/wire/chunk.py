@@ -101,6 +101,12 @@ def decimal_scale(values: list[float]) -> int | None:
             if k > MAX_DECIMALS:
                 return None
             scale *= 10
+    # A value that fitted an earlier, smaller k must hold at the final one too (v x 10^k may have
+    # outgrown the range where the product is exact).
+    for v in values:
+        n = round(v * scale)
+        if not -_MAX_SCALED < n < _MAX_SCALED or n / scale != v:
+            return None
     return k
 
 
@@ -137,7 +143,7 @@ def scaled_integers(values: list[float]) -> tuple[int, list[int]] | None:
                 if k1 is None:
                     return None
                 scale = 10**k1
-                return k1, [round(v * scale) for v in values]
+                k0, ns = k1, [round(v * scale) for v in values]
             k = k0
     except TypeError:  # an int among the values (float.is_integer wants floats)
         return scaled_integers([float(v) for v in values])

@@ -106,7 +106,8 @@ def test_version_1_chunks_still_decode():
     [
         ([0.0, 1.0, 42.0, -7.0], 0),
         ([327.416, 1357.029, 0.5], 3),
-        ([1.795966612e09, 0.000164831], 9),
+        ([1795966.612, 0.000164831], 9),
+        ([1.795966612e09, 0.000164831], None),  # 1.8e18 at 9 digits: beyond exact float products
         ([1e-15, 2e-15], 15),
         ([0.1 + 0.2], None),  # 0.30000000000000004: 17 digits
         ([1.0, math.nan], None),
@@ -164,3 +165,17 @@ def test_a_value_kind_out_of_range_is_refused():
     data[kinds_at] = 99
     with pytest.raises(WireError, match="value kind"):
         chunk.decode(bytes(data))
+
+
+def test_mixed_magnitudes_and_digits_in_one_series_round_trip_exactly():
+    rng = random.Random(11)
+    for trial in range(300):
+        values = []
+        for _ in range(rng.randrange(1, 12)):
+            digits = rng.randrange(0, 16)
+            magnitude = 10 ** rng.randrange(0, 13)
+            values.append(round(rng.uniform(-1, 1) * magnitude, digits))
+        stamps = list(range(len(values)))
+        series = {(("__name__", f"m{trial}"),): (stamps, values)}
+        decoded = chunk.decode(chunk.encode(series))
+        assert bits(decoded[(("__name__", f"m{trial}"),)][1]) == bits(values), values
