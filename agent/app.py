@@ -20,6 +20,8 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry
 
+from agent.alerts.lane import AlertLane
+from agent.alerts.setup import build_lane
 from agent.buffer.staging import Staging
 from agent.buffer.store import BufferStore
 from agent.config import AgentSettings
@@ -82,7 +84,19 @@ class Agent:
             on_commit=self.uploader.notify_data if self.uploader else lambda: None,
             clock=clock,
         )
-        self.receiver = RemoteWriteReceiver(self.staging, settings.ingest, b, self.metrics, clock)
+        self.alerts: AlertLane | None = None
+        if settings.alerts.enabled:
+            uploader = self.uploader
+            self.alerts = build_lane(
+                settings,
+                self.store,
+                lambda: uploader.last_error if uploader is not None else None,
+                self.metrics,
+                self.registry,
+                clock,
+            )
+        observe = self.alerts.engine.observe if self.alerts is not None else None
+        self.receiver = RemoteWriteReceiver(self.staging, settings.ingest, b, self.metrics, clock, observe)
         self._tasks: list[asyncio.Task[None]] = []
         self._scheduler = AsyncIOScheduler()
         self._maintenance: asyncio.Task[object] | None = None
@@ -102,6 +116,11 @@ class Agent:
             {"version": __version__, "device": self.settings.device_id, "buffer_id": self.store.buffer_id}
         )
         self._tasks.append(asyncio.create_task(self.staging.run(), name="staging"))
+        if self.alerts is not None:
+            # Its own queue file, thread and sender: alerts never wait behind the bulk upload.
+            await self.alerts.__aenter__()
+            every = self.settings.alerts.eval_interval.total_seconds()
+            self._scheduler.add_job(self.alerts.evaluate, "interval", seconds=every, max_instances=1, coalesce=True)
         if self.uploader is not None:
             self._tasks.append(asyncio.create_task(self.uploader.run(), name="uploader"))
         self._schedule_maintenance()
@@ -142,6 +161,8 @@ class Agent:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.alerts is not None:
+            await self.alerts.__aexit__(None, None, None)  # marks the stop as clean in the alert queue
         if self._transport is not None:
             await self._transport.close()
 
@@ -195,6 +216,8 @@ class Agent:
         }
         if self.uploader is not None:
             detail["uplink"] = {"last_error": self.uploader.last_error}
+        if self.alerts is not None:
+            detail["alerts"] = self.alerts.health()
         return not self._stopping, detail
 
     async def watchdog(self, interval: float) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ByteSize, Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import BaseSettings
 
+from agent.alerts.settings import AlertSettings
 from backhaul.settings import settings_config
 from backhaul.sqlite import Synchronous
 from backhaul.wire.batch import DEVICE_ID_PATTERN
@@ -81,6 +82,7 @@ class AgentSettings(BaseSettings):
     buffer: BufferSettings = BufferSettings()
     ingest: IngestSettings = IngestSettings()
     uplink: UplinkSettings = UplinkSettings()
+    alerts: AlertSettings = AlertSettings()
 
     @model_validator(mode="after")
     def _budget_holds_batches(self) -> AgentSettings:

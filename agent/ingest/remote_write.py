@@ -25,6 +25,7 @@ from agent.metrics import AgentMetrics
 from backhaul.sqlite import StoreError
 from backhaul.wire import TooLarge, WireError
 from backhaul.wire import remote_write as rw
+from backhaul.wire.series import SeriesMap
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class RemoteWriteReceiver:
         buffer: for ``max_age`` (older samples would expire at once, so they are refused up front).
         metrics: request and sample counters.
         clock: wall clock in seconds.
+        observe: called with the samples of each committed request (the alert rules look at them).
     """
 
     def __init__(
@@ -50,8 +52,10 @@ class RemoteWriteReceiver:
         buffer: BufferSettings,
         metrics: AgentMetrics,
         clock: Callable[[], float] = time.time,
+        observe: Callable[[SeriesMap], None] | None = None,
     ) -> None:
         self._staging = staging
+        self._observe = observe
         self._ingest = ingest
         self._max_age_ms = int(buffer.max_age.total_seconds() * 1000)
         self._max_future_ms = int(ingest.max_future.total_seconds() * 1000)
@@ -102,6 +106,8 @@ class RemoteWriteReceiver:
                 return _error(503, str(exc), retry_after=1)
             except StoreError as exc:
                 return _error(503 if exc.transient else 500, str(exc), retry_after=5)
+            if self._observe is not None:
+                self._observe(decoded.series)
         # Counted once the request is answered 2xx, so that a sender's retry does not count twice.
         self._metrics.metadata_received.inc(decoded.metadata)
         for reason, count in decoded.dropped.items():

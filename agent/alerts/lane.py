@@ -1,0 +1,187 @@
+"""The alert lane: rules and built-in checks -> state machine -> durable queue -> sender -> channels.
+
+Nothing here touches the bulk buffer or the uploader: the queue is its own SQLite file on its own
+thread, the sender its own task with its own connections, so an alert leaves as soon as a rule fires,
+whatever backlog the uploader is draining.
+
+Evaluation runs on the agent's APScheduler every ``eval_interval`` and, in addition, right after
+samples that match a rule arrive (at most every ``_EAGER_GAP`` seconds), so a threshold crossed by a
+pushed sample fires within milliseconds rather than at the next scheduled pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+from agent.alerts.builtin import BuiltinChecks, Readings
+from agent.alerts.channels import Channel
+from agent.alerts.queue import AlertQueue, StartInfo
+from agent.alerts.rules import Result, RuleEngine
+from agent.alerts.sender import AlertSender
+from agent.alerts.settings import AlertSettings
+from agent.alerts.state import Tracker
+from agent.metrics import AgentMetrics
+from backhaul.sqlite import StoreError, Synchronous
+from backhaul.wire.alert import AlertMessage
+
+log = logging.getLogger(__name__)
+
+_EAGER_GAP = 0.02
+
+
+class AlertLane:
+    """Owns the alert queue, the sender and the evaluation; an async context manager.
+
+    Args:
+        settings: the ``[alerts]`` settings.
+        device_id: this device's id (in every message).
+        queue_path: the queue's SQLite file.
+        synchronous: SQLite synchronous level for the queue (the buffer's).
+        channels: where messages go, in fallback order.
+        readings: what the built-in checks read.
+        metrics: the agent's metrics.
+        clock: wall clock in seconds.
+    """
+
+    def __init__(
+        self,
+        settings: AlertSettings,
+        device_id: str,
+        queue_path: Path,
+        synchronous: Synchronous,
+        channels: list[Channel],
+        readings: Readings,
+        metrics: AgentMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self._device = device_id
+        self._metrics = metrics
+        self._clock = clock
+        self._readings = readings
+        self.channels = channels
+        self.queue = AlertQueue(queue_path, settings.max_queue, synchronous)
+        self.engine = RuleEngine(
+            settings.rules,
+            settings.max_series_per_rule,
+            settings.stale_after.total_seconds(),
+            on_match=self._eager,
+            clock=clock,
+        )
+        self.tracker = Tracker(int(settings.repeat_interval.total_seconds() * 1000))
+        self.sender = AlertSender(
+            self.queue, channels, metrics, settings.backoff_min.total_seconds(), settings.backoff_max.total_seconds()
+        )
+        self.start: StartInfo | None = None
+        self._builtin: BuiltinChecks | None = None
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._eager_handle: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._last_eval = 0.0
+        self._open = False
+
+    async def __aenter__(self) -> AlertLane:
+        self.start = await self.queue.call(self.queue.open)
+        self._open = True
+        self._builtin = BuiltinChecks(self.settings.builtin, self._readings, self.start, self._clock)
+        restored = await self.queue.call(self.queue.firing)
+        now_ms = int(self._clock() * 1000)
+        self.tracker.restore(
+            [Result(rule, fp, True, float("nan"), sev, "", 0) for rule, fp, sev, _ in restored],
+            now_ms,
+            int(self.settings.stale_after.total_seconds() * 1000),
+        )
+        self._metrics.alerts_queued.set(self.queue.length)
+        self._spawn(self.sender.run(), "alert-sender")
+        self._spawn(self.evaluate(), "alert-first-evaluation")
+        return self
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._eager_handle is not None:
+            self._eager_handle.cancel()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for channel in self.channels:
+            await channel.close()
+        if self._open:
+            await self.queue.call(self.queue.close, True)
+        self.queue.worker.shutdown()
+
+    def health(self) -> dict[str, object]:
+        return {
+            "queued": self.queue.length,
+            "firing": sorted({name for name, _ in self.tracker.states()}),
+            "last_error": self.sender.last_error,
+        }
+
+    def _eager(self) -> None:
+        """Samples matched a rule: evaluate soon (coalesced), on the event loop."""
+        if self._eager_handle is not None or not self._open:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._last_eval + _EAGER_GAP - time.monotonic()
+        if wait > 0:
+            self._eager_handle = loop.call_later(wait, self._eager_fire)
+        else:
+            self._eager_handle = loop.call_soon(self._eager_fire)
+
+    def _eager_fire(self) -> None:
+        self._eager_handle = None
+        self._spawn(self.evaluate(), "alert-evaluation")
+
+    async def evaluate(self) -> None:
+        """One pass over every rule and built-in check; queues and sends what changed."""
+        async with self._lock:
+            self._last_eval = time.monotonic()
+            assert self._builtin is not None
+            results = self.engine.evaluate() + self._builtin.evaluate()
+            now_ms = int(self._clock() * 1000)
+            transitions = self.tracker.step(results, now_ms)
+            firing = self.tracker.firing()
+            self._metrics.alerts_firing.set(len(firing))
+            self._metrics.alert_ignored_series.set(self.engine.ignored)
+            if not transitions:
+                return
+            messages = [
+                AlertMessage(
+                    self._device,
+                    t.result.name,
+                    t.state,
+                    t.result.severity,
+                    t.value,
+                    t.ts_ms,
+                    0,
+                    t.result.fingerprint,
+                    t.result.summary,
+                )
+                for t in transitions
+            ]
+            for t in transitions:
+                self._metrics.alert_transitions.labels(t.state).inc()
+                log.warning("alert %s %s (value %g)", t.result.name, t.state, t.value)
+            try:
+                _, dropped = await self.queue.call(
+                    self.queue.enqueue, messages, [(r.name, r.fingerprint, r.severity, now_ms) for r in firing]
+                )
+            except StoreError as exc:
+                log.error("could not queue %d alert messages: %s", len(messages), exc)
+                return
+            if dropped:
+                self._metrics.alerts_dropped.labels("queue_full").inc(dropped)
+                log.error("alert queue full: dropped %d older messages", dropped)
+            self._metrics.alerts_queued.set(self.queue.length)
+            self.sender.notify()
