@@ -14,8 +14,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from backhaul import systemd
+from collector.alerts import AlertLister, AlertReceiver, MqttSubscriber
 from collector.config import CollectorSettings
 from collector.export import Exporter
+from collector.forward.alertmanager import AlertForwarder
 from collector.ingest import BatchReceiver
 from collector.metrics import CollectorMetrics, DeviceCollector
 from collector.remote_write import RemoteWriteReceiver
@@ -47,6 +49,20 @@ class Collector:
         self._receiver = BatchReceiver(settings, self.store, self.metrics, clock)
         self._remote_write = RemoteWriteReceiver(settings, self.store, self.metrics, clock)
         self._exporter = Exporter(self.store)
+        self.forwarder = AlertForwarder(settings.alerts, self.store, clock)
+        self._alerts = AlertReceiver(settings, self.store, self.metrics, clock)
+        self._alerts.on_stored = self.forwarder.notify
+        self.mqtt: MqttSubscriber | None = None
+        if settings.alerts.mqtt is not None:
+            self.mqtt = MqttSubscriber(
+                settings.alerts.mqtt,
+                self.store,
+                {d.id for d in settings.devices},
+                self.metrics.alerts,
+                self.forwarder.notify,
+                clock,
+            )
+        self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -59,6 +75,8 @@ class Collector:
         app.router.add_post("/api/v1/batches", self._receiver.handle)
         app.router.add_post("/api/v1/write", self._remote_write.handle)
         app.router.add_get("/api/v1/export", self._exporter.handle)
+        app.router.add_post("/api/v1/alerts", self._alerts.handle)
+        app.router.add_get("/api/v1/alerts", AlertLister(self.store).handle)
         app.router.add_get("/metrics", make_aiohttp_handler(self.registry))
         app.router.add_get("/healthz", healthz)
         return app
@@ -67,6 +85,10 @@ class Collector:
         await self.store.worker.run(self.store.open)
         self._runner = web.AppRunner(self.build_app(), access_log=None, shutdown_timeout=10)
         await self._runner.setup()
+        if self.forwarder.enabled:
+            self._tasks.append(asyncio.create_task(self.forwarder.run(), name="alert-forwarder"))
+        if self.mqtt is not None:
+            self._tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt-alerts"))
         site = web.TCPSite(self._runner, self.settings.listen.host, self.settings.listen.port)
         await site.start()
         self.port = self._runner.addresses[0][1]
@@ -78,6 +100,9 @@ class Collector:
     ) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store.worker.run(self.store.close)
         self.store.worker.shutdown()
 

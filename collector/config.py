@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from pathlib import Path
 
-from pydantic import BaseModel, ByteSize, Field, SecretStr, model_validator
+from pydantic import BaseModel, ByteSize, Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import BaseSettings
 
 from backhaul.settings import settings_config
@@ -52,6 +53,32 @@ class DeviceEntry(BaseModel):
         return hashlib.sha256(self.token.get_secret_value().encode()).hexdigest()
 
 
+class MqttSettings(BaseModel):
+    """Alert messages from an MQTT broker (QoS 1, a persistent session keeps them while the collector is down)."""
+
+    host: str
+    port: int = Field(1883, ge=1, le=65535)
+    # The last topic level names the device (the agents' default is backhaul/alerts/<device>).
+    topic: str = "backhaul/alerts/+"
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str = "backhaul-collector"
+
+
+class AlertSettings(BaseModel):
+    """Receiving urgent alerts and forwarding them."""
+
+    mqtt: MqttSettings | None = None
+    # Alertmanager's base URL (alerts go to <url>/api/v2/alerts), and/or a webhook that gets the same JSON list.
+    alertmanager_url: HttpUrl | None = None
+    webhook_url: HttpUrl | None = None
+    # Firing alerts are sent again this often (Alertmanager resolves an alert not re-sent within its
+    # resolve_timeout); resolved ones keep being sent for resolved_for, in case a send was lost.
+    resend_interval: timedelta = Field(timedelta(seconds=60), gt=timedelta(0))
+    resolved_for: timedelta = timedelta(minutes=15)
+    timeout: timedelta = timedelta(seconds=10)
+
+
 class CollectorSettings(BaseSettings):
     """Root of the collector's configuration."""
 
@@ -64,6 +91,7 @@ class CollectorSettings(BaseSettings):
     store: StoreSettings = StoreSettings()
     limits: LimitSettings = LimitSettings()
     devices: list[DeviceEntry] = []
+    alerts: AlertSettings = AlertSettings()
 
     @model_validator(mode="after")
     def _unique(self) -> CollectorSettings:

@@ -92,7 +92,24 @@ def _v3(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE devices ADD COLUMN duplicate_batches INTEGER NOT NULL DEFAULT 0")
 
 
-MIGRATIONS = [_v1, _v2, _v3]
+def _v4(db: sqlite_utils.Database) -> None:
+    # Alert messages (each (device, seq, ts_ms) once, so a re-sent message is recognised) and the
+    # latest state of each alert instance (device, fingerprint). See collector/store/alerts.py.
+    db.execute(
+        "CREATE TABLE alert_messages (device TEXT NOT NULL, seq INTEGER NOT NULL, ts_ms INTEGER NOT NULL,"
+        " fingerprint INTEGER NOT NULL, rule TEXT NOT NULL, state TEXT NOT NULL, severity TEXT NOT NULL,"
+        " value REAL, summary TEXT NOT NULL, received_ms INTEGER NOT NULL, via TEXT NOT NULL,"
+        " PRIMARY KEY (device, seq, ts_ms)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE TABLE alerts (device TEXT NOT NULL, fingerprint INTEGER NOT NULL, rule TEXT NOT NULL,"
+        " state TEXT NOT NULL, severity TEXT NOT NULL, value REAL, summary TEXT NOT NULL,"
+        " starts_ms INTEGER NOT NULL, ends_ms INTEGER, updated_ms INTEGER NOT NULL,"
+        " received_ms INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (device, fingerprint)) WITHOUT ROWID"
+    )
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4]
 LOSS_FIELDS = ("evicted_samples", "expired_samples", "dropped_samples", "corrupt_samples")
 
 

@@ -1,0 +1,1 @@
+"""What the collector passes on: alerts to Alertmanager and webhooks."""
