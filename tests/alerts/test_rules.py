@@ -144,3 +144,18 @@ def test_restored_firing_alert_resolves_after_its_grace_unless_it_comes_back() -
     fresh = RuleEngine([rule()], clock=clock)
     assert restarted.step(fresh.evaluate(), 500) == []  # within the grace: kept firing, nothing sent
     assert [t.state for t in restarted.step(fresh.evaluate(), 1500)] == ["resolved"]
+
+
+def test_the_example_configs_validate_with_their_alert_sections() -> None:
+    from pathlib import Path
+
+    from agent.config import AgentSettings
+    from backhaul.settings import load
+    from collector.config import CollectorSettings
+
+    root = Path(__file__).resolve().parents[2] / "examples"
+    agent = load(AgentSettings, root / "agent.toml")
+    (example,) = agent.alerts.rules
+    assert (example.function, example.op, example.for_.total_seconds()) == ("rate", ">", 30)
+    assert [c.type for c in agent.alerts.channels] == ["http"]
+    assert load(CollectorSettings, root / "collector.toml").alerts.resend_interval.total_seconds() == 60
