@@ -124,7 +124,7 @@ class AlertLane:
     def health(self) -> dict[str, object]:
         return {
             "queued": self.queue.length,
-            "firing": sorted({name for name, _ in self.tracker.states()}),
+            "active": sorted({name for name, _ in self.tracker.states()}),
             "last_error": self.sender.last_error,
         }
 

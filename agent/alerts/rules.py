@@ -174,11 +174,16 @@ class RuleEngine:
         matched = False
         by_name, any_name = self._by_name, self._any_name
         for labels, (stamps, values) in series.items():
-            name = next((v for k, v in labels if k == "__name__"), "")
+            # Labels are sorted, so __name__ comes first unless a label name starts with an upper-case letter.
+            if labels and labels[0][0] == "__name__":
+                name = labels[0][1]
+            else:
+                name = next((v for k, v in labels if k == "__name__"), "")
             rules = by_name.get(name)
-            if rules is None and not any_name:
-                continue
-            for rule in (rules or []) + any_name:
+            if rules is not None:
+                for rule in rules:
+                    matched = rule.offer(labels, stamps, values, now) or matched
+            for rule in any_name:
                 matched = rule.offer(labels, stamps, values, now) or matched
         if matched:
             self._on_match()

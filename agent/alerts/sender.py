@@ -60,7 +60,13 @@ class AlertSender:
                 self._wake.set()
                 continue
             for entry in entries:
-                if not await self._deliver(entry):
+                try:
+                    delivered = await self._deliver(entry)
+                except Exception as exc:  # e.g. the queue could not delete it: it is simply sent again
+                    log.error("alert %d: %s", entry.seq, exc)
+                    self.last_error = f"queue: {exc}"
+                    delivered = False
+                if not delivered:
                     delay = self._backoff.next()
                     log.warning("alert %d not delivered (%s); retrying in %.1f s", entry.seq, self.last_error, delay)
                     await asyncio.sleep(delay)
