@@ -22,6 +22,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from agent.buffer.store import BufferStore
 from bench.shaper import Shaper
 from tests.support import TOKEN, Proc, free_port, http, metric_value, push
 
-SERIES_PER_CHUNK = 200  # ~140 kB compressed per chunk: batches of 256 KiB hold whole chunks
+SERIES_PER_CHUNK = 1000  # chunks of compact_target_samples: a backlog as compaction leaves it
 SAMPLES_PER_SERIES = 100
 
 
@@ -118,10 +119,19 @@ def listed(collector: str) -> dict[str, dict[str, object]]:
     return {a["rule"]: a for a in json.loads(body)["alerts"]}
 
 
-def trigger(agent: str, value: float) -> None:
-    now = int(time.time() * 1000)
-    statuses = push(agent, {(("__name__", "bench_trigger"), ("job", "bench")): ([now], [value])})
-    assert statuses == [204], statuses
+def trigger(agent: str, value: float, slow: list[float]) -> None:
+    """Push one sample in the background: the answer waits for the buffer's commit, the alert does not."""
+
+    def send() -> None:
+        started = time.monotonic()
+        now = int(time.time() * 1000)
+        try:
+            push(agent, {(("__name__", "bench_trigger"), ("job", "bench")): ([now], [value])})
+        except OSError:
+            pass
+        slow.append(time.monotonic() - started)
+
+    threading.Thread(target=send, daemon=True).start()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -172,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             drained0 = metric_value(collector, "backhaul_collector_received_bytes_total")
             link0, t_start = shaper.up.bytes, time.monotonic()
 
+            answers: list[float] = []  # how long remote write took to answer (waits for the commit)
             from_push: list[float] = []
             from_fire: list[float] = []
             for i in range(args.alerts):
@@ -179,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                     before = listed(collector).get("BenchTrigger")
                     seen_ms = before["received_ms"] if before else 0
                     pushed = time.time()
-                    trigger(agent, value)
+                    trigger(agent, value, answers)
                     deadline = time.monotonic() + 30
                     while True:
                         now = listed(collector).get("BenchTrigger")
@@ -213,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"backlog {backlog_bytes / 1e6:.0f} MB; link {args.kbit:g} kbit/s each way, RTT {args.rtt_ms:g} ms")
         print(line("alert latency push -> collector", from_push))
         print(line("alert latency fire -> collector", from_fire))
+        if answers:
+            print(line("remote write answer (commit)", answers))
         print(
             f"bulk drain during the alert phase: {drained / elapsed / 1000:.1f} kB/s of batch bodies"
             f" ({drained * 8 / elapsed / 1000:.0f} kbit/s; link carried {link_bytes * 8 / elapsed / 1000:.0f} kbit/s"

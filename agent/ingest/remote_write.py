@@ -42,7 +42,7 @@ class RemoteWriteReceiver:
         buffer: for ``max_age`` (older samples would expire at once, so they are refused up front).
         metrics: request and sample counters.
         clock: wall clock in seconds.
-        observe: called with the samples of each committed request (the alert rules look at them).
+        observe: called with each request's decoded samples, before the commit (the alert rules look at them).
     """
 
     def __init__(
@@ -99,6 +99,10 @@ class RemoteWriteReceiver:
             return _error(400, str(exc))
 
         dropped = sum(decoded.dropped.values())
+        if self._observe is not None and decoded.samples:
+            # Before the commit: an alert must not wait for a slow or failing buffer (a full disk is
+            # exactly when it matters). A sample refused below and re-sent is merely seen twice.
+            self._observe(decoded.series)
         if decoded.samples or dropped:
             try:
                 await self._staging.submit(decoded.series, decoded.samples, dropped)
@@ -106,8 +110,6 @@ class RemoteWriteReceiver:
                 return _error(503, str(exc), retry_after=1)
             except StoreError as exc:
                 return _error(503 if exc.transient else 500, str(exc), retry_after=5)
-            if self._observe is not None:
-                self._observe(decoded.series)
         # Counted once the request is answered 2xx, so that a sender's retry does not count twice.
         self._metrics.metadata_received.inc(decoded.metadata)
         for reason, count in decoded.dropped.items():
