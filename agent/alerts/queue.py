@@ -9,7 +9,9 @@ the agent's restart count, whether the last run stopped cleanly, and which alert
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from backhaul.wire import alert as wire
 from backhaul.wire.alert import AlertMessage
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
@@ -78,9 +81,32 @@ class AlertQueue:
         )
 
     def open(self) -> StartInfo:
-        """Open (create) the file and record this start: an unclean previous run is one that never closed."""
+        """Open (create) the file and record this start: an unclean previous run is one that never closed.
+
+        A damaged file never stops the agent: it is moved aside (``<name>.corrupt-<time>``) and a new
+        one started; the messages it held are lost, and the start counts as unclean.
+        """
+        try:
+            return self._open()
+        except StoreError as exc:
+            if exc.transient or not self.path.exists():
+                raise
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.error("alert queue %s is damaged (%s); moved aside as %s", self.path, exc, aside.name)
+            for suffix in ("-wal", "-shm"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
+            self.path.rename(aside)
+            start = self._open()
+            return StartInfo(start.restarts, previous_clean=False)
+
+    def _open(self) -> StartInfo:
         try:
             self._conn = connect(self.path, self.synchronous)
+            if self._conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check failed")
             with sqlite_utils.Database(self._conn).atomic():
                 for statement in _SCHEMA:
                     self._conn.execute(statement)

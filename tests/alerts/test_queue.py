@@ -47,3 +47,14 @@ def test_a_full_queue_drops_resolved_then_low_severity_first_and_counts(tmp_path
     assert kept == [("firing", "critical"), ("firing", "warning"), ("firing", "critical")]
     assert q.dropped == 2
     q.close()
+
+
+def test_a_damaged_queue_file_is_moved_aside_and_a_new_one_started(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    path.write_bytes(b"this is not a database" * 100)
+    q = AlertQueue(path, 10)
+    start = q.open()
+    assert start.previous_clean is False
+    assert q.enqueue([msg()], [])[0] == [1]
+    q.close()
+    assert [p.name.split("-")[0] for p in tmp_path.glob("a.db.corrupt-*")] == ["a.db.corrupt"]
