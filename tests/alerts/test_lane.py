@@ -225,3 +225,26 @@ def test_collector_forwards_firing_and_resolved_to_alertmanager_and_a_webhook(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_mqtt_alerts_published_while_the_collector_is_down_arrive_when_it_returns(
+    tmp_path: Path, run: Run, mosquitto: int
+) -> None:
+    cport, aport = free_port(), free_port()
+    collector = f"http://127.0.0.1:{cport}"
+    config = collector_config(tmp_path, cport, mqtt={"host": "127.0.0.1", "port": mosquitto})
+    first = run("backhaul-collector", "collector", cport, config)
+    time.sleep(0.5)  # subscribed: the broker now keeps a persistent session for it
+    assert first.stop() == 0
+    agent = f"http://127.0.0.1:{aport}"
+    run(
+        "backhaul-agent",
+        "agent",
+        aport,
+        agent_config(tmp_path, aport, None, channels=[{"type": "mqtt", "host": "127.0.0.1", "port": mosquitto}]),
+    )
+    temp(agent, 85)
+    wait_until(lambda: metric_value(agent, "backhaul_alerts_sent_total", 'channel="mqtt"') >= 1, 10, "the PUBACK")
+    run("backhaul-collector", "collector-again", cport, config)
+    fired = wait_until(lambda: listed(collector, "TooHot", "firing"), 10, "the alert kept by the broker")
+    assert fired["value"] == 85
