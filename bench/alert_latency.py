@@ -39,7 +39,7 @@ SERIES_PER_CHUNK = 1000  # chunks of compact_target_samples: a backlog as compac
 SAMPLES_PER_SERIES = 100
 
 
-def build_backlog(path: Path, megabytes: int) -> tuple[int, int]:
+def build_backlog(path: Path, megabytes: int, series_per_chunk: int = SERIES_PER_CHUNK) -> tuple[int, int]:
     """Fill a buffer with about ``megabytes`` of chunks; returns (bytes, samples)."""
     store = BufferStore(path, (megabytes + 64) * 1024**2, "OFF", 1, SERIES_PER_CHUNK * SAMPLES_PER_SERIES)
     store.open()
@@ -51,7 +51,7 @@ def build_backlog(path: Path, megabytes: int) -> tuple[int, int]:
     try:
         while store.totals.bytes < megabytes * 1024**2:
             series = {}
-            for i in range(SERIES_PER_CHUNK):
+            for i in range(series_per_chunk):
                 base = start + step * SAMPLES_PER_SERIES * 100
                 stamps = [base + k * 100 for k in range(SAMPLES_PER_SERIES)]
                 labels = (("__name__", f"bench_backlog_{i % 50}"), ("job", "bench"), ("series", str(i)))
@@ -145,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alerts", type=int, default=30, help="fire/resolve cycles")
     parser.add_argument("--kbit", type=float, default=1000, help="link rate per direction, kbit/s")
     parser.add_argument("--rtt-ms", type=float, default=100)
+    parser.add_argument(
+        "--series-per-chunk",
+        type=int,
+        default=SERIES_PER_CHUNK,
+        help="x100 samples per backlog chunk; below 1000 the agent compacts the backlog while it drains",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
 
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"building a {args.backlog_mb} MB backlog in {tmp}/agent.db ...", flush=True)
         t0 = time.monotonic()
-        backlog_bytes, backlog_samples = build_backlog(tmp / "agent.db", args.backlog_mb)
+        backlog_bytes, backlog_samples = build_backlog(tmp / "agent.db", args.backlog_mb, args.series_per_chunk)
         print(
             f"backlog: {backlog_bytes / 1e6:.1f} MB, {backlog_samples:,} samples in {time.monotonic() - t0:.0f} s",
             flush=True,
