@@ -5,7 +5,7 @@ the peer says the message itself is bad (drop it: retrying cannot help), and :cl
 anything transient (retry later, or try the next channel)::
 
     ChannelError      no acknowledgement: connection, timeout, 5xx, broker gone, program failed
-    └── Refused       the peer rejects the message (HTTP 4xx other than 408/429)
+    └── Refused       the peer rejects the message (HTTP 4xx other than 401/403/408/429)
 
 Every channel owns its connection; none shares a pool or a lock with the bulk uploader, so an alert
 never queues behind a batch upload.
@@ -93,7 +93,8 @@ class HttpChannel:
             raise ChannelError("connection", f"{type(exc).__name__}: {str(exc)[:200]}") from exc
         if 200 <= status < 300:
             return
-        if 400 <= status < 500 and status not in (408, 429):
+        # 401/403 are a configuration error (token), not a bad message: keep it and retry, like batches.
+        if 400 <= status < 500 and status not in (401, 403, 408, 429):
             raise Refused(f"http_{status}", text[:200])
         raise ChannelError(f"http_{status}", text[:200])
 
