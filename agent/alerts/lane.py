@@ -5,8 +5,10 @@ thread, the sender its own task with its own connections, so an alert leaves as 
 whatever backlog the uploader is draining.
 
 Evaluation runs on the agent's APScheduler every ``eval_interval`` and, in addition, right after
-samples that match a rule arrive (at most every ``_EAGER_GAP`` seconds), so a threshold crossed by a
-pushed sample fires within milliseconds rather than at the next scheduled pass.
+samples that match a rule arrive, so a threshold crossed by a pushed sample fires within milliseconds
+rather than at the next scheduled pass. Such eager passes are at least ``_EAGER_GAP`` seconds apart,
+and ten times as far apart as a pass takes, so that they never cost more than about a tenth of a core.
+A pending alert is evaluated again the moment its ``for`` runs out.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ class AlertLane:
         self._tasks: set[asyncio.Task[None]] = set()
         self._eager_handle: asyncio.TimerHandle | asyncio.Handle | None = None
         self._last_eval = 0.0
+        self._eval_cost = 0.0  # seconds the last pass took
+        self._due_handle: asyncio.TimerHandle | None = None
         self._open = False
 
     async def __aenter__(self) -> AlertLane:
@@ -109,8 +113,9 @@ class AlertLane:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._eager_handle is not None:
-            self._eager_handle.cancel()
+        for handle in (self._eager_handle, self._due_handle):
+            if handle is not None:
+                handle.cancel()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -133,7 +138,7 @@ class AlertLane:
         if self._eager_handle is not None or not self._open:
             return
         loop = asyncio.get_running_loop()
-        wait = self._last_eval + _EAGER_GAP - time.monotonic()
+        wait = self._last_eval + max(_EAGER_GAP, 10 * self._eval_cost) - time.monotonic()
         if wait > 0:
             self._eager_handle = loop.call_later(wait, self._eager_fire)
         else:
@@ -143,6 +148,21 @@ class AlertLane:
         self._eager_handle = None
         self._spawn(self.evaluate(), "alert-evaluation")
 
+    def _wake_when_due(self, now_ms: int) -> None:
+        """Evaluate again when the earliest pending alert's ``for`` runs out (not at the next pass)."""
+        due = self.tracker.next_due_ms()
+        if self._due_handle is not None:
+            self._due_handle.cancel()
+            self._due_handle = None
+        if due is not None and self._open:
+            self._due_handle = asyncio.get_running_loop().call_later(
+                max(0.0, (due - now_ms) / 1000) + 0.001, self._due_fire
+            )
+
+    def _due_fire(self) -> None:
+        self._due_handle = None
+        self._spawn(self.evaluate(), "alert-evaluation-due")
+
     async def evaluate(self) -> None:
         """One pass over every rule and built-in check; queues and sends what changed."""
         async with self._lock:
@@ -151,6 +171,8 @@ class AlertLane:
             results = self.engine.evaluate() + self._builtin.evaluate()
             now_ms = int(self._clock() * 1000)
             transitions = self.tracker.step(results, now_ms)
+            self._eval_cost = time.monotonic() - self._last_eval
+            self._wake_when_due(now_ms)
             firing = self.tracker.firing()
             self._metrics.alerts_firing.set(len(firing))
             self._metrics.alert_ignored_series.set(self.engine.ignored)

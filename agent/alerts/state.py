@@ -52,6 +52,11 @@ class Tracker:
     def firing(self) -> list[Result]:
         return [i.result for i in self._instances.values() if i.state == "firing"]
 
+    def next_due_ms(self) -> int | None:
+        """When the earliest pending instance's ``for`` runs out, if any is pending."""
+        due = [i.since_ms + i.result.for_ms for i in self._instances.values() if i.state == "pending"]
+        return min(due) if due else None
+
     def states(self) -> dict[tuple[str, int], str]:
         return {key: i.state for key, i in self._instances.items()}
 

@@ -248,3 +248,17 @@ def test_mqtt_alerts_published_while_the_collector_is_down_arrive_when_it_return
     run("backhaul-collector", "collector-again", cport, config)
     fired = wait_until(lambda: listed(collector, "TooHot", "firing"), 10, "the alert kept by the broker")
     assert fired["value"] == 85
+
+
+def test_a_rule_with_for_fires_when_it_runs_out_not_at_the_next_scheduled_pass(tmp_path: Path, run: Run) -> None:
+    cport, aport = free_port(), free_port()
+    collector = f"http://127.0.0.1:{cport}"
+    run("backhaul-collector", "collector", cport, collector_config(tmp_path, cport))
+    agent = f"http://127.0.0.1:{aport}"
+    config = agent_config(tmp_path, aport, cport, eval_interval=30)
+    config["alerts"]["rules"] = [{**RULE, "for": 1}]
+    run("backhaul-agent", "agent", aport, config)
+    temp(agent, 90)
+    started = time.monotonic()
+    wait_until(lambda: listed(collector, "TooHot", "firing"), 10, "the alert after its for", 0.02)
+    assert 1 <= time.monotonic() - started < 3  # one second pending, not the 30 s evaluation interval
