@@ -32,6 +32,7 @@ from agent.uplink.transport import HttpTransport, Transport
 from agent.uplink.uploader import Uploader
 from backhaul import __version__, systemd
 from backhaul.sqlite import StoreError
+from backhaul.wire.series import sample_count
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class Agent:
                 self.metrics,
                 self.registry,
                 clock,
+                lambda series: self.staging.submit(series, sample_count(series), 0),
             )
         observe = self.alerts.engine.observe if self.alerts is not None else None
         self.receiver = RemoteWriteReceiver(self.staging, settings.ingest, b, self.metrics, clock, observe)

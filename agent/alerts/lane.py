@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -26,10 +26,11 @@ from agent.alerts.queue import AlertQueue, StartInfo
 from agent.alerts.rules import Result, RuleEngine
 from agent.alerts.sender import AlertSender
 from agent.alerts.settings import AlertSettings
-from agent.alerts.state import Tracker
+from agent.alerts.state import Tracker, Transition
 from agent.metrics import AgentMetrics
 from backhaul.sqlite import StoreError, Synchronous
 from backhaul.wire.alert import AlertMessage
+from backhaul.wire.series import SeriesMap
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ class AlertLane:
         readings: what the built-in checks read.
         metrics: the agent's metrics.
         clock: wall clock in seconds.
+        long_form: where the long form of a rule's alert goes (the bulk buffer), or None: a
+            ``backhaul_alert`` sample with the series' labels plus ``alertname``, ``alertstate``,
+            ``severity`` and ``alert_fingerprint``, valued as the message.
     """
 
     def __init__(
@@ -60,8 +64,10 @@ class AlertLane:
         readings: Readings,
         metrics: AgentMetrics,
         clock: Callable[[], float] = time.time,
+        long_form: Callable[[SeriesMap], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
+        self._long_form = long_form
         self._device = device_id
         self._metrics = metrics
         self._clock = clock
@@ -207,3 +213,31 @@ class AlertLane:
                 log.error("alert queue full: dropped %d older messages", dropped)
             self._metrics.alerts_queued.set(self.queue.length)
             self.sender.notify()
+            if self._long_form is not None:
+                series: SeriesMap = {
+                    long_form_labels(t): ([t.ts_ms], [t.value]) for t in transitions if t.result.labels
+                }
+                if series:
+                    self._spawn(self._write_long_form(series), "alert-long-form")
+
+    async def _write_long_form(self, series: SeriesMap) -> None:
+        """Into the bulk buffer, off the evaluation path (a slow commit must not hold alerts back)."""
+        assert self._long_form is not None
+        try:
+            await self._long_form(series)
+        except Exception as exc:  # the compact message went already: the long form is a bonus
+            log.warning("could not buffer the long form of %d alerts: %s", len(series), exc)
+
+
+def long_form_labels(t: Transition) -> tuple[tuple[str, str], ...]:
+    r = t.result
+    own = {
+        "__name__": "backhaul_alert",
+        "alertname": r.name,
+        "alertstate": t.state,
+        "severity": r.severity,
+        "alert_fingerprint": f"{r.fingerprint:08x}",
+    }
+    labels = {k: v for k, v in r.labels if k not in own}
+    labels.update(own)
+    return tuple(sorted(labels.items()))

@@ -128,6 +128,9 @@ class AlertSettings(BaseModel):
     # Retry delays while no channel acknowledges.
     backoff_min: timedelta = timedelta(milliseconds=200)
     backoff_max: timedelta = timedelta(seconds=30)
+    # Also write each rule alert's change as a sample into the bulk buffer: backhaul_alert{alertname,
+    # alertstate, severity, alert_fingerprint, <the series' labels>}, the long form of the compact message.
+    long_form: bool = True
     # Tried in order until one acknowledges; default: [{type = "http"}] when uplink.url is set.
     channels: list[ChannelSettings] = []
     rules: list[RuleSettings] = []

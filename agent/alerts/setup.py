@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -15,6 +15,7 @@ from agent.alerts.settings import CommandChannelSettings, HttpChannelSettings, M
 from agent.buffer.store import BufferStore
 from agent.config import AgentSettings
 from agent.metrics import AgentMetrics
+from backhaul.wire.series import SeriesMap
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def build_lane(
     metrics: AgentMetrics,
     registry: CollectorRegistry,
     clock: Callable[[], float] = time.time,
+    long_form: Callable[[SeriesMap], Awaitable[None]] | None = None,
 ) -> AlertLane:
     b = settings.buffer
     queue_path = settings.alerts.queue_path or b.path.with_name(b.path.stem + ".alerts.db")
@@ -58,4 +60,14 @@ def build_lane(
     chosen = channels(settings)
     if not chosen:
         log.warning("alerts: no channel configured and no uplink.url: alerts are queued but not sent")
-    return AlertLane(settings.alerts, settings.device_id, queue_path, b.synchronous, chosen, readings, metrics, clock)
+    return AlertLane(
+        settings.alerts,
+        settings.device_id,
+        queue_path,
+        b.synchronous,
+        chosen,
+        readings,
+        metrics,
+        clock,
+        long_form if settings.alerts.long_form else None,
+    )

@@ -15,7 +15,7 @@ import pytest
 
 from backhaul.wire import alert as wire
 from backhaul.wire.alert import AlertMessage
-from tests.support import TOKEN, Proc, free_port, http, metric_value, push, wait_until
+from tests.support import TOKEN, Proc, exported_samples, free_port, http, metric_value, push, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,11 @@ def agent_config(tmp_path: Path, port: int, collector_port: int | None, **alerts
         "alerts": {"rules": [RULE], "eval_interval": 0.5, "backoff_max": 0.5, **alerts},
     }
     if collector_port:
-        config["uplink"] = {"url": f"http://127.0.0.1:{collector_port}/api/v1/batches", "token": TOKEN}
+        config["uplink"] = {
+            "url": f"http://127.0.0.1:{collector_port}/api/v1/batches",
+            "token": TOKEN,
+            "batch_interval": 0.2,
+        }
     return config
 
 
@@ -80,6 +84,18 @@ def test_rule_fires_and_resolves_at_the_collector_over_http(tmp_path: Path, run:
     assert resolved["ends_ms"] >= resolved["starts_ms"] and resolved["fingerprint"] == fired["fingerprint"]
     assert metric_value(agent, "backhaul_alerts_sent_total", 'channel="http"') >= 2
     assert alerts(collector, state="firing") == []
+    # the long form (the series' labels) follows through the bulk path
+    long_form = wait_until(
+        lambda: (
+            (found := exported_samples(collector, '{__name__="backhaul_alert"}', drop=())) and len(found) == 2 and found
+        ),
+        10,
+        "the long form of both changes in bulk",
+    )
+    states = {dict(labels)["alertstate"]: values for labels, values in long_form.items()}
+    (firing_labels,) = [dict(labels) for labels in long_form if dict(labels)["alertstate"] == "firing"]
+    assert firing_labels["room"] == "lab" and firing_labels["alert_fingerprint"] == fired["fingerprint"]
+    assert list(states["firing"].values()) == [95.5] and list(states["resolved"].values()) == [40]
 
 
 def test_collector_refuses_bad_alert_messages_with_a_reason(tmp_path: Path, run: Run) -> None:
