@@ -96,6 +96,26 @@ class AlertLane:
         self._open = False
 
     async def __aenter__(self) -> AlertLane:
+        try:
+            await self._start()
+        except StoreError as exc:
+            # e.g. a full disk: the agent must start anyway; the lane opens once it can.
+            log.error("alert queue %s cannot be opened (%s); retrying in the background", self.queue.path, exc)
+            self._spawn(self._start_later(), "alert-queue-open")
+        return self
+
+    async def _start_later(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            try:
+                await self._start()
+            except StoreError as exc:
+                log.debug("alert queue still cannot be opened: %s", exc)
+            else:
+                log.info("alert queue %s opened", self.queue.path)
+                return
+
+    async def _start(self) -> None:
         self.start = await self.queue.call(self.queue.open)
         self._open = True
         self._builtin = BuiltinChecks(self.settings.builtin, self._readings, self.start, self._clock)
@@ -109,7 +129,6 @@ class AlertLane:
         self._metrics.alerts_queued.set(self.queue.length)
         self._spawn(self.sender.run(), "alert-sender")
         self._spawn(self.evaluate(), "alert-first-evaluation")
-        return self
 
     def _spawn(self, coro: object, name: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
@@ -172,8 +191,9 @@ class AlertLane:
     async def evaluate(self) -> None:
         """One pass over every rule and built-in check; queues and sends what changed."""
         async with self._lock:
+            if not self._open or self._builtin is None:
+                return
             self._last_eval = time.monotonic()
-            assert self._builtin is not None
             results = self.engine.evaluate() + self._builtin.evaluate()
             now_ms = int(self._clock() * 1000)
             transitions = self.tracker.step(results, now_ms)

@@ -89,11 +89,11 @@ class AlertQueue:
         try:
             return self._open()
         except StoreError as exc:
-            if exc.transient or not self.path.exists():
-                raise
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            if exc.transient or not self.path.exists():
+                raise
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             log.error("alert queue %s is damaged (%s); moved aside as %s", self.path, exc, aside.name)
             for suffix in ("-wal", "-shm"):
@@ -125,6 +125,8 @@ class AlertQueue:
         try:
             if clean:
                 self._set("clean", 1)
+        except sqlite3.Error as exc:  # e.g. a full disk: the next start will count this one as unclean
+            log.error("could not mark the clean stop in %s: %s", self.path, exc)
         finally:
             self._conn.close()
             self._conn = None
