@@ -278,3 +278,15 @@ def test_a_rule_with_for_fires_when_it_runs_out_not_at_the_next_scheduled_pass(t
     started = time.monotonic()
     wait_until(lambda: listed(collector, "TooHot", "firing"), 10, "the alert after its for", 0.02)
     assert 1 <= time.monotonic() - started < 3  # one second pending, not the 30 s evaluation interval
+
+
+def test_a_clean_restart_is_reported_as_such(tmp_path: Path, run: Run) -> None:
+    cport, aport = free_port(), free_port()
+    collector = f"http://127.0.0.1:{cport}"
+    run("backhaul-collector", "collector", cport, collector_config(tmp_path, cport))
+    config = agent_config(tmp_path, aport, cport)
+    assert run("backhaul-agent", "agent", aport, config).stop() == 0  # SIGTERM: a clean stop
+    run("backhaul-agent", "agent2", aport, config)
+    restarted = wait_until(lambda: listed(collector, "AgentRestarted", "firing"), 10, "the restart alert")
+    assert (restarted["severity"], restarted["value"]) == ("info", 2)
+    assert listed(collector, "AgentCrashed", "firing") is None
