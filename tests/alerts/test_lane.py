@@ -229,7 +229,9 @@ def test_collector_forwards_firing_and_resolved_to_alertmanager_and_a_webhook(
             assert status == 200
             return [a for a in json.loads(body) if a["labels"].get("alertname") == "DiskLow"]
 
-        (active,) = wait_until(am_alerts, 10, "the alert in Alertmanager")
+        (active,) = wait_until(
+            lambda: [a for a in am_alerts() if a["status"]["state"] == "active"], 10, "the alert active in Alertmanager"
+        )
         assert active["labels"] == {
             "alertname": "DiskLow",
             "device": "dev-1",
