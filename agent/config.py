@@ -93,3 +93,14 @@ class AgentSettings(BaseSettings):
         if self.uplink.url is not None and not self.uplink.token.get_secret_value():
             raise ValueError("uplink.token is required when uplink.url is set")
         return self
+
+    @model_validator(mode="after")
+    def _alert_channels_have_a_collector(self) -> AgentSettings:
+        for channel in self.alerts.channels:
+            if channel.type != "http":
+                continue
+            if channel.url is None and self.uplink.url is None:
+                raise ValueError("alerts.channels: an http channel needs a url (or uplink.url)")
+            if channel.token is None and not self.uplink.token.get_secret_value():
+                raise ValueError("alerts.channels: an http channel needs a token (or uplink.token)")
+        return self

@@ -159,3 +159,17 @@ def test_the_example_configs_validate_with_their_alert_sections() -> None:
     assert (example.function, example.op, example.for_.total_seconds()) == ("rate", ">", 30)
     assert [c.type for c in agent.alerts.channels] == ["http"]
     assert load(CollectorSettings, root / "collector.toml").alerts.resend_interval.total_seconds() == 60
+
+
+def test_an_http_channel_without_a_collector_is_a_config_error() -> None:
+    from agent.config import AgentSettings
+
+    with pytest.raises(ValidationError, match="http channel needs a url"):
+        AgentSettings.model_validate({"device_id": "d", "alerts": {"channels": [{"type": "http"}]}})
+    ok = AgentSettings.model_validate(
+        {
+            "device_id": "d",
+            "alerts": {"channels": [{"type": "http", "url": "http://c:9300/api/v1/alerts", "token": "t"}]},
+        }
+    )
+    assert ok.alerts.channels[0].type == "http"
