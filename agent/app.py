@@ -20,6 +20,8 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry
 
+from agent.alerts.lane import AlertLane
+from agent.alerts.setup import build_lane
 from agent.buffer.staging import Staging
 from agent.buffer.store import BufferStore
 from agent.config import AgentSettings
@@ -37,6 +39,7 @@ from agent.uplink.transport import HttpTransport, Transport
 from agent.uplink.uploader import Uploader
 from backhaul import __version__, systemd
 from backhaul.sqlite import StoreError
+from backhaul.wire.series import sample_count
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,20 @@ class Agent:
             on_commit=self.uploader.notify_data if self.uploader else lambda: None,
             clock=clock,
         )
-        self.receiver = RemoteWriteReceiver(self.staging, settings.ingest, b, self.metrics, clock)
+        self.alerts: AlertLane | None = None
+        if settings.alerts.enabled:
+            uploader = self.uploader
+            self.alerts = build_lane(
+                settings,
+                self.store,
+                lambda: uploader.last_error if uploader is not None else None,
+                self.metrics,
+                self.registry,
+                clock,
+                lambda series: self.staging.submit(series, sample_count(series), 0),
+            )
+        observe = self.alerts.engine.observe if self.alerts is not None else None
+        self.receiver = RemoteWriteReceiver(self.staging, settings.ingest, b, self.metrics, clock, observe)
         self._tasks: list[asyncio.Task[None]] = []
         self._scheduler = AsyncIOScheduler()
         self._build_sources()
@@ -115,6 +131,7 @@ class Agent:
             s.buffer.max_age.total_seconds(),
             s.ingest.max_future.total_seconds(),
             self._clock,
+            self.alerts.engine.observe if self.alerts is not None else None,
         )
         sc = s.scrape
         targets = [
@@ -158,6 +175,10 @@ class Agent:
                 self._clock,
             )
         self.supervisor = Supervisor(inf, self.registry) if inf.command else None
+        if self.supervisor is not None and self.alerts is not None:
+            # The built-in InferenceCrashLoop check reads the supervisor's gauge; evaluate at once.
+            lane = self.alerts
+            self.supervisor.on_crash_loop = lambda _event: lane.request_evaluation()
         self.proxy = InferenceProxy(s.proxy, self.registry) if s.proxy.enabled else None
         self.model: ModelInfo | None = None
         if inf.model_name or inf.model_version or inf.model_path:
@@ -194,6 +215,11 @@ class Agent:
             {"version": __version__, "device": self.settings.device_id, "buffer_id": self.store.buffer_id}
         )
         self._tasks.append(asyncio.create_task(self.staging.run(), name="staging"))
+        if self.alerts is not None:
+            # Its own queue file, thread and sender: alerts never wait behind the bulk upload.
+            await self.alerts.__aenter__()
+            every = self.settings.alerts.eval_interval.total_seconds()
+            self._scheduler.add_job(self.alerts.evaluate, "interval", seconds=every, max_instances=1, coalesce=True)
         if self.uploader is not None:
             self._tasks.append(asyncio.create_task(self.uploader.run(), name="uploader"))
         self._schedule_maintenance()
@@ -247,6 +273,8 @@ class Agent:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.alerts is not None:
+            await self.alerts.__aexit__(None, None, None)  # marks the stop as clean in the alert queue
         if self._transport is not None:
             await self._transport.close()
         if child is not None:
@@ -307,6 +335,8 @@ class Agent:
         failing = {url: err for url, err in self.scraper.last_error.items() if err}
         if failing:
             detail["scrape_errors"] = failing
+        if self.alerts is not None:
+            detail["alerts"] = self.alerts.health()
         return not self._stopping, detail
 
     async def watchdog(self, interval: float) -> None:

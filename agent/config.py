@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, HttpUrl, SecretStr, model_validator
 from pydantic_settings import BaseSettings
 
+from agent.alerts.settings import AlertSettings
 from backhaul.settings import settings_config
 from backhaul.sqlite import Synchronous
 from backhaul.wire.batch import DEVICE_ID_PATTERN
@@ -173,6 +174,7 @@ class AgentSettings(BaseSettings):
     scrape: ScrapeSettings = ScrapeSettings()
     host: HostSettings = HostSettings()
     proxy: ProxySettings = ProxySettings()
+    alerts: AlertSettings = AlertSettings()
 
     @model_validator(mode="after")
     def _budget_holds_batches(self) -> AgentSettings:
@@ -190,4 +192,15 @@ class AgentSettings(BaseSettings):
         # The child's grace runs alongside the agent's own shutdown, which SIGKILLs it when time is up.
         if self.inference.command and self.inference.stop_grace > self.shutdown_grace:
             raise ValueError("inference.stop_grace must not exceed shutdown_grace (the child is stopped within it)")
+        return self
+
+    @model_validator(mode="after")
+    def _alert_channels_have_a_collector(self) -> AgentSettings:
+        for channel in self.alerts.channels:
+            if channel.type != "http":
+                continue
+            if channel.url is None and (self.uplink.url is None or self.uplink.protocol != "backhaul"):
+                raise ValueError("alerts.channels: an http channel needs a url (or uplink.url of a backhaul collector)")
+            if channel.token is None and not self.uplink.token.get_secret_value():
+                raise ValueError("alerts.channels: an http channel needs a token (or uplink.token)")
         return self

@@ -14,9 +14,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from backhaul import systemd
+from collector.alerts import AlertLister, AlertReceiver, MqttSubscriber
 from collector.config import CollectorSettings
 from collector.export import Exporter
 from collector.fleet import Fleet
+from collector.forward.alertmanager import AlertForwarder
 from collector.forward.metrics import ForwardMetrics, QueueCollector
 from collector.forward.remote_write import Forwarder, Forwarding
 from collector.forward.spool import Spool
@@ -55,6 +57,19 @@ class Collector:
         self._exporter = Exporter(self.store)
         self._fleet = Fleet(settings, self.store, clock)
         self.forwarding = self._forwarding(clock)
+        self.forwarder = AlertForwarder(settings.alerts, self.store, clock)
+        self._alerts = AlertReceiver(settings, self.store, self.metrics, clock)
+        self._alerts.on_stored = self.forwarder.notify
+        self.mqtt: MqttSubscriber | None = None
+        if settings.alerts.mqtt is not None:
+            self.mqtt = MqttSubscriber(
+                settings.alerts.mqtt,
+                self.store,
+                self.metrics.alerts,
+                self.forwarder.notify,
+                clock,
+            )
+        self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -95,6 +110,8 @@ class Collector:
         app.router.add_post("/api/v1/batches", self._receiver.handle)
         app.router.add_post("/api/v1/write", self._remote_write.handle)
         app.router.add_get("/api/v1/export", self._exporter.handle)
+        app.router.add_post("/api/v1/alerts", self._alerts.handle)
+        app.router.add_get("/api/v1/alerts", AlertLister(self.store).handle)
         app.router.add_get("/metrics", make_aiohttp_handler(self.registry))
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/api/v1/fleet", self._fleet.api)
@@ -108,6 +125,10 @@ class Collector:
             await self.forwarding.start()
         self._runner = web.AppRunner(self.build_app(), access_log=None, shutdown_timeout=10)
         await self._runner.setup()
+        if self.forwarder.enabled:
+            self._tasks.append(asyncio.create_task(self.forwarder.run(), name="alert-forwarder"))
+        if self.mqtt is not None:
+            self._tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt-alerts"))
         site = web.TCPSite(self._runner, self.settings.listen.host, self.settings.listen.port)
         await site.start()
         self.port = self._runner.addresses[0][1]
@@ -119,6 +140,9 @@ class Collector:
     ) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.forwarding is not None:
             await self.forwarding.stop()
         await self.store.close()

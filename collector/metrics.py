@@ -32,6 +32,15 @@ class CollectorMetrics:
         self.decompressed_bytes = Counter(
             "backhaul_collector_decompressed_bytes", "Chunk bytes after decompression", registry=r
         )
+        self.alert_requests = Counter(
+            "backhaul_collector_alert_requests", "Alert POSTs answered, by HTTP status", ["code"], registry=r
+        )
+        self.alerts = Counter(
+            "backhaul_collector_alerts",
+            "Alert messages received, by transport (http, mqtt) and outcome (stored, duplicate, malformed ...)",
+            ["via", "outcome"],
+            registry=r,
+        )
         self.ingest_seconds = Histogram(
             "backhaul_collector_ingest_duration_seconds", "Time to decode and durably store one batch", registry=r
         )

@@ -25,6 +25,7 @@ from agent.metrics import AgentMetrics
 from backhaul.sqlite import StoreError
 from backhaul.wire import TooLarge, WireError
 from backhaul.wire import remote_write as rw
+from backhaul.wire.series import SeriesMap
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class RemoteWriteReceiver:
         buffer: for ``max_age`` (older samples would expire at once, so they are refused up front).
         metrics: request and sample counters.
         clock: wall clock in seconds.
+        observe: called with each request's decoded samples, before the commit (the alert rules look at them).
     """
 
     def __init__(
@@ -50,9 +52,11 @@ class RemoteWriteReceiver:
         buffer: BufferSettings,
         metrics: AgentMetrics,
         clock: Callable[[], float] = time.time,
+        observe: Callable[[SeriesMap], None] | None = None,
     ) -> None:
         self._staging = staging
         self._labels = rw.LabelCache()
+        self._observe = observe
         self._ingest = ingest
         self._max_age_ms = int(buffer.max_age.total_seconds() * 1000)
         self._max_future_ms = int(ingest.max_future.total_seconds() * 1000)
@@ -96,6 +100,10 @@ class RemoteWriteReceiver:
             return _error(400, str(exc))
 
         dropped = sum(decoded.dropped.values())
+        if self._observe is not None and decoded.samples:
+            # Before the commit: an alert must not wait for a slow or failing buffer (a full disk is
+            # exactly when it matters). A sample refused below and re-sent is merely seen twice.
+            self._observe(decoded.series)
         if decoded.samples or dropped:
             try:
                 await self._staging.submit(decoded.series, decoded.samples, dropped)

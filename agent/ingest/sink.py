@@ -32,6 +32,8 @@ class SampleSink:
         max_age: seconds; older samples would expire at once, so they are dropped up front.
         max_future: seconds ahead of the clock beyond which samples are dropped.
         clock: wall clock in seconds.
+        observe: called with the samples kept, before the commit (the alert rules look at them, as
+            they do at remote write's).
     """
 
     def __init__(
@@ -42,8 +44,10 @@ class SampleSink:
         max_age: float,
         max_future: float,
         clock: Callable[[], float] = time.time,
+        observe: Callable[[SeriesMap], None] | None = None,
     ) -> None:
         self._staging = staging
+        self._observe = observe
         self._metrics = metrics
         self._max_age_ms = int(max_age * 1000)
         self._max_future_ms = int(max_future * 1000)
@@ -81,6 +85,11 @@ class SampleSink:
         dropped = too_old + too_new
         if not samples and not dropped:
             return True
+        if self._observe is not None and samples:
+            try:
+                self._observe(kept)
+            except Exception:  # a rule bug must never cost the samples
+                log.exception("%s: alert rules failed on a scrape", source)
         try:
             await self._staging.submit(kept, samples, dropped)
         except (Unavailable, StoreError) as exc:

@@ -1,2 +1,3 @@
-"""Forwarding: every sample the collector stores also goes, by Prometheus remote write, to each
-configured time-series database, through a durable spool per target (see docs/forwarding.md)."""
+"""What the collector passes on: every stored sample, by Prometheus remote write, to each configured
+time-series database through a durable spool per target (see docs/forwarding.md); and alerts to
+Alertmanager and webhooks (see docs/alerts.md)."""

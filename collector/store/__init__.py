@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from backhaul.wire.alert import AlertMessage
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.series import SeriesMap
 from collector.config import StoreSettings
+from collector.store.alerts import StoredAlert
 from collector.store.records import Registration
 from collector.store.sqlite import DeviceState, IngestResult
 
@@ -53,6 +55,12 @@ class Store(Protocol):
     async def device_states(self) -> list[DeviceState]: ...
     async def model_info(self, device_label: str) -> dict[str, dict[str, str]]: ...
     async def alerts_firing(self) -> dict[str, list[dict[str, Any]]]: ...
+
+    # -- alerts (see collector/store/alerts.py)
+    async def record_alert(self, device: str, msg: AlertMessage, received_ms: int, via: str) -> bool: ...
+    async def alerts(
+        self, device: str | None = None, state: str | None = None, resolved_since_ms: int | None = None
+    ) -> list[StoredAlert]: ...
 
 
 def make_store(settings: StoreSettings) -> Store:

@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from backhaul.sqlite import Synchronous
+from backhaul.wire.alert import AlertMessage
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.series import SeriesMap
+from collector.store import alerts as alert_store
+from collector.store.alerts import StoredAlert, firing_by_device
 from collector.store.records import Registration
 from collector.store.sqlite import CollectorStore, DeviceState, IngestResult
 
@@ -72,6 +75,12 @@ class EmbeddedStore:
         return await self._run(self.db.model_info, device_label)
 
     async def alerts_firing(self) -> dict[str, list[dict[str, Any]]]:
-        # Firing alerts per device come with the alerts table (another branch of issue 7); until
-        # then there are none to show.
-        return {}
+        return firing_by_device(await self.alerts(state="firing"))
+
+    async def record_alert(self, device: str, msg: AlertMessage, received_ms: int, via: str) -> bool:
+        return await self._run(alert_store.record, self.db, device, msg, received_ms, via)
+
+    async def alerts(
+        self, device: str | None = None, state: str | None = None, resolved_since_ms: int | None = None
+    ) -> list[StoredAlert]:
+        return await self._run(alert_store.current, self.db, device, state, resolved_since_ms)

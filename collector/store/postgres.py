@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from array import array
 from typing import Any
 
 import asyncpg
 
 from backhaul.sqlite import StoreError
+from backhaul.wire.alert import AlertMessage
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.series import SeriesMap
+from collector.store.alerts import ALERT_COLUMNS, StoredAlert, firing_by_device, next_alert_state
 from collector.store.records import Registration
 from collector.store.sqlite import LOSS_FIELDS, DeviceState, IngestResult, _stored_labels, newest_model_info
 
@@ -54,6 +57,17 @@ _MIGRATIONS = [
     CREATE TABLE registry (device TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL UNIQUE,
         created_ms BIGINT NOT NULL, rotated_ms BIGINT NOT NULL DEFAULT 0,
         revoked_ms BIGINT NOT NULL DEFAULT 0, source TEXT NOT NULL DEFAULT 'cli');
+    """,
+    # Alerts, as in the embedded store's migration 4 (see collector/store/alerts.py).
+    """
+    CREATE TABLE alert_messages (device TEXT NOT NULL, seq BIGINT NOT NULL, ts_ms BIGINT NOT NULL,
+        fingerprint BIGINT NOT NULL, rule TEXT NOT NULL, state TEXT NOT NULL, severity TEXT NOT NULL,
+        value DOUBLE PRECISION, summary TEXT NOT NULL, received_ms BIGINT NOT NULL, via TEXT NOT NULL,
+        PRIMARY KEY (device, seq, ts_ms));
+    CREATE TABLE alerts (device TEXT NOT NULL, fingerprint BIGINT NOT NULL, rule TEXT NOT NULL,
+        state TEXT NOT NULL, severity TEXT NOT NULL, value DOUBLE PRECISION, summary TEXT NOT NULL,
+        starts_ms BIGINT NOT NULL, ends_ms BIGINT, updated_ms BIGINT NOT NULL, received_ms BIGINT NOT NULL,
+        seq BIGINT NOT NULL, PRIMARY KEY (device, fingerprint));
     """,
 ]
 
@@ -363,6 +377,61 @@ class PostgresStore:
         return newest_model_info(((dict(json.loads(r["labels"])), r["ts"]) for r in rows), device_label)
 
     async def alerts_firing(self) -> dict[str, list[dict[str, Any]]]:
-        # Firing alerts per device come with the alerts table (another branch of issue 7); until
-        # then there are none to show.
-        return {}
+        return firing_by_device(await self.alerts(state="firing"))
+
+    # -- alerts ------------------------------------------------------------------------------------------
+
+    async def record_alert(self, device: str, msg: AlertMessage, received_ms: int, via: str) -> bool:
+        """The embedded store's :func:`collector.store.alerts.record`, made safe across instances: the
+        instance's row is locked while its state moves, so two instances apply messages one by one."""
+        value = None if math.isnan(msg.value) else msg.value
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                status = await conn.execute(
+                    "INSERT INTO alert_messages (device, seq, ts_ms, fingerprint, rule, state, severity, value,"
+                    " summary, received_ms, via) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) ON CONFLICT DO NOTHING",
+                    device, msg.seq, msg.ts_ms, msg.fingerprint, msg.rule, msg.state, msg.severity, value,
+                    msg.summary, received_ms, via,
+                )  # fmt: skip
+                if _count(status) == 0:
+                    return False
+                row = await conn.fetchrow(
+                    "SELECT state, starts_ms, updated_ms FROM alerts WHERE device = $1 AND fingerprint = $2 FOR UPDATE",
+                    device,
+                    msg.fingerprint,
+                )
+                new = next_alert_state(device, msg, value, received_ms, None if row is None else tuple(row))
+                if new is None:
+                    return True
+                await conn.execute(
+                    f"INSERT INTO alerts ({ALERT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)"
+                    " ON CONFLICT (device, fingerprint) DO UPDATE SET rule = EXCLUDED.rule, state = EXCLUDED.state,"
+                    " severity = EXCLUDED.severity, value = EXCLUDED.value, summary = EXCLUDED.summary,"
+                    " starts_ms = EXCLUDED.starts_ms, ends_ms = EXCLUDED.ends_ms, updated_ms = EXCLUDED.updated_ms,"
+                    " received_ms = EXCLUDED.received_ms, seq = EXCLUDED.seq",
+                    *new,
+                )
+        except _ERRORS as exc:
+            raise translate(exc) from exc
+        return True
+
+    async def alerts(
+        self, device: str | None = None, state: str | None = None, resolved_since_ms: int | None = None
+    ) -> list[StoredAlert]:
+        where: list[str] = []
+        args: list[object] = []
+        if device is not None:
+            args.append(device)
+            where.append(f"device = ${len(args)}")
+        if state is not None:
+            args.append(state)
+            where.append(f"state = ${len(args)}")
+        if resolved_since_ms is not None:
+            args.append(resolved_since_ms)
+            where.append(f"(state = 'firing' OR ends_ms >= ${len(args)})")
+        sql = f"SELECT {ALERT_COLUMNS} FROM alerts" + (" WHERE " + " AND ".join(where) if where else "")
+        try:
+            rows = await self.pool.fetch(sql + " ORDER BY updated_ms DESC", *args)
+        except _ERRORS as exc:
+            raise translate(exc) from exc
+        return [StoredAlert(*r) for r in rows]

@@ -97,7 +97,20 @@ def _v3(db: sqlite_utils.Database) -> None:
 
 
 def _v4(db: sqlite_utils.Database) -> None:
-    """Reserved: version 4 is the alerts table, added on another branch (issue 7); replaced at merge."""
+    # Alert messages (each (device, seq, ts_ms) once, so a re-sent message is recognised) and the
+    # latest state of each alert instance (device, fingerprint). See collector/store/alerts.py.
+    db.execute(
+        "CREATE TABLE alert_messages (device TEXT NOT NULL, seq INTEGER NOT NULL, ts_ms INTEGER NOT NULL,"
+        " fingerprint INTEGER NOT NULL, rule TEXT NOT NULL, state TEXT NOT NULL, severity TEXT NOT NULL,"
+        " value REAL, summary TEXT NOT NULL, received_ms INTEGER NOT NULL, via TEXT NOT NULL,"
+        " PRIMARY KEY (device, seq, ts_ms)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE TABLE alerts (device TEXT NOT NULL, fingerprint INTEGER NOT NULL, rule TEXT NOT NULL,"
+        " state TEXT NOT NULL, severity TEXT NOT NULL, value REAL, summary TEXT NOT NULL,"
+        " starts_ms INTEGER NOT NULL, ends_ms INTEGER, updated_ms INTEGER NOT NULL,"
+        " received_ms INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (device, fingerprint)) WITHOUT ROWID"
+    )
 
 
 def _v5(db: sqlite_utils.Database) -> None:

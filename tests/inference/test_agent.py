@@ -173,11 +173,13 @@ def test_a_hanging_target_never_holds_up_the_others(
         assert agent.proc.stop() == 0
 
 
-def test_a_crash_looping_server_shows_on_the_agents_metrics_and_health(
-    tmp_path: Path, agent_with: Callable[..., Running]
+def test_a_crash_looping_server_shows_on_the_agents_metrics_and_health_and_alerts_the_collector(
+    tmp_path: Path, agent_with: Callable[..., Running], start_collector: Callable[..., Running]
 ) -> None:
     port = free_port()
+    collector = start_collector()
     agent = agent_with(
+        collector.url,
         inference={
             "command": demo_command(port, "--exit-after", "0.3"),  # serves briefly, then exits with status 3
             "cwd": str(ROOT),
@@ -196,4 +198,12 @@ def test_a_crash_looping_server_shows_on_the_agents_metrics_and_health(
     log = agent.proc.log.read_text()
     assert "inference process in a crash loop: 3 exits" in log
     assert "--exit-after reached, exiting with status 3" in log  # the child's output, in the agent's log
+
+    # The built-in InferenceCrashLoop alert goes through the alert lane to the collector.
+    def firing() -> list[dict[str, Any]]:
+        _, body, _ = http("GET", f"{collector.url}/api/v1/alerts?state=firing")
+        return [a for a in json.loads(body)["alerts"] if a["rule"] == "InferenceCrashLoop"]
+
+    (alert,) = wait_until(firing, 30, "the crash-loop alert at the collector")
+    assert alert["device"] == "dev-1" and alert["severity"] == "critical"
     assert agent.proc.stop() == 0

@@ -1,0 +1,192 @@
+"""Ways an encoded alert message leaves the device: HTTP to the collector, MQTT, or a program.
+
+Each channel's ``send`` returns once the peer acknowledged the message, raises :class:`Refused` when
+the peer says the message itself is bad (drop it: retrying cannot help), and :class:`ChannelError` for
+anything transient (retry later, or try the next channel)::
+
+    ChannelError      no acknowledgement: connection, timeout, 5xx, broker gone, program failed
+    └── Refused       the peer rejects the message (HTTP 4xx other than 401/403/408/429)
+
+Every channel owns its connection; none shares a pool or a lock with the bulk uploader, so an alert
+never queues behind a batch upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+from typing import Protocol
+
+import aiohttp
+import aiomqtt
+from yarl import URL
+
+from agent.alerts.settings import CommandChannelSettings, HttpChannelSettings, MqttChannelSettings
+from backhaul import __version__
+from backhaul.wire.alert import CONTENT_TYPE
+
+log = logging.getLogger(__name__)
+
+
+class ChannelError(Exception):
+    """The message was not acknowledged; ``reason`` is a short metric label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+class Refused(ChannelError):
+    """The peer refuses this message for good."""
+
+
+class Channel(Protocol):
+    name: str
+
+    async def send(self, body: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class HttpChannel:
+    """POSTs the message to the collector's ``/api/v1/alerts`` with the device's bearer token.
+
+    Args: url, token, timeout (seconds).
+    """
+
+    name = "http"
+
+    def __init__(self, url: str, token: str, timeout: float) -> None:
+        self._url = url
+        self._headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": CONTENT_TYPE,
+            "User-Agent": f"backhaul-agent/{__version__}",
+        }
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_settings(cls, s: HttpChannelSettings, uplink_url: str | None, uplink_token: str) -> HttpChannel:
+        if s.url is not None:
+            url = str(s.url)
+        elif uplink_url is not None:
+            url = str(URL(uplink_url).with_path("/api/v1/alerts"))
+        else:
+            raise ValueError("alerts: an http channel needs a url (or uplink.url)")
+        token = s.token.get_secret_value() if s.token is not None else uplink_token
+        return cls(url, token, s.timeout.total_seconds())
+
+    async def send(self, body: bytes) -> None:
+        if self._session is None:
+            # Its own session and connection pool: never behind a batch upload's connection.
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        try:
+            async with self._session.post(self._url, data=body, headers=self._headers) as resp:
+                text = (await resp.content.read(1024)).decode("utf-8", "replace").strip()
+                status = resp.status
+        except TimeoutError as exc:
+            raise ChannelError("timeout", f"no answer within {self._timeout.total} s") from exc
+        except aiohttp.ClientError as exc:
+            raise ChannelError("connection", f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+        if 200 <= status < 300:
+            return
+        # 401/403 are a configuration error (token), not a bad message: keep it and retry, like batches.
+        if 400 <= status < 500 and status not in (401, 403, 408, 429):
+            raise Refused(f"http_{status}", text[:200])
+        raise ChannelError(f"http_{status}", text[:200])
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class MqttChannel:
+    """Publishes with QoS 1 and returns when the broker's PUBACK arrived.
+
+    Keeps one connection open and reconnects on the next message after a failure.
+    Args: settings; device id (fills ``{device}`` in the topic).
+    """
+
+    name = "mqtt"
+
+    def __init__(self, settings: MqttChannelSettings, device: str) -> None:
+        self._s = settings
+        self.topic = settings.topic.replace("{device}", device)
+        self._timeout = settings.timeout.total_seconds()
+        self._client: aiomqtt.Client | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    async def _connect(self) -> aiomqtt.Client:
+        if self._client is not None:
+            return self._client
+        s = self._s
+        client = aiomqtt.Client(
+            s.host,
+            s.port,
+            username=s.username,
+            password=s.password.get_secret_value() if s.password else None,
+            timeout=self._timeout,
+        )
+        stack = contextlib.AsyncExitStack()
+        await stack.enter_async_context(client)
+        self._client, self._stack = client, stack
+        return client
+
+    async def send(self, body: bytes) -> None:
+        try:
+            client = await self._connect()
+            await client.publish(self.topic, body, qos=1, timeout=self._timeout)
+        except aiomqtt.MqttError as exc:
+            await self.close()
+            raise ChannelError("mqtt", str(exc)[:200]) from exc
+        except TimeoutError as exc:
+            await self.close()
+            raise ChannelError("timeout", f"no PUBACK within {self._timeout} s") from exc
+
+    async def close(self) -> None:
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
+                await stack.aclose()
+
+
+class CommandChannel:
+    """Runs a program with the message (stdin and/or ``{base64}`` in an argument); exit 0 acknowledges.
+
+    Args: settings.
+    """
+
+    name = "command"
+
+    def __init__(self, settings: CommandChannelSettings) -> None:
+        self._s = settings
+        self._timeout = settings.timeout.total_seconds()
+
+    async def send(self, body: bytes) -> None:
+        encoded = base64.b64encode(body).decode()
+        argv = [a.replace("{base64}", encoded) for a in self._s.argv]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE if self._s.stdin else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise ChannelError("command", f"cannot run {argv[0]}: {exc}") from exc
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(body if self._s.stdin else None), self._timeout)
+        except TimeoutError as exc:
+            proc.kill()
+            await proc.wait()
+            raise ChannelError("timeout", f"{argv[0]} took longer than {self._timeout} s") from exc
+        if proc.returncode != 0:
+            detail = err.decode(errors="replace")[:200]
+            raise ChannelError("command", f"{argv[0]} exited with {proc.returncode}: {detail}")
+
+    async def close(self) -> None:
+        return None

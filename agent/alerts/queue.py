@@ -1,0 +1,202 @@
+"""The alert lane's durable queue: its own small SQLite file, so it never waits on the bulk buffer.
+
+A message is committed here (``synchronous`` as configured for the buffer) before any channel sees it
+and deleted only once a channel acknowledged it, so alerts survive SIGKILL and power cuts. The queue
+holds at most ``max_entries``; beyond, the oldest *resolved* messages go first, then the oldest of the
+lowest severity — counted in ``dropped``. Besides the queue the file keeps the alert sequence number,
+the agent's restart count, whether the last run stopped cleanly, and which alerts were firing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import sqlite_utils
+
+from backhaul.sqlite import StoreError, Synchronous, Worker, connect, translate
+from backhaul.wire import alert as wire
+from backhaul.wire.alert import AlertMessage
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS queue (seq INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL,"
+    " resolved INTEGER NOT NULL, severity INTEGER NOT NULL, body BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS firing (rule TEXT NOT NULL, fingerprint INTEGER NOT NULL,"
+    " severity TEXT NOT NULL, since_ms INTEGER NOT NULL, PRIMARY KEY (rule, fingerprint))",
+]
+
+
+@dataclass(frozen=True)
+class StartInfo:
+    """What the queue file says about earlier runs."""
+
+    restarts: int  # starts before this one
+    previous_clean: bool  # the previous run reached a clean shutdown (True on a first start)
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    created_ms: int
+    body: bytes
+
+
+class AlertQueue:
+    """Args: path of the queue file; max_entries; synchronous level (as the buffer's)."""
+
+    def __init__(self, path: Path, max_entries: int, synchronous: Synchronous = "FULL") -> None:
+        self.path = path
+        self.max_entries = max_entries
+        self.synchronous: Synchronous = synchronous
+        self.worker = Worker("alert-queue")
+        self.length = 0
+        self._conn: sqlite3.Connection | None = None
+
+    async def call(self, fn: Callable[..., T], *args: object) -> T:
+        return await self.worker.run(fn, *args)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("alert queue is not open", transient=False)
+        return self._conn
+
+    def _meta(self, key: str, default: int = 0) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else int(row[0])
+
+    def _set(self, key: str, value: int) -> None:
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def open(self) -> StartInfo:
+        """Open (create) the file and record this start: an unclean previous run is one that never closed.
+
+        A damaged file never stops the agent: it is moved aside (``<name>.corrupt-<time>``) and a new
+        one started; the messages it held are lost, and the start counts as unclean.
+        """
+        try:
+            return self._open()
+        except StoreError as exc:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            if exc.transient or not self.path.exists():
+                raise
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.error("alert queue %s is damaged (%s); moved aside as %s", self.path, exc, aside.name)
+            for suffix in ("-wal", "-shm"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
+            self.path.rename(aside)
+            start = self._open()
+            return StartInfo(start.restarts, previous_clean=False)
+
+    def _open(self) -> StartInfo:
+        try:
+            self._conn = connect(self.path, self.synchronous)
+            if self._conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check failed")
+            with sqlite_utils.Database(self._conn).atomic():
+                for statement in _SCHEMA:
+                    self._conn.execute(statement)
+                restarts = self._meta("starts")
+                clean = bool(self._meta("clean", 1))
+                self._set("starts", restarts + 1)
+                self._set("clean", 0)
+            (self.length,) = self._conn.execute("SELECT count(*) FROM queue").fetchone()
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+        return StartInfo(restarts, clean)
+
+    def close(self, clean: bool = True) -> None:
+        if self._conn is None:
+            return
+        try:
+            if clean:
+                self._set("clean", 1)
+        except sqlite3.Error as exc:  # e.g. a full disk: the next start will count this one as unclean
+            log.error("could not mark the clean stop in %s: %s", self.path, exc)
+        finally:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def dropped(self) -> int:
+        return int(self._meta("dropped"))
+
+    def enqueue(self, messages: list[AlertMessage], firing: list[tuple[str, int, str, int]]) -> tuple[list[int], int]:
+        """Give each message the next sequence number, store it, and record the firing set — one transaction.
+
+        ``firing`` is the complete list of (rule, fingerprint, severity, since_ms) firing now. Returns
+        the sequence numbers and how many queued messages were dropped to stay within ``max_entries``.
+        """
+        conn = self.conn
+        try:
+            with sqlite_utils.Database(conn).atomic():
+                seq = self._meta("next_seq", 1)
+                seqs = []
+                for msg in messages:
+                    body = wire.encode(_with_seq(msg, seq))
+                    conn.execute(
+                        "INSERT INTO queue (seq, created_ms, resolved, severity, body) VALUES (?, ?, ?, ?, ?)",
+                        (seq, msg.ts_ms, msg.state == "resolved", wire.SEVERITIES.index(msg.severity), body),
+                    )
+                    seqs.append(seq)
+                    seq += 1
+                self._set("next_seq", seq)
+                conn.execute("DELETE FROM firing")
+                conn.executemany("INSERT INTO firing VALUES (?, ?, ?, ?)", firing)
+                dropped = self._trim()
+            (self.length,) = conn.execute("SELECT count(*) FROM queue").fetchone()
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+        return seqs, dropped
+
+    def _trim(self) -> int:
+        (count,) = self.conn.execute("SELECT count(*) FROM queue").fetchone()
+        excess = int(count) - self.max_entries
+        if excess <= 0:
+            return 0
+        # Resolved first (their firing was either sent or is dropped anyway), then lowest severity, oldest.
+        self.conn.execute(
+            "DELETE FROM queue WHERE seq IN (SELECT seq FROM queue ORDER BY resolved DESC, severity, seq LIMIT ?)",
+            (excess,),
+        )
+        self._set("dropped", self._meta("dropped") + excess)
+        return excess
+
+    def peek(self, limit: int) -> list[Entry]:
+        rows = self.conn.execute("SELECT seq, created_ms, body FROM queue ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return [Entry(seq, created, bytes(body)) for seq, created, body in rows]
+
+    def remove(self, seq: int) -> None:
+        """The message was acknowledged (or refused as malformed): it leaves the queue."""
+        try:
+            self.conn.execute("DELETE FROM queue WHERE seq = ?", (seq,))
+            (self.length,) = self.conn.execute("SELECT count(*) FROM queue").fetchone()
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+
+    def count_rejected(self) -> None:
+        self._set("rejected", self._meta("rejected") + 1)
+
+    def firing(self) -> list[tuple[str, int, str, int]]:
+        rows = self.conn.execute("SELECT rule, fingerprint, severity, since_ms FROM firing").fetchall()
+        return [(str(a), int(b), str(c), int(d)) for a, b, c, d in rows]
+
+
+def _with_seq(msg: AlertMessage, seq: int) -> AlertMessage:
+    return AlertMessage(
+        msg.device, msg.rule, msg.state, msg.severity, msg.value, msg.ts_ms, seq, msg.fingerprint, msg.summary
+    )

@@ -1,0 +1,111 @@
+"""The alert lane's sender: sends queued messages the moment they are queued, until acknowledged.
+
+Messages go oldest first. Each is offered to the channels in their configured order until one
+acknowledges it (fallbacks); then it leaves the queue. If every channel failed and at least one failure
+was transient, the sender backs off (``backoff_min`` doubling up to ``backoff_max``, with jitter) and
+tries again; if every channel refused the message as malformed, it is dropped and counted
+(DESIGN.md delivery contract 6: 4xx means "drop it").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from agent.alerts.channels import Channel, ChannelError, Refused
+from agent.alerts.queue import AlertQueue, Entry
+from agent.metrics import AgentMetrics
+from agent.uplink.uploader import Backoff
+from backhaul.sqlite import StoreError
+
+log = logging.getLogger(__name__)
+
+
+class AlertSender:
+    """Args: the queue; channels in fallback order; metrics; backoff bounds (s); wall clock (s)."""
+
+    def __init__(
+        self,
+        queue: AlertQueue,
+        channels: list[Channel],
+        metrics: AgentMetrics,
+        backoff_min: float,
+        backoff_max: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._queue = queue
+        self._channels = channels
+        self._metrics = metrics
+        self._backoff = Backoff(backoff_min, backoff_max)
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._wake.set()  # messages may wait from the last run
+        self.last_error: str | None = None
+
+    def notify(self) -> None:
+        """A message was queued: send it now."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                entries = await self._queue.call(self._queue.peek, 20)
+            except StoreError as exc:
+                log.error("alert queue: %s", exc)
+                await asyncio.sleep(self._backoff.next())
+                self._wake.set()
+                continue
+            for entry in entries:
+                try:
+                    delivered = await self._deliver(entry)
+                except Exception as exc:  # e.g. the queue could not delete it: it is simply sent again
+                    log.error("alert %d: %s", entry.seq, exc)
+                    self.last_error = f"queue: {exc}"
+                    delivered = False
+                if not delivered:
+                    delay = self._backoff.next()
+                    log.warning("alert %d not delivered (%s); retrying in %.1f s", entry.seq, self.last_error, delay)
+                    await asyncio.sleep(delay)
+                    break
+                self._backoff.reset()
+            if entries:
+                self._wake.set()  # more may wait, or the failed one is retried
+
+    async def _deliver(self, entry: Entry) -> bool:
+        """Offer one message to the channels; True when it may leave the queue."""
+        transient = False
+        for channel in self._channels:
+            try:
+                await channel.send(entry.body)
+            except Refused as exc:
+                self._metrics.alert_failures.labels(channel.name, exc.reason).inc()
+                log.error("alert %d refused by %s: %s", entry.seq, channel.name, exc)
+                self.last_error = str(exc)
+                continue
+            except ChannelError as exc:
+                self._metrics.alert_failures.labels(channel.name, exc.reason).inc()
+                self.last_error = f"{channel.name}: {exc}"
+                transient = True
+                continue
+            except Exception as exc:  # a bug in one channel must not stop the lane
+                log.exception("alert channel %s failed unexpectedly", channel.name)
+                self.last_error = f"{channel.name}: internal error {exc!r}"
+                transient = True
+                continue
+            self._metrics.alerts_sent.labels(channel.name).inc()
+            self._metrics.alert_delivery_seconds.observe(max(0.0, self._clock() - entry.created_ms / 1000))
+            self.last_error = None
+            await self._queue.call(self._queue.remove, entry.seq)
+            self._metrics.alerts_queued.set(self._queue.length)
+            return True
+        if transient or not self._channels:
+            return False
+        self._metrics.alerts_dropped.labels("refused").inc()
+        await self._queue.call(self._queue.remove, entry.seq)
+        await self._queue.call(self._queue.count_rejected)
+        self._metrics.alerts_queued.set(self._queue.length)
+        return True
