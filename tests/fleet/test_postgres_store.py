@@ -73,3 +73,31 @@ async def test_an_unreachable_database_is_a_transient_error() -> None:
     with pytest.raises(StoreError) as caught:
         await store.open()
     assert caught.value.transient
+
+
+@pytest.mark.parametrize("backend", ["postgres", "embedded"])
+async def test_alerts_move_forward_once_per_message_on_either_store(backend: str, pg_dsn: str, tmp_path) -> None:
+    from backhaul.wire.alert import AlertMessage
+    from collector.store.embedded import EmbeddedStore
+
+    store = PostgresStore(pg_dsn, pool_size=3) if backend == "postgres" else EmbeddedStore(tmp_path / "c.db", "FULL")
+    await store.open()
+    try:
+
+        def msg(seq: int, state: str, ts_ms: int) -> AlertMessage:
+            return AlertMessage("dev-1", "TooHot", state, "critical", 81.5, ts_ms, seq, 0xBEEF, "hot")
+
+        assert await store.record_alert("dev-1", msg(1, "firing", 1000), 1001, "http")
+        assert not await store.record_alert("dev-1", msg(1, "firing", 1000), 1002, "mqtt")  # the same message again
+        assert await store.record_alert("dev-1", msg(2, "firing", 5000), 5001, "http")  # a repeat: still started at 1000
+        (alert,) = await store.alerts(state="firing")
+        assert (alert.starts_ms, alert.updated_ms, alert.seq, alert.value) == (1000, 5000, 2, 81.5)
+        assert (await store.alerts_firing())["dev-1"][0]["rule"] == "TooHot"
+        assert await store.record_alert("dev-1", msg(3, "resolved", 9000), 9001, "http")
+        assert await store.record_alert("dev-1", msg(2, "firing", 4000), 9002, "mqtt")  # late and older: log only
+        (alert,) = await store.alerts()
+        assert (alert.state, alert.starts_ms, alert.ends_ms) == ("resolved", 1000, 9000)
+        assert await store.alerts_firing() == {}
+        assert await store.alerts(resolved_since_ms=9500) == []
+    finally:
+        await store.close()
