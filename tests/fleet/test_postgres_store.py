@@ -89,7 +89,7 @@ async def test_alerts_move_forward_once_per_message_on_either_store(backend: str
 
         assert await store.record_alert("dev-1", msg(1, "firing", 1000), 1001, "http")
         assert not await store.record_alert("dev-1", msg(1, "firing", 1000), 1002, "mqtt")  # the same message again
-        assert await store.record_alert("dev-1", msg(2, "firing", 5000), 5001, "http")  # a repeat: still started at 1000
+        assert await store.record_alert("dev-1", msg(2, "firing", 5000), 5001, "http")  # a repeat: starts stays 1000
         (alert,) = await store.alerts(state="firing")
         assert (alert.starts_ms, alert.updated_ms, alert.seq, alert.value) == (1000, 5000, 2, 81.5)
         assert (await store.alerts_firing())["dev-1"][0]["rule"] == "TooHot"

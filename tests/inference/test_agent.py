@@ -187,7 +187,7 @@ def test_a_crash_looping_server_shows_on_the_agents_metrics_and_health_and_alert
             "restart_backoff_max": 0.5,
             "crash_loop_restarts": 3,
             "crash_loop_window": 60,
-        }
+        },
     )
     wait_until(lambda: metric_value(agent.url, "backhaul_inference_crash_loop") == 1, 30, "the crash loop")
     assert metric_value(agent.url, "backhaul_inference_last_exit_code") == 3
