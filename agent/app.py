@@ -309,12 +309,20 @@ class Agent:
                 self.uploader.notify_data()
 
     async def _compact(self) -> None:
-        try:
-            merged = await self.store.call(self.store.compact, int(self._clock() * 1000))
-        except StoreError as exc:
-            log.error("compaction failed: %s", exc)
-            return
-        self.metrics.compacted.inc(merged)
+        # One merge per call on the database thread: a group commit queued meanwhile waits for one
+        # merge at most, not for a whole backlog of small chunks to be compacted. Bounded by what was
+        # there at the start, so that chunks committed meanwhile wait for the next pass.
+        budget = self.store.totals.chunks
+        while not self._stopping and budget > 0:
+            try:
+                merged = await self.store.call(self.store.compact, int(self._clock() * 1000), 2000, 1)
+            except StoreError as exc:
+                log.error("compaction failed: %s", exc)
+                return
+            if not merged:
+                return
+            budget -= merged
+            self.metrics.compacted.inc(merged)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         t = self.store.totals

@@ -300,16 +300,18 @@ class BufferStore:
             self._recount()
         return Losses(expired=samples)
 
-    def compact(self, now_ms: int, max_chunks: int = 2000) -> int:
+    def compact(self, now_ms: int, max_chunks: int = 2000, max_runs: int | None = None) -> int:
         """Merge runs of small unclaimed chunks into chunks of about ``target_samples``.
 
-        Returns how many chunks were merged away. Bounded by ``max_chunks`` per call so that
-        commits of fresh data never wait long behind it.
+        Returns how many chunks were merged away. Bounded by ``max_chunks`` (and ``max_runs`` merges)
+        per call: the agent compacts one run per call, so that commits of fresh data, queued on the
+        same database thread, wait at most one merge behind it.
         """
         rows = self.conn.execute(
             "SELECT id, samples FROM chunks WHERE batch_seq IS NULL ORDER BY id LIMIT ?", (max_chunks,)
         ).fetchall()
-        merged_away = sum(self._merge(group, now_ms) for group in self._small_runs(rows))
+        runs = self._small_runs(rows)[:max_runs]
+        merged_away = sum(self._merge(group, now_ms) for group in runs)
         if merged_away:
             self._release_free_pages()
             self._recount()
