@@ -748,6 +748,7 @@ class Demo:
         print("   look around while it runs:")
         print(f"     agent       {self.agent.url}/metrics   {self.agent.url}/healthz")
         print(f"     collector   {self.collector.url}/metrics   {self.collector.url}/healthz")
+        print(f"     fleet page  {self.collector.url}/fleet   alerts: {self.collector.url}/api/v1/alerts")
         print(f'     export      {self.collector.url}/api/v1/export?match[]={{__name__=~".+"}}')
         print("   columns:")
         for name, meaning in LEGEND:
@@ -929,6 +930,7 @@ class Demo:
         print(f"   {Style.dim(f'to look at ({later}):')}")
         print(f"     agent       {self.agent.url}/metrics   {self.agent.url}/healthz")
         print(f"     collector   {self.collector.url}/metrics   {self.collector.url}/healthz")
+        print(f"     fleet page  {self.collector.url}/fleet   alerts: {self.collector.url}/api/v1/alerts")
         selector = '{__name__=~".+"}'
         print(f"     export      curl -sG {self.collector.url}/api/v1/export --data-urlencode 'match[]={selector}'")
         print(f"     logs        {self.rel(self.agent.log)}   {self.rel(self.collector.log)}")
