@@ -16,8 +16,8 @@ from datetime import datetime
 
 from aiohttp import web
 
+from backhaul.selector import Selector, SelectorError
 from backhaul.wire.remote_write import is_stale_marker
-from collector.selector import Selector, SelectorError
 from collector.store import Store
 
 # Series fetched per query: few round trips to the store thread, bounded memory per step.

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.alerts.settings import RuleSettings
+from backhaul.selector import Selector
 from backhaul.wire.series import Labels, SeriesMap
-from collector.selector import Selector
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, field_validator
 
-from collector.selector import Selector, SelectorError
+from backhaul.selector import Selector, SelectorError
 
 Severity = Literal["info", "warning", "critical"]
 Op = Literal[">", "<", ">=", "<=", "==", "!=", "absent"]

@@ -1,6 +1,6 @@
 import pytest
 
-from collector.selector import Selector, SelectorError
+from backhaul.selector import Selector, SelectorError
 
 
 @pytest.mark.parametrize(
