@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from http.client import HTTPException
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import pytest
@@ -306,20 +306,25 @@ class Sender(threading.Thread):
         assert not self.is_alive(), "sender stuck"
 
 
-class DelayProxy:
-    """A real HTTP proxy on 127.0.0.1 that forwards to ``target`` and, while ``delay`` > 0, holds the
-    answer back that long *after* the target has answered: a collector that stored a batch but whose
-    reply is late (or lost, if the agent dies meanwhile)."""
+class LoopbackProxy:
+    """A real HTTP proxy on 127.0.0.1 in a thread of its own, relaying POSTs (with their Authorization
+    and Content-Type) to what :meth:`relay` decides. Subclasses say where, and what happens to the
+    answer; the lifecycle (``with proxy: ...``) is here once."""
 
-    def __init__(self, target: str, delay: float = 0.0) -> None:
-        self.target = target
-        self.delay = delay
+    def __init__(self, session_timeout: float | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.forwarded = 0
+        self._session_timeout = session_timeout
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    async def relay(self, request: web.Request, body: bytes, headers: dict[str, str]) -> web.Response:
+        raise NotImplementedError
+
+    async def post(self, target: str, path: str, body: bytes, headers: dict[str, str]) -> web.Response:
+        async with self._session.post(target + path, data=body, headers=headers) as resp:
+            return web.Response(status=resp.status, body=await resp.read(), content_type=resp.content_type)
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -331,21 +336,17 @@ class DelayProxy:
         async def forward(request: web.Request) -> web.Response:
             body = await request.read()
             headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
-            async with self._session.post(self.target + request.path, data=body, headers=headers) as resp:
-                text = await resp.read()
-                self.forwarded += 1
-                if self.delay:
-                    await asyncio.sleep(self.delay)
-                return web.Response(status=resp.status, body=text, content_type=resp.content_type)
+            return await self.relay(request, body, headers)
 
-        self._session = aiohttp.ClientSession()
+        timeout = aiohttp.ClientTimeout(total=self._session_timeout) if self._session_timeout else None
+        self._session = aiohttp.ClientSession(timeout=timeout) if timeout else aiohttp.ClientSession()
         app = web.Application(client_max_size=1 << 30)
         app.router.add_post("/{tail:.*}", forward)
         self._runner = web.AppRunner(app, shutdown_timeout=0.1)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
-    def __enter__(self) -> DelayProxy:
+    def __enter__(self) -> Self:
         self._thread.start()
         self._ready.wait(10)
         return self
@@ -354,7 +355,7 @@ class DelayProxy:
         async def stop() -> None:
             await self._runner.cleanup()
             await self._session.close()
-            # replies still held for an agent that died are abandoned
+            # answers still held (for an agent that died meanwhile) are abandoned
             held = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in held:
                 task.cancel()
@@ -364,3 +365,22 @@ class DelayProxy:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+class DelayProxy(LoopbackProxy):
+    """Forwards to ``target`` and, while ``delay`` > 0, holds the answer back that long *after* the
+    target has answered: a collector that stored a batch but whose reply is late (or lost, if the
+    agent dies meanwhile)."""
+
+    def __init__(self, target: str, delay: float = 0.0) -> None:
+        super().__init__()
+        self.target = target
+        self.delay = delay
+        self.forwarded = 0
+
+    async def relay(self, request: web.Request, body: bytes, headers: dict[str, str]) -> web.Response:
+        answer = await self.post(self.target, request.path, body, headers)
+        self.forwarded += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return answer
