@@ -21,21 +21,9 @@ from workload import INTERVAL_MS, Workload
 
 from backhaul.wire import remote_write as rw
 from backhaul.wire.series import Labels
+from backhaul.wire.varint import varint
 
 _DOUBLE = struct.Struct("<d")
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    n &= (1 << 64) - 1  # negative int64 is encoded as its two's complement, 10 bytes
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def _field(tag: int, payload: bytes) -> bytes:

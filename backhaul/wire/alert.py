@@ -26,6 +26,7 @@ import struct
 from dataclasses import dataclass
 
 from backhaul.wire.errors import WireError
+from backhaul.wire.varint import varint
 
 VERSION = 1
 MAX_BYTES = 160
@@ -71,18 +72,6 @@ class AlertMessage:
     summary: str = ""
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _cut(text: str, limit: int) -> bytes:
     """UTF-8 of ``text``, at most ``limit`` bytes, never ending inside a character."""
     raw = text.encode("utf-8")
@@ -103,14 +92,14 @@ def encode(msg: AlertMessage) -> bytes:
     rule = _cut(msg.rule, MAX_RULE_BYTES)
     flags = STATES.index(msg.state) | SEVERITIES.index(msg.severity) << 2
     body = bytearray()
-    body += _varint(msg.seq) + _varint(msg.ts_ms) + _U32.pack(msg.fingerprint) + _F64.pack(msg.value)
-    body += _varint(len(device)) + device + _varint(len(rule)) + rule
+    body += varint(msg.seq) + varint(msg.ts_ms) + _U32.pack(msg.fingerprint) + _F64.pack(msg.value)
+    body += varint(len(device)) + device + varint(len(rule)) + rule
     if msg.summary:
         room = MAX_BYTES - 2 - len(body) - 1  # one length byte: room is always below 128
         summary = _cut(msg.summary, max(0, room))
         if summary:
             flags |= 1 << 5
-            body += _varint(len(summary)) + summary
+            body += varint(len(summary)) + summary
     out = bytes((VERSION, flags)) + bytes(body)
     assert len(out) <= MAX_BYTES, len(out)  # holds by construction: 2+10+8+12+65+49 < 160
     return out
