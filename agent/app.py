@@ -119,7 +119,7 @@ class Agent:
             return RemoteWriteTransport(
                 str(u.url), token, timeout, settings.device_id, u.device_label, u.max_samples_per_request
             )
-        return HttpTransport(str(u.url), token, timeout)
+        return HttpTransport(str(u.url), token, timeout, settings.buffer.zstd_level)
 
     def _build_sources(self) -> None:
         """Scraper, host sampler, supervisor, proxy and model info, each only when configured."""

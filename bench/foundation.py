@@ -47,6 +47,7 @@ import zstandard
 from workload import INTERVAL_MS, Workload
 
 from agent.buffer.store import BufferStore
+from agent.uplink.tables import TableRefs
 from backhaul import __version__
 from backhaul.wire import batch as batchfmt
 from backhaul.wire import remote_write as rw
@@ -193,11 +194,16 @@ def job_window(spec: WorkloadSpec, window_ms: int, tmp: str, job: int) -> dict[s
     target = min(MAX_MERGE_SAMPLES, max(AGENT_DEFAULT_TARGET_SAMPLES, per_window))
     store = _store(Path(tmp) / f"window-{window_ms}.db", target)
     batches = wire = samples = chunks = 0
+    # What the agent's transport sends to a collector that keeps series tables: the first batch
+    # carries them, later chunks with a known table go without it.
+    tables = TableRefs()
+    tables.supported = True
+    by_reference = 0
     pending = 0
     last = 0
 
     def seal(now_ms: int) -> None:
-        nonlocal batches, wire, samples, chunks
+        nonlocal batches, wire, samples, chunks, by_reference
         batch = store.claim(1 << 40, now_ms, report_losses=False)
         assert batch is not None
         header = batchfmt.BatchHeader(
@@ -208,7 +214,11 @@ def job_window(spec: WorkloadSpec, window_ms: int, tmp: str, job: int) -> dict[s
             samples=batch.samples,
             agent_version=__version__,
         )
-        wire += len(batchfmt.encode(header, batch.chunks))
+        body = batchfmt.encode(header, batch.chunks)
+        wire += len(body)
+        sent, digests = tables.rewrite(body)
+        tables.acknowledged(digests)
+        by_reference += len(sent)
         samples += batch.samples
         chunks += len(batch.chunks)
         batches += 1
@@ -233,6 +243,7 @@ def job_window(spec: WorkloadSpec, window_ms: int, tmp: str, job: int) -> dict[s
         "batches": batches,
         "chunks": chunks,
         "bytes": wire,
+        "bytes_by_reference": by_reference,
         "samples": samples,
     }
 
@@ -462,6 +473,19 @@ class ByteSink:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def vmagent_server_flags(binary: str) -> str:
+    done = subprocess.run([binary, "-help"], capture_output=True, text=True, timeout=30)
+    return done.stdout + done.stderr
+
+
+def vmagent_speaks_zstd(binary: str) -> bool:
+    """Whether this vmagent has the VictoriaMetrics remote-write protocol (zstd), added in 1.88."""
+    try:
+        return "remoteWrite.forceVMProto" in vmagent_server_flags(binary)
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 def vmagent_server(workdir: Path, binary: str, sink: ByteSink) -> Server:
@@ -734,6 +758,15 @@ def build_rows(
                 targets.get(wm, "-"),
             )
         )
+        if wm <= 60_000:
+            rows.append(
+                Row(
+                    f"  the same, series table by reference (a collector that keeps it), {_window_name(wm)}",
+                    win["bytes_by_reference"] / win["samples"],
+                    [per_scrape[0]],
+                    targets.get(wm, "-"),
+                )
+            )
     disk = sizes["disk"]
     dn = disk["samples"]
     agent = next((r for r in ingest if r.name == "agent"), None)
@@ -839,6 +872,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a vmagent >= 1.88 binary for the zstd-protocol reference (bench/fetch-vmagent gets one)",
     )
     args = ap.parse_args(argv)
+    if args.vmagent and not vmagent_speaks_zstd(args.vmagent):
+        print(f"warning: {args.vmagent} predates vmagent's zstd protocol (1.88); its reference is skipped "
+              "(bench/fetch-vmagent gets a newer one)", file=sys.stderr)  # fmt: skip
+        args.vmagent = None
     if args.minutes is None:
         args.minutes = 60.0 if args.series <= 2000 else 10.0
     if args.quick:

@@ -3,6 +3,8 @@
 200  stored (or already stored: ``"duplicate": true``); the agent may delete the batch
 400  not a valid batch or chunk (reason in the body)
 401  no or unknown bearer token;  403  the token belongs to another device
+409  a chunk refers to a series table the store does not keep (``unknown_tables`` in the JSON body):
+     the agent sends the batch again with its tables
 413  body, or what it decompresses to, over the limit
 415  wrong Content-Type
 503  the store cannot write right now (disk full, locked): the agent retries later
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from aiohttp import web
 from prometheus_client import Counter
@@ -25,9 +28,22 @@ from backhaul.wire.batch import BatchHeader
 from backhaul.wire.chunk import Codec
 from backhaul.wire.series import SeriesMap, merge_into, sample_count
 from collector.auth import AuthError, DeviceAuth
+from collector.config import CollectorSettings
 from collector.endpoint import DeviceEndpoint
 from collector.forward.spool import Kind
-from collector.store import IngestResult
+from collector.metrics import CollectorMetrics
+from collector.store import IngestResult, Store
+
+# Tables this instance keeps in memory (they never change: a digest names one table for good).
+_CACHED_TABLES = 1024
+# On every 2xx: agents may then send chunks by table reference.
+_KEEPS_TABLES = {batchfmt.TABLES_HEADER: "1"}
+
+
+class _UnknownTables(Exception):
+    def __init__(self, digests: list[str]) -> None:
+        super().__init__(f"no series table with digest {', '.join(digests)}: send the batch with its tables")
+        self.digests = digests
 
 
 class BatchReceiver(DeviceEndpoint):
@@ -37,6 +53,16 @@ class BatchReceiver(DeviceEndpoint):
     # Set when forwarding is configured: queues a batch durably for every target *before* the store
     # commits it (docs/forwarding.md: a crash in between can then only forward twice, never lose).
     forward: Callable[[str, Kind, bytes, int], Awaitable[None]] | None = None
+
+    def __init__(
+        self,
+        settings: CollectorSettings,
+        store: Store,
+        metrics: CollectorMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(settings, store, metrics, clock)
+        self._tables: dict[tuple[str, str], bytes] = {}  # (device, digest) -> series table
 
     def _answers(self) -> Counter:
         return self._metrics.requests
@@ -64,16 +90,31 @@ class BatchReceiver(DeviceEndpoint):
         store = self._store
         if await store.seen(header.device, header.buffer_id, header.seq):
             self._metrics.batches.labels("duplicate").inc()
-            return web.json_response({"stored": True, "duplicate": True, "seq": header.seq})
+            return web.json_response({"stored": True, "duplicate": True, "seq": header.seq}, headers=_KEEPS_TABLES)
         started = time.perf_counter()
         try:
-            series = await asyncio.to_thread(self._decode_chunks, header, chunks)
+            tables = await self._tables_for(header)
+        except StoreError as exc:
+            return self._error(503, f"series tables: {exc}", {"Retry-After": "10"})
+        except _UnknownTables as exc:
+            self._metrics.batches.labels("unknown_table").inc()
+            return web.json_response({"unknown_tables": exc.digests, "reason": str(exc)}, status=409)
+        try:
+            series, frames, new_tables = await asyncio.to_thread(self._decode_chunks, header, chunks, tables)
         except TooLarge as exc:
             return self._error(413, str(exc))
         except WireError as exc:
             self._metrics.batches.labels("malformed").inc()
             return self._error(400, str(exc))
+        if new_tables:
+            try:  # kept before the batch is acknowledged: the agent refers to them from then on
+                await store.put_tables(header.device, new_tables, int(self._clock() * 1000))
+            except StoreError as exc:
+                return self._error(503, f"series tables: {exc}", {"Retry-After": "10"})
+            self._remember_tables(header.device, new_tables)
         if self.forward is not None:
+            if any(header.table_refs):  # the forwarders read batches with their tables in them
+                body = batchfmt.encode(replace(header, table_refs=[]), frames)
             try:
                 await self.forward(header.device, "batch", body, header.samples)
             except StoreError as exc:
@@ -92,25 +133,71 @@ class BatchReceiver(DeviceEndpoint):
             self._metrics.samples.inc(result.samples)
             self._metrics.duplicate_samples.inc(result.duplicate_samples)
         return web.json_response(
-            {"stored": True, "duplicate": result.duplicate_batch, "seq": header.seq, "samples": result.samples}
+            {"stored": True, "duplicate": result.duplicate_batch, "seq": header.seq, "samples": result.samples},
+            headers=_KEEPS_TABLES,
         )
 
-    def _decode_chunks(self, header: BatchHeader, chunks: list[bytes]) -> SeriesMap:
-        """On a worker thread: decompress (capped across the whole batch) and decode every chunk."""
+    async def _tables_for(self, header: BatchHeader) -> dict[str, bytes]:
+        """The series tables the batch's chunks refer to; :class:`_UnknownTables` if the store lacks one."""
+        tables: dict[str, bytes] = {}
+        missing: list[str] = []
+        for digest in dict.fromkeys(r for r in header.table_refs if r):
+            table = self._tables.get((header.device, digest))
+            if table is None:
+                table = await self._store.get_table(header.device, digest)
+                if table is not None:
+                    self._remember_tables(header.device, {digest: table})
+            if table is None:
+                missing.append(digest)
+            else:
+                tables[digest] = table
+        if missing:
+            raise _UnknownTables(missing)
+        return tables
+
+    def _remember_tables(self, device: str, tables: dict[str, bytes]) -> None:
+        if len(self._tables) + len(tables) > _CACHED_TABLES:
+            self._tables.clear()
+        self._tables.update(((device, digest), table) for digest, table in tables.items())
+
+    def _decode_chunks(
+        self, header: BatchHeader, chunks: list[bytes], tables: dict[str, bytes]
+    ) -> tuple[SeriesMap, list[bytes], dict[str, bytes]]:
+        """On a worker thread: decompress (capped across the whole batch) and decode every chunk.
+
+        Also returns the chunk frames with their tables in them (re-compressed where a chunk came by
+        reference) and, when the agent asks the collector to keep tables (``table_refs`` present),
+        the tables this instance has not kept yet.
+        """
         budget = int(self._settings.limits.max_decompressed_bytes)
         # A codec per call: zstd (de)compressor objects must not be used by two threads at once,
         # and concurrent batches are decoded on different worker threads.
         codec = Codec()
         series: SeriesMap = {}
+        frames: list[bytes] = []
+        new_tables: dict[str, bytes] = {}
+        refs = header.table_refs
         for index, frame in enumerate(chunks):
             raw = codec.decompress(frame, budget)
-            budget -= len(raw)
             try:
+                if refs and refs[index]:
+                    raw = chunkfmt.join_table(raw, tables[refs[index]])
+                    frame = codec.compress(raw) if self.forward is not None else frame
+                    self._metrics.table_references.inc()
+                elif refs:
+                    table = chunkfmt.split_table(raw)[0]
+                    digest = chunkfmt.table_digest(table)
+                    if (header.device, digest) not in self._tables:
+                        new_tables[digest] = table
+                budget -= len(raw)
+                if budget < 0:
+                    raise TooLarge("decompressed batch", int(self._settings.limits.max_decompressed_bytes))
                 merge_into(series, chunkfmt.decode(raw))
             except WireError as exc:
                 raise WireError(f"chunk {index}: {exc}") from exc
+            frames.append(frame)
         self._metrics.decompressed_bytes.inc(int(self._settings.limits.max_decompressed_bytes) - budget)
         found = sample_count(series)
         if found != header.samples:
             raise WireError(f"batch header announces {header.samples} samples, its chunks hold {found}")
-        return series
+        return series, frames, new_tables

@@ -29,6 +29,11 @@ class CollectorMetrics:
             "backhaul_collector_duplicate_samples", "Samples received again and stored once", registry=r
         )
         self.body_bytes = Counter("backhaul_collector_received_bytes", "Batch body bytes received", registry=r)
+        self.table_references = Counter(
+            "backhaul_collector_chunks_by_table_reference",
+            "Chunks that came without their series table, naming one the store keeps",
+            registry=r,
+        )
         self.decompressed_bytes = Counter(
             "backhaul_collector_decompressed_bytes", "Chunk bytes after decompression", registry=r
         )

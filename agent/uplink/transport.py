@@ -6,13 +6,15 @@ The uploader only sees :class:`Reply` or :class:`TransportError`, never aiohttp'
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
 
+from agent.uplink.tables import TableRefs
 from backhaul import __version__
-from backhaul.wire.batch import CONTENT_TYPE
+from backhaul.wire.batch import CONTENT_TYPE, TABLES_HEADER
 
 
 @dataclass
@@ -20,6 +22,7 @@ class Reply:
     status: int
     headers: dict[str, str]
     text: str
+    sent_bytes: int = 0  # the body as it went out (0: the body the uploader gave)
 
 
 class TransportError(Exception):
@@ -34,6 +37,15 @@ def _short(exc: Exception) -> str:
     """aiohttp may put a whole half-received response in the message: keep the log line readable."""
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def _unknown_tables(text: str) -> list[str] | None:
+    """The digests a 409 answer says the collector does not have, or None if it is another 409."""
+    try:
+        found = json.loads(text).get("unknown_tables")
+    except (ValueError, AttributeError):
+        return None
+    return [d for d in found if isinstance(d, str)] if isinstance(found, list) else None
 
 
 class Transport(Protocol):
@@ -51,7 +63,7 @@ class HttpTransport:
         timeout: seconds for the whole request, connect to last byte of the reply.
     """
 
-    def __init__(self, url: str, token: str, timeout: float) -> None:
+    def __init__(self, url: str, token: str, timeout: float, zstd_level: int = 3) -> None:
         self._url = url
         self._headers = {
             "Authorization": f"Bearer {token}",
@@ -60,8 +72,38 @@ class HttpTransport:
         }
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self.tables = TableRefs(zstd_level)
 
     async def send(self, body: bytes) -> Reply:
+        """Send one batch; once the collector keeps series tables, chunks whose table it already has
+        go without it. A collector that no longer has a table answers 409 naming it: the batch is
+        sent again at once with its tables."""
+        if not self.tables.supported:
+            reply = await self._post(body)
+            self._learn(reply, [])
+            return reply
+        sent, digests = await asyncio.to_thread(self.tables.rewrite, body)
+        reply = await self._post(sent)
+        if reply.status == 409:  # the only 409 a collector gives: it lacks a table this body refers to
+            unknown = _unknown_tables(reply.text)
+            self.tables.forget(digests if unknown is None else unknown)
+            sent, digests = await asyncio.to_thread(self.tables.rewrite, body, False)
+            reply = await self._post(sent)
+        self._learn(reply, digests)
+        reply.sent_bytes = len(sent)
+        return reply
+
+    def _learn(self, reply: Reply, digests: list[str]) -> None:
+        if not 200 <= reply.status < 300:
+            return
+        keeps = any(k.lower() == TABLES_HEADER.lower() and v == "1" for k, v in reply.headers.items())
+        if keeps:
+            self.tables.acknowledged(digests)
+        elif self.tables.supported:
+            self.tables = TableRefs()  # another collector behind the same address: start over
+        self.tables.supported = keeps
+
+    async def _post(self, body: bytes) -> Reply:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         try:

@@ -148,7 +148,7 @@ class Uploader:
             await self._store.call(self._store.ack, batch.seq, reported_loss)
             self._metrics.batches.labels("ok").inc()
             self._metrics.uploaded_samples.inc(batch.samples)
-            self._metrics.uploaded_bytes.inc(len(body))
+            self._metrics.uploaded_bytes.inc(reply.sent_bytes or len(body))
             self._metrics.last_success.set(self._clock())
             self._backoff.reset()
             self.last_error = None

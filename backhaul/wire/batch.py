@@ -66,9 +66,16 @@ class BatchHeader:
     agent_version: str = ""
     backlog_bytes: int = 0
     backlog_oldest_ms: int = 0
+    # Per chunk: "" when the chunk carries its series table, else the digest of the table the
+    # collector already keeps (the chunk was sent without it). Empty: every chunk carries its table,
+    # and the collector does not keep them. Only sent to a collector that announced TABLES_HEADER.
+    table_refs: list[str] = field(default_factory=list)
 
 
 _FIELDS = frozenset(f.name for f in fields(BatchHeader))
+_TABLE_REF = re.compile(r"^[0-9a-f]{32}$")
+# Reply header of a collector that keeps series tables, so chunks may be sent by table reference.
+TABLES_HEADER = "X-Backhaul-Series-Tables"
 
 
 def encode(header: BatchHeader, chunks: list[bytes]) -> bytes:
@@ -131,3 +138,8 @@ def _check_header(h: BatchHeader) -> None:
     sizes = h.chunk_sizes
     if not isinstance(sizes, list) or not all(isinstance(s, int) and s > 0 for s in sizes):
         raise WireError("batch: header field 'chunk_sizes' must list positive integers")
+    refs = h.table_refs
+    if not isinstance(refs, list) or (refs and len(refs) != len(sizes)):
+        raise WireError("batch: header field 'table_refs' must be empty or name one table (or \"\") per chunk")
+    if not all(isinstance(r, str) and (r == "" or _TABLE_REF.match(r)) for r in refs):
+        raise WireError("batch: header field 'table_refs' holds something that is not a table digest")

@@ -33,6 +33,7 @@ agent, and batches from one, stay readable.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -351,3 +352,38 @@ class Codec:
 
     def decode(self, frame: bytes, limit: int) -> SeriesMap:
         return decode(self.decompress(frame, limit))
+
+
+# -- series tables sent by reference --------------------------------------------------------------------
+#
+# A device sends the same series over and over; in small batches the series table is most of the
+# bytes. A collector that keeps tables (it says so in a reply header) lets the agent send a chunk
+# without its table, naming the table by digest in the batch header (docs/wire-format.md).
+
+TABLE_DIGEST_CHARS = 32
+
+
+def table_digest(table: bytes) -> str:
+    """The name a series table goes by: the first 128 bits of its SHA-256, in hex."""
+    return hashlib.sha256(table).hexdigest()[:TABLE_DIGEST_CHARS]
+
+
+def split_table(raw: bytes) -> tuple[bytes, bytes]:
+    """``(table, chunk without it)`` of an uncompressed version-2 chunk; the rest is left as it is."""
+    if len(raw) < _HEADER.size + _U32.size or raw[:3] != MAGIC or raw[3] != VERSION:
+        raise WireError("chunk: not a version 2 chunk, its table cannot be split off")
+    (table_len,) = _U32.unpack_from(raw, _HEADER.size)
+    start = _HEADER.size + _U32.size
+    if start + table_len > len(raw):
+        raise WireError("chunk: series table runs past the chunk")
+    return raw[start : start + table_len], raw[: _HEADER.size] + _U32.pack(0) + raw[start + table_len :]
+
+
+def join_table(stripped: bytes, table: bytes) -> bytes:
+    """The inverse of :func:`split_table`: put ``table`` back into a chunk sent without it."""
+    if len(stripped) < _HEADER.size + _U32.size or stripped[:3] != MAGIC or stripped[3] != VERSION:
+        raise WireError("chunk: a chunk sent without its table is not a version 2 chunk")
+    if _U32.unpack_from(stripped, _HEADER.size)[0] != 0:
+        raise WireError("chunk: a chunk sent by table reference still carries a table")
+    start = _HEADER.size + _U32.size
+    return stripped[: _HEADER.size] + _U32.pack(len(table)) + table + stripped[start:]

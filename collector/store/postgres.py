@@ -69,6 +69,11 @@ _MIGRATIONS = [
         starts_ms BIGINT NOT NULL, ends_ms BIGINT, updated_ms BIGINT NOT NULL, received_ms BIGINT NOT NULL,
         seq BIGINT NOT NULL, PRIMARY KEY (device, fingerprint));
     """,
+    # Series tables agents refer to by digest, as in the embedded store's migration 6.
+    """
+    CREATE TABLE series_tables (device TEXT NOT NULL, digest TEXT NOT NULL, data BYTEA NOT NULL,
+        stored_ms BIGINT NOT NULL, PRIMARY KEY (device, digest));
+    """,
 ]
 
 # SQLSTATE classes worth a retry: connection trouble, deadlock/serialization, out of resources,
@@ -304,6 +309,22 @@ class PostgresStore:
             entry[0].append(ts)
             entry[1].append(bits)
         return {sid: (ts, array("d", array("q", bits).tobytes()).tolist()) for sid, (ts, bits) in raw.items()}
+
+    # -- series tables -----------------------------------------------------------------------------------
+
+    async def get_table(self, device: str, digest: str) -> bytes | None:
+        row = await self._fetchrow("SELECT data FROM series_tables WHERE device = $1 AND digest = $2", device, digest)
+        return None if row is None else bytes(row["data"])
+
+    async def put_tables(self, device: str, tables: dict[str, bytes], now_ms: int) -> None:
+        try:
+            await self.pool.executemany(
+                "INSERT INTO series_tables (device, digest, data, stored_ms) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT DO NOTHING",
+                [(device, digest, data, now_ms) for digest, data in tables.items()],
+            )
+        except _ERRORS as exc:
+            raise translate(exc) from exc
 
     # -- device registry ---------------------------------------------------------------------------------
 

@@ -125,7 +125,15 @@ def _v5(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_v1, _v2, _v3, _v4, _v5]
+def _v6(db: sqlite_utils.Database) -> None:
+    # Series tables agents may refer to by digest instead of sending them again (docs/wire-format.md).
+    db.execute(
+        "CREATE TABLE series_tables (device TEXT NOT NULL, digest TEXT NOT NULL, data BLOB NOT NULL,"
+        " stored_ms INTEGER NOT NULL, PRIMARY KEY (device, digest)) WITHOUT ROWID"
+    )
+
+
+MIGRATIONS = [_v1, _v2, _v3, _v4, _v5, _v6]
 LOSS_FIELDS = ("evicted_samples", "expired_samples", "dropped_samples", "corrupt_samples")
 
 
@@ -167,6 +175,25 @@ class CollectorStore:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def get_table(self, device: str, digest: str) -> bytes | None:
+        try:
+            row = self.conn.execute(
+                "SELECT data FROM series_tables WHERE device = ? AND digest = ?", (device, digest)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+        return None if row is None else bytes(row[0])
+
+    def put_tables(self, device: str, tables: dict[str, bytes], now_ms: int) -> None:
+        try:
+            with sqlite_utils.Database(self.conn).atomic():
+                self.conn.executemany(
+                    "INSERT OR IGNORE INTO series_tables (device, digest, data, stored_ms) VALUES (?, ?, ?, ?)",
+                    [(device, digest, data, now_ms) for digest, data in tables.items()],
+                )
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
 
     def seen(self, device: str, buffer_id: str, seq: int) -> bool:
         """Whether this batch is already stored; a repeat is counted (it survives restarts)."""

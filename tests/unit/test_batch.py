@@ -52,3 +52,12 @@ def test_header_fields_a_newer_agent_adds_are_ignored():
     header, chunks = batch.decode(body)
     assert header.device == GOOD["device"]
     assert chunks == [b"xx"]
+
+
+def test_table_refs_name_one_table_or_nothing_per_chunk():
+    header, _ = batch.decode(raw({**GOOD, "table_refs": ["0123456789abcdef0123456789abcdef"]}, b"xx"))
+    assert header.table_refs == ["0123456789abcdef0123456789abcdef"]
+    assert batch.decode(raw({**GOOD, "table_refs": [""]}, b"xx"))[0].table_refs == [""]
+    for bad in (["", ""], ["not-a-digest"], [7], "abc"):
+        with pytest.raises(WireError, match="table_refs"):
+            batch.decode(raw({**GOOD, "table_refs": bad}, b"xx"))

@@ -179,3 +179,19 @@ def test_mixed_magnitudes_and_digits_in_one_series_round_trip_exactly():
         series = {(("__name__", f"m{trial}"),): (stamps, values)}
         decoded = chunk.decode(chunk.encode(series))
         assert bits(decoded[(("__name__", f"m{trial}"),)][1]) == bits(values), values
+
+
+def test_a_chunk_without_its_table_decodes_once_the_table_is_put_back():
+    series = random_series(random.Random(3), n_series=20, n_samples=5)
+    raw = chunk.encode(series)
+    table, stripped = chunk.split_table(raw)
+    assert len(stripped) == len(raw) - len(table)
+    assert table.startswith(b"[[") and chunk.table_digest(table) == chunk.table_digest(bytes(table))
+    assert len(chunk.table_digest(table)) == chunk.TABLE_DIGEST_CHARS
+    with pytest.raises(WireError):
+        chunk.decode(stripped)  # alone it is not a chunk
+    assert chunk.join_table(stripped, table) == raw
+    with pytest.raises(WireError, match="still carries a table"):
+        chunk.join_table(raw, table)
+    with pytest.raises(WireError, match="version 2"):
+        chunk.split_table(V1_CHUNK)
