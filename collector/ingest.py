@@ -36,6 +36,9 @@ from collector.store import IngestResult, Store
 
 # Tables this instance keeps in memory (they never change: a digest names one table for good).
 _CACHED_TABLES = 1024
+# A device's stored tables are dropped this long after they were stored, whenever it sends a new one,
+# so that series churn cannot grow the store for ever; one still in use costs a 409 and a full batch.
+_TABLE_KEPT_MS = 7 * 86_400_000
 # On every 2xx: agents may then send chunks by table reference.
 _KEEPS_TABLES = {batchfmt.TABLES_HEADER: "1"}
 
@@ -107,8 +110,9 @@ class BatchReceiver(DeviceEndpoint):
             self._metrics.batches.labels("malformed").inc()
             return self._error(400, str(exc))
         if new_tables:
+            now_ms = int(self._clock() * 1000)
             try:  # kept before the batch is acknowledged: the agent refers to them from then on
-                await store.put_tables(header.device, new_tables, int(self._clock() * 1000))
+                await store.put_tables(header.device, new_tables, now_ms, now_ms - _TABLE_KEPT_MS)
             except StoreError as exc:
                 return self._error(503, f"series tables: {exc}", {"Retry-After": "10"})
             self._remember_tables(header.device, new_tables)

@@ -40,8 +40,8 @@ class EmbeddedStore:
     async def get_table(self, device: str, digest: str) -> bytes | None:
         return await self._run(self.db.get_table, device, digest)
 
-    async def put_tables(self, device: str, tables: dict[str, bytes], now_ms: int) -> None:
-        await self._run(self.db.put_tables, device, tables, now_ms)
+    async def put_tables(self, device: str, tables: dict[str, bytes], now_ms: int, expire_before_ms: int) -> None:
+        await self._run(self.db.put_tables, device, tables, now_ms, expire_before_ms)
 
     async def seen(self, device: str, buffer_id: str, seq: int) -> bool:
         return await self._run(self.db.seen, device, buffer_id, seq)

@@ -316,13 +316,17 @@ class PostgresStore:
         row = await self._fetchrow("SELECT data FROM series_tables WHERE device = $1 AND digest = $2", device, digest)
         return None if row is None else bytes(row["data"])
 
-    async def put_tables(self, device: str, tables: dict[str, bytes], now_ms: int) -> None:
+    async def put_tables(self, device: str, tables: dict[str, bytes], now_ms: int, expire_before_ms: int) -> None:
         try:
-            await self.pool.executemany(
-                "INSERT INTO series_tables (device, digest, data, stored_ms) VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT DO NOTHING",
-                [(device, digest, data, now_ms) for digest, data in tables.items()],
-            )
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "DELETE FROM series_tables WHERE device = $1 AND stored_ms < $2", device, expire_before_ms
+                )
+                await conn.executemany(
+                    "INSERT INTO series_tables (device, digest, data, stored_ms) VALUES ($1, $2, $3, $4)"
+                    " ON CONFLICT DO NOTHING",
+                    [(device, digest, data, now_ms) for digest, data in tables.items()],
+                )
         except _ERRORS as exc:
             raise translate(exc) from exc
 

@@ -185,9 +185,14 @@ class CollectorStore:
             raise translate(exc) from exc
         return None if row is None else bytes(row[0])
 
-    def put_tables(self, device: str, tables: dict[str, bytes], now_ms: int) -> None:
+    def put_tables(self, device: str, tables: dict[str, bytes], now_ms: int, expire_before_ms: int) -> None:
+        """Keep ``tables``; drop the device's tables stored before ``expire_before_ms`` (an agent that
+        still refers to one is asked for it again: a 409, then the batch in full)."""
         try:
             with sqlite_utils.Database(self.conn).atomic():
+                self.conn.execute(
+                    "DELETE FROM series_tables WHERE device = ? AND stored_ms < ?", (device, expire_before_ms)
+                )
                 self.conn.executemany(
                     "INSERT OR IGNORE INTO series_tables (device, digest, data, stored_ms) VALUES (?, ?, ?, ?)",
                     [(device, digest, data, now_ms) for digest, data in tables.items()],

@@ -101,3 +101,21 @@ async def test_alerts_move_forward_once_per_message_on_either_store(backend: str
         assert await store.alerts(resolved_since_ms=9500) == []
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("backend", ["postgres", "embedded"])
+async def test_series_tables_are_kept_per_device_and_old_ones_dropped(backend: str, pg_dsn: str, tmp_path) -> None:
+    from collector.store.embedded import EmbeddedStore
+
+    store = PostgresStore(pg_dsn, pool_size=3) if backend == "postgres" else EmbeddedStore(tmp_path / "c.db", "FULL")
+    await store.open()
+    try:
+        await store.put_tables("dev-1", {"a" * 32: b'[["__name__","up"]]'}, 1000, 0)
+        await store.put_tables("dev-1", {"a" * 32: b"other bytes"}, 2000, 0)  # a digest names one table: kept
+        assert await store.get_table("dev-1", "a" * 32) == b'[["__name__","up"]]'
+        assert await store.get_table("dev-2", "a" * 32) is None  # tables are per device
+        await store.put_tables("dev-1", {"b" * 32: b"[]"}, 9000, 5000)  # stored before 5000: dropped
+        assert await store.get_table("dev-1", "a" * 32) is None
+        assert await store.get_table("dev-1", "b" * 32) == b"[]"
+    finally:
+        await store.close()
