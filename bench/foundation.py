@@ -48,6 +48,7 @@ from workload import INTERVAL_MS, Workload
 
 from agent.buffer.store import BufferStore
 from agent.uplink.tables import TableRefs
+from agent.uplink.transport import TABLE_REFS_MAX_BODY
 from backhaul import __version__
 from backhaul.wire import batch as batchfmt
 from backhaul.wire import remote_write as rw
@@ -216,9 +217,12 @@ def job_window(spec: WorkloadSpec, window_ms: int, tmp: str, job: int) -> dict[s
         )
         body = batchfmt.encode(header, batch.chunks)
         wire += len(body)
-        sent, digests = tables.rewrite(body)
-        tables.acknowledged(digests)
-        by_reference += len(sent)
+        if len(body) <= TABLE_REFS_MAX_BODY:  # as the agent's transport does
+            sent, digests = tables.rewrite(body)
+            tables.acknowledged(digests)
+            by_reference += len(sent)
+        else:
+            by_reference += len(body)
         samples += batch.samples
         chunks += len(batch.chunks)
         batches += 1

@@ -39,6 +39,11 @@ def _short(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
+# Bigger bodies (a backlog's batches of large chunks, where the table is a small share) go as they are
+# stored: rewriting them would cost the device memory and CPU for little.
+TABLE_REFS_MAX_BODY = 1024 * 1024
+
+
 def _unknown_tables(text: str) -> list[str] | None:
     """The digests a 409 answer says the collector does not have, or None if it is another 409."""
     try:
@@ -78,7 +83,7 @@ class HttpTransport:
         """Send one batch; once the collector keeps series tables, chunks whose table it already has
         go without it. A collector that no longer has a table answers 409 naming it: the batch is
         sent again at once with its tables."""
-        if not self.tables.supported:
+        if not self.tables.supported or len(body) > TABLE_REFS_MAX_BODY:
             reply = await self._post(body)
             self._learn(reply, [])
             return reply
