@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
+
+import sqlite_utils
 
 T = TypeVar("T")
 
@@ -52,6 +54,20 @@ def connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
     # Keep the WAL from growing without bound between checkpoints.
     conn.execute("PRAGMA journal_size_limit = 67108864")
     return conn
+
+
+Migration = Callable[[sqlite_utils.Database], None]
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> None:
+    """Bring a database to the newest of its numbered ``migrations`` (the count done is kept in PRAGMA
+    user_version), one transaction per migration."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    db = sqlite_utils.Database(conn)
+    for number, step in enumerate(migrations[version:], start=version + 1):
+        with db.atomic():
+            step(db)
+            conn.execute(f"PRAGMA user_version = {number}")
 
 
 def sync_directory(path: Path) -> None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Callable
 
 import sqlite_utils
+
+from backhaul import sqlite
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -46,17 +47,12 @@ def _v1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+MIGRATIONS: list[sqlite.Migration] = [_v1]
 
 
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring the database to the newest schema, one transaction per migration."""
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    db = sqlite_utils.Database(conn)
-    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
-        with db.atomic():
-            step(db)
-            conn.execute(f"PRAGMA user_version = {number}")
+    sqlite.migrate(conn, MIGRATIONS)
 
 
 def _v2(db: sqlite_utils.Database) -> None:

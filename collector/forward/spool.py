@@ -16,7 +16,7 @@ from typing import Literal
 
 import sqlite_utils
 
-from backhaul.sqlite import StoreError, Synchronous, Worker, connect, translate
+from backhaul.sqlite import StoreError, Synchronous, Worker, connect, migrate, translate
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,7 @@ class Spool:
     def open(self) -> None:
         try:
             self._conn = connect(self.path, self.synchronous)
-            (version,) = self._conn.execute("PRAGMA user_version").fetchone()
-            db = sqlite_utils.Database(self._conn)
-            for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
-                with db.atomic():
-                    step(db)
-                    self._conn.execute(f"PRAGMA user_version = {number}")
+            migrate(self._conn, MIGRATIONS)
             self._recount()
         except sqlite3.Error as exc:
             raise translate(exc) from exc

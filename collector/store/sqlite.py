@@ -21,7 +21,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from backhaul.sqlite import StoreError, Synchronous, Worker, connect, translate
+from backhaul.sqlite import StoreError, Synchronous, Worker, connect, migrate, translate
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.series import Labels, SeriesMap
 from collector.store.records import Registration
@@ -161,12 +161,8 @@ class CollectorStore:
 
     def open(self) -> None:
         self._conn = connect(self.path, self.synchronous)
-        (version,) = self._conn.execute("PRAGMA user_version").fetchone()
+        migrate(self._conn, MIGRATIONS)
         db = sqlite_utils.Database(self._conn)
-        for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
-            with db.atomic():
-                step(db)
-                self._conn.execute(f"PRAGMA user_version = {number}")
         self._series_ids = {labels: sid for sid, labels in self._conn.execute("SELECT id, labels FROM series")}
         for row in db.table("devices").rows:
             self.devices[row["device"]] = DeviceState(**row)
