@@ -189,7 +189,7 @@ class BatchReceiver(DeviceEndpoint):
                     frame = codec.compress(raw) if self.forward is not None else frame
                     self._metrics.table_references.inc()
                 elif refs:
-                    table = chunkfmt.split_table(raw)[0]
+                    table = chunkfmt.table_of(raw)
                     digest = chunkfmt.table_digest(table)
                     if (header.device, digest) not in self._tables:
                         new_tables[digest] = table

@@ -36,12 +36,11 @@ class TableRefs:
         out: list[bytes] = []
         for frame in frames:
             raw = self._codec.decompress(frame, recovery.MAX_CHUNK_BYTES)
-            table, stripped = chunkfmt.split_table(raw)
-            digest = chunkfmt.table_digest(table)
+            digest = chunkfmt.table_digest(chunkfmt.table_of(raw))
             digests.append(digest)
             if by_reference and digest in self._known:
                 refs.append(digest)
-                out.append(self._codec.compress(stripped))
+                out.append(self._codec.compress(chunkfmt.split_table(raw)[1]))
             else:
                 refs.append("")
                 out.append(frame)

@@ -368,15 +368,22 @@ def table_digest(table: bytes) -> str:
     return hashlib.sha256(table).hexdigest()[:TABLE_DIGEST_CHARS]
 
 
-def split_table(raw: bytes) -> tuple[bytes, bytes]:
-    """``(table, chunk without it)`` of an uncompressed version-2 chunk; the rest is left as it is."""
+def table_of(raw: bytes) -> bytes:
+    """The series table of an uncompressed version-2 chunk (a slice: nothing else is copied)."""
     if len(raw) < _HEADER.size + _U32.size or raw[:3] != MAGIC or raw[3] != VERSION:
         raise WireError("chunk: not a version 2 chunk, its table cannot be split off")
     (table_len,) = _U32.unpack_from(raw, _HEADER.size)
     start = _HEADER.size + _U32.size
     if start + table_len > len(raw):
         raise WireError("chunk: series table runs past the chunk")
-    return raw[start : start + table_len], raw[: _HEADER.size] + _U32.pack(0) + raw[start + table_len :]
+    return raw[start : start + table_len]
+
+
+def split_table(raw: bytes) -> tuple[bytes, bytes]:
+    """``(table, chunk without it)`` of an uncompressed version-2 chunk; the rest is left as it is."""
+    table = table_of(raw)
+    start = _HEADER.size + _U32.size
+    return table, raw[: _HEADER.size] + _U32.pack(0) + raw[start + len(table) :]
 
 
 def join_table(stripped: bytes, table: bytes) -> bytes:
