@@ -38,7 +38,7 @@ from agent.uplink.remote_write import RemoteWriteTransport
 from agent.uplink.transport import HttpTransport, Transport
 from agent.uplink.uploader import Uploader
 from backhaul import __version__, systemd
-from backhaul.sqlite import StoreError
+from backhaul.errors import StoreError
 from backhaul.wire.series import sample_count
 
 log = logging.getLogger(__name__)
@@ -252,8 +252,7 @@ class Agent:
         finally:
             if self.supervisor is not None:
                 self.supervisor.kill_now()  # shutdown ran out of time: never leave the child behind
-            await self.store.call(self.store.close)
-            self.store.worker.shutdown()
+            await self.store.db.aclose()
 
     async def _shutdown(self) -> None:
         self._stopping = True

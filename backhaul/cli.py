@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 from pydantic_settings import BaseSettings
 
 from backhaul import __version__
-from backhaul.settings import ConfigError, load
+from backhaul.errors import ConfigError
+from backhaul.settings import load
 
 S = TypeVar("S", bound=BaseSettings)
 

@@ -10,9 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-
-class SelectorError(ValueError):
-    """The selector does not parse; the message says where."""
+from backhaul.errors import SelectorError
 
 
 @dataclass(frozen=True)

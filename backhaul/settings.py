@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from backhaul.errors import ConfigError
+
 S = TypeVar("S", bound=BaseSettings)
 
 ENV_PREFIX = "BACKHAUL_"
@@ -26,10 +28,6 @@ ENV_PREFIX = "BACKHAUL_"
 
 def settings_config() -> SettingsConfigDict:
     return SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the field and the problem."""
 
 
 def load(cls: type[S], path: Path | None) -> S:

@@ -23,7 +23,7 @@ import aiomqtt
 from aiohttp import web
 from prometheus_client import Counter
 
-from backhaul.sqlite import StoreError
+from backhaul.errors import AlertFormatError, StoreError
 from backhaul.wire import alert as wire
 from backhaul.wire.alert import AlertMessage
 from collector.auth import AuthError
@@ -62,7 +62,7 @@ class AlertReceiver(DeviceEndpoint):
         body = await request.content.read(wire.MAX_BYTES + 1)
         try:
             msg = wire.decode(body)
-        except wire.AlertFormatError as exc:
+        except AlertFormatError as exc:
             return self._error(400, str(exc))
         if not claimed_by(device, msg):
             return self._error(403, f"this token belongs to device {device!r}, not {msg.device!r}")
@@ -170,7 +170,7 @@ class MqttSubscriber:
         device = topic.rsplit("/", 1)[-1]
         try:
             msg = wire.decode(payload)
-        except wire.AlertFormatError as exc:
+        except AlertFormatError as exc:
             self._counter.labels("mqtt", "malformed").inc()
             log.warning("mqtt: malformed alert on %s: %s", topic, exc)
             return

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from backhaul.sqlite import StoreError
+from backhaul.errors import StoreError
 from collector.store import Store
 
 

@@ -16,7 +16,8 @@ from datetime import datetime
 
 from aiohttp import web
 
-from backhaul.selector import Selector, SelectorError
+from backhaul.errors import SelectorError
+from backhaul.selector import Selector
 from backhaul.wire.remote_write import is_stale_marker
 from collector.store import Store
 

@@ -20,7 +20,7 @@ from dataclasses import replace
 from aiohttp import web
 from prometheus_client import Counter
 
-from backhaul.sqlite import StoreError
+from backhaul.errors import StoreError
 from backhaul.wire import TooLarge, WireError
 from backhaul.wire import batch as batchfmt
 from backhaul.wire import chunk as chunkfmt

@@ -28,8 +28,8 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
-from backhaul.settings import ConfigError, load
-from backhaul.sqlite import StoreError
+from backhaul.errors import ConfigError, StoreError
+from backhaul.settings import load
 from backhaul.wire.batch import DEVICE_ID_PATTERN
 from collector.auth import token_digest
 from collector.config import CollectorSettings, DeviceEntry

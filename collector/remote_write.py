@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import Counter
 
-from backhaul.sqlite import StoreError
+from backhaul.errors import StoreError
 from backhaul.wire import TooLarge, WireError
 from backhaul.wire import remote_write as rw
 from collector.auth import AuthError

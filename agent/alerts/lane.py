@@ -28,7 +28,8 @@ from agent.alerts.sender import AlertSender
 from agent.alerts.settings import AlertSettings
 from agent.alerts.state import Tracker, Transition
 from agent.metrics import AgentMetrics
-from backhaul.sqlite import StoreError, Synchronous
+from backhaul.errors import StoreError
+from backhaul.sqlite import Synchronous
 from backhaul.wire.alert import AlertMessage
 from backhaul.wire.series import SeriesMap
 
@@ -149,7 +150,7 @@ class AlertLane:
             await channel.close()
         if self._open:
             await self.queue.call(self.queue.close, True)
-        self.queue.worker.shutdown()
+        await self.queue.db.aclose()
 
     def health(self) -> dict[str, object]:
         return {

@@ -11,28 +11,36 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 import sqlite_utils
 
-from backhaul.sqlite import StoreError, Synchronous, Worker, connect, translate
+from backhaul.sqlite import Database, Synchronous
 from backhaul.wire import alert as wire
 from backhaul.wire.alert import AlertMessage
 
+P = ParamSpec("P")
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-_SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS queue (seq INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL,"
-    " resolved INTEGER NOT NULL, severity INTEGER NOT NULL, body BLOB NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS firing (rule TEXT NOT NULL, fingerprint INTEGER NOT NULL,"
-    " severity TEXT NOT NULL, since_ms INTEGER NOT NULL, PRIMARY KEY (rule, fingerprint))",
-]
+
+def _v1(db: sqlite_utils.Database) -> None:
+    # IF NOT EXISTS: files made before the queue had versioned migrations already hold these tables.
+    db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS queue (seq INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL,"
+        " resolved INTEGER NOT NULL, severity INTEGER NOT NULL, body BLOB NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS firing (rule TEXT NOT NULL, fingerprint INTEGER NOT NULL,"
+        " severity TEXT NOT NULL, since_ms INTEGER NOT NULL, PRIMARY KEY (rule, fingerprint))"
+    )
+
+
+MIGRATIONS = [_v1]
 
 
 @dataclass(frozen=True)
@@ -56,19 +64,16 @@ class AlertQueue:
     def __init__(self, path: Path, max_entries: int, synchronous: Synchronous = "FULL") -> None:
         self.path = path
         self.max_entries = max_entries
-        self.synchronous: Synchronous = synchronous
-        self.worker = Worker("alert-queue")
+        self.db = Database(path, synchronous, MIGRATIONS, "alert-queue")
         self.length = 0
-        self._conn: sqlite3.Connection | None = None
 
-    async def call(self, fn: Callable[..., T], *args: object) -> T:
-        return await self.worker.run(fn, *args)
+    async def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one of this queue's methods on its database thread."""
+        return await self.db.run(fn, *args, **kwargs)
 
     @property
     def conn(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreError("alert queue is not open", transient=False)
-        return self._conn
+        return self.db.conn
 
     def _meta(self, key: str, default: int = 0) -> int:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -83,44 +88,20 @@ class AlertQueue:
     def open(self) -> StartInfo:
         """Open (create) the file and record this start: an unclean previous run is one that never closed.
 
-        A damaged file never stops the agent: it is moved aside (``<name>.corrupt-<time>``) and a new
-        one started; the messages it held are lost, and the start counts as unclean.
+        A damaged file never stops the agent: the kit moves it aside (``<name>.corrupt-<time>``) and a
+        new one is started; the messages it held are lost, and the start counts as unclean.
         """
-        try:
-            return self._open()
-        except StoreError as exc:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-            if exc.transient or not self.path.exists():
-                raise
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            log.error("alert queue %s is damaged (%s); moved aside as %s", self.path, exc, aside.name)
-            for suffix in ("-wal", "-shm"):
-                Path(str(self.path) + suffix).unlink(missing_ok=True)
-            self.path.rename(aside)
-            start = self._open()
-            return StartInfo(start.restarts, previous_clean=False)
-
-    def _open(self) -> StartInfo:
-        try:
-            self._conn = connect(self.path, self.synchronous)
-            if self._conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                raise sqlite3.DatabaseError("quick_check failed")
-            with sqlite_utils.Database(self._conn).atomic():
-                for statement in _SCHEMA:
-                    self._conn.execute(statement)
-                restarts = self._meta("starts")
-                clean = bool(self._meta("clean", 1))
-                self._set("starts", restarts + 1)
-                self._set("clean", 0)
-            (self.length,) = self._conn.execute("SELECT count(*) FROM queue").fetchone()
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
+        self.db.open()
+        with self.db.atomic():
+            restarts = self._meta("starts")
+            clean = bool(self._meta("clean", 1)) and self.db.damage is None
+            self._set("starts", restarts + 1)
+            self._set("clean", 0)
+        (self.length,) = self.conn.execute("SELECT count(*) FROM queue").fetchone()
         return StartInfo(restarts, clean)
 
     def close(self, clean: bool = True) -> None:
-        if self._conn is None:
+        if not self.db.is_open:
             return
         try:
             if clean:
@@ -128,8 +109,7 @@ class AlertQueue:
         except sqlite3.Error as exc:  # e.g. a full disk: the next start will count this one as unclean
             log.error("could not mark the clean stop in %s: %s", self.path, exc)
         finally:
-            self._conn.close()
-            self._conn = None
+            self.db.close()
 
     @property
     def dropped(self) -> int:
@@ -141,26 +121,22 @@ class AlertQueue:
         ``firing`` is the complete list of (rule, fingerprint, severity, since_ms) firing now. Returns
         the sequence numbers and how many queued messages were dropped to stay within ``max_entries``.
         """
-        conn = self.conn
-        try:
-            with sqlite_utils.Database(conn).atomic():
-                seq = self._meta("next_seq", 1)
-                seqs = []
-                for msg in messages:
-                    body = wire.encode(_with_seq(msg, seq))
-                    conn.execute(
-                        "INSERT INTO queue (seq, created_ms, resolved, severity, body) VALUES (?, ?, ?, ?, ?)",
-                        (seq, msg.ts_ms, msg.state == "resolved", wire.SEVERITIES.index(msg.severity), body),
-                    )
-                    seqs.append(seq)
-                    seq += 1
-                self._set("next_seq", seq)
-                conn.execute("DELETE FROM firing")
-                conn.executemany("INSERT INTO firing VALUES (?, ?, ?, ?)", firing)
-                dropped = self._trim()
-            (self.length,) = conn.execute("SELECT count(*) FROM queue").fetchone()
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
+        with self.db.atomic() as conn:
+            seq = self._meta("next_seq", 1)
+            seqs = []
+            for msg in messages:
+                body = wire.encode(_with_seq(msg, seq))
+                conn.execute(
+                    "INSERT INTO queue (seq, created_ms, resolved, severity, body) VALUES (?, ?, ?, ?, ?)",
+                    (seq, msg.ts_ms, msg.state == "resolved", wire.SEVERITIES.index(msg.severity), body),
+                )
+                seqs.append(seq)
+                seq += 1
+            self._set("next_seq", seq)
+            conn.execute("DELETE FROM firing")
+            conn.executemany("INSERT INTO firing VALUES (?, ?, ?, ?)", firing)
+            dropped = self._trim()
+        (self.length,) = conn.execute("SELECT count(*) FROM queue").fetchone()
         return seqs, dropped
 
     def _trim(self) -> int:
@@ -182,11 +158,8 @@ class AlertQueue:
 
     def remove(self, seq: int) -> None:
         """The message was acknowledged (or refused as malformed): it leaves the queue."""
-        try:
-            self.conn.execute("DELETE FROM queue WHERE seq = ?", (seq,))
-            (self.length,) = self.conn.execute("SELECT count(*) FROM queue").fetchone()
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
+        self.conn.execute("DELETE FROM queue WHERE seq = ?", (seq,))
+        (self.length,) = self.conn.execute("SELECT count(*) FROM queue").fetchone()
 
     def count_rejected(self) -> None:
         self._set("rejected", self._meta("rejected") + 1)

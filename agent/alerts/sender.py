@@ -18,7 +18,7 @@ from agent.alerts.channels import Channel, ChannelError, Refused
 from agent.alerts.queue import AlertQueue, Entry
 from agent.metrics import AgentMetrics
 from agent.uplink.uploader import Backoff
-from backhaul.sqlite import StoreError
+from backhaul.errors import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, field_validator
 
-from backhaul.selector import Selector, SelectorError
+from backhaul.errors import SelectorError
+from backhaul.selector import Selector
 
 Severity = Literal["info", "warning", "critical"]
 Op = Literal[">", "<", ">=", "<=", "==", "!=", "absent"]

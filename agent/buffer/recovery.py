@@ -3,7 +3,8 @@
 A buffer exists so that data survives; refusing to start over a damaged file would lose everything
 that arrives afterwards, and throwing the file away would lose its healthy part. So:
 
-1. ``PRAGMA quick_check`` at every start (a damaged page, a WAL whose frames do not fit, ...).
+1. ``PRAGMA quick_check`` at every start (a damaged page, a WAL whose frames do not fit, ...): the
+   SQLite kit (:class:`backhaul.sqlite.Database`) runs it and calls :func:`salvage` on a problem.
 2. On a problem, every chunk that can still be read *and decoded* is copied into a new database file;
    chunks that cannot are counted (their samples too, where their row still says how many), and
    those whose bytes could be read are kept in the new file's ``quarantine`` table.
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.buffer import schema
-from backhaul.sqlite import Synchronous, connect, sync_directory
+from backhaul.sqlite import Synchronous, connect, move_aside, sync_directory
 from backhaul.wire import WireError
 from backhaul.wire.chunk import Codec
 
@@ -44,28 +45,6 @@ class Recovery:
     salvaged_samples: int = 0
     lost_chunks: int = 0
     lost_samples: int = 0  # where the damaged chunk's row still said how many
-
-
-def check(conn: sqlite3.Connection) -> str | None:
-    """None when the database is sound, else what SQLite found wrong."""
-    try:
-        rows = conn.execute("PRAGMA quick_check").fetchall()
-    except sqlite3.DatabaseError as exc:
-        return str(exc)
-    found = [r[0] for r in rows]
-    return None if found == ["ok"] else "; ".join(found[:5])
-
-
-def move_aside(path: Path) -> list[Path]:
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    moved = []
-    for suffix in ("", "-wal", "-shm"):
-        src = Path(f"{path}{suffix}")
-        if src.exists():
-            dst = Path(f"{path}.corrupt-{stamp}{suffix}")
-            os.replace(src, dst)
-            moved.append(dst)
-    return moved
 
 
 def salvage(path: Path, synchronous: Synchronous, codec: Codec, problem: str) -> Recovery:

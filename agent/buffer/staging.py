@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from agent.buffer.store import BufferStore, Losses
 from agent.metrics import AgentMetrics
-from backhaul.sqlite import StoreError
+from backhaul.errors import StoreError
 from backhaul.wire.series import SeriesMap, merge_owned
 
 log = logging.getLogger(__name__)

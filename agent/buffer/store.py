@@ -19,17 +19,17 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
-
-import sqlite_utils
+from typing import ParamSpec, TypeVar
 
 from agent.buffer import recovery, schema
-from backhaul.sqlite import StoreError, Synchronous, Worker, connect, translate
+from backhaul.errors import StoreError
+from backhaul.sqlite import Database, Synchronous
 from backhaul.wire import WireError
 from backhaul.wire import chunk as chunkfmt
 from backhaul.wire.series import SeriesMap, merge_owned, sample_count, time_range
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
 T = TypeVar("T")
 LOSS_KEYS = (
     "evicted_samples",
@@ -100,32 +100,38 @@ class BufferStore:
         self.budget_bytes = budget_bytes
         self.synchronous: Synchronous = synchronous
         self.codec = chunkfmt.Codec(zstd_level)
-        self.worker = Worker("buffer-db")
+        self.db = Database(path, synchronous, schema.MIGRATIONS, "buffer-db", salvage=self._salvage)
+        # After a failed transaction the file is the truth again.
+        self.db.on_rollback(self._recount)
         self.totals = Totals()
         self.buffer_id = ""
         self.recovery: recovery.Recovery | None = None  # set when open() had to salvage a damaged file
-        self._conn: sqlite3.Connection | None = None
 
-    # -- lifecycle (sync, on the worker thread) ------------------------------------------------------
+    # -- lifecycle ---------------------------------------------------------------------------------
 
-    async def call(self, fn: Callable[..., T], *args: object) -> T:
-        return await self.worker.run(fn, *args)
+    async def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one of this store's methods on its database thread."""
+        return await self.db.run(fn, *args, **kwargs)
+
+    async def __aenter__(self) -> BufferStore:
+        await self.db.__aenter__()
+        try:
+            await self.db.run(self._opened)
+        except BaseException:
+            await self.db.aclose(5.0)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.db.aclose()
 
     def open(self) -> None:
         """Open (or create) the buffer; a damaged file is salvaged, never a reason not to start."""
-        conn: sqlite3.Connection | None = None
-        try:
-            conn = self._open_checked()
-            problem = recovery.check(conn)
-        except sqlite3.DatabaseError as exc:
-            problem = str(exc)
-        if problem is not None:
-            if conn is not None:
-                conn.close()
-            if self.path.exists():
-                self.recovery = recovery.salvage(self.path, self.synchronous, self.codec, problem)
-            conn = self._open_checked()
-        self._conn = conn
+        self.db.open()
+        self._opened()
+
+    def _opened(self) -> None:
+        (self.buffer_id,) = self.conn.execute("SELECT value FROM meta_text WHERE key='buffer_id'").fetchone()
         self._recount()
         log.info(
             "buffer %s opened: %d chunks, %d samples, %d bytes (budget %d)",
@@ -136,33 +142,16 @@ class BufferStore:
             self.budget_bytes,
         )
 
-    def _open_checked(self) -> sqlite3.Connection:
-        conn = connect(self.path, self.synchronous)
-        try:
-            schema.migrate(conn)
-            (self.buffer_id,) = conn.execute("SELECT value FROM meta_text WHERE key='buffer_id'").fetchone()
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+    def _salvage(self, path: Path, problem: str) -> list[Path]:
+        self.recovery = recovery.salvage(path, self.synchronous, self.codec, problem)
+        return self.recovery.moved_aside
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error as exc:
-                log.warning("checkpoint on close failed: %s", exc)
-            self._conn.close()
-            self._conn = None
+        self.db.close()
 
     @property
     def conn(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreError("buffer is not open", transient=False)
-        return self._conn
-
-    def _atomic(self) -> sqlite_utils.Database:
-        return sqlite_utils.Database(self.conn)
+        return self.db.conn
 
     def _recount(self) -> None:
         row = self.conn.execute(
@@ -187,23 +176,19 @@ class BufferStore:
         samples = sample_count(series)
         blob = self.codec.encode(series) if samples else b""
         disk_room = self._disk_room()
-        try:
-            with self._atomic().atomic():
-                # Evict first: the insert then reuses the freed pages instead of growing the file.
-                losses, held = self._evict(self.totals.bytes + len(blob), min(self.budget_bytes, disk_room))
-                if held > disk_room:
-                    raise StoreError(
-                        f"no room: the filesystem's free space would fall below the floor of "
-                        f"{self.min_free_bytes} bytes, even with every unsent chunk evicted",
-                        transient=True,
-                    )
-                if samples:
-                    span = time_range(series)
-                    self._insert(blob, span, len(series), samples, now_ms)
-                self._bump("dropped_samples", dropped)
-        except sqlite3.Error as exc:
-            self._recount()
-            raise translate(exc) from exc
+        with self.db.atomic():
+            # Evict first: the insert then reuses the freed pages instead of growing the file.
+            losses, held = self._evict(self.totals.bytes + len(blob), min(self.budget_bytes, disk_room))
+            if held > disk_room:
+                raise StoreError(
+                    f"no room: the filesystem's free space would fall below the floor of "
+                    f"{self.min_free_bytes} bytes, even with every unsent chunk evicted",
+                    transient=True,
+                )
+            if samples:
+                span = time_range(series)
+                self._insert(blob, span, len(series), samples, now_ms)
+            self._bump("dropped_samples", dropped)
         if losses.evicted:
             self._release_free_pages()
             self._recount()
@@ -275,26 +260,23 @@ class BufferStore:
         past the cutoff: a batch the collector never acknowledged must not be retried forever, and a
         batch is never sent with different contents under the same sequence number.
         """
-        try:
-            with self._atomic().atomic():
-                (samples,) = self.conn.execute(
-                    "SELECT coalesce(sum(samples), 0) FROM chunks WHERE batch_seq IS NULL AND max_ts < ?",
-                    (cutoff_ms,),
-                ).fetchone()
-                self.conn.execute("DELETE FROM chunks WHERE batch_seq IS NULL AND max_ts < ?", (cutoff_ms,))
-                stale_batches = self.conn.execute(
-                    "SELECT batch_seq, sum(samples) FROM chunks WHERE batch_seq IS NOT NULL"
-                    " GROUP BY batch_seq HAVING max(max_ts) < ?",
-                    (cutoff_ms,),
-                ).fetchall()
-                for seq, batch_samples in stale_batches:
-                    self.conn.execute("DELETE FROM chunks WHERE batch_seq = ?", (seq,))
-                    self.conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
-                    samples += batch_samples
-                if samples:
-                    self._bump("expired_samples", samples)
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
+        with self.db.atomic():
+            (samples,) = self.conn.execute(
+                "SELECT coalesce(sum(samples), 0) FROM chunks WHERE batch_seq IS NULL AND max_ts < ?",
+                (cutoff_ms,),
+            ).fetchone()
+            self.conn.execute("DELETE FROM chunks WHERE batch_seq IS NULL AND max_ts < ?", (cutoff_ms,))
+            stale_batches = self.conn.execute(
+                "SELECT batch_seq, sum(samples) FROM chunks WHERE batch_seq IS NOT NULL"
+                " GROUP BY batch_seq HAVING max(max_ts) < ?",
+                (cutoff_ms,),
+            ).fetchall()
+            for seq, batch_samples in stale_batches:
+                self.conn.execute("DELETE FROM chunks WHERE batch_seq = ?", (seq,))
+                self.conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+                samples += batch_samples
+            if samples:
+                self._bump("expired_samples", samples)
         if samples:
             self._release_free_pages()
             self._recount()
@@ -345,33 +327,30 @@ class BufferStore:
         """Replace chunks ``ids`` by one; a chunk that does not decode is quarantined instead."""
         marks = ",".join("?" * len(ids))
         parts: list[SeriesMap] = []
-        try:
-            with self._atomic().atomic():
-                rows = self.conn.execute(
-                    f"SELECT id, samples, data FROM chunks WHERE id IN ({marks}) AND batch_seq IS NULL ORDER BY id",
-                    ids,
-                ).fetchall()
-                if len(rows) != len(ids):
-                    return 0
-                for chunk_id, samples, blob in rows:
-                    try:
-                        parts.append(self.codec.decode(blob, limit=recovery.MAX_CHUNK_BYTES))
-                    except WireError as exc:
-                        self._quarantine_chunk(chunk_id, samples, blob, str(exc), now_ms)
-                self.conn.execute(f"DELETE FROM chunks WHERE id IN ({marks})", ids)
-                series = merge_owned(parts) if parts else {}
-                if series:
-                    # The merged chunk takes the first id, so eviction order (oldest first) holds.
-                    self._insert(
-                        self.codec.encode(series),
-                        time_range(series),
-                        len(series),
-                        sample_count(series),
-                        now_ms,
-                        chunk_id=ids[0],
-                    )
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
+        with self.db.atomic():
+            rows = self.conn.execute(
+                f"SELECT id, samples, data FROM chunks WHERE id IN ({marks}) AND batch_seq IS NULL ORDER BY id",
+                ids,
+            ).fetchall()
+            if len(rows) != len(ids):
+                return 0
+            for chunk_id, samples, blob in rows:
+                try:
+                    parts.append(self.codec.decode(blob, limit=recovery.MAX_CHUNK_BYTES))
+                except WireError as exc:
+                    self._quarantine_chunk(chunk_id, samples, blob, str(exc), now_ms)
+            self.conn.execute(f"DELETE FROM chunks WHERE id IN ({marks})", ids)
+            series = merge_owned(parts) if parts else {}
+            if series:
+                # The merged chunk takes the first id, so eviction order (oldest first) holds.
+                self._insert(
+                    self.codec.encode(series),
+                    time_range(series),
+                    len(series),
+                    sample_count(series),
+                    now_ms,
+                    chunk_id=ids[0],
+                )
         return len(ids) - 1
 
     def _quarantine_chunk(self, chunk_id: int, samples: int, blob: bytes, reason: str, now_ms: int) -> None:
@@ -407,28 +386,22 @@ class BufferStore:
             size += nbytes
         if not chosen and not report_losses:
             return None
-        try:
-            with self._atomic().atomic():
-                # One series table per batch instead of one per commit: merge small chunks first.
-                merged = {ids[0]: ids for ids in self._small_runs([(c, n) for c, _, n in candidates[: len(chosen)]])}
-                for first, ids in merged.items():
-                    self._merge(ids, now_ms)
-                    chosen = [c for c in chosen if c == first or c not in ids]
-                (seq,) = self.conn.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
-                seq += 1
-                self.conn.execute("UPDATE meta SET value = ? WHERE key='next_seq'", (seq,))
-                for chunk_id in chosen:
-                    self.conn.execute("UPDATE chunks SET batch_seq = ? WHERE id = ?", (seq, chunk_id))
-                # Counted after merging: a chunk quarantined by the merge is no longer in the batch.
-                (samples,) = self.conn.execute(
-                    "SELECT coalesce(sum(samples), 0) FROM chunks WHERE batch_seq = ?", (seq,)
-                ).fetchone()
-                self.conn.execute(
-                    "INSERT INTO batches (seq, sealed_ms, samples) VALUES (?, ?, ?)", (seq, now_ms, samples)
-                )
-        except sqlite3.Error as exc:
-            self._recount()
-            raise translate(exc) from exc
+        with self.db.atomic():
+            # One series table per batch instead of one per commit: merge small chunks first.
+            merged = {ids[0]: ids for ids in self._small_runs([(c, n) for c, _, n in candidates[: len(chosen)]])}
+            for first, ids in merged.items():
+                self._merge(ids, now_ms)
+                chosen = [c for c in chosen if c == first or c not in ids]
+            (seq,) = self.conn.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
+            seq += 1
+            self.conn.execute("UPDATE meta SET value = ? WHERE key='next_seq'", (seq,))
+            for chunk_id in chosen:
+                self.conn.execute("UPDATE chunks SET batch_seq = ? WHERE id = ?", (seq, chunk_id))
+            # Counted after merging: a chunk quarantined by the merge is no longer in the batch.
+            (samples,) = self.conn.execute(
+                "SELECT coalesce(sum(samples), 0) FROM chunks WHERE batch_seq = ?", (seq,)
+            ).fetchone()
+            self.conn.execute("INSERT INTO batches (seq, sealed_ms, samples) VALUES (?, ?, ?)", (seq, now_ms, samples))
         if merged:
             self._recount()
         return self._load_batch(seq, now_ms, samples)
@@ -449,37 +422,28 @@ class BufferStore:
 
     def ack(self, seq: int, reported_loss: int) -> None:
         """The collector stored batch ``seq``: forget its chunks."""
-        try:
-            with self._atomic().atomic():
-                self.conn.execute("DELETE FROM chunks WHERE batch_seq = ?", (seq,))
-                self.conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
-                self.conn.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'reported_loss'", (reported_loss,))
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
+        with self.db.atomic():
+            self.conn.execute("DELETE FROM chunks WHERE batch_seq = ?", (seq,))
+            self.conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+            self.conn.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'reported_loss'", (reported_loss,))
         self._release_free_pages()
         self._recount()
 
     def release(self, seq: int) -> None:
         """Unseal batch ``seq`` (the collector refused it whole): its chunks become claimable again."""
-        try:
-            with self._atomic().atomic():
-                self.conn.execute("UPDATE chunks SET batch_seq = NULL WHERE batch_seq = ?", (seq,))
-                self.conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
+        with self.db.atomic():
+            self.conn.execute("UPDATE chunks SET batch_seq = NULL WHERE batch_seq = ?", (seq,))
+            self.conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
 
     def reject(self, seq: int) -> int:
         """Drop batch ``seq`` for good (the collector refused even a single chunk); count it."""
-        try:
-            with self._atomic().atomic():
-                (samples,) = self.conn.execute(
-                    "SELECT coalesce(sum(samples), 0) FROM chunks WHERE batch_seq = ?", (seq,)
-                ).fetchone()
-                self.conn.execute("DELETE FROM chunks WHERE batch_seq = ?", (seq,))
-                self.conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
-                self._bump("rejected_samples", samples)
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
+        with self.db.atomic():
+            (samples,) = self.conn.execute(
+                "SELECT coalesce(sum(samples), 0) FROM chunks WHERE batch_seq = ?", (seq,)
+            ).fetchone()
+            self.conn.execute("DELETE FROM chunks WHERE batch_seq = ?", (seq,))
+            self.conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
+            self._bump("rejected_samples", samples)
         self._recount()
         return int(samples)
 

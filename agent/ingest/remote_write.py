@@ -22,7 +22,7 @@ from aiohttp import web
 from agent.buffer.staging import Staging, Unavailable
 from agent.config import BufferSettings, IngestSettings
 from agent.metrics import AgentMetrics
-from backhaul.sqlite import StoreError
+from backhaul.errors import StoreError
 from backhaul.wire import TooLarge, WireError
 from backhaul.wire import remote_write as rw
 from backhaul.wire.series import SeriesMap

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from agent.buffer.staging import Staging, Unavailable
 from agent.metrics import AgentMetrics
-from backhaul.sqlite import StoreError
+from backhaul.errors import StoreError
 from backhaul.wire.series import SeriesMap
 
 log = logging.getLogger(__name__)

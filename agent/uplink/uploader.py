@@ -28,8 +28,8 @@ from agent.config import UplinkSettings
 from agent.metrics import AgentMetrics
 from agent.uplink.transport import Reply, Transport, TransportError
 from backhaul import __version__
+from backhaul.errors import StoreError
 from backhaul.retry import Backoff, retry_after
-from backhaul.sqlite import StoreError
 from backhaul.wire import batch as batchfmt
 from backhaul.wire.batch import BatchHeader
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from backhaul.wire.errors import WireError
+from backhaul.errors import AlertFormatError
 from backhaul.wire.varint import varint
 
 VERSION = 1
@@ -39,10 +39,6 @@ _U32 = struct.Struct(">I")
 _F64 = struct.Struct("<d")
 _MAX_TS_MS = 1 << 53
 _MAX_SEQ = 1 << 63
-
-
-class AlertFormatError(WireError):
-    """Not a valid alert message; the text says what is wrong (a receiver answers 400 with it)."""
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,9 @@
-"""Errors raised by the wire-format decoders.
+"""Errors raised by the wire-format decoders (part of the tree in :mod:`backhaul.errors`).
 
 WireError            malformed input (an HTTP receiver answers 400)
 └── TooLarge         input over a configured size limit (an HTTP receiver answers 413)
 """
 
+from backhaul.errors import TooLarge, WireError
 
-class WireError(ValueError):
-    """Input that does not follow the format; the message says what is wrong."""
-
-
-class TooLarge(WireError):
-    """Input, compressed or decompressed, over a configured limit."""
-
-    def __init__(self, what: str, limit: int) -> None:
-        super().__init__(f"{what} exceeds the limit of {limit} bytes")
-        self.limit = limit
+__all__ = ["TooLarge", "WireError"]

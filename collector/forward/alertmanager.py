@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from backhaul.sqlite import StoreError
+from backhaul.errors import StoreError
 from collector.config import AlertSettings
 from collector.store import Store
 from collector.store.alerts import StoredAlert

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import aiohttp
 
 from backhaul import __version__
+from backhaul.errors import StoreError
 from backhaul.retry import Backoff, retry_after
-from backhaul.sqlite import StoreError
 from backhaul.wire import WireError
 from backhaul.wire import batch as batchfmt
 from backhaul.wire import remote_write as rw
@@ -125,7 +125,7 @@ class Forwarder:
         self._relabelled: dict[tuple[Labels, str], Labels] = {}  # (labels, device) -> labels as forwarded
 
     async def start(self) -> None:
-        await self.spool.worker.run(self.spool.open)
+        await self.spool.call(self.spool.open)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.target.timeout.total_seconds()))
         self._task = asyncio.create_task(self._run(), name=f"forward-{self.name}")
 
@@ -136,14 +136,13 @@ class Forwarder:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
-        await self.spool.worker.run(self.spool.close)
-        self.spool.worker.shutdown()
+        await self.spool.db.aclose()
 
     async def enqueue(self, device: str, kind: Kind, body: bytes, samples: int) -> None:
         """Durably queue what ``device`` sent; raises StoreError when the spool cannot write."""
         if not samples:  # a batch that only reports losses: nothing to forward
             return
-        dropped = await self.spool.worker.run(self.spool.add, device, kind, body, samples, int(self._clock() * 1000))
+        dropped = await self.spool.call(self.spool.add, device, kind, body, samples, int(self._clock() * 1000))
         if dropped:
             self._metrics.dropped.labels(self.name, "spool_full").inc(dropped)
             log.error(
@@ -159,7 +158,7 @@ class Forwarder:
             try:
                 # A group that failed is retried as it was, not re-taken with newer entries, so that
                 # no request is re-sent (and no refusal counted twice) because the group grew.
-                entries = self._pending or await self.spool.worker.run(self.spool.take, GROUP_SAMPLES)
+                entries = self._pending or await self.spool.call(self.spool.take, GROUP_SAMPLES)
                 if not entries:
                     await self._wake.wait()
                     self._wake.clear()
@@ -188,7 +187,7 @@ class Forwarder:
             ids = [e.id for e in entries]
             log.error("forward %s: entries %s cannot be decoded (%s); dropping them", self.name, ids, exc)
             self._metrics.dropped.labels(self.name, "undecodable").inc(sum(e.samples for e in entries))
-            await self.spool.worker.run(self.spool.remove, *entries)
+            await self.spool.call(self.spool.remove, *entries)
             self._pending = None
             return 0.0
         # Where to resume: a lone entry keeps its progress in the spool (it survives a restart);
@@ -204,8 +203,8 @@ class Forwarder:
                 self._refused[outcome.rejected] = self._refused.get(outcome.rejected, 0) + counts[index]
             self._done = index + 1
             if single and self._done < len(bodies):
-                await self.spool.worker.run(self.spool.progress, entries[0].id, self._done)
-        await self.spool.worker.run(self.spool.remove, *entries)
+                await self.spool.call(self.spool.progress, entries[0].id, self._done)
+        await self.spool.call(self.spool.remove, *entries)
         refused, self._pending, self._done, self._refused = self._refused, None, 0, {}
         if refused:
             self._explain(entries, refused)

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, ParamSpec, TypeVar
 
 import sqlite_utils
 
-from backhaul.sqlite import StoreError, Synchronous, Worker, connect, migrate, translate
+from backhaul.sqlite import Database, Synchronous
 
 log = logging.getLogger(__name__)
 
+P = ParamSpec("P")
+T = TypeVar("T")
 Kind = Literal["batch", "remote_write"]
 
 
@@ -66,28 +69,24 @@ class Spool:
         self.path = path
         self.synchronous: Synchronous = synchronous
         self.max_bytes = max_bytes
-        self.worker = Worker(f"spool-{path.stem}")
+        self.db = Database(path, synchronous, MIGRATIONS, f"spool-{path.stem}")
+        self.db.on_rollback(self._recount)
         self.totals = Totals()
-        self._conn: sqlite3.Connection | None = None
+
+    async def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one of the spool's methods on its database thread."""
+        return await self.db.run(fn, *args, **kwargs)
 
     @property
     def conn(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreError("spool is not open", transient=False)
-        return self._conn
+        return self.db.conn
 
     def open(self) -> None:
-        try:
-            self._conn = connect(self.path, self.synchronous)
-            migrate(self._conn, MIGRATIONS)
-            self._recount()
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
+        self.db.open()
+        self._recount()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self.db.close()
 
     def _recount(self) -> None:
         count, size, samples, oldest = self.conn.execute(
@@ -98,16 +97,13 @@ class Spool:
     def add(self, device: str, kind: Kind, body: bytes, samples: int, now_ms: int) -> int:
         """Enqueue one entry durably; returns the samples of old entries dropped to stay under ``max_bytes``."""
         conn = self.conn
-        try:
-            with sqlite_utils.Database(conn).atomic():
-                cur = conn.execute(
-                    "INSERT INTO entries (device, kind, body, bytes, samples, created_ms) VALUES (?, ?, ?, ?, ?, ?)",
-                    (device, kind, body, len(body), samples, now_ms),
-                )
-                doomed = self._over_budget(int(cur.lastrowid or 0), self.totals.bytes + len(body))
-                conn.executemany("DELETE FROM entries WHERE id = ?", [(row[0],) for row in doomed])
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
+        with self.db.atomic():
+            cur = conn.execute(
+                "INSERT INTO entries (device, kind, body, bytes, samples, created_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                (device, kind, body, len(body), samples, now_ms),
+            )
+            doomed = self._over_budget(int(cur.lastrowid or 0), self.totals.bytes + len(body))
+            conn.executemany("DELETE FROM entries WHERE id = ?", [(row[0],) for row in doomed])
         t = self.totals
         t.entries += 1 - len(doomed)
         t.bytes += len(body) - sum(row[1] for row in doomed)
@@ -153,21 +149,15 @@ class Spool:
         return out
 
     def progress(self, entry_id: int, done: int) -> None:
-        try:
-            self.conn.execute("UPDATE entries SET done = ? WHERE id = ?", (done, entry_id))
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
+        self.conn.execute("UPDATE entries SET done = ? WHERE id = ?", (done, entry_id))
 
     def remove(self, *entries: Entry) -> None:
         """Delete sent entries, in one transaction."""
         gone: list[Entry] = []
-        try:
-            with sqlite_utils.Database(self.conn).atomic():
-                for entry in entries:
-                    if self.conn.execute("DELETE FROM entries WHERE id = ?", (entry.id,)).rowcount:
-                        gone.append(entry)  # (it may have been dropped for room meanwhile)
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
+        with self.db.atomic():
+            for entry in entries:
+                if self.conn.execute("DELETE FROM entries WHERE id = ?", (entry.id,)).rowcount:
+                    gone.append(entry)  # (it may have been dropped for room meanwhile)
         t = self.totals
         t.entries -= len(gone)
         t.bytes -= sum(len(e.body) for e in gone)

@@ -1,6 +1,6 @@
 """Alerts in the collector's store: each message once, and the latest state of each alert instance.
 
-Runs on the store's thread (``CollectorStore.worker``), on the store's one connection, in the tables
+Runs on the store's thread (``CollectorStore.db``), on the store's one connection, in the tables
 of migration 4. Messages may arrive out of order (a fallback channel, a retry): an instance's state
 only moves forward in the device's time (``ts_ms``).
 """
@@ -8,12 +8,8 @@ only moves forward in the device's time (``ts_ms``).
 from __future__ import annotations
 
 import math
-import sqlite3
 from dataclasses import asdict, dataclass
 
-import sqlite_utils
-
-from backhaul.sqlite import translate
 from backhaul.wire.alert import AlertMessage
 from collector.store.sqlite import CollectorStore
 
@@ -84,37 +80,34 @@ def record(store: CollectorStore, device: str, msg: AlertMessage, received_ms: i
     """Store one message; False when this exact message was stored before (a re-send)."""
     conn = store.conn
     value = None if math.isnan(msg.value) else msg.value
-    try:
-        with sqlite_utils.Database(conn).atomic():
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO alert_messages (device, seq, ts_ms, fingerprint, rule, state, severity,"
-                " value, summary, received_ms, via) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    device,
-                    msg.seq,
-                    msg.ts_ms,
-                    msg.fingerprint,
-                    msg.rule,
-                    msg.state,
-                    msg.severity,
-                    value,
-                    msg.summary,
-                    received_ms,
-                    via,
-                ),
-            )
-            if cur.rowcount == 0:
-                return False
-            row = conn.execute(
-                "SELECT state, starts_ms, updated_ms FROM alerts WHERE device = ? AND fingerprint = ?",
-                (device, msg.fingerprint),
-            ).fetchone()
-            new = next_alert_state(device, msg, value, received_ms, row)
-            if new is None:
-                return True
-            conn.execute(f"INSERT OR REPLACE INTO alerts ({ALERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", new)
-    except sqlite3.Error as exc:
-        raise translate(exc) from exc
+    with store.db.atomic():
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO alert_messages (device, seq, ts_ms, fingerprint, rule, state, severity,"
+            " value, summary, received_ms, via) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                device,
+                msg.seq,
+                msg.ts_ms,
+                msg.fingerprint,
+                msg.rule,
+                msg.state,
+                msg.severity,
+                value,
+                msg.summary,
+                received_ms,
+                via,
+            ),
+        )
+        if cur.rowcount == 0:
+            return False
+        row = conn.execute(
+            "SELECT state, starts_ms, updated_ms FROM alerts WHERE device = ? AND fingerprint = ?",
+            (device, msg.fingerprint),
+        ).fetchone()
+        new = next_alert_state(device, msg, value, received_ms, row)
+        if new is None:
+            return True
+        conn.execute(f"INSERT OR REPLACE INTO alerts ({ALERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", new)
     return True
 
 
@@ -136,8 +129,5 @@ def current(
     sql = f"SELECT {ALERT_COLUMNS} FROM alerts"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    try:
-        rows = store.conn.execute(sql + " ORDER BY updated_ms DESC", args).fetchall()
-    except sqlite3.Error as exc:
-        raise translate(exc) from exc
+    rows = store.conn.execute(sql + " ORDER BY updated_ms DESC", args).fetchall()
     return [StoredAlert(*row) for row in rows]

@@ -6,8 +6,9 @@ call on that thread, so the event loop never waits for an fsync.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from backhaul.sqlite import Synchronous
 from backhaul.wire.alert import AlertMessage
@@ -18,13 +19,18 @@ from collector.store.alerts import StoredAlert, firing_by_device
 from collector.store.records import Registration
 from collector.store.sqlite import CollectorStore, DeviceState, IngestResult
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 
 class EmbeddedStore:
     """Args: path of the database file (created when missing) and SQLite's synchronous level."""
 
     def __init__(self, path: Path, synchronous: Synchronous) -> None:
         self.db = CollectorStore(path, synchronous)
-        self._run = self.db.worker.run
+
+    async def _run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self.db.db.run(fn, *args, **kwargs)
 
     @property
     def devices(self) -> dict[str, DeviceState]:
@@ -33,9 +39,8 @@ class EmbeddedStore:
     async def open(self) -> None:
         await self._run(self.db.open)
 
-    async def close(self) -> None:
-        await self._run(self.db.close)
-        self.db.worker.shutdown()
+    async def close(self, grace: float | None = None) -> None:
+        await self.db.db.aclose(grace)
 
     async def get_table(self, device: str, digest: str) -> bytes | None:
         return await self._run(self.db.get_table, device, digest)

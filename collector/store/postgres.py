@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from backhaul.sqlite import StoreError
+from backhaul.errors import StoreError
 from backhaul.wire.alert import AlertMessage
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.series import SeriesMap

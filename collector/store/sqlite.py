@@ -21,7 +21,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from backhaul.sqlite import StoreError, Synchronous, Worker, connect, migrate, translate
+from backhaul.sqlite import Database, Synchronous
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.series import Labels, SeriesMap
 from collector.store.records import Registration
@@ -148,53 +148,44 @@ class CollectorStore:
     def __init__(self, path: Path, synchronous: Synchronous) -> None:
         self.path = path
         self.synchronous: Synchronous = synchronous
-        self.worker = Worker("collector-db")
+        self.db = Database(path, synchronous, MIGRATIONS, "collector-db")
+        # After a failed transaction, whatever the exception, what memory holds is rebuilt from the file.
+        self.db.on_rollback(self._load)
         self.devices: dict[str, DeviceState] = {}
         self._series_ids: dict[str, int] = {}
-        self._conn: sqlite3.Connection | None = None
 
     @property
     def conn(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreError("store is not open", transient=False)
-        return self._conn
+        return self.db.conn
 
     def open(self) -> None:
-        self._conn = connect(self.path, self.synchronous)
-        migrate(self._conn, MIGRATIONS)
-        db = sqlite_utils.Database(self._conn)
-        self._series_ids = {labels: sid for sid, labels in self._conn.execute("SELECT id, labels FROM series")}
-        for row in db.table("devices").rows:
-            self.devices[row["device"]] = DeviceState(**row)
+        self.db.open()
+        self._load()
+
+    def _load(self) -> None:
+        self._series_ids = {labels: sid for sid, labels in self.conn.execute("SELECT id, labels FROM series")}
+        self.devices = {row["device"]: DeviceState(**row) for row in sqlite_utils.Database(self.conn)["devices"].rows}
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self.db.close()
 
     def get_table(self, device: str, digest: str) -> bytes | None:
-        try:
-            row = self.conn.execute(
-                "SELECT data FROM series_tables WHERE device = ? AND digest = ?", (device, digest)
-            ).fetchone()
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
+        row = self.conn.execute(
+            "SELECT data FROM series_tables WHERE device = ? AND digest = ?", (device, digest)
+        ).fetchone()
         return None if row is None else bytes(row[0])
 
     def put_tables(self, device: str, tables: dict[str, bytes], now_ms: int, expire_before_ms: int) -> None:
         """Keep ``tables``; drop the device's tables stored before ``expire_before_ms`` (an agent that
         still refers to one is asked for it again: a 409, then the batch in full)."""
-        try:
-            with sqlite_utils.Database(self.conn).atomic():
-                self.conn.execute(
-                    "DELETE FROM series_tables WHERE device = ? AND stored_ms < ?", (device, expire_before_ms)
-                )
-                self.conn.executemany(
-                    "INSERT OR IGNORE INTO series_tables (device, digest, data, stored_ms) VALUES (?, ?, ?, ?)",
-                    [(device, digest, data, now_ms) for digest, data in tables.items()],
-                )
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
+        with self.db.atomic():
+            self.conn.execute(
+                "DELETE FROM series_tables WHERE device = ? AND stored_ms < ?", (device, expire_before_ms)
+            )
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO series_tables (device, digest, data, stored_ms) VALUES (?, ?, ?, ?)",
+                [(device, digest, data, now_ms) for digest, data in tables.items()],
+            )
 
     def seen(self, device: str, buffer_id: str, seq: int) -> bool:
         """Whether this batch is already stored; a repeat is counted (it survives restarts)."""
@@ -226,51 +217,46 @@ class CollectorStore:
         """
         conn = self.conn
         total = sum(len(ts) for ts, _ in series.values())
-        new_ids: list[str] = []
-        try:
-            with sqlite_utils.Database(conn).atomic():
-                if batch is not None:
-                    try:
-                        conn.execute(
-                            "INSERT INTO batches (device, buffer_id, seq, received_ms, samples) VALUES (?,?,?,?,?)",
-                            (device, batch.buffer_id, batch.seq, now_ms, total),
-                        )
-                    except sqlite3.IntegrityError:  # a concurrent repeat stored it first
-                        self._count_duplicate_batch(device)
-                        return IngestResult(duplicate_batch=True)
-                before = conn.total_changes
-                for labels, (stamps, values) in series.items():
-                    key = _stored_labels(labels, device_label, device)
-                    sid = self._series_ids.get(key)
-                    if sid is None:
-                        name = next((v for n, v in labels if n == "__name__"), "")
-                        cur = conn.execute("INSERT INTO series (name, labels) VALUES (?, ?)", (name, key))
-                        sid = int(cur.lastrowid or 0)
-                        self._series_ids[key] = sid
-                        new_ids.append(key)
-                    bits = array("q", array("d", values).tobytes())
-                    conn.executemany(
-                        "INSERT OR IGNORE INTO samples (series_id, ts, bits) VALUES (?, ?, ?)",
-                        zip([sid] * len(stamps), stamps, bits, strict=True),
+        new_series = 0
+        with self.db.atomic():
+            if batch is not None:
+                try:
+                    conn.execute(
+                        "INSERT INTO batches (device, buffer_id, seq, received_ms, samples) VALUES (?,?,?,?,?)",
+                        (device, batch.buffer_id, batch.seq, now_ms, total),
                     )
-                stored = conn.total_changes - before - len(new_ids)
-                state = self.devices.get(device) or DeviceState(device)
-                updated = DeviceState(**state.__dict__)
-                updated.last_seen_ms = now_ms
-                updated.samples += stored
-                updated.duplicate_samples += total - stored
-                if batch is not None:
-                    updated.batches += 1
-                    updated.agent_version = batch.agent_version
-                    updated.backlog_bytes = batch.backlog_bytes
-                    updated.backlog_oldest_ms = batch.backlog_oldest_ms
-                    for name, value in self._record_losses(batch).items():
-                        setattr(updated, name, value)
-                sqlite_utils.Database(conn).table("devices").upsert(updated.__dict__, pk="device")
-        except sqlite3.Error as exc:
-            for key in new_ids:  # rolled back: forget ids that no longer exist
-                self._series_ids.pop(key, None)
-            raise translate(exc) from exc
+                except sqlite3.IntegrityError:  # a concurrent repeat stored it first
+                    self._count_duplicate_batch(device)
+                    return IngestResult(duplicate_batch=True)
+            before = conn.total_changes
+            for labels, (stamps, values) in series.items():
+                key = _stored_labels(labels, device_label, device)
+                sid = self._series_ids.get(key)
+                if sid is None:
+                    name = next((v for n, v in labels if n == "__name__"), "")
+                    cur = conn.execute("INSERT INTO series (name, labels) VALUES (?, ?)", (name, key))
+                    sid = int(cur.lastrowid or 0)
+                    self._series_ids[key] = sid
+                    new_series += 1
+                bits = array("q", array("d", values).tobytes())
+                conn.executemany(
+                    "INSERT OR IGNORE INTO samples (series_id, ts, bits) VALUES (?, ?, ?)",
+                    zip([sid] * len(stamps), stamps, bits, strict=True),
+                )
+            stored = conn.total_changes - before - new_series
+            state = self.devices.get(device) or DeviceState(device)
+            updated = DeviceState(**state.__dict__)
+            updated.last_seen_ms = now_ms
+            updated.samples += stored
+            updated.duplicate_samples += total - stored
+            if batch is not None:
+                updated.batches += 1
+                updated.agent_version = batch.agent_version
+                updated.backlog_bytes = batch.backlog_bytes
+                updated.backlog_oldest_ms = batch.backlog_oldest_ms
+                for name, value in self._record_losses(batch).items():
+                    setattr(updated, name, value)
+            sqlite_utils.Database(conn).table("devices").upsert(updated.__dict__, pk="device")
         self.devices[device] = updated
         return IngestResult(duplicate_batch=False, samples=stored, duplicate_samples=total - stored)
 
@@ -320,15 +306,12 @@ class CollectorStore:
 
     def register(self, device: str, token_sha256: str, now_ms: int, source: str = "cli") -> bool:
         """Add a device; False when the id (or, improbably, the token) is already registered."""
-        try:
-            with sqlite_utils.Database(self.conn).atomic():
-                cur = self.conn.execute(
-                    "INSERT INTO registry (device, token_sha256, created_ms, source) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT DO NOTHING",
-                    (device, token_sha256, now_ms, source),
-                )
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
+        with self.db.atomic():
+            cur = self.conn.execute(
+                "INSERT INTO registry (device, token_sha256, created_ms, source) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (device, token_sha256, now_ms, source),
+            )
         return cur.rowcount == 1
 
     def set_token(self, device: str, token_sha256: str, now_ms: int, source: str = "cli") -> bool:
@@ -345,11 +328,8 @@ class CollectorStore:
         )
 
     def _update_registry(self, sql: str, args: tuple[object, ...]) -> bool:
-        try:
-            with sqlite_utils.Database(self.conn).atomic():
-                cur = self.conn.execute(sql, args)
-        except sqlite3.Error as exc:
-            raise translate(exc) from exc
+        with self.db.atomic():
+            cur = self.conn.execute(sql, args)
         return cur.rowcount == 1
 
     # -- fleet page ------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ import math
 
 import pytest
 
+from backhaul.errors import AlertFormatError
 from backhaul.wire import alert as wire
-from backhaul.wire.alert import AlertFormatError, AlertMessage
+from backhaul.wire.alert import AlertMessage
 
 
 def typical(**changes: object) -> AlertMessage:

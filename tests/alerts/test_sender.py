@@ -63,7 +63,7 @@ async def deliver(tmp_path: Path, channels: list[Channel], messages: int = 1) ->
         for channel in channels:
             await channel.close()
         await queue.call(queue.close)
-        queue.worker.shutdown()
+        await queue.db.aclose()
     return registry, queue
 
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from backhaul.sqlite import StoreError
+from backhaul.errors import StoreError
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.remote_write import STALE_NAN_BYTES
 from collector.store.postgres import PostgresStore

@@ -79,12 +79,12 @@ async def test_a_spool_that_cannot_write_stores_nothing_and_answers_503(
     async with Collector(settings(tmp_path, receiver.url)) as collector, aiohttp.ClientSession() as http:
         assert collector.forwarding is not None
         spool = collector.forwarding.forwarders[0].spool
-        await spool.worker.run(spool.close)  # as good as a full disk: every write fails
+        await spool.call(spool.close)  # as good as a full disk: every write fails
         url = f"http://127.0.0.1:{collector.port}"
         async with http.post(f"{url}/api/v1/batches", data=body, headers=headers) as resp:
             assert resp.status == 503 and "forward spool" in await resp.text()
         assert collector.store.devices == {}  # not stored either: the agent keeps the batch and retries
-        await spool.worker.run(spool.open)
+        await spool.call(spool.open)
         async with http.post(f"{url}/api/v1/batches", data=body, headers=headers) as resp:
             assert resp.status == 200 and not (await resp.json())["duplicate"]
         assert collector.store.devices["edge-1"].samples == 1

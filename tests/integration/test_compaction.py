@@ -34,7 +34,7 @@ def test_remote_write_is_answered_while_a_backlog_is_compacted(tmp_path, start_a
             store.append(series, 0, ts)
     finally:
         store.close()
-        store.worker.shutdown()
+
 
     agent = start_agent(None, buffer={"budget_bytes": "1GiB", "maintenance_interval": 0.5})
     compacted = []

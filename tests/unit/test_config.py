@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentSettings
-from backhaul.settings import ConfigError, load
+from backhaul.errors import ConfigError
+from backhaul.settings import load
 from collector.config import CollectorSettings
 
 AGENT = Path(sys.executable).parent / "backhaul-agent"

@@ -1,6 +1,7 @@
 import pytest
 
-from backhaul.selector import Selector, SelectorError
+from backhaul.errors import SelectorError
+from backhaul.selector import Selector
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,7 @@ async def store(tmp_path: Path):
     await s.call(s.open)
     yield s
     await s.call(s.close)
-    s.worker.shutdown()
+    await s.db.aclose()
 
 
 async def run_until(uploader: Uploader, transport: ScriptedTransport, requests: int, limit: float = 10) -> None:
@@ -147,7 +147,7 @@ def test_retry_after_accepts_seconds_and_http_dates():
 
 
 async def test_a_buffer_error_while_sealing_does_not_stop_the_uploader(store, monkeypatch):
-    from backhaul.sqlite import StoreError
+    from backhaul.errors import StoreError
 
     await store.call(store.append, scrape(0), 0, NOW)
     real_claim = store.claim
