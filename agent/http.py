@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from agent.ingest.remote_write import RemoteWriteReceiver
+from backhaul.web import error_middleware
 
 
 def build_app(
@@ -18,7 +19,7 @@ def build_app(
     health: Callable[[], tuple[bool, dict[str, Any]]],
     max_request_bytes: int,
 ) -> web.Application:
-    app = web.Application(client_max_size=max_request_bytes)
+    app = web.Application(client_max_size=max_request_bytes, middlewares=[error_middleware])
 
     async def healthz(request: web.Request) -> web.Response:
         ok, detail = health()

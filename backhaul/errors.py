@@ -7,7 +7,7 @@ occur, into one of these (``raise ... from exc``). An HTTP handler maps them in 
 
     BackhaulError                  reason: a sentence a person can act on
     ├── ConfigError                the settings cannot be used (the programs exit with status 2)
-    ├── InputError        400      a peer sent something unusable: drop it, retrying cannot help
+    ├── InputError        400      a peer sent something unusable: drop it, retrying cannot help (or 413, 415)
     │   ├── WireError              malformed wire format (backhaul.wire)
     │   │   ├── TooLarge  413      over a configured size limit (compressed or decompressed)
     │   │   └── AlertFormatError   not a valid compact alert message
@@ -29,6 +29,9 @@ with its traceback.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 
 class BackhaulError(Exception):
     """Root of the tree. ``reason`` is the message; ``status`` the HTTP answer it maps to."""
@@ -45,9 +48,14 @@ class ConfigError(BackhaulError):
 
 
 class InputError(BackhaulError, ValueError):
-    """Input that cannot be used; the message says what is wrong (HTTP 400)."""
+    """Input that cannot be used; the message says what is wrong (HTTP 400, or ``status``: 413, 415)."""
 
     status = 400
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        if status is not None:
+            self.status = status
 
 
 class WireError(InputError):
@@ -127,3 +135,12 @@ class ScrapeError(BackhaulError):
 
 class StartError(BackhaulError):
     """A component could not start (a port taken, a folder not writable): the program exits with status 1."""
+
+
+@contextlib.contextmanager
+def store_trouble(what: str) -> Iterator[None]:
+    """Re-raise a StoreError with ``what`` in front of its reason, so the answer says which store failed."""
+    try:
+        yield
+    except StoreError as exc:
+        raise StoreError(f"{what}: {exc.reason}", transient=exc.transient, retry_after=exc.retry_after) from exc

@@ -23,10 +23,9 @@ import aiomqtt
 from aiohttp import web
 from prometheus_client import Counter
 
-from backhaul.errors import AlertFormatError, StoreError
+from backhaul.errors import AlertFormatError, AuthError, InputError, StoreError, store_trouble
 from backhaul.wire import alert as wire
 from backhaul.wire.alert import AlertMessage
-from collector.auth import AuthError
 from collector.config import MqttSettings
 from collector.endpoint import DeviceEndpoint
 from collector.store import Store
@@ -51,25 +50,16 @@ class AlertReceiver(DeviceEndpoint):
         return self._metrics.alert_requests
 
     async def _handle(self, request: web.Request) -> web.Response:
-        try:
-            device = await self._auth.device_for(request.headers.get("Authorization"))
-        except AuthError as exc:
-            return self._error(exc.status, str(exc), {"WWW-Authenticate": "Bearer"})
+        device = await self._auth.device_for(request.headers.get("Authorization"))
         if request.content_type != wire.CONTENT_TYPE:
-            return self._error(415, f"Content-Type must be {wire.CONTENT_TYPE}, not {request.content_type!r}")
+            raise InputError(f"Content-Type must be {wire.CONTENT_TYPE}, not {request.content_type!r}", 415)
         if request.content_length is not None and request.content_length > wire.MAX_BYTES:
-            return self._error(400, f"alert message of {request.content_length} bytes exceeds {wire.MAX_BYTES}")
-        body = await request.content.read(wire.MAX_BYTES + 1)
-        try:
-            msg = wire.decode(body)
-        except AlertFormatError as exc:
-            return self._error(400, str(exc))
+            raise InputError(f"alert message of {request.content_length} bytes exceeds {wire.MAX_BYTES}")
+        msg = wire.decode(await request.content.read(wire.MAX_BYTES + 1))
         if not claimed_by(device, msg):
-            return self._error(403, f"this token belongs to device {device!r}, not {msg.device!r}")
-        try:
+            raise AuthError(403, f"this token belongs to device {device!r}, not {msg.device!r}")
+        with store_trouble("alert store"):
             new = await self._store.record_alert(device, msg, int(self._clock() * 1000), "http")
-        except StoreError as exc:
-            return self._error(503 if exc.transient else 500, str(exc), {"Retry-After": "1"})
         self._metrics.alerts.labels("http", "stored" if new else "duplicate").inc()
         if new:
             log.info("alert %s %s from %s (seq %d)", msg.rule, msg.state, device, msg.seq)
@@ -86,12 +76,9 @@ class AlertLister:
     async def handle(self, request: web.Request) -> web.Response:
         state = request.query.get("state")
         if state not in (None, "firing", "resolved"):
-            return web.Response(status=400, text="state must be firing or resolved\n")
+            raise InputError("state must be firing or resolved")
         device = request.query.get("device")
-        try:
-            found = await self._store.alerts(device, state)
-        except StoreError as exc:
-            return web.Response(status=503, text=f"{exc}\n")
+        found = await self._store.alerts(device, state)
         out = []
         for a in found:
             item = a.as_dict()

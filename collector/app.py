@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from backhaul import systemd
+from backhaul.web import error_middleware
 from collector.alerts import AlertLister, AlertReceiver, MqttSubscriber
 from collector.config import CollectorSettings
 from collector.export import Exporter
@@ -96,7 +97,9 @@ class Collector:
         return forwarding
 
     def build_app(self) -> web.Application:
-        app = web.Application(client_max_size=int(self.settings.limits.max_request_bytes))
+        app = web.Application(
+            client_max_size=int(self.settings.limits.max_request_bytes), middlewares=[error_middleware]
+        )
 
         async def healthz(request: web.Request) -> web.Response:
             detail: dict[str, object] = {"status": "ok", "devices": len(self.store.devices)}

@@ -8,17 +8,8 @@ from __future__ import annotations
 
 import hashlib
 
-from backhaul.errors import StoreError
+from backhaul.errors import AuthError, store_trouble
 from collector.store import Store
-
-
-class AuthError(Exception):
-    """``status`` is 401 (no or unknown token), 403 (revoked, or a token of another device) or 503
-    (the registry cannot be read right now: the device retries)."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
 
 
 def token_digest(token: str) -> str:
@@ -32,14 +23,13 @@ class DeviceAuth:
         self._store = store
 
     async def device_for(self, authorization: str | None) -> str:
-        """The device a ``Bearer`` header belongs to; raises :class:`AuthError`."""
+        """The device a ``Bearer`` header belongs to; raises :class:`AuthError` or :class:`StoreError`."""
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError(401, "missing bearer token")
-        try:
+        # A registry that cannot be read raises StoreError (503): the device retries.
+        with store_trouble("device registry"):
             found = await self._store.registration(token_digest(token))
-        except StoreError as exc:
-            raise AuthError(503, f"device registry unavailable: {exc}") from exc
         if found is None:
             raise AuthError(401, "unknown token")
         if found.revoked:

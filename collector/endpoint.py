@@ -1,25 +1,25 @@
-"""What the collector's device-facing endpoints share: their dependencies, the token check, and
-answers that say why, counted by status."""
+"""What the collector's device-facing endpoints share: their dependencies, the token check, reading a
+body within the limit, and answers counted by status (errors mapped by :func:`backhaul.web.respond`)."""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import Counter
 
+from backhaul.errors import InputError
+from backhaul.web import respond
 from collector.auth import DeviceAuth
 from collector.config import CollectorSettings
 from collector.metrics import CollectorMetrics
 from collector.store import Store
 
-log = logging.getLogger(__name__)
-
 
 class DeviceEndpoint:
-    """Base of an endpoint devices post to; subclasses implement ``_handle`` and name their counter.
+    """Base of an endpoint devices post to; subclasses implement ``_handle`` (raising the errors of
+    :mod:`backhaul.errors` for anything but success) and name the counter of their answers.
 
     Args: settings, store, metrics and a wall clock (seconds).
     """
@@ -42,14 +42,17 @@ class DeviceEndpoint:
     def _answers(self) -> Counter:
         raise NotImplementedError
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         raise NotImplementedError
 
-    async def handle(self, request: web.Request) -> web.Response:
-        response = await self._handle(request)
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        response = await respond(self._handle, request, self.what)
         self._answers().labels(str(response.status)).inc()
         return response
 
-    def _error(self, status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
-        (log.warning if status >= 500 else log.info)("%s refused (%d): %s", self.what, status, reason)
-        return web.Response(status=status, text=reason + "\n", headers=headers)
+    async def _read(self, request: web.Request) -> bytes:
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            limit = int(self._settings.limits.max_request_bytes)
+            raise InputError(f"body exceeds the limit of {limit} bytes", 413) from None

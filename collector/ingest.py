@@ -20,14 +20,13 @@ from dataclasses import replace
 from aiohttp import web
 from prometheus_client import Counter
 
-from backhaul.errors import StoreError
-from backhaul.wire import TooLarge, WireError
+from backhaul.errors import InputError, TooLarge, UnknownTables, WireError, store_trouble
 from backhaul.wire import batch as batchfmt
 from backhaul.wire import chunk as chunkfmt
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.chunk import Codec
 from backhaul.wire.series import SeriesMap, merge_into, sample_count
-from collector.auth import AuthError, DeviceAuth
+from collector.auth import DeviceAuth
 from collector.config import CollectorSettings
 from collector.endpoint import DeviceEndpoint
 from collector.forward.spool import Kind
@@ -41,12 +40,6 @@ _CACHED_TABLES = 1024
 _TABLE_KEPT_MS = 7 * 86_400_000
 # On every 2xx: agents may then send chunks by table reference.
 _KEEPS_TABLES = {batchfmt.TABLES_HEADER: "1"}
-
-
-class _UnknownTables(Exception):
-    def __init__(self, digests: list[str]) -> None:
-        super().__init__(f"no series table with digest {', '.join(digests)}: send the batch with its tables")
-        self.digests = digests
 
 
 class BatchReceiver(DeviceEndpoint):
@@ -71,24 +64,13 @@ class BatchReceiver(DeviceEndpoint):
         return self._metrics.requests
 
     async def _handle(self, request: web.Request) -> web.Response:
-        try:
-            device = await self._auth.device_for(request.headers.get("Authorization"))
-        except AuthError as exc:
-            return self._error(exc.status, str(exc), {"WWW-Authenticate": "Bearer"})
+        device = await self._auth.device_for(request.headers.get("Authorization"))
         if request.content_type != batchfmt.CONTENT_TYPE:
-            return self._error(415, f"Content-Type must be {batchfmt.CONTENT_TYPE}, not {request.content_type!r}")
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return self._error(413, f"body exceeds the limit of {int(self._settings.limits.max_request_bytes)} bytes")
+            raise InputError(f"Content-Type must be {batchfmt.CONTENT_TYPE}, not {request.content_type!r}", 415)
+        body = await self._read(request)
         self._metrics.body_bytes.inc(len(body))
-        try:
-            header, chunks = batchfmt.decode(body)
-            DeviceAuth.check_claim(device, header.device)
-        except WireError as exc:
-            return self._error(400, str(exc))
-        except AuthError as exc:
-            return self._error(exc.status, str(exc))
+        header, chunks = batchfmt.decode(body)
+        DeviceAuth.check_claim(device, header.device)
 
         store = self._store
         if await store.seen(header.device, header.buffer_id, header.seq):
@@ -97,38 +79,30 @@ class BatchReceiver(DeviceEndpoint):
         started = time.perf_counter()
         try:
             tables = await self._tables_for(header)
-        except StoreError as exc:
-            return self._error(503, f"series tables: {exc}", {"Retry-After": "10"})
-        except _UnknownTables as exc:
+        except UnknownTables:
             self._metrics.batches.labels("unknown_table").inc()
-            return web.json_response({"unknown_tables": exc.digests, "reason": str(exc)}, status=409)
+            raise
         try:
             series, frames, new_tables = await asyncio.to_thread(self._decode_chunks, header, chunks, tables)
-        except TooLarge as exc:
-            return self._error(413, str(exc))
         except WireError as exc:
+            if isinstance(exc, TooLarge):
+                raise
             self._metrics.batches.labels("malformed").inc()
-            return self._error(400, str(exc))
+            raise
         if new_tables:
             now_ms = int(self._clock() * 1000)
-            try:  # kept before the batch is acknowledged: the agent refers to them from then on
+            # Kept before the batch is acknowledged: the agent refers to them from then on.
+            with store_trouble("series tables"):
                 await store.put_tables(header.device, new_tables, now_ms, now_ms - _TABLE_KEPT_MS)
-            except StoreError as exc:
-                return self._error(503, f"series tables: {exc}", {"Retry-After": "10"})
             self._remember_tables(header.device, new_tables)
         if self.forward is not None:
             if any(header.table_refs):  # the forwarders read batches with their tables in them
                 body = batchfmt.encode(replace(header, table_refs=[]), frames)
-            try:
+            with store_trouble("forward spool"):
                 await self.forward(header.device, "batch", body, header.samples)
-            except StoreError as exc:
-                return self._error(503, f"forward spool: {exc}", {"Retry-After": "10"})
-        try:
-            result: IngestResult = await store.ingest(
-                header.device, series, self._settings.device_label, int(self._clock() * 1000), header
-            )
-        except StoreError as exc:
-            return self._error(503 if exc.transient else 500, str(exc), {"Retry-After": "10"})
+        result: IngestResult = await store.ingest(
+            header.device, series, self._settings.device_label, int(self._clock() * 1000), header
+        )
         self._metrics.ingest_seconds.observe(time.perf_counter() - started)
         if result.duplicate_batch:
             self._metrics.batches.labels("duplicate").inc()
@@ -142,7 +116,7 @@ class BatchReceiver(DeviceEndpoint):
         )
 
     async def _tables_for(self, header: BatchHeader) -> dict[str, bytes]:
-        """The series tables the batch's chunks refer to; :class:`_UnknownTables` if the store lacks one."""
+        """The series tables the batch's chunks refer to; :class:`UnknownTables` if the store lacks one."""
         tables: dict[str, bytes] = {}
         missing: list[str] = []
         for digest in dict.fromkeys(r for r in header.table_refs if r):
@@ -156,7 +130,7 @@ class BatchReceiver(DeviceEndpoint):
             else:
                 tables[digest] = table
         if missing:
-            raise _UnknownTables(missing)
+            raise UnknownTables(missing)
         return tables
 
     def _remember_tables(self, device: str, tables: dict[str, bytes]) -> None:

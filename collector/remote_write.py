@@ -12,10 +12,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import Counter
 
-from backhaul.errors import StoreError
-from backhaul.wire import TooLarge, WireError
+from backhaul.errors import InputError, store_trouble
 from backhaul.wire import remote_write as rw
-from collector.auth import AuthError
 from collector.endpoint import DeviceEndpoint
 from collector.forward.spool import Kind
 
@@ -31,37 +29,20 @@ class RemoteWriteReceiver(DeviceEndpoint):
         return self._metrics.remote_write_requests
 
     async def _handle(self, request: web.Request) -> web.Response:
-        try:
-            device = await self._auth.device_for(request.headers.get("Authorization"))
-        except AuthError as exc:
-            return self._error(exc.status, str(exc), {"WWW-Authenticate": "Bearer"})
+        device = await self._auth.device_for(request.headers.get("Authorization"))
         problem = rw.header_problem(request.content_type, request.headers.get("Content-Encoding"))
         if problem:
-            return self._error(415, problem)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return self._error(413, f"body exceeds the limit of {int(self._settings.limits.max_request_bytes)} bytes")
+            raise InputError(problem, 415)
+        body = await self._read(request)
         limits = rw.Limits(max_decompressed_bytes=int(self._settings.limits.max_decompressed_bytes))
-        try:
-            decoded = rw.decode(body, limits)
-        except TooLarge as exc:
-            return self._error(413, str(exc))
-        except WireError as exc:
-            return self._error(400, str(exc))
+        decoded = rw.decode(body, limits)
         if decoded.samples:
             if self.forward is not None:
-                try:
+                with store_trouble("forward spool"):
                     await self.forward(device, "remote_write", body, decoded.samples)
-                except StoreError as exc:
-                    return self._error(503, f"forward spool: {exc}", {"Retry-After": "10"})
-            store = self._store
-            try:
-                result = await store.ingest(
-                    device, decoded.series, self._settings.device_label, int(self._clock() * 1000)
-                )
-            except StoreError as exc:
-                return self._error(503 if exc.transient else 500, str(exc), {"Retry-After": "10"})
+            result = await self._store.ingest(
+                device, decoded.series, self._settings.device_label, int(self._clock() * 1000)
+            )
             self._metrics.samples.inc(result.samples)
             self._metrics.duplicate_samples.inc(result.duplicate_samples)
         return web.Response(status=204)

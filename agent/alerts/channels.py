@@ -1,10 +1,11 @@
 """Ways an encoded alert message leaves the device: HTTP to the collector, MQTT, or a program.
 
-Each channel's ``send`` returns once the peer acknowledged the message, raises :class:`Refused` when
-the peer says the message itself is bad (drop it: retrying cannot help), and :class:`ChannelError` for
-anything transient (retry later, or try the next channel)::
+Each channel's ``send`` returns once the peer acknowledged the message, raises
+:class:`~backhaul.errors.Refused` when the peer says the message itself is bad (drop it: retrying cannot
+help), and :class:`~backhaul.errors.PeerError` for anything transient (retry later, or try the next
+channel)::
 
-    ChannelError      no acknowledgement: connection, timeout, 5xx, broker gone, program failed
+    PeerError         no acknowledgement: connection, timeout, 5xx, broker gone, program failed
     └── Refused       the peer rejects the message (HTTP 4xx other than 401/403/408/429)
 
 Every channel owns its connection; none shares a pool or a lock with the bulk uploader, so an alert
@@ -25,21 +26,10 @@ from yarl import URL
 
 from agent.alerts.settings import CommandChannelSettings, HttpChannelSettings, MqttChannelSettings
 from backhaul import __version__
+from backhaul.errors import PeerError, Refused
 from backhaul.wire.alert import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
-
-
-class ChannelError(Exception):
-    """The message was not acknowledged; ``reason`` is a short metric label."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-
-
-class Refused(ChannelError):
-    """The peer refuses this message for good."""
 
 
 class Channel(Protocol):
@@ -88,15 +78,15 @@ class HttpChannel:
                 text = (await resp.content.read(1024)).decode("utf-8", "replace").strip()
                 status = resp.status
         except TimeoutError as exc:
-            raise ChannelError("timeout", f"no answer within {self._timeout.total} s") from exc
+            raise PeerError("timeout", f"no answer within {self._timeout.total} s") from exc
         except aiohttp.ClientError as exc:
-            raise ChannelError("connection", f"{type(exc).__name__}: {str(exc)[:200]}") from exc
+            raise PeerError("connection", f"{type(exc).__name__}: {str(exc)[:200]}") from exc
         if 200 <= status < 300:
             return
         # 401/403 are a configuration error (token), not a bad message: keep it and retry, like batches.
         if 400 <= status < 500 and status not in (401, 403, 408, 429):
             raise Refused(f"http_{status}", text[:200])
-        raise ChannelError(f"http_{status}", text[:200])
+        raise PeerError(f"http_{status}", text[:200])
 
     async def close(self) -> None:
         if self._session is not None:
@@ -142,10 +132,10 @@ class MqttChannel:
             await client.publish(self.topic, body, qos=1, timeout=self._timeout)
         except aiomqtt.MqttError as exc:
             await self.close()
-            raise ChannelError("mqtt", str(exc)[:200]) from exc
+            raise PeerError("mqtt", str(exc)[:200]) from exc
         except TimeoutError as exc:
             await self.close()
-            raise ChannelError("timeout", f"no PUBACK within {self._timeout} s") from exc
+            raise PeerError("timeout", f"no PUBACK within {self._timeout} s") from exc
 
     async def close(self) -> None:
         stack, self._stack, self._client = self._stack, None, None
@@ -177,16 +167,16 @@ class CommandChannel:
                 stderr=asyncio.subprocess.PIPE,
             )
         except OSError as exc:
-            raise ChannelError("command", f"cannot run {argv[0]}: {exc}") from exc
+            raise PeerError("command", f"cannot run {argv[0]}: {exc}") from exc
         try:
             _, err = await asyncio.wait_for(proc.communicate(body if self._s.stdin else None), self._timeout)
         except TimeoutError as exc:
             proc.kill()
             await proc.wait()
-            raise ChannelError("timeout", f"{argv[0]} took longer than {self._timeout} s") from exc
+            raise PeerError("timeout", f"{argv[0]} took longer than {self._timeout} s") from exc
         if proc.returncode != 0:
             detail = err.decode(errors="replace")[:200]
-            raise ChannelError("command", f"{argv[0]} exited with {proc.returncode}: {detail}")
+            raise PeerError("command", f"{argv[0]} exited with {proc.returncode}: {detail}")
 
     async def close(self) -> None:
         return None

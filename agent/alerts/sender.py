@@ -14,11 +14,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from agent.alerts.channels import Channel, ChannelError, Refused
+from agent.alerts.channels import Channel
 from agent.alerts.queue import AlertQueue, Entry
 from agent.metrics import AgentMetrics
 from agent.uplink.uploader import Backoff
-from backhaul.errors import StoreError
+from backhaul.errors import PeerError, Refused, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,12 @@ class AlertSender:
             try:
                 await channel.send(entry.body)
             except Refused as exc:
-                self._metrics.alert_failures.labels(channel.name, exc.reason).inc()
+                self._metrics.alert_failures.labels(channel.name, exc.kind).inc()
                 log.error("alert %d refused by %s: %s", entry.seq, channel.name, exc)
                 self.last_error = str(exc)
                 continue
-            except ChannelError as exc:
-                self._metrics.alert_failures.labels(channel.name, exc.reason).inc()
+            except PeerError as exc:
+                self._metrics.alert_failures.labels(channel.name, exc.kind).inc()
                 self.last_error = f"{channel.name}: {exc}"
                 transient = True
                 continue

@@ -13,14 +13,10 @@ from collections.abc import Callable
 
 from agent.buffer.store import BufferStore, Losses
 from agent.metrics import AgentMetrics
-from backhaul.errors import StoreError
+from backhaul.errors import StoreError, Unavailable
 from backhaul.wire.series import SeriesMap, merge_owned
 
 log = logging.getLogger(__name__)
-
-
-class Unavailable(Exception):
-    """Not accepting right now (overloaded or shutting down): the sender should retry (HTTP 503)."""
 
 
 class Staging:

@@ -19,11 +19,11 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from agent.buffer.staging import Staging, Unavailable
+from agent.buffer.staging import Staging
 from agent.config import BufferSettings, IngestSettings
 from agent.metrics import AgentMetrics
-from backhaul.errors import StoreError
-from backhaul.wire import TooLarge, WireError
+from backhaul.errors import InputError
+from backhaul.web import respond
 from backhaul.wire import remote_write as rw
 from backhaul.wire.series import SeriesMap
 
@@ -73,55 +73,39 @@ class RemoteWriteReceiver:
             max_timestamp_ms=now_ms + self._max_future_ms,
         )
 
-    async def handle(self, request: web.Request) -> web.Response:
-        response = await self._handle(request)
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        response = await respond(self._handle, request, "remote write")
         self._metrics.requests.labels(str(response.status)).inc()
         return response
 
     async def _handle(self, request: web.Request) -> web.Response:
         problem = rw.header_problem(request.content_type, request.headers.get("Content-Encoding"))
         if problem:
-            return _error(415, problem)
+            raise InputError(problem, 415)
         limit = int(self._ingest.max_request_bytes)
         if request.content_length is not None and request.content_length > limit:
-            return _error(413, f"request body of {request.content_length} bytes exceeds the limit of {limit}")
+            raise InputError(f"request body of {request.content_length} bytes exceeds the limit of {limit}", 413)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"request body exceeds the limit of {limit} bytes")
-        try:
-            if len(body) > _INLINE_DECODE_BYTES:
-                decoded = await asyncio.to_thread(rw.decode, body, self.limits(), self._labels)
-            else:
-                decoded = rw.decode(body, self.limits(), self._labels)
-        except TooLarge as exc:
-            return _error(413, str(exc))
-        except WireError as exc:
-            return _error(400, str(exc))
+            raise InputError(f"request body exceeds the limit of {limit} bytes", 413) from None
+        if len(body) > _INLINE_DECODE_BYTES:
+            decoded = await asyncio.to_thread(rw.decode, body, self.limits(), self._labels)
+        else:
+            decoded = rw.decode(body, self.limits(), self._labels)
 
         dropped = sum(decoded.dropped.values())
         if self._observe is not None and decoded.samples:
             # Before the commit: an alert must not wait for a slow or failing buffer (a full disk is
             # exactly when it matters). A sample refused below and re-sent is merely seen twice.
-            self._observe(decoded.series)
-        if decoded.samples or dropped:
             try:
-                await self._staging.submit(decoded.series, decoded.samples, dropped)
-            except Unavailable as exc:
-                return _error(503, str(exc), retry_after=1)
-            except StoreError as exc:
-                return _error(503 if exc.transient else 500, str(exc), retry_after=5)
+                self._observe(decoded.series)
+            except Exception:  # a rule bug must never cost the samples (as on the scrape path)
+                log.exception("alert rules failed on a remote-write request")
+        if decoded.samples or dropped:
+            await self._staging.submit(decoded.series, decoded.samples, dropped)
         # Counted once the request is answered 2xx, so that a sender's retry does not count twice.
         self._metrics.metadata_received.inc(decoded.metadata)
         for reason, count in decoded.dropped.items():
             self._metrics.samples_dropped.labels(reason).inc(count)
         return web.Response(status=204)
-
-
-def _error(status: int, reason: str, retry_after: int | None = None) -> web.Response:
-    if status >= 500:
-        log.warning("remote write answered %d: %s", status, reason)
-    else:
-        log.info("remote write refused (%d): %s", status, reason)
-    headers = {"Retry-After": str(retry_after)} if retry_after else None
-    return web.Response(status=status, text=reason + "\n", headers=headers)

@@ -28,6 +28,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from agent.ingest.sink import SampleSink
+from backhaul.errors import ScrapeError
 from backhaul.wire.series import Labels, SeriesMap
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,6 @@ log = logging.getLogger(__name__)
 # Text first: prometheus_client's text parser is the faster and more forgiving of the two.
 ACCEPT = "text/plain;version=0.0.4;q=1,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"
 _CREATED_TYPES = {"counter", "histogram", "summary", "gaugehistogram"}
-
-
-class ScrapeError(Exception):
-    """A scrape that produced no samples; the message says why (the target's ``up`` is 0)."""
 
 
 @dataclass

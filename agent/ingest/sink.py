@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter
 
-from agent.buffer.staging import Staging, Unavailable
+from agent.buffer.staging import Staging
 from agent.metrics import AgentMetrics
-from backhaul.errors import StoreError
+from backhaul.errors import StoreError, Unavailable
 from backhaul.wire.series import SeriesMap
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,9 @@ import asyncio
 
 import aiohttp
 
-from agent.uplink.transport import Reply, TransportError, _short
+from agent.uplink.transport import Reply, _short
 from backhaul import __version__
+from backhaul.errors import PeerError
 from backhaul.wire import batch as batchfmt
 from backhaul.wire import remote_write as rw
 from backhaul.wire.chunk import Codec
@@ -114,11 +115,11 @@ class RemoteWriteTransport:
                     status = 404
                 return Reply(status, dict(resp.headers), text)
         except TimeoutError as exc:
-            raise TransportError("timeout", f"no complete answer within {self._timeout.total} s") from exc
+            raise PeerError("timeout", f"no complete answer within {self._timeout.total} s") from exc
         except aiohttp.ClientConnectionError as exc:
-            raise TransportError("connection", _short(exc)) from exc
+            raise PeerError("connection", _short(exc)) from exc
         except aiohttp.ClientError as exc:
-            raise TransportError("http", _short(exc)) from exc
+            raise PeerError("http", _short(exc)) from exc
 
     async def close(self) -> None:
         if self._session is not None:

@@ -1,6 +1,6 @@
 """How a batch body reaches the collector: a tiny interface, one HTTP implementation.
 
-The uploader only sees :class:`Reply` or :class:`TransportError`, never aiohttp's exceptions.
+The uploader only sees :class:`Reply` or :class:`~backhaul.errors.PeerError`, never aiohttp's exceptions.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import aiohttp
 
 from agent.uplink.tables import TableRefs
 from backhaul import __version__
+from backhaul.errors import PeerError
 from backhaul.wire.batch import CONTENT_TYPE, TABLES_HEADER
 
 
@@ -23,14 +24,6 @@ class Reply:
     headers: dict[str, str]
     text: str
     sent_bytes: int = 0  # the body as it went out (0: the body the uploader gave)
-
-
-class TransportError(Exception):
-    """No HTTP answer: refused, reset, timed out, DNS ... (``reason`` is a short metric label)."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
 
 
 def _short(exc: Exception) -> str:
@@ -116,11 +109,11 @@ class HttpTransport:
                 text = (await resp.content.read(4096)).decode("utf-8", "replace")
                 return Reply(resp.status, dict(resp.headers), text)
         except TimeoutError as exc:
-            raise TransportError("timeout", f"no complete answer within {self._timeout.total} s") from exc
+            raise PeerError("timeout", f"no complete answer within {self._timeout.total} s") from exc
         except aiohttp.ClientConnectionError as exc:
-            raise TransportError("connection", _short(exc)) from exc
+            raise PeerError("connection", _short(exc)) from exc
         except aiohttp.ClientError as exc:
-            raise TransportError("http", _short(exc)) from exc
+            raise PeerError("http", _short(exc)) from exc
         except asyncio.CancelledError:
             raise
 

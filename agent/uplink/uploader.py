@@ -26,9 +26,9 @@ from collections.abc import Callable
 from agent.buffer.store import LOSS_KEYS, Batch, BufferStore
 from agent.config import UplinkSettings
 from agent.metrics import AgentMetrics
-from agent.uplink.transport import Reply, Transport, TransportError
+from agent.uplink.transport import Reply, Transport
 from backhaul import __version__
-from backhaul.errors import StoreError
+from backhaul.errors import PeerError, StoreError
 from backhaul.retry import Backoff, retry_after
 from backhaul.wire import batch as batchfmt
 from backhaul.wire.batch import BatchHeader
@@ -139,8 +139,8 @@ class Uploader:
         started = time.perf_counter()
         try:
             reply = await self._transport.send(body)
-        except TransportError as exc:
-            return self._failed(exc.reason, str(exc), None)
+        except PeerError as exc:
+            return self._failed(exc.kind, str(exc), None)
         finally:
             self._metrics.upload_seconds.observe(time.perf_counter() - started)
         self._note_clock(reply)

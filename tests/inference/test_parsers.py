@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from agent.ingest import gpu
-from agent.ingest.scrape import ScrapeError, parse_page
+from agent.ingest.scrape import parse_page
 from agent.supervisor import describe_exit
+from backhaul.errors import ScrapeError
 from tests.inference.conftest import FIXTURES
 
 BASE = {"job": "node", "instance": "127.0.0.1:9100"}

@@ -35,7 +35,6 @@ def test_remote_write_is_answered_while_a_backlog_is_compacted(tmp_path, start_a
     finally:
         store.close()
 
-
     agent = start_agent(None, buffer={"budget_bytes": "1GiB", "maintenance_interval": 0.5})
     compacted = []
     slowest = 0.0

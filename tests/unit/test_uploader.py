@@ -9,8 +9,9 @@ from prometheus_client import CollectorRegistry
 from agent.buffer.store import BufferStore
 from agent.config import UplinkSettings
 from agent.metrics import AgentMetrics
-from agent.uplink.transport import Reply, TransportError
+from agent.uplink.transport import Reply
 from agent.uplink.uploader import Backoff, Uploader, retry_after
+from backhaul.errors import PeerError
 from backhaul.wire import batch as batchfmt
 
 NOW = 1_700_000_000_000
@@ -79,7 +80,7 @@ async def test_failures_resend_the_identical_batch_until_acknowledged(store):
         await store.call(store.append, scrape(k), 0, NOW)
     transport = ScriptedTransport(
         [
-            TransportError("connection", "refused"),
+            PeerError("connection", "refused"),
             Reply(503, {"Retry-After": "0"}, "busy"),
             Reply(500, {}, "oops"),
             Reply(200, {}, "{}"),
