@@ -192,7 +192,11 @@ class InferenceProxy:
         self._unlogged = 0
 
     async def __aenter__(self) -> InferenceProxy:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # e.g. the port is taken: close the session already opened
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -114,15 +114,19 @@ class Supervisor:
     Args:
         settings: the ``[inference]`` section (command, env, cwd, health URL, backoff, crash loop, grace).
         registry: where the ``backhaul_inference_*`` metrics are registered.
-
-    ``on_crash_loop`` (settable) is called once each time the process enters the crash-loop state.
+        on_crash_loop: called once each time the process enters the crash-loop state.
     """
 
-    def __init__(self, settings: InferenceSettings, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        registry: CollectorRegistry,
+        on_crash_loop: Callable[[CrashLoop], None] | None = None,
+    ) -> None:
         if not settings.command:
             raise ValueError("inference.command is empty: nothing to supervise")
         self.settings = settings
-        self.on_crash_loop: Callable[[CrashLoop], None] | None = None
+        self.on_crash_loop = on_crash_loop
         self.state = State.STOPPED
         self.last_exit: str | None = None
         self.pid: int | None = None
@@ -131,6 +135,7 @@ class Supervisor:
         self._started_at: float | None = None
         self._exits: deque[float] = deque()
         self._stopping = False
+        self._stop_began = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._limiter = _LineLimiter(settings.log_lines_per_second)
@@ -175,27 +180,43 @@ class Supervisor:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.stop()
+        try:
+            await self.stop()
+        finally:
+            self.kill_now()  # a stop cut short by the caller's grace never leaves the child behind
+
+    @property
+    def in_crash_loop(self) -> bool:
+        return self.state == State.CRASH_LOOP
 
     def start(self) -> None:
         if self._task is not None:
             raise RuntimeError("a Supervisor can be started once")
         self._task = asyncio.create_task(self._run(), name="supervisor")
 
-    async def stop(self) -> None:
-        """SIGTERM to the process group, SIGKILL after ``stop_grace``; returns once the child is gone."""
+    def begin_stop(self) -> None:
+        """SIGTERM to the process group now; :meth:`stop` waits for it (the grace counts from here)."""
+        if self._stopping:
+            return
         self._stopping = True
+        self._stop_began = time.monotonic()
         self._wake.set()
-        grace = self.settings.stop_grace.total_seconds()
         proc = self._proc
         if proc is not None and proc.returncode is None:
             self.state = State.STOPPING
+            grace = self.settings.stop_grace.total_seconds()
             log.info("stopping inference process %d (SIGTERM, SIGKILL after %g s)", proc.pid, grace)
             self._signal(proc, signal.SIGTERM)
+
+    async def stop(self) -> None:
+        """SIGTERM to the process group, SIGKILL after ``stop_grace``; returns once the child is gone."""
+        self.begin_stop()
+        grace = self.settings.stop_grace.total_seconds()
         # A child being spawned right now gets its SIGTERM from _run_once; either way the loop ends
         # once the child is gone, and the grace bounds the wait.
         if self._task is not None:
-            done, _ = await asyncio.wait({self._task}, timeout=grace)
+            left = max(0.0, self._stop_began + grace - time.monotonic())
+            done, _ = await asyncio.wait({self._task}, timeout=left)
             if not done:
                 log.warning("inference process %s ignored SIGTERM for %g s: SIGKILL", self.pid, grace)
                 self.kill_now()

@@ -13,11 +13,12 @@ from typing import Any, TypeVar
 from pydantic_settings import BaseSettings
 
 from backhaul import __version__
-from backhaul.errors import ConfigError
+from backhaul.errors import BackhaulError, ConfigError
 from backhaul.settings import load
 
 S = TypeVar("S", bound=BaseSettings)
 
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 
@@ -53,5 +54,18 @@ def main(
     level = getattr(settings, "log_level", "INFO")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every job run at INFO
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except (BackhaulError, OSError) as exc:
+        # A start that failed (a port taken, a folder not writable, a store that cannot open) has
+        # already unwound what it started: one line that says why, and status 1 for systemd.
+        print(f"{prog}: cannot run: {_why(exc)}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 
 from aiohttp import web
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from backhaul import systemd
+from backhaul.lifecycle import Lifecycle, TaskGroup
 from backhaul.web import error_middleware
 from collector.alerts import AlertLister, AlertReceiver, MqttSubscriber
 from collector.config import CollectorSettings
@@ -30,6 +32,11 @@ from collector.remote_write import RemoteWriteReceiver
 from collector.store import make_store
 
 log = logging.getLogger(__name__)
+
+# A start that fails unwinds what it started within this long; a stop takes at most this long
+# (below the unit's TimeoutStopSec).
+START_FAILURE_GRACE = 5.0
+SHUTDOWN_GRACE = 20.0
 
 
 class Collector:
@@ -70,8 +77,9 @@ class Collector:
                 self.forwarder.notify,
                 clock,
             )
-        self._tasks: list[asyncio.Task[None]] = []
-        self._runner: web.AppRunner | None = None
+        self.tasks = TaskGroup()
+        self._lifecycle: Lifecycle | None = None
+        self._started = False
         self.port: int | None = None
 
     def _forwarding(self, clock: Callable[[], float]) -> Forwarding | None:
@@ -102,13 +110,18 @@ class Collector:
         )
 
         async def healthz(request: web.Request) -> web.Response:
-            detail: dict[str, object] = {"status": "ok", "devices": len(self.store.devices)}
+            dead = dict(self.tasks.dead)
+            if self.forwarding is not None:
+                dead.update(self.forwarding.dead())
+            detail: dict[str, object] = {"status": "degraded" if dead else "ok", "devices": len(self.store.devices)}
+            if dead:
+                detail["dead"] = dead
             if self.forwarding is not None:
                 detail["forward"] = {
                     f.name: {"queued_samples": f.spool.totals.samples, "last_error": f.last_error}
                     for f in self.forwarding.forwarders
                 }
-            return web.json_response(detail)
+            return web.json_response(detail, status=503 if dead else 200)
 
         app.router.add_post("/api/v1/batches", self._receiver.handle)
         app.router.add_post("/api/v1/write", self._remote_write.handle)
@@ -122,33 +135,49 @@ class Collector:
         return app
 
     async def __aenter__(self) -> Collector:
-        await self.store.open()
-        await import_config_devices(self.store, self.settings.devices, int(self._clock() * 1000))
-        if self.forwarding is not None:
-            await self.forwarding.start()
-        self._runner = web.AppRunner(self.build_app(), access_log=None, shutdown_timeout=10)
-        await self._runner.setup()
-        if self.forwarder.enabled:
-            self._tasks.append(asyncio.create_task(self.forwarder.run(), name="alert-forwarder"))
-        if self.mqtt is not None:
-            self._tasks.append(asyncio.create_task(self.mqtt.run(), name="mqtt-alerts"))
-        site = web.TCPSite(self._runner, self.settings.listen.host, self.settings.listen.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        if self._started:
+            raise RuntimeError("a Collector can be started once")
+        self._started = True
+        life = self._lifecycle = Lifecycle("collector")
+        try:
+            await self._start(life)
+        except BaseException:
+            await life.stop(START_FAILURE_GRACE)
+            raise
         log.info("collector listening on %s:%s", self.settings.listen.host, self.port)
         return self
+
+    async def _start(self, life: Lifecycle) -> None:
+        await life.enter("store", self._store_resource())
+        await import_config_devices(self.store, self.settings.devices, int(self._clock() * 1000))
+        if self.forwarding is not None:
+            await life.enter("forwarding", self.forwarding)
+        await life.enter("background tasks", self.tasks)
+        if self.forwarder.enabled:
+            self.tasks.spawn("alert forwarder", self.forwarder.run())
+        if self.mqtt is not None:
+            self.tasks.spawn("mqtt alerts", self.mqtt.run())
+        runner = web.AppRunner(self.build_app(), access_log=None, shutdown_timeout=10)
+        await runner.setup()
+        life.on_stop("listener", runner.cleanup)
+        site = web.TCPSite(runner, self.settings.listen.host, self.settings.listen.port)
+        await site.start()
+        self.port = runner.addresses[0][1]
+
+    @contextlib.asynccontextmanager
+    async def _store_resource(self) -> AsyncIterator[None]:
+        await self.store.open()
+        try:
+            yield
+        finally:
+            await self.store.close()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.forwarding is not None:
-            await self.forwarding.stop()
-        await self.store.close()
+        life, self._lifecycle = self._lifecycle, None
+        if life is not None:
+            await life.stop(SHUTDOWN_GRACE)
 
 
 async def serve(settings: CollectorSettings) -> None:

@@ -34,11 +34,11 @@ class Readings:
     budget_bytes: int
     disk_path: Path
     disk_floor: int
-    evicted_total: Callable[[], float]
+    evicted_total: Callable[[], float]  # samples evicted since the agent started
     upload_error: Callable[[], str | None]  # the uploader's last error, None while uploads succeed
     clock_skew: Callable[[], float]  # seconds, agent minus collector
-    # The supervisor's crash-loop gauge (1/0); None when no inference process is supervised.
-    inference_crash_loop: Callable[[], float | None] = lambda: None
+    # Whether the supervised inference server is in a crash loop; None when none is supervised.
+    inference_crash_loop: Callable[[], bool] | None = None
 
 
 def _result(name: str, active: bool, value: float, severity: str, summary: str) -> Result:
@@ -94,10 +94,10 @@ class BuiltinChecks:
             ),
             _result("ClockSkew", abs(skew) > s.clock_skew_max.total_seconds(), skew, "warning", ""),
         ]
-        crash_loop = r.inference_crash_loop()
-        if crash_loop is not None:
+        if r.inference_crash_loop is not None:
+            looping = r.inference_crash_loop()
             out.append(
-                _result("InferenceCrashLoop", crash_loop > 0, crash_loop, "critical", "inference server keeps exiting")
+                _result("InferenceCrashLoop", looping, float(looping), "critical", "inference server keeps exiting")
             )
         if self._start.restarts:
             held = now - self._started < s.restart_hold.total_seconds()

@@ -22,13 +22,14 @@ from types import TracebackType
 
 from agent.alerts.builtin import BuiltinChecks, Readings
 from agent.alerts.channels import Channel
+from agent.alerts.metrics import AlertMetrics
 from agent.alerts.queue import AlertQueue, StartInfo
 from agent.alerts.rules import Result, RuleEngine
 from agent.alerts.sender import AlertSender
 from agent.alerts.settings import AlertSettings
 from agent.alerts.state import Tracker, Transition
-from agent.metrics import AgentMetrics
 from backhaul.errors import StoreError
+from backhaul.lifecycle import TaskGroup
 from backhaul.sqlite import Synchronous
 from backhaul.wire.alert import AlertMessage
 from backhaul.wire.series import SeriesMap
@@ -63,7 +64,7 @@ class AlertLane:
         synchronous: Synchronous,
         channels: list[Channel],
         readings: Readings,
-        metrics: AgentMetrics,
+        metrics: AlertMetrics,
         clock: Callable[[], float] = time.time,
         long_form: Callable[[SeriesMap], Awaitable[None]] | None = None,
     ) -> None:
@@ -89,7 +90,7 @@ class AlertLane:
         self.start: StartInfo | None = None
         self._builtin: BuiltinChecks | None = None
         self._lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskGroup()
         self._eager_handle: asyncio.TimerHandle | asyncio.Handle | None = None
         self._last_eval = 0.0
         self._eval_cost = 0.0  # seconds the last pass took
@@ -102,7 +103,7 @@ class AlertLane:
         except StoreError as exc:
             # e.g. a full disk: the agent must start anyway; the lane opens once it can.
             log.error("alert queue %s cannot be opened (%s); retrying in the background", self.queue.path, exc)
-            self._spawn(self._start_later(), "alert-queue-open")
+            self._tasks.spawn("alert queue opener", self._start_later(), forever=False)
         return self
 
     async def _start_later(self) -> None:
@@ -128,13 +129,8 @@ class AlertLane:
             int(self.settings.stale_after.total_seconds() * 1000),
         )
         self._metrics.alerts_queued.set(self.queue.length)
-        self._spawn(self.sender.run(), "alert-sender")
-        self._spawn(self.evaluate(), "alert-first-evaluation")
-
-    def _spawn(self, coro: object, name: str) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn("alert sender", self.sender.run())
+        self._tasks.spawn("alert first evaluation", self.evaluate(), forever=False)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -142,15 +138,16 @@ class AlertLane:
         for handle in (self._eager_handle, self._due_handle):
             if handle is not None:
                 handle.cancel()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.aclose()
         for channel in self.channels:
             await channel.close()
         if self._open:
             await self.queue.call(self.queue.close, True)
         await self.queue.db.aclose()
+
+    def dead(self) -> dict[str, str]:
+        """The lane's background tasks that ended by themselves (the sender), for /healthz."""
+        return dict(self._tasks.dead)
 
     def health(self) -> dict[str, object]:
         return {
@@ -177,7 +174,7 @@ class AlertLane:
 
     def _eager_fire(self) -> None:
         self._eager_handle = None
-        self._spawn(self.evaluate(), "alert-evaluation")
+        self._tasks.spawn("alert evaluation", self.evaluate(), forever=False)
 
     def _wake_when_due(self, now_ms: int) -> None:
         """Evaluate again when the earliest pending alert's ``for`` runs out (not at the next pass)."""
@@ -192,7 +189,7 @@ class AlertLane:
 
     def _due_fire(self) -> None:
         self._due_handle = None
-        self._spawn(self.evaluate(), "alert-evaluation-due")
+        self._tasks.spawn("alert evaluation due", self.evaluate(), forever=False)
 
     async def evaluate(self) -> None:
         """One pass over every rule and built-in check; queues and sends what changed."""
@@ -244,7 +241,7 @@ class AlertLane:
                     long_form_labels(t): ([t.ts_ms], [t.value]) for t in transitions if t.result.labels
                 }
                 if series:
-                    self._spawn(self._write_long_form(series), "alert-long-form")
+                    self._tasks.spawn("alert long form", self._write_long_form(series), forever=False)
 
     async def _write_long_form(self, series: SeriesMap) -> None:
         """Into the bulk buffer, off the evaluation path (a slow commit must not hold alerts back)."""

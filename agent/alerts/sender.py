@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 
 from agent.alerts.channels import Channel
+from agent.alerts.metrics import AlertMetrics
 from agent.alerts.queue import AlertQueue, Entry
-from agent.metrics import AgentMetrics
 from agent.uplink.uploader import Backoff
 from backhaul.errors import PeerError, Refused, StoreError
 
@@ -30,7 +30,7 @@ class AlertSender:
         self,
         queue: AlertQueue,
         channels: list[Channel],
-        metrics: AgentMetrics,
+        metrics: AlertMetrics,
         backoff_min: float,
         backoff_max: float,
         clock: Callable[[], float] = time.time,

@@ -6,15 +6,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from prometheus_client import CollectorRegistry
-
 from agent.alerts.builtin import Readings
 from agent.alerts.channels import Channel, CommandChannel, HttpChannel, MqttChannel
 from agent.alerts.lane import AlertLane
+from agent.alerts.metrics import AlertMetrics
 from agent.alerts.settings import CommandChannelSettings, HttpChannelSettings, MqttChannelSettings
-from agent.buffer.store import BufferStore
 from agent.config import AgentSettings
-from agent.metrics import AgentMetrics
 from backhaul.wire.series import SeriesMap
 
 log = logging.getLogger(__name__)
@@ -41,25 +38,14 @@ def channels(settings: AgentSettings) -> list[Channel]:
 
 def build_lane(
     settings: AgentSettings,
-    store: BufferStore,
-    upload_error: Callable[[], str | None],
-    metrics: AgentMetrics,
-    registry: CollectorRegistry,
+    readings: Readings,
+    metrics: AlertMetrics,
     clock: Callable[[], float] = time.time,
     long_form: Callable[[SeriesMap], Awaitable[None]] | None = None,
 ) -> AlertLane:
+    """The lane for ``settings``; ``readings`` are what the built-in checks look at."""
     b = settings.buffer
     queue_path = settings.alerts.queue_path or b.path.with_name(b.path.stem + ".alerts.db")
-    readings = Readings(
-        buffer_bytes=lambda: store.totals.bytes,
-        budget_bytes=store.budget_bytes,
-        disk_path=store.path.parent,
-        disk_floor=store.min_free_bytes,
-        evicted_total=lambda: registry.get_sample_value("backhaul_buffer_evicted_samples_total") or 0.0,
-        upload_error=upload_error,
-        clock_skew=lambda: registry.get_sample_value("backhaul_uplink_clock_skew_seconds") or 0.0,
-        inference_crash_loop=lambda: registry.get_sample_value("backhaul_inference_crash_loop"),
-    )
     chosen = channels(settings)
     if not chosen:
         log.warning("alerts: no channel configured and no uplink.url: alerts are queued but not sent")

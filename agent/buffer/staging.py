@@ -11,8 +11,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from agent.buffer.metrics import BufferMetrics
 from agent.buffer.store import BufferStore, Losses
-from agent.metrics import AgentMetrics
 from backhaul.errors import StoreError, Unavailable
 from backhaul.wire.series import SeriesMap, merge_owned
 
@@ -34,7 +34,7 @@ class Staging:
     def __init__(
         self,
         store: BufferStore,
-        metrics: AgentMetrics,
+        metrics: BufferMetrics,
         commit_delay: float,
         max_pending_samples: int,
         on_commit: Callable[[], None] = lambda: None,

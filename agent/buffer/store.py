@@ -104,6 +104,7 @@ class BufferStore:
         # After a failed transaction the file is the truth again.
         self.db.on_rollback(self._recount)
         self.totals = Totals()
+        self.evicted_samples = 0  # since open (the persistent count is in the meta table)
         self.buffer_id = ""
         self.recovery: recovery.Recovery | None = None  # set when open() had to salvage a damaged file
 
@@ -190,6 +191,7 @@ class BufferStore:
                 self._insert(blob, span, len(series), samples, now_ms)
             self._bump("dropped_samples", dropped)
         if losses.evicted:
+            self.evicted_samples += losses.evicted
             self._release_free_pages()
             self._recount()
         elif samples:

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from agent.buffer.staging import Staging
 from agent.config import BufferSettings, IngestSettings
-from agent.metrics import AgentMetrics
+from agent.ingest.metrics import IngestMetrics
 from backhaul.errors import InputError
 from backhaul.web import respond
 from backhaul.wire import remote_write as rw
@@ -50,7 +50,7 @@ class RemoteWriteReceiver:
         staging: Staging,
         ingest: IngestSettings,
         buffer: BufferSettings,
-        metrics: AgentMetrics,
+        metrics: IngestMetrics,
         clock: Callable[[], float] = time.time,
         observe: Callable[[SeriesMap], None] | None = None,
     ) -> None:

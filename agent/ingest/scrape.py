@@ -21,7 +21,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
@@ -29,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from agent.ingest.sink import SampleSink
 from backhaul.errors import ScrapeError
+from backhaul.lifecycle import Jobs
 from backhaul.wire.series import Labels, SeriesMap
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class Scraper:
         targets: what to scrape.
         sink: where samples go.
         registry: the agent's registry (scrape counters and per-target ``up`` for its /metrics).
-        scheduler: the agent's AsyncIOScheduler (started by the agent).
+        jobs: the agent's scheduled jobs (started by the agent).
         max_body_bytes: a bigger page fails the scrape.
         self_registry: when given, this registry itself is "scraped" every ``self_interval`` seconds.
         self_labels: job and instance labels for the self-scrape.
@@ -134,7 +134,7 @@ class Scraper:
         targets: list[Target],
         sink: SampleSink,
         registry: CollectorRegistry,
-        scheduler: AsyncIOScheduler,
+        jobs: Jobs,
         max_body_bytes: int = 16 * 1024**2,
         self_registry: CollectorRegistry | None = None,
         self_interval: float = 0.0,
@@ -143,7 +143,7 @@ class Scraper:
     ) -> None:
         self.targets = targets
         self._sink = sink
-        self._scheduler = scheduler
+        self._jobs_owner = jobs
         self._max_body = max_body_bytes
         self._self_registry = self_registry
         self._self_interval = self_interval
@@ -171,29 +171,32 @@ class Scraper:
             # Spread the first scrapes a little so targets sharing an interval do not all fire at once.
             first = now + timedelta(seconds=0.1 + (i % 10) * 0.05)
             self._jobs.append(
-                self._scheduler.add_job(
+                self._jobs_owner.add(
+                    f"scrape {target.job} {target.url}",
                     self._run,
                     "interval",
-                    args=[target],
+                    args=(target,),
                     seconds=target.interval,
                     next_run_time=first,
-                    max_instances=1,
-                    coalesce=True,
-                    misfire_grace_time=None,  # late (a busy loop) is better than skipped
                 )
             )
         if self._self_registry is not None and self._self_interval > 0:
             self._jobs.append(
-                self._scheduler.add_job(
+                self._jobs_owner.add(
+                    "self-scrape",
                     self._run_self,
                     "interval",
                     seconds=self._self_interval,
                     next_run_time=now + timedelta(seconds=0.5),
-                    max_instances=1,
-                    coalesce=True,
-                    misfire_grace_time=None,
                 )
             )
+
+    async def __aenter__(self) -> Scraper:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     async def stop(self) -> None:
         """Unschedule, let scrapes in flight finish their commit or cancel them after a second, close."""

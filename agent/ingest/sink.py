@@ -15,7 +15,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter
 
 from agent.buffer.staging import Staging
-from agent.metrics import AgentMetrics
+from agent.ingest.metrics import IngestMetrics
 from backhaul.errors import StoreError, Unavailable
 from backhaul.wire.series import SeriesMap
 
@@ -39,7 +39,7 @@ class SampleSink:
     def __init__(
         self,
         staging: Staging,
-        metrics: AgentMetrics,
+        metrics: IngestMetrics,
         registry: CollectorRegistry,
         max_age: float,
         max_future: float,

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from agent.buffer.store import LOSS_KEYS, Batch, BufferStore
 from agent.config import UplinkSettings
-from agent.metrics import AgentMetrics
+from agent.uplink.metrics import UplinkMetrics
 from agent.uplink.transport import Reply, Transport
 from backhaul import __version__
 from backhaul.errors import PeerError, StoreError
@@ -56,7 +56,7 @@ class Uploader:
         device_id: str,
         store: BufferStore,
         transport: Transport,
-        metrics: AgentMetrics,
+        metrics: UplinkMetrics,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -74,6 +74,8 @@ class Uploader:
         self._last_sent = float("-inf")
         self._backlog = True
         self.last_error: str | None = None
+        # Agent clock minus the collector's Date header at the last reply (seconds).
+        self.clock_skew = 0.0
 
     def notify_data(self) -> None:
         """Staging calls this after each commit."""
@@ -217,4 +219,5 @@ class Uploader:
             server = email.utils.parsedate_to_datetime(date).timestamp()
         except (TypeError, ValueError):
             return
-        self._metrics.clock_skew.set(self._clock() - server)
+        self.clock_skew = self._clock() - server
+        self._metrics.clock_skew.set(self.clock_skew)

@@ -319,11 +319,34 @@ class Forwarding:
         self.forwarders = forwarders
 
     async def start(self) -> None:
-        for forwarder in self.forwarders:
-            await forwarder.start()
+        started: list[Forwarder] = []
+        try:
+            for forwarder in self.forwarders:
+                await forwarder.start()
+                started.append(forwarder)
+        except BaseException:
+            await asyncio.gather(*(f.stop() for f in started))
+            raise
 
     async def stop(self) -> None:
         await asyncio.gather(*(f.stop() for f in self.forwarders))
+
+    async def __aenter__(self) -> Forwarding:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def dead(self) -> dict[str, str]:
+        """Targets whose sender task ended by itself (a bug), for /healthz."""
+        out: dict[str, str] = {}
+        for f in self.forwarders:
+            task = f._task
+            if task is not None and task.done() and not task.cancelled():
+                exc = task.exception()
+                out[f"forward {f.name}"] = "stopped" if exc is None else f"{type(exc).__name__}: {exc}"[:200]
+        return out
 
     async def enqueue(self, device: str, kind: Kind, body: bytes, samples: int) -> None:
         """Queue in every target's spool (concurrently: one fsync each); raises StoreError if any fails."""

@@ -10,10 +10,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from agent.alerts.channels import Channel, CommandChannel, HttpChannel
+from agent.alerts.metrics import AlertMetrics
 from agent.alerts.queue import AlertQueue
 from agent.alerts.sender import AlertSender
 from agent.alerts.settings import CommandChannelSettings
-from agent.metrics import AgentMetrics
 from backhaul.wire import alert as wire
 from backhaul.wire.alert import AlertMessage
 from tests.support import free_port
@@ -45,7 +45,7 @@ class Peer:
 
 async def deliver(tmp_path: Path, channels: list[Channel], messages: int = 1) -> tuple[CollectorRegistry, AlertQueue]:
     registry = CollectorRegistry()
-    metrics = AgentMetrics(registry)
+    metrics = AlertMetrics(registry)
     queue = AlertQueue(tmp_path / "q.db", 100)
     await queue.call(queue.open)
     msgs = [AlertMessage("dev-1", f"R{i}", "firing", "warning", 1.0, 1000 + i, 0, i) for i in range(messages)]

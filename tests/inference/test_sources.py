@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry
 
 from agent.app import Agent
 from agent.config import AgentSettings
 from agent.ingest.scrape import Scraper, Target
+from backhaul.lifecycle import Jobs
 from tests.support import free_port
 
 
@@ -90,7 +90,7 @@ async def test_each_scrape_reports_up_and_why_it_failed(
     agent: Agent, pages: str, path: str, up: float, error: str
 ) -> None:
     registry = CollectorRegistry()
-    scraper = Scraper([], agent.sink, registry, AsyncIOScheduler(), max_body_bytes=64 * 1024)
+    scraper = Scraper([], agent.sink, registry, Jobs(CollectorRegistry()), max_body_bytes=64 * 1024)
     await scraper.start()
     try:
         target = Target("t", pages + path, interval=1, timeout=0.3, labels={"site": "s1"})

@@ -53,9 +53,8 @@ def value(registry: CollectorRegistry, name: str) -> float:
 
 async def test_a_crashing_child_is_restarted_then_reported_as_a_crash_loop_once(tmp_path: Path) -> None:
     registry = CollectorRegistry()
-    supervisor = Supervisor(settings(script(tmp_path, "crash", "sys.exit(3)\n")), registry)
     events: list[CrashLoop] = []
-    supervisor.on_crash_loop = events.append
+    supervisor = Supervisor(settings(script(tmp_path, "crash", "sys.exit(3)\n")), registry, events.append)
     async with supervisor:
         await until(lambda: supervisor.state == State.CRASH_LOOP, 20, "the crash loop")
         assert value(registry, "backhaul_inference_crash_loop") == 1

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.buffer.store import BufferStore
 from agent.config import UplinkSettings
-from agent.metrics import AgentMetrics
+from agent.uplink.metrics import UplinkMetrics
 from agent.uplink.transport import Reply
 from agent.uplink.uploader import Backoff, Uploader, retry_after
 from backhaul.errors import PeerError
@@ -71,7 +71,7 @@ def make(store, transport, **kw):
         **kw,
     }
     settings = UplinkSettings(url="http://collector.invalid/api/v1/batches", token="t", **options)
-    metrics = AgentMetrics(CollectorRegistry())
+    metrics = UplinkMetrics(CollectorRegistry())
     return Uploader(settings, "dev-1", store, transport, metrics), metrics
 
 
