@@ -1,0 +1,41 @@
+"""What the buffer hands out: its totals, sealed batches and the losses of an operation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+LOSS_KEYS = (
+    "evicted_samples",
+    "expired_samples",
+    "dropped_samples",
+    "rejected_samples",
+    "corrupt_samples",
+)
+
+
+@dataclass
+class Totals:
+    """What the buffer holds right now (kept in memory, recomputed at open)."""
+
+    chunks: int = 0
+    bytes: int = 0
+    samples: int = 0
+    oldest_ts: int | None = None  # oldest sample timestamp (ms) still buffered
+
+
+@dataclass
+class Batch:
+    """Chunks sealed under one sequence number; re-sent unchanged until acknowledged."""
+
+    seq: int
+    sealed_ms: int
+    samples: int
+    chunks: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class Losses:
+    """Samples removed by one operation, by cause."""
+
+    evicted: int = 0
+    expired: int = 0
