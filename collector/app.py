@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from backhaul import systemd
-from collector.alerts import AlertLister, AlertReceiver, MqttSubscriber
+from collector.alerts.receiver import AlertLister, AlertReceiver, MqttSubscriber
 from collector.config import CollectorSettings
 from collector.export import Exporter
 from collector.fleet import Fleet

@@ -19,8 +19,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from agent.buffer.settings import BufferSettings
 from agent.buffer.staging import Staging, Unavailable
-from agent.config import BufferSettings, IngestSettings
+from agent.ingest.settings import IngestSettings
 from agent.metrics import AgentMetrics
 from backhaul.sqlite import StoreError
 from backhaul.wire import TooLarge, WireError

@@ -26,8 +26,8 @@ from prometheus_client import Counter
 from backhaul.sqlite import StoreError
 from backhaul.wire import alert as wire
 from backhaul.wire.alert import AlertMessage
+from collector.alerts.settings import MqttSettings
 from collector.auth import AuthError
-from collector.config import MqttSettings
 from collector.endpoint import DeviceEndpoint
 from collector.store import Store
 
