@@ -6,10 +6,9 @@ a revocation or rotation made by any instance, or by the ``devices`` CLI, holds 
 
 from __future__ import annotations
 
-import hashlib
-
 from backhaul.sqlite import StoreError
 from collector.store import Store
+from collector.tokens import token_digest
 
 
 class AuthError(Exception):
@@ -19,10 +18,6 @@ class AuthError(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.strip().encode()).hexdigest()
 
 
 class DeviceAuth:

@@ -31,10 +31,10 @@ from pathlib import Path
 from backhaul.settings import ConfigError, load
 from backhaul.sqlite import StoreError
 from backhaul.wire.batch import DEVICE_ID_PATTERN
-from collector.auth import token_digest
 from collector.config import CollectorSettings
 from collector.registry_settings import DeviceEntry
 from collector.store import Registration, Store, make_store
+from collector.tokens import token_digest
 
 log = logging.getLogger(__name__)
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from pydantic import Field, SecretStr, model_validator
 
 from backhaul.settings import Section
 from backhaul.wire.batch import DEVICE_ID_PATTERN
+from collector.tokens import token_digest
 
 
 class DeviceEntry(Section):
@@ -27,4 +26,4 @@ class DeviceEntry(Section):
         if self.token_sha256 is not None:
             return self.token_sha256
         assert self.token is not None
-        return hashlib.sha256(self.token.get_secret_value().encode()).hexdigest()
+        return token_digest(self.token.get_secret_value())
