@@ -36,10 +36,10 @@ class CollectorSettings(BaseSettings):
     fleet: FleetSettings = FleetSettings()
     devices: list[DeviceEntry] = []
     forward: list[ForwardTarget] = []
-
     alerts: AlertSettings = AlertSettings()
 
     def spool_path(self, target: ForwardTarget) -> Path:
+        """Where ``target``'s spool lives: its ``spool_path``, else forward-<name>.db beside the store."""
         return target.spool_path or self.store.path.parent / f"forward-{target.name}.db"
 
     @model_validator(mode="after")
