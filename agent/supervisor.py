@@ -33,7 +33,7 @@ import aiohttp
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from agent.config import InferenceSettings
+from agent.supervisor_settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 child_log = logging.getLogger("agent.inference")

@@ -2,7 +2,8 @@
 
 Precedence, highest first: environment (``BACKHAUL_BUFFER__BUDGET_BYTES=1GiB``), the TOML file, the
 defaults in the settings classes. Any problem becomes a :class:`ConfigError` whose message names the
-offending field; the command-line front ends turn it into exit status 2.
+offending field; the command-line front ends turn it into exit status 2. Every model below the root
+derives from :class:`Section`, so an unknown key anywhere is such a problem.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,6 +29,17 @@ ENV_PREFIX = "BACKHAUL_"
 
 def settings_config() -> SettingsConfigDict:
     return SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+
+
+class Section(BaseModel):
+    """Base of every settings model below the root (a ``[section]``, a ``[[list]]`` entry, a channel).
+
+    An unknown key is an error rather than silently ignored, so a typo (``budget_bites``) is caught
+    at start and named instead of leaving the default in force. Subclasses may add to
+    ``model_config`` (it is merged); they must not relax ``extra``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def load(cls: type[S], path: Path | None) -> S:
@@ -70,5 +82,7 @@ def describe(exc: ValidationError) -> str:
         where = ".".join(str(part) for part in err["loc"]) or "(root)"
         given: Any = err.get("input")
         shown = "" if isinstance(given, dict) else f" (got {given!r})"
-        lines.append(f"invalid config: {where}: {err['msg']}{shown}")
+        # pydantic's "Extra inputs are not permitted" reads as if the value were the problem.
+        problem = "no such setting" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"invalid config: {where}: {problem}{shown}")
     return "\n".join(lines)

@@ -17,7 +17,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from backhaul import systemd
 from backhaul.lifecycle import Lifecycle, TaskGroup
 from backhaul.web import error_middleware
-from collector.alerts import AlertLister, AlertReceiver, MqttSubscriber
+from collector.alerts.receiver import AlertLister, AlertReceiver, MqttSubscriber
 from collector.config import CollectorSettings
 from collector.export import Exporter
 from collector.fleet import Fleet

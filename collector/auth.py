@@ -6,14 +6,9 @@ a revocation or rotation made by any instance, or by the ``devices`` CLI, holds 
 
 from __future__ import annotations
 
-import hashlib
-
 from backhaul.errors import AuthError, store_trouble
 from collector.store import Store
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.strip().encode()).hexdigest()
+from collector.tokens import token_digest
 
 
 class DeviceAuth:

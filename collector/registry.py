@@ -31,9 +31,10 @@ from pathlib import Path
 from backhaul.errors import ConfigError, StoreError
 from backhaul.settings import load
 from backhaul.wire.batch import DEVICE_ID_PATTERN
-from collector.auth import token_digest
-from collector.config import CollectorSettings, DeviceEntry
+from collector.config import CollectorSettings
+from collector.registry_settings import DeviceEntry
 from collector.store import Registration, Store, make_store
+from collector.tokens import token_digest
 
 log = logging.getLogger(__name__)
 

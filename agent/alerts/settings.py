@@ -10,19 +10,20 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, field_validator
+from pydantic import ConfigDict, Field, HttpUrl, SecretStr, field_validator
 
 from backhaul.errors import SelectorError
 from backhaul.selector import Selector
+from backhaul.settings import Section
 
 Severity = Literal["info", "warning", "critical"]
 Op = Literal[">", "<", ">=", "<=", "==", "!=", "absent"]
 
 
-class RuleSettings(BaseModel):
+class RuleSettings(Section):
     """One alert rule: ``function(selector[window]) op threshold`` held for ``for``."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(populate_by_name=True)
 
     # The alert's name (48 bytes at most: it travels in the compact message).
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_:.-]{0,47}$")
@@ -50,10 +51,9 @@ class RuleSettings(BaseModel):
         return value
 
 
-class HttpChannelSettings(BaseModel):
+class HttpChannelSettings(Section):
     """POST the message to the collector (``/api/v1/alerts``) with the device's bearer token."""
 
-    model_config = ConfigDict(extra="forbid")
     type: Literal["http"] = "http"
     # Default: uplink.url with its path replaced by /api/v1/alerts, and uplink.token.
     url: HttpUrl | None = None
@@ -61,10 +61,9 @@ class HttpChannelSettings(BaseModel):
     timeout: timedelta = timedelta(seconds=5)
 
 
-class MqttChannelSettings(BaseModel):
+class MqttChannelSettings(Section):
     """Publish the message with QoS 1; acknowledged when the broker's PUBACK arrives."""
 
-    model_config = ConfigDict(extra="forbid")
     type: Literal["mqtt"] = "mqtt"
     host: str
     port: int = Field(1883, ge=1, le=65535)
@@ -75,10 +74,9 @@ class MqttChannelSettings(BaseModel):
     timeout: timedelta = timedelta(seconds=5)
 
 
-class CommandChannelSettings(BaseModel):
+class CommandChannelSettings(Section):
     """Run a program with the message; exit status 0 acknowledges it (an SMS modem, a satellite terminal)."""
 
-    model_config = ConfigDict(extra="forbid")
     type: Literal["command"] = "command"
     # Program and arguments (no shell). "{base64}" in an argument is replaced by the message in base64.
     argv: list[str] = Field(min_length=1)
@@ -92,10 +90,9 @@ ChannelSettings = Annotated[
 ]
 
 
-class BuiltinSettings(BaseModel):
+class BuiltinSettings(Section):
     """Alerts the agent raises about itself, without any rule."""
 
-    model_config = ConfigDict(extra="forbid")
     enabled: bool = True
     # BufferNearlyFull: buffered bytes above this share of buffer.budget_bytes.
     buffer_full_ratio: float = Field(0.9, gt=0, le=1)
@@ -109,10 +106,9 @@ class BuiltinSettings(BaseModel):
     restart_hold: timedelta = timedelta(minutes=10)
 
 
-class AlertSettings(BaseModel):
+class AlertSettings(Section):
     """Rules on the device and the alert lane (its own durable queue and sender)."""
 
-    model_config = ConfigDict(extra="forbid")
     enabled: bool = True
     # The lane's durable queue; default: alerts.db beside buffer.path.
     queue_path: Path | None = None

@@ -19,9 +19,10 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from agent.buffer.settings import BufferSettings
 from agent.buffer.staging import Staging
-from agent.config import BufferSettings, IngestSettings
 from agent.ingest.metrics import IngestMetrics
+from agent.ingest.settings import IngestSettings
 from backhaul.errors import InputError
 from backhaul.web import respond
 from backhaul.wire import remote_write as rw

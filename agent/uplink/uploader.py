@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable
 
 from agent.buffer.store import LOSS_KEYS, Batch, BufferStore
-from agent.config import UplinkSettings
 from agent.uplink.metrics import UplinkMetrics
+from agent.uplink.settings import UplinkSettings
 from agent.uplink.transport import Reply, Transport
 from backhaul import __version__
 from backhaul.errors import PeerError, StoreError

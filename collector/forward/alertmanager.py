@@ -25,7 +25,7 @@ import aiohttp
 from yarl import URL
 
 from backhaul.errors import StoreError
-from collector.config import AlertSettings
+from collector.alerts.settings import AlertSettings
 from collector.store import Store
 from collector.store.alerts import StoredAlert
 

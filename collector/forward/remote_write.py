@@ -35,8 +35,8 @@ from backhaul.wire import batch as batchfmt
 from backhaul.wire import remote_write as rw
 from backhaul.wire.chunk import Codec
 from backhaul.wire.series import Labels, SeriesMap, with_device_label
-from collector.config import ForwardTarget
 from collector.forward.metrics import ForwardMetrics
+from collector.forward.settings import ForwardTarget
 from collector.forward.spool import Entry, Kind, Spool
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ from typing import Any, Protocol
 from backhaul.wire.alert import AlertMessage
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.series import SeriesMap
-from collector.config import StoreSettings
 from collector.store.alerts import StoredAlert
 from collector.store.records import Registration
+from collector.store.settings import StoreSettings
 from collector.store.sqlite import DeviceState, IngestResult
 
 __all__ = ["DeviceState", "IngestResult", "Registration", "Store", "make_store"]

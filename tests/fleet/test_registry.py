@@ -16,8 +16,8 @@ import asyncpg
 import pytest
 
 from collector import cli
-from collector.config import DeviceEntry
 from collector.registry import import_config_devices
+from collector.registry_settings import DeviceEntry
 from collector.store.embedded import EmbeddedStore
 from tests.conftest import Running
 from tests.fleet.batches import batch_body, headers, series_for

@@ -13,9 +13,9 @@ from backhaul.wire import batch as batchfmt
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.chunk import Codec
 from backhaul.wire.series import SeriesMap, merge_into
-from collector.config import ForwardTarget
 from collector.forward.metrics import ForwardMetrics
 from collector.forward.remote_write import Forwarder, rejection_reason
+from collector.forward.settings import ForwardTarget
 from collector.forward.spool import Spool
 from tests.forward.conftest import ScriptedReceiver
 

@@ -14,8 +14,8 @@ import psutil
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agent.config import InferenceSettings
 from agent.supervisor import CrashLoop, State, Supervisor
+from agent.supervisor_settings import InferenceSettings
 
 
 def script(tmp_path: Path, name: str, body: str) -> list[str]:

@@ -7,8 +7,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agent.buffer.store import BufferStore
-from agent.config import UplinkSettings
 from agent.uplink.metrics import UplinkMetrics
+from agent.uplink.settings import UplinkSettings
 from agent.uplink.transport import Reply
 from agent.uplink.uploader import Backoff, Uploader, retry_after
 from backhaul.errors import PeerError

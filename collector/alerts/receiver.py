@@ -26,7 +26,7 @@ from prometheus_client import Counter
 from backhaul.errors import AlertFormatError, AuthError, InputError, StoreError, store_trouble
 from backhaul.wire import alert as wire
 from backhaul.wire.alert import AlertMessage
-from collector.config import MqttSettings
+from collector.alerts.settings import MqttSettings
 from collector.endpoint import DeviceEndpoint
 from collector.store import Store
 

@@ -1,0 +1,159 @@
+"""Every settings model refuses unknown keys, so a typo in a config file is an error that names it
+instead of leaving a default silently in force (examples/agent.toml promises as much)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import get_args, get_origin
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from agent.config import AgentSettings
+from backhaul.settings import ConfigError, load
+from collector.config import CollectorSettings
+
+BIN = Path(sys.executable).parent
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def models_in(annotation: object) -> Iterator[type[BaseModel]]:
+    """The models an annotation names, through lists, dicts, unions, ``Annotated`` and discriminated unions."""
+    # get_origin first: a parametrised generic such as list[int] is no class to ask issubclass about.
+    if get_origin(annotation) is None and isinstance(annotation, type):
+        if issubclass(annotation, BaseModel):
+            yield annotation
+        return
+    for arg in get_args(annotation):
+        yield from models_in(arg)
+
+
+def reachable(root: type[BaseModel]) -> list[type[BaseModel]]:
+    """``root`` and every model reachable from its fields, each once."""
+    found: list[type[BaseModel]] = []
+    todo = [root]
+    while todo:
+        model = todo.pop()
+        if model in found:
+            continue
+        found.append(model)
+        for field in model.model_fields.values():
+            todo.extend(models_in(field.annotation))
+    return found
+
+
+# One typo in each section, list entry and union member, and the place the error must name.
+AGENT_TYPOS = [
+    ("[listen]\nprot = 1", "listen.prot"),
+    ("[buffer]\nbudget_bites = '1GiB'", "buffer.budget_bites"),
+    ("[ingest]\nmax_request_byte = 1", "ingest.max_request_byte"),
+    ("[uplink]\nbudget_bites = '1GiB'", "uplink.budget_bites"),
+    ("[inference]\ncomand = ['x']", "inference.comand"),
+    ("[scrape]\nintervall = 1", "scrape.intervall"),
+    ("[[scrape.targets]]\njob = 'j'\nurl = 'http://x/metrics'\nlabel = {}", "scrape.targets.0.label"),
+    ("[host]\nenable = true", "host.enable"),
+    ("[proxy]\nenable = true", "proxy.enable"),
+    ("[alerts]\nenable = true", "alerts.enable"),
+    ("[alerts.builtin]\nenable = true", "alerts.builtin.enable"),
+    ("[[alerts.rules]]\nname = 'r'\nselector = 'up'\nop = '<'\nthreshhold = 1", "alerts.rules.0.threshhold"),
+    ("[[alerts.channels]]\ntype = 'command'\nargv = ['x']\nstdn = false", "alerts.channels.0.command.stdn"),
+]
+
+COLLECTOR_TYPOS = [
+    ("[listen]\nprot = 1", "listen.prot"),
+    ("[store]\nsynchronus = 'OFF'", "store.synchronus"),
+    ("[limits]\nmax_request_byte = 1", "limits.max_request_byte"),
+    ("[fleet]\noffline = 1", "fleet.offline"),
+    ("[[devices]]\nid = 'd'\ntoken = 't'\ntokn = 'u'", "devices.0.tokn"),
+    ("[[forward]]\nname = 'vm'\nurl = 'http://x/api/v1/write'\nbearer = 't'", "forward.0.bearer"),
+    ("[alerts]\nresend = 1", "alerts.resend"),
+    ("[alerts.mqtt]\nhost = 'b'\nprot = 1", "alerts.mqtt.prot"),
+]
+
+AGENT_MODELS = reachable(AgentSettings)
+COLLECTOR_MODELS = reachable(CollectorSettings)
+ALL_MODELS = AGENT_MODELS + COLLECTOR_MODELS
+
+
+def test_the_walk_finds_the_nested_models() -> None:
+    # A walker that missed lists, unions or discriminated unions would pass the checks below vacuously.
+    names = {m.__name__ for m in AGENT_MODELS}
+    assert {
+        "ListenSettings", "BufferSettings", "IngestSettings", "UplinkSettings", "InferenceSettings",
+        "ScrapeSettings", "ScrapeTarget", "HostSettings", "ProxySettings", "AlertSettings", "RuleSettings",
+        "BuiltinSettings", "HttpChannelSettings", "MqttChannelSettings", "CommandChannelSettings",
+    } <= names  # fmt: skip
+    names = {m.__name__ for m in COLLECTOR_MODELS}
+    assert {
+        "ListenSettings", "StoreSettings", "LimitSettings", "FleetSettings", "DeviceEntry", "ForwardTarget",
+        "AlertSettings", "MqttSettings",
+    } <= names  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ALL_MODELS, ids=lambda m: f"{m.__module__}.{m.__qualname__}")
+def test_every_model_forbids_unknown_keys(model: type[BaseModel]) -> None:
+    from backhaul.settings import Section
+
+    assert model.model_config.get("extra") == "forbid"
+    if model not in (AgentSettings, CollectorSettings):
+        assert issubclass(model, Section), "nested settings derive from backhaul.settings.Section"
+    # and pydantic acts on it (required fields missing or not, the unknown key is reported)
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate({"no_such_setting": 1})
+    assert any(e["type"] == "extra_forbidden" and e["loc"] == ("no_such_setting",) for e in caught.value.errors())
+
+
+@pytest.mark.parametrize(("toml", "where"), AGENT_TYPOS, ids=[where for _, where in AGENT_TYPOS])
+def test_a_typo_in_any_agent_section_names_the_key(tmp_path: Path, toml: str, where: str) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(f"device_id = 'd'\n{toml}\n")
+    with pytest.raises(ConfigError, match=f"{re.escape(where)}: no such setting"):
+        load(AgentSettings, path)
+
+
+@pytest.mark.parametrize(("toml", "where"), COLLECTOR_TYPOS, ids=[where for _, where in COLLECTOR_TYPOS])
+def test_a_typo_in_any_collector_section_names_the_key(tmp_path: Path, toml: str, where: str) -> None:
+    path = tmp_path / "collector.toml"
+    path.write_text(f"{toml}\n")
+    with pytest.raises(ConfigError, match=f"{re.escape(where)}: no such setting"):
+        load(CollectorSettings, path)
+
+
+def test_a_typo_in_an_environment_variable_is_caught_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKHAUL_DEVICE_ID", "d")
+    monkeypatch.setenv("BACKHAUL_BUFFER__BUDGET_BITES", "1GiB")
+    with pytest.raises(ConfigError, match=r"buffer\.budget_bites: no such setting"):
+        load(AgentSettings, None)
+
+
+def check_config(program: str, config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BIN / program, "check-config", "--config", config], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_agent_check_config_refuses_a_typo(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('device_id = "d"\n[uplink]\nbudget_bites = "1GiB"\n')
+    result = check_config("backhaul-agent", path)
+    assert result.returncode == 2, result.stdout
+    assert "uplink.budget_bites" in result.stderr
+
+
+def test_collector_check_config_refuses_a_typo(tmp_path: Path) -> None:
+    path = tmp_path / "collector.toml"
+    path.write_text('[store]\nsynchronus = "OFF"\n')
+    result = check_config("backhaul-collector", path)
+    assert result.returncode == 2, result.stdout
+    assert "store.synchronus" in result.stderr
+
+
+@pytest.mark.parametrize("program", ["agent", "collector"])
+def test_the_example_configs_pass_check_config(program: str) -> None:
+    result = check_config(f"backhaul-{program}", EXAMPLES / f"{program}.toml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("config ok:")
