@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import math
 import os
 import signal
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,12 +31,12 @@ import aiohttp
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from agent.process import LineLimiter, describe_exit, die_with_parent
 from agent.supervisor_settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 child_log = logging.getLogger("agent.inference")
 
-_PR_SET_PDEATHSIG = 1
 _LINE_LIMIT = 1024 * 1024
 
 
@@ -59,53 +57,6 @@ class CrashLoop:
     exits: int  # exits within the window
     window_seconds: float
     last_exit: str  # "exit code 3" or "signal SIGKILL"
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec function asking the kernel to SIGKILL the child when the agent dies (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the agent died between fork and prctl
-            os._exit(1)
-
-    return preexec
-
-
-def describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"signal {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"signal {-returncode}"
-    return f"exit code {returncode}"
-
-
-class _LineLimiter:
-    """Token bucket for log lines: ``rate`` per second, bursts of up to a second's worth (at least 1)."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, rate)
-        self.tokens = self.capacity
-        self.last = time.monotonic()
-        self.suppressed = 0
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
 
 
 class Supervisor:
@@ -138,7 +89,7 @@ class Supervisor:
         self._stop_began = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._limiter = _LineLimiter(settings.log_lines_per_second)
+        self._limiter = LineLimiter(settings.log_lines_per_second)
         r = registry
         self.up = Gauge("backhaul_inference_up", "1 while the supervised inference process runs", registry=r)
         self.healthy = Gauge(
@@ -275,7 +226,7 @@ class Supervisor:
                 env={**os.environ, **s.env},
                 cwd=s.cwd,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(),
+                preexec_fn=die_with_parent(),
                 limit=_LINE_LIMIT,
             )
         except OSError as exc:

@@ -6,7 +6,7 @@ import pytest
 
 from agent.ingest import gpu
 from agent.ingest.scrape import parse_page
-from agent.supervisor import describe_exit
+from agent.process import describe_exit
 from backhaul.errors import ScrapeError
 from tests.inference.conftest import FIXTURES
 
