@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-LOSS_KEYS = (
-    "evicted_samples",
-    "expired_samples",
-    "dropped_samples",
-    "rejected_samples",
-    "corrupt_samples",
-)
+from backhaul.wire.batch import LOSS_FIELDS
+
+# The buffer's loss counters (its meta table): those the batch header reports, plus samples the
+# collector refused as malformed (reported as dropped).
+LOSS_KEYS = (*LOSS_FIELDS, "rejected_samples")
 
 
 @dataclass

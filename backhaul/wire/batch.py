@@ -73,6 +73,10 @@ class BatchHeader:
 
 
 _FIELDS = frozenset(f.name for f in fields(BatchHeader))
+# What an agent reports it lost, by cause: one cumulative header field per cause, ``<cause>_samples``.
+LOSS_CAUSES = ("evicted", "expired", "dropped", "corrupt")
+LOSS_FIELDS = tuple(f"{cause}_samples" for cause in LOSS_CAUSES)
+MAX_INT = 2**63
 _TABLE_REF = re.compile(r"^[0-9a-f]{32}$")
 # Reply header of a collector that keeps series tables, so chunks may be sent by table reference.
 TABLES_HEADER = "X-Backhaul-Series-Tables"
@@ -121,20 +125,11 @@ def _check_header(h: BatchHeader) -> None:
         raise WireError("batch: header field 'device' is not a valid device id")
     if not isinstance(h.buffer_id, str) or not 1 <= len(h.buffer_id) <= 64:
         raise WireError("batch: header field 'buffer_id' must be a string of 1 to 64 characters")
-    for name in (
-        "seq",
-        "sent_at_ms",
-        "samples",
-        "evicted_samples",
-        "expired_samples",
-        "dropped_samples",
-        "corrupt_samples",
-        "backlog_bytes",
-        "backlog_oldest_ms",
-    ):
+    for name in ("seq", "sent_at_ms", "samples", *LOSS_FIELDS, "backlog_bytes", "backlog_oldest_ms"):
         value = getattr(h, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise WireError(f"batch: header field {name!r} must be a non-negative integer")
+        # Below 2**63: every one of them reaches a signed 64-bit database column.
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_INT:
+            raise WireError(f"batch: header field {name!r} must be an integer from 0 to 2**63-1")
     sizes = h.chunk_sizes
     if not isinstance(sizes, list) or not all(isinstance(s, int) and s > 0 for s in sizes):
         raise WireError("batch: header field 'chunk_sizes' must list positive integers")
