@@ -59,8 +59,7 @@ class Collector:
         self._fleet = Fleet(settings, self.store, clock)
         self.forwarding = self._forwarding(clock)
         self.forwarder = AlertForwarder(settings.alerts, self.store, clock)
-        self._alerts = AlertReceiver(settings, self.store, self.metrics, clock)
-        self._alerts.on_stored = self.forwarder.notify
+        self._alerts = AlertReceiver(settings, self.store, self.metrics, clock, on_stored=self.forwarder.notify)
         self.mqtt: MqttSubscriber | None = None
         if settings.alerts.mqtt is not None:
             self.mqtt = MqttSubscriber(

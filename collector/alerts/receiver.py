@@ -1,0 +1,76 @@
+"""``POST /api/v1/alerts``: one compact alert message (backhaul/wire/alert.py) from a device.
+
+200  stored (``"duplicate": true`` when this message was stored before); the agent drops it
+400  not a valid alert message (reason in the body)
+401  no or unknown bearer token;  403  the message names another device
+415  wrong Content-Type
+503  the store cannot write right now: the agent retries
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import Counter
+
+from backhaul.errors import AuthError, InputError, store_trouble
+from backhaul.wire import alert as wire
+from backhaul.wire.alert import AlertMessage
+from collector.config import CollectorSettings
+from collector.endpoint import DeviceEndpoint
+from collector.metrics import CollectorMetrics
+from collector.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def claimed_by(device: str, msg: AlertMessage) -> bool:
+    """Whether ``msg`` may come from ``device``: the same id, or the id cut to the message's 64 bytes."""
+    if msg.device == device:
+        return True
+    return len(msg.device.encode()) == wire.MAX_DEVICE_BYTES and device.startswith(msg.device)
+
+
+def _nothing() -> None:
+    pass
+
+
+class AlertReceiver(DeviceEndpoint):
+    """Args: settings, store, metrics, a wall clock (seconds), and ``on_stored``, called after each new
+    message (the Alertmanager forwarder's ``notify``)."""
+
+    what = "alert"
+
+    def __init__(
+        self,
+        settings: CollectorSettings,
+        store: Store,
+        metrics: CollectorMetrics,
+        clock: Callable[[], float] = time.time,
+        on_stored: Callable[[], None] = _nothing,
+    ) -> None:
+        super().__init__(settings, store, metrics, clock)
+        self._on_stored = on_stored
+
+    def _answers(self) -> Counter:
+        return self._metrics.alert_requests
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        device = await self._auth.device_for(request.headers.get("Authorization"))
+        if request.content_type != wire.CONTENT_TYPE:
+            raise InputError(f"Content-Type must be {wire.CONTENT_TYPE}, not {request.content_type!r}", 415)
+        if request.content_length is not None and request.content_length > wire.MAX_BYTES:
+            raise InputError(f"alert message of {request.content_length} bytes exceeds {wire.MAX_BYTES}")
+        msg = wire.decode(await request.content.read(wire.MAX_BYTES + 1))
+        if not claimed_by(device, msg):
+            raise AuthError(403, f"this token belongs to device {device!r}, not {msg.device!r}")
+        with store_trouble("alert store"):
+            new = await self._store.record_alert(device, msg, int(self._clock() * 1000), "http")
+        self._metrics.alerts.labels("http", "stored" if new else "duplicate").inc()
+        if new:
+            log.info("alert %s %s from %s (seq %d)", msg.rule, msg.state, device, msg.seq)
+            self._on_stored()
+        return web.json_response({"stored": True, "duplicate": not new, "seq": msg.seq})
