@@ -156,6 +156,16 @@ def from_bits(bits: list[int]) -> list[float]:
     return array("d", array("q", bits).tobytes()).tolist()
 
 
+def by_series(rows: Iterable[tuple[int, int, int]]) -> dict[int, tuple[list[int], list[float]]]:
+    """``(series_id, ts, bits)`` rows, in time order per series, as each series' stamps and values."""
+    raw: dict[int, tuple[list[int], list[int]]] = {}
+    for sid, ts, bits in rows:
+        entry = raw.setdefault(sid, ([], []))
+        entry[0].append(ts)
+        entry[1].append(bits)
+    return {sid: (stamps, from_bits(bits)) for sid, (stamps, bits) in raw.items()}
+
+
 def newest_model_info(rows: Iterable[tuple[dict[str, str], int]], device_label: str) -> dict[str, dict[str, str]]:
     """Pick, per device, the labels (without name and device label) of the most recent series."""
     newest: dict[str, tuple[int, dict[str, str]]] = {}

@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 
 from backhaul.errors import StoreError
+from collector.store import records
 from collector.store.postgres.schema import migrate
-from collector.store.records import DEVICE_COLUMNS, DeviceState
+from collector.store.records import DeviceState
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,6 @@ class PostgresBase:
 
     async def _load_devices(self) -> list[DeviceState]:
         """Every device's figures as stored (by all instances); refreshes ``devices`` too."""
-        states = [DeviceState(*r) for r in await self._fetch(f"SELECT {DEVICE_COLUMNS} FROM devices")]
+        states = [DeviceState(*r) for r in await self._fetch(f"SELECT {records.DEVICE_COLUMNS} FROM devices")]
         self.devices.update((s.device, s) for s in states)
         return states

@@ -3,17 +3,20 @@ rows, so a rotation or revocation holds at once everywhere. See :mod:`collector.
 
 from __future__ import annotations
 
+from collector.store import records
 from collector.store.postgres.base import PostgresBase
-from collector.store.records import REGISTRATION_COLUMNS, Registration
+from collector.store.records import Registration
 
 
 class PostgresRegistry(PostgresBase):
     async def registration(self, token_sha256: str) -> Registration | None:
-        row = await self._fetchrow(f"SELECT {REGISTRATION_COLUMNS} FROM registry WHERE token_sha256 = $1", token_sha256)
+        row = await self._fetchrow(
+            f"SELECT {records.REGISTRATION_COLUMNS} FROM registry WHERE token_sha256 = $1", token_sha256
+        )
         return Registration(*row) if row else None
 
     async def registrations(self) -> list[Registration]:
-        rows = await self._fetch(f"SELECT {REGISTRATION_COLUMNS} FROM registry ORDER BY device")
+        rows = await self._fetch(f"SELECT {records.REGISTRATION_COLUMNS} FROM registry ORDER BY device")
         return [Registration(*r) for r in rows]
 
     async def register(self, device: str, token_sha256: str, now_ms: int, source: str = "cli") -> bool:

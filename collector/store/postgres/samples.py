@@ -23,18 +23,9 @@ import asyncpg
 from backhaul.errors import StoreError
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.series import Labels, SeriesMap
+from collector.store import records
 from collector.store.postgres.base import PostgresBase, count
-from collector.store.records import (
-    DEVICE_COLUMNS,
-    LOSS_FIELDS,
-    DeviceState,
-    IngestResult,
-    from_bits,
-    newest_model_info,
-    series_name,
-    stored_labels,
-    to_bits,
-)
+from collector.store.records import DeviceState, IngestResult
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +58,7 @@ class PostgresSamples(PostgresBase):
     ) -> IngestResult:
         """Store ``series`` of ``device`` in one transaction (see the module docstring)."""
         total = sum(len(ts) for ts, _ in series.values())
-        keyed = {stored_labels(labels, device_label, device): labels for labels in series}
+        keyed = {records.stored_labels(labels, device_label, device): labels for labels in series}
         async with self.connection(transaction=True) as conn:
             if batch is not None:
                 won = await conn.fetchval(
@@ -99,7 +90,7 @@ class PostgresSamples(PostgresBase):
         await conn.execute(
             "INSERT INTO series (name, labels) SELECT * FROM unnest($1::text[], $2::text[]) AS t(name, labels)"
             " ORDER BY labels ON CONFLICT (labels) DO NOTHING",
-            [series_name(keyed[key]) for key in missing],
+            [records.series_name(keyed[key]) for key in missing],
             missing,
         )
         rows = await conn.fetch("SELECT labels, id FROM series WHERE labels = ANY($1::text[])", missing)
@@ -113,7 +104,7 @@ class PostgresSamples(PostgresBase):
             ts, values = by_id[sid]
             sids += [sid] * len(ts)
             stamps += ts
-            bits += to_bits(values)
+            bits += records.to_bits(values)
         status = await conn.execute(
             "INSERT INTO samples (series_id, ts, bits)"
             " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS t(series_id, ts, bits)"
@@ -126,20 +117,18 @@ class PostgresSamples(PostgresBase):
 
     async def _record_losses(self, conn: asyncpg.Connection, header: BatchHeader) -> dict[str, int]:
         """Keep the newest loss counters of the batch's buffer; return the device's totals."""
-        fields = ", ".join(LOSS_FIELDS)
-        keep_max = ", ".join(f"{f} = greatest(buffers.{f}, excluded.{f})" for f in LOSS_FIELDS)
+        fields = ", ".join(records.LOSS_FIELDS)
+        keep_max = ", ".join(f"{f} = greatest(buffers.{f}, excluded.{f})" for f in records.LOSS_FIELDS)
         await conn.execute(
             f"INSERT INTO buffers (device, buffer_id, {fields}) VALUES ($1, $2, $3, $4, $5, $6)"
             f" ON CONFLICT (device, buffer_id) DO UPDATE SET {keep_max}",
             header.device,
             header.buffer_id,
-            *(getattr(header, f) for f in LOSS_FIELDS),
+            *(getattr(header, f) for f in records.LOSS_FIELDS),
         )
-        row = await conn.fetchrow(
-            f"SELECT {', '.join(f'sum({f})::bigint AS {f}' for f in LOSS_FIELDS)} FROM buffers WHERE device = $1",
-            header.device,
-        )
-        return {f: int(row[f] or 0) for f in LOSS_FIELDS}
+        sums = ", ".join(f"sum({f})::bigint AS {f}" for f in records.LOSS_FIELDS)
+        row = await conn.fetchrow(f"SELECT {sums} FROM buffers WHERE device = $1", header.device)
+        return {f: int(row[f] or 0) for f in records.LOSS_FIELDS}
 
     async def _update_device(
         self,
@@ -173,7 +162,7 @@ class PostgresSamples(PostgresBase):
         marks = ", ".join(f"${i}" for i in range(1, len(values) + 1))
         return await conn.fetchrow(
             f"INSERT INTO devices (device, {counts}) VALUES ({marks})"
-            f" ON CONFLICT (device) DO UPDATE SET {', '.join(update)} RETURNING {DEVICE_COLUMNS}",
+            f" ON CONFLICT (device) DO UPDATE SET {', '.join(update)} RETURNING {records.DEVICE_COLUMNS}",
             *values,
         )
 
@@ -192,12 +181,7 @@ class PostgresSamples(PostgresBase):
             start_ms,
             end_ms,
         )
-        raw: dict[int, tuple[list[int], list[int]]] = {}
-        for sid, ts, bits in rows:
-            entry = raw.setdefault(sid, ([], []))
-            entry[0].append(ts)
-            entry[1].append(bits)
-        return {sid: (stamps, from_bits(bits)) for sid, (stamps, bits) in raw.items()}
+        return records.by_series(rows)
 
     # -- series tables agents refer to by digest (docs/wire-format.md) ---------------------------------
 
@@ -229,4 +213,4 @@ class PostgresSamples(PostgresBase):
             "SELECT s.labels, max(m.ts) AS ts FROM series s JOIN samples m ON m.series_id = s.id"
             " WHERE s.name = 'backhaul_model_info' GROUP BY s.id, s.labels"
         )
-        return newest_model_info(((dict(json.loads(r["labels"])), r["ts"]) for r in rows), device_label)
+        return records.newest_model_info(((dict(json.loads(r["labels"])), r["ts"]) for r in rows), device_label)

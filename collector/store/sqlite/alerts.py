@@ -4,15 +4,8 @@
 from __future__ import annotations
 
 from backhaul.wire.alert import AlertMessage
-from collector.store.records import (
-    ALERT_COLUMNS,
-    MESSAGE_COLUMNS,
-    StoredAlert,
-    alert_conditions,
-    firing_by_device,
-    message_row,
-    next_alert_state,
-)
+from collector.store import records
+from collector.store.records import StoredAlert
 from collector.store.sqlite.base import SqliteBase
 
 
@@ -24,8 +17,8 @@ class SqliteAlerts(SqliteBase):
     def _record_alert(self, device: str, msg: AlertMessage, received_ms: int, via: str) -> bool:
         with self.db.atomic() as conn:
             cur = conn.execute(
-                f"INSERT OR IGNORE INTO alert_messages ({MESSAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                message_row(device, msg, received_ms, via),
+                f"INSERT OR IGNORE INTO alert_messages ({records.MESSAGE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                records.message_row(device, msg, received_ms, via),
             )
             if cur.rowcount == 0:
                 return False
@@ -33,9 +26,11 @@ class SqliteAlerts(SqliteBase):
                 "SELECT state, starts_ms, updated_ms FROM alerts WHERE device = ? AND fingerprint = ?",
                 (device, msg.fingerprint),
             ).fetchone()
-            new = next_alert_state(device, msg, received_ms, row)
+            new = records.next_alert_state(device, msg, received_ms, row)
             if new is not None:
-                conn.execute(f"INSERT OR REPLACE INTO alerts ({ALERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", new)
+                conn.execute(
+                    f"INSERT OR REPLACE INTO alerts ({records.ALERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", new
+                )
         return True
 
     async def alerts(
@@ -45,12 +40,12 @@ class SqliteAlerts(SqliteBase):
         return await self.db.run(self._alerts, device, state, resolved_since_ms)
 
     def _alerts(self, device: str | None, state: str | None, resolved_since_ms: int | None) -> list[StoredAlert]:
-        conditions = alert_conditions(device, state, resolved_since_ms)
-        sql = f"SELECT {ALERT_COLUMNS} FROM alerts"
+        conditions = records.alert_conditions(device, state, resolved_since_ms)
+        sql = f"SELECT {records.ALERT_COLUMNS} FROM alerts"
         if conditions:
             sql += " WHERE " + " AND ".join(text.format("?") for text, _ in conditions)
         rows = self.db.conn.execute(sql + " ORDER BY updated_ms DESC", [v for _, v in conditions]).fetchall()
         return [StoredAlert(*row) for row in rows]
 
     async def alerts_firing(self) -> dict[str, list[dict[str, object]]]:
-        return firing_by_device(await self.alerts(state="firing"))
+        return records.firing_by_device(await self.alerts(state="firing"))

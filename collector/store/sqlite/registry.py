@@ -3,7 +3,8 @@ collector and the ``devices`` CLI). See :mod:`collector.registry`."""
 
 from __future__ import annotations
 
-from collector.store.records import REGISTRATION_COLUMNS, Registration
+from collector.store import records
+from collector.store.records import Registration
 from collector.store.sqlite.base import SqliteBase
 
 
@@ -12,7 +13,7 @@ class SqliteRegistry(SqliteBase):
         return await self.db.run(self._registration, token_sha256)
 
     def _registration(self, token_sha256: str) -> Registration | None:
-        sql = f"SELECT {REGISTRATION_COLUMNS} FROM registry WHERE token_sha256 = ?"
+        sql = f"SELECT {records.REGISTRATION_COLUMNS} FROM registry WHERE token_sha256 = ?"
         row = self.db.conn.execute(sql, (token_sha256,)).fetchone()
         return Registration(*row) if row else None
 
@@ -20,7 +21,7 @@ class SqliteRegistry(SqliteBase):
         return await self.db.run(self._registrations)
 
     def _registrations(self) -> list[Registration]:
-        sql = f"SELECT {REGISTRATION_COLUMNS} FROM registry ORDER BY device"
+        sql = f"SELECT {records.REGISTRATION_COLUMNS} FROM registry ORDER BY device"
         return [Registration(*row) for row in self.db.conn.execute(sql)]
 
     async def register(self, device: str, token_sha256: str, now_ms: int, source: str = "cli") -> bool:

@@ -19,17 +19,8 @@ import sqlite_utils
 
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.series import SeriesMap
-from collector.store.records import (
-    DEVICE_COLUMNS,
-    LOSS_FIELDS,
-    DeviceState,
-    IngestResult,
-    from_bits,
-    newest_model_info,
-    series_name,
-    stored_labels,
-    to_bits,
-)
+from collector.store import records
+from collector.store.records import DeviceState, IngestResult
 from collector.store.sqlite.base import SqliteBase
 
 log = logging.getLogger(__name__)
@@ -89,16 +80,18 @@ class SqliteSamples(SqliteBase):
                     return IngestResult(duplicate_batch=True)
             before = conn.total_changes
             for labels, (stamps, values) in series.items():
-                key = stored_labels(labels, device_label, device)
+                key = records.stored_labels(labels, device_label, device)
                 sid = self._series_ids.get(key)
                 if sid is None:
-                    cur = conn.execute("INSERT INTO series (name, labels) VALUES (?, ?)", (series_name(labels), key))
+                    cur = conn.execute(
+                        "INSERT INTO series (name, labels) VALUES (?, ?)", (records.series_name(labels), key)
+                    )
                     sid = int(cur.lastrowid or 0)
                     self._series_ids[key] = sid
                     new_series += 1
                 conn.executemany(
                     "INSERT OR IGNORE INTO samples (series_id, ts, bits) VALUES (?, ?, ?)",
-                    zip([sid] * len(stamps), stamps, to_bits(values), strict=True),
+                    zip([sid] * len(stamps), stamps, records.to_bits(values), strict=True),
                 )
             stored = conn.total_changes - before - new_series
             updated = replace(self.devices.get(device) or DeviceState(device))
@@ -118,17 +111,16 @@ class SqliteSamples(SqliteBase):
 
     def _record_losses(self, conn: sqlite3.Connection, header: BatchHeader) -> dict[str, int]:
         """Keep the newest loss counters of the batch's buffer; return the device's totals."""
-        fields = ", ".join(LOSS_FIELDS)
-        keep_max = ", ".join(f"{f} = max({f}, excluded.{f})" for f in LOSS_FIELDS)
+        fields = ", ".join(records.LOSS_FIELDS)
+        keep_max = ", ".join(f"{f} = max({f}, excluded.{f})" for f in records.LOSS_FIELDS)
         conn.execute(
             f"INSERT INTO buffers (device, buffer_id, {fields}) VALUES (?, ?, ?, ?, ?, ?)"
             f" ON CONFLICT (device, buffer_id) DO UPDATE SET {keep_max}",
-            (header.device, header.buffer_id, *(getattr(header, f) for f in LOSS_FIELDS)),
+            (header.device, header.buffer_id, *(getattr(header, f) for f in records.LOSS_FIELDS)),
         )
-        sums = conn.execute(
-            f"SELECT {', '.join(f'sum({f})' for f in LOSS_FIELDS)} FROM buffers WHERE device = ?", (header.device,)
-        ).fetchone()
-        return dict(zip(LOSS_FIELDS, sums, strict=True))
+        sums = ", ".join(f"sum({f})" for f in records.LOSS_FIELDS)
+        row = conn.execute(f"SELECT {sums} FROM buffers WHERE device = ?", (header.device,)).fetchone()
+        return dict(zip(records.LOSS_FIELDS, row, strict=True))
 
     async def series(self) -> list[tuple[int, dict[str, str]]]:
         return await self.db.run(self._series)
@@ -149,12 +141,7 @@ class SqliteSamples(SqliteBase):
             " ORDER BY series_id, ts",
             (*series_ids, start_ms, end_ms),
         ).fetchall()
-        raw: dict[int, tuple[list[int], list[int]]] = {}
-        for sid, ts, bits in rows:
-            entry = raw.setdefault(sid, ([], []))
-            entry[0].append(ts)
-            entry[1].append(bits)
-        return {sid: (stamps, from_bits(bits)) for sid, (stamps, bits) in raw.items()}
+        return records.by_series(rows)
 
     # -- series tables agents refer to by digest (docs/wire-format.md) ---------------------------------
 
@@ -187,7 +174,7 @@ class SqliteSamples(SqliteBase):
         return await self.db.run(self._device_states)
 
     def _device_states(self) -> list[DeviceState]:
-        return [DeviceState(*row) for row in self.db.conn.execute(f"SELECT {DEVICE_COLUMNS} FROM devices")]
+        return [DeviceState(*row) for row in self.db.conn.execute(f"SELECT {records.DEVICE_COLUMNS} FROM devices")]
 
     async def model_info(self, device_label: str) -> dict[str, dict[str, str]]:
         """Per device, the labels of its ``backhaul_model_info`` series with the newest sample."""
@@ -198,4 +185,4 @@ class SqliteSamples(SqliteBase):
             "SELECT s.labels, max(m.ts) FROM series s JOIN samples m ON m.series_id = s.id"
             " WHERE s.name = 'backhaul_model_info' GROUP BY s.id"
         ).fetchall()
-        return newest_model_info(((dict(json.loads(labels)), ts) for labels, ts in rows), device_label)
+        return records.newest_model_info(((dict(json.loads(labels)), ts) for labels, ts in rows), device_label)
