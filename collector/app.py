@@ -17,7 +17,9 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from backhaul import systemd
 from backhaul.lifecycle import Lifecycle, TaskGroup
 from backhaul.web import error_middleware
-from collector.alerts.receiver import AlertLister, AlertReceiver, MqttSubscriber
+from collector.alerts.listing import AlertLister
+from collector.alerts.mqtt import MqttSubscriber
+from collector.alerts.receiver import AlertReceiver
 from collector.config import CollectorSettings
 from collector.export import Exporter
 from collector.fleet import Fleet
@@ -66,8 +68,7 @@ class Collector:
         self._fleet = Fleet(settings, self.store, clock)
         self.forwarding = self._forwarding(clock)
         self.forwarder = AlertForwarder(settings.alerts, self.store, clock)
-        self._alerts = AlertReceiver(settings, self.store, self.metrics, clock)
-        self._alerts.on_stored = self.forwarder.notify
+        self._alerts = AlertReceiver(settings, self.store, self.metrics, clock, on_stored=self.forwarder.notify)
         self.mqtt: MqttSubscriber | None = None
         if settings.alerts.mqtt is not None:
             self.mqtt = MqttSubscriber(

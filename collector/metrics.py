@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from collector.store.sqlite import DeviceState
+from collector.store.records import DeviceState
 
 
 class CollectorMetrics:
@@ -52,7 +52,10 @@ class CollectorMetrics:
 
 
 class DeviceCollector(Collector):
-    """Per-device series, from the store's device table (which survives restarts)."""
+    """Per-device series, from the store's device table (which survives restarts).
+
+    Args: a callable returning the store's last known state of every device (``Store.devices``).
+    """
 
     def __init__(self, devices: Callable[[], dict[str, DeviceState]]) -> None:
         self._devices = devices
@@ -91,8 +94,6 @@ class DeviceCollector(Collector):
             batches.add_metric([d.device], d.batches)
             duplicates.add_metric([d.device], d.duplicate_samples)
             duplicate_batches.add_metric([d.device], d.duplicate_batches)
-            lost.add_metric([d.device, "evicted"], d.evicted_samples)
-            lost.add_metric([d.device, "expired"], d.expired_samples)
-            lost.add_metric([d.device, "dropped"], d.dropped_samples)
-            lost.add_metric([d.device, "corrupt"], d.corrupt_samples)
+            for field, value in d.losses().items():
+                lost.add_metric([d.device, field.removesuffix("_samples")], value)
         yield from (last_seen, received, batches, duplicates, duplicate_batches, lost)

@@ -1,2 +1,8 @@
-"""Urgent alerts at the collector: received over HTTP and MQTT (:mod:`collector.alerts.receiver`),
-configured by ``[alerts]`` (:mod:`collector.alerts.settings`)."""
+"""Urgent alerts at the collector: ``POST /api/v1/alerts`` (:mod:`.receiver`), ``GET /api/v1/alerts``
+(:mod:`.listing`) and an MQTT subscriber (:mod:`.mqtt`). Each message is stored once, and the latest
+state of each alert instance kept (:mod:`collector.store.records`); the Alertmanager forwarder reads
+them from the store (collector/forward/alertmanager.py). Configured by ``[alerts]`` (:mod:`.settings`).
+
+The package imports none of its modules: the settings module is loaded by the collector's root
+settings, which the others import.
+"""

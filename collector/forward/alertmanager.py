@@ -26,8 +26,7 @@ from yarl import URL
 
 from backhaul.errors import StoreError
 from collector.alerts.settings import AlertSettings
-from collector.store import Store
-from collector.store.alerts import StoredAlert
+from collector.store import Store, StoredAlert
 
 log = logging.getLogger(__name__)
 

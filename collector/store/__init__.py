@@ -4,6 +4,11 @@ collector instances share one store.
 Both back ends implement :class:`Store`. Everything a second instance must agree on lives behind it:
 the batches already stored (de-duplication), the device registry (tokens, revocations) and the
 figures the fleet page shows. An instance keeps nothing else that another instance would need.
+
+The back ends have the same shape: ``sqlite/`` and ``postgres/`` each hold a base (the connection and
+what memory holds of the store), the schema, and one module per concern (samples, registry, alerts).
+What they agree on (records, label and value helpers, the alert state logic) is in
+:mod:`collector.store.records`, which the rest of the collector imports instead of a back end.
 """
 
 from __future__ import annotations
@@ -13,12 +18,10 @@ from typing import Any, Protocol
 from backhaul.wire.alert import AlertMessage
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.series import SeriesMap
-from collector.store.alerts import StoredAlert
-from collector.store.records import Registration
+from collector.store.records import DeviceState, IngestResult, Registration, StoredAlert
 from collector.store.settings import StoreSettings
-from collector.store.sqlite import DeviceState, IngestResult
 
-__all__ = ["DeviceState", "IngestResult", "Registration", "Store", "make_store"]
+__all__ = ["DeviceState", "IngestResult", "Registration", "Store", "StoredAlert", "make_store"]
 
 
 class Store(Protocol):
@@ -32,7 +35,7 @@ class Store(Protocol):
     def devices(self) -> dict[str, DeviceState]: ...
 
     async def open(self) -> None: ...
-    async def close(self) -> None: ...
+    async def close(self, grace: float | None = None) -> None: ...
 
     # -- samples and de-duplication
     async def seen(self, device: str, buffer_id: str, seq: int) -> bool: ...
@@ -60,7 +63,7 @@ class Store(Protocol):
     async def model_info(self, device_label: str) -> dict[str, dict[str, str]]: ...
     async def alerts_firing(self) -> dict[str, list[dict[str, Any]]]: ...
 
-    # -- alerts (see collector/store/alerts.py)
+    # -- alerts (records.next_alert_state)
     async def record_alert(self, device: str, msg: AlertMessage, received_ms: int, via: str) -> bool: ...
     async def alerts(
         self, device: str | None = None, state: str | None = None, resolved_since_ms: int | None = None
@@ -74,6 +77,6 @@ def make_store(settings: StoreSettings) -> Store:
 
         assert settings.dsn is not None  # checked by the settings
         return PostgresStore(settings.dsn.get_secret_value(), settings.pool_size)
-    from collector.store.embedded import EmbeddedStore
+    from collector.store.sqlite import SqliteStore
 
-    return EmbeddedStore(settings.path, settings.synchronous)
+    return SqliteStore(settings.path, settings.synchronous)

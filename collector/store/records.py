@@ -1,8 +1,73 @@
-"""Records the stores hand out beyond samples: device registrations."""
+"""What both store back ends hand out and agree on: the records, how a series is named at the
+collector, how values are kept, and how an alert instance's state moves.
+
+Nothing here touches a database, so the endpoints, the metrics page and either back end can import it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import math
+from array import array
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+
+from backhaul.wire.alert import AlertMessage
+from backhaul.wire.series import Labels
+
+# The causes of loss an agent reports in every batch header (cumulative per buffer), as stored per
+# device; the metric label of each is its name without ``_samples``.
+LOSS_FIELDS = ("evicted_samples", "expired_samples", "dropped_samples", "corrupt_samples")
+
+
+@dataclass
+class DeviceState:
+    """A device's figures, as the store keeps them (they survive restarts).
+
+    Args:
+        device: the device id.
+        last_seen_ms: when its last batch or remote-write request was stored (collector clock, ms).
+        samples: new samples stored; duplicate_samples: samples received again and stored once.
+        batches: batches stored; duplicate_batches: batches received again and recognised.
+        evicted_samples, expired_samples, dropped_samples, corrupt_samples: what its agent reports lost,
+            summed over its buffers (see LOSS_FIELDS).
+        agent_version: the version its agent last reported.
+        backlog_bytes: what the agent last reported still waiting in its buffer.
+        backlog_oldest_ms: wall-clock ms of its oldest buffered sample (0: none or unknown).
+    """
+
+    device: str
+    last_seen_ms: int = 0
+    samples: int = 0
+    batches: int = 0
+    duplicate_samples: int = 0
+    evicted_samples: int = 0
+    expired_samples: int = 0
+    dropped_samples: int = 0
+    agent_version: str = ""
+    corrupt_samples: int = 0
+    duplicate_batches: int = 0
+    backlog_bytes: int = 0
+    backlog_oldest_ms: int = 0
+
+    def losses(self) -> dict[str, int]:
+        """The reported losses, by field name (LOSS_FIELDS order)."""
+        return {name: getattr(self, name) for name in LOSS_FIELDS}
+
+
+@dataclass
+class IngestResult:
+    """What storing one batch or request did.
+
+    Args:
+        duplicate_batch: the batch was stored before (nothing was stored now).
+        samples: new samples stored.
+        duplicate_samples: samples already stored before.
+    """
+
+    duplicate_batch: bool
+    samples: int = 0
+    duplicate_samples: int = 0
 
 
 @dataclass
@@ -28,3 +93,158 @@ class Registration:
     @property
     def revoked(self) -> bool:
         return self.revoked_ms > 0
+
+
+@dataclass
+class StoredAlert:
+    """The latest state of one alert instance (a device's rule with its labels, by fingerprint).
+
+    Args:
+        device, fingerprint, rule, state ("firing" or "resolved"), severity, value (None: NaN), summary:
+            as in the newest message applied.
+        starts_ms: when it started firing (device clock); ends_ms: when it resolved (None while firing).
+        updated_ms: the device time of the newest message applied; received_ms: when that one arrived.
+        seq: that message's sequence number.
+    """
+
+    device: str
+    fingerprint: int
+    rule: str
+    state: str
+    severity: str
+    value: float | None
+    summary: str
+    starts_ms: int
+    ends_ms: int | None
+    updated_ms: int
+    received_ms: int
+    seq: int
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def columns(record: type[DeviceState | Registration | StoredAlert]) -> str:
+    """The table's columns of a record, in field order (so that ``Record(*row)`` reads a row)."""
+    return ", ".join(f.name for f in fields(record))
+
+
+DEVICE_COLUMNS = columns(DeviceState)
+REGISTRATION_COLUMNS = columns(Registration)
+ALERT_COLUMNS = columns(StoredAlert)
+
+
+def stored_labels(labels: Labels, device_label: str, device: str) -> str:
+    """The series' identity at the collector: its labels plus the device label, as sorted JSON pairs."""
+    pairs = [(f"exported_{n}" if n == device_label else n, v) for n, v in labels]
+    pairs.append((device_label, device))
+    pairs.sort()
+    return json.dumps(pairs, separators=(",", ":"), ensure_ascii=False)
+
+
+def series_name(labels: Labels) -> str:
+    return next((v for n, v in labels if n == "__name__"), "")
+
+
+def to_bits(values: list[float]) -> list[int]:
+    """Values as their IEEE-754 bits: SQLite turns NaN into NULL, and Prometheus' stale markers are NaNs
+    with bits of their own, so both stores keep the bits, not the float."""
+    return array("q", array("d", values).tobytes()).tolist()
+
+
+def from_bits(bits: list[int]) -> list[float]:
+    return array("d", array("q", bits).tobytes()).tolist()
+
+
+def by_series(rows: Iterable[tuple[int, int, int]]) -> dict[int, tuple[list[int], list[float]]]:
+    """``(series_id, ts, bits)`` rows, in time order per series, as each series' stamps and values."""
+    raw: dict[int, tuple[list[int], list[int]]] = {}
+    for sid, ts, bits in rows:
+        entry = raw.setdefault(sid, ([], []))
+        entry[0].append(ts)
+        entry[1].append(bits)
+    return {sid: (stamps, from_bits(bits)) for sid, (stamps, bits) in raw.items()}
+
+
+def newest_model_info(rows: Iterable[tuple[dict[str, str], int]], device_label: str) -> dict[str, dict[str, str]]:
+    """Pick, per device, the labels (without name and device label) of the most recent series."""
+    newest: dict[str, tuple[int, dict[str, str]]] = {}
+    for labels, ts in rows:
+        device = labels.get(device_label)
+        if device is None:
+            continue
+        if device not in newest or ts > newest[device][0]:
+            rest = {k: v for k, v in labels.items() if k not in ("__name__", device_label)}
+            newest[device] = (ts, rest)
+    return {device: labels for device, (_, labels) in newest.items()}
+
+
+# -- alert state -------------------------------------------------------------------------------------
+# Messages may arrive out of order (a fallback channel, a retry): an instance's state only moves
+# forward in the device's time (``ts_ms``). Each message is kept once, by (device, seq, ts_ms).
+
+
+def message_row(device: str, msg: AlertMessage, received_ms: int, via: str) -> tuple[object, ...]:
+    """The ``alert_messages`` row of ``msg``, in MESSAGE_COLUMNS order."""
+    return (
+        device, msg.seq, msg.ts_ms, msg.fingerprint, msg.rule, msg.state, msg.severity,
+        alert_value(msg), msg.summary, received_ms, via,
+    )  # fmt: skip
+
+
+MESSAGE_COLUMNS = "device, seq, ts_ms, fingerprint, rule, state, severity, value, summary, received_ms, via"
+
+
+def alert_value(msg: AlertMessage) -> float | None:
+    return None if math.isnan(msg.value) else msg.value
+
+
+def next_alert_state(
+    device: str, msg: AlertMessage, received_ms: int, row: tuple[str, int, int] | None
+) -> tuple[object, ...] | None:
+    """The instance's new row (in ALERT_COLUMNS order) after ``msg``, given its stored
+    ``(state, starts_ms, updated_ms)``; None when the message is older than what is stored."""
+    if row is not None and row[2] > msg.ts_ms:
+        return None  # an older message than the state we have: kept in the log only
+    firing = msg.state == "firing"
+    if row is not None and row[0] == "firing" and firing:
+        starts = row[1]  # a repeat: the alert started earlier
+    else:
+        starts = msg.ts_ms
+    return (
+        device,
+        msg.fingerprint,
+        msg.rule,
+        msg.state,
+        msg.severity,
+        alert_value(msg),
+        msg.summary,
+        starts if firing else (row[1] if row is not None else msg.ts_ms),
+        None if firing else msg.ts_ms,
+        msg.ts_ms,
+        received_ms,
+        msg.seq,
+    )
+
+
+def alert_conditions(device: str | None, state: str | None, resolved_since_ms: int | None) -> list[tuple[str, object]]:
+    """The filters of an alert listing, as SQL conditions with ``{}`` where the back end puts its
+    placeholder, and their values."""
+    found: list[tuple[str, object]] = []
+    if device is not None:
+        found.append(("device = {}", device))
+    if state is not None:
+        found.append(("state = {}", state))
+    if resolved_since_ms is not None:
+        found.append(("(state = 'firing' OR ends_ms >= {})", resolved_since_ms))
+    return found
+
+
+def firing_by_device(found: list[StoredAlert]) -> dict[str, list[dict[str, object]]]:
+    """Firing alerts grouped by device, for the fleet page."""
+    out: dict[str, list[dict[str, object]]] = {}
+    for alert in found:
+        out.setdefault(alert.device, []).append(
+            {"rule": alert.rule, "severity": alert.severity, "summary": alert.summary, "starts_ms": alert.starts_ms}
+        )
+    return out

@@ -78,9 +78,9 @@ async def test_an_unreachable_database_is_a_transient_error() -> None:
 @pytest.mark.parametrize("backend", ["postgres", "embedded"])
 async def test_alerts_move_forward_once_per_message_on_either_store(backend: str, pg_dsn: str, tmp_path) -> None:
     from backhaul.wire.alert import AlertMessage
-    from collector.store.embedded import EmbeddedStore
+    from collector.store.sqlite import SqliteStore
 
-    store = PostgresStore(pg_dsn, pool_size=3) if backend == "postgres" else EmbeddedStore(tmp_path / "c.db", "FULL")
+    store = PostgresStore(pg_dsn, pool_size=3) if backend == "postgres" else SqliteStore(tmp_path / "c.db", "FULL")
     await store.open()
     try:
 
@@ -105,9 +105,9 @@ async def test_alerts_move_forward_once_per_message_on_either_store(backend: str
 
 @pytest.mark.parametrize("backend", ["postgres", "embedded"])
 async def test_series_tables_are_kept_per_device_and_old_ones_dropped(backend: str, pg_dsn: str, tmp_path) -> None:
-    from collector.store.embedded import EmbeddedStore
+    from collector.store.sqlite import SqliteStore
 
-    store = PostgresStore(pg_dsn, pool_size=3) if backend == "postgres" else EmbeddedStore(tmp_path / "c.db", "FULL")
+    store = PostgresStore(pg_dsn, pool_size=3) if backend == "postgres" else SqliteStore(tmp_path / "c.db", "FULL")
     await store.open()
     try:
         await store.put_tables("dev-1", {"a" * 32: b'[["__name__","up"]]'}, 1000, 0)

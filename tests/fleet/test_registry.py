@@ -18,7 +18,7 @@ import pytest
 from collector import cli
 from collector.registry import import_config_devices
 from collector.registry_settings import DeviceEntry
-from collector.store.embedded import EmbeddedStore
+from collector.store.sqlite import SqliteStore
 from tests.conftest import Running
 from tests.fleet.batches import batch_body, headers, series_for
 from tests.support import BIN, TOKEN, http
@@ -109,7 +109,7 @@ def test_tokens_are_stored_only_as_digests(start_collector: Callable[..., Runnin
 
 
 async def test_config_devices_bootstrap_the_registry(tmp_path: Path) -> None:
-    store = EmbeddedStore(tmp_path / "c.db", "NORMAL")
+    store = SqliteStore(tmp_path / "c.db", "NORMAL")
     await store.open()
     try:
         await import_config_devices(store, [DeviceEntry(id="d1", token="one"), DeviceEntry(id="d2", token="two")], 1)

@@ -109,7 +109,8 @@ async def agent_metrics(tmp_path: Path) -> Exported:
         device_id="grafana-test", listen={"port": 0}, buffer={"path": tmp_path / "agent.db", "budget_bytes": "64MiB"}
     )
     async with Agent(settings) as agent:
-        return exported_by(agent.registry, agent.metrics)
+        m = agent.metrics
+        return exported_by(agent.registry, m.ingest, m.buffer, m.uplink, m.alerts)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 from collector.auth import DeviceAuth
 from collector.registry import import_config_devices
 from collector.registry_settings import DeviceEntry
-from collector.store.embedded import EmbeddedStore
+from collector.store.sqlite import SqliteStore
 from collector.tokens import token_digest
 
 
@@ -20,7 +20,7 @@ def test_the_digest_ignores_surrounding_whitespace() -> None:
 
 
 async def test_a_config_token_with_spaces_authenticates(tmp_path: Path) -> None:
-    store = EmbeddedStore(tmp_path / "c.db", "NORMAL")
+    store = SqliteStore(tmp_path / "c.db", "NORMAL")
     await store.open()
     try:
         await import_config_devices(store, [DeviceEntry(id="d1", token=" s3cret ")], 1)

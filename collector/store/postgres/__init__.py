@@ -1,0 +1,18 @@
+"""The shared store: PostgreSQL through asyncpg, for several collector instances behind one address.
+
+The same tables and rules as the embedded store, made safe across processes, in the same shape
+(one class per concern on a shared base); asyncpg's errors become StoreError in one place
+(:mod:`collector.store.postgres.base`).
+"""
+
+from __future__ import annotations
+
+from collector.store.postgres.alerts import PostgresAlerts
+from collector.store.postgres.registry import PostgresRegistry
+from collector.store.postgres.samples import PostgresSamples
+
+__all__ = ["PostgresStore"]
+
+
+class PostgresStore(PostgresSamples, PostgresRegistry, PostgresAlerts):
+    """The shared store. Args: dsn and pool_size (see :class:`~collector.store.postgres.base.PostgresBase`)."""

@@ -1,0 +1,65 @@
+"""The shared store's schema: numbered migrations, applied under an advisory lock so that instances
+starting together migrate once. The same tables as the embedded store (collector/store/sqlite/schema.py).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+# Any constant, as long as every instance uses the same one.
+_MIGRATION_LOCK = 0x6261636B
+
+_MIGRATIONS = [
+    """
+    CREATE TABLE series (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, labels TEXT NOT NULL UNIQUE);
+    CREATE INDEX series_by_name ON series (name);
+    CREATE TABLE samples (series_id BIGINT NOT NULL, ts BIGINT NOT NULL, bits BIGINT NOT NULL,
+        PRIMARY KEY (series_id, ts));
+    CREATE TABLE batches (device TEXT NOT NULL, buffer_id TEXT NOT NULL, seq BIGINT NOT NULL,
+        received_ms BIGINT NOT NULL, samples BIGINT NOT NULL, PRIMARY KEY (device, buffer_id, seq));
+    CREATE TABLE buffers (device TEXT NOT NULL, buffer_id TEXT NOT NULL,
+        evicted_samples BIGINT NOT NULL, expired_samples BIGINT NOT NULL, dropped_samples BIGINT NOT NULL,
+        corrupt_samples BIGINT NOT NULL, PRIMARY KEY (device, buffer_id));
+    CREATE TABLE devices (device TEXT PRIMARY KEY, last_seen_ms BIGINT NOT NULL DEFAULT 0,
+        samples BIGINT NOT NULL DEFAULT 0, batches BIGINT NOT NULL DEFAULT 0,
+        duplicate_samples BIGINT NOT NULL DEFAULT 0, evicted_samples BIGINT NOT NULL DEFAULT 0,
+        expired_samples BIGINT NOT NULL DEFAULT 0, dropped_samples BIGINT NOT NULL DEFAULT 0,
+        agent_version TEXT NOT NULL DEFAULT '', corrupt_samples BIGINT NOT NULL DEFAULT 0,
+        duplicate_batches BIGINT NOT NULL DEFAULT 0, backlog_bytes BIGINT NOT NULL DEFAULT 0,
+        backlog_oldest_ms BIGINT NOT NULL DEFAULT 0);
+    CREATE TABLE registry (device TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL UNIQUE,
+        created_ms BIGINT NOT NULL, rotated_ms BIGINT NOT NULL DEFAULT 0,
+        revoked_ms BIGINT NOT NULL DEFAULT 0, source TEXT NOT NULL DEFAULT 'cli');
+    """,
+    # Alerts, as in the embedded store's migration 4 (see collector/store/sqlite/alerts.py).
+    """
+    CREATE TABLE alert_messages (device TEXT NOT NULL, seq BIGINT NOT NULL, ts_ms BIGINT NOT NULL,
+        fingerprint BIGINT NOT NULL, rule TEXT NOT NULL, state TEXT NOT NULL, severity TEXT NOT NULL,
+        value DOUBLE PRECISION, summary TEXT NOT NULL, received_ms BIGINT NOT NULL, via TEXT NOT NULL,
+        PRIMARY KEY (device, seq, ts_ms));
+    CREATE TABLE alerts (device TEXT NOT NULL, fingerprint BIGINT NOT NULL, rule TEXT NOT NULL,
+        state TEXT NOT NULL, severity TEXT NOT NULL, value DOUBLE PRECISION, summary TEXT NOT NULL,
+        starts_ms BIGINT NOT NULL, ends_ms BIGINT, updated_ms BIGINT NOT NULL, received_ms BIGINT NOT NULL,
+        seq BIGINT NOT NULL, PRIMARY KEY (device, fingerprint));
+    """,
+    # Series tables agents refer to by digest, as in the embedded store's migration 6.
+    """
+    CREATE TABLE series_tables (device TEXT NOT NULL, digest TEXT NOT NULL, data BYTEA NOT NULL,
+        stored_ms BIGINT NOT NULL, PRIMARY KEY (device, digest));
+    """,
+]
+
+
+async def migrate(conn: asyncpg.Connection) -> None:
+    """Bring the database to the newest schema, in the caller's transaction."""
+    await conn.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+    await conn.execute("CREATE TABLE IF NOT EXISTS backhaul_schema (version INTEGER NOT NULL)")
+    version = await conn.fetchval("SELECT max(version) FROM backhaul_schema") or 0
+    for number, step in enumerate(_MIGRATIONS[version:], start=version + 1):
+        await conn.execute(step)
+        await conn.execute("INSERT INTO backhaul_schema (version) VALUES ($1)", number)
+        log.info("postgres store: schema migrated to version %d", number)

@@ -1,0 +1,93 @@
+"""The embedded store's schema: numbered migrations, applied in order by :mod:`backhaul.sqlite`.
+
+A migration, once released, never changes: a new column or table is a new step at the end.
+"""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+from backhaul.sqlite import Migration
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db.execute("CREATE TABLE series (id INTEGER PRIMARY KEY, name TEXT NOT NULL, labels TEXT NOT NULL UNIQUE)")
+    db.execute(
+        "CREATE TABLE samples (series_id INTEGER NOT NULL, ts INTEGER NOT NULL, bits INTEGER NOT NULL,"
+        " PRIMARY KEY (series_id, ts)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE TABLE batches (device TEXT NOT NULL, buffer_id TEXT NOT NULL, seq INTEGER NOT NULL,"
+        " received_ms INTEGER NOT NULL, samples INTEGER NOT NULL, PRIMARY KEY (device, buffer_id, seq))"
+        " WITHOUT ROWID"
+    )
+    db.table("devices").create(
+        {
+            "device": str,
+            "last_seen_ms": int,
+            "samples": int,
+            "batches": int,
+            "duplicate_samples": int,
+            "evicted_samples": int,
+            "expired_samples": int,
+            "dropped_samples": int,
+            "agent_version": str,
+        },
+        pk="device",
+    )
+    db.execute("CREATE INDEX series_by_name ON series (name)")
+
+
+def _v2(db: sqlite_utils.Database) -> None:
+    # Loss counters are cumulative per agent buffer; a device that re-created its buffer (after
+    # corruption) starts a new set, so a device's total is the sum over its buffers.
+    db.execute(
+        "CREATE TABLE buffers (device TEXT NOT NULL, buffer_id TEXT NOT NULL, evicted_samples INTEGER NOT NULL,"
+        " expired_samples INTEGER NOT NULL, dropped_samples INTEGER NOT NULL, corrupt_samples INTEGER NOT NULL,"
+        " PRIMARY KEY (device, buffer_id)) WITHOUT ROWID"
+    )
+    db.execute("ALTER TABLE devices ADD COLUMN corrupt_samples INTEGER NOT NULL DEFAULT 0")
+
+
+def _v3(db: sqlite_utils.Database) -> None:
+    db.execute("ALTER TABLE devices ADD COLUMN duplicate_batches INTEGER NOT NULL DEFAULT 0")
+
+
+def _v4(db: sqlite_utils.Database) -> None:
+    # Alert messages (each (device, seq, ts_ms) once, so a re-sent message is recognised) and the
+    # latest state of each alert instance (device, fingerprint). See collector/store/sqlite/alerts.py.
+    db.execute(
+        "CREATE TABLE alert_messages (device TEXT NOT NULL, seq INTEGER NOT NULL, ts_ms INTEGER NOT NULL,"
+        " fingerprint INTEGER NOT NULL, rule TEXT NOT NULL, state TEXT NOT NULL, severity TEXT NOT NULL,"
+        " value REAL, summary TEXT NOT NULL, received_ms INTEGER NOT NULL, via TEXT NOT NULL,"
+        " PRIMARY KEY (device, seq, ts_ms)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE TABLE alerts (device TEXT NOT NULL, fingerprint INTEGER NOT NULL, rule TEXT NOT NULL,"
+        " state TEXT NOT NULL, severity TEXT NOT NULL, value REAL, summary TEXT NOT NULL,"
+        " starts_ms INTEGER NOT NULL, ends_ms INTEGER, updated_ms INTEGER NOT NULL,"
+        " received_ms INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (device, fingerprint)) WITHOUT ROWID"
+    )
+
+
+def _v5(db: sqlite_utils.Database) -> None:
+    # The agent's reported backlog, for the fleet page; and the device registry, shared by every
+    # process that opens this file (the collector and the `devices` CLI).
+    db.execute("ALTER TABLE devices ADD COLUMN backlog_bytes INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE devices ADD COLUMN backlog_oldest_ms INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        "CREATE TABLE registry (device TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL UNIQUE,"
+        " created_ms INTEGER NOT NULL, rotated_ms INTEGER NOT NULL DEFAULT 0,"
+        " revoked_ms INTEGER NOT NULL DEFAULT 0, source TEXT NOT NULL DEFAULT 'cli')"
+    )
+
+
+def _v6(db: sqlite_utils.Database) -> None:
+    # Series tables agents may refer to by digest instead of sending them again (docs/wire-format.md).
+    db.execute(
+        "CREATE TABLE series_tables (device TEXT NOT NULL, digest TEXT NOT NULL, data BLOB NOT NULL,"
+        " stored_ms INTEGER NOT NULL, PRIMARY KEY (device, digest)) WITHOUT ROWID"
+    )
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6]
