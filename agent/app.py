@@ -179,7 +179,12 @@ class Agent:
             # The built-in InferenceCrashLoop check reads the supervisor's gauge; evaluate at once.
             lane = self.alerts
             self.supervisor.on_crash_loop = lambda _event: lane.request_evaluation()
-        self.proxy = InferenceProxy(s.proxy, self.registry) if s.proxy.enabled else None
+        self.proxy: InferenceProxy | None = None
+        if s.proxy.enabled:
+            # The cloud fallback's "down" trigger reads the supervisor; the link is unmetered until
+            # the uplink's budget (issue 13) can be passed as the proxy's LinkGate.
+            local_down = self.supervisor.unavailable if self.supervisor is not None else None
+            self.proxy = InferenceProxy(s.proxy, self.registry, local_down=local_down)
         self.model: ModelInfo | None = None
         if inf.model_name or inf.model_version or inf.model_path:
             self.model = ModelInfo(self.registry, inf.model_name, inf.model_version, inf.model_path)

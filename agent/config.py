@@ -10,6 +10,7 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, HttpUrl, SecretStr,
 from pydantic_settings import BaseSettings
 
 from agent.alerts.settings import AlertSettings
+from agent.proxy.settings import ProxySettings as ProxySettings  # re-exported: [proxy] is part of the root
 from backhaul.settings import settings_config
 from backhaul.sqlite import Synchronous
 from backhaul.wire.batch import DEVICE_ID_PATTERN
@@ -142,19 +143,6 @@ class HostSettings(BaseModel):
     # Used when found on PATH (or at this path); "" turns it off.
     nvidia_smi: str = "nvidia-smi"
     tegrastats: str = "tegrastats"
-
-
-class ProxySettings(BaseModel):
-    """The optional reverse proxy in front of the inference HTTP API."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = Field(9202, ge=0, le=65535)
-    upstream: HttpUrl = HttpUrl("http://127.0.0.1:8080")
-    # Whole-request limit towards the upstream (long generations stream for a while).
-    timeout: timedelta = Field(timedelta(minutes=10), gt=timedelta(0))
 
 
 class AgentSettings(BaseSettings):
