@@ -161,8 +161,8 @@ async def post(url: str, headers: dict[str, str] | None = None, words: int = 3) 
 
 
 def refused(registry: CollectorRegistry, reason: str, trigger: str) -> float:
-    value = registry.get_sample_value("backhaul_proxy_escalations_refused_total", {"reason": reason, "trigger": trigger})
-    return value or 0.0
+    labels = {"reason": reason, "trigger": trigger}
+    return registry.get_sample_value("backhaul_proxy_escalations_refused_total", labels) or 0.0
 
 
 async def test_respect_budget_keeps_requests_local_or_answers_503_with_the_reason(
@@ -199,7 +199,7 @@ async def test_private_by_default_makes_escalation_opt_in(
     demo_server: Callable[..., Demo], gated: Callable[..., Any]
 ) -> None:
     cloud = demo_server("cloud", "--model", "cloud-llm-70b")
-    url, registry = await gated(f"http://127.0.0.1:{free_port()}", cloud, FakeGate(), private_by_default=True)
+    url, _ = await gated(f"http://127.0.0.1:{free_port()}", cloud, FakeGate(), private_by_default=True)
     status, routed, answer = await post(url)
     assert (status, routed, answer["error"]["code"]) == (503, "local", "private")
     assert cloud.events() == []
