@@ -285,7 +285,7 @@ def report(results: list[Result], probes: dict[str, Probe], args: argparse.Names
         ok = sum(r.ok for r in rows) / len(rows)
         cloud = [r for r in rows if r.route == "cloud"]
         reasons = Counter(r.reason for r in cloud)
-        why = ", ".join(f"{k} {v / len(rows):.0%}" for k, v in reasons.most_common())
+        why = ", ".join(f"{k} {v / len(rows):.1%}" for k, v in reasons.most_common())
         first = True
         for route in ("local", "cloud"):
             these = [r for r in rows if r.route == route]

@@ -321,8 +321,9 @@ class InferenceProxy:
                 refused = self.router.refusal(plan.private)
                 if refused is None:
                     task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, UpstreamError):
-                        await task
+                    await asyncio.wait({task})
+                    if not task.cancelled() and task.exception() is None:
+                        task.result()[0].close()  # it made it just as the deadline passed: too late
                     return _Escalate("slow_start")
                 self._refused(refused, "slow_start", out)  # keep waiting for the local answer
             return await task
