@@ -57,7 +57,7 @@ def test_triggers_apply_in_order_and_only_when_enabled() -> None:
     assert r.plan("POST", CHAT, None, body(100), 5).reason == "too_long"
     assert r.plan("POST", CHAT, None, body(), 2).reason == "overloaded"
     assert r.plan("POST", CHAT, None, body(), 1) == Plan(cloud=False, late=frozenset())
-    # "down" is off by default's complement here: a down server is tried (and "error" may apply)
+    # without "down" among the triggers a down server is still tried (and "error" may apply)
     r = router("not running", escalate_on=["error", "slow_start"])
     assert r.plan("POST", CHAT, None, body(), 0) == Plan(cloud=False, late=frozenset({"error", "slow_start"}))
 
