@@ -121,7 +121,8 @@ class Agent:
             clock,
             observe,
         )
-        self.sources = Sources(settings, self.sink, self.registry, self.jobs, clock)
+        local_down = self.supervisor.unavailable if self.supervisor is not None else None
+        self.sources = Sources(settings, self.sink, self.registry, self.jobs, clock, local_down)
         self._lifecycle: Lifecycle | None = None
         self._started = False
         self._stopping = False

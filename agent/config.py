@@ -10,29 +10,18 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import Field, HttpUrl, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings
 
 from agent.alerts.settings import AlertSettings
 from agent.buffer.settings import BufferSettings
 from agent.http_settings import ListenSettings
 from agent.ingest.settings import HostSettings, IngestSettings, ScrapeSettings
+from agent.proxy.settings import ProxySettings as ProxySettings  # re-exported: [proxy] is part of the root
 from agent.supervisor_settings import InferenceSettings
 from agent.uplink.settings import UplinkSettings
-from backhaul.settings import Section, settings_config
+from backhaul.settings import settings_config
 from backhaul.wire.batch import DEVICE_ID_PATTERN
-
-
-# [proxy] stays here while agent.proxy is being rebuilt into a package (which will then own it).
-class ProxySettings(Section):
-    """The optional reverse proxy in front of the inference HTTP API."""
-
-    enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = Field(9202, ge=0, le=65535)
-    upstream: HttpUrl = HttpUrl("http://127.0.0.1:8080")
-    # Whole-request limit towards the upstream (long generations stream for a while).
-    timeout: timedelta = Field(timedelta(minutes=10), gt=timedelta(0))
 
 
 class AgentSettings(BaseSettings):

@@ -25,7 +25,9 @@ from backhaul.lifecycle import Jobs
 
 
 class Sources:
-    """Args: the settings; the sink samples go to; the agent's registry; its jobs; wall clock (s)."""
+    """Args: the settings; the sink samples go to; the agent's registry; its jobs; wall clock (s);
+    ``local_down``: why the supervised inference server cannot serve now (None: it can), for the
+    proxy's cloud fallback."""
 
     def __init__(
         self,
@@ -34,6 +36,7 @@ class Sources:
         registry: CollectorRegistry,
         jobs: Jobs,
         clock: Callable[[], float] = time.time,
+        local_down: Callable[[], str | None] | None = None,
     ) -> None:
         s = settings
         sc = s.scrape
@@ -76,7 +79,8 @@ class Sources:
                 s.host.tegrastats,
                 clock,
             )
-        self.proxy = InferenceProxy(s.proxy, registry) if s.proxy.enabled else None
+        # The link is unmetered for the proxy until the uplink's budget (issue 13) is its LinkGate.
+        self.proxy = InferenceProxy(s.proxy, registry, local_down=local_down) if s.proxy.enabled else None
         self.model: ModelInfo | None = None
         if inf.model_name or inf.model_version or inf.model_path:
             self.model = ModelInfo(registry, inf.model_name, inf.model_version, inf.model_path)

@@ -85,6 +85,7 @@ class Supervisor:
         self._ps: psutil.Process | None = None
         self._started_at: float | None = None
         self._exits: deque[float] = deque()
+        self._health_ok = False  # the last health check of the current process passed
         self._stopping = False
         self._stop_began = 0.0
         self._wake = asyncio.Event()
@@ -254,6 +255,7 @@ class Supervisor:
         finally:
             self.up.set(0)
             self.healthy.set(0)
+            self._health_ok = False
             self._started_at = None
             self._ps = None
             # Output still buffered in the pipes is logged; a grandchild holding them open is not waited for.
@@ -278,8 +280,11 @@ class Supervisor:
                 self._exits.clear()
                 log.info("inference process up for %.0f s: crash loop over", window)
             if s.health_url is not None and now >= next_health:
-                self.healthy.set(1 if await self._healthy(session, str(s.health_url)) else 0)
-                next_health = now + interval
+                self._health_ok = await self._healthy(session, str(s.health_url))
+                self.healthy.set(1 if self._health_ok else 0)
+                # Until a check passes after a start, look again within a second: the proxy sends
+                # requests back to the local server only once it is healthy.
+                next_health = now + (interval if self._health_ok else min(interval, 1.0))
             wake = next_health if s.health_url is not None else math.inf
             if self.state == State.CRASH_LOOP:
                 wake = min(wake, started + window)
@@ -361,6 +366,17 @@ class Supervisor:
             return float(ps.memory_info().rss)
         except psutil.Error:
             return 0.0
+
+    def unavailable(self) -> str | None:
+        """Why the process cannot serve now (None: it can), for the proxy's ``down`` trigger: not running,
+        in a crash loop, or (with a ``health_url``) its last health check since it started failed."""
+        if self._started_at is None or self.state in (State.STOPPING, State.STOPPED):
+            return "not running"
+        if self.state == State.CRASH_LOOP:
+            return "crash loop"
+        if self.settings.health_url is not None and not self._health_ok:
+            return "unhealthy"
+        return None
 
     def describe(self) -> dict[str, object]:
         """For the agent's /healthz."""

@@ -6,7 +6,8 @@
 Everything is read from the store, so every collector instance shows the same fleet. A device is
 listed when it is in the registry or has ever uploaded. ``version_drift`` flags a device whose agent
 version differs from the fleet's most common one. ``alerts_firing`` is filled by the store's
-``alerts_firing()`` (empty until the collector keeps alerts).
+``alerts_firing()`` (empty until the collector keeps alerts). ``escalated_share`` and
+``escalation_reason``: see ``collector/escalation.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from collector.config import CollectorSettings
+from collector.escalation import Escalation, escalation_by_device
 from collector.store import DeviceState, Store
 
 # Label names an inference server's model-info series may use, in order of preference.
@@ -55,6 +57,7 @@ class Fleet:
         models = await store.model_info(self._settings.device_label)
         alerts = await store.alerts_firing()
         now_ms = int(self._clock() * 1000)
+        escalations = await escalation_by_device(store, self._settings.device_label, now_ms)
         offline_after_ms = int(self._settings.fleet.offline_after.total_seconds() * 1000)
         common = common_version([s.agent_version for s in states.values()])
         devices = []
@@ -62,6 +65,7 @@ class Fleet:
             state = states.get(name) or DeviceState(name)
             reg = registry.get(name)
             model = models.get(name, {})
+            routed = escalations.get(name) or Escalation()
             seen = state.last_seen_ms > 0
             devices.append(
                 {
@@ -83,6 +87,9 @@ class Fleet:
                     "model_version": _first(model, MODEL_VERSION_LABELS),
                     "model_labels": model,
                     "alerts_firing": alerts.get(name, []),
+                    # Inference requests its proxy sent to the cloud in the last hour, and mostly why.
+                    "escalated_share": routed.share,
+                    "escalation_reason": routed.main_reason,
                 }
             )
         return {

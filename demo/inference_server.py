@@ -8,6 +8,15 @@ is set), ``GET /v1/models``, ``GET /healthz`` and its own ``GET /metrics``. The 
 words from a fixed vocabulary chosen by a hash of the prompt, at a configurable rate, so the same
 request always gets the same answer. ``--tokens-per-second 0`` answers at once (for benchmarks).
 Exits on SIGTERM or SIGINT; ``--exit-after`` makes it exit by itself (status 3) for crash tests.
+
+Knobs for the hybrid-inference tests and benchmark: ``--first-token-delay`` (seconds before the
+first token: a stream's headers go at once, a JSON answer waits), ``--failure-rate`` (share of
+completions answered 500 at once; ``--seed`` makes it repeatable), ``--model``, ``--api-key``
+(requests without ``Authorization: Bearer <key>`` get 401), ``--request-log`` (one JSON line per
+request when it arrives and one when it ends: ``done``, ``failed``, ``refused`` or ``disconnected``,
+with the path, model, stream flag and Authorization header it came with). ``--knobs`` adds
+``POST /demo/knobs`` to change ``first_token_delay``, ``failure_rate`` and ``tokens_per_second``
+while it runs.
 """
 
 from __future__ import annotations
@@ -16,10 +25,13 @@ import argparse
 import asyncio
 import hashlib
 import json
+import random
 import signal
 import sys
 import time
-from typing import Any
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -36,6 +48,10 @@ class FakeModel:
 
     def __init__(self, name: str, tokens_per_second: float) -> None:
         self.name = name
+        self.delay = 0.0
+        self.set_rate(tokens_per_second)
+
+    def set_rate(self, tokens_per_second: float) -> None:
         self.delay = 1 / tokens_per_second if tokens_per_second > 0 else 0.0
 
     @staticmethod
@@ -56,9 +72,55 @@ def prompt_of(body: dict[str, Any], chat: bool) -> str:
     return " ".join(prompt) if isinstance(prompt, list) else str(prompt)
 
 
+@dataclass
+class Knobs:
+    """Misbehaviour on demand: a delay before the first token, a share of failed requests."""
+
+    first_token_delay: float = 0.0
+    failure_rate: float = 0.0
+
+
+class RequestLog:
+    """JSON lines, flushed at once so a test reads them while the server runs.
+
+    Args:
+        path: the file (appended to); None logs nothing.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self._file: IO[str] | None = path.open("a", encoding="utf-8") if path is not None else None
+        self._next = 0
+
+    def new_id(self) -> int:
+        self._next += 1
+        return self._next
+
+    def write(self, event: str, **fields: Any) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps({"event": event, "t": time.time(), **fields}) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 class Server:
-    def __init__(self, model: FakeModel) -> None:
+    def __init__(
+        self,
+        model: FakeModel,
+        knobs: Knobs | None = None,
+        request_log: RequestLog | None = None,
+        api_key: str = "",
+        knobs_endpoint: bool = False,
+        seed: int | None = None,
+    ) -> None:
         self.model = model
+        self.knobs = knobs or Knobs()
+        self.log = request_log or RequestLog(None)
+        self.api_key = api_key
+        self.knobs_endpoint = knobs_endpoint
+        self._random = random.Random(seed)
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -80,7 +142,18 @@ class Server:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", make_aiohttp_handler(self.registry))
+        if self.knobs_endpoint:
+            app.router.add_post("/demo/knobs", self.set_knobs)
         return app
+
+    async def set_knobs(self, request: web.Request) -> web.Response:
+        changes = await request.json()
+        for key in ("first_token_delay", "failure_rate"):
+            if key in changes:
+                setattr(self.knobs, key, float(changes[key]))
+        if "tokens_per_second" in changes:
+            self.model.set_rate(float(changes["tokens_per_second"]))
+        return web.json_response(asdict(self.knobs))
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "model": self.model.name})
@@ -95,15 +168,46 @@ class Server:
         return await self.complete(request, chat=False)
 
     async def complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
-        route = request.path
-        started = time.perf_counter()
+        ident = self.log.new_id()
+        auth = request.headers.get("Authorization")
         try:
             body = await request.json()
             if not isinstance(body, dict):
                 raise ValueError("not an object")
         except ValueError:
-            self.requests.labels(route, "400").inc()
+            self.requests.labels(request.path, "400").inc()
+            self.log.write("received", id=ident, path=request.path, authorization=auth)
+            self.log.write("refused", id=ident, status=400)
             return web.json_response({"error": {"message": "body must be a JSON object"}}, status=400)
+        self.log.write(
+            "received",
+            id=ident,
+            path=request.path,
+            model=body.get("model"),
+            stream=bool(body.get("stream")),
+            authorization=auth,
+            prompt_tokens=self.model.prompt_tokens(prompt_of(body, chat)),
+        )
+        if self.api_key and auth != f"Bearer {self.api_key}":
+            self.requests.labels(request.path, "401").inc()
+            self.log.write("refused", id=ident, status=401)
+            return web.json_response({"error": {"message": "invalid API key"}}, status=401)
+        if self.knobs.failure_rate and self._random.random() < self.knobs.failure_rate:
+            self.requests.labels(request.path, "500").inc()
+            self.log.write("failed", id=ident, status=500)
+            return web.json_response({"error": {"message": "injected failure (--failure-rate)"}}, status=500)
+        try:
+            response = await self.answer(request, chat, body)
+        except (asyncio.CancelledError, ConnectionResetError):
+            # The client went away (the handler is cancelled, or a write finds the connection closed).
+            self.log.write("disconnected", id=ident)
+            raise
+        self.log.write("done", id=ident, status=response.status)
+        return response
+
+    async def answer(self, request: web.Request, chat: bool, body: dict[str, Any]) -> web.StreamResponse:
+        route = request.path
+        started = time.perf_counter()
         self.active.inc()
         try:
             prompt = prompt_of(body, chat)
@@ -119,8 +223,7 @@ class Server:
                 include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
                 response = await self.stream(request, chat, ident, words, usage if include_usage else None)
             else:
-                if self.model.delay:
-                    await asyncio.sleep(self.model.delay * n)
+                await asyncio.sleep(self.knobs.first_token_delay + self.model.delay * n)
                 text = " ".join(words)
                 choice: dict[str, Any] = (
                     {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
@@ -158,6 +261,8 @@ class Server:
             payload.update(extra or {})
             return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
+        if self.knobs.first_token_delay:
+            await asyncio.sleep(self.knobs.first_token_delay)
         for i, word in enumerate(words):
             if self.model.delay:
                 await asyncio.sleep(self.model.delay)
@@ -178,8 +283,17 @@ class Server:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    server = Server(FakeModel(args.model, args.tokens_per_second))
-    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=1)
+    request_log = RequestLog(args.request_log)
+    server = Server(
+        FakeModel(args.model, args.tokens_per_second),
+        Knobs(args.first_token_delay, args.failure_rate),
+        request_log,
+        args.api_key,
+        args.knobs,
+        args.seed,
+    )
+    # handler_cancellation: a client that goes away cancels its request (and the log says so).
+    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=1, handler_cancellation=True)
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port).start()
     port = runner.addresses[0][1]
@@ -200,6 +314,7 @@ async def serve(args: argparse.Namespace) -> int:
             await stop.wait()
     finally:
         await runner.cleanup()
+        request_log.close()
     print("demo inference server: stopped", flush=True)
     return code
 
@@ -211,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="demo-llm-1b")
     parser.add_argument("--tokens-per-second", type=float, default=50.0, help="0: answer at once")
     parser.add_argument("--exit-after", type=float, default=0.0, help="exit with status 3 after this many seconds")
+    parser.add_argument("--first-token-delay", type=float, default=0.0, help="seconds before the first token")
+    parser.add_argument("--failure-rate", type=float, default=0.0, help="share of completions answered 500")
+    parser.add_argument("--seed", type=int, default=None, help="for --failure-rate")
+    parser.add_argument("--api-key", default="", help="require Authorization: Bearer <key>")
+    parser.add_argument("--request-log", type=Path, default=None, help="JSON lines: each request and its end")
+    parser.add_argument("--knobs", action="store_true", help="accept POST /demo/knobs (tests, benchmarks)")
     args = parser.parse_args(argv)
     return asyncio.run(serve(args))
 

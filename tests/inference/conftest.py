@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,12 +87,52 @@ def demo_command(port: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "demo.inference_server", "--port", str(port), *extra]
 
 
+@dataclass
+class Demo:
+    """A demo inference server (started here, or by an agent's supervisor) and its request log."""
+
+    url: str
+    request_log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        if not self.request_log.exists():
+            return []
+        lines = [json.loads(line) for line in self.request_log.read_text().splitlines() if line.strip()]
+        return [e for e in lines if kind is None or e["event"] == kind]
+
+
+@pytest.fixture
+def demo_server(tmp_path: Path) -> Iterator[Callable[..., Demo]]:
+    """Start ``python -m demo.inference_server`` with a request log; terminated at teardown."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, *args: str) -> Demo:
+        port = free_port()
+        request_log = tmp_path / f"{name}.requests.jsonl"
+        with (tmp_path / f"{name}.log").open("wb") as out:
+            proc = subprocess.Popen(
+                demo_command(port, "--request-log", str(request_log), *args), cwd=ROOT, stdout=out, stderr=out
+            )
+        started.append(proc)
+        demo = Demo(f"http://127.0.0.1:{port}", request_log, proc)
+        wait_http(f"{demo.url}/healthz", proc=proc)
+        return demo
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        proc.wait(10)
+
+
 @pytest.fixture
 def agent_with(tmp_path: Path) -> Iterator[Callable[..., Running]]:
     """Start a real backhaul-agent whose config may have nested sections; killed at teardown."""
     started: list[Proc] = []
 
-    def start(collector_url: str | None = None, name: str = "agent", **sections: Any) -> Running:
+    def start(
+        collector_url: str | None = None, name: str = "agent", env: dict[str, str] | None = None, **sections: Any
+    ) -> Running:
         port = free_port()
         config: dict[str, Any] = {
             "device_id": "dev-1",
@@ -116,7 +157,8 @@ def agent_with(tmp_path: Path) -> Iterator[Callable[..., Running]]:
                 config[key] = value
         path = tmp_path / f"{name}.toml"
         path.write_text(toml_nested(config))
-        proc = Proc("backhaul-agent", path, tmp_path / f"{name}.log", env={"PYTHONPATH": str(ROOT)}).start()
+        proc = Proc("backhaul-agent", path, tmp_path / f"{name}.log", env={"PYTHONPATH": str(ROOT), **(env or {})})
+        proc.start()
         started.append(proc)
         url = f"http://127.0.0.1:{port}"
         proc.wait_healthy(url)

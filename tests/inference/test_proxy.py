@@ -54,7 +54,13 @@ async def proxy() -> AsyncIterator[Callable[[str], Any]]:
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    return registry.get_sample_value(name, labels) or 0.0
+    """The sum of the samples named ``name`` whose labels include ``labels`` (e.g. over every upstream)."""
+    return sum(
+        s.value
+        for metric in registry.collect()
+        for s in metric.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 CHAT = {"model": "demo-llm-1b", "messages": [{"role": "user", "content": "how is the link today"}], "max_tokens": 12}

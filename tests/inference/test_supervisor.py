@@ -158,3 +158,22 @@ async def test_a_command_that_cannot_start_counts_as_a_crash(tmp_path: Path) -> 
 def test_an_empty_command_is_refused() -> None:
     with pytest.raises(ValueError, match="nothing to supervise"):
         Supervisor(InferenceSettings(), CollectorRegistry())
+
+
+async def test_unavailable_says_why_the_child_cannot_serve(tmp_path: Path) -> None:
+    sleeper = script(tmp_path, "sleeper", "time.sleep(60)\n")
+    supervisor = Supervisor(settings(sleeper), CollectorRegistry())
+    assert supervisor.unavailable() == "not running"
+    async with supervisor:
+        await until(lambda: supervisor.unavailable() is None, 20, "the child to run")
+    assert supervisor.unavailable() == "not running"
+    # With a health URL nobody answers, running is not enough.
+    unhealthy = Supervisor(settings(sleeper, health_url="http://127.0.0.1:9/healthz"), CollectorRegistry())
+    async with unhealthy:
+        await until(lambda: unhealthy.state == State.RUNNING, 20, "the child to run")
+        await asyncio.sleep(0.3)
+        assert unhealthy.unavailable() == "unhealthy"
+    crashing = Supervisor(settings(script(tmp_path, "crash", "time.sleep(0.2); sys.exit(3)\n")), CollectorRegistry())
+    async with crashing:
+        await until(lambda: crashing.state == State.CRASH_LOOP and crashing.pid is not None, 20, "the crash loop")
+        await until(lambda: crashing.unavailable() == "crash loop", 20, "a restarted child in the crash loop")

@@ -1,0 +1,31 @@
+"""A reverse proxy in front of the inference HTTP API: it measures what passes and, with a cloud model
+configured (``[proxy.cloud]``), escalates requests the local model cannot serve.
+
+    settings.py   [proxy] and [proxy.cloud]
+    routing.py    the decision: local, cloud now, or cloud if the local start is slow or fails
+    server.py     the listener and one request's path (InferenceProxy)
+    upstream.py   one upstream's session, TLS, credentials; aiohttp's errors translated
+    forward.py    relaying answers to the client; the proxy's own answers
+    measure.py    tokens, time to first token, decode rate
+    metrics.py    backhaul_proxy_*
+    link.py       LinkGate: what the metered link allows (the uplink's budget, issue 13)
+    errors.py     ProxySetupError, UpstreamError
+"""
+
+from agent.proxy.errors import ProxySetupError, UpstreamError
+from agent.proxy.link import LinkGate, UnmeteredLink
+from agent.proxy.routing import ROUTE_HEADER, ROUTED_HEADER
+from agent.proxy.server import InferenceProxy
+from agent.proxy.settings import CloudSettings, ProxySettings
+
+__all__ = [
+    "ROUTED_HEADER",
+    "ROUTE_HEADER",
+    "CloudSettings",
+    "InferenceProxy",
+    "LinkGate",
+    "ProxySettings",
+    "ProxySetupError",
+    "UnmeteredLink",
+    "UpstreamError",
+]

@@ -1,0 +1,30 @@
+"""The proxy's errors, in the project's tree (:mod:`backhaul.errors`).
+
+StartError
+└── ProxySetupError   the proxy cannot start as configured (TLS files)
+PeerError
+└── UpstreamError     an upstream gave no answer (kind: connect, timeout, reset)
+"""
+
+from __future__ import annotations
+
+from backhaul.errors import PeerError, StartError
+
+
+class ProxySetupError(StartError):
+    """The proxy cannot start as configured; the message names the setting."""
+
+
+class UpstreamError(PeerError):
+    """An upstream gave no answer.
+
+    Args:
+        kind: ``connect`` (refused, unreachable, TLS), ``timeout`` or ``reset`` (the connection broke).
+        upstream: ``local`` or ``cloud``.
+        detail: for the log and the client.
+    """
+
+    def __init__(self, kind: str, upstream: str, detail: str) -> None:
+        super().__init__(kind, f"{upstream} upstream: {detail}")
+        self.upstream = upstream
+        self.detail = detail
