@@ -18,7 +18,7 @@ The public API is exactly ``__all__`` (checked by tests/unit/test_harness.py).
 """
 
 from harness.agent import LOSS_CAUSES, agent_loss_counters, copy_database, samples_at
-from harness.collector import export, exported_samples, same_value
+from harness.collector import export, exported_samples, reported_losses, same_value
 from harness.config import TOKEN, toml_text, write_toml
 from harness.metrics import metric_sum, metric_value, parse_metrics, read_metrics
 from harness.net import free_port, get_json, http, wait_until
@@ -52,6 +52,7 @@ __all__ = [
     "parse_metrics",
     "push",
     "read_metrics",
+    "reported_losses",
     "require_program",
     "same_value",
     "samples_at",

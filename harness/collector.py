@@ -8,6 +8,8 @@ import urllib.parse
 from typing import Any
 
 from backhaul.wire.series import Labels
+from harness.agent import LOSS_CAUSES
+from harness.metrics import read_metrics
 from harness.net import http
 
 EVERYTHING = '{__name__=~".+"}'
@@ -37,3 +39,11 @@ def exported_samples(
 def same_value(a: float, b: float) -> bool:
     """Equal, counting NaN as equal to NaN (a stored NaN must come back as NaN)."""
     return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def reported_losses(collector_url: str, device: str) -> dict[str, int]:
+    """The losses ``device`` reported, by cause, as its collector exposes them: the agent's persistent
+    counters (compare :func:`harness.agent.agent_loss_counters`), not its per-process ones."""
+    page = read_metrics(collector_url)
+    name = "backhaul_collector_device_reported_lost_samples"
+    return {cause: int(page.get(f'{name}{{cause="{cause}",device="{device}"}}', 0)) for cause in LOSS_CAUSES}

@@ -11,7 +11,10 @@ def parse_metrics(text: str) -> dict[str, float]:
     for line in text.splitlines():
         if line and not line.startswith("#"):
             key, _, value = line.rpartition(" ")
-            out[key] = float(value)
+            try:
+                out[key] = float(value)
+            except ValueError:  # a line this reader does not know (a timestamp after the value, say)
+                continue
     return out
 
 

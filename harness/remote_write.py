@@ -149,11 +149,12 @@ class Attempt:
 
 
 class RecordingSender(Sender):
-    """A :class:`Sender` with one request per scrape, 100 ms apart in sample time, that notes every
-    attempt (which request was in flight when the agent died, and how it ended).
+    """A :class:`Sender` with one request per scrape that notes every attempt (which request was in
+    flight when the agent died, and how it ended).
 
     Args:
         agent_url, series, interval, start_ms, timeout: as for :class:`Sender`.
+        step_ms: how far each scrape's timestamp moves on (100 ms by default).
         noisy: values that barely compress (fills a byte budget with fewer samples); the value of
             series ``i`` at ``ts`` is then :meth:`noisy_value` ``(ts, i)``.
         keep_attempts: how many of the latest attempts to keep (None: all).
@@ -166,6 +167,7 @@ class RecordingSender(Sender):
         interval: float,
         noisy: bool = False,
         start_ms: int | None = None,
+        step_ms: int = 100,
         timeout: float = 10,
         keep_attempts: int | None = None,
     ) -> None:
@@ -175,7 +177,7 @@ class RecordingSender(Sender):
             interval=interval,
             per_request=series,
             start_ms=start_ms,
-            step_ms=100,
+            step_ms=step_ms,
             timeout=timeout,
         )
         self.noisy = noisy
