@@ -6,15 +6,19 @@ from harness.net import http
 
 
 def parse_metrics(text: str) -> dict[str, float]:
-    """A page as ``{'name{labels}': value}`` (comments left out; a label value may contain spaces)."""
+    """A page as ``{'name{labels}': value}`` (comments and timestamps left out)."""
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            try:
-                out[key] = float(value)
-            except ValueError:  # a line this reader does not know (a timestamp after the value, say)
-                continue
+        if not line or line.startswith("#"):
+            continue
+        # name{labels} value [timestamp]; a label value may hold spaces, so split after the labels
+        brace = line.rfind("}")
+        end = brace + 1 if brace >= 0 else line.find(" ")
+        fields = line[end:].split() if end > 0 else []
+        try:
+            out[line[:end]] = float(fields[0])
+        except (IndexError, ValueError):  # a line this reader does not understand
+            continue
     return out
 
 
