@@ -14,8 +14,8 @@ test:
 # sizes, an hour's backlog for the drain), each figure next to its references from the same run.
 bench: venv
 	vmagent=$$(bench/fetch-vmagent || true); \
-	.venv/bin/python bench/foundation.py --series 1000 --vmagent "$$vmagent" && \
-	.venv/bin/python bench/foundation.py --series 10000 --minutes 15 --drain-minutes 60 --vmagent "$$vmagent"
+	.venv/bin/python -m bench.foundation --series 1000 --vmagent "$$vmagent" && \
+	.venv/bin/python -m bench.foundation --series 10000 --minutes 15 --drain-minutes 60 --vmagent "$$vmagent"
 
 lint: venv
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shutil
 import statistics
@@ -25,15 +26,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import json
-
-from agent.buffer.store import BufferStore
+from bench.buffer import open_store
 from bench.shaper import Shaper
-from tests.support import TOKEN, Proc, free_port, http, metric_value, push
+from harness import TOKEN, Proc, free_port, http, metric_value, push, write_toml
 
 SERIES_PER_CHUNK = 1000  # chunks of compact_target_samples: a backlog as compaction leaves it
 SAMPLES_PER_SERIES = 100
@@ -41,14 +38,13 @@ SAMPLES_PER_SERIES = 100
 
 def build_backlog(path: Path, megabytes: int, series_per_chunk: int = SERIES_PER_CHUNK) -> tuple[int, int]:
     """Fill a buffer with about ``megabytes`` of chunks; returns (bytes, samples)."""
-    store = BufferStore(path, (megabytes + 64) * 1024**2, "OFF", 1, SERIES_PER_CHUNK * SAMPLES_PER_SERIES)
-    store.open()
     rnd = random.Random(7)
     start = int(time.time() * 1000) - 6 * 3600 * 1000
     step = 0
     started = time.monotonic()
     shown = 0
-    try:
+    budget = (megabytes + 64) * 1024**2
+    with open_store(path, SERIES_PER_CHUNK * SAMPLES_PER_SERIES, budget, zstd_level=1) as store:
         while store.totals.bytes < megabytes * 1024**2:
             series = {}
             for i in range(series_per_chunk):
@@ -64,54 +60,47 @@ def build_backlog(path: Path, megabytes: int, series_per_chunk: int = SERIES_PER
                 rate = mb / (time.monotonic() - started)
                 print(f"  backlog: {mb} MB of {megabytes} ({rate:.1f} MB/s)", flush=True)
         return store.totals.bytes, store.totals.samples
-    finally:
-        store.close()
-        store.worker.shutdown()
 
 
-def agent_toml(port: int, proxy: int, buffer: Path, budget_mb: int) -> str:
-    return f"""device_id = "dev-1"
-shutdown_grace = 10
-log_level = "WARNING"
-[listen]
-host = "127.0.0.1"
-port = {port}
-[buffer]
-path = "{buffer}"
-budget_bytes = "{budget_mb}MiB"
-synchronous = "NORMAL"
-[uplink]
-url = "http://127.0.0.1:{proxy}/api/v1/batches"
-token = "{TOKEN}"
-batch_interval = 1
-batch_max_bytes = "256KiB"
-timeout = 120
-backoff_min = 0.5
-backoff_max = 5
-[alerts]
-eval_interval = 5
-[[alerts.rules]]
-name = "BenchTrigger"
-selector = 'bench_trigger{{job="bench"}}'
-op = ">"
-threshold = 0.5
-severity = "critical"
-summary = "bench trigger {{value}}"
-"""
+def agent_config(port: int, proxy: int, buffer: Path, budget_mb: int) -> dict[str, Any]:
+    return {
+        "device_id": "dev-1",
+        "shutdown_grace": 10,
+        "log_level": "WARNING",
+        "listen": {"host": "127.0.0.1", "port": port},
+        "buffer": {"path": buffer, "budget_bytes": f"{budget_mb}MiB", "synchronous": "NORMAL"},
+        "uplink": {
+            "url": f"http://127.0.0.1:{proxy}/api/v1/batches",
+            "token": TOKEN,
+            "batch_interval": 1,
+            "batch_max_bytes": "256KiB",
+            "timeout": 120,
+            "backoff_min": 0.5,
+            "backoff_max": 5,
+        },
+        "alerts": {
+            "eval_interval": 5,
+            "rules": [
+                {
+                    "name": "BenchTrigger",
+                    "selector": 'bench_trigger{job="bench"}',
+                    "op": ">",
+                    "threshold": 0.5,
+                    "severity": "critical",
+                    "summary": "bench trigger {value}",
+                }
+            ],
+        },
+    }
 
 
-def collector_toml(port: int, db: Path) -> str:
-    return f"""log_level = "WARNING"
-[listen]
-host = "127.0.0.1"
-port = {port}
-[store]
-path = "{db}"
-synchronous = "NORMAL"
-[[devices]]
-id = "dev-1"
-token = "{TOKEN}"
-"""
+def collector_config(port: int, db: Path) -> dict[str, Any]:
+    return {
+        "log_level": "WARNING",
+        "listen": {"host": "127.0.0.1", "port": port},
+        "store": {"path": db, "synchronous": "NORMAL"},
+        "devices": [{"id": "dev-1", "token": TOKEN}],
+    }
 
 
 def listed(collector: str) -> dict[str, dict[str, object]]:
@@ -167,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
         cport, pport, aport = free_port(), free_port(), free_port()
         collector, agent = f"http://127.0.0.1:{cport}", f"http://127.0.0.1:{aport}"
-        (tmp / "collector.toml").write_text(collector_toml(cport, tmp / "collector.db"))
-        (tmp / "agent.toml").write_text(agent_toml(aport, pport, tmp / "agent.db", args.backlog_mb + 64))
+        write_toml(tmp / "collector.toml", collector_config(cport, tmp / "collector.db"))
+        write_toml(tmp / "agent.toml", agent_config(aport, pport, tmp / "agent.db", args.backlog_mb + 64))
         rate = args.kbit * 1000 / 8
         with Shaper(pport, ("127.0.0.1", cport), rate, args.rtt_ms / 2000) as shaper:
             procs.append(Proc("backhaul-collector", tmp / "collector.toml", tmp / "collector.log").start())

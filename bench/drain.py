@@ -7,97 +7,46 @@ agent's start (its integrity check included) until the collector has stored ever
 
 The figure is the drain rate as a multiple of real time: samples per second uploaded divided by
 the rate at which the workload produces them (series / 5 s). Run alone with
-``.venv/bin/python bench/drain.py --series 10000``; ``make bench`` runs it as part of the table.
+``.venv/bin/python -m bench.drain --series 10000``; ``make bench`` runs it as part of the table.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from foundation import (
-    AGENT_DEFAULT_TARGET_SAMPLES,
-    COMPACT_INTERVAL_MS,
-    DEVICE,
-    Progress,
-    Server,
-    WorkloadSpec,
-    _db_bytes,
-    _store,
-    free_port,
-    http_text,
-    metric_sum,
-)
-from workload import INTERVAL_MS
+from backhaul.wire.series import SeriesMap
+from bench.buffer import db_bytes, open_store, write_offline
+from bench.progress import Progress
+from bench.servers import agent_server, collector_server
+from bench.workload import INTERVAL_MS, WorkloadSpec
+from harness import metric_sum, read_metrics
 
-TOKEN = "bench-drain-token"
 STORED = "backhaul_collector_stored_samples_total"
 
 
 def build_backlog(spec: WorkloadSpec, path: Path, progress: Progress) -> dict[str, Any]:
     """Write the workload into a buffer file as an agent that is offline the whole time would."""
     w = spec.build()
-    store = _store(path, AGENT_DEFAULT_TARGET_SAMPLES)
-    every = max(1, COMPACT_INTERVAL_MS // INTERVAL_MS)
     done = 0
+
+    def rounds() -> Iterator[tuple[int, SeriesMap]]:
+        nonlocal done
+        for item in w.rounds():
+            yield item
+            done += 1
+
     progress.set("drain: writing the backlog", lambda: f"{done:,}/{w.n_rounds:,} scrapes")
-    try:
-        last = 0
-        for i, (base, series) in enumerate(w.rounds()):
-            store.append(series, 0, base)
-            last = base
-            done = i + 1
-            if done % every == 0:
-                store.compact(base + INTERVAL_MS)
-        while store.compact(last + INTERVAL_MS):
-            pass
+    with open_store(path) as store:
+        write_offline(store, rounds())
         result = {"samples": store.totals.samples, "chunk_bytes": store.totals.bytes, "series": w.n_series}
-    finally:
-        store.close()
-        store.worker.shutdown()
-    result["file_bytes"] = _db_bytes(path)
+    result["file_bytes"] = db_bytes(path)
     return result
-
-
-def _launcher(name: str) -> list[str]:
-    script = Path(sys.executable).parent / name
-    return [str(script)] if script.exists() else [sys.executable, "-m", name.replace("backhaul-", "") + ".cli"]
-
-
-def _env() -> dict[str, str]:
-    # BACKHAUL_* variables in our environment would override the config files: leave them out.
-    return {k: v for k, v in os.environ.items() if not k.startswith("BACKHAUL_")}
-
-
-def collector_server(workdir: Path) -> Server:
-    port = free_port()
-    config = workdir / "collector.toml"
-    config.write_text(
-        f'log_level = "WARNING"\n\n[listen]\nhost = "127.0.0.1"\nport = {port}\n\n'
-        f'[store]\npath = "{workdir / "collector.db"}"\n\n'
-        f'[[devices]]\nid = "{DEVICE}"\ntoken = "{TOKEN}"\n'
-    )
-    argv = [*_launcher("backhaul-collector"), "run", "--config", str(config)]
-    return Server("collector", argv, f"http://127.0.0.1:{port}", "/healthz", workdir, _env())
-
-
-def agent_server(workdir: Path, buffer: Path, collector_url: str) -> Server:
-    port = free_port()
-    config = workdir / "agent.toml"
-    # Uplink settings are the defaults (4 MiB batches, sent back to back while a backlog remains).
-    config.write_text(
-        f'device_id = "{DEVICE}"\nlog_level = "WARNING"\n\n'
-        f'[listen]\nhost = "127.0.0.1"\nport = {port}\n\n'
-        f'[buffer]\npath = "{buffer}"\nbudget_bytes = {8 * 1024**3}\n\n'
-        f'[uplink]\nurl = "{collector_url}/api/v1/batches"\ntoken = "{TOKEN}"\n'
-    )
-    argv = [*_launcher("backhaul-agent"), "run", "--config", str(config)]
-    return Server("agent", argv, f"http://127.0.0.1:{port}", "/healthz", workdir, _env())
 
 
 def run_drain(spec: WorkloadSpec, progress: Progress, timeout: float = 1800) -> dict[str, Any]:
@@ -120,12 +69,12 @@ def run_drain(spec: WorkloadSpec, progress: Progress, timeout: float = 1800) -> 
                 if time.monotonic() - started > timeout:
                     raise RuntimeError(f"drain incomplete after {timeout} s: {stored:,.0f} of {total:,} samples")
                 peak_rss = max(peak_rss, agent_proc.memory_info().rss)
-                stored = metric_sum(http_text(collector.url + "/metrics"), STORED)
+                stored = metric_sum(read_metrics(collector.url), STORED)
                 time.sleep(0.1)
             seconds = time.monotonic() - started
             agent_cpu = sum(agent_proc.cpu_times()[:2])
             collector_cpu = sum(collector_proc.cpu_times()[:2])
-            wire = metric_sum(http_text(agent.url + "/metrics"), "backhaul_uplink_bytes_total")
+            wire = metric_sum(read_metrics(agent.url), "backhaul_uplink_bytes_total")
         finally:
             agent.stop()
             collector.stop()

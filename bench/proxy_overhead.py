@@ -18,39 +18,17 @@ import asyncio
 import http.client
 import json
 import os
+import shutil
 import signal
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from harness import ProcError, Process, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_up(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{proc.args} exited with {proc.returncode}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                conn.close()
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"port {port} did not answer within {timeout} s")
 
 
 def serve_proxy(port: int, upstream: str) -> None:
@@ -118,30 +96,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     server_port, proxy_port = free_port(), free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    quiet = subprocess.DEVNULL
-    server = subprocess.Popen(
-        [sys.executable, "-m", "demo.inference_server", "--port", str(server_port), "--tokens-per-second", "0"],
-        cwd=ROOT,
-        env=env,
-        stdout=quiet,
-    )
-    proxy = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bench.proxy_overhead",
-            "--serve-proxy",
-            str(proxy_port),
-            f"http://127.0.0.1:{server_port}",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=quiet,
-    )
+    env = {"PYTHONPATH": str(ROOT)}  # python -m bench.proxy_overhead from anywhere
+    logs = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
+    server_argv = [
+        sys.executable,
+        "-m",
+        "demo.inference_server",
+        "--port",
+        str(server_port),
+        "--tokens-per-second",
+        "0",
+    ]
+    server = Process("demo server", server_argv, logs / "server.log", env)
+    proxy_argv = [sys.executable, "-m", "bench.proxy_overhead", "--serve-proxy", str(proxy_port)]
+    proxy = Process("proxy", [*proxy_argv, f"http://127.0.0.1:{server_port}"], logs / "proxy.log", env)
     try:
-        wait_up(server_port, server)
-        wait_up(proxy_port, proxy)
+        for process, port in ((server.start(), server_port), (proxy.start(), proxy_port)):
+            process.wait_ready(f"http://127.0.0.1:{port}/healthz")
         message = {"role": "user", "content": "how many tokens does the proxy add"}
         kinds = {
             "chat completion, JSON": {"messages": [message], "max_tokens": args.max_tokens},
@@ -172,10 +143,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<30} {'added':>8} {d50:8.3f} {d99:8.3f}")
         verdict = "meets" if worst < 1.0 else "MISSES"
         print(f"largest p50 overhead {worst:.3f} ms: {verdict} the < 1 ms target")
+    except ProcError as exc:
+        raise SystemExit(f"{exc.name} {exc.reason}; see {exc.log}") from None
     finally:
-        for proc in (proxy, server):
-            proc.terminate()
-            proc.wait(10)
+        for process in (proxy, server):
+            if process.running:
+                process.stop(10)
+        shutil.rmtree(logs, ignore_errors=True)
     return 0
 
 

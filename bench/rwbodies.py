@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cramjam
-from workload import INTERVAL_MS, Workload
 
 from backhaul.wire import remote_write as rw
 from backhaul.wire.series import Labels
 from backhaul.wire.varint import varint
+from bench.workload import INTERVAL_MS, Workload
 
 _DOUBLE = struct.Struct("<d")
 

@@ -31,7 +31,6 @@ Run it from the repository root (no Makefile needed)::
     .venv/bin/python -m bench.soak                        # 30 minutes, seed 1
     .venv/bin/python -m bench.soak --minutes 240 --seed 7
     .venv/bin/python -m bench.soak --minutes 20 --budget 1MiB   # small budget: outages evict
-    .venv/bin/python bench/soak.py --minutes 5            # works too
 
 The agent runs with the crash-loop test's settings: compaction every 0.2 s (5,000-sample target),
 64 KiB batches every 0.1 s, backoff 0.2-2 s. The default load, 200 series every 0.1 s, adds about
@@ -46,167 +45,77 @@ work directory (``--workdir``; a temporary one by default, removed after a clean
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import shutil
 import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from http.client import HTTPException
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
 from pydantic import ByteSize, TypeAdapter
 
-from backhaul.wire import remote_write as rw
-from backhaul.wire.chunk import Codec
 from backhaul.wire.series import SeriesMap
-from tests.support import BIN, TOKEN, Proc, agent_loss_counters, export, free_port, http, metric_value, toml_text
+from harness import (
+    LOSS_CAUSES,
+    TOKEN,
+    Proc,
+    ProcError,
+    RecordingSender,
+    agent_loss_counters,
+    copy_database,
+    export,
+    free_port,
+    metric_value,
+    reported_losses,
+    samples_at,
+    write_toml,
+)
 
 DEVICE = "dev-1"
 FAULTS = ("agent-kill", "agent-term-kill", "collector-kill", "collector-outage")
-LOSS_CAUSES = ("evicted", "expired", "dropped", "corrupt")
-BYTES_PER_SAMPLE = 5.5  # in the agent's buffer after compaction, for the values of value_of() (measured)
+BYTES_PER_SAMPLE = 5.5  # in the agent's buffer after compaction, for SoakSender's noisy values (measured)
 
 
-def value_of(ts: int, series: int) -> float:
-    """The value series ``series`` has at ``ts``: checkable at the end, and barely compressible."""
-    return math.sin(ts * 0.0129898 + series * 78.233) * 43758.5453 % 1.0
-
-
-# -- the sender ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Attempt:
-    ts: int  # the scrape's timestamp names the request (one request per scrape)
-    start: float
-    end: float | None = None
-    status: int | None = None
-
-
-class SoakSender(threading.Thread):
-    """Plays a Prometheus: one request per scrape, retried on 5xx or no answer until answered.
-
-    Remembers only the timestamps of acknowledged scrapes (values follow from :func:`value_of`), so
-    it can run for days in little memory."""
+class SoakSender(RecordingSender):
+    """The harness's :class:`~harness.RecordingSender` (one request per scrape, retried until answered,
+    every attempt noted, values that barely compress) with wall-clock timestamps, remembering only the
+    timestamps of the scrapes answered, so that it can run for days in little memory. The value of
+    series ``i`` at ``ts`` is ``noisy_value(ts, i)``: checkable at the end."""
 
     def __init__(self, agent_url: str, series: int, interval: float) -> None:
-        super().__init__(daemon=True, name="sender")
-        self.agent_url = agent_url
-        self.series = series
-        self.interval = interval
-        self.labels = [
-            (("__name__", f"soak_metric_{i % 20}"), ("job", "soak"), ("series", str(i))) for i in range(series)
-        ]
-        self.acked: set[int] = set()
-        self.unacknowledged: set[int] = set()
-        self.refused: list[int] = []
-        self.retries = 0
-        self.attempts: deque[Attempt] = deque(maxlen=2000)
-        self.fresh = threading.Event()  # set when a scrape's request goes out for the first time
-        self._last_ts = 0
-        self._stop_event = threading.Event()
+        now = int(time.time() * 1000)
+        super().__init__(
+            agent_url, series, interval, noisy=True, start_ms=now, step_ms=1, timeout=30, keep_attempts=2000
+        )
+        self.acked_stamps: set[int] = set()
+        self.unanswered_stamps: set[int] = set()
 
-    def scrape(self) -> tuple[int, bytes]:
-        ts = max(int(time.time() * 1000), self._last_ts + 1)
-        self._last_ts = ts
-        series: SeriesMap = {labels: ([ts], [value_of(ts, i)]) for i, labels in enumerate(self.labels)}
-        return ts, rw.encode(series)[0]
+    def scrape(self) -> SeriesMap:
+        self.next_ms = max(self.next_ms, int(time.time() * 1000))  # now, and never two scrapes at one ms
+        return super().scrape()
 
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            started = time.monotonic()
-            ts, body = self.scrape()
-            if not self._send_until_answered(ts, body):
-                self.unacknowledged.add(ts)  # never answered, but perhaps committed
-                return
-            self._stop_event.wait(max(0.0, self.interval - (time.monotonic() - started)))
+    def acknowledged(self, part: SeriesMap) -> None:
+        self.acked_stamps.add(_stamp(part))
 
-    def _send_until_answered(self, ts: int, body: bytes) -> bool:
-        first = True
-        while True:
-            attempt = Attempt(ts, time.monotonic())
-            self.attempts.append(attempt)
-            if first:
-                self.fresh.set()
-                first = False
-            try:
-                status, _, _ = http(
-                    "POST",
-                    f"{self.agent_url}/api/v1/write",
-                    body,
-                    {"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy"},
-                    timeout=30,
-                )
-            except (OSError, HTTPException):
-                status = 0
-            attempt.end, attempt.status = time.monotonic(), status
-            if 200 <= status < 300:
-                self.acked.add(ts)
-                return True
-            if 400 <= status < 500:
-                self.refused.append(status)
-                return True
-            if self._stop_event.is_set():
-                return False
-            self.retries += 1
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(120)
-        if self.is_alive():
-            raise RuntimeError("sender stuck")
+    def abandoned(self, part: SeriesMap) -> None:
+        self.unanswered_stamps.add(_stamp(part))  # never answered, but perhaps committed
 
 
-# -- the processes -------------------------------------------------------------------------------------
-
-
-class DetachedProc(Proc):
-    """A :class:`Proc` in its own session: Ctrl-C in the terminal reaches the soak, not its peers."""
-
-    def start(self) -> DetachedProc:
-        with self.log.open("ab") as out:
-            self.popen = subprocess.Popen(
-                [str(BIN / self.program), "run", "--config", str(self.config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
-
-
-def wait_healthy(proc: Proc, url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.popen is not None
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.program} exited with {proc.popen.returncode}; see {proc.log}")
-        try:
-            if http("GET", f"{url}/healthz", timeout=1)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.01)
-    raise RuntimeError(f"{proc.program} not healthy after {timeout} s; see {proc.log}")
+def _stamp(part: SeriesMap) -> int:
+    """The timestamp of a scrape's request (all its samples share it)."""
+    stamps, _ = next(iter(part.values()))
+    return stamps[0]
 
 
 def rss_mb(proc: Proc) -> float:
     try:
-        assert proc.popen is not None
-        return float(psutil.Process(proc.popen.pid).memory_info().rss) / 2**20
-    except (psutil.Error, AssertionError):
+        return float(proc.ps().memory_info().rss) / 2**20
+    except psutil.Error:
         return 0.0
 
 
@@ -234,41 +143,42 @@ class Soak:
         self.db = workdir / "agent.db"
         self.collector_url = f"http://127.0.0.1:{free_port()}"
         self.agent_url = f"http://127.0.0.1:{free_port()}"
-        (workdir / "collector.toml").write_text(
-            toml_text(
-                {
-                    "listen": {"host": "127.0.0.1", "port": int(self.collector_url.rsplit(":", 1)[1])},
-                    "store": {"path": str(workdir / "collector.db")},
-                    "devices": [{"id": DEVICE, "token": TOKEN}],
-                }
-            )
+        write_toml(
+            workdir / "collector.toml",
+            {
+                "listen": {"host": "127.0.0.1", "port": int(self.collector_url.rsplit(":", 1)[1])},
+                "store": {"path": workdir / "collector.db"},
+                "devices": [{"id": DEVICE, "token": TOKEN}],
+            },
         )
-        (workdir / "agent.toml").write_text(
-            toml_text(
-                {
-                    "device_id": DEVICE,
-                    "shutdown_grace": 10,
-                    "listen": {"host": "127.0.0.1", "port": int(self.agent_url.rsplit(":", 1)[1])},
-                    "buffer": {
-                        "path": str(self.db),
-                        "budget_bytes": args.budget,
-                        "maintenance_interval": 0.2,
-                        "compact_target_samples": 5000,
-                    },
-                    "uplink": {
-                        "url": f"{self.collector_url}/api/v1/batches",
-                        "token": TOKEN,
-                        "batch_interval": 0.1,
-                        "batch_max_bytes": "64KiB",
-                        "backoff_min": 0.2,
-                        "backoff_max": 2,
-                        "timeout": 10,
-                    },
-                }
-            )
+        write_toml(
+            workdir / "agent.toml",
+            {
+                "device_id": DEVICE,
+                "shutdown_grace": 10,
+                "listen": {"host": "127.0.0.1", "port": int(self.agent_url.rsplit(":", 1)[1])},
+                "buffer": {
+                    "path": self.db,
+                    "budget_bytes": args.budget,
+                    "maintenance_interval": 0.2,
+                    "compact_target_samples": 5000,
+                },
+                "uplink": {
+                    "url": f"{self.collector_url}/api/v1/batches",
+                    "token": TOKEN,
+                    "batch_interval": 0.1,
+                    "batch_max_bytes": "64KiB",
+                    "backoff_min": 0.2,
+                    "backoff_max": 2,
+                    "timeout": 10,
+                },
+            },
         )
-        self.collector = DetachedProc("backhaul-collector", workdir / "collector.toml", workdir / "collector.log")
-        self.agent = DetachedProc("backhaul-agent", workdir / "agent.toml", workdir / "agent.log")
+        # detached: a Ctrl-C in the terminal reaches the soak, which then settles the books
+        self.collector = Proc(
+            "backhaul-collector", workdir / "collector.toml", workdir / "collector.log", detached=True
+        )
+        self.agent = Proc("backhaul-agent", workdir / "agent.toml", workdir / "agent.log", detached=True)
         self.sender = SoakSender(self.agent_url, args.series, args.interval)
         self.outage_until: float | None = None
         self._suspects: set[int] = set()
@@ -301,10 +211,10 @@ class Soak:
             time.sleep(0.001)
         died = {a.ts for a in overlapping if a.status == 0 and a.end is not None and a.end >= signal_at}
         self.stats.in_flight_kills += any(a.start <= signal_at for a in overlapping if a.ts in died)
-        copy = self._copy_db() if died else None
+        dead = Path(tempfile.mkdtemp(prefix="dead-", dir=self.workdir)) if died else None
+        copy = copy_database(self.db, dead / "agent.db") if dead else None
         started_at = time.monotonic()
-        self.agent.start()
-        wait_healthy(self.agent, self.agent_url)
+        self.agent.start().wait_healthy(self.agent_url, 60, interval=0.01)
         self.stats.agent_restarts.append((dead_at - sigkill_at) + (time.monotonic() - started_at))
         rss = rss_mb(self.agent)
         self.stats.agent_rss_after_restart.append(rss)
@@ -313,35 +223,20 @@ class Soak:
             self._count_committed(copy, died)
             shutil.rmtree(copy.parent)
 
-    def _copy_db(self) -> Path:
-        target = Path(tempfile.mkdtemp(prefix="dead-", dir=self.workdir)) / "agent.db"
-        for suffix in ("", "-wal"):
-            src = Path(f"{self.db}{suffix}")
-            if src.exists():
-                shutil.copy(src, f"{target}{suffix}")
-        return target
-
     def _count_committed(self, db: Path, stamps: set[int]) -> None:
-        conn = sqlite3.connect(db)
-        codec = Codec()
-        try:
-            for ts in stamps:
-                found = 0
-                for (blob,) in conn.execute("SELECT data FROM chunks WHERE min_ts <= ? AND max_ts >= ?", (ts, ts)):
-                    found += sum(s.count(ts) for s, _ in codec.decode(blob, 1 << 30).values())
-                if found % self.sender.series:  # a commit is one transaction: this would be a bug
-                    print(f"!! request {ts} was partly committed: {found} samples", flush=True)
-                    self.stats.partial_commits += 1
-                if found:
-                    self.stats.committed_unanswered_kills += 1
-                    if ts in self._suspects:
-                        # unanswered at two kills in a row: the copy found may be the earlier one
-                        self.stats.undecided += self.sender.series
-                    else:
-                        self._suspects.add(ts)
-                        self.stats.committed_twice += found
-        finally:
-            conn.close()
+        for ts in stamps:
+            found = samples_at(db, ts)
+            if found % self.sender.series:  # a commit is one transaction: this would be a bug
+                print(f"!! request {ts} was partly committed: {found} samples", flush=True)
+                self.stats.partial_commits += 1
+            if found:
+                self.stats.committed_unanswered_kills += 1
+                if ts in self._suspects:
+                    # unanswered at two kills in a row: the copy found may be the earlier one
+                    self.stats.undecided += self.sender.series
+                else:
+                    self._suspects.add(ts)
+                    self.stats.committed_twice += found
 
     def kill_collector(self) -> None:
         self.collector.kill()
@@ -349,8 +244,7 @@ class Soak:
         self.start_collector()
 
     def start_collector(self) -> None:
-        self.collector.start()
-        wait_healthy(self.collector, self.collector_url)
+        self.collector.start().wait_healthy(self.collector_url, 60, interval=0.01)
         self.stats.collector_restarts += 1
 
     def inject(self) -> None:
@@ -397,7 +291,7 @@ class Soak:
         self.stats.agent_rss_max = max(self.stats.agent_rss_max, rss)
         print(
             f"[{int(elapsed) // 3600:02d}:{int(elapsed) % 3600 // 60:02d}:{int(elapsed) % 60:02d}]"
-            f" cycles {sum(self.stats.cycles.values()):5d}  acknowledged {len(self.sender.acked) * n:>10,}"
+            f" cycles {sum(self.stats.cycles.values()):5d}  acknowledged {len(self.sender.acked_stamps) * n:>10,}"
             f"  delivered {int(delivered):>10,}  backlog {int(backlog):>8,}  evicted {int(evicted):>8,}"
             f"  restarts {len(self.stats.agent_restarts):4d}  agent RSS {rss:5.1f} MB"
             + ("  (collector down)" if self.outage_until is not None else ""),
@@ -409,8 +303,7 @@ class Soak:
     def run(self) -> int:
         self.start_collector()
         self.stats.collector_restarts = 0
-        self.agent.start()
-        wait_healthy(self.agent, self.agent_url)
+        self.agent.start().wait_healthy(self.agent_url, 60, interval=0.01)
         self.sender.start()
         started = time.monotonic()
         end = started + self.args.minutes * 60
@@ -440,10 +333,9 @@ class Soak:
             self.outage_until = None
             self.start_collector()
         if self.agent.popen is None or self.agent.popen.poll() is not None:  # interrupted mid-restart
-            self.agent.start()
-            wait_healthy(self.agent, self.agent_url)
+            self.agent.start().wait_healthy(self.agent_url, 60, interval=0.01)
         time.sleep(1.0)
-        self.sender.stop()
+        self.sender.stop(120)
         n = self.sender.series
         print("faults stopped; draining the agent's buffer ...", flush=True)
         deadline = time.monotonic() + 1800
@@ -453,23 +345,23 @@ class Soak:
             time.sleep(0.5)
         agent_losses = agent_loss_counters(self.db)
         deadline = time.monotonic() + 120
-        while (reported := self.reported_losses()) != agent_losses:
+        while (reported := reported_losses(self.collector_url, DEVICE)) != agent_losses:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"collector reports losses {reported}, the agent's database says {agent_losses}")
             time.sleep(0.2)
         losses = agent_losses
 
         # sample by sample: the collector's contents against what was acknowledged
-        acked, maybe = self.sender.acked, self.sender.unacknowledged
+        acked, maybe = self.sender.acked_stamps, self.sender.unanswered_stamps
         distinct = missing_acked = invented = wrong = 0
         for i in range(n):
             got: dict[int, float] = {}
-            for line in export(self.collector_url, f'{{job="soak",series="{i}"}}'):
+            for line in export(self.collector_url, f'{{job="sender",series="{i}"}}'):
                 got.update(zip(line["timestamps"], (float(v) for v in line["values"]), strict=True))
             distinct += len(got)
             missing_acked += len(acked - got.keys())
             invented += len(got.keys() - acked - maybe)
-            wrong += sum(1 for ts, v in got.items() if v != value_of(ts, i))
+            wrong += sum(1 for ts, v in got.items() if v != SoakSender.noisy_value(ts, i))
         stored = metric_value(
             self.collector_url, "backhaul_collector_device_received_samples_total", f'device="{DEVICE}"'
         )
@@ -530,25 +422,13 @@ class Soak:
         print("\nPASS" if ok else "\nFAIL", flush=True)
         return 0 if ok else 1
 
-    def reported_losses(self) -> dict[str, int]:
-        return {
-            cause: int(
-                metric_value(
-                    self.collector_url,
-                    "backhaul_collector_device_reported_lost_samples",
-                    f'cause="{cause}",device="{DEVICE}"',
-                )
-            )
-            for cause in LOSS_CAUSES
-        }
-
     def close(self) -> None:
         for proc in (self.agent, self.collector):
             if proc.popen is not None and proc.popen.poll() is None:
                 try:
                     proc.stop()
-                except AssertionError:
-                    pass
+                except ProcError:
+                    pass  # it ignored SIGTERM and was killed: nothing left to stop
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -586,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aborted", file=sys.stderr)
         status = 130
+    except ProcError as exc:
+        print(f"soak failed: {exc.name} {exc.reason}; see {exc.log}", file=sys.stderr)
     finally:
         soak.close()
         if status == 0 and not args.keep and args.workdir is None:

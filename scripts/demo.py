@@ -20,15 +20,11 @@ import random
 import secrets
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 import tomllib
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,11 +37,11 @@ import psutil
 
 from backhaul.wire import remote_write as rw
 from backhaul.wire.series import Labels, SeriesMap
+from harness import RW_HEADERS, Proc, ProcError, export, free_port, get_json, http, read_metrics, write_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "demo-data"
 EXAMPLES = ROOT / "examples"
-BIN = Path(sys.executable).parent  # the console scripts installed next to this interpreter
 DEVICE = "edge-demo-1"
 BATCH_INTERVAL = 2.0  # seconds; short so the demo shows several uploads
 PUSH_INTERVAL = 1.0  # seconds between "scrapes" of the simulated inference server
@@ -59,38 +55,21 @@ Sample = tuple[Labels, int, float]  # (sorted label pairs incl. __name__, timest
 # -- terminal --------------------------------------------------------------------------------------
 
 
-class Style:
-    """ANSI styling, only on a terminal (and never with NO_COLOR set)."""
-
+def _ansi(code: str) -> Callable[[str], str]:
+    """A styling function for the SGR ``code``: only on a terminal, and never with NO_COLOR set."""
     on = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    return lambda text: f"\033[{code}m{text}\033[0m" if on else text
 
-    @classmethod
-    def wrap(cls, code: str, text: str) -> str:
-        return f"\033[{code}m{text}\033[0m" if cls.on else text
 
-    @classmethod
-    def bold(cls, text: str) -> str:
-        return cls.wrap("1", text)
+class Style:
+    """ANSI styling of the demo's output."""
 
-    @classmethod
-    def dim(cls, text: str) -> str:
-        return cls.wrap("2", text)
-
-    @classmethod
-    def green(cls, text: str) -> str:
-        return cls.wrap("32", text)
-
-    @classmethod
-    def yellow(cls, text: str) -> str:
-        return cls.wrap("33", text)
-
-    @classmethod
-    def red(cls, text: str) -> str:
-        return cls.wrap("31", text)
-
-    @classmethod
-    def cyan(cls, text: str) -> str:
-        return cls.wrap("36", text)
+    bold = staticmethod(_ansi("1"))
+    dim = staticmethod(_ansi("2"))
+    green = staticmethod(_ansi("32"))
+    yellow = staticmethod(_ansi("33"))
+    red = staticmethod(_ansi("31"))
+    cyan = staticmethod(_ansi("36"))
 
 
 def banner(step: str, title: str, *lines: str) -> None:
@@ -113,85 +92,15 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-# -- HTTP and /metrics -----------------------------------------------------------------------------
+# -- the processes and their configs --------------------------------------------------------------
 
 
-def http(
-    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 2
-) -> tuple[int, bytes, dict[str, str]]:
-    """One request; HTTP errors come back as a status, connection problems raise OSError."""
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+def metrics_or_none(url: str) -> dict[str, float] | None:
+    """A /metrics page as {'name{labels}': value}; None while the process does not answer."""
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read(), dict(resp.headers)
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), dict(exc.headers)
-
-
-def scrape(url: str) -> dict[str, float] | None:
-    """A /metrics page as {'name{labels}': value}; None if the process does not answer."""
-    try:
-        status, body, _ = http("GET", f"{url}/metrics", timeout=1)
+        return read_metrics(url, timeout=1)
     except OSError:
         return None
-    if status != 200:
-        return None
-    out: dict[str, float] = {}
-    for line in body.decode().splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
-
-
-def get_json(url: str) -> dict[str, Any] | None:
-    try:
-        _, body, _ = http("GET", url, timeout=1)
-    except OSError:
-        return None
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# -- configs ---------------------------------------------------------------------------------------
-
-
-def toml_dump(values: dict[str, Any]) -> str:
-    """Just enough TOML for our configs: scalars, nested tables and arrays of tables."""
-
-    def scalar(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, list):  # an array of scalars (command = [...])
-            return "[" + ", ".join(scalar(x) for x in v) + "]"
-        return json.dumps(str(v))  # a JSON string is a valid TOML basic string
-
-    def tables(v: Any) -> bool:
-        return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
-
-    def table(prefix: str, body: dict[str, Any]) -> list[str]:
-        lines = [f"{k} = {scalar(v)}" for k, v in body.items() if not isinstance(v, dict) and not tables(v)]
-        for k, v in body.items():
-            name = f"{prefix}.{k}" if prefix else k
-            if isinstance(v, dict):
-                lines += ["", f"[{name}]", *table(name, v)]
-            elif tables(v):
-                for item in v:
-                    lines += ["", f"[[{name}]]", *table(name, item)]
-        return lines
-
-    return "\n".join(table("", values)) + "\n"
 
 
 def derive_config(example: Path, overrides: dict[str, Any], target: Path) -> Path:
@@ -203,68 +112,39 @@ def derive_config(example: Path, overrides: dict[str, Any], target: Path) -> Pat
         else:
             config[key] = value
     header = f"# Written by scripts/demo.py from {example.relative_to(ROOT)} (see there for what each setting means).\n"
-    target.write_text(header + toml_dump(config))
-    return target
+    return write_toml(target, config, header)
 
 
-# -- processes -------------------------------------------------------------------------------------
+class Service(Proc):
+    """A real backhaul process of the demo, in a session of its own (a Ctrl-C in the terminal reaches
+    only the demo, which then stops its children in order), each of its starts marked in its log.
 
+    Args:
+        program: ``backhaul-agent`` or ``backhaul-collector``.
+        name: its files in ./demo-data: ``<name>.toml`` and ``<name>.log``.
+        port: where it listens.
+    """
 
-@dataclass
-class Service:
-    """A real backhaul process, started from its console script."""
+    def __init__(self, program: str, name: str, port: int) -> None:
+        super().__init__(program, DATA / f"{name}.toml", DATA / f"{name}.log", detached=True)
+        self.url = f"http://127.0.0.1:{port}"
+        self.starts = 0
 
-    program: str
-    config: Path
-    log: Path
-    url: str
-    popen: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-
-    @property
-    def running(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def start(self, timeout: float = 20) -> None:
+    def launch(self, timeout: float = 20) -> None:
+        """Start it and wait until it is healthy (ProcError if it is not)."""
         self.starts += 1
         with self.log.open("ab") as out:
             out.write(f"\n===== demo: start #{self.starts} at {time.strftime('%H:%M:%S')} =====\n".encode())
-            out.flush()
-            # Own session: a Ctrl-C in the terminal reaches only the demo, which then stops its
-            # children in order instead of all of them dying at once.
-            self.popen = subprocess.Popen(
-                [str(BIN / self.program), "run", "--config", str(self.config)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.program} exited with {self.popen.returncode}; see {self.log}")
-            if (get_json(f"{self.url}/healthz") or {}).get("status") == "ok":
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.program} not healthy after {timeout:.0f} s; see {self.log}")
+        self.start().wait_healthy(self.url, timeout)
 
     def terminate(self, timeout: float = 20) -> int | None:
         """SIGTERM, as systemd stops a service; SIGKILL if it does not exit in time."""
         if self.popen is None:
             return None
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        return self.popen.returncode
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs at all, as in a power cut."""
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait()
+        try:
+            return self.stop(timeout)
+        except ProcError:  # killed after ignoring SIGTERM: its status says so
+            return self.popen.returncode
 
 
 # -- the simulated inference server and its Prometheus -----------------------------------------------
@@ -432,12 +312,7 @@ class Pusher:
 
     def _send(self, req: Request) -> bool:
         """True when the request is done with (acknowledged, or refused for good)."""
-        headers = {
-            "Content-Type": "application/x-protobuf",
-            "Content-Encoding": "snappy",
-            "X-Prometheus-Remote-Write-Version": "0.1.0",
-            "User-Agent": "backhaul-demo-pusher",
-        }
+        headers = {**RW_HEADERS, "User-Agent": "backhaul-demo-pusher"}
         try:
             status, body, _ = http("POST", f"{self.url}/api/v1/write", req.body, headers, timeout=5)
         except (OSError, HTTPException) as exc:  # refused, reset, cut off: the agent is away
@@ -576,13 +451,8 @@ class Demo:
         self.keep = keep
         self.token = secrets.token_urlsafe(24)  # fresh per run: only this run's agent can upload
         cport, aport = free_port(), free_port()
-        self.collector = Service(
-            "backhaul-collector",
-            DATA / "collector.toml",
-            DATA / "collector.log",
-            f"http://127.0.0.1:{cport}",
-        )
-        self.agent = Service("backhaul-agent", DATA / "agent.toml", DATA / "agent.log", f"http://127.0.0.1:{aport}")
+        self.collector = Service("backhaul-collector", "collector", cport)
+        self.agent = Service("backhaul-agent", "agent", aport)
         self.ports = (aport, cport)
         self.inference_port, self.proxy_port = free_port(), free_port()
         self.client = Client(f"http://127.0.0.1:{self.proxy_port}")
@@ -598,7 +468,8 @@ class Demo:
     # -- status --
 
     def snapshot(self) -> Snapshot:
-        snap = Snapshot(scrape(self.agent.url), get_json(f"{self.agent.url}/healthz"), scrape(self.collector.url))
+        agent, collector = metrics_or_none(self.agent.url), metrics_or_none(self.collector.url)
+        snap = Snapshot(agent, get_json(f"{self.agent.url}/healthz"), collector)
         if snap.agent is not None:
             self.uplink_bytes.update(snap.agent.get("backhaul_uplink_bytes_total"))
             self.uplink_samples.update(snap.agent.get("backhaul_uplink_samples_total"))
@@ -720,12 +591,10 @@ class Demo:
             f"configs          {self.rel(self.agent.config)}, {self.rel(self.collector.config)}"
             + Style.dim("  (from examples/*.toml)"),
         )
-        self.collector.start()
-        note(
-            f"collector  {self.collector.url:<24} pid {self.pid(self.collector):<8} log {self.rel(self.collector.log)}"
-        )
-        self.agent.start()
-        note(f"agent      {self.agent.url:<24} pid {self.pid(self.agent):<8} log {self.rel(self.agent.log)}")
+        self.collector.launch()
+        note(f"collector  {self.collector.url:<24} pid {self.collector.pid:<8} log {self.rel(self.collector.log)}")
+        self.agent.launch()
+        note(f"agent      {self.agent.url:<24} pid {self.agent.pid:<8} log {self.rel(self.agent.log)}")
         server = self.wait_inference()
         note(
             f"inference  http://127.0.0.1:{self.inference_port:<8} pid {server:<8} "
@@ -781,9 +650,9 @@ class Demo:
             "Uplink back: the collector restarts on the same port and database",
             "The agent retries with backoff, then sends its backlog batch after batch.",
         )
-        self.collector.start()
+        self.collector.launch()
         back = time.monotonic()
-        note(f"collector up again, pid {self.pid(self.collector)}")
+        note(f"collector up again, pid {self.collector.pid}")
         self.header()
         # Drained: what is left is no older than one batch interval plus a scrape.
         drained = self.watch(
@@ -831,8 +700,8 @@ class Demo:
                 + (Style.green("ended with the agent") if not self.orphan_check else Style.red("still running"))
                 + Style.dim(" (the kernel's parent-death signal: no orphan holds its port)")
             )
-        self.agent.start()
-        note(Style.green("agent restarted") + f", pid {self.pid(self.agent)}: {self.reopened()}")
+        self.agent.launch()
+        note(Style.green("agent restarted") + f", pid {self.agent.pid}: {self.reopened()}")
         note(f"inference server started again by the new agent: pid {self.wait_inference()}")
         self.header()
         self.watch(8)
@@ -969,17 +838,10 @@ class Demo:
 
     def export(self) -> tuple[set[Sample], int, int, int]:
         """The collector's whole export: (samples without the device label, duplicates, foreign series, lines)."""
-        query = urllib.parse.urlencode({"match[]": '{__name__=~".+"}'})
-        status, body, _ = http("GET", f"{self.collector.url}/api/v1/export?{query}", timeout=30)
-        if status != 200:
-            raise RuntimeError(f"export answered {status}: {body[:200]!r}")
         samples: set[Sample] = set()
         points: set[tuple[Labels, int]] = set()
         dupes = foreign = lines = 0
-        for raw in body.splitlines():
-            if not raw.strip():
-                continue
-            line = json.loads(raw)
+        for line in export(self.collector.url, timeout=30):
             lines += 1
             metric = dict(line["metric"])
             if metric.pop("device_id", None) != DEVICE:
@@ -999,7 +861,7 @@ class Demo:
         selector = 'gpu_utilization_ratio{gpu="0"}'
         query = urllib.parse.urlencode({"match[]": selector, "start": f"{last_ms / 1000 - 2.5:.3f}"})
         try:
-            status, body, _ = http("GET", f"{self.collector.url}/api/v1/export?{query}")
+            status, body, _ = http("GET", f"{self.collector.url}/api/v1/export?{query}", timeout=2)
         except OSError:
             return None
         lines = body.decode().splitlines()
@@ -1046,14 +908,12 @@ class Demo:
         """Print what the agent's own sources delivered; the problems found (none for a PASS)."""
 
         def latest(selector: str) -> dict[str, float]:
-            query = urllib.parse.urlencode({"match[]": selector})
             try:
-                status, body, _ = http("GET", f"{self.collector.url}/api/v1/export?{query}", timeout=10)
-            except OSError:
+                lines = export(self.collector.url, selector)
+            except (OSError, AssertionError):  # not answering, or not with 200
                 return {}
             out: dict[str, float] = {}
-            for raw in body.splitlines() if status == 200 else []:
-                line = json.loads(raw)
+            for line in lines:
                 metric = ",".join(f"{k}={v}" for k, v in sorted(line["metric"].items()) if k != "device_id")
                 out[metric] = float(line["values"][-1])
             return out
@@ -1122,10 +982,6 @@ class Demo:
     def rel(path: Path) -> str:
         return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
-    @staticmethod
-    def pid(service: Service) -> int:
-        return service.popen.pid if service.popen else 0
-
     def shutdown(self) -> None:
         """Stop everything this demo started, whatever happened before."""
         # A second Ctrl-C must not leave orphans behind: each stop below is bounded anyway.
@@ -1165,6 +1021,10 @@ def main(argv: list[str] | None = None) -> int:
         print()
         note(Style.yellow("interrupted"))
         return 130
+    except ProcError as exc:
+        print()
+        print(Style.red(f"demo failed: {exc.name} {exc.reason}; see {Demo.rel(exc.log)}"), file=sys.stderr)
+        return 1
     except RuntimeError as exc:
         print()
         print(Style.red(f"demo failed: {exc}"), file=sys.stderr)

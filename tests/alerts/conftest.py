@@ -12,34 +12,7 @@ from typing import Any
 import pytest
 
 from tests.support import Proc, free_port, http, require_program
-
-
-def toml(values: dict[str, Any], prefix: str = "") -> str:
-    """TOML for our configs, with nested tables and arrays of tables (tests.support's writer has one level)."""
-
-    def scalar(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(scalar(x) for x in v) + "]"
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    def is_tables(v: Any) -> bool:
-        return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
-
-    lines = [f"{k} = {scalar(v)}" for k, v in values.items() if not isinstance(v, dict) and not is_tables(v)]
-    for k, v in values.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            lines.append(f"[{name}]")
-            lines.append(toml(v, name + "."))
-        elif is_tables(v):
-            for item in v:
-                lines.append(f"[[{name}]]")
-                lines.append(toml(item, name + "."))
-    return "\n".join(lines) + "\n"
+from tests.support import toml_text as toml
 
 
 def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:

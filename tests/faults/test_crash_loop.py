@@ -27,14 +27,12 @@ exports. Restart time (SIGKILL -> /healthz 200) and the agent's RSS after each r
 
 from __future__ import annotations
 
-import math
 import random
 import shutil
 import signal
 import sqlite3
 import statistics
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,12 +41,11 @@ import psutil
 import pytest
 
 from backhaul.wire.chunk import Codec
-from backhaul.wire.series import SeriesMap
 from tests.conftest import Running
 from tests.support import (
     DelayProxy,
     Proc,
-    Sender,
+    RecordingSender,
     agent_loss_counters,
     exported_samples,
     http,
@@ -62,56 +59,6 @@ SEED = 20260301
 COMPACTING = {"maintenance_interval": 0.2, "compact_target_samples": 2000}
 UPLOADING = {"batch_max_bytes": "64KiB", "batch_interval": 0.1}
 LOSS_CAUSES = ("evicted", "expired", "dropped", "corrupt")
-
-
-@dataclass
-class Attempt:
-    ts: int  # the scrape's timestamp: one request per scrape, so it names the request
-    start: float
-    end: float | None = None
-    status: int | None = None
-
-
-class RecordingSender(Sender):
-    """The test suite's Sender, one request per scrape, noting every attempt (which request was in
-    flight when the agent died, and how it ended)."""
-
-    def __init__(self, agent_url: str, series: int, interval: float, noisy: bool = False) -> None:
-        super().__init__(agent_url, series=series, interval=interval, per_request=series, step_ms=100)
-        self.noisy = noisy  # values that barely compress (fills a byte budget with fewer samples)
-        self.attempts: list[Attempt] = []
-        self.fresh = threading.Event()  # set when a request goes out for the first time
-        self._labels: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
-        self._ts = 0
-        self._first_attempt = False
-
-    def scrape(self) -> SeriesMap:
-        self._ts = self.next_ms
-        out: SeriesMap = {}
-        for i, (labels, (stamps, values)) in enumerate(super().scrape().items()):
-            labels = self._labels.setdefault(labels, labels)  # one tuple per series, not per sample
-            if self.noisy:
-                values = [math.sin(self._ts * 0.0129898 + i * 78.233) * 43758.5453 % 1.0]
-            out[labels] = (stamps, values)
-        return out
-
-    def _send_until_acked(self, body: bytes) -> bool:
-        self._first_attempt = True
-        return super()._send_until_acked(body)
-
-    def _post(self, body: bytes) -> int:
-        attempt = Attempt(self._ts, time.monotonic())
-        self.attempts.append(attempt)
-        if self._first_attempt:
-            self.fresh.set()
-            self._first_attempt = False
-        attempt.status = super()._post(body)
-        attempt.end = time.monotonic()
-        return attempt.status
-
-    def wait_fresh_request(self, timeout: float = 5) -> None:
-        self.fresh.clear()
-        assert self.fresh.wait(timeout), "the sender sent nothing new"
 
 
 @dataclass

@@ -16,41 +16,10 @@ import pytest
 
 from tests.conftest import Running
 from tests.support import TOKEN, Proc, free_port, http, require_program
+from tests.support import toml_text as toml_nested
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-def toml_nested(values: dict[str, Any]) -> str:
-    """TOML for nested tables, arrays of tables and arrays of strings (what these tests need)."""
-
-    def scalar(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(scalar(x) for x in v) + "]"
-        return json.dumps(str(v))  # a JSON string is a valid TOML basic string
-
-    def is_table(v: Any) -> bool:
-        return isinstance(v, dict)
-
-    def is_table_array(v: Any) -> bool:
-        return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
-
-    def table(prefix: str, body: dict[str, Any]) -> list[str]:
-        lines = [f"{k} = {scalar(v)}" for k, v in body.items() if not is_table(v) and not is_table_array(v)]
-        for k, v in body.items():
-            name = f"{prefix}.{k}" if prefix else k
-            if is_table(v):
-                lines += ["", f"[{name}]", *table(name, v)]
-            elif is_table_array(v):
-                for item in v:
-                    lines += ["", f"[[{name}]]", *table(name, item)]
-        return lines
-
-    return "\n".join(table("", values)) + "\n"
 
 
 def wait_http(url: str, timeout: float = 15, proc: subprocess.Popen[bytes] | None = None) -> None:

@@ -1,0 +1,62 @@
+"""The harness that tests, benchmarks and the demo share: real backhaul processes on 127.0.0.1 and the
+traffic around them (installed with the project, as ``aiohttp.test_utils`` is with aiohttp).
+
+Modules, one concern each:
+
+- :mod:`harness.net`: free ports, one blocking HTTP request, JSON pages, polling (``wait_until``).
+- :mod:`harness.metrics`: reading ``/metrics`` pages.
+- :mod:`harness.config`: config files, written with tomli-w; the test device's token.
+- :mod:`harness.process`: child processes with a log (:class:`Process`, :class:`Proc` for our
+  console scripts) and :class:`ProcError`; ``require_program`` for a test's real peers.
+- :mod:`harness.remote_write`: playing the device's Prometheus (``push``, :class:`Sender`,
+  :class:`RecordingSender`).
+- :mod:`harness.collector`: what a collector holds, through its export API.
+- :mod:`harness.agent`: an agent's buffer database read from outside.
+- :mod:`harness.proxy`: proxies between agent and collector (:class:`DelayProxy`).
+
+The public API is exactly ``__all__`` (checked by tests/unit/test_harness.py).
+"""
+
+from harness.agent import LOSS_CAUSES, agent_loss_counters, copy_database, samples_at
+from harness.collector import export, exported_samples, reported_losses, same_value
+from harness.config import TOKEN, toml_text, write_toml
+from harness.metrics import metric_sum, metric_value, parse_metrics, read_metrics
+from harness.net import free_port, get_json, http, wait_until
+from harness.process import BIN, Proc, ProcError, Process, child_env, require_program
+from harness.proxy import DelayProxy, LoopbackProxy
+from harness.remote_write import RW_HEADERS, Attempt, RecordingSender, Sender, push
+
+__all__ = [
+    "BIN",
+    "LOSS_CAUSES",
+    "RW_HEADERS",
+    "TOKEN",
+    "Attempt",
+    "DelayProxy",
+    "LoopbackProxy",
+    "Proc",
+    "ProcError",
+    "Process",
+    "RecordingSender",
+    "Sender",
+    "agent_loss_counters",
+    "child_env",
+    "copy_database",
+    "export",
+    "exported_samples",
+    "free_port",
+    "get_json",
+    "http",
+    "metric_sum",
+    "metric_value",
+    "parse_metrics",
+    "push",
+    "read_metrics",
+    "reported_losses",
+    "require_program",
+    "same_value",
+    "samples_at",
+    "toml_text",
+    "wait_until",
+    "write_toml",
+]

@@ -1,0 +1,49 @@
+"""What a collector holds, read back through its export API (VictoriaMetrics' JSON-lines format)."""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.parse
+from typing import Any
+
+from backhaul.wire.series import Labels
+from harness.agent import LOSS_CAUSES
+from harness.metrics import read_metrics
+from harness.net import http
+
+EVERYTHING = '{__name__=~".+"}'
+
+
+def export(collector_url: str, selector: str = EVERYTHING, timeout: float = 10) -> list[dict[str, Any]]:
+    """``GET /api/v1/export`` for ``selector``: one dict per line (``metric``, ``values``, ``timestamps``)."""
+    query = urllib.parse.urlencode({"match[]": selector})
+    status, body, _ = http("GET", f"{collector_url}/api/v1/export?{query}", timeout=timeout)
+    if status != 200:
+        raise AssertionError(f"export answered {status}: {body[:300]!r}")
+    return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+
+def exported_samples(
+    collector_url: str, selector: str = EVERYTHING, drop: tuple[str, ...] = ("device_id",)
+) -> dict[Labels, dict[int, float]]:
+    """Collector contents as {labels without ``drop``: {timestamp: value}}."""
+    out: dict[Labels, dict[int, float]] = {}
+    for line in export(collector_url, selector):
+        labels = tuple(sorted((k, v) for k, v in line["metric"].items() if k not in drop))
+        values = [float(v) for v in line["values"]]  # "NaN", "Inf", "-Inf" arrive as strings
+        out.setdefault(labels, {}).update(zip(line["timestamps"], values, strict=True))
+    return out
+
+
+def same_value(a: float, b: float) -> bool:
+    """Equal, counting NaN as equal to NaN (a stored NaN must come back as NaN)."""
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def reported_losses(collector_url: str, device: str) -> dict[str, int]:
+    """The losses ``device`` reported, by cause, as its collector exposes them: the agent's persistent
+    counters (compare :func:`harness.agent.agent_loss_counters`), not its per-process ones."""
+    page = read_metrics(collector_url)
+    name = "backhaul_collector_device_reported_lost_samples"
+    return {cause: int(page.get(f'{name}{{cause="{cause}",device="{device}"}}', 0)) for cause in LOSS_CAUSES}

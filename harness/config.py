@@ -1,0 +1,33 @@
+"""Config files for real agent and collector processes, written with tomli-w."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+TOKEN = "test-token-dev-1"  # the token the test and benchmark configs give device dev-1
+
+
+def _plain(value: Any) -> Any:
+    # Paths are the one non-TOML type callers pass (tmp_path / "x.db"); TOML has strings for them.
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def toml_text(values: Mapping[str, Any]) -> str:
+    """``values`` (scalars, nested tables, arrays, arrays of tables; paths as strings) as TOML."""
+    return tomli_w.dumps(_plain(values))
+
+
+def write_toml(path: Path, values: Mapping[str, Any], header: str = "") -> Path:
+    """Write ``values`` as TOML to ``path``, after ``header`` (a comment, say); returns ``path``."""
+    path.write_text(header + toml_text(values))
+    return path
