@@ -8,7 +8,7 @@ Every decoder raises :class:`WireError` (or a subclass) with a reason a person c
 Documented in ``docs/wire-format.md``.
 """
 
-from backhaul.wire.errors import TooLarge, WireError
+from backhaul.wire.errors import TooLarge, Unsupported, WireError
 from backhaul.wire.series import Labels, SeriesMap
 
-__all__ = ["Labels", "SeriesMap", "TooLarge", "WireError"]
+__all__ = ["Labels", "SeriesMap", "TooLarge", "Unsupported", "WireError"]
