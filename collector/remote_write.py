@@ -35,7 +35,7 @@ class RemoteWriteReceiver(DeviceEndpoint):
             device = await self._auth.device_for(request.headers.get("Authorization"))
         except AuthError as exc:
             return self._error(exc.status, str(exc), {"WWW-Authenticate": "Bearer"})
-        problem = rw.header_problem(request.content_type, request.headers.get("Content-Encoding"))
+        problem = rw.header_problem(request.headers.get("Content-Type"), request.headers.get("Content-Encoding"))
         if problem:
             return self._error(415, problem)
         try:
