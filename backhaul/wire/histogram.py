@@ -141,6 +141,8 @@ def problem(h: Histogram) -> str | None:
         ("positive", h.positive_spans, h.positive),
         ("negative", h.negative_spans, h.negative),
     ):
+        if any(length < 0 for _, length in spans):
+            return f"a native histogram's {name} spans have a negative length"
         if sum(length for _, length in spans) != len(buckets):
             return f"a native histogram's {name} spans cover {sum(n for _, n in spans)} buckets, it has {len(buckets)}"
         if any(offset < 0 for offset, _ in spans[1:]):
