@@ -24,6 +24,7 @@ from typing import Any
 
 import cramjam
 from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from backhaul.wire import histogram as hist
 from backhaul.wire import protodesc
@@ -307,6 +308,13 @@ def decode(
         request.ParseFromString(raw)
     except DecodeError as exc:
         raise WireError(f"protobuf: not a WriteRequest ({exc})") from exc
+    if unknown_field_numbers(request) & {4, 5}:
+        # A 2.0 Request's symbols and timeseries: parsed as 1.0 they would be an empty request,
+        # acknowledged with nothing stored.
+        raise WireError(
+            "protobuf: the body is an io.prometheus.write.v2.Request, not a prometheus.WriteRequest; "
+            f"send it with Content-Type: {CONTENT_TYPE};proto={Message.V2.value}"
+        )
     if cache is None:
         cache = LabelCache()
 
@@ -354,6 +362,11 @@ def decode(
             entry[1].extend(values)
         out.samples += len(stamps)
     return out
+
+
+def unknown_field_numbers(message: Any) -> set[int]:
+    """Numbers of the fields of ``message`` (top level only) that its schema does not have."""
+    return {f.field_number for f in UnknownFieldSet(message)}
 
 
 def _decode_histograms(ts: Any, out: Decoded, limits: Limits, cache: LabelCache) -> None:

@@ -142,6 +142,12 @@ def decode(body: bytes, limits: rw.Limits, cache: LabelCache | None = None) -> r
         request.ParseFromString(raw)
     except DecodeError as exc:
         raise WireError(f"protobuf: not an io.prometheus.write.v2.Request ({exc})") from exc
+    if rw.unknown_field_numbers(request) & {1, 2, 3}:
+        # The fields of a 1.0 WriteRequest, which 2.0 reserves so that a mislabelled body is noticed.
+        raise WireError(
+            "protobuf: the body is a prometheus.WriteRequest (remote write 1.0), not an "
+            f"io.prometheus.write.v2.Request; send it with Content-Type: {rw.CONTENT_TYPE}"
+        )
     symbols = list(request.symbols)
     if symbols and symbols[0] != "":
         raise WireError("remote write 2.0: symbols[0] must be the empty string")

@@ -48,6 +48,9 @@ def test_agent_answers_415_for_a_message_it_does_not_take_and_stores_nothing(sta
         assert status == 415, (content_type, status, text)
         assert reason in text.decode()
     assert metric_value(agent.url, "backhaul_ingest_requests_total", 'code="415"') == len(REFUSED)
+    # A 2.0 body labelled as 1.0 would parse as an empty 1.0 request: refused, not acknowledged.
+    status, text, _ = http("POST", url, v2.encode(series("sent_as_v2"))[0], headers(V1))
+    assert status == 400 and "io.prometheus.write.v2.Request" in text.decode()
     assert metric_value(agent.url, "backhaul_ingest_samples_total") == 0
 
     for i, content_type in enumerate((V1, V1_NAMED, V1_QUOTED)):
@@ -67,6 +70,8 @@ def test_collector_answers_415_for_a_message_it_does_not_take_and_stores_nothing
         status, text, _ = http("POST", url, body, headers(content_type, Authorization=auth))
         assert status == 415, (content_type, status, text)
         assert reason in text.decode()
+    status, text, _ = http("POST", url, v2.encode(series("sent_as_v2"))[0], headers(V1, Authorization=auth))
+    assert status == 400 and "io.prometheus.write.v2.Request" in text.decode()
     assert exported_samples(collector.url, '{job="negotiation"}') == {}
 
     for i, content_type in enumerate((V1, V1_NAMED, V1_QUOTED)):
