@@ -31,6 +31,8 @@ MAX_SCHEMA = 8
 MAX_REDUCIBLE_SCHEMA = 52
 
 RESET_UNKNOWN, RESET_YES, RESET_NO, RESET_GAUGE = 0, 1, 2, 3
+# Integer counts are kept below 2^63 so that every difference the chunk encoder takes fits in 64 bits.
+_INT64 = 2**63
 
 Spans = tuple[tuple[int, int], ...]
 
@@ -159,6 +161,8 @@ def problem(h: Histogram) -> str | None:
         if h.count < 0 or h.zero_count < 0:
             return "a float histogram has a negative count"
         return None
+    if not 0 <= h.count < _INT64 or not 0 <= h.zero_count < _INT64:
+        return "an integer histogram's count is negative or beyond 2^63"
     populated = h.zero_count
     for buckets in (h.positive, h.negative):
         running: float = 0
@@ -167,7 +171,7 @@ def problem(h: Histogram) -> str | None:
             if running < 0:
                 return "an integer histogram has a bucket whose count is negative"
             populated += running
-    if h.zero_count < 0 or h.count < populated:
+    if h.count < populated:
         return f"an integer histogram counts {h.count} observations but its buckets hold {populated}"
     return None
 

@@ -145,6 +145,9 @@ def decompress(body: bytes, content_encoding: str | None, limit: int) -> bytes:
         raise TooLarge("decompressed OTLP body", limit)
     if not inflater.eof:
         raise WireError("gzip: the body ends before its gzip stream does")
+    if inflater.unused_data:
+        # A second gzip member (or trailing bytes): refused rather than silently left unread.
+        raise WireError("gzip: the body goes on after its gzip stream")
     return out
 
 

@@ -205,10 +205,6 @@ def _decode_series(i: int, ts: Any, symbols: list[str], out: rw.Decoded, limits:
         if name:
             out.families[family_of(name, metadata)] = metadata
         out.metadata += 1
-    created = ts.created_timestamp or max(s.start_timestamp for s in (samples or histograms))
-    if created:
-        out.created[labels] = created
-
     if histograms:
         h_stamps, values = rw.decode_histograms(histograms, out, limits)
         if h_stamps:
@@ -233,6 +229,11 @@ def _decode_series(i: int, ts: Any, symbols: list[str], out: rw.Decoded, limits:
                 entry[0].extend(stamps)
                 entry[1].extend(floats)
             out.samples += len(stamps)
+    if labels not in out.series and labels not in out.histograms:
+        return  # every sample fell outside the window, and the series' extras go with them
+    created = ts.created_timestamp or max(s.start_timestamp for s in (samples or histograms))
+    if created:
+        out.created[labels] = created
     if kept_exemplars:
         out.exemplars.setdefault(labels, []).extend(kept_exemplars)
         out.exemplar_count += len(kept_exemplars)

@@ -234,3 +234,8 @@ def test_regular_native_histograms_cost_a_few_bytes_per_sample():
         stamps.append(NOW + 5000 * k)
     frame = chunk.Codec().encode({}, {(("__name__", "latency_seconds"), ("job", "api")): (stamps, samples)})
     assert len(frame) / 720 < 20  # 24 buckets a sample; classic buckets would be 26 float samples
+
+
+def test_integer_counts_stay_below_2_63_so_the_chunk_can_always_take_them():
+    huge = Histogram(count=2**63, sum=1.0, schema=0, positive_spans=((0, 1),), positive=(2**63,))
+    assert "beyond 2^63" in (hist.problem(huge) or "")

@@ -379,3 +379,27 @@ def test_json_written_by_protobuf_from_an_sdk_request_maps_the_same():
     request = sdk_request()
     raw = json_format.MessageToDict(request)
     check_inference_series(otlp.decode(json.dumps(raw).encode(), "application/json", None, rw.Limits()))
+
+
+def test_a_second_gzip_member_is_refused_not_left_unread():
+    body = gzip.compress(b"{}") + gzip.compress(b"{}")
+    with pytest.raises(WireError, match="goes on after"):
+        otlp.decode(body, "application/json", "gzip", rw.Limits())
+
+
+def test_mutated_sdk_requests_are_wire_errors_or_mapped_never_anything_else():
+    import random
+
+    raw = sdk_request().SerializeToString()
+    rng = random.Random(5)
+    outcomes = {"refused": 0, "mapped": 0}
+    for _ in range(300):
+        body = bytearray(raw)
+        for _ in range(rng.randrange(1, 6)):
+            body[rng.randrange(len(body))] = rng.randrange(256)
+        try:
+            otlp.decode(bytes(body), "application/x-protobuf", None, rw.Limits())
+            outcomes["mapped"] += 1
+        except WireError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] and outcomes["mapped"]

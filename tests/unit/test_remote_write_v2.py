@@ -201,3 +201,21 @@ def test_what_the_encoder_writes_the_decoder_reads_back(payload, per_request):
     assert got_meta == wanted_meta
     if per_request:
         assert len(bodies) >= (sum(len(ts) for ts, _ in [*series.values(), *histograms.values()]) - 1) // per_request
+
+
+@given(st.data())
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_mutated_requests_are_wire_errors_or_valid_never_anything_else(data):
+    raw = bytearray(spec_example().SerializeToString())
+    for _ in range(data.draw(st.integers(1, 6))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        raw[at] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        raw = raw[: data.draw(st.integers(0, len(raw)))]
+    try:
+        decoded = v2.decode(bytes(cramjam.snappy.compress_raw(bytes(raw))), limits())
+    except WireError:
+        return
+    for labels in [*decoded.series, *decoded.histograms]:
+        names = [n for n, _ in labels]
+        assert names == sorted(set(names)) and all(names) and all(v for _, v in labels)
