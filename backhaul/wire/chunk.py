@@ -572,7 +572,8 @@ def _decode_run(
             custom_values=custom,
             is_float=is_float,
         )
-        problem = hist.problem(h)
+        # The layout is the run's: checked once, on its first sample.
+        problem = (hist.layout_problem(h) if not k else None) or hist.counts_problem(h)
         if problem:
             raise WireError(f"chunk: {problem}")
         out.append(h)

@@ -124,9 +124,15 @@ def problem(h: Histogram) -> str | None:
     and a count no smaller than the buckets hold; custom buckets with increasing finite bounds and no
     negative or zero buckets; a zero threshold that is a non-negative number.
     """
+    return layout_problem(h) or counts_problem(h)
+
+
+def layout_problem(h: Histogram) -> str | None:
+    """The part of :func:`problem` that depends on the layout only (schema, zero threshold, spans,
+    custom bounds): samples that share a layout need it checked once."""
     schema = h.schema
     if schema == CUSTOM_BUCKETS_SCHEMA:
-        if h.negative_spans or h.negative or h.zero_count or h.zero_threshold:
+        if h.negative_spans or h.negative or h.zero_threshold:
             return "a custom-bucket histogram (schema -53) has negative or zero buckets"
         bounds = h.custom_values
         if any(not math.isfinite(b) for b in bounds) or any(a >= b for a, b in pairwise(bounds)):
@@ -137,8 +143,6 @@ def problem(h: Histogram) -> str | None:
         return "an exponential histogram carries custom bucket bounds"
     if not h.zero_threshold >= 0:  # also false for NaN
         return "a native histogram's zero threshold is negative or NaN"
-    if h.reset_hint not in (RESET_UNKNOWN, RESET_YES, RESET_NO, RESET_GAUGE):
-        return f"a native histogram has the unknown reset hint {h.reset_hint}"
     for name, spans, buckets in (
         ("positive", h.positive_spans, h.positive),
         ("negative", h.negative_spans, h.negative),
@@ -155,6 +159,15 @@ def problem(h: Histogram) -> str | None:
         last = sum(offset + length for offset, length in h.positive_spans) - 1
         if last > len(h.custom_values):
             return f"a custom-bucket histogram has bucket {last} but only {len(h.custom_values)} bounds"
+    return None
+
+
+def counts_problem(h: Histogram) -> str | None:
+    """The part of :func:`problem` about the counts, the reset hint and the zero bucket's count."""
+    if h.reset_hint not in (RESET_UNKNOWN, RESET_YES, RESET_NO, RESET_GAUGE):
+        return f"a native histogram has the unknown reset hint {h.reset_hint}"
+    if h.schema == CUSTOM_BUCKETS_SCHEMA and h.zero_count:
+        return "a custom-bucket histogram (schema -53) has negative or zero buckets"
     if h.is_float:
         if any(not c >= 0 for c in (*h.positive, *h.negative)):
             return "a float histogram has a negative or NaN bucket count"
@@ -165,12 +178,11 @@ def problem(h: Histogram) -> str | None:
         return "an integer histogram's count is negative or beyond 2^63"
     populated = h.zero_count
     for buckets in (h.positive, h.negative):
-        running: float = 0
-        for delta in buckets:
-            running += delta
-            if running < 0:
+        if buckets:
+            counts = list(accumulate(buckets))
+            if min(counts) < 0:
                 return "an integer histogram has a bucket whose count is negative"
-            populated += running
+            populated += sum(counts)
     if h.count < populated:
         return f"an integer histogram counts {h.count} observations but its buckets hold {populated}"
     return None
