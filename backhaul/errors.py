@@ -10,6 +10,7 @@ occur, into one of these (``raise ... from exc``). An HTTP handler maps them in 
     ├── InputError        400      a peer sent something unusable: drop it, retrying cannot help (or 413, 415)
     │   ├── WireError              malformed wire format (backhaul.wire)
     │   │   ├── TooLarge  413      over a configured size limit (compressed or decompressed)
+    │   │   ├── Unsupported 415    a content type, message or encoding this build does not take
     │   │   └── AlertFormatError   not a valid compact alert message
     │   ├── SelectorError          a series selector that does not parse
     │   └── UnknownTables 409      a batch refers to series tables the collector does not keep
@@ -70,6 +71,12 @@ class TooLarge(WireError):
     def __init__(self, what: str, limit: int) -> None:
         super().__init__(f"{what} exceeds the limit of {limit} bytes")
         self.limit = limit
+
+
+class Unsupported(WireError):
+    """A request whose headers name a message type or encoding the receiver does not take (HTTP 415)."""
+
+    status = 415
 
 
 class AlertFormatError(WireError):

@@ -30,7 +30,7 @@ class RemoteWriteReceiver(DeviceEndpoint):
 
     async def _handle(self, request: web.Request) -> web.Response:
         device = await self._auth.device_for(request.headers.get("Authorization"))
-        problem = rw.header_problem(request.content_type, request.headers.get("Content-Encoding"))
+        problem = rw.header_problem(request.headers.get("Content-Type"), request.headers.get("Content-Encoding"))
         if problem:
             raise InputError(problem, 415)
         body = await self._read(request)

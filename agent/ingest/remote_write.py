@@ -80,7 +80,7 @@ class RemoteWriteReceiver:
         return response
 
     async def _handle(self, request: web.Request) -> web.Response:
-        problem = rw.header_problem(request.content_type, request.headers.get("Content-Encoding"))
+        problem = rw.header_problem(request.headers.get("Content-Type"), request.headers.get("Content-Encoding"))
         if problem:
             raise InputError(problem, 415)
         limit = int(self._ingest.max_request_bytes)

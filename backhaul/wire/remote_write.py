@@ -1,91 +1,87 @@
 """Prometheus remote write 1.0: snappy-compressed protobuf ``WriteRequest``.
 
-The message classes are built at import time from a descriptor written out below (the fields of
-Prometheus' ``prompb/types.proto`` and ``remote.proto`` that remote write 1.0 uses), so no generated
-``_pb2`` module ties us to one protobuf release. Parsing runs in protobuf's C backend (upb).
-Native histograms (TimeSeries field 4) are parsed only far enough to be counted: backhaul does not
-store them yet, and a drop must never be silent.
+The message classes are built at import time from field lists written out below (the fields of
+Prometheus' ``prompb/types.proto`` and ``remote.proto`` that remote write 1.0 uses, see
+``protodesc``), so no generated ``_pb2`` module ties us to one protobuf release. Parsing runs in
+protobuf's C backend (upb).
+
+Native histograms (TimeSeries field 4) and exemplars (field 3) are decoded only when the caller asks
+(``decode(..., histograms=True, exemplars=True)``); otherwise histograms are counted as dropped
+(``native_histogram``), since a receiver that cannot store them must not lose them silently.
+Metadata is always decoded, per family. ``negotiate`` reads the ``Content-Type`` a request carries
+and tells 1.0 from 2.0 (``remote_write_v2``).
 """
 
 from __future__ import annotations
 
+import enum
 import math
+import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import cramjam
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
 
-from backhaul.wire.errors import TooLarge, WireError
-from backhaul.wire.series import Labels, SeriesMap
-
-_F = descriptor_pb2.FieldDescriptorProto
+from backhaul.wire import histogram as hist
+from backhaul.wire import protodesc
+from backhaul.wire.errors import TooLarge, Unsupported, WireError
+from backhaul.wire.metadata import Metadata, MetadataMap
+from backhaul.wire.protodesc import Field, T
+from backhaul.wire.series import Exemplar, ExemplarMap, Labels, SeriesMap
 
 
 def _build_messages() -> dict[str, Any]:
-    fdp = descriptor_pb2.FileDescriptorProto(name="backhaul_prompb.proto", package="prometheus", syntax="proto3")
+    label = [Field("name", 1, T.TYPE_STRING), Field("value", 2, T.TYPE_STRING)]
+    sample = [Field("value", 1, T.TYPE_DOUBLE), Field("timestamp", 2, T.TYPE_INT64)]
+    exemplar = [
+        Field("labels", 1, T.TYPE_MESSAGE, repeated=True, message="Label"),
+        Field("value", 2, T.TYPE_DOUBLE),
+        Field("timestamp", 3, T.TYPE_INT64),
+    ]
+    metadata = [
+        Field("type", 1, T.TYPE_INT32),
+        Field("metric_family_name", 2, T.TYPE_STRING),
+        Field("help", 4, T.TYPE_STRING),
+        Field("unit", 5, T.TYPE_STRING),
+    ]
 
-    def message(name: str, *fields: tuple[str, int, int, int, str]) -> None:
-        msg = fdp.message_type.add(name=name)
-        for fname, number, ftype, label, type_name in fields:
-            f = msg.field.add(name=fname, number=number, type=ftype, label=label)
-            if type_name:
-                f.type_name = type_name
+    def series(labels: Field) -> list[Field]:
+        return [
+            labels,
+            Field("samples", 2, T.TYPE_MESSAGE, repeated=True, message="Sample"),
+            Field("exemplars", 3, T.TYPE_MESSAGE, repeated=True, message="Exemplar"),
+            Field("histograms", 4, T.TYPE_MESSAGE, repeated=True, message="Histogram"),
+        ]
 
-    opt, rep = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
-    message("Label", ("name", 1, _F.TYPE_STRING, opt, ""), ("value", 2, _F.TYPE_STRING, opt, ""))
-    message("Sample", ("value", 1, _F.TYPE_DOUBLE, opt, ""), ("timestamp", 2, _F.TYPE_INT64, opt, ""))
-    message(
-        "Exemplar",
-        ("labels", 1, _F.TYPE_MESSAGE, rep, ".prometheus.Label"),
-        ("value", 2, _F.TYPE_DOUBLE, opt, ""),
-        ("timestamp", 3, _F.TYPE_INT64, opt, ""),
+    def request(series_type: str) -> list[Field]:
+        return [
+            Field("timeseries", 1, T.TYPE_MESSAGE, repeated=True, message=series_type),
+            Field("metadata", 3, T.TYPE_MESSAGE, repeated=True, message="MetricMetadata"),
+        ]
+
+    return protodesc.build(
+        "backhaul_prompb.proto",
+        "prometheus",
+        {
+            "Label": label,
+            "Sample": sample,
+            "Exemplar": exemplar,
+            **protodesc.histogram_messages(),
+            "TimeSeries": series(Field("labels", 1, T.TYPE_MESSAGE, repeated=True, message="Label")),
+            "MetricMetadata": metadata,
+            "WriteRequest": request("TimeSeries"),
+            # The same messages for parsing, with a series' labels read as raw bytes: a
+            # length-delimited Label on the wire is also a valid `bytes` field, and a series' raw
+            # label bytes are the key of the label cache, so a series seen before costs one dict
+            # lookup instead of a Python object per label name and value.
+            "TimeSeriesRawLabels": series(Field("labels", 1, T.TYPE_BYTES, repeated=True)),
+            "WriteRequestRawLabels": request("TimeSeriesRawLabels"),
+        },
     )
-    # Only the timestamp of a native histogram is read; the rest stays as unknown fields.
-    message("Histogram", ("timestamp", 15, _F.TYPE_INT64, opt, ""))
-    message(
-        "TimeSeries",
-        ("labels", 1, _F.TYPE_MESSAGE, rep, ".prometheus.Label"),
-        ("samples", 2, _F.TYPE_MESSAGE, rep, ".prometheus.Sample"),
-        ("exemplars", 3, _F.TYPE_MESSAGE, rep, ".prometheus.Exemplar"),
-        ("histograms", 4, _F.TYPE_MESSAGE, rep, ".prometheus.Histogram"),
-    )
-    message(
-        "MetricMetadata",
-        ("type", 1, _F.TYPE_INT32, opt, ""),
-        ("metric_family_name", 2, _F.TYPE_STRING, opt, ""),
-        ("help", 4, _F.TYPE_STRING, opt, ""),
-        ("unit", 5, _F.TYPE_STRING, opt, ""),
-    )
-    message(
-        "WriteRequest",
-        ("timeseries", 1, _F.TYPE_MESSAGE, rep, ".prometheus.TimeSeries"),
-        ("metadata", 3, _F.TYPE_MESSAGE, rep, ".prometheus.MetricMetadata"),
-    )
-    # The same messages for parsing, with a series' labels read as raw bytes: a length-delimited
-    # Label on the wire is also a valid `bytes` field, and a series' raw label bytes are the key of
-    # the label cache, so a series seen before costs one dict lookup instead of a Python object per
-    # label name and value.
-    message(
-        "TimeSeriesRawLabels",
-        ("labels", 1, _F.TYPE_BYTES, rep, ""),
-        ("samples", 2, _F.TYPE_MESSAGE, rep, ".prometheus.Sample"),
-        ("histograms", 4, _F.TYPE_MESSAGE, rep, ".prometheus.Histogram"),
-    )
-    message(
-        "WriteRequestRawLabels",
-        ("timeseries", 1, _F.TYPE_MESSAGE, rep, ".prometheus.TimeSeriesRawLabels"),
-        ("metadata", 3, _F.TYPE_MESSAGE, rep, ".prometheus.MetricMetadata"),
-    )
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"prometheus.{name}"))
-        for name in ("WriteRequest", "TimeSeries", "Label", "Sample", "WriteRequestRawLabels")
-    }
 
 
 _MESSAGES = _build_messages()
@@ -107,16 +103,31 @@ class Limits:
     max_label_bytes: int = 16 * 1024
     min_timestamp_ms: int = -MAX_ABS_TIMESTAMP_MS
     max_timestamp_ms: int = MAX_ABS_TIMESTAMP_MS
+    # Prometheus' clients default to 160 buckets; a histogram with more than this is dropped, counted.
+    max_histogram_buckets: int = 4096
 
 
 @dataclass
 class Decoded:
-    """What one request carried: accepted samples, and every sample dropped, by reason."""
+    """What one request carried: accepted samples, and every sample dropped, by reason.
+
+    ``samples`` counts float samples, ``histogram_samples`` native histograms, ``exemplar_count``
+    exemplars kept; ``metadata`` is the number of metadata entries the request carried, ``families``
+    what they say, per metric family. ``created`` holds a series' created (start) timestamp where
+    the sender gave one (remote write 2.0, OTLP). The ``dropped`` reasons count samples and
+    histograms alike.
+    """
 
     series: SeriesMap = field(default_factory=dict)
     samples: int = 0
     metadata: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    histograms: hist.HistogramSeriesMap = field(default_factory=dict)
+    histogram_samples: int = 0
+    exemplars: ExemplarMap = field(default_factory=dict)
+    exemplar_count: int = 0
+    families: MetadataMap = field(default_factory=dict)
+    created: dict[Labels, int] = field(default_factory=dict)
 
     def drop(self, reason: str, count: int) -> None:
         if count:
@@ -126,18 +137,84 @@ class Decoded:
 CONTENT_TYPE = "application/x-protobuf"
 
 
-def header_problem(content_type: str, content_encoding: str | None) -> str | None:
-    """Why a request's headers rule out remote write 1.0 (an HTTP receiver answers 415), or None.
+class Message(enum.Enum):
+    """The protobuf message a remote-write body holds, by the fully qualified name its
+    ``Content-Type: application/x-protobuf;proto=<name>`` parameter gives (Remote-Write 2.0 spec)."""
 
-    A missing Content-Encoding is taken as snappy: the body must be snappy either way, and some
-    senders leave the header out.
+    V1 = "prometheus.WriteRequest"
+    V2 = "io.prometheus.write.v2.Request"
+
+
+# What the receivers decode today. Remote-Write 2.0 decodes (remote_write_v2.py) but is not yet
+# carried through the buffer and the collector's store, so its bodies are refused with 415 rather
+# than parsed as 1.0 -- where its fields are unknown and it would "succeed" with nothing stored.
+ACCEPTED: frozenset[Message] = frozenset({Message.V1})
+
+
+def negotiate(content_type: str | None, content_encoding: str | None, accept: Iterable[Message] = ACCEPTED) -> Message:
+    """The message a request's headers announce, or :class:`Unsupported` (HTTP 415) saying why not.
+
+    ``application/x-protobuf`` without ``proto=``, or with ``proto=prometheus.WriteRequest``, is
+    remote write 1.0; ``proto=io.prometheus.write.v2.Request`` is 2.0; any other ``proto=`` is
+    refused, as the 2.0 spec requires (a receiver must not guess a schema). A missing
+    Content-Encoding is taken as snappy: the body must be snappy either way, and some 1.0 senders
+    leave the header out.
     """
-    if content_type != CONTENT_TYPE:
-        return f"Content-Type must be {CONTENT_TYPE}, not {content_type!r}"
-    encoding = (content_encoding or "snappy").lower()
+    media_type, params = _parse_content_type(content_type or "")
+    if media_type != CONTENT_TYPE:
+        raise Unsupported(f"Content-Type must be {CONTENT_TYPE}, not {content_type or ''!r}")
+    proto = params.get("proto", Message.V1.value)
+    try:
+        message = Message(proto)
+    except ValueError:
+        names = " or ".join(m.value for m in Message)
+        raise Unsupported(
+            f"Content-Type names proto={proto!r}: this receiver knows no such message (only {names})"
+        ) from None
+    accepted = frozenset(accept)
+    if message not in accepted:
+        names = " or ".join(sorted(m.value for m in accepted))
+        raise Unsupported(f"Content-Type names proto={proto}, which this receiver does not take yet; send {names}")
+    encoding = (content_encoding or "snappy").strip().lower()
     if encoding != "snappy":
-        return f"Content-Encoding must be snappy, not {encoding!r}"
+        raise Unsupported(f"Content-Encoding must be snappy, not {encoding!r}")
+    return message
+
+
+def header_problem(
+    content_type: str | None, content_encoding: str | None, accept: Iterable[Message] = ACCEPTED
+) -> str | None:
+    """Why a request's headers rule out every accepted message (an HTTP receiver answers 415), or None.
+
+    Pass the raw ``Content-Type`` header: its ``proto=`` parameter decides which message the body is.
+    """
+    try:
+        negotiate(content_type, content_encoding, accept)
+    except Unsupported as exc:
+        return str(exc)
     return None
+
+
+def _parse_content_type(value: str) -> tuple[str, dict[str, str]]:
+    """RFC 9110 media type and parameters: type and parameter names are case-insensitive,
+    values may be quoted; a parameter given twice or without ``=`` is refused."""
+    media_type, *parts = value.split(";")
+    params: dict[str, str] = {}
+    for part in parts:
+        part = part.strip()
+        if not part:
+            continue
+        name, eq, raw = part.partition("=")
+        name = name.strip().lower()
+        raw = raw.strip()
+        if not eq or not name:
+            raise Unsupported(f"Content-Type parameter {part!r} is not name=value")
+        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        if name in params:
+            raise Unsupported(f"Content-Type gives the parameter {name!r} twice")
+        params[name] = raw
+    return media_type.strip().lower(), params
 
 
 def snappy_uncompressed_length(body: bytes) -> int:
@@ -199,7 +276,7 @@ class LabelCache:
             except DecodeError as exc:
                 raise WireError(f"protobuf: not a WriteRequest (bad label: {exc})") from exc
             pairs.append((label.name, label.value))
-        result: Labels | str = _label_problem(pairs, limits) or tuple(
+        result: Labels | str = label_problem(pairs, limits) or tuple(
             self._pairs.setdefault(pair, pair) for pair in sorted(pairs)
         )
         if len(self._sets) >= self._max_entries:
@@ -212,10 +289,18 @@ class LabelCache:
         self._pairs.clear()
 
 
-def decode(body: bytes, limits: Limits, cache: LabelCache | None = None) -> Decoded:
+def decode(
+    body: bytes,
+    limits: Limits,
+    cache: LabelCache | None = None,
+    histograms: bool = False,
+    exemplars: bool = False,
+) -> Decoded:
     """Decode a snappy-compressed ``WriteRequest`` into a :class:`Decoded`.
 
-    Pass the receiver's long-lived :class:`LabelCache` to make repeated series cheap.
+    Pass the receiver's long-lived :class:`LabelCache` to make repeated series cheap. With
+    ``histograms`` native histograms are decoded and checked (a malformed one is a
+    :class:`WireError`), else counted as dropped; with ``exemplars`` exemplars are kept.
     """
     raw = decompress(body, limits.max_decompressed_bytes)
     request = _WriteRequestRawLabels()
@@ -223,14 +308,30 @@ def decode(body: bytes, limits: Limits, cache: LabelCache | None = None) -> Deco
         request.ParseFromString(raw)
     except DecodeError as exc:
         raise WireError(f"protobuf: not a WriteRequest ({exc})") from exc
+    if unknown_field_numbers(request) & {4, 5}:
+        # A 2.0 Request's symbols and timeseries: parsed as 1.0 they would be an empty request,
+        # acknowledged with nothing stored.
+        raise WireError(
+            "protobuf: the body is an io.prometheus.write.v2.Request, not a prometheus.WriteRequest; "
+            f"send it with Content-Type: {CONTENT_TYPE};proto={Message.V2.value}"
+        )
     if cache is None:
         cache = LabelCache()
 
     out = Decoded(metadata=len(request.metadata))
+    for meta in request.metadata:
+        if meta.metric_family_name:
+            out.families[meta.metric_family_name] = Metadata.from_numbers(meta.type, meta.help, meta.unit)
     series = out.series
     lo, hi = limits.min_timestamp_ms, limits.max_timestamp_ms
     for ts in request.timeseries:
-        out.drop("native_histogram", len(ts.histograms))
+        if ts.histograms:
+            if histograms:
+                _decode_histograms(ts, out, limits, cache)
+            else:
+                out.drop("native_histogram", len(ts.histograms))
+        if exemplars and ts.exemplars:
+            _decode_exemplars(ts, out, limits, cache)
         samples = ts.samples
         if not samples:
             continue
@@ -263,7 +364,73 @@ def decode(body: bytes, limits: Limits, cache: LabelCache | None = None) -> Deco
     return out
 
 
-def _label_problem(pairs: list[tuple[str, str]], limits: Limits) -> str | None:
+def unknown_field_numbers(message: Any) -> set[int]:
+    """Numbers of the fields of ``message`` (top level only) that its schema does not have."""
+    return {f.field_number for f in UnknownFieldSet(message)}
+
+
+def _decode_histograms(ts: Any, out: Decoded, limits: Limits, cache: LabelCache) -> None:
+    labels = cache.lookup(ts.labels, limits)
+    if isinstance(labels, str):
+        out.drop(labels, len(ts.histograms))
+        return
+    stamps, values = decode_histograms(ts.histograms, out, limits)
+    if stamps:
+        entry = out.histograms.setdefault(labels, ([], []))
+        entry[0].extend(stamps)
+        entry[1].extend(values)
+        out.histogram_samples += len(stamps)
+
+
+def decode_histograms(messages: Iterable[Any], out: Decoded, limits: Limits) -> tuple[list[int], list[hist.Histogram]]:
+    """Timestamps and histograms of protobuf Histogram messages (either remote-write version),
+    checked; out-of-window ones and ones over the bucket limit are dropped and counted in ``out``.
+    Schemas 9..52 are merged down to 8."""
+    stamps: list[int] = []
+    values: list[hist.Histogram] = []
+    for msg in messages:
+        try:
+            h = hist.from_proto(msg)
+        except ValueError as exc:
+            raise WireError(f"protobuf: {exc}") from exc
+        problem = hist.problem(h)
+        if problem:
+            raise WireError(problem)
+        t = msg.timestamp
+        if t < limits.min_timestamp_ms:
+            out.drop("too_old", 1)
+            continue
+        if t > limits.max_timestamp_ms:
+            out.drop("too_far_in_future", 1)
+            continue
+        if h.schema > hist.MAX_SCHEMA:
+            h = hist.reduce_schema(h)
+        if h.bucket_count() > limits.max_histogram_buckets:
+            out.drop("too_many_buckets", 1)
+            continue
+        stamps.append(t)
+        values.append(h)
+    return stamps, values
+
+
+def _decode_exemplars(ts: Any, out: Decoded, limits: Limits, cache: LabelCache) -> None:
+    labels = cache.lookup(ts.labels, limits)
+    if isinstance(labels, str):
+        return  # the series' samples are dropped and counted; its exemplars go with them
+    kept = out.exemplars.setdefault(labels, [])
+    for ex in ts.exemplars:
+        pairs = tuple(sorted((label.name, label.value) for label in ex.labels))
+        if sum(len(n) + len(v) for n, v in pairs) > limits.max_label_bytes:
+            out.drop("exemplar_labels_too_long", 1)
+            continue
+        kept.append(Exemplar(pairs, ex.value, ex.timestamp))
+        out.exemplar_count += 1
+    if not kept:
+        del out.exemplars[labels]
+
+
+def label_problem(pairs: list[tuple[str, str]], limits: Limits) -> str | None:
+    """The drop reason for a label set that breaks the receiver's rules or limits, or None."""
     if not pairs:
         return "no_labels"
     if len(pairs) > limits.max_labels_per_series:
@@ -278,17 +445,29 @@ def _label_problem(pairs: list[tuple[str, str]], limits: Limits) -> str | None:
     return None
 
 
-def encode(series: SeriesMap, max_samples_per_request: int = 0) -> list[bytes]:
+def encode(
+    series: SeriesMap,
+    max_samples_per_request: int = 0,
+    histograms: hist.HistogramSeriesMap | None = None,
+    metadata: MetadataMap | None = None,
+) -> list[bytes]:
     """Encode samples as snappy-compressed ``WriteRequest`` bodies, the way Prometheus sends them.
 
     With ``max_samples_per_request`` > 0 the samples are split into requests of at most that many
     samples (Prometheus 2.42 sends 500 per request, later releases 2,000), one series entry per
-    request and series, as Prometheus' shards do.
+    request and series, as Prometheus' shards do. Native histograms follow the float samples (each
+    counts as one sample for the split); metadata, per family, goes in the first request.
     """
     bodies: list[bytes] = []
     request = WriteRequest()
+    for name, meta in (metadata or {}).items():
+        request.metadata.add(type=meta.type_number, metric_family_name=name, help=meta.help, unit=meta.unit)
     in_request = 0
-    for labels, (stamps, values) in series.items():
+    items: list[tuple[Labels, list[int], list[Any], bool]] = [
+        (labels, stamps, values, False) for labels, (stamps, values) in series.items()
+    ]
+    items += [(labels, stamps, values, True) for labels, (stamps, values) in (histograms or {}).items()]
+    for labels, stamps, values, is_histogram in items:
         start = 0
         while start < len(stamps):
             room = len(stamps) - start
@@ -297,8 +476,12 @@ def encode(series: SeriesMap, max_samples_per_request: int = 0) -> list[bytes]:
             entry = request.timeseries.add()
             for name, value in labels:
                 entry.labels.add(name=name, value=value)
-            for i in range(start, start + room):
-                entry.samples.add(value=values[i], timestamp=stamps[i])
+            if is_histogram:
+                for i in range(start, start + room):
+                    hist.fill_proto(values[i], entry.histograms.add(), stamps[i])
+            else:
+                for i in range(start, start + room):
+                    entry.samples.add(value=values[i], timestamp=stamps[i])
             start += room
             in_request += room
             if max_samples_per_request and in_request >= max_samples_per_request:

@@ -2,12 +2,33 @@
 
 A ``SeriesMap`` maps a series' sorted label pairs to its timestamps (ms) and values, in arrival order.
 It is the common currency of remote-write decoding, staging, chunk encoding and the collector's store.
+Native histograms have their own map (``backhaul.wire.histogram.HistogramSeriesMap``); exemplars
+are kept beside the samples they illustrate, in an :data:`ExemplarMap`.
 """
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 Labels = tuple[tuple[str, str], ...]
 SeriesMap = dict[Labels, tuple[list[int], list[float]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Exemplar:
+    """An example observation attached to a series (e.g. the trace of one slow request).
+
+    Args:
+        labels: the exemplar's own labels (``trace_id``, ``span_id``, ...), sorted; may be empty.
+        value: the observed value.
+        timestamp_ms: when it was observed.
+    """
+
+    labels: Labels
+    value: float
+    timestamp_ms: int
+
+
+ExemplarMap = dict[Labels, list[Exemplar]]
 
 
 def merge_into(target: SeriesMap, source: SeriesMap) -> None:

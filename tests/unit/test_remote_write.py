@@ -1,8 +1,13 @@
+import dataclasses
+
 import cramjam
 import pytest
 
-from backhaul.wire import TooLarge, WireError
+from backhaul.wire import TooLarge, Unsupported, WireError
 from backhaul.wire import remote_write as rw
+from backhaul.wire.histogram import Histogram
+from backhaul.wire.metadata import Metadata
+from backhaul.wire.series import Exemplar
 
 NOW = 1_700_000_000_000
 
@@ -106,3 +111,108 @@ def test_a_malformed_label_inside_a_series_is_refused_with_a_reason():
     body = bytes(cramjam.snappy.compress_raw(b"\x0a" + bytes([len(series_bytes)]) + series_bytes))
     with pytest.raises(WireError, match="label"):
         rw.decode(body, limits())
+
+
+@pytest.mark.parametrize(
+    ("content_type", "encoding", "expected"),
+    [
+        ("application/x-protobuf", "snappy", rw.Message.V1),
+        ("application/x-protobuf", None, rw.Message.V1),
+        ("application/x-protobuf;proto=prometheus.WriteRequest", "snappy", rw.Message.V1),
+        ('APPLICATION/X-PROTOBUF ; Proto="prometheus.WriteRequest" ; charset=utf-8', "Snappy", rw.Message.V1),
+        ("application/x-protobuf;proto=io.prometheus.write.v2.Request", "snappy", rw.Message.V2),
+    ],
+)
+def test_negotiation_reads_the_proto_parameter(content_type, encoding, expected):
+    assert rw.negotiate(content_type, encoding, accept=set(rw.Message)) is expected
+
+
+@pytest.mark.parametrize(
+    ("content_type", "encoding", "reason"),
+    [
+        ("application/json", "snappy", "Content-Type must be application/x-protobuf"),
+        (None, "snappy", "Content-Type must be"),
+        ("application/x-protobuf;proto=io.prometheus.write.v3.Request", "snappy", "knows no such message"),
+        ("application/x-protobuf;proto=", "snappy", "knows no such message"),
+        ("application/x-protobuf;proto=a;proto=b", "snappy", "twice"),
+        ("application/x-protobuf;proto", "snappy", "not name=value"),
+        ("application/x-protobuf;proto=io.prometheus.write.v2.Request", "snappy", "does not take yet"),
+        ("application/x-protobuf", "zstd", "Content-Encoding must be snappy"),
+    ],
+)
+def test_negotiation_refuses_what_it_cannot_read(content_type, encoding, reason):
+    with pytest.raises(Unsupported, match=reason):
+        rw.negotiate(content_type, encoding)
+    assert reason in (rw.header_problem(content_type, encoding) or "")
+
+
+def test_a_v2_body_labelled_as_v1_is_refused_not_read_as_empty():
+    from backhaul.wire import remote_write_v2 as v2
+
+    body = v2.encode({(("__name__", "up"),): ([NOW], [1.0])})[0]
+    with pytest.raises(WireError, match=r"io\.prometheus\.write\.v2\.Request"):
+        rw.decode(body, limits())
+
+
+LATENCY = Histogram(
+    count=15,
+    sum=3.25,
+    schema=3,
+    zero_threshold=2.0**-128,
+    zero_count=1,
+    positive_spans=((-2, 2), (2, 1), (1, 2)),
+    positive=(3, 2, -4, 2, -1),
+)
+FLOATY = Histogram(
+    count=2.5, sum=1.0, schema=-53, positive_spans=((1, 1),), positive=(2.5,), custom_values=(0.5, 1.0), is_float=True
+)
+
+
+def test_native_histograms_in_1_0_are_counted_as_dropped_unless_asked_for():
+    labels = (("__name__", "latency_seconds"), ("job", "api"))
+    body = rw.encode({}, histograms={labels: ([NOW, NOW + 5000], [LATENCY, FLOATY])})[0]
+    decoded = rw.decode(body, limits())
+    assert decoded.dropped == {"native_histogram": 2} and not decoded.histograms
+    decoded = rw.decode(body, limits(), histograms=True)
+    assert decoded.dropped == {}
+    assert decoded.histograms == {labels: ([NOW, NOW + 5000], [LATENCY, FLOATY])}
+    assert decoded.histogram_samples == 2
+
+
+def test_1_0_histograms_are_checked_limited_and_reduced():
+    labels = (("__name__", "h"),)
+
+    def decode(h, **kw):
+        return rw.decode(rw.encode({}, histograms={labels: ([NOW], [h])})[0], limits(**kw), histograms=True)
+
+    with pytest.raises(WireError, match="buckets hold 15"):
+        decode(dataclasses.replace(LATENCY, count=3))
+    assert decode(LATENCY, max_histogram_buckets=4).dropped == {"too_many_buckets": 1}
+    fine = decode(dataclasses.replace(LATENCY, schema=12)).histograms[labels][1][0]
+    assert fine.schema == 8 and sum(c for _, c in fine.positive_buckets()) == 14
+    request = rw.WriteRequest()
+    ts = request.timeseries.add()
+    ts.labels.add(name="__name__", value="h")
+    ts.histograms.add(count_int=1, positive_counts=[1.0], timestamp=NOW)
+    body = bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
+    with pytest.raises(WireError, match="integer histogram carries float buckets"):
+        rw.decode(body, limits(), histograms=True)
+
+
+def test_1_0_metadata_and_exemplars_are_decoded_per_family():
+    request = rw.WriteRequest()
+    request.metadata.add(type=3, metric_family_name="latency_seconds", help="Latency.", unit="seconds")
+    request.metadata.add(type=1, metric_family_name="requests_total", help="Requests.")
+    ts = request.timeseries.add()
+    ts.labels.add(name="__name__", value="requests_total")
+    ts.samples.add(value=5, timestamp=NOW)
+    ex = ts.exemplars.add(value=0.2, timestamp=NOW - 10)
+    ex.labels.add(name="trace_id", value="abc")
+    body = bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
+    decoded = rw.decode(body, limits(), exemplars=True)
+    assert decoded.families == {
+        "latency_seconds": Metadata("histogram", "Latency.", "seconds"),
+        "requests_total": Metadata("counter", "Requests.", ""),
+    }
+    assert decoded.exemplars == {(("__name__", "requests_total"),): [Exemplar((("trace_id", "abc"),), 0.2, NOW - 10)]}
+    assert rw.decode(body, limits()).exemplars == {}
