@@ -1,23 +1,76 @@
-"""Retry timing shared by every sender: the agent's uploader and the collector's forwarders."""
+"""When to try again, shared by every sender: what an answer means, and how long to wait.
+
+:func:`verdict` reads a peer's answer the same way for the agent's uploader and the collector's
+forwarders (DESIGN.md, delivery contract 6)::
+
+    2xx                                        OK             acknowledged
+    no answer, 408, 429, 5xx                   RETRY          the same message again, after a backoff
+                                                              or what ``Retry-After`` asks
+    401, 403, 404, VictoriaMetrics' 400        MISCONFIGURED  a wrong token or URL: keep the data,
+      "unsupported path requested"                            retry slowly, say why
+    any other answer (another 4xx)             REFUSED        the message itself is refused for good
+
+:class:`Backoff` is the one backoff: every retry loop in the agent and the collector waits with it.
+"""
 
 from __future__ import annotations
 
 import email.utils
+import enum
 import random
 from collections.abc import Callable
 
 
+class Verdict(enum.Enum):
+    OK = "ok"
+    RETRY = "retry"
+    MISCONFIGURED = "misconfigured"
+    REFUSED = "refused"
+
+
+# What VictoriaMetrics says (with a 400) when the URL's path is wrong: a wrong URL, not bad data.
+UNSUPPORTED_PATH = "unsupported path requested"
+MISCONFIGURED = (401, 403, 404)
+
+
+def verdict(status: int, text: str = "") -> Verdict:
+    """What an answer with ``status`` (and the start of its body, ``text``) means for the message."""
+    if 200 <= status < 300:
+        return Verdict.OK
+    if status in (408, 429) or status >= 500:
+        return Verdict.RETRY
+    if status in MISCONFIGURED or (status == 400 and UNSUPPORTED_PATH in text):
+        return Verdict.MISCONFIGURED
+    return Verdict.REFUSED
+
+
 class Backoff:
-    """Exponential backoff with "equal jitter" (half the step fixed, half random), never below ``minimum``."""
+    """Exponential backoff with "equal jitter" (half the step fixed, half random), never below ``minimum``.
+
+    Args:
+        minimum: the first delay (seconds); maximum: the longest.
+        rng: the jitter source, a float in [0, 1) (pass a constant in tests).
+    """
+
+    # After a configuration error (wrong token or URL) the delays jump this many steps ahead: retried
+    # slowly, as a person has to fix something first.
+    SLOW_STEPS = 6
 
     def __init__(self, minimum: float, maximum: float, rng: Callable[[], float] = random.random) -> None:
         self.minimum, self.maximum, self._rng = minimum, maximum, rng
         self.failures = 0
 
-    def next(self) -> float:
+    def next(self, asked: float | None = None) -> float:
+        """The next delay; when the peer asked for one (``Retry-After``), that, up to ``maximum``."""
         step = min(self.maximum, self.minimum * 2**self.failures)
         self.failures += 1
+        if asked is not None:
+            return min(asked, self.maximum)
         return float(max(self.minimum, step / 2 + self._rng() * step / 2))
+
+    def slow(self) -> None:
+        """A configuration error: wait long from now on (until :meth:`reset`)."""
+        self.failures = max(self.failures, self.SLOW_STEPS)
 
     def reset(self) -> None:
         self.failures = 0

@@ -121,10 +121,10 @@ def job_window(spec: WorkloadSpec, window_ms: int, tmp: str, job: int) -> dict[s
         )
         body = batchfmt.encode(header, batch.chunks)
         wire += len(body)
-        if len(body) <= TABLE_REFS_MAX_BODY:  # as the agent's transport does
-            sent, digests = tables.rewrite(body)
+        if sum(len(c) for c in batch.chunks) <= TABLE_REFS_MAX_BODY:  # as the agent's transport does
+            sent_header, sent, digests = tables.rewrite(header, batch.chunks)
             tables.acknowledged(digests)
-            by_reference += len(sent)
+            by_reference += len(batchfmt.encode(sent_header, sent))
         else:
             by_reference += len(body)
         samples += batch.samples

@@ -62,11 +62,12 @@ class Collector:
         self.store = make_store(settings.store)
         self._clock = clock
         self.registry.register(DeviceCollector(lambda: self.store.devices))
-        self._receiver = BatchReceiver(settings, self.store, self.metrics, clock)
-        self._remote_write = RemoteWriteReceiver(settings, self.store, self.metrics, clock)
+        self.forwarding = self._forwarding(clock)
+        forward = self.forwarding.enqueue if self.forwarding is not None else None
+        self._receiver = BatchReceiver(settings, self.store, self.metrics, clock, forward)
+        self._remote_write = RemoteWriteReceiver(settings, self.store, self.metrics, clock, forward)
         self._exporter = Exporter(self.store)
         self._fleet = Fleet(settings, self.store, clock)
-        self.forwarding = self._forwarding(clock)
         self.forwarder = AlertForwarder(settings.alerts, self.store, clock)
         self._alerts = AlertReceiver(settings, self.store, self.metrics, clock, on_stored=self.forwarder.notify)
         self.mqtt: MqttSubscriber | None = None
@@ -101,9 +102,7 @@ class Collector:
             for t in s.forward
         ]
         self.registry.register(QueueCollector(lambda: {f.name: f.spool.totals for f in forwarders}, clock))
-        forwarding = Forwarding(forwarders)
-        self._receiver.forward = self._remote_write.forward = forwarding.enqueue
-        return forwarding
+        return Forwarding(forwarders)
 
     def build_app(self) -> web.Application:
         app = web.Application(

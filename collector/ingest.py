@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import Counter
@@ -29,7 +28,7 @@ from backhaul.wire.series import SeriesMap, merge_into, sample_count
 from collector.auth import DeviceAuth
 from collector.config import CollectorSettings
 from collector.endpoint import DeviceEndpoint
-from collector.forward.spool import Kind
+from collector.forward.spool import Chunks, Forward
 from collector.metrics import CollectorMetrics
 from collector.store import IngestResult, Store
 
@@ -43,12 +42,11 @@ _KEEPS_TABLES = {batchfmt.TABLES_HEADER: "1"}
 
 
 class BatchReceiver(DeviceEndpoint):
-    """Args: settings, store, metrics and a wall clock (seconds)."""
+    """Args: settings, store, metrics, a wall clock (seconds), and ``forward``, when forwarding is
+    configured: it queues a batch's chunks durably for every target *before* the store commits them
+    (docs/forwarding.md: a crash in between can then only forward twice, never lose)."""
 
     what = "batch"
-    # Set when forwarding is configured: queues a batch durably for every target *before* the store
-    # commits it (docs/forwarding.md: a crash in between can then only forward twice, never lose).
-    forward: Callable[[str, Kind, bytes, int], Awaitable[None]] | None = None
 
     def __init__(
         self,
@@ -56,8 +54,10 @@ class BatchReceiver(DeviceEndpoint):
         store: Store,
         metrics: CollectorMetrics,
         clock: Callable[[], float] = time.time,
+        forward: Forward | None = None,
     ) -> None:
         super().__init__(settings, store, metrics, clock)
+        self._forward = forward
         self._tables: dict[tuple[str, str], bytes] = {}  # (device, digest) -> series table
 
     def _answers(self) -> Counter:
@@ -95,11 +95,9 @@ class BatchReceiver(DeviceEndpoint):
             with store_trouble("series tables"):
                 await store.put_tables(header.device, new_tables, now_ms, now_ms - _TABLE_KEPT_MS)
             self._remember_tables(header.device, new_tables)
-        if self.forward is not None:
-            if any(header.table_refs):  # the forwarders read batches with their tables in them
-                body = batchfmt.encode(replace(header, table_refs=[]), frames)
+        if self._forward is not None:
             with store_trouble("forward spool"):
-                await self.forward(header.device, "batch", body, header.samples)
+                await self._forward(header.device, Chunks(frames), header.samples)
         result: IngestResult = await store.ingest(
             header.device, series, self._settings.device_label, int(self._clock() * 1000), header
         )
@@ -160,7 +158,8 @@ class BatchReceiver(DeviceEndpoint):
             try:
                 if refs and refs[index]:
                     raw = chunkfmt.join_table(raw, tables[refs[index]])
-                    frame = codec.compress(raw) if self.forward is not None else frame
+                    # the forwarders read chunks with their tables in them
+                    frame = codec.compress(raw) if self._forward is not None else frame
                     self._metrics.table_references.inc()
                 elif refs:
                     table = chunkfmt.table_of(raw)

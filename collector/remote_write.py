@@ -7,23 +7,37 @@ A retried request is harmless: samples are keyed by (series, timestamp) and stor
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import Counter
 
 from backhaul.errors import InputError, store_trouble
 from backhaul.wire import remote_write as rw
+from collector.config import CollectorSettings
 from collector.endpoint import DeviceEndpoint
-from collector.forward.spool import Kind
+from collector.forward.spool import Forward, RemoteWrite
+from collector.metrics import CollectorMetrics
+from collector.store import Store
 
 
 class RemoteWriteReceiver(DeviceEndpoint):
-    """Args: settings, store, metrics and a wall clock (seconds)."""
+    """Args: settings, store, metrics, a wall clock (seconds), and ``forward`` when forwarding is
+    configured (called before the store commits, see collector/ingest.py)."""
 
     what = "remote write"
-    # Set when forwarding is configured; called before the store commits (see collector/ingest.py).
-    forward: Callable[[str, Kind, bytes, int], Awaitable[None]] | None = None
+
+    def __init__(
+        self,
+        settings: CollectorSettings,
+        store: Store,
+        metrics: CollectorMetrics,
+        clock: Callable[[], float] = time.time,
+        forward: Forward | None = None,
+    ) -> None:
+        super().__init__(settings, store, metrics, clock)
+        self._forward = forward
 
     def _answers(self) -> Counter:
         return self._metrics.remote_write_requests
@@ -37,9 +51,9 @@ class RemoteWriteReceiver(DeviceEndpoint):
         limits = rw.Limits(max_decompressed_bytes=int(self._settings.limits.max_decompressed_bytes))
         decoded = rw.decode(body, limits)
         if decoded.samples:
-            if self.forward is not None:
+            if self._forward is not None:
                 with store_trouble("forward spool"):
-                    await self.forward(device, "remote_write", body, decoded.samples)
+                    await self._forward(device, RemoteWrite(body), decoded.samples)
             result = await self._store.ingest(
                 device, decoded.series, self._settings.device_label, int(self._clock() * 1000)
             )

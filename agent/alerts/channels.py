@@ -20,13 +20,13 @@ import contextlib
 import logging
 from typing import Protocol
 
-import aiohttp
 import aiomqtt
 from yarl import URL
 
 from agent.alerts.settings import CommandChannelSettings, HttpChannelSettings, MqttChannelSettings
 from backhaul import __version__
 from backhaul.errors import PeerError, Refused
+from backhaul.http import HttpClient
 from backhaul.wire.alert import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
@@ -50,13 +50,15 @@ class HttpChannel:
 
     def __init__(self, url: str, token: str, timeout: float) -> None:
         self._url = url
-        self._headers = {
-            "Authorization": f"Bearer {token}",
-            "Content-Type": CONTENT_TYPE,
-            "User-Agent": f"backhaul-agent/{__version__}",
-        }
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
+        # Its own client and connection pool: never behind a batch upload's connection.
+        self._client = HttpClient(
+            timeout,
+            {
+                "Authorization": f"Bearer {token}",
+                "Content-Type": CONTENT_TYPE,
+                "User-Agent": f"backhaul-agent/{__version__}",
+            },
+        )
 
     @classmethod
     def from_settings(cls, s: HttpChannelSettings, uplink_url: str | None, uplink_token: str) -> HttpChannel:
@@ -70,28 +72,17 @@ class HttpChannel:
         return cls(url, token, s.timeout.total_seconds())
 
     async def send(self, body: bytes) -> None:
-        if self._session is None:
-            # Its own session and connection pool: never behind a batch upload's connection.
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        try:
-            async with self._session.post(self._url, data=body, headers=self._headers) as resp:
-                text = (await resp.content.read(1024)).decode("utf-8", "replace").strip()
-                status = resp.status
-        except TimeoutError as exc:
-            raise PeerError("timeout", f"no answer within {self._timeout.total} s") from exc
-        except aiohttp.ClientError as exc:
-            raise PeerError("connection", f"{type(exc).__name__}: {str(exc)[:200]}") from exc
-        if 200 <= status < 300:
+        reply = await self._client.post(self._url, body)
+        if reply.ok:
             return
+        text = reply.text.strip()[:200]
         # 401/403 are a configuration error (token), not a bad message: keep it and retry, like batches.
-        if 400 <= status < 500 and status not in (401, 403, 408, 429):
-            raise Refused(f"http_{status}", text[:200])
-        raise PeerError(f"http_{status}", text[:200])
+        if 400 <= reply.status < 500 and reply.status not in (401, 403, 408, 429):
+            raise Refused(f"http_{reply.status}", text)
+        raise PeerError(f"http_{reply.status}", text)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._client.close()
 
 
 class MqttChannel:

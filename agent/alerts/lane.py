@@ -30,6 +30,7 @@ from agent.alerts.settings import AlertSettings
 from agent.alerts.state import Tracker, Transition
 from backhaul.errors import StoreError
 from backhaul.lifecycle import TaskGroup
+from backhaul.retry import Backoff
 from backhaul.sqlite import Synchronous
 from backhaul.wire.alert import AlertMessage
 from backhaul.wire.series import SeriesMap
@@ -37,6 +38,8 @@ from backhaul.wire.series import SeriesMap
 log = logging.getLogger(__name__)
 
 _EAGER_GAP = 0.02
+# Longest wait between attempts to open a queue that could not be opened at start (seconds).
+_OPEN_RETRY_MAX = 5.0
 
 
 class AlertLane:
@@ -107,8 +110,10 @@ class AlertLane:
         return self
 
     async def _start_later(self) -> None:
+        # Soon at first (a full disk may be freed at once), then every few seconds: alerts wait meanwhile.
+        backoff = Backoff(1.0, _OPEN_RETRY_MAX)
         while True:
-            await asyncio.sleep(5)
+            await asyncio.sleep(backoff.next())
             try:
                 await self._start()
             except StoreError as exc:

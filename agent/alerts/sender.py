@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 
 from agent.alerts.channels import Channel
 from agent.alerts.metrics import AlertMetrics
 from agent.alerts.queue import AlertQueue, Entry
-from agent.uplink.uploader import Backoff
 from backhaul.errors import PeerError, Refused, StoreError
+from backhaul.retry import Backoff
 
 log = logging.getLogger(__name__)
 
 
 class AlertSender:
-    """Args: the queue; channels in fallback order; metrics; backoff bounds (s); wall clock (s)."""
+    """Args: the queue; channels in fallback order; metrics; backoff bounds (s); wall clock (s);
+    the jitter source (a float in [0, 1), for tests)."""
 
     def __init__(
         self,
@@ -34,11 +36,12 @@ class AlertSender:
         backoff_min: float,
         backoff_max: float,
         clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self._queue = queue
         self._channels = channels
         self._metrics = metrics
-        self._backoff = Backoff(backoff_min, backoff_max)
+        self._backoff = Backoff(backoff_min, backoff_max, rng)
         self._clock = clock
         self._wake = asyncio.Event()
         self._wake.set()  # messages may wait from the last run

@@ -1,33 +1,31 @@
 """Upload straight to a time-series database by plain Prometheus remote write 1.0 (no collector needed).
 
 The uploader seals and retries batches exactly as it does for a collector; this transport turns each
-batch into remote-write requests (snappy protobuf, at most ``max_samples_per_request`` samples each)
-and answers the uploader with one :class:`Reply` for the whole batch: 2xx only once *every* request of
-it was acknowledged, otherwise the first failing request's answer. So the buffer deletes a batch only
-when all of it is in the database, and a retry resumes at the first request not yet acknowledged.
+batch into remote-write requests (:class:`~backhaul.remote_write_sender.RemoteWriteSender`, shared with
+the collector's forwarding) and answers the uploader with one :class:`Reply` for the whole batch: 2xx
+only once *every* request of it was acknowledged, otherwise the first failing request's answer. So the
+buffer deletes a batch only when all of it is in the database, and a retry resumes at the first
+request not yet acknowledged.
 
-A wrong URL (404, or VictoriaMetrics' 400 "unsupported path") keeps the data and is retried slowly, like
-a wrong token. Any other 4xx but 408/429 makes the uploader split the batch and finally drop (and count, as
-``backhaul_uplink_rejected_samples_total``) a chunk the database refuses — e.g. a stock Prometheus
-answering 400 "out of bounds" to samples older than its head block (see docs/forwarding.md).
+A wrong URL (404, or VictoriaMetrics' 400 "unsupported path", which reads as 404 here) keeps the data
+and is retried slowly, like a wrong token. Any other 4xx but 408/429 makes the uploader split the batch
+and finally drop (and count, as ``backhaul_uplink_rejected_samples_total``) a chunk the database
+refuses — e.g. a stock Prometheus answering 400 "out of bounds" to samples older than its head block
+(see docs/forwarding.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
-import aiohttp
-
-from agent.uplink.transport import Reply, _short
 from backhaul import __version__
 from backhaul.errors import PeerError
-from backhaul.wire import batch as batchfmt
-from backhaul.wire import remote_write as rw
-from backhaul.wire.chunk import Codec
-from backhaul.wire.series import SeriesMap, merge_into, with_device_label
+from backhaul.http import Reply
+from backhaul.remote_write_sender import Outbox, RemoteWriteSender, Request, chunk_series
+from backhaul.retry import Verdict
+from backhaul.wire.batch import BatchHeader
 
-# What VictoriaMetrics says (with a 400) when the URL's path is wrong.
-UNSUPPORTED_PATH = "unsupported path requested"
 # The agent decodes only chunks it wrote itself; the cap is a guard, not a policy.
 MAX_CHUNK_BYTES = 256 * 1024**2
 
@@ -53,75 +51,42 @@ class RemoteWriteTransport:
         device_label: str = "device_id",
         max_samples_per_request: int = 2000,
     ) -> None:
-        self._url = url
-        self._headers = {
-            "Content-Type": rw.CONTENT_TYPE,
-            "Content-Encoding": "snappy",
-            "X-Prometheus-Remote-Write-Version": "0.1.0",
-            "User-Agent": f"backhaul-agent/{__version__}",
-        }
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._sender = RemoteWriteSender(
+            url,
+            timeout,
+            f"backhaul-agent/{__version__}",
+            token,
+            device_label=device_label,
+            max_samples_per_request=max_samples_per_request,
+        )
         self._device_id = device_id
-        self._device_label = device_label
-        self._max_samples = max_samples_per_request
-        self._session: aiohttp.ClientSession | None = None
-        # The batch being sent, its requests and how many of them were acknowledged: a retry of the
-        # same (buffer_id, seq) resumes there instead of sending everything again.
-        self._current: tuple[str, int] | None = None
-        self._bodies: list[bytes] = []
-        self._done = 0
-        self.requests_sent = 0
+        # The batch being sent (by (buffer_id, seq)), its requests and how many were acknowledged:
+        # a retry of the same batch resumes there instead of sending everything again.
+        self._outbox: Outbox | None = None
 
-    async def send(self, body: bytes) -> Reply:
-        header, frames = batchfmt.decode(body)
+    async def send(self, header: BatchHeader, frames: list[bytes]) -> Reply:
         key = (header.buffer_id, header.seq)
-        if key != self._current:
-            self._bodies = await asyncio.to_thread(self._requests, frames)
-            self._current, self._done = key, 0
-        reply = Reply(204, {}, "")
-        while self._done < len(self._bodies):
-            reply = await self._post(self._bodies[self._done])
-            if not 200 <= reply.status < 300:
-                return reply
-            self._done += 1
-        self._current, self._bodies = None, []
-        return reply
+        if self._outbox is None or self._outbox.key != key:
+            self._outbox = Outbox(key, await asyncio.to_thread(self._requests, frames))
+        outbox = self._outbox
+        answer = await self._sender.send(outbox)
+        if answer is None:  # a batch that only reports losses: nothing for a database
+            self._outbox = None
+            return Reply(204, {}, "")
+        if answer.reply is None:
+            raise PeerError(answer.kind, answer.detail)
+        if not outbox.finished:
+            if answer.verdict is Verdict.MISCONFIGURED and answer.reply.status == 400:
+                # VictoriaMetrics' answer to a wrong path: a 400 would have the uploader drop the
+                # batch as malformed; it is a wrong URL, so say 404 (keep it, retry slowly).
+                return replace(answer.reply, status=404)
+            return answer.reply
+        self._outbox = None
+        return replace(answer.reply, sent_bytes=sum(len(r.body) for r in outbox.requests))
 
-    def _requests(self, frames: list[bytes]) -> list[bytes]:
-        """On a worker thread: decode the batch's chunks and encode them as remote-write bodies."""
-        codec = Codec()
-        series: SeriesMap = {}
-        for frame in frames:
-            merge_into(series, codec.decode(frame, MAX_CHUNK_BYTES))
-        if not series:  # a batch that only reports losses: nothing for a database
-            return []
-        if self._device_label:
-            series = with_device_label(series, self._device_label, self._device_id)
-        return rw.encode(series, self._max_samples)
-
-    async def _post(self, body: bytes) -> Reply:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        try:
-            async with self._session.post(self._url, data=body, headers=self._headers) as resp:
-                text = (await resp.content.read(4096)).decode("utf-8", "replace")
-                self.requests_sent += 1
-                status = resp.status
-                if status == 400 and UNSUPPORTED_PATH in text:
-                    # VictoriaMetrics answers a wrong path with 400, which would make the uploader drop
-                    # the batch as malformed: it is a wrong URL, so say 404 (keep it, retry slowly).
-                    status = 404
-                return Reply(status, dict(resp.headers), text)
-        except TimeoutError as exc:
-            raise PeerError("timeout", f"no complete answer within {self._timeout.total} s") from exc
-        except aiohttp.ClientConnectionError as exc:
-            raise PeerError("connection", _short(exc)) from exc
-        except aiohttp.ClientError as exc:
-            raise PeerError("http", _short(exc)) from exc
+    def _requests(self, frames: list[bytes]) -> list[Request]:
+        """On a worker thread: the batch's chunks as remote-write requests."""
+        return self._sender.requests([(self._device_id, chunk_series(frames, MAX_CHUNK_BYTES))])
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._sender.close()

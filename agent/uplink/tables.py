@@ -1,10 +1,10 @@
-"""Series tables by reference: what the agent knows the collector keeps, and the bodies that use it.
+"""Series tables by reference: what the agent knows the collector keeps, and the chunks that use it.
 
 In small batches the series table is most of the bytes, and it is the same batch after batch. Once
 the collector has said it keeps tables (``TABLES_HEADER`` on a reply) and has acknowledged a batch
 that carried a table, later chunks with the same table go without it, named by digest. The batch
-stored in the buffer is not changed: the body is rewritten for each send, so whatever the
-collector knows or forgets, a retry can always fall back to the full body.
+stored in the buffer is not changed: its chunks are rewritten for each send, so whatever the
+collector knows or forgets, a retry can always fall back to the full chunks.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from agent.buffer import recovery
-from backhaul.wire import batch as batchfmt
 from backhaul.wire import chunk as chunkfmt
+from backhaul.wire.batch import BatchHeader
 
 
 class TableRefs:
@@ -24,13 +24,14 @@ class TableRefs:
         self._known: set[str] = set()  # digests of tables the collector acknowledged
         self._codec = chunkfmt.Codec(zstd_level)
 
-    def rewrite(self, body: bytes, by_reference: bool = True) -> tuple[bytes, list[str]]:
-        """The body to send and the digest of every chunk's table.
+    def rewrite(
+        self, header: BatchHeader, frames: list[bytes], by_reference: bool = True
+    ) -> tuple[BatchHeader, list[bytes], list[str]]:
+        """The header and chunk frames to send, and the digest of every chunk's table.
 
         Chunks whose table the collector knows go without it (when ``by_reference``); the others
         carry theirs, and the header asks the collector to keep them.
         """
-        header, frames = batchfmt.decode(body)
         digests: list[str] = []
         refs: list[str] = []
         out: list[bytes] = []
@@ -44,7 +45,7 @@ class TableRefs:
             else:
                 refs.append("")
                 out.append(frame)
-        return batchfmt.encode(replace(header, table_refs=refs), out), digests
+        return replace(header, table_refs=refs), out, digests
 
     def acknowledged(self, digests: list[str]) -> None:
         self._known.update(digests)

@@ -26,14 +26,12 @@ from collections.abc import Callable
 from agent.buffer.store import LOSS_KEYS, Batch, BufferStore
 from agent.uplink.metrics import UplinkMetrics
 from agent.uplink.settings import UplinkSettings
-from agent.uplink.transport import Reply, Transport
+from agent.uplink.transport import Transport
 from backhaul import __version__
 from backhaul.errors import PeerError, StoreError
-from backhaul.retry import Backoff, retry_after
-from backhaul.wire import batch as batchfmt
+from backhaul.http import Reply
+from backhaul.retry import Backoff, Verdict, retry_after, verdict
 from backhaul.wire.batch import BatchHeader
-
-__all__ = ["Backoff", "Uploader", "retry_after"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +43,7 @@ class Uploader:
         settings: the ``[uplink]`` settings.
         device_id: this device's id, sent in every batch.
         store: the buffer.
-        transport: how bodies reach the collector.
+        transport: how batches reach the collector.
         metrics: upload counters.
         clock: wall clock in seconds; rng: jitter source (both replaceable in tests).
     """
@@ -136,21 +134,20 @@ class Uploader:
             backlog_oldest_ms=self._store.totals.oldest_ts or 0,
         )
         reported_loss = sum(counters[k] for k in LOSS_KEYS)
-        body = batchfmt.encode(header, batch.chunks)
         self._last_sent = time.monotonic()
         started = time.perf_counter()
         try:
-            reply = await self._transport.send(body)
+            reply = await self._transport.send(header, batch.chunks)
         except PeerError as exc:
             return self._failed(exc.kind, str(exc), None)
         finally:
             self._metrics.upload_seconds.observe(time.perf_counter() - started)
         self._note_clock(reply)
-        if 200 <= reply.status < 300:
+        if reply.ok:
             await self._store.call(self._store.ack, batch.seq, reported_loss)
             self._metrics.batches.labels("ok").inc()
             self._metrics.uploaded_samples.inc(batch.samples)
-            self._metrics.uploaded_bytes.inc(reply.sent_bytes or len(body))
+            self._metrics.uploaded_bytes.inc(reply.sent_bytes)
             self._metrics.last_success.set(self._clock())
             self._backoff.reset()
             self.last_error = None
@@ -168,10 +165,11 @@ class Uploader:
     async def _refused(self, batch: Batch, reply: Reply) -> float:
         status = reply.status
         reason = reply.text.strip()[:300]
-        if status in (408, 429) or status >= 500:
+        found = verdict(status, reply.text)
+        if found is Verdict.RETRY:
             return self._failed(f"http_{status}", f"collector answered {status}: {reason}", reply)
-        if status in (401, 403, 404):
-            self._backoff.failures = max(self._backoff.failures, 6)  # a config error: retry slowly
+        if found is Verdict.MISCONFIGURED:
+            self._backoff.slow()
             problem = "has no such endpoint (check uplink.url)" if status == 404 else "refused this device's token"
             return self._failed(f"http_{status}", f"collector {problem} ({status}): {reason}", reply)
         self._metrics.batches.labels("refused").inc()
@@ -201,10 +199,7 @@ class Uploader:
     def _failed(self, reason: str, detail: str, reply: Reply | None) -> float:
         self._metrics.batches.labels("failed").inc()
         self._metrics.upload_failures.labels(reason).inc()
-        delay = self._backoff.next()
-        asked = retry_after(reply.headers, self._clock()) if reply else None
-        if asked is not None:
-            delay = min(asked, self._settings.backoff_max.total_seconds())
+        delay = self._backoff.next(retry_after(reply.headers, self._clock()) if reply else None)
         self.last_error = detail
         log.warning("upload failed (%s); next attempt in %.1f s", detail, delay)
         self._backlog = True

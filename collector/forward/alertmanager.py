@@ -14,17 +14,21 @@ instance, hex); annotations: ``summary``, ``value``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
+import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 from yarl import URL
 
-from backhaul.errors import StoreError
+from backhaul import __version__
+from backhaul.errors import PeerError, StoreError
+from backhaul.http import HttpClient
+from backhaul.retry import Backoff
 from collector.alerts.settings import AlertSettings
 from collector.store import Store, StoredAlert
 
@@ -53,10 +57,20 @@ def to_alertmanager(alert: StoredAlert) -> dict[str, Any]:
     return out
 
 
-class AlertForwarder:
-    """Args: the ``[alerts]`` settings; the store; a wall clock (seconds)."""
+# The first retry after a failed pass (seconds); later ones double, up to ``resend_interval``.
+_RETRY_MIN = 0.5
 
-    def __init__(self, settings: AlertSettings, store: Store, clock: Callable[[], float] = time.time) -> None:
+
+class AlertForwarder:
+    """Args: the ``[alerts]`` settings; the store; a wall clock (seconds); the backoff's jitter source."""
+
+    def __init__(
+        self,
+        settings: AlertSettings,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._targets: list[tuple[str, str]] = []
@@ -67,7 +81,8 @@ class AlertForwarder:
             self._targets.append(("webhook", str(settings.webhook_url)))
         self._resend = settings.resend_interval.total_seconds()
         self._resolved_for_ms = int(settings.resolved_for.total_seconds() * 1000)
-        self._timeout = aiohttp.ClientTimeout(total=settings.timeout.total_seconds())
+        self._timeout = settings.timeout.total_seconds()
+        self._backoff = Backoff(_RETRY_MIN, max(_RETRY_MIN, self._resend), rng)
         self._wake = asyncio.Event()
         self.sent = 0  # successful posts, for tests and health
         self.last_error: str | None = None
@@ -80,22 +95,21 @@ class AlertForwarder:
         self._wake.set()
 
     async def run(self) -> None:
-        delay = 0.5
-        async with aiohttp.ClientSession(timeout=self._timeout) as session:
+        headers = {"Content-Type": "application/json", "User-Agent": f"backhaul-collector/{__version__}"}
+        async with HttpClient(self._timeout, headers) as client:
             while True:
                 try:
                     await asyncio.wait_for(self._wake.wait(), self._resend)
                 except TimeoutError:
                     pass
                 self._wake.clear()
-                if await self._pass(session):
-                    delay = 0.5
+                if await self._pass(client):
+                    self._backoff.reset()
                     continue
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._resend)
+                await asyncio.sleep(self._backoff.next())
                 self._wake.set()  # try again after the backoff
 
-    async def _pass(self, session: aiohttp.ClientSession) -> bool:
+    async def _pass(self, client: HttpClient) -> bool:
         since = int(self._clock() * 1000) - self._resolved_for_ms
         try:
             found = await self._store.alerts(None, None, since)
@@ -105,17 +119,17 @@ class AlertForwarder:
         if not found:
             return True
         payload = [to_alertmanager(a) for a in found]
+        body = json.dumps(payload).encode()
         ok = True
         for name, url in self._targets:
             try:
-                async with session.post(url, json=payload) as resp:
-                    text = (await resp.content.read(500)).decode(errors="replace")
-                    if resp.status >= 300:
-                        raise aiohttp.ClientError(f"answered {resp.status}: {text.strip()[:200]}")
+                reply = await client.post(url, body)
+                if reply.status >= 300:
+                    raise PeerError(f"http_{reply.status}", reply.text.strip()[:200])
                 self.sent += 1
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except PeerError as exc:
                 ok = False
-                self.last_error = f"{name}: {exc!r}"[:300]
+                self.last_error = f"{name}: {exc}"[:300]
                 log.warning("forwarding %d alerts to %s failed: %s", len(payload), name, self.last_error)
         if ok:
             self.last_error = None

@@ -2,8 +2,9 @@
 
 What the collector stores is enqueued here first (see :meth:`Forwarder.enqueue` and
 docs/forwarding.md for why *before* the store's commit). The sender takes the oldest entries (small
-ones together, up to ``GROUP_SAMPLES``), turns them into remote-write 1.0 requests of at most
-``max_samples_per_request`` samples, and sends them in order:
+ones together, up to ``GROUP_SAMPLES``) and sends them with the shared remote-write sender
+(:mod:`backhaul.remote_write_sender`: requests of at most ``max_samples_per_request`` samples, in order,
+resuming at the first one not acknowledged). This module's policy:
 
 - 2xx: next request; once all requests are acknowledged the entries are deleted.
 - no answer, timeout, 408, 429, 5xx: retry the same request after a backoff with jitter, or after
@@ -23,54 +24,23 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-
-import aiohttp
 
 from backhaul import __version__
 from backhaul.errors import StoreError
-from backhaul.retry import Backoff, retry_after
+from backhaul.remote_write_sender import Answer, Outbox, RemoteWriteSender, Request, chunk_series
+from backhaul.retry import Backoff, Verdict, retry_after
 from backhaul.wire import WireError
-from backhaul.wire import batch as batchfmt
 from backhaul.wire import remote_write as rw
-from backhaul.wire.chunk import Codec
-from backhaul.wire.series import Labels, SeriesMap, with_device_label
+from backhaul.wire.series import SeriesMap
 from collector.forward.metrics import ForwardMetrics
 from collector.forward.settings import ForwardTarget
-from collector.forward.spool import Entry, Kind, Spool
+from collector.forward.spool import Entry, Payload, RemoteWrite, Spool
 
 log = logging.getLogger(__name__)
 
-# What Prometheus (and compatible receivers) say when they refuse samples for good.
-REJECTIONS = (
-    ("out of bounds", "out_of_bounds"),
-    ("too old", "too_old"),
-    ("out of order", "out_of_order"),
-    ("duplicate sample", "duplicate_timestamp"),
-)
-MISCONFIGURED = (401, 403, 404)
-# VictoriaMetrics answers a wrong path with 400 and this text: a wrong URL, not refused samples.
-UNSUPPORTED_PATH = "unsupported path requested"
 # Small entries (one agent batch each) are sent together up to this many samples: one pass of
 # requests and one spool transaction for many batches. Bounds the memory of one pass too.
 GROUP_SAMPLES = 100_000
-
-
-def rejection_reason(status: int, text: str) -> str:
-    """A short metric label for a refusal: Prometheus' reason when recognised, else ``http_<status>``."""
-    lowered = text.lower()
-    for needle, reason in REJECTIONS:
-        if needle in lowered:
-            return reason
-    return f"http_{status}"
-
-
-@dataclass
-class _Outcome:
-    """One request's fate: ``delay`` > 0 means retry it after that long; ``rejected`` names a refusal."""
-
-    delay: float = 0.0
-    rejected: str | None = None
 
 
 class Forwarder:
@@ -99,34 +69,31 @@ class Forwarder:
         self.name = target.name
         self.spool = spool
         self._metrics = metrics
-        self._device_label = device_label
         self._limit = max_decompressed_bytes
         self._clock = clock
         self._backoff = Backoff(target.backoff_min.total_seconds(), target.backoff_max.total_seconds(), rng)
-        self._headers = {
-            **target.headers,
-            "Content-Type": rw.CONTENT_TYPE,
-            "Content-Encoding": "snappy",
-            "X-Prometheus-Remote-Write-Version": "0.1.0",
-            "User-Agent": f"backhaul-collector/{__version__}",
-        }
-        if target.bearer_token is not None:
-            self._headers["Authorization"] = f"Bearer {target.bearer_token.get_secret_value()}"
+        token = target.bearer_token.get_secret_value() if target.bearer_token is not None else ""
+        self._sender = RemoteWriteSender(
+            str(target.url),
+            target.timeout.total_seconds(),
+            f"backhaul-collector/{__version__}",
+            token,
+            target.headers,
+            device_label,
+            target.max_samples_per_request,
+        )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
         self.last_error: str | None = None
         self._last_refusal = ""
-        # The group of entries being sent, how many of its requests were acknowledged, and what the
+        # The group of entries being sent, its requests and how many were acknowledged, and what the
         # target refused in it so far (logged once the group is done).
         self._pending: list[Entry] | None = None
-        self._done = 0
+        self._outbox: Outbox | None = None
         self._refused: dict[str, int] = {}
-        self._relabelled: dict[tuple[Labels, str], Labels] = {}  # (labels, device) -> labels as forwarded
 
     async def start(self) -> None:
         await self.spool.call(self.spool.open)
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.target.timeout.total_seconds()))
         self._task = asyncio.create_task(self._run(), name=f"forward-{self.name}")
 
     async def stop(self) -> None:
@@ -134,15 +101,14 @@ class Forwarder:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+        await self._sender.close()
         await self.spool.db.aclose()
 
-    async def enqueue(self, device: str, kind: Kind, body: bytes, samples: int) -> None:
+    async def enqueue(self, device: str, payload: Payload, samples: int) -> None:
         """Durably queue what ``device`` sent; raises StoreError when the spool cannot write."""
         if not samples:  # a batch that only reports losses: nothing to forward
             return
-        dropped = await self.spool.call(self.spool.add, device, kind, body, samples, int(self._clock() * 1000))
+        dropped = await self.spool.call(self.spool.add, device, payload, samples, int(self._clock() * 1000))
         if dropped:
             self._metrics.dropped.labels(self.name, "spool_full").inc(dropped)
             log.error(
@@ -181,112 +147,82 @@ class Forwarder:
     async def _forward(self, entries: list[Entry]) -> float:
         """Send what is left of ``entries`` (the oldest in the spool, together); returns how long to
         wait before the next attempt (0: all sent)."""
-        try:
-            bodies, counts = await asyncio.to_thread(self._requests, entries)
-        except WireError as exc:  # checked at ingest, so only a bug or a damaged spool gets here
-            ids = [e.id for e in entries]
-            log.error("forward %s: entries %s cannot be decoded (%s); dropping them", self.name, ids, exc)
-            self._metrics.dropped.labels(self.name, "undecodable").inc(sum(e.samples for e in entries))
-            await self.spool.call(self.spool.remove, *entries)
-            self._pending = None
-            return 0.0
         # Where to resume: a lone entry keeps its progress in the spool (it survives a restart);
         # a group of small ones only in memory, and is sent whole again after a restart.
         single = len(entries) == 1
-        if self._pending is not entries:
-            self._pending, self._done, self._refused = entries, entries[0].done if single else 0, {}
-        for index in range(self._done, len(bodies)):
-            outcome = await self._post(bodies[index], counts[index])
-            if outcome.delay:
-                return outcome.delay
-            if outcome.rejected is not None:
-                self._refused[outcome.rejected] = self._refused.get(outcome.rejected, 0) + counts[index]
-            self._done = index + 1
-            if single and self._done < len(bodies):
-                await self.spool.call(self.spool.progress, entries[0].id, self._done)
+        outbox = self._outbox
+        if self._pending is not entries or outbox is None:
+            try:
+                requests = await asyncio.to_thread(self._requests, entries)
+            except WireError as exc:  # checked at ingest, so only a bug or a damaged spool gets here
+                ids = [e.id for e in entries]
+                log.error("forward %s: entries %s cannot be decoded (%s); dropping them", self.name, ids, exc)
+                self._metrics.dropped.labels(self.name, "undecodable").inc(sum(e.samples for e in entries))
+                await self.spool.call(self.spool.remove, *entries)
+                self._pending = self._outbox = None
+                return 0.0
+            outbox = Outbox(tuple(e.id for e in entries), requests, entries[0].done if single else 0)
+            self._pending, self._outbox, self._refused = entries, outbox, {}
+
+        async def noted(answer: Answer) -> None:
+            self._metrics.request_seconds.labels(self.name).observe(answer.seconds)
+            if answer.verdict is Verdict.OK:
+                self._sent(answer.request)
+            elif answer.verdict is Verdict.REFUSED:
+                self._metrics.rejected.labels(self.name, answer.kind).inc(answer.request.samples)
+                self._refused[answer.kind] = self._refused.get(answer.kind, 0) + answer.request.samples
+                assert answer.reply is not None  # a refusal is an answer
+                self._last_refusal = f"{answer.reply.status} {answer.reply.text.strip()[:300]}"
+            else:
+                return
+            if single and not outbox.finished:
+                await self.spool.call(self.spool.progress, entries[0].id, outbox.done)
+
+        stopped = await self._sender.send(outbox, pass_over_refused=True, on_answer=noted)
+        if not outbox.finished:
+            assert stopped is not None
+            return self._failed(stopped)
         await self.spool.call(self.spool.remove, *entries)
-        refused, self._pending, self._done, self._refused = self._refused, None, 0, {}
+        refused, self._pending, self._outbox, self._refused = self._refused, None, None, {}
         if refused:
             self._explain(entries, refused)
         return 0.0
 
-    def _requests(self, entries: list[Entry]) -> tuple[list[bytes], list[int]]:
-        """On a worker thread: the entries as remote-write bodies, and the samples in each."""
-        series: SeriesMap = {}
-        codec = Codec()
-        for entry in entries:
-            if entry.kind == "batch":
-                _, frames = batchfmt.decode(entry.body)
-                for frame in frames:
-                    self._add(series, codec.decode(frame, self._limit), entry.device)
-            else:
-                decoded = rw.decode(entry.body, rw.Limits(max_decompressed_bytes=self._limit))
-                self._add(series, decoded.series, entry.device)
-        size = self.target.max_samples_per_request
-        bodies = rw.encode(series, size)
-        total = sum(len(ts) for ts, _ in series.values())
-        counts = [size] * (len(bodies) - 1) + [total - size * (len(bodies) - 1)]
-        return bodies, counts
+    def _requests(self, entries: list[Entry]) -> list[Request]:
+        """On a worker thread: the entries as remote-write requests."""
+        return self._sender.requests((e.device, self._series(e)) for e in entries)
 
-    def _add(self, series: SeriesMap, part: SeriesMap, device: str) -> None:
-        """Append ``part`` to ``series`` with the device label added. The relabelled keys are cached:
-        a batch holds the same series as the last one, and building them dominated the cost."""
-        cache = self._relabelled
-        if len(cache) > 1_000_000:
-            cache.clear()
-        for labels, (stamps, values) in part.items():
-            key = cache.get((labels, device))
-            if key is None:
-                (key,) = with_device_label({labels: ([], [])}, self._device_label, device)
-                cache[(labels, device)] = key
-            entry = series.get(key)
-            if entry is None:
-                series[key] = (list(stamps), list(values))
-            else:
-                entry[0].extend(stamps)
-                entry[1].extend(values)
+    def _series(self, entry: Entry) -> SeriesMap:
+        payload = entry.payload()
+        if isinstance(payload, RemoteWrite):
+            return rw.decode(payload.body, rw.Limits(max_decompressed_bytes=self._limit)).series
+        return chunk_series(payload.frames, self._limit)
 
-    async def _post(self, body: bytes, samples: int) -> _Outcome:
-        assert self._session is not None
-        started = time.perf_counter()
-        try:
-            async with self._session.post(str(self.target.url), data=body, headers=self._headers) as resp:
-                status = resp.status
-                text = (await resp.content.read(4096)).decode("utf-8", "replace").strip()
-                headers = dict(resp.headers)
-        except TimeoutError:
-            return self._failed("timeout", f"no complete answer within {self.target.timeout.total_seconds()} s")
-        except aiohttp.ClientError as exc:
-            return self._failed("connection", f"{type(exc).__name__}: {str(exc)[:200]}")
-        finally:
-            self._metrics.request_seconds.labels(self.name).observe(time.perf_counter() - started)
-        if 200 <= status < 300:
-            self._metrics.sent_samples.labels(self.name).inc(samples)
-            self._metrics.sent_requests.labels(self.name).inc()
-            self._metrics.sent_bytes.labels(self.name).inc(len(body))
-            self._backoff.reset()
-            self.last_error = None
-            return _Outcome()
-        if status in (408, 429) or status >= 500:
-            outcome = self._failed(f"http_{status}", f"answered {status}: {text[:300]}")
-            asked = retry_after(headers, self._clock())
-            if asked is not None:
-                outcome.delay = max(0.1, min(asked, self._backoff.maximum))
-            return outcome
-        if status in MISCONFIGURED or (status == 400 and UNSUPPORTED_PATH in text):
-            self._backoff.failures = max(self._backoff.failures, 6)  # a config error: retry slowly
-            return self._failed(f"http_{status}", f"refused our request ({status}, check url and token): {text[:300]}")
-        reason = rejection_reason(status, text)
-        self._metrics.rejected.labels(self.name, reason).inc(samples)
-        self._last_refusal = f"{status} {text[:300]}"
-        return _Outcome(rejected=reason)
+    def _sent(self, request: Request) -> None:
+        self._metrics.sent_samples.labels(self.name).inc(request.samples)
+        self._metrics.sent_requests.labels(self.name).inc()
+        self._metrics.sent_bytes.labels(self.name).inc(len(request.body))
+        self._backoff.reset()
+        self.last_error = None
 
-    def _failed(self, reason: str, detail: str) -> _Outcome:
-        self._metrics.failures.labels(self.name, reason).inc()
-        delay = self._backoff.next()
+    def _failed(self, answer: Answer) -> float:
+        """A request to retry (no answer, or the target is busy or misconfigured): how long to wait."""
+        self._metrics.failures.labels(self.name, answer.kind).inc()
+        asked = None
+        detail = answer.detail
+        if answer.verdict is Verdict.MISCONFIGURED:
+            self._backoff.slow()
+            assert answer.reply is not None
+            status, text = answer.reply.status, answer.reply.text.strip()[:300]
+            detail = f"refused our request ({status}, check url and token): {text}"
+        elif answer.reply is not None:
+            asked = retry_after(answer.reply.headers, self._clock())
+        delay = self._backoff.next(asked)
+        if asked is not None:
+            delay = max(0.1, delay)  # a peer asking for no wait at all must not make a busy loop
         self.last_error = detail
         log.warning("forward %s: %s; next attempt in %.1f s", self.name, detail, delay)
-        return _Outcome(delay=delay)
+        return delay
 
     def _explain(self, entries: list[Entry], refused: dict[str, int]) -> None:
         """One log line per group of entries, whatever the number of refused requests in it."""
@@ -348,6 +284,6 @@ class Forwarding:
                 out[f"forward {f.name}"] = "stopped" if exc is None else f"{type(exc).__name__}: {exc}"[:200]
         return out
 
-    async def enqueue(self, device: str, kind: Kind, body: bytes, samples: int) -> None:
+    async def enqueue(self, device: str, payload: Payload, samples: int) -> None:
         """Queue in every target's spool (concurrently: one fsync each); raises StoreError if any fails."""
-        await asyncio.gather(*(f.enqueue(device, kind, body, samples) for f in self.forwarders))
+        await asyncio.gather(*(f.enqueue(device, payload, samples) for f in self.forwarders))

@@ -1,29 +1,58 @@
 """A target's durable queue: one SQLite file of what the target has not acknowledged yet.
 
-An entry is what one device sent in one request, kept as it arrived (a backhaul batch body, or a
-plain remote-write body), so enqueueing costs one insert and no re-encoding on the ingest path; the
-sender converts it to remote-write requests when it sends. ``done`` counts the requests of an entry
-the target already acknowledged, so a restart resumes inside a large entry instead of at its start.
+An entry is what one device sent in one request, kept as it arrived, so enqueueing costs one insert
+and no re-encoding on the ingest path; the sender converts it to remote-write requests when it sends.
+Its ``kind`` says what ``body`` holds:
+
+- ``chunks``: a batch's chunk frames back to back (each with its series table in it), their sizes in
+  ``sizes``; the device is the entry's ``device``, so no batch envelope is built for the spool;
+- ``remote_write``: a plain remote-write body;
+- ``batch``: a whole batch body, as spools before version 2 kept batches (still read, never written).
+
+``done`` counts the requests of an entry the target already acknowledged, so a restart resumes inside
+a large entry instead of at its start.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, ParamSpec, TypeVar
 
 import sqlite_utils
 
+from backhaul.errors import WireError
 from backhaul.sqlite import Database, Synchronous
+from backhaul.wire import batch as batchfmt
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
-Kind = Literal["batch", "remote_write"]
+Kind = Literal["chunks", "remote_write", "batch"]
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """A device's batch as its chunk frames (compressed, each with its series table in it)."""
+
+    frames: list[bytes]
+
+
+@dataclass(frozen=True)
+class RemoteWrite:
+    """A plain remote-write body, as a device sent it."""
+
+    body: bytes
+
+
+Payload = Chunks | RemoteWrite
+# What the ingest endpoints call to queue what a device sent, before the store commits it
+# (:meth:`collector.forward.remote_write.Forwarding.enqueue`): device, payload, samples.
+Forward = Callable[[str, Payload, int], Awaitable[None]]
 
 
 @dataclass
@@ -35,6 +64,26 @@ class Entry:
     samples: int
     created_ms: int
     done: int
+    sizes: str = ""  # kind "chunks": the frames' sizes, comma-separated
+
+    def payload(self) -> Payload:
+        """What the entry holds; raises WireError when it does not read (a damaged spool)."""
+        if self.kind == "remote_write":
+            return RemoteWrite(self.body)
+        if self.kind == "batch":
+            return Chunks(batchfmt.decode(self.body)[1])
+        try:
+            sizes = [int(n) for n in self.sizes.split(",")] if self.sizes else []
+        except ValueError:
+            sizes = [-1]
+        if any(n <= 0 for n in sizes) or sum(sizes) != len(self.body):
+            raise WireError(f"spool entry {self.id}: its chunk sizes do not match its {len(self.body)} bytes")
+        frames: list[bytes] = []
+        pos = 0
+        for n in sizes:
+            frames.append(self.body[pos : pos + n])
+            pos += n
+        return Chunks(frames)
 
 
 @dataclass
@@ -53,7 +102,12 @@ def _v1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    # Batches are kept as chunk frames from now on ("chunks"); entries of kind "batch" stay readable.
+    db.execute("ALTER TABLE entries ADD COLUMN sizes TEXT NOT NULL DEFAULT ''")
+
+
+MIGRATIONS = [_v1, _v2]
 
 
 class Spool:
@@ -94,13 +148,18 @@ class Spool:
         ).fetchone()
         self.totals = Totals(count, size, samples, oldest)
 
-    def add(self, device: str, kind: Kind, body: bytes, samples: int, now_ms: int) -> int:
+    def add(self, device: str, payload: Payload, samples: int, now_ms: int) -> int:
         """Enqueue one entry durably; returns the samples of old entries dropped to stay under ``max_bytes``."""
+        if isinstance(payload, Chunks):
+            kind, body, sizes = "chunks", b"".join(payload.frames), ",".join(str(len(f)) for f in payload.frames)
+        else:
+            kind, body, sizes = "remote_write", payload.body, ""
         conn = self.conn
         with self.db.atomic():
             cur = conn.execute(
-                "INSERT INTO entries (device, kind, body, bytes, samples, created_ms) VALUES (?, ?, ?, ?, ?, ?)",
-                (device, kind, body, len(body), samples, now_ms),
+                "INSERT INTO entries (device, kind, body, bytes, samples, created_ms, sizes)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (device, kind, body, len(body), samples, now_ms, sizes),
             )
             doomed = self._over_budget(int(cur.lastrowid or 0), self.totals.bytes + len(body))
             conn.executemany("DELETE FROM entries WHERE id = ?", [(row[0],) for row in doomed])
@@ -142,7 +201,7 @@ class Spool:
             if out and total + samples > max_samples:
                 break
             row = self.conn.execute(
-                "SELECT id, device, kind, body, samples, created_ms, done FROM entries WHERE id = ?", (entry_id,)
+                "SELECT id, device, kind, body, samples, created_ms, done, sizes FROM entries WHERE id = ?", (entry_id,)
             ).fetchone()
             out.append(Entry(*row))
             total += samples

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from agent.uplink.remote_write import RemoteWriteTransport
-from backhaul.wire import batch as batchfmt
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.chunk import Codec
 from backhaul.wire.series import SeriesMap, merge_into
@@ -15,12 +14,13 @@ from tests.forward.conftest import ScriptedReceiver
 Start = Callable[..., Awaitable[ScriptedReceiver]]
 
 
-def body(data: SeriesMap, seq: int) -> bytes:
+def body(data: SeriesMap, seq: int) -> tuple[BatchHeader, list[bytes]]:
+    """A batch as the uploader hands it to a transport: its header and its chunk frames."""
     samples = sum(len(ts) for ts, _ in data.values())
     # two chunks, as a sealed batch of several chunks would carry
     items = list(data.items())
     chunks = [Codec().encode(dict(items[:1])), Codec().encode(dict(items[1:]))]
-    return batchfmt.encode(BatchHeader(device="edge-9", buffer_id="b1", seq=seq, sent_at_ms=0, samples=samples), chunks)
+    return BatchHeader(device="edge-9", buffer_id="b1", seq=seq, sent_at_ms=0, samples=samples), chunks
 
 
 async def test_a_batch_is_acknowledged_only_when_every_request_was(scripted_receiver: Start) -> None:
@@ -28,9 +28,9 @@ async def test_a_batch_is_acknowledged_only_when_every_request_was(scripted_rece
     transport = RemoteWriteTransport(receiver.url, "tok", 5, "edge-9", "device_id", max_samples_per_request=4)
     data: SeriesMap = {(("__name__", f"m{i}"),): ([1, 2, 3, 4], [0.5, 1.5, 2.5, float(i)]) for i in range(3)}
     try:
-        first = await transport.send(body(data, 7))
+        first = await transport.send(*body(data, 7))
         assert first.status == 500  # the uploader keeps the batch and retries it
-        second = await transport.send(body(data, 7))
+        second = await transport.send(*body(data, 7))
         assert 200 <= second.status < 300
     finally:
         await transport.close()
@@ -48,9 +48,9 @@ async def test_another_batch_starts_from_its_first_request(scripted_receiver: St
     transport = RemoteWriteTransport(receiver.url, "", 5, "edge-9", "", max_samples_per_request=4)
     data: SeriesMap = {(("__name__", f"m{i}"),): ([1, 2, 3, 4], [0.0, 1.0, 2.0, 3.0]) for i in range(2)}
     try:
-        assert (await transport.send(body(data, 1))).status == 400
+        assert (await transport.send(*body(data, 1))).status == 400
         # the uploader split the refused batch: a new sequence number is a new batch
-        assert (await transport.send(body(data, 2))).status == 204
+        assert (await transport.send(*body(data, 2))).status == 204
     finally:
         await transport.close()
     assert receiver.statuses == [204, 400, 204, 204]
@@ -61,9 +61,9 @@ async def test_another_batch_starts_from_its_first_request(scripted_receiver: St
 async def test_a_batch_that_only_reports_losses_sends_nothing(scripted_receiver: Start) -> None:
     receiver = await scripted_receiver()
     transport = RemoteWriteTransport(receiver.url, "", 5, "edge-9")
-    empty = batchfmt.encode(BatchHeader(device="edge-9", buffer_id="b1", seq=3, sent_at_ms=0, evicted_samples=5), [])
+    empty = BatchHeader(device="edge-9", buffer_id="b1", seq=3, sent_at_ms=0, evicted_samples=5)
     try:
-        assert (await transport.send(empty)).status == 204
+        assert (await transport.send(empty, [])).status == 204
     finally:
         await transport.close()
     assert receiver.statuses == []
@@ -76,6 +76,6 @@ async def test_victoria_metrics_wrong_path_answer_reads_as_404(scripted_receiver
     data: SeriesMap = {(("__name__", "m"),): ([1], [1.0])}
     try:
         # 404 is what the uploader keeps the batch for (a wrong URL); a 400 would have it dropped
-        assert (await transport.send(body({**data, (("__name__", "n"),): ([1], [2.0])}, 1))).status == 404
+        assert (await transport.send(*body({**data, (("__name__", "n"),): ([1], [2.0])}, 1))).status == 404
     finally:
         await transport.close()

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 from prometheus_client import CollectorRegistry
 
+from backhaul.errors import WireError
+from backhaul.remote_write_sender import rejection_reason
 from backhaul.wire import batch as batchfmt
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.chunk import Codec
 from backhaul.wire.series import SeriesMap, merge_into
+from collector.forward import spool as spool_module
 from collector.forward.metrics import ForwardMetrics
-from collector.forward.remote_write import Forwarder, rejection_reason
+from collector.forward.remote_write import Forwarder
 from collector.forward.settings import ForwardTarget
-from collector.forward.spool import Spool
+from collector.forward.spool import Chunks, RemoteWrite, Spool
 from tests.forward.conftest import ScriptedReceiver
 
 Start = Callable[..., Awaitable[ScriptedReceiver]]
@@ -30,9 +35,15 @@ def series(n: int, points: int) -> SeriesMap:
 
 
 def batch_body(data: SeriesMap, seq: int = 1) -> bytes:
+    """A whole batch body, as spools before version 2 kept batches."""
     header = BatchHeader(device="edge-1", buffer_id="b", seq=seq, sent_at_ms=0, samples=30)
     header.samples = sum(len(ts) for ts, _ in data.values())
     return batchfmt.encode(header, [Codec().encode(data)])
+
+
+def batch(data: SeriesMap) -> Chunks:
+    """A batch's chunks, as the collector's batch endpoint hands them to the forwarders."""
+    return Chunks([Codec().encode(data)])
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -70,7 +81,7 @@ async def test_retries_after_503_and_resumes_inside_an_entry(tmp_path: Path, scr
     receiver = await scripted_receiver((204, {}, ""), (204, {}, ""), (503, {"Retry-After": "0"}, "busy"), (204, {}, ""))
     forwarder, registry = await make(tmp_path, receiver.url)
     data = series(3, 10)  # 30 samples: three requests of ten
-    await forwarder.enqueue("edge-1", "batch", batch_body(data), 30)
+    await forwarder.enqueue("edge-1", batch(data), 30)
     await drained(forwarder)
     await forwarder.stop()
     assert receiver.statuses == [204, 204, 503, 204]  # the two acknowledged requests were not sent again
@@ -85,7 +96,7 @@ async def test_retries_after_503_and_resumes_inside_an_entry(tmp_path: Path, scr
 async def test_out_of_bounds_is_counted_once_and_never_retried(tmp_path: Path, scripted_receiver: Start) -> None:
     receiver = await scripted_receiver((400, {}, "out of bounds"))
     forwarder, registry = await make(tmp_path, receiver.url)
-    await forwarder.enqueue("edge-1", "batch", batch_body(series(5, 5)), 25)
+    await forwarder.enqueue("edge-1", batch(series(5, 5)), 25)
     await drained(forwarder)
     await asyncio.sleep(0.2)
     await forwarder.stop()
@@ -99,7 +110,7 @@ async def test_a_wrong_token_keeps_the_data_and_retries(tmp_path: Path, scripted
     receiver = await scripted_receiver((401, {}, "unauthorized"), (401, {}, "unauthorized"), (204, {}, ""))
     forwarder, registry = await make(tmp_path, receiver.url, per_request=100)
     forwarder._backoff.maximum = 0.05  # "retry slowly" still means within this test
-    await forwarder.enqueue("edge-1", "batch", batch_body(series(2, 5)), 10)
+    await forwarder.enqueue("edge-1", batch(series(2, 5)), 10)
     await drained(forwarder)
     await forwarder.stop()
     assert receiver.statuses == [401, 401, 204]
@@ -109,8 +120,8 @@ async def test_a_wrong_token_keeps_the_data_and_retries(tmp_path: Path, scripted
 async def test_spool_survives_a_restart_with_its_progress(tmp_path: Path, scripted_receiver: Start) -> None:
     down = await scripted_receiver((204, {}, ""), (503, {}, "down"))
     forwarder, _ = await make(tmp_path, down.url)
-    await forwarder.enqueue("edge-1", "batch", batch_body(series(3, 10)), 30)
-    await forwarder.enqueue("edge-1", "remote_write", b"", 0)  # nothing to forward: not even queued
+    await forwarder.enqueue("edge-1", batch(series(3, 10)), 30)
+    await forwarder.enqueue("edge-1", RemoteWrite(b""), 0)  # nothing to forward: not even queued
     for _ in range(500):
         if len(down.statuses) >= 3:
             break
@@ -131,9 +142,9 @@ def test_spool_over_budget_drops_the_oldest_and_says_how_many(tmp_path: Path) ->
     spool = Spool(tmp_path / "s.db", "NORMAL", max_bytes=1024**2)
     spool.open()
     body = bytes(400 * 1024)
-    assert spool.add("d", "batch", body, 10, 1) == 0
-    assert spool.add("d", "batch", body, 20, 2) == 0
-    assert spool.add("d", "batch", body, 30, 3) == 10  # the oldest goes, never the newest
+    assert spool.add("d", RemoteWrite(body), 10, 1) == 0
+    assert spool.add("d", RemoteWrite(body), 20, 2) == 0
+    assert spool.add("d", RemoteWrite(body), 30, 3) == 10  # the oldest goes, never the newest
     assert (spool.totals.entries, spool.totals.samples, spool.totals.oldest_ms) == (2, 50, 2)
     first = spool.first()
     assert first is not None and first.samples == 20
@@ -170,7 +181,7 @@ async def test_small_entries_travel_together(tmp_path: Path, scripted_receiver: 
     forwarder, registry = await make(tmp_path, receiver.url, per_request=100)
     forwarder._backoff.minimum = forwarder._backoff.maximum = 0.2  # time for all five to be queued first
     for device in range(5):
-        await forwarder.enqueue(f"edge-{device}", "batch", batch_body(series(2, 5), seq=device), 10)
+        await forwarder.enqueue(f"edge-{device}", batch(series(2, 5)), 10)
     await drained(forwarder)
     await forwarder.stop()
     # the first pass took only the first entry (the others were not queued yet) and failed; its retry
@@ -189,9 +200,50 @@ async def test_a_wrong_victoria_metrics_path_is_a_misconfiguration_not_a_refusal
     receiver = await scripted_receiver((400, {}, wrong), (204, {}, ""))
     forwarder, registry = await make(tmp_path, receiver.url, per_request=100)
     forwarder._backoff.maximum = 0.05
-    await forwarder.enqueue("edge-1", "batch", batch_body(series(2, 5)), 10)
+    await forwarder.enqueue("edge-1", batch(series(2, 5)), 10)
     await drained(forwarder)
     await forwarder.stop()
     assert receiver.statuses == [400, 204]
     assert value(registry, "backhaul_collector_forward_failures_total", target="t", reason="http_400") == 1
     assert value(registry, "backhaul_collector_forward_rejected_samples_total", target="t", reason="http_400") == 0
+
+
+async def test_a_spool_of_the_previous_version_is_migrated_and_its_batches_still_forwarded(
+    tmp_path: Path, scripted_receiver: Start
+) -> None:
+    # A spool file as version 1 left it: whole batch bodies, no chunk sizes.
+    conn = sqlite3.connect(tmp_path / "spool.db")
+    spool_v1 = spool_module.MIGRATIONS[0]
+    spool_v1(sqlite_utils.Database(conn))
+    data = series(2, 5)
+    conn.execute(
+        "INSERT INTO entries (device, kind, body, bytes, samples, created_ms) VALUES (?, 'batch', ?, ?, 10, 1)",
+        ("edge-1", batch_body(data), len(batch_body(data))),
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    receiver = await scripted_receiver()
+    forwarder, registry = await make(tmp_path, receiver.url, per_request=100)
+    await forwarder.enqueue("edge-2", batch(data), 10)  # a new entry beside the old one
+    await drained(forwarder)
+    await forwarder.stop()
+    got = received(receiver)
+    assert {dict(labels)["device_id"] for labels in got} == {"edge-1", "edge-2"}
+    assert value(registry, "backhaul_collector_forward_sent_samples_total", target="t") == 20
+
+
+def test_a_damaged_chunks_entry_reads_as_a_wire_error(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db", "NORMAL", max_bytes=1024**2)
+    spool.open()
+    frames = [Codec().encode(series(1, 2)), Codec().encode(series(2, 2))]
+    spool.add("d", Chunks(frames), 6, 1)
+    entry = spool.first()
+    assert entry is not None and entry.kind == "chunks"
+    assert entry.payload() == Chunks(frames)  # the frames come back as they went in
+    spool.conn.execute("UPDATE entries SET sizes = '1,2'")
+    damaged = spool.first()
+    assert damaged is not None
+    with pytest.raises(WireError):
+        damaged.payload()
+    spool.close()

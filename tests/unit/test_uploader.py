@@ -9,24 +9,27 @@ from prometheus_client import CollectorRegistry
 from agent.buffer.store import BufferStore
 from agent.uplink.metrics import UplinkMetrics
 from agent.uplink.settings import UplinkSettings
-from agent.uplink.transport import Reply
-from agent.uplink.uploader import Backoff, Uploader, retry_after
+from agent.uplink.uploader import Uploader
 from backhaul.errors import PeerError
+from backhaul.http import Reply
+from backhaul.retry import Backoff, retry_after
 from backhaul.wire import batch as batchfmt
+from backhaul.wire.batch import BatchHeader
 
 NOW = 1_700_000_000_000
 
 
 class ScriptedTransport:
-    """In-process stand-in for the collector: answers from a script, records every body."""
+    """In-process stand-in for the collector: answers from a script, records every body (encoded as
+    the HTTP transport would)."""
 
     def __init__(self, answers):
         self.answers = list(answers)
         self.bodies: list[bytes] = []
         self.sent = asyncio.Event()
 
-    async def send(self, body: bytes) -> Reply:
-        self.bodies.append(body)
+    async def send(self, header: BatchHeader, frames: list[bytes]) -> Reply:
+        self.bodies.append(batchfmt.encode(header, frames))
         self.sent.set()
         answer = self.answers.pop(0) if self.answers else Reply(200, {}, "{}")
         if isinstance(answer, Exception):
@@ -113,8 +116,9 @@ async def test_a_refused_batch_is_split_and_only_the_bad_chunk_dropped(store):
     first_chunk_len = None
 
     class Picky(ScriptedTransport):
-        async def send(self, body: bytes) -> Reply:
+        async def send(self, header: BatchHeader, frames: list[bytes]) -> Reply:
             nonlocal first_chunk_len
+            body = batchfmt.encode(header, frames)
             self.bodies.append(body)
             self.sent.set()
             header, _ = batchfmt.decode(body)

@@ -1,0 +1,87 @@
+"""Posting to a peer over HTTP: the one place where aiohttp's errors become the project's own.
+
+Every sender (the agent's uploader transports and its alert channel, the collector's forwarders to a
+time-series database and to Alertmanager) posts through an :class:`HttpClient`. It owns its aiohttp
+session, so no sender shares a connection pool with another (an alert never waits behind a batch),
+and it answers with a :class:`Reply` or raises :class:`~backhaul.errors.PeerError` whose ``kind`` is
+``timeout``, ``connection`` or ``http``. What it raises is fit for a log line: one line, at most 200
+characters of aiohttp's message (which can hold a half-received response), and never a request
+header, so an ``Authorization`` value cannot reach the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+
+import aiohttp
+
+from backhaul.errors import PeerError
+
+# The answer's body is kept for log lines and error details only: its start is enough.
+READ_LIMIT = 4096
+
+
+@dataclass
+class Reply:
+    """A peer's answer: status, headers, the start of the body, and the body bytes that went out."""
+
+    status: int
+    headers: dict[str, str]
+    text: str
+    sent_bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+def short(exc: BaseException) -> str:
+    """An exception as one readable line: its type and the first line of its message, cut at 200."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+class HttpClient:
+    """POSTs bodies and translates every failure to :class:`PeerError`; an async context manager.
+
+    Args:
+        timeout: seconds for a whole request, from connecting to the last byte of the answer.
+        headers: sent with every request (an ``Authorization`` among them is never logged).
+    """
+
+    def __init__(self, timeout: float, headers: Mapping[str, str] | None = None) -> None:
+        self.timeout = timeout
+        self._headers = dict(headers or {})
+        self._session: aiohttp.ClientSession | None = None
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str] | None = None) -> Reply:
+        """POST ``body`` to ``url`` (``headers`` on top of the client's); any answer is a Reply."""
+        if self._session is None:
+            # Created on first use: a session belongs to the running event loop.
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        sent = {**self._headers, **headers} if headers else self._headers
+        try:
+            async with self._session.post(url, data=body, headers=sent) as resp:
+                text = (await resp.content.read(READ_LIMIT)).decode("utf-8", "replace")
+                return Reply(resp.status, dict(resp.headers), text, len(body))
+        except TimeoutError as exc:  # aiohttp's own timeouts are TimeoutErrors too
+            raise PeerError("timeout", f"no complete answer within {self.timeout:g} s") from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise PeerError("connection", short(exc)) from exc
+        except aiohttp.ClientError as exc:
+            raise PeerError("http", short(exc)) from exc
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
