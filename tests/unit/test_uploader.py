@@ -1,7 +1,9 @@
 import asyncio
 import email.utils
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -9,12 +11,14 @@ from prometheus_client import CollectorRegistry
 from agent.buffer.store import BufferStore
 from agent.uplink.metrics import UplinkMetrics
 from agent.uplink.settings import UplinkSettings
+from agent.uplink.transport import Transport
 from agent.uplink.uploader import Uploader
 from backhaul.errors import PeerError
 from backhaul.http import Reply
 from backhaul.retry import Backoff, retry_after
 from backhaul.wire import batch as batchfmt
 from backhaul.wire.batch import BatchHeader
+from backhaul.wire.series import SeriesMap
 
 NOW = 1_700_000_000_000
 
@@ -23,7 +27,7 @@ class ScriptedTransport:
     """In-process stand-in for the collector: answers from a script, records every body (encoded as
     the HTTP transport would)."""
 
-    def __init__(self, answers):
+    def __init__(self, answers: list[Reply | Exception]) -> None:
         self.answers = list(answers)
         self.bodies: list[bytes] = []
         self.sent = asyncio.Event()
@@ -40,12 +44,12 @@ class ScriptedTransport:
         pass
 
 
-def scrape(k: int, n: int = 100):
+def scrape(k: int, n: int = 100) -> SeriesMap:
     return {(("__name__", f"m{i}"),): ([NOW + 5000 * k], [float(k)]) for i in range(n)}
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
+async def store(tmp_path: Path) -> AsyncIterator[BufferStore]:
     s = BufferStore(tmp_path / "b.db", 64 << 20, "NORMAL")
     await s.call(s.open)
     yield s
@@ -66,8 +70,8 @@ async def run_until(uploader: Uploader, transport: ScriptedTransport, requests: 
         await asyncio.gather(task, return_exceptions=True)
 
 
-def make(store, transport, **kw):
-    options = {
+def make(store: BufferStore, transport: Transport, **kw: Any) -> tuple[Uploader, UplinkMetrics]:
+    options: dict[str, Any] = {
         "batch_interval": timedelta(0),
         "backoff_min": timedelta(seconds=0.01),
         "backoff_max": timedelta(seconds=0.05),
