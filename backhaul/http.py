@@ -48,12 +48,18 @@ class HttpClient:
 
     Args:
         timeout: seconds for a whole request, from connecting to the last byte of the answer.
-        headers: sent with every request (an ``Authorization`` among them is never logged).
+        user_agent: the ``User-Agent`` header, e.g. ``backhaul-agent/1.2.0``.
+        token: a bearer token sent as ``Authorization`` (never logged), or "" for none.
+        headers: more headers sent with every request (the two above win).
     """
 
-    def __init__(self, timeout: float, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, timeout: float, user_agent: str, token: str = "", headers: Mapping[str, str] | None = None
+    ) -> None:
         self.timeout = timeout
-        self._headers = dict(headers or {})
+        self._headers = {**(headers or {}), "User-Agent": user_agent}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
         self._session: aiohttp.ClientSession | None = None
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str] | None = None) -> Reply:

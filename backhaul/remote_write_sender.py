@@ -124,11 +124,8 @@ class RemoteWriteSender:
         device_label: str = "device_id",
         max_samples_per_request: int = 2000,
     ) -> None:
-        sent = {**(headers or {}), **PROTOCOL_HEADERS, "User-Agent": user_agent}
-        if token:
-            sent["Authorization"] = f"Bearer {token}"
         self.url = url
-        self.client = HttpClient(timeout, sent)
+        self.client = HttpClient(timeout, user_agent, token, {**(headers or {}), **PROTOCOL_HEADERS})
         self.device_label = device_label
         self.max_samples = max_samples_per_request
         self._relabelled: dict[tuple[Labels, str], Labels] = {}  # (labels, device) -> labels as sent

@@ -13,6 +13,7 @@ from backhaul.errors import InputError
 from backhaul.web import respond
 from collector.auth import DeviceAuth
 from collector.config import CollectorSettings
+from collector.forward.spool import Forward
 from collector.metrics import CollectorMetrics
 from collector.store import Store
 
@@ -21,7 +22,10 @@ class DeviceEndpoint:
     """Base of an endpoint devices post to; subclasses implement ``_handle`` (raising the errors of
     :mod:`backhaul.errors` for anything but success) and name the counter of their answers.
 
-    Args: settings, store, metrics and a wall clock (seconds).
+    Args: settings, store, metrics, a wall clock (seconds), and ``forward`` for the endpoints that
+    receive samples when forwarding is configured: it queues what a device sent durably for every
+    target *before* the store commits it (docs/forwarding.md: a crash in between can then only
+    forward twice, never lose).
     """
 
     what = "request"
@@ -32,12 +36,14 @@ class DeviceEndpoint:
         store: Store,
         metrics: CollectorMetrics,
         clock: Callable[[], float] = time.time,
+        forward: Forward | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._metrics = metrics
         self._auth = DeviceAuth(store)
         self._clock = clock
+        self._forward = forward
 
     def _answers(self) -> Counter:
         raise NotImplementedError

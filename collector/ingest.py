@@ -42,9 +42,8 @@ _KEEPS_TABLES = {batchfmt.TABLES_HEADER: "1"}
 
 
 class BatchReceiver(DeviceEndpoint):
-    """Args: settings, store, metrics, a wall clock (seconds), and ``forward``, when forwarding is
-    configured: it queues a batch's chunks durably for every target *before* the store commits them
-    (docs/forwarding.md: a crash in between can then only forward twice, never lose)."""
+    """Args: those of :class:`~collector.endpoint.DeviceEndpoint` (``forward`` gets a batch's chunks,
+    each with its series table, before the store commits them)."""
 
     what = "batch"
 
@@ -56,8 +55,7 @@ class BatchReceiver(DeviceEndpoint):
         clock: Callable[[], float] = time.time,
         forward: Forward | None = None,
     ) -> None:
-        super().__init__(settings, store, metrics, clock)
-        self._forward = forward
+        super().__init__(settings, store, metrics, clock, forward)
         self._tables: dict[tuple[str, str], bytes] = {}  # (device, digest) -> series table
 
     def _answers(self) -> Counter:

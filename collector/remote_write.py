@@ -7,37 +7,20 @@ A retried request is harmless: samples are keyed by (series, timestamp) and stor
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from aiohttp import web
 from prometheus_client import Counter
 
 from backhaul.errors import InputError, store_trouble
 from backhaul.wire import remote_write as rw
-from collector.config import CollectorSettings
 from collector.endpoint import DeviceEndpoint
-from collector.forward.spool import Forward, RemoteWrite
-from collector.metrics import CollectorMetrics
-from collector.store import Store
+from collector.forward.spool import RemoteWrite
 
 
 class RemoteWriteReceiver(DeviceEndpoint):
-    """Args: settings, store, metrics, a wall clock (seconds), and ``forward`` when forwarding is
-    configured (called before the store commits, see collector/ingest.py)."""
+    """Args: those of :class:`~collector.endpoint.DeviceEndpoint` (``forward`` is called before the
+    store commits)."""
 
     what = "remote write"
-
-    def __init__(
-        self,
-        settings: CollectorSettings,
-        store: Store,
-        metrics: CollectorMetrics,
-        clock: Callable[[], float] = time.time,
-        forward: Forward | None = None,
-    ) -> None:
-        super().__init__(settings, store, metrics, clock)
-        self._forward = forward
 
     def _answers(self) -> Counter:
         return self._metrics.remote_write_requests

@@ -51,14 +51,7 @@ class HttpChannel:
     def __init__(self, url: str, token: str, timeout: float) -> None:
         self._url = url
         # Its own client and connection pool: never behind a batch upload's connection.
-        self._client = HttpClient(
-            timeout,
-            {
-                "Authorization": f"Bearer {token}",
-                "Content-Type": CONTENT_TYPE,
-                "User-Agent": f"backhaul-agent/{__version__}",
-            },
-        )
+        self._client = HttpClient(timeout, f"backhaul-agent/{__version__}", token, {"Content-Type": CONTENT_TYPE})
 
     @classmethod
     def from_settings(cls, s: HttpChannelSettings, uplink_url: str | None, uplink_token: str) -> HttpChannel:

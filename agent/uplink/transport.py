@@ -52,14 +52,7 @@ class HttpTransport:
 
     def __init__(self, url: str, token: str, timeout: float, zstd_level: int = 3) -> None:
         self._url = url
-        self._client = HttpClient(
-            timeout,
-            {
-                "Authorization": f"Bearer {token}",
-                "Content-Type": CONTENT_TYPE,
-                "User-Agent": f"backhaul-agent/{__version__}",
-            },
-        )
+        self._client = HttpClient(timeout, f"backhaul-agent/{__version__}", token, {"Content-Type": CONTENT_TYPE})
         self._zstd_level = zstd_level
         self.tables = TableRefs(zstd_level)
 

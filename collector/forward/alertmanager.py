@@ -95,8 +95,8 @@ class AlertForwarder:
         self._wake.set()
 
     async def run(self) -> None:
-        headers = {"Content-Type": "application/json", "User-Agent": f"backhaul-collector/{__version__}"}
-        async with HttpClient(self._timeout, headers) as client:
+        json_body = {"Content-Type": "application/json"}
+        async with HttpClient(self._timeout, f"backhaul-collector/{__version__}", headers=json_body) as client:
             while True:
                 try:
                     await asyncio.wait_for(self._wake.wait(), self._resend)

@@ -55,17 +55,18 @@ async def test_any_answer_is_a_reply_with_what_went_out() -> None:
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        async with HttpClient(2, {"Authorization": f"Bearer {TOKEN}", "X-A": "1"}) as client:
+        async with HttpClient(2, "test/1", TOKEN, {"X-A": "1"}) as client:
             reply = await client.post(f"http://127.0.0.1:{port}/x", b"12345", {"X-A": "2"})
     finally:
         await runner.cleanup()
     assert (reply.status, reply.text, reply.sent_bytes, reply.ok) == (503, "busy\n", 5, False)
     assert reply.headers["Retry-After"] == "7"
     assert seen[0]["Authorization"] == f"Bearer {TOKEN}" and seen[0]["X-A"] == "2"  # per call wins
+    assert seen[0]["User-Agent"] == "test/1"
 
 
 async def test_nothing_listening_is_a_connection_error() -> None:
-    async with HttpClient(2) as client:
+    async with HttpClient(2, "test/1") as client:
         with pytest.raises(PeerError) as caught:
             await client.post(f"http://127.0.0.1:{free_port()}/x", b"")
     assert caught.value.kind == "connection"
@@ -82,7 +83,7 @@ async def test_a_peer_that_never_answers_is_a_timeout_within_the_limit() -> None
     port = server.sockets[0].getsockname()[1]
     started = time.monotonic()
     try:
-        async with HttpClient(0.3) as client:
+        async with HttpClient(0.3, "test/1") as client:
             with pytest.raises(PeerError) as caught:
                 await client.post(f"http://127.0.0.1:{port}/x", b"x")
     finally:
@@ -105,7 +106,7 @@ async def test_a_peer_that_never_answers_is_a_timeout_within_the_limit() -> None
 )
 async def test_a_garbled_answer_reads_as_one_short_line_without_the_token(raw_peer: Raw, answer: bytes) -> None:
     url = await raw_peer(answer)
-    async with HttpClient(2, {"Authorization": f"Bearer {TOKEN}"}) as client:
+    async with HttpClient(2, "test/1", TOKEN) as client:
         with pytest.raises(PeerError) as caught:
             await client.post(url, b"body")
     exc = caught.value
