@@ -151,17 +151,12 @@ class RemoteWriteSender:
         cache = self._relabelled
         if len(cache) > _CACHED_LABELS:
             cache.clear()
-        for labels, (stamps, values) in part.items():
+        for labels, samples in part.items():
             key = cache.get((labels, device))
             if key is None:
                 (key,) = with_device_label({labels: ([], [])}, self.device_label, device)
                 cache[(labels, device)] = key
-            entry = series.get(key)
-            if entry is None:
-                series[key] = (list(stamps), list(values))
-            else:
-                entry[0].extend(stamps)
-                entry[1].extend(values)
+            merge_into(series, {key: samples})
 
     async def post(self, request: Request) -> Answer:
         """Post one request and classify what came back (never raises for a peer's failure)."""
