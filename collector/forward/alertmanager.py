@@ -95,8 +95,8 @@ class AlertForwarder:
         self._wake.set()
 
     async def run(self) -> None:
-        json_body = {"Content-Type": "application/json"}
-        async with HttpClient(self._timeout, f"backhaul-collector/{__version__}", headers=json_body) as client:
+        headers = {"Content-Type": "application/json"}
+        async with HttpClient(self._timeout, f"backhaul-collector/{__version__}", headers=headers) as client:
             while True:
                 try:
                     await asyncio.wait_for(self._wake.wait(), self._resend)
