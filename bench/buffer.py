@@ -25,7 +25,7 @@ def open_store(
     synchronous: Synchronous = "OFF",
     zstd_level: int = 3,
 ) -> Iterator[BufferStore]:
-    """An open store on ``path``, closed (and its database thread ended) on exit.
+    """An open store on ``path`` (used from this thread: no event loop here), closed on exit.
 
     synchronous=OFF by default: durability does not change sizes, and it keeps building fast."""
     store = BufferStore(
@@ -36,7 +36,6 @@ def open_store(
         yield store
     finally:
         store.close()
-        store.worker.shutdown()
 
 
 def write_offline(store: BufferStore, rounds: Iterable[tuple[int, SeriesMap]]) -> None:
