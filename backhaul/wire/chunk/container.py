@@ -1,0 +1,297 @@
+"""A whole chunk: :class:`Contents` to uncompressed chunk bytes and back.
+
+The byte layout (header, series table, counts, kinds, columns; in version 3 the histogram section and
+the metadata section) is in ``chunk.header``; the columns' in ``chunk.columns``, the histogram
+section's in ``chunk.histograms``. The metadata section is the JSON of ``backhaul.wire.metadata``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+from array import array
+from dataclasses import dataclass, field
+from itertools import accumulate
+
+from backhaul.wire.chunk.columns import (
+    LITTLE,
+    MAX_DECIMALS,
+    MAX_SCALED,
+    scaled_integers,
+    shuffle,
+    unshuffle,
+    zigzag_deltas,
+)
+from backhaul.wire.chunk.header import (
+    FLOAT_KIND,
+    HEADER,
+    HISTOGRAM_KIND,
+    MAGIC,
+    READABLE,
+    U32,
+    VERSION,
+    VERSION_HISTOGRAMS,
+)
+from backhaul.wire.chunk.histograms import decode_histograms, encode_histograms
+from backhaul.wire.errors import WireError
+from backhaul.wire.histogram import Histogram, HistogramSeriesMap
+from backhaul.wire.metadata import MetadataMap, from_json, to_json
+from backhaul.wire.series import Labels, SeriesMap
+
+
+class _TableCache:
+    """Each series' JSON table entry, kept across chunks: the agent encodes the same series in every
+    group commit, and formatting their labels was a good share of a commit's CPU. Bounded: when full
+    it starts over."""
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self._max_entries = max_entries
+        self._entries: dict[Labels, bytes] = {}
+
+    def entry(self, labels: Labels) -> bytes:
+        found = self._entries.get(labels)
+        if found is None:
+            found = json.dumps(
+                [part for pair in labels for part in pair], separators=(",", ":"), ensure_ascii=False
+            ).encode()
+            if len(self._entries) >= self._max_entries:
+                self._entries.clear()
+            self._entries[labels] = found
+        return found
+
+
+_TABLE = _TableCache()
+
+
+@dataclass
+class Contents:
+    """Everything a chunk holds.
+
+    Args:
+        series: float samples.
+        histograms: native-histogram samples (version 3 only).
+        metadata: metric-family metadata (version 3 only).
+    """
+
+    series: SeriesMap = field(default_factory=dict)
+    histograms: HistogramSeriesMap = field(default_factory=dict)
+    metadata: MetadataMap = field(default_factory=dict)
+
+    def samples(self) -> int:
+        """Float samples and histogram samples together (what the chunk header's n_samples counts)."""
+        return sum(len(ts) for ts, _ in self.series.values()) + sum(len(ts) for ts, _ in self.histograms.values())
+
+
+def encode(
+    series: SeriesMap, histograms: HistogramSeriesMap | None = None, metadata: MetadataMap | None = None
+) -> bytes:
+    """Encode samples into an uncompressed chunk (use :class:`Codec` for the stored form).
+
+    Floats only: a version 2 chunk, which every reader takes. With native histograms or metadata:
+    version 3.
+    """
+    entries: list[bytes] = []
+    counts = array("I")
+    kinds = bytearray()
+    stamps: list[int] = []
+    integers = array("Q")
+    floats: list[float] = []
+    entry = _TABLE.entry
+    for labels, (ts, vals) in series.items():
+        n = len(ts)
+        if n != len(vals):
+            raise ValueError(f"series {labels!r}: {n} timestamps but {len(vals)} values")
+        if not n:
+            continue
+        entries.append(entry(labels))
+        counts.append(n)
+        stamps.extend(ts)
+        if n == 1:  # one sample per series, as a single remote-write request brings: the common case
+            v = float(vals[0])
+            if v.is_integer() and -MAX_SCALED < v < MAX_SCALED and (v or math.copysign(1.0, v) > 0):
+                kinds.append(1)
+                i = int(v)
+                integers.append((i << 1) ^ (i >> 63))
+                continue
+        scaled = scaled_integers(vals)
+        if scaled is None:
+            kinds.append(FLOAT_KIND)
+            floats.extend(vals)
+        else:
+            kinds.append(1 + scaled[0])
+            integers.extend(zigzag_deltas(scaled[1]))
+
+    version = VERSION
+    tail = b""
+    if histograms or metadata:
+        version = VERSION_HISTOGRAMS
+        section = b""
+        if histograms:
+            for labels, (ts, hs) in histograms.items():
+                if len(ts) != len(hs):
+                    raise ValueError(f"series {labels!r}: {len(ts)} timestamps but {len(hs)} histograms")
+                if ts:
+                    entries.append(entry(labels))
+                    counts.append(len(ts))
+                    kinds.append(HISTOGRAM_KIND)
+                    stamps.extend(ts)
+            section = encode_histograms([hs for ts, hs in histograms.values() if ts])
+        meta = to_json(metadata) if metadata else b""
+        tail = b"".join((U32.pack(len(section)), section, U32.pack(len(meta)), meta))
+
+    deltas = [b - a for a, b in zip([0, *stamps], stamps, strict=False)]
+    dod = array("q", [b - a for a, b in zip([0, *deltas], deltas, strict=False)])
+    bits = array("Q", array("d", floats).tobytes())
+    xored = array("Q", [b ^ a for a, b in zip([0, *bits], bits, strict=False)])
+    if not LITTLE:
+        counts.byteswap()
+    table_bytes = b"[" + b",".join(entries) + b"]"
+    return b"".join(
+        (
+            HEADER.pack(MAGIC, version, len(entries), len(stamps)),
+            U32.pack(len(table_bytes)),
+            table_bytes,
+            counts.tobytes(),
+            bytes(kinds),
+            shuffle(dod),
+            shuffle(integers),
+            shuffle(xored),
+            tail,
+        )
+    )
+
+
+def decode(data: bytes) -> SeriesMap:
+    """Decode an uncompressed chunk's float samples; raises :class:`WireError` naming what is malformed.
+
+    A version 3 chunk that holds native histograms is refused: a reader that only takes floats must
+    not drop them unnoticed (use :func:`decode_contents`). Its metadata is left out.
+    """
+    contents = decode_contents(data)
+    if contents.histograms:
+        raise WireError("chunk: holds native histograms, which this reader does not take")
+    return contents.series
+
+
+def decode_contents(data: bytes) -> Contents:
+    """Decode an uncompressed chunk of any readable version into its :class:`Contents`."""
+    if len(data) < HEADER.size + U32.size:
+        raise WireError(f"chunk: {len(data)} bytes is shorter than a chunk header")
+    magic, version, n_series, n_samples = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise WireError(f"chunk: bad magic {magic!r}")
+    if version not in READABLE:
+        raise WireError(f"chunk: unsupported version {version} (this build reads {', '.join(map(str, READABLE))})")
+    (table_len,) = U32.unpack_from(data, HEADER.size)
+    pos = HEADER.size + U32.size
+    kinds_len = n_series if version >= 2 else 0
+    if version < VERSION_HISTOGRAMS:
+        expected = pos + table_len + 4 * n_series + kinds_len + 16 * n_samples
+        if len(data) != expected:
+            raise WireError(f"chunk: {len(data)} bytes, but its header announces {expected}")
+    elif len(data) < pos + table_len + 5 * n_series + 8 * n_samples + 8:
+        raise WireError(f"chunk: {len(data)} bytes is shorter than its header announces")
+    try:
+        table = json.loads(data[pos : pos + table_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"chunk: series table is not JSON ({exc})") from exc
+    if not isinstance(table, list) or len(table) != n_series:
+        raise WireError(f"chunk: series table does not hold {n_series} series")
+    pos += table_len
+    counts = array("I")
+    counts.frombytes(data[pos : pos + 4 * n_series])
+    if not LITTLE:
+        counts.byteswap()
+    if sum(counts) != n_samples or 0 in counts:
+        raise WireError(f"chunk: per-series counts do not add up to {n_samples} samples")
+    pos += 4 * n_series
+    kinds = data[pos : pos + kinds_len] if version >= 2 else bytes(n_series)
+    if any(kind > 1 + MAX_DECIMALS and (kind != HISTOGRAM_KIND or version < VERSION_HISTOGRAMS) for kind in kinds):
+        raise WireError(f"chunk: a value kind is above {1 + MAX_DECIMALS} and not a histogram")
+    pos += kinds_len
+    dod = unshuffle(data[pos : pos + 8 * n_samples], "q")
+    pos += 8 * n_samples
+    stamps = list(accumulate(accumulate(dod)))
+    n_integers = n_xored = 0
+    for count, kind in zip(counts, kinds, strict=True):
+        if kind == FLOAT_KIND:
+            n_xored += count
+        elif kind != HISTOGRAM_KIND:
+            n_integers += count
+    if version >= VERSION_HISTOGRAMS and pos + 8 * (n_integers + n_xored) + 8 > len(data):
+        raise WireError(f"chunk: {len(data)} bytes is shorter than its value columns")
+    # Undo zigzag for the whole column at once; the per-series work below is then slicing and sums.
+    integers = [(z >> 1) ^ -(z & 1) for z in unshuffle(data[pos : pos + 8 * n_integers], "Q")]
+    pos += 8 * n_integers
+    xored = unshuffle(data[pos : pos + 8 * n_xored], "Q")
+    pos += 8 * n_xored
+    floats = array("d", array("Q", accumulate(xored, operator.xor)).tobytes()).tolist()
+
+    out = Contents()
+    histograms: list[list[Histogram]] = []
+    if version >= VERSION_HISTOGRAMS:
+        section = _section(data, pos, "histogram")
+        pos += U32.size + len(section)
+        sizes = [count for count, kind in zip(counts, kinds, strict=True) if kind == HISTOGRAM_KIND]
+        histograms = decode_histograms(section, sizes) if sizes or section else []
+        meta = _section(data, pos, "metadata")
+        pos += U32.size + len(meta)
+        if pos != len(data):
+            raise WireError(f"chunk: {len(data) - pos} bytes after the metadata")
+        if meta:
+            out.metadata = from_json(meta)
+
+    start = int_at = float_at = h_at = 0
+    for flat, count, kind in zip(table, counts, kinds, strict=True):
+        labels = _labels(flat)
+        end = start + count
+        if kind == HISTOGRAM_KIND:
+            h_entry = out.histograms.get(labels)
+            if h_entry is None:
+                out.histograms[labels] = (stamps[start:end], histograms[h_at])
+            else:
+                h_entry[0].extend(stamps[start:end])
+                h_entry[1].extend(histograms[h_at])
+            h_at += 1
+            start = end
+            continue
+        values: list[float]
+        if kind == FLOAT_KIND:
+            values = floats[float_at : float_at + count]
+            float_at += count
+        elif count == 1:
+            values = [integers[int_at] / 10 ** (kind - 1)]
+            int_at += 1
+        else:
+            scale = 10 ** (kind - 1)
+            ints = accumulate(integers[int_at : int_at + count])
+            values = [float(n) for n in ints] if scale == 1 else [n / scale for n in ints]
+            int_at += count
+        entry = out.series.get(labels)
+        if entry is None:
+            out.series[labels] = (stamps[start:end], values)
+        else:  # the same series twice in one chunk is legal, if wasteful
+            entry[0].extend(stamps[start:end])
+            entry[1].extend(values)
+        start = end
+    return out
+
+
+def _section(data: bytes, pos: int, what: str) -> bytes:
+    if pos + U32.size > len(data):
+        raise WireError(f"chunk: the {what} section's length is missing")
+    (length,) = U32.unpack_from(data, pos)
+    if pos + U32.size + length > len(data):
+        raise WireError(f"chunk: the {what} section runs past the chunk")
+    return data[pos + U32.size : pos + U32.size + length]
+
+
+_STR_ONLY = {str}
+
+
+def _labels(flat: object) -> Labels:
+    # set(map(type, ...)) runs in C: much cheaper than an isinstance() per item for every series.
+    if type(flat) is not list or not flat or len(flat) % 2 or set(map(type, flat)) != _STR_ONLY:
+        raise WireError("chunk: a series entry is not a non-empty list of label name/value strings")
+    return tuple(zip(flat[0::2], flat[1::2], strict=True))
