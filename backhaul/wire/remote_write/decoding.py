@@ -1,23 +1,16 @@
-"""Prometheus remote write 1.0: snappy-compressed protobuf ``WriteRequest``.
+"""Decoding a remote write 1.0 body within the receiver's limits.
 
-The message classes are built at import time from field lists written out below (the fields of
-Prometheus' ``prompb/types.proto`` and ``remote.proto`` that remote write 1.0 uses, see
-``protodesc``), so no generated ``_pb2`` module ties us to one protobuf release. Parsing runs in
-protobuf's C backend (upb).
-
-Native histograms (TimeSeries field 4) and exemplars (field 3) are decoded only when the caller asks
-(``decode(..., histograms=True, exemplars=True)``); otherwise histograms are counted as dropped
-(``native_histogram``), since a receiver that cannot store them must not lose them silently.
-Metadata is always decoded, per family. ``negotiate`` reads the ``Content-Type`` a request carries
-and tells 1.0 from 2.0 (``remote_write_v2``).
+The snappy preamble's length is checked against ``Limits.max_decompressed_bytes`` before anything is
+decompressed; label sets are checked (count, bytes, empty or duplicate names) and timestamps held to
+a window, refused samples counted by reason in :class:`Decoded`. Native histograms (TimeSeries field
+4) and exemplars (field 3) are decoded only when the caller asks (``decode(..., histograms=True,
+exemplars=True)``); otherwise histograms are counted as dropped (``native_histogram``), since a
+receiver that cannot store them must not lose them silently. Metadata is always decoded, per family.
+A 2.0 ``Request`` sent as 1.0 (its fields 4 and 5) is refused rather than read as an empty request.
 """
 
 from __future__ import annotations
 
-import enum
-import math
-import re
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,67 +20,11 @@ from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from backhaul.wire import histogram as hist
-from backhaul.wire import protodesc
-from backhaul.wire.errors import TooLarge, Unsupported, WireError
+from backhaul.wire.errors import TooLarge, WireError
 from backhaul.wire.metadata import Metadata, MetadataMap
-from backhaul.wire.protodesc import Field, T
+from backhaul.wire.remote_write.messages import Label, WriteRequestRawLabels
+from backhaul.wire.remote_write.negotiation import CONTENT_TYPE, Message
 from backhaul.wire.series import Exemplar, ExemplarMap, Labels, SeriesMap
-
-
-def _build_messages() -> dict[str, Any]:
-    label = [Field("name", 1, T.TYPE_STRING), Field("value", 2, T.TYPE_STRING)]
-    sample = [Field("value", 1, T.TYPE_DOUBLE), Field("timestamp", 2, T.TYPE_INT64)]
-    exemplar = [
-        Field("labels", 1, T.TYPE_MESSAGE, repeated=True, message="Label"),
-        Field("value", 2, T.TYPE_DOUBLE),
-        Field("timestamp", 3, T.TYPE_INT64),
-    ]
-    metadata = [
-        Field("type", 1, T.TYPE_INT32),
-        Field("metric_family_name", 2, T.TYPE_STRING),
-        Field("help", 4, T.TYPE_STRING),
-        Field("unit", 5, T.TYPE_STRING),
-    ]
-
-    def series(labels: Field) -> list[Field]:
-        return [
-            labels,
-            Field("samples", 2, T.TYPE_MESSAGE, repeated=True, message="Sample"),
-            Field("exemplars", 3, T.TYPE_MESSAGE, repeated=True, message="Exemplar"),
-            Field("histograms", 4, T.TYPE_MESSAGE, repeated=True, message="Histogram"),
-        ]
-
-    def request(series_type: str) -> list[Field]:
-        return [
-            Field("timeseries", 1, T.TYPE_MESSAGE, repeated=True, message=series_type),
-            Field("metadata", 3, T.TYPE_MESSAGE, repeated=True, message="MetricMetadata"),
-        ]
-
-    return protodesc.build(
-        "backhaul_prompb.proto",
-        "prometheus",
-        {
-            "Label": label,
-            "Sample": sample,
-            "Exemplar": exemplar,
-            **protodesc.histogram_messages(),
-            "TimeSeries": series(Field("labels", 1, T.TYPE_MESSAGE, repeated=True, message="Label")),
-            "MetricMetadata": metadata,
-            "WriteRequest": request("TimeSeries"),
-            # The same messages for parsing, with a series' labels read as raw bytes: a
-            # length-delimited Label on the wire is also a valid `bytes` field, and a series' raw
-            # label bytes are the key of the label cache, so a series seen before costs one dict
-            # lookup instead of a Python object per label name and value.
-            "TimeSeriesRawLabels": series(Field("labels", 1, T.TYPE_BYTES, repeated=True)),
-            "WriteRequestRawLabels": request("TimeSeriesRawLabels"),
-        },
-    )
-
-
-_MESSAGES = _build_messages()
-WriteRequest = _MESSAGES["WriteRequest"]
-_WriteRequestRawLabels = _MESSAGES["WriteRequestRawLabels"]
-_Label = _MESSAGES["Label"]
 
 # Millisecond timestamps beyond this are not dates (year ~285,000); refusing them keeps the
 # chunk encoder's delta arithmetic inside int64.
@@ -132,89 +69,6 @@ class Decoded:
     def drop(self, reason: str, count: int) -> None:
         if count:
             self.dropped[reason] = self.dropped.get(reason, 0) + count
-
-
-CONTENT_TYPE = "application/x-protobuf"
-
-
-class Message(enum.Enum):
-    """The protobuf message a remote-write body holds, by the fully qualified name its
-    ``Content-Type: application/x-protobuf;proto=<name>`` parameter gives (Remote-Write 2.0 spec)."""
-
-    V1 = "prometheus.WriteRequest"
-    V2 = "io.prometheus.write.v2.Request"
-
-
-# What the receivers decode today. Remote-Write 2.0 decodes (remote_write_v2.py) but is not yet
-# carried through the buffer and the collector's store, so its bodies are refused with 415 rather
-# than parsed as 1.0 -- where its fields are unknown and it would "succeed" with nothing stored.
-ACCEPTED: frozenset[Message] = frozenset({Message.V1})
-
-
-def negotiate(content_type: str | None, content_encoding: str | None, accept: Iterable[Message] = ACCEPTED) -> Message:
-    """The message a request's headers announce, or :class:`Unsupported` (HTTP 415) saying why not.
-
-    ``application/x-protobuf`` without ``proto=``, or with ``proto=prometheus.WriteRequest``, is
-    remote write 1.0; ``proto=io.prometheus.write.v2.Request`` is 2.0; any other ``proto=`` is
-    refused, as the 2.0 spec requires (a receiver must not guess a schema). A missing
-    Content-Encoding is taken as snappy: the body must be snappy either way, and some 1.0 senders
-    leave the header out.
-    """
-    media_type, params = _parse_content_type(content_type or "")
-    if media_type != CONTENT_TYPE:
-        raise Unsupported(f"Content-Type must be {CONTENT_TYPE}, not {content_type or ''!r}")
-    proto = params.get("proto", Message.V1.value)
-    try:
-        message = Message(proto)
-    except ValueError:
-        names = " or ".join(m.value for m in Message)
-        raise Unsupported(
-            f"Content-Type names proto={proto!r}: this receiver knows no such message (only {names})"
-        ) from None
-    accepted = frozenset(accept)
-    if message not in accepted:
-        names = " or ".join(sorted(m.value for m in accepted))
-        raise Unsupported(f"Content-Type names proto={proto}, which this receiver does not take yet; send {names}")
-    encoding = (content_encoding or "snappy").strip().lower()
-    if encoding != "snappy":
-        raise Unsupported(f"Content-Encoding must be snappy, not {encoding!r}")
-    return message
-
-
-def header_problem(
-    content_type: str | None, content_encoding: str | None, accept: Iterable[Message] = ACCEPTED
-) -> str | None:
-    """Why a request's headers rule out every accepted message (an HTTP receiver answers 415), or None.
-
-    Pass the raw ``Content-Type`` header: its ``proto=`` parameter decides which message the body is.
-    """
-    try:
-        negotiate(content_type, content_encoding, accept)
-    except Unsupported as exc:
-        return str(exc)
-    return None
-
-
-def _parse_content_type(value: str) -> tuple[str, dict[str, str]]:
-    """RFC 9110 media type and parameters: type and parameter names are case-insensitive,
-    values may be quoted; a parameter given twice or without ``=`` is refused."""
-    media_type, *parts = value.split(";")
-    params: dict[str, str] = {}
-    for part in parts:
-        part = part.strip()
-        if not part:
-            continue
-        name, eq, raw = part.partition("=")
-        name = name.strip().lower()
-        raw = raw.strip()
-        if not eq or not name:
-            raise Unsupported(f"Content-Type parameter {part!r} is not name=value")
-        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
-            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
-        if name in params:
-            raise Unsupported(f"Content-Type gives the parameter {name!r} twice")
-        params[name] = raw
-    return media_type.strip().lower(), params
 
 
 def snappy_uncompressed_length(body: bytes) -> int:
@@ -272,7 +126,7 @@ class LabelCache:
         pairs = []
         for item in raw:
             try:
-                label = _Label.FromString(item)
+                label = Label.FromString(item)
             except DecodeError as exc:
                 raise WireError(f"protobuf: not a WriteRequest (bad label: {exc})") from exc
             pairs.append((label.name, label.value))
@@ -303,7 +157,7 @@ def decode(
     :class:`WireError`), else counted as dropped; with ``exemplars`` exemplars are kept.
     """
     raw = decompress(body, limits.max_decompressed_bytes)
-    request = _WriteRequestRawLabels()
+    request = WriteRequestRawLabels()
     try:
         request.ParseFromString(raw)
     except DecodeError as exc:
@@ -443,63 +297,3 @@ def label_problem(pairs: list[tuple[str, str]], limits: Limits) -> str | None:
     if sum(len(n) + len(v) for n, v in pairs) > limits.max_label_bytes:
         return "labels_too_long"
     return None
-
-
-def encode(
-    series: SeriesMap,
-    max_samples_per_request: int = 0,
-    histograms: hist.HistogramSeriesMap | None = None,
-    metadata: MetadataMap | None = None,
-) -> list[bytes]:
-    """Encode samples as snappy-compressed ``WriteRequest`` bodies, the way Prometheus sends them.
-
-    With ``max_samples_per_request`` > 0 the samples are split into requests of at most that many
-    samples (Prometheus 2.42 sends 500 per request, later releases 2,000), one series entry per
-    request and series, as Prometheus' shards do. Native histograms follow the float samples (each
-    counts as one sample for the split); metadata, per family, goes in the first request.
-    """
-    bodies: list[bytes] = []
-    request = WriteRequest()
-    for name, meta in (metadata or {}).items():
-        request.metadata.add(type=meta.type_number, metric_family_name=name, help=meta.help, unit=meta.unit)
-    in_request = 0
-    items: list[tuple[Labels, list[int], list[Any], bool]] = [
-        (labels, stamps, values, False) for labels, (stamps, values) in series.items()
-    ]
-    items += [(labels, stamps, values, True) for labels, (stamps, values) in (histograms or {}).items()]
-    for labels, stamps, values, is_histogram in items:
-        start = 0
-        while start < len(stamps):
-            room = len(stamps) - start
-            if max_samples_per_request:
-                room = min(room, max_samples_per_request - in_request)
-            entry = request.timeseries.add()
-            for name, value in labels:
-                entry.labels.add(name=name, value=value)
-            if is_histogram:
-                for i in range(start, start + room):
-                    hist.fill_proto(values[i], entry.histograms.add(), stamps[i])
-            else:
-                for i in range(start, start + room):
-                    entry.samples.add(value=values[i], timestamp=stamps[i])
-            start += room
-            in_request += room
-            if max_samples_per_request and in_request >= max_samples_per_request:
-                bodies.append(_compress(request))
-                request = WriteRequest()
-                in_request = 0
-    if in_request or not bodies:
-        bodies.append(_compress(request))
-    return bodies
-
-
-def _compress(request: Any) -> bytes:
-    return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
-
-
-def is_stale_marker(value: float) -> bool:
-    """Prometheus marks a vanished series with this one NaN bit pattern (0x7ff0000000000002)."""
-    return math.isnan(value) and struct.pack("<d", value) == STALE_NAN_BYTES
-
-
-STALE_NAN_BYTES = (0x7FF0000000000002).to_bytes(8, "little")
