@@ -37,9 +37,26 @@ from typing import Any
 
 import aiohttp
 
-from bench.proxy_overhead import free_port, percentile, wait_up
+from bench.proxy_overhead import percentile
+from harness import free_port, http, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_up(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """Until ``port`` answers ``GET /healthz`` with 200; stops at once if ``proc`` exited."""
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args} exited with {proc.returncode}")
+        try:
+            return http("GET", f"http://127.0.0.1:{port}/healthz", timeout=1)[0] == 200
+        except OSError:
+            return False
+
+    wait_until(up, timeout, f"port {port} to answer", interval=0.05)
+
+
 LOCAL_MODEL, CLOUD_MODEL, TOKEN = "demo-llm-1b", "cloud-llm-70b", "bench-cloud-token"
 SHORT = "how warm is the cold room on line four right now"
 LONG = "the inspection log for the night shift lists the following readings " * 44  # ~3,000 chars
