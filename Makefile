@@ -17,5 +17,6 @@ bench: venv
 	.venv/bin/python -m bench.foundation --series 1000 --vmagent "$$vmagent" && \
 	.venv/bin/python -m bench.foundation --series 10000 --minutes 15 --drain-minutes 60 --vmagent "$$vmagent"
 
+# ruff (lint and format) over the tree; mypy over the packages, tests/ and bench/ ([tool.mypy] in pyproject.toml).
 lint: venv
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy

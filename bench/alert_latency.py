@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from backhaul.wire.series import SeriesMap
 from bench.buffer import open_store
 from bench.shaper import Shaper
 from harness import TOKEN, Proc, free_port, http, metric_value, push, write_toml
@@ -46,7 +47,7 @@ def build_backlog(path: Path, megabytes: int, series_per_chunk: int = SERIES_PER
     budget = (megabytes + 64) * 1024**2
     with open_store(path, SERIES_PER_CHUNK * SAMPLES_PER_SERIES, budget, zstd_level=1) as store:
         while store.totals.bytes < megabytes * 1024**2:
-            series = {}
+            series: SeriesMap = {}
             for i in range(series_per_chunk):
                 base = start + step * SAMPLES_PER_SERIES * 100
                 stamps = [base + k * 100 for k in range(SAMPLES_PER_SERIES)]

@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -50,8 +50,12 @@ def get_json(url: str, timeout: float = 1) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Poll ``predicate`` until it returns something true, and return that; AssertionError after ``timeout``."""
+def wait_until(
+    predicate: Callable[[], T | Literal[False] | None], timeout: float, what: str, interval: float = 0.1
+) -> T:
+    """Poll ``predicate`` until it returns something true, and return that; AssertionError after ``timeout``.
+
+    The result is never None or False, so callers need not narrow an Optional predicate's result."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -13,11 +13,12 @@ import pytest
 from backhaul.errors import StoreError
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.remote_write import STALE_NAN_BYTES
+from backhaul.wire.series import Labels
 from collector.store.postgres import PostgresStore
 from tests.support import free_port
 
 STALE_NAN = struct.unpack("<d", STALE_NAN_BYTES)[0]  # Prometheus' stale marker, a NaN with its own bits
-LABELS = (("__name__", "temp"), ("device_id", "x"), ("room", "a"))
+LABELS: Labels = (("__name__", "temp"), ("device_id", "x"), ("room", "a"))
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 def gone(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)  # psutil is untyped: Any
     except psutil.NoSuchProcess:
         return True
 

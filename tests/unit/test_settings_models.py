@@ -14,7 +14,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from agent.config import AgentSettings
-from backhaul.settings import ConfigError, load
+from backhaul.errors import ConfigError
+from backhaul.settings import load
 from collector.config import CollectorSettings
 
 BIN = Path(sys.executable).parent

@@ -33,7 +33,9 @@ def test_unit_file_verifies(tmp_path, name):
 
 def test_agent_unit_gives_the_agent_time_to_stop_cleanly():
     text = (UNITS / "backhaul-agent.service").read_text()
-    stop = int(re.search(r"^TimeoutStopSec=(\d+)s$", text, re.M).group(1))
+    timeout = re.search(r"^TimeoutStopSec=(\d+)s$", text, re.M)
+    assert timeout is not None, "the unit sets TimeoutStopSec"
+    stop = int(timeout.group(1))
     grace = AgentSettings.model_fields["shutdown_grace"].default.total_seconds()
     assert grace < stop
     assert re.search(r"^Type=notify$", text, re.M) and re.search(r"^WatchdogSec=", text, re.M)
