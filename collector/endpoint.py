@@ -41,7 +41,8 @@ class DeviceEndpoint:
         self._settings = settings
         self._store = store
         self._metrics = metrics
-        self._auth = DeviceAuth(store)
+        listen = settings.listen
+        self._auth = DeviceAuth(store, listen.client_ca is not None, listen.client_identity == "device_id")
         self._clock = clock
         self._forward = forward
 

@@ -62,7 +62,7 @@ class BatchReceiver(DeviceEndpoint):
         return self._metrics.requests
 
     async def _handle(self, request: web.Request) -> web.Response:
-        device = await self._auth.device_for(request.headers.get("Authorization"))
+        device = await self._auth.device_of(request)
         if request.content_type != batchfmt.CONTENT_TYPE:
             raise InputError(f"Content-Type must be {batchfmt.CONTENT_TYPE}, not {request.content_type!r}", 415)
         body = await self._read(request)

@@ -26,7 +26,7 @@ class RemoteWriteReceiver(DeviceEndpoint):
         return self._metrics.remote_write_requests
 
     async def _handle(self, request: web.Request) -> web.Response:
-        device = await self._auth.device_for(request.headers.get("Authorization"))
+        device = await self._auth.device_of(request)
         problem = rw.header_problem(request.headers.get("Content-Type"), request.headers.get("Content-Encoding"))
         if problem:
             raise InputError(problem, 415)

@@ -9,6 +9,7 @@ from typing import Any
 
 from backhaul.wire.series import Labels
 from harness.agent import LOSS_CAUSES
+from harness.config import READ_HEADERS
 from harness.metrics import read_metrics
 from harness.net import http
 
@@ -16,9 +17,10 @@ EVERYTHING = '{__name__=~".+"}'
 
 
 def export(collector_url: str, selector: str = EVERYTHING, timeout: float = 10) -> list[dict[str, Any]]:
-    """``GET /api/v1/export`` for ``selector``: one dict per line (``metric``, ``values``, ``timestamps``)."""
+    """``GET /api/v1/export`` for ``selector`` with the harness's read token: one dict per line
+    (``metric``, ``values``, ``timestamps``)."""
     query = urllib.parse.urlencode({"match[]": selector})
-    status, body, _ = http("GET", f"{collector_url}/api/v1/export?{query}", timeout=timeout)
+    status, body, _ = http("GET", f"{collector_url}/api/v1/export?{query}", headers=READ_HEADERS, timeout=timeout)
     if status != 200:
         raise AssertionError(f"export answered {status}: {body[:300]!r}")
     return [json.loads(line) for line in body.splitlines() if line.strip()]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import TOKEN, Proc, free_port, toml_text
+from tests.support import READ, TOKEN, Proc, free_port, toml_text
 
 
 @dataclass
@@ -45,6 +45,7 @@ def start_collector(tmp_path: Path, launch: Callable[..., Running]) -> Callable[
             "listen": {"host": "127.0.0.1", "port": port},
             "store": {"path": str(tmp_path / f"{name}.db")},
             "devices": [{"id": "dev-1", "token": TOKEN}, {"id": "dev-2", "token": TOKEN + "-2"}],
+            "read": READ,
         }
         config.update(overrides)
         return launch("backhaul-collector", name, port, config)

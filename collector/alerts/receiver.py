@@ -59,7 +59,7 @@ class AlertReceiver(DeviceEndpoint):
         return self._metrics.alert_requests
 
     async def _handle(self, request: web.Request) -> web.Response:
-        device = await self._auth.device_for(request.headers.get("Authorization"))
+        device = await self._auth.device_of(request)
         if request.content_type != wire.CONTENT_TYPE:
             raise InputError(f"Content-Type must be {wire.CONTENT_TYPE}, not {request.content_type!r}", 415)
         if request.content_length is not None and request.content_length > wire.MAX_BYTES:

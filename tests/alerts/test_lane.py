@@ -15,7 +15,18 @@ import pytest
 
 from backhaul.wire import alert as wire
 from backhaul.wire.alert import AlertMessage
-from tests.support import TOKEN, Proc, exported_samples, free_port, http, metric_value, push, wait_until
+from tests.support import (
+    READ,
+    READ_HEADERS,
+    TOKEN,
+    Proc,
+    exported_samples,
+    free_port,
+    http,
+    metric_value,
+    push,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +40,7 @@ def collector_config(tmp_path: Path, port: int, **alerts: Any) -> dict[str, Any]
         "listen": {"host": "127.0.0.1", "port": port},
         "store": {"path": str(tmp_path / "collector.db")},
         "devices": [{"id": "dev-1", "token": TOKEN}, {"id": "dev-2", "token": TOKEN + "-2"}],
+        "read": READ,
         "alerts": alerts,
     }
 
@@ -57,7 +69,7 @@ def temp(agent_url: str, value: float) -> None:
 
 def alerts(collector_url: str, **query: str) -> list[dict[str, Any]]:
     qs = "&".join(f"{k}={v}" for k, v in query.items())
-    status, body, _ = http("GET", f"{collector_url}/api/v1/alerts?{qs}")
+    status, body, _ = http("GET", f"{collector_url}/api/v1/alerts?{qs}", headers=READ_HEADERS)
     assert status == 200, body
     return list(json.loads(body)["alerts"])
 
