@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 # Descriptors kept free for everything else a program opens (databases, outgoing connections, files).
 FD_RESERVE_MIN = 64
+# The listen backlog, which is also how many connections asyncio accepts in one go before any of them
+# is seen by the guard: the cap leaves room for one such burst.
+BACKLOG = 128
 
 
 class ListenLimits(Section):
@@ -80,7 +83,7 @@ class _Site(web.BaseSite):
         tls: ServerTls | None,
         handshake_timeout: float,
     ) -> None:
-        super().__init__(runner, ssl_context=tls.listening_context() if tls else None, backlog=1024)
+        super().__init__(runner, ssl_context=tls.listening_context() if tls else None, backlog=BACKLOG)
         self._host, self._port = host, port
         self._factory = factory
         self._handshake_timeout = handshake_timeout
@@ -165,7 +168,7 @@ class Listener:
     async def __aenter__(self) -> Listener:
         limits = self._limits
         soft = raise_open_files_limit()
-        cap = min(limits.max_connections, max(1, soft - max(FD_RESERVE_MIN, soft // 8)))
+        cap = min(limits.max_connections, max(1, soft - BACKLOG - max(FD_RESERVE_MIN, soft // 8)))
         if cap < limits.max_connections:
             log.warning(
                 "%s: listen.max_connections %d lowered to %d: this process may open only %d files (LimitNOFILE)",
