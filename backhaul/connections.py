@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,6 +83,16 @@ class _Conn:
     last: float = field(default_factory=time.monotonic)
 
 
+def _handshake_problem(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"client certificate refused: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason.replace("_", " ").lower()
+    if isinstance(exc, TimeoutError):
+        return "not finished in time"
+    return type(exc).__name__
+
+
 def _safe_reason(exc: BaseException | None) -> str:
     """What a parse error means, in words that quote nothing the client sent."""
     if isinstance(exc, LineTooLong):
@@ -128,33 +139,53 @@ class _Handler(web.RequestHandler):
 
 
 class _Guarded(asyncio.Protocol):
-    """The transport's protocol: admits the connection through the guard, then hands everything on."""
+    """The transport's protocol: admits the connection through the guard, does the TLS handshake when
+    the listener has TLS (so that the guard's timer, its cap and its log cover handshakes too), then
+    hands everything on to aiohttp's handler."""
 
     def __init__(self, guard: ConnectionGuard, inner: _Handler) -> None:
         self._guard = guard
         self._inner = inner
         self._conn: _Conn | None = None
+        self._pending: list[bytes] | None = None  # data decrypted before the handler was connected
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._conn = self._guard.admit(transport)
-        if self._conn is not None:
+        if self._conn is None:
+            return
+        if self._guard.tls is None:
             self._inner.connection_made(transport)
+        else:
+            self._pending = []
+            self._guard.handshake(self, self._conn)
+
+    def secured(self, transport: asyncio.Transport) -> None:
+        """The handshake is done: the handler starts on the TLS transport, with what already arrived."""
+        pending, self._pending = self._pending or [], None
+        self._inner.connection_made(transport)
+        for data in pending:
+            self._inner.data_received(data)
 
     def data_received(self, data: bytes) -> None:
-        if self._conn is not None:
-            self._guard.activity(self._conn)
+        if self._conn is None:
+            return
+        self._guard.activity(self._conn)
+        if self._pending is not None:
+            self._pending.append(data)
+        else:
             self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        if self._conn is not None:
+        if self._conn is not None and self._pending is None:
             self._inner.eof_received()
         return None  # as aiohttp's handler: the transport closes its side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
             self._guard.forget(self._conn)
-            self._inner.connection_lost(exc)
+            if self._pending is None:
+                self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
         self._inner.pause_writing()
@@ -171,10 +202,22 @@ class ConnectionGuard:
         cap: the connection cap in force (``max_connections``, or lower to fit the open-file limit).
         metrics: where closes are counted.
         name: the listener, for log lines.
+        tls: the context to do a server-side TLS handshake with on every connection, or None.
     """
 
-    def __init__(self, header: float, body: float, idle: float, cap: int, metrics: ListenerMetrics, name: str) -> None:
+    def __init__(
+        self,
+        header: float,
+        body: float,
+        idle: float,
+        cap: int,
+        metrics: ListenerMetrics,
+        name: str,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.cap = cap
+        self.tls = tls
+        self._handshakes: set[asyncio.Task[None]] = set()
         self._header, self._body, self._idle = header, body, idle
         self._metrics = metrics
         self._tally = _Tally(name)
@@ -212,6 +255,32 @@ class ConnectionGuard:
         self._idle_lru[conn] = None
         self._arm(conn, "header_timeout", self._header)
         return conn
+
+    def handshake(self, protocol: _Guarded, conn: _Conn) -> None:
+        task = asyncio.get_running_loop().create_task(self._handshake(protocol, conn))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, protocol: _Guarded, conn: _Conn) -> None:
+        assert self.tls is not None
+        raw = conn.transport
+        try:
+            secured = await asyncio.get_running_loop().start_tls(
+                raw, protocol, self.tls, server_side=True, ssl_handshake_timeout=self._header
+            )
+        except (OSError, TimeoutError) as exc:
+            # A client certificate from an unknown CA, plain HTTP on the TLS port, a scanner: one counted
+            # line a minute, saying what failed (never what the client sent).
+            if conn.transport in self._conns:
+                self.forget(conn)
+                self.note("tls_handshake", _handshake_problem(exc))
+            return
+        if secured is None or conn.transport not in self._conns:  # closed meanwhile (a timeout, the cap)
+            return
+        del self._conns[raw]
+        conn.transport = secured
+        self._conns[secured] = conn
+        protocol.secured(secured)
 
     def activity(self, conn: _Conn) -> None:
         conn.last = time.monotonic()
@@ -281,6 +350,8 @@ class ConnectionGuard:
     def close(self) -> None:
         for conn in list(self._conns.values()):
             self._cancel(conn)
+        for task in self._handshakes:
+            task.cancel()
         self._tally.flush()
 
     @web.middleware

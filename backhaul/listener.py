@@ -80,29 +80,23 @@ class _Site(web.BaseSite):
         host: str,
         port: int,
         factory: Callable[[], asyncio.Protocol],
-        tls: ServerTls | None,
-        handshake_timeout: float,
+        secure: bool,
     ) -> None:
-        super().__init__(runner, ssl_context=tls.listening_context() if tls else None, backlog=BACKLOG)
+        super().__init__(runner, backlog=BACKLOG)
         self._host, self._port = host, port
         self._factory = factory
-        self._handshake_timeout = handshake_timeout
+        self._secure = secure
 
     @property
     def name(self) -> str:
-        return f"{'https' if self._ssl_context else 'http'}://{self._host}:{self._port}"
+        return f"{'https' if self._secure else 'http'}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()
         loop = asyncio.get_running_loop()
+        # Plain TCP: the guard does each TLS handshake itself (under its timer, its cap and its log).
         self._server = await loop.create_server(
-            self._factory,
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            reuse_address=True,
-            ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None,
+            self._factory, self._host, self._port, backlog=self._backlog, reuse_address=True
         )
 
 
@@ -184,6 +178,7 @@ class Listener:
             cap,
             self._metrics,
             self._name,
+            self._tls.listening_context() if self._tls is not None else None,
         )
         self._app.middlewares.insert(0, guard.middleware)
         _quiet_accept_errors(asyncio.get_running_loop())
@@ -200,7 +195,7 @@ class Listener:
             auto_decompress=False,
         )
         try:
-            site = _Site(runner, self._host, self._port, factory, self._tls, limits.header_timeout.total_seconds())
+            site = _Site(runner, self._host, self._port, factory, self._tls is not None)
             await site.start()
         except BaseException:
             await runner.cleanup()

@@ -176,21 +176,36 @@ def peer_identities(peercert: dict[str, Any] | None) -> set[str]:
     return names
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it, including the causes aiohttp keeps in attributes of its own."""
+    out: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if any(current is seen for seen in out):
+            continue
+        out.append(current)
+        for name in ("certificate_error", "os_error"):
+            nested = getattr(current, name, None)
+            if isinstance(nested, BaseException):
+                todo.append(nested)
+        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return out
+
+
 def tls_problem(exc: BaseException) -> str | None:
     """One line saying what went wrong with TLS, when ``exc`` (or what caused it) is a TLS failure."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLCertVerificationError):
-            return f"the server's certificate was refused: {current.verify_message}"
-        if isinstance(current, ssl.SSLError):
+    chain = _chain(exc)
+    for current in chain:
+        message = getattr(current, "verify_message", None)
+        if isinstance(current, ssl.SSLCertVerificationError) and message:
+            return f"the server's certificate was refused: {message}"
+    for current in chain:
+        if isinstance(current, ssl.SSLError) and not isinstance(current, ssl.SSLCertVerificationError):
             reason = (current.reason or str(current)).replace("_", " ").lower()
             if "alert" in reason:  # the peer ended the handshake: it refused us
                 return f"the server refused the TLS handshake ({reason}): check client_cert and client_key"
             return f"TLS failed: {reason}"
-        nested = getattr(current, "os_error", None)  # aiohttp keeps the cause here, not in __cause__
-        current = nested if isinstance(nested, BaseException) else (current.__cause__ or current.__context__)
     return None
 
 
