@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +11,23 @@ from pathlib import Path
 import pytest
 
 from tests.support import READ, TOKEN, Proc, free_port, toml_text
+
+
+# The examples ship placeholder secrets, which both programs refuse at start (issue 12). A test that
+# loads an example sets real ones the way the examples advise: in the environment, which wins.
+EXAMPLE_SECRETS = {
+    "BACKHAUL_UPLINK__TOKEN": "a-real-device-token-0123456789",
+    "BACKHAUL_DEVICES": json.dumps(
+        [{"id": "edge-0001", "token_sha256": hashlib.sha256(b"a-real-device-token-0123456789").hexdigest()}]
+    ),
+}
+
+
+@pytest.fixture
+def example_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real secrets in place of the examples' placeholders (see EXAMPLE_SECRETS)."""
+    for name, value in EXAMPLE_SECRETS.items():
+        monkeypatch.setenv(name, value)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+import socket
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -267,3 +268,23 @@ def test_remote_write_uses_the_uplink_tls_settings(
     pushed = samples()
     assert push(agent.url, pushed) == [204]
     delivered(collector, pki, pushed)
+
+
+def test_a_bad_renewal_keeps_the_certificates_in_force(pki: Pki, tls_collector: Callable[..., Https]) -> None:
+    collector = tls_collector()
+    # Half a renewal: a new key that is not the certificate's. SIGHUP: logged, the old pair stays.
+    pki.write("server.key", pki.ca.issue_cert("127.0.0.1").private_key_pem.bytes())
+    assert collector.proc.popen is not None
+    collector.proc.popen.send_signal(signal.SIGHUP)
+    logged(collector.log, "listen TLS: keeping the certificates in force: cannot use tls_cert")
+    assert http("GET", f"{collector.url}/healthz", context=pki.reader())[0] == 200
+    # The renewal completed (both files replaced): the file watcher reloads without any signal.
+    pki.server(hosts=("127.0.0.1", "localhost", "renewed.example.com"))
+    logged(collector.log, "listen TLS: reloaded")
+    context = pki.reader()
+    context.check_hostname = False  # look at the certificate served, by address
+    with socket.create_connection(("127.0.0.1", int(collector.url.rsplit(":", 1)[1]))) as raw:
+        with context.wrap_socket(raw) as tls:
+            names = [v for k, v in tls.getpeercert().get("subjectAltName", ()) if k == "DNS"]
+    assert "renewed.example.com" in names
+    assert collector.proc.running

@@ -3,8 +3,6 @@ instead of leaving a default silently in force (examples/agent.toml promises as 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import subprocess
 import sys
@@ -20,6 +18,7 @@ from backhaul.errors import ConfigError
 from backhaul.settings import load
 from collector.config import CollectorSettings
 from harness import child_env
+from tests.conftest import EXAMPLE_SECRETS
 
 BIN = Path(sys.executable).parent
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -144,18 +143,6 @@ def check_config(program: str, config: Path, env: dict[str, str] | None = None) 
     )
 
 
-# The examples ship placeholder secrets, refused at start (issue 12): a real install sets its own, here
-# as the examples advise (the environment wins over the file).
-REAL_SECRETS = {
-    "agent": {"BACKHAUL_UPLINK__TOKEN": "a-real-device-token-0123456789"},
-    "collector": {
-        "BACKHAUL_DEVICES": json.dumps(
-            [{"id": "edge-0001", "token_sha256": hashlib.sha256(b"a-real-device-token-0123456789").hexdigest()}]
-        )
-    },
-}
-
-
 def test_agent_check_config_refuses_a_typo(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text('device_id = "d"\n[uplink]\nbudget_bites = "1GiB"\n')
@@ -174,6 +161,6 @@ def test_collector_check_config_refuses_a_typo(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("program", ["agent", "collector"])
 def test_the_example_configs_pass_check_config(program: str) -> None:
-    result = check_config(f"backhaul-{program}", EXAMPLES / f"{program}.toml", REAL_SECRETS[program])
+    result = check_config(f"backhaul-{program}", EXAMPLES / f"{program}.toml", EXAMPLE_SECRETS)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("config ok:")
