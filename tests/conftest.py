@@ -12,7 +12,6 @@ import pytest
 
 from tests.support import READ, TOKEN, Proc, free_port, toml_text
 
-
 # The examples ship placeholder secrets, which both programs refuse at start (issue 12). A test that
 # loads an example sets real ones the way the examples advise: in the environment, which wins.
 EXAMPLE_SECRETS = {
