@@ -8,6 +8,7 @@ import hashlib
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -37,7 +38,7 @@ def not_ours(path: Path) -> None:
     path.chmod(0o600 if os.geteuid() == 0 else 0)
 
 
-def agent_config(tmp_path: Path, **uplink: object) -> dict[str, object]:
+def agent_config(tmp_path: Path, **uplink: object) -> dict[str, Any]:
     return {
         "device_id": "dev-1",
         "listen": {"host": "127.0.0.1", "port": 0},
@@ -108,9 +109,10 @@ PLACEHOLDER = "change-me-to-a-long-random-token"
 def test_placeholder_secrets_are_refused_naming_the_field(
     tmp_path: Path, program: str, values: dict[str, object], field: str
 ) -> None:
-    base: dict[str, object] = agent_config(tmp_path) if program == "agent" else {"store": {"path": tmp_path / "c.db"}}
+    base: dict[str, Any] = agent_config(tmp_path) if program == "agent" else {"store": {"path": tmp_path / "c.db"}}
     for key, value in values.items():
-        base[key] = {**base[key], **value} if isinstance(base.get(key), dict) and isinstance(value, dict) else value
+        old = base.get(key)
+        base[key] = {**old, **value} if isinstance(old, dict) and isinstance(value, dict) else value
     config = tmp_path / f"{program}.toml"
     config.write_text(toml_text(base))
     for command in ("check-config", "run"):
