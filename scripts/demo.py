@@ -820,7 +820,7 @@ class Demo:
         print(
             f"     export      curl -sG {auth} {self.collector.url}/api/v1/export --data-urlencode 'match[]={selector}'"
         )
-        print(f"     fleet page  login: any user name, password {READ_TOKEN}")
+        print(f"     read token  {READ_TOKEN}  (bearer, or the fleet page's login password with any user name)")
         print(f"     logs        {self.rel(self.agent.log)}   {self.rel(self.collector.log)}")
         print()
         if dupes or foreign:  # cannot happen with a correct collector; shown, but the verdict is about loss
