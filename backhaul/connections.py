@@ -16,7 +16,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -80,7 +80,6 @@ class _Conn:
     timer: asyncio.TimerHandle | None = None
     reason: str = ""  # what the timer enforces
     request: web.BaseRequest | None = None
-    last: float = field(default_factory=time.monotonic)
 
 
 def _handshake_problem(exc: BaseException) -> str:
@@ -283,7 +282,6 @@ class ConnectionGuard:
         protocol.secured(secured)
 
     def activity(self, conn: _Conn) -> None:
-        conn.last = time.monotonic()
         if conn.busy:
             return
         if conn in self._idle_lru:
