@@ -24,6 +24,7 @@ from collector.alerts.listing import AlertLister
 from collector.alerts.mqtt import MqttSubscriber
 from collector.alerts.receiver import AlertReceiver
 from collector.config import CollectorSettings
+from collector.endpoint import decode_budget
 from collector.export import Exporter
 from collector.fleet import Fleet
 from collector.forward.alertmanager import AlertForwarder
@@ -68,8 +69,9 @@ class Collector:
         self.registry.register(DeviceCollector(lambda: self.store.devices))
         self.forwarding = self._forwarding(clock)
         forward = self.forwarding.enqueue if self.forwarding is not None else None
-        self._receiver = BatchReceiver(settings, self.store, self.metrics, clock, forward)
-        self._remote_write = RemoteWriteReceiver(settings, self.store, self.metrics, clock, forward)
+        budget = decode_budget(settings)  # one for both: decoding memory is bounded across endpoints
+        self._receiver = BatchReceiver(settings, self.store, self.metrics, clock, forward, budget)
+        self._remote_write = RemoteWriteReceiver(settings, self.store, self.metrics, clock, forward, budget)
         self._exporter = Exporter(self.store)
         self._fleet = Fleet(settings, self.store, clock)
         self.forwarder = AlertForwarder(settings.alerts, self.store, clock)

@@ -46,6 +46,12 @@ class CollectorMetrics:
             ["via", "outcome"],
             registry=r,
         )
+        self.dropped_samples = Counter(
+            "backhaul_collector_dropped_samples",
+            "Samples refused one series at a time (labels that break the rules, ...), by device and reason",
+            ["device", "reason"],
+            registry=r,
+        )
         self.ingest_seconds = Histogram(
             "backhaul_collector_ingest_duration_seconds", "Time to decode and durably store one batch", registry=r
         )
