@@ -84,6 +84,7 @@ class Collector:
                 self.metrics.alerts,
                 self.forwarder.notify,
                 clock,
+                clamped=self.metrics.alert_times_clamped,
             )
         listen = settings.listen
         self.tls: ServerTls | None = None

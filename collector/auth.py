@@ -14,7 +14,7 @@ from aiohttp import web
 
 from backhaul.errors import AuthError, store_trouble
 from backhaul.tls import peer_identities
-from collector.store import Store
+from collector.store import Registration, Store
 from collector.tokens import token_digest
 
 
@@ -29,21 +29,29 @@ class DeviceAuth:
 
     async def device_of(self, request: web.Request) -> str:
         """The device a request comes from: its bearer token and, with mTLS, its client certificate."""
+        return (await self.registration_of(request)).device
+
+    async def registration_of(self, request: web.Request) -> Registration:
+        """The registry entry of the device a request comes from (see :meth:`device_of`)."""
         peercert = None
         if self._client_cert:
             transport = request.transport
             peercert = transport.get_extra_info("peercert") if transport is not None else None
             if not peercert:
                 raise AuthError(401, "a client certificate is required (the collector has listen.client_ca)")
-        device = await self.device_for(request.headers.get("Authorization"))
+        found = await self.registration_for(request.headers.get("Authorization"))
         if self._match_device:
             names = peer_identities(peercert)
-            if device not in names:
-                raise AuthError(403, f"the client certificate names {sorted(names)!r}, not device {device!r}")
-        return device
+            if found.device not in names:
+                raise AuthError(403, f"the client certificate names {sorted(names)!r}, not device {found.device!r}")
+        return found
 
     async def device_for(self, authorization: str | None) -> str:
         """The device a ``Bearer`` header belongs to; raises :class:`AuthError` or :class:`StoreError`."""
+        return (await self.registration_for(authorization)).device
+
+    async def registration_for(self, authorization: str | None) -> Registration:
+        """The registry entry a ``Bearer`` header belongs to (see :meth:`device_for`)."""
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError(401, "missing bearer token")
@@ -54,7 +62,7 @@ class DeviceAuth:
             raise AuthError(401, "unknown token")
         if found.revoked:
             raise AuthError(403, f"device {found.device!r} is revoked")
-        return found.device
+        return found
 
     @staticmethod
     def check_claim(token_device: str, claimed: str) -> None:

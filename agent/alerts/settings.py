@@ -130,6 +130,10 @@ class AlertSettings(Section):
     long_form: bool = True
     # Tried in order until one acknowledges; default: [{type = "http"}] when uplink.url is set.
     channels: list[ChannelSettings] = []
+    # The token the collector knows this device by: every message carries a MAC keyed by its SHA-256
+    # (docs/alerts.md). Default: the first http channel's token, else uplink.token. Set it when the
+    # alerts leave by MQTT or a command only.
+    token: SecretStr | None = None
     rules: list[RuleSettings] = []
     builtin: BuiltinSettings = BuiltinSettings()
 

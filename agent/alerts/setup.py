@@ -13,6 +13,7 @@ from agent.alerts.metrics import AlertMetrics
 from agent.alerts.settings import CommandChannelSettings, HttpChannelSettings, MqttChannelSettings
 from agent.config import AgentSettings
 from backhaul.tls import ClientTls
+from backhaul.wire import alert as wire
 from backhaul.wire.series import SeriesMap
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,16 @@ def channels(settings: AgentSettings, tls: ClientTls | None = None) -> list[Chan
     return out
 
 
+def mac_token(settings: AgentSettings) -> str:
+    """The token whose digest keys the alert messages' MAC: the one the collector knows this device
+    by -- ``alerts.token``, else the first HTTP channel's own ``token``, else ``uplink.token``."""
+    token = settings.alerts.token
+    for c in settings.alerts.channels:
+        if token is None and isinstance(c, HttpChannelSettings):
+            token = c.token
+    return token.get_secret_value() if token is not None else settings.uplink.token.get_secret_value()
+
+
 def build_lane(
     settings: AgentSettings,
     readings: Readings,
@@ -52,6 +63,9 @@ def build_lane(
     chosen = channels(settings, tls)
     if not chosen:
         log.warning("alerts: no channel configured and no uplink.url: alerts are queued but not sent")
+    token = mac_token(settings)
+    if chosen and not token.strip():
+        log.warning("alerts: no token to sign messages with (alerts.token, uplink.token): a collector refuses them")
     return AlertLane(
         settings.alerts,
         settings.device_id,
@@ -62,4 +76,5 @@ def build_lane(
         metrics,
         clock,
         long_form if settings.alerts.long_form else None,
+        wire.token_key(token),
     )
