@@ -69,6 +69,8 @@ class RemoteWriteReceiver:
         self._max_age_ms = int(buffer.max_age.total_seconds() * 1000)
         self._max_future_ms = int(ingest.max_future.total_seconds() * 1000)
         self._metrics = metrics
+        metrics.label_cache.labels("sets").set_function(lambda: len(self._labels))
+        metrics.label_cache.labels("pairs").set_function(lambda: self._labels.pairs)
         self._clock = clock
         self._max_pending = buffer.max_pending_samples
         per_request = 2 * int(ingest.max_decompressed_bytes)

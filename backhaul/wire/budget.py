@@ -31,6 +31,8 @@ RW_SAMPLE_BYTES = 100
 RW_BYTE = 10
 # The least a remote-write sample can take on the wire (an empty Sample message: tag and length).
 RW_MIN_SAMPLE_WIRE_BYTES = 2
+# So one byte of protobuf can cost at most this much decoded.
+RW_WORST_PER_BYTE = RW_BYTE + RW_SAMPLE_BYTES // RW_MIN_SAMPLE_WIRE_BYTES
 
 
 def chunk_cost(n_series: int, n_samples: int, table_len: int, raw_len: int) -> int:
@@ -45,7 +47,7 @@ def remote_write_cost(wire_bytes: int, samples: int) -> int:
 
 def remote_write_worst(wire_bytes: int) -> int:
     """The most ``wire_bytes`` of uncompressed protobuf can cost decoded (every sample empty)."""
-    return remote_write_cost(wire_bytes, wire_bytes // RW_MIN_SAMPLE_WIRE_BYTES)
+    return RW_WORST_PER_BYTE * wire_bytes
 
 
 class DecodeBudget:
@@ -70,8 +72,8 @@ class DecodeBudget:
     def check(self, cost: int, what: str) -> None:
         """:class:`TooLarge` when ``cost`` is over the per-request bound."""
         if cost > self.per_request:
-            name = f" ({self.limit_name})" if self.limit_name else ""
-            raise TooLarge(f"{what}, decoded (about {cost} bytes),{name}", self.per_request)
+            name = f"; the limit is {self.limit_name}" if self.limit_name else ""
+            raise TooLarge(f"{what} decoded (about {cost:,} bytes, estimated before decoding{name})", self.per_request)
 
     @contextlib.asynccontextmanager
     async def reserve(self, cost: int, what: str) -> AsyncIterator[None]:

@@ -125,6 +125,11 @@ class LabelCache:
     def __len__(self) -> int:
         return len(self._sets)
 
+    @property
+    def pairs(self) -> int:
+        """Label pairs interned now."""
+        return len(self._pairs)
+
     def lookup(self, raw: Sequence[bytes], limits: Limits) -> Labels | str:
         """The series' sorted labels, or the reason they are refused (a drop reason)."""
         joined = b"\xff".join(raw)
@@ -199,16 +204,19 @@ def decode(
         return out
     # Piece by piece, counting what the decoded samples cost (backhaul/wire/budget.py).
     cost = 0
-    for piece, numbers in pieces(raw, _PIECE_BYTES):
+    # A piece no larger than its worst case allows; only a single field can be larger (one series
+    # with that many samples): refused, since even parsing it alone could pass the bound.
+    piece_bytes = min(_PIECE_BYTES, bound // budget.RW_WORST_PER_BYTE)
+    for piece, numbers in pieces(raw, piece_bytes):
         if numbers & V2_FIELDS:
             raise WireError(_V2_AS_V1)
-        if budget.remote_write_worst(len(piece)) > bound:
-            raise TooLarge(f"one series of {len(piece)} bytes in a remote-write body, decoded,", bound)
+        if len(piece) > piece_bytes:
+            raise TooLarge(f"one series of {len(piece)} bytes in a remote-write body, decoded", bound)
         before = out.samples + out.histogram_samples
         _take(_parse(piece), out, limits, cache, histograms, exemplars)
         cost += budget.remote_write_cost(len(piece), out.samples + out.histogram_samples - before)
         if cost > bound:
-            raise TooLarge("remote-write body, decoded,", bound)
+            raise TooLarge("remote-write body, decoded", bound)
     return out
 
 
