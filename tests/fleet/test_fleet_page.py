@@ -17,6 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from backhaul.wire import alert as wire
+from backhaul.wire.alert import AlertMessage
 from collector.app import Collector
 from collector.config import CollectorSettings
 from collector.fleet import common_version
@@ -96,6 +98,12 @@ async def fleet(tmp_path: Path) -> AsyncIterator[tuple[str, Clock]]:
             agent_version="1.0.0",
         )
         await upload("edge-gone", 1, agent_version="1.0.0")
+        for rule, severity in (("DiskLow", "critical"), ("GpuHot", "warning")):
+            firing = AlertMessage("edge-a", rule, "firing", severity, 97.0, now_ms - 1000, len(rule), len(rule), "97 %")
+            alert_headers = {"Authorization": "Bearer tok-a", "Content-Type": wire.CONTENT_TYPE}
+            body = wire.encode(firing, wire.token_key(TOKENS["edge-a"]))
+            async with session.post(f"{url}/api/v1/alerts", data=body, headers=alert_headers) as resp:
+                assert resp.status == 200, await resp.text()
         await collector.store.revoke("edge-gone", now_ms)
         await collector.store.register("edge-new", hashlib.sha256(b"tok-new").hexdigest(), now_ms)
         yield url, clock
@@ -216,6 +224,10 @@ async def test_fleet_page_renders_in_chromium(fleet: tuple[str, Clock], tmp_path
     assert "state revoked" in rows["edge-gone"]["spans"]
     assert "state never" in rows["edge-new"]["spans"]
     assert "".join(rows["edge-b"]["cells"]["model"]) == "resnet"
+    # alert badges: what a person reads is each firing rule's name (not the API's JSON)
+    assert sorted(rows["edge-a"]["cells"]["alerts"]) == ["DiskLow", "GpuHot"]
+    assert {"alert critical", "alert warning"} <= set(rows["edge-a"]["spans"])
+    assert rows["edge-b"]["cells"]["alerts"] == []
     assert "".join(rows["edge-b"]["cells"]["model-version"]) == "2.0"
     assert dom.summary == {
         "count-devices": "5",
