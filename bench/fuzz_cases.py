@@ -177,9 +177,14 @@ class Fuzzer:
 
     # -- collector: POST /api/v1/batches ---------------------------------------------------------------
 
+    def owner(self, headers: dict[str, str], device: str) -> str:
+        """The device whose token ``headers`` carry (it decides whose data it is), else ``device``."""
+        return next((d for d, t in DEVICES.items() if headers.get("Authorization") == f"Bearer {t}"), device)
+
     def batch(self) -> Case:
         self.cases += 1
-        device = self.pick(list(DEVICES))
+        headers = {"Content-Type": batchfmt.CONTENT_TYPE, **self.auth(self.pick(list(DEVICES)))}
+        device = self.owner(headers, self.pick(list(DEVICES)))
         mutate = self.chance(0.75)
         series = self.series(device, tagged=not mutate and self._ledger())
         if mutate and self.chance(0.3):
@@ -195,7 +200,6 @@ class Fuzzer:
         }
         raw = _chunk(series)
         frames = [self.codec.compress(raw)]
-        headers = {"Content-Type": batchfmt.CONTENT_TYPE, **self.auth(device)}
         valid = not mutate and headers.get("Authorization") == f"Bearer {DEVICES[device]}"
         if self.chance(0.2):  # ask the collector to keep the table, or send the chunk by reference
             table, stripped = chunkfmt.split_table(raw)
@@ -287,9 +291,7 @@ class Fuzzer:
         headers = dict(RW_HEADERS)
         if target == "collector":
             headers.update(self.auth(device))
-            # the token decides whose series they are: another device's token makes them that device's
-            owner = next((d for d, t in DEVICES.items() if headers.get("Authorization") == f"Bearer {t}"), device)
-            device = owner
+            device = self.owner(headers, device)  # the token decides whose series they are
         sender = "agent" if target == "agent" else device
         mutate = self.chance(0.75)
         series = self.series(sender, tagged=not mutate and self._ledger())
