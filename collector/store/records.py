@@ -18,6 +18,8 @@ from backhaul.wire.series import Labels
 # The causes of loss an agent reports in every batch header (cumulative per buffer), as stored per
 # device; the metric label of each is its name without ``_samples``.
 LOSS_FIELDS = ("evicted_samples", "expired_samples", "dropped_samples", "corrupt_samples")
+# A device's loss totals add up counters of several buffers, each below 2**63: held at this.
+MAX_COUNTER = 2**63 - 1
 
 
 @dataclass

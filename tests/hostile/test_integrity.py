@@ -248,3 +248,21 @@ def test_agent_applies_the_same_label_rules(start_agent: Any) -> None:
     for reason in ("invalid_label_name", "missing_metric_name", "invalid_metric_name"):
         assert metric_value(agent.url, name, f'reason="{reason}"') == 1, reason
     assert metric_value(agent.url, "backhaul_buffer_samples") == 1
+
+
+def test_loss_counters_near_2_63_in_two_buffers_do_not_overflow_the_device_total(start_collector: Any) -> None:
+    """Found by the fuzzing: each buffer's counter is in range, their sum was not (503 for ever)."""
+    collector = start_collector()
+    now = int(time.time() * 1000)
+    for buffer_id in ("buf-a", "buf-b"):
+        head = batchfmt.BatchHeader(
+            device="dev-1", buffer_id=buffer_id, seq=1, sent_at_ms=now, samples=1, evicted_samples=2**63 - 1
+        )
+        body = batchfmt.encode(head, [Codec().encode({(("__name__", "x"),): ([now], [1.0])})])
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": batchfmt.CONTENT_TYPE}
+        status, text, _ = http("POST", f"{collector.url}/api/v1/batches", body, headers)
+        assert status == 200, text
+    lost = metric_value(
+        collector.url, "backhaul_collector_device_reported_lost_samples", 'cause="evicted",device="dev-1"'
+    )
+    assert lost == float(2**63 - 1)
