@@ -23,10 +23,9 @@ from prometheus_client import Counter
 
 from backhaul.errors import InputError, TooLarge, UnknownTables, WireError, store_trouble
 from backhaul.wire import batch as batchfmt
-from backhaul.wire import budget
 from backhaul.wire import chunk as chunkfmt
 from backhaul.wire.batch import BatchHeader
-from backhaul.wire.budget import DecodeBudget
+from backhaul.wire.budget import DecodeBudget, chunk_cost
 from backhaul.wire.chunk import Codec
 from backhaul.wire.series import SeriesMap, merge_into, sample_count
 from collector.auth import DeviceAuth
@@ -161,7 +160,7 @@ class BatchReceiver(DeviceEndpoint):
             length = shape.min_len + table_len - shape.table_len
             declared += shape.n_samples
             raw += length
-            cost += budget.chunk_cost(shape.n_series, shape.n_samples, table_len, length)
+            cost += chunk_cost(shape.n_series, shape.n_samples, table_len, length)
         if declared != header.samples:
             raise WireError(f"batch header announces {header.samples} samples, its chunks declare {declared}")
         if raw > limit:
