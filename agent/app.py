@@ -116,7 +116,9 @@ class Agent:
                 self.tls,
             )
         observe = self.alerts.engine.observe if self.alerts is not None else None
-        self.receiver = RemoteWriteReceiver(self.staging, settings.ingest, b, self.metrics.ingest, clock, observe)
+        self.receiver = RemoteWriteReceiver(
+            self.staging, settings.ingest, b, self.metrics.ingest, clock, observe, settings.uplink.device_label
+        )
         self.sink = SampleSink(
             self.staging,
             self.metrics.ingest,

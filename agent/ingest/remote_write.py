@@ -51,6 +51,8 @@ class RemoteWriteReceiver:
         metrics: request and sample counters.
         clock: wall clock in seconds.
         observe: called with each request's decoded samples, before the commit (the alert rules look at them).
+        device_label: the label that will name this device downstream ("" none): look-alikes of it
+            are refused (backhaul/labels.py).
     """
 
     def __init__(
@@ -61,8 +63,10 @@ class RemoteWriteReceiver:
         metrics: IngestMetrics,
         clock: Callable[[], float] = time.time,
         observe: Callable[[SeriesMap], None] | None = None,
+        device_label: str = "",
     ) -> None:
         self._staging = staging
+        self._device_label = device_label
         self._labels = rw.LabelCache()
         self._observe = observe
         self._ingest = ingest
@@ -86,6 +90,7 @@ class RemoteWriteReceiver:
             min_timestamp_ms=now_ms - self._max_age_ms,
             max_timestamp_ms=now_ms + self._max_future_ms,
             max_decoded_bytes=self.budget.per_request,
+            device_label=self._device_label,
         )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

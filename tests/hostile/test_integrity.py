@@ -242,10 +242,11 @@ def test_agent_applies_the_same_label_rules(start_agent: Any) -> None:
         (("__name__", "m"), ("bad-name!", "x")): ([now], [2.0]),
         (("job", "no_name"),): ([now], [3.0]),
         (("__name__", "9lives"),): ([now], [4.0]),
+        (("Device_ID", "dev-2"), ("__name__", "m")): ([now], [5.0]),
     }
     assert push(agent.url, series) == [204]
     name = "backhaul_ingest_dropped_samples_total"
-    for reason in ("invalid_label_name", "missing_metric_name", "invalid_metric_name"):
+    for reason in ("invalid_label_name", "missing_metric_name", "invalid_metric_name", "device_label_lookalike"):
         assert metric_value(agent.url, name, f'reason="{reason}"') == 1, reason
     assert metric_value(agent.url, "backhaul_buffer_samples") == 1
 
