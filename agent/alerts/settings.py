@@ -133,7 +133,7 @@ class AlertSettings(Section):
     # The token the collector knows this device by: every message carries a MAC keyed by its SHA-256
     # (docs/alerts.md). Default: the first http channel's token, else uplink.token. Set it when the
     # alerts leave by MQTT or a command only.
-    token: SecretStr | None = None
+    token: Secret | None = None
     rules: list[RuleSettings] = []
     builtin: BuiltinSettings = BuiltinSettings()
 
