@@ -24,6 +24,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from agent import reload
 from agent.alerts.builtin import Readings
 from agent.alerts.lane import AlertLane
 from agent.alerts.setup import build_lane
@@ -35,6 +36,7 @@ from agent.ingest.remote_write import RemoteWriteReceiver
 from agent.ingest.sink import SampleSink
 from agent.metrics import AgentMetrics
 from agent.sources import Sources
+from agent.status import AgentStatus
 from agent.supervisor import CrashLoop, Supervisor
 from agent.uplink.remote_write import RemoteWriteTransport
 from agent.uplink.transport import HttpTransport, Transport
@@ -43,6 +45,7 @@ from backhaul import __version__, systemd
 from backhaul.errors import StoreError
 from backhaul.lifecycle import Jobs, Lifecycle, TaskGroup, watchdog
 from backhaul.listener import Listener, ListenerMetrics
+from backhaul.reload import ConfigReload
 from backhaul.tls import ClientTls, watch
 from backhaul.wire.series import sample_count
 
@@ -60,6 +63,7 @@ class Agent:
         registry: metrics registry (a fresh one per agent by default).
         transport: upload transport (HTTP to ``uplink.url`` by default; None if no URL is set).
         clock: wall clock in seconds.
+        reload_from: loads the config again for a reload (SIGHUP); None: only TLS files are re-read.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class Agent:
         registry: CollectorRegistry | None = None,
         transport: Transport | None = None,
         clock: Callable[[], float] = time.time,
+        reload_from: Callable[[], AgentSettings] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
@@ -134,6 +139,9 @@ class Agent:
         self._started = False
         self._stopping = False
         self.port: int | None = None
+        self.config = ConfigReload("agent", settings, reload_from, self.registry, clock=clock)
+        reload.register(self.config, self)
+        self.status = AgentStatus(self, clock)
 
     @staticmethod
     def _transport_for(settings: AgentSettings, tls: ClientTls | None) -> Transport:
@@ -170,6 +178,10 @@ class Agent:
     def proxy(self) -> Any:
         return self.sources.proxy
 
+    @property
+    def transport(self) -> Transport | None:
+        return self._transport
+
     async def __aenter__(self) -> Agent:
         if self._started:
             raise RuntimeError("an Agent can be started once")
@@ -201,6 +213,7 @@ class Agent:
         life.on_stop("staging", self.staging.drain)
         if self.uploader is not None:
             self.tasks.spawn("uploader", self.uploader.run())
+        self.tasks.spawn("status", self.status.run())
         if self.tls is not None:
             life.on_reload("uplink TLS", self.tls.reload)
             self.tasks.spawn("uplink TLS watch", watch([self.tls]))
@@ -221,7 +234,9 @@ class Agent:
 
     async def _listen(self, life: Lifecycle) -> None:
         s = self.settings
-        app = build_app(self.receiver, self.registry, self.health, int(s.ingest.max_request_bytes))
+        app = build_app(
+            self.receiver, self.registry, self.health, int(s.ingest.max_request_bytes), self.status.snapshot
+        )
         listener = Listener(
             app,
             s.listen.host,
@@ -235,11 +250,17 @@ class Agent:
         self.port = listener.port
 
     def request_reload(self) -> None:
-        """SIGHUP: re-read what can change without a restart (the uplink's certificates)."""
+        """SIGHUP: re-read the config and apply what can change without a restart (agent/reload.py)."""
         if self._lifecycle is None or self._stopping:
             log.info("SIGHUP ignored: not running")
             return
-        self.tasks.spawn("reload", self._lifecycle.reload(), forever=False)
+        self.tasks.spawn("reload", self.reload(), forever=False)
+
+    async def reload(self) -> bool:
+        """One reload; True when the new config is in force (apart from what needs a restart)."""
+        outcome = await self.config.reload(self._lifecycle)
+        self.settings = self.config.current
+        return outcome.ok
 
     async def _begin_stop(self) -> None:
         self._stopping = True
@@ -328,13 +349,13 @@ class Agent:
             return False
 
 
-async def serve(settings: AgentSettings) -> None:
-    """Run the agent until SIGTERM or SIGINT (the ``run`` command)."""
+async def serve(settings: AgentSettings, reload_from: Callable[[], AgentSettings] | None = None) -> None:
+    """Run the agent until SIGTERM or SIGINT (the ``run`` command); SIGHUP reloads ``reload_from``."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = Agent(settings)
+    agent = Agent(settings, reload_from=reload_from)
     loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
     async with agent:
         systemd.notify("READY=1\nSTATUS=buffering")

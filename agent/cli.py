@@ -1,9 +1,11 @@
-"""``backhaul-agent``: run the agent, or check its configuration without starting it."""
+"""``backhaul-agent``: run the agent, check its configuration without starting it, or show the running
+agent's state (``status``, see :mod:`agent.status_cli`)."""
 
 from __future__ import annotations
 
 import sys
 
+from agent import status_cli
 from agent.app import serve
 from agent.config import AgentSettings
 from backhaul import cli
@@ -18,6 +20,9 @@ def check(settings: AgentSettings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["status"]:
+        return status_cli.main("backhaul-agent", args[1:])
     return cli.main(
         "backhaul-agent",
         AgentSettings,

@@ -1,4 +1,8 @@
-"""The agent's one HTTP listener: remote write in, its own metrics and health out."""
+"""The agent's one HTTP listener: remote write in, its own metrics, health and status out.
+
+``GET /api/v1/status`` is what ``backhaul-agent status`` shows (agent/status.py): local, like
+/metrics and /healthz, behind the same listener (``[listen]``).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ def build_app(
     registry: CollectorRegistry,
     health: Callable[[], tuple[bool, dict[str, Any]]],
     max_request_bytes: int,
+    status: Callable[[], dict[str, Any]] | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=max_request_bytes, middlewares=[error_middleware])
 
@@ -28,4 +33,11 @@ def build_app(
     app.router.add_post("/api/v1/write", receiver.handle)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_get("/healthz", healthz)
+    if status is not None:
+        snapshot = status
+
+        async def status_page(request: web.Request) -> web.Response:
+            return web.json_response(snapshot(), headers={"Cache-Control": "no-store"})
+
+        app.router.add_get("/api/v1/status", status_page)
     return app

@@ -24,6 +24,29 @@ from agent.proxy import InferenceProxy
 from backhaul.lifecycle import Jobs
 
 
+def scrape_targets(settings: AgentSettings) -> list[Target]:
+    """The ``[[scrape.targets]]`` (and the inference server's metrics_url) as the scraper runs them."""
+    sc = settings.scrape
+    targets = [
+        Target(
+            t.job,
+            str(t.url),
+            (t.interval or sc.interval).total_seconds(),
+            (t.timeout or sc.timeout).total_seconds(),
+            dict(t.labels),
+        )
+        for t in sc.targets
+    ]
+    inf = settings.inference
+    if inf.metrics_url is not None:
+        targets.append(
+            Target("inference", str(inf.metrics_url), sc.interval.total_seconds(), sc.timeout.total_seconds())
+        )
+    for t in targets:
+        t.timeout = min(t.timeout, t.interval)  # a scrape never outlives its interval
+    return targets
+
+
 class Sources:
     """Args: the settings; the sink samples go to; the agent's registry; its jobs; wall clock (s);
     ``local_down``: why the supervised inference server cannot serve now (None: it can), for the
@@ -40,23 +63,8 @@ class Sources:
     ) -> None:
         s = settings
         sc = s.scrape
-        targets = [
-            Target(
-                t.job,
-                str(t.url),
-                (t.interval or sc.interval).total_seconds(),
-                (t.timeout or sc.timeout).total_seconds(),
-                dict(t.labels),
-            )
-            for t in sc.targets
-        ]
+        targets = scrape_targets(s)
         inf = s.inference
-        if inf.metrics_url is not None:
-            targets.append(
-                Target("inference", str(inf.metrics_url), sc.interval.total_seconds(), sc.timeout.total_seconds())
-            )
-        for t in targets:
-            t.timeout = min(t.timeout, t.interval)  # a scrape never outlives its interval
         self.scraper = Scraper(
             targets,
             sink,

@@ -141,6 +141,13 @@ class Supervisor:
     def in_crash_loop(self) -> bool:
         return self.state == State.CRASH_LOOP
 
+    def reconfigure(self, settings: InferenceSettings) -> None:
+        """A reload: the health check, restart backoff, crash-loop rule and log rate from now on (the
+        command, its environment and folder need a restart of the agent: the child is not restarted
+        for a reload)."""
+        self.settings = settings
+        self._limiter = LineLimiter(settings.log_lines_per_second)
+
     def start(self) -> None:
         if self._task is not None:
             raise RuntimeError("a Supervisor can be started once")
@@ -200,6 +207,7 @@ class Supervisor:
                 if self._stopping:
                     break
                 ran = time.monotonic() - started
+                s = self.settings  # a reload may have changed them
                 self._record_exit(returncode)
                 # A child that stayed up for a while gets a fresh start; a failing one waits longer each time.
                 if ran >= s.restart_backoff_max.total_seconds():
@@ -279,6 +287,9 @@ class Supervisor:
                 self.crash_loop.set(0)
                 self._exits.clear()
                 log.info("inference process up for %.0f s: crash loop over", window)
+            s = self.settings  # a reload may have changed them
+            interval = s.health_interval.total_seconds()
+            window = s.crash_loop_window.total_seconds()
             if s.health_url is not None and now >= next_health:
                 self._health_ok = await self._healthy(session, str(s.health_url))
                 self.healthy.set(1 if self._health_ok else 0)

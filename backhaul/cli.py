@@ -1,4 +1,8 @@
-"""The command-line shape both programs share: ``run --config PATH`` and ``check-config --config PATH``."""
+"""The command-line shape both programs share: ``run --config PATH`` and ``check-config --config PATH``.
+
+``run`` hands the program a way to load its config again (the same file, the same checks), for the
+reload on SIGHUP (:mod:`backhaul.reload`).
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 
-def parse_and_load(prog: str, cls: type[S], argv: list[str] | None) -> tuple[str, S]:
+def parse_and_load(prog: str, cls: type[S], argv: list[str] | None) -> tuple[str, S, Path | None]:
     """Parse the command line and load settings; a bad config exits with status 2 and names the field."""
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
@@ -36,20 +40,32 @@ def parse_and_load(prog: str, cls: type[S], argv: list[str] | None) -> tuple[str
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
-    return args.command, settings
+    return args.command, settings, args.config
+
+
+def again(cls: type[S], path: Path | None, check: Callable[[S], object] | None) -> Callable[[], S]:
+    """Loads the config as ``run`` did at start (file, environment, ``check``): for a reload."""
+
+    def load_again() -> S:
+        settings = load(cls, path)
+        if check is not None:
+            check(settings)
+        return settings
+
+    return load_again
 
 
 def main(
     prog: str,
     cls: type[S],
-    serve: Callable[[S], Coroutine[Any, Any, None]],
+    serve: Callable[[S, Callable[[], S]], Coroutine[Any, Any, None]],
     summary: Callable[[S], str],
     argv: list[str] | None,
     check: Callable[[S], object] | None = None,
 ) -> int:
     """Both programs' entry point: ``check-config`` prints ``summary``, ``run`` runs ``serve``.
     ``check`` looks further than the settings can (e.g. that a certificate fits its key), for both."""
-    command, settings = parse_and_load(prog, cls, argv)
+    command, settings, path = parse_and_load(prog, cls, argv)
     if check is not None:
         try:
             check(settings)
@@ -63,7 +79,7 @@ def main(
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every job run at INFO
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, again(cls, path, check)))
     except ConfigError as exc:
         # Found only once running (a file that became unreadable): restarting cannot fix it either.
         print(f"{prog}: {exc}", file=sys.stderr)

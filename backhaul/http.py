@@ -73,6 +73,13 @@ class HttpClient:
             self._headers["Authorization"] = f"Bearer {token}"
         self._session: aiohttp.ClientSession | None = None
 
+    def set_token(self, token: str) -> None:
+        """A reload: the next requests carry ``token`` ("" for none)."""
+        headers = {k: v for k, v in self._headers.items() if k != "Authorization"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._headers = headers
+
     async def post(self, url: str, body: bytes, headers: Mapping[str, str] | None = None) -> Reply:
         """POST ``body`` to ``url`` (``headers`` on top of the client's); any answer is a Reply."""
         if self._session is None:

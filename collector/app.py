@@ -17,9 +17,10 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from backhaul import systemd
 from backhaul.lifecycle import Lifecycle, TaskGroup
 from backhaul.listener import Listener, ListenerMetrics
+from backhaul.reload import ConfigReload
 from backhaul.tls import ServerTls, watch
 from backhaul.web import error_middleware
-from collector import web_security
+from collector import reload, web_security
 from collector.alerts.listing import AlertLister
 from collector.alerts.mqtt import MqttSubscriber
 from collector.alerts.receiver import AlertReceiver
@@ -53,6 +54,7 @@ class Collector:
         settings: the whole configuration.
         registry: metrics registry (a fresh one by default).
         clock: wall clock in seconds.
+        reload_from: loads the config again for a reload (SIGHUP); None: only TLS files are re-read.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class Collector:
         settings: CollectorSettings,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
+        reload_from: Callable[[], CollectorSettings] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
@@ -95,6 +98,10 @@ class Collector:
         self._lifecycle: Lifecycle | None = None
         self._started = False
         self.port: int | None = None
+        self.config = ConfigReload(
+            "collector", settings, reload_from, self.registry, lambda new: reload.check(self, new), clock
+        )
+        reload.register(self.config, self)
 
     def _forwarding(self, clock: Callable[[], float]) -> Forwarding | None:
         """One forwarder per ``[[forward]]`` target; the ingest endpoints queue to them before storing."""
@@ -202,11 +209,20 @@ class Collector:
             await self.store.close()
 
     def request_reload(self) -> None:
-        """SIGHUP: re-read what can change without a restart (the listener's certificates)."""
+        """SIGHUP: re-read the config and apply what can change without a restart (collector/reload.py)."""
         if self._lifecycle is None:
             log.info("SIGHUP ignored: not running")
             return
-        self.tasks.spawn("reload", self._lifecycle.reload(), forever=False)
+        self.tasks.spawn("reload", self.reload(), forever=False)
+
+    async def reload(self) -> bool:
+        """One reload; True when the new config is in force (apart from what needs a restart)."""
+        outcome = await self.config.reload(self._lifecycle)
+        if self.forwarding is not None:  # targets are added or removed by a restart only
+            running = [f.target for f in self.forwarding.forwarders]
+            self.config.current = self.config.current.model_copy(update={"forward": running})
+        self.settings = self.config.current
+        return outcome.ok
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -216,12 +232,12 @@ class Collector:
             await life.stop(SHUTDOWN_GRACE)
 
 
-async def serve(settings: CollectorSettings) -> None:
+async def serve(settings: CollectorSettings, reload_from: Callable[[], CollectorSettings] | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    collector = Collector(settings)
+    collector = Collector(settings, reload_from=reload_from)
     loop.add_signal_handler(signal.SIGHUP, collector.request_reload)
     async with collector:
         systemd.notify("READY=1")

@@ -57,7 +57,12 @@ class ReadAuth:
     """
 
     def __init__(self, settings: ReadSettings) -> None:
+        # Whether the endpoints are protected at all is decided when they are routed: a restart.
         self.open = settings.auth == "none"
+        self.configure(settings)
+
+    def configure(self, settings: ReadSettings) -> None:
+        """At start and on a reload: the tokens that read, from the next request on."""
         self._digests = [(t.name, t.digest()) for t in settings.tokens]
 
     def log_start(self) -> None:

@@ -26,7 +26,7 @@ from agent.alerts.metrics import AlertMetrics
 from agent.alerts.queue import AlertQueue, StartInfo
 from agent.alerts.rules import Result, RuleEngine
 from agent.alerts.sender import AlertSender
-from agent.alerts.settings import AlertSettings
+from agent.alerts.settings import AlertSettings, RuleSettings
 from agent.alerts.state import Tracker, Transition
 from backhaul.errors import StoreError
 from backhaul.lifecycle import TaskGroup
@@ -157,6 +157,17 @@ class AlertLane:
         if self._open:
             await self.queue.call(self.queue.close, True)
         await self.queue.db.aclose()
+
+    async def reconfigure(self, rules: list[RuleSettings], channels: list[Channel], key: bytes) -> None:
+        """A reload: new rules and channels; the alerts firing or pending, the queue and its sequence
+        stay (an alert whose rule is gone resolves at the next evaluation, like a series that went)."""
+        async with self._lock:
+            self.engine.replace_rules(rules)
+            retired = self.sender.reconfigure(channels, key)
+            self.channels = channels
+        for channel in retired:
+            await channel.close()
+        self.request_evaluation()
 
     def dead(self) -> dict[str, str]:
         """The lane's background tasks that ended by themselves (the sender), for /healthz."""

@@ -149,17 +149,31 @@ class RuleEngine:
         on_match: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._rules = [_Rule(r, max_series_per_rule) for r in rules]
+        self._max_series = max_series_per_rule
+        self._rules: list[_Rule] = []
         self._by_name: dict[str, list[_Rule]] = {}
         self._any_name: list[_Rule] = []
-        for rule in self._rules:
-            if rule.name_matcher is None:
-                self._any_name.append(rule)
-            else:
-                self._by_name.setdefault(rule.name_matcher, []).append(rule)
+        self.replace_rules(rules)
         self._stale_after = stale_after
         self._on_match = on_match
         self._clock = clock
+
+    def replace_rules(self, rules: list[RuleSettings]) -> None:
+        """A reload: evaluate ``rules`` from now on. A rule whose settings did not change keeps the
+        samples it holds (its window is not restarted); a new or changed one starts empty."""
+        by_settings = {r.settings.model_dump_json(): r for r in self._rules}
+        fresh: list[_Rule] = []
+        for settings in rules:
+            same = by_settings.pop(settings.model_dump_json(), None)
+            fresh.append(same if same is not None else _Rule(settings, self._max_series))
+        by_name: dict[str, list[_Rule]] = {}
+        any_name: list[_Rule] = []
+        for rule in fresh:
+            if rule.name_matcher is None:
+                any_name.append(rule)
+            else:
+                by_name.setdefault(rule.name_matcher, []).append(rule)
+        self._rules, self._by_name, self._any_name = fresh, by_name, any_name
 
     @property
     def ignored(self) -> int:

@@ -51,6 +51,13 @@ class AlertSender:
         self._wake.set()  # messages may wait from the last run
         self.last_error: str | None = None
 
+    def reconfigure(self, channels: list[Channel], key: bytes) -> list[Channel]:
+        """A reload: offer messages to ``channels`` (signed with ``key``) from the next one on;
+        returns the channels no longer used, for the caller to close."""
+        old, self._channels, self._key = self._channels, channels, key
+        self._wake.set()  # a message that waits for a channel that works may go now
+        return old
+
     def notify(self) -> None:
         """A message was queued: send it now."""
         self._wake.set()

@@ -12,6 +12,7 @@ loop (a node_exporter page takes tens of milliseconds of pure Python).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -151,6 +152,7 @@ class Scraper:
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._jobs: list[Any] = []
+        self._target_jobs: dict[str, Any] = {}  # url -> its job
         self._running: set[asyncio.Task[Any]] = set()
         self.scrapes = Counter(
             "backhaul_scrapes", "Scrapes by job and outcome (ok, failed)", ["job", "outcome"], registry=registry
@@ -167,19 +169,7 @@ class Scraper:
         """Open the HTTP session and schedule every target (first scrapes within a second)."""
         self._session = aiohttp.ClientSession(headers={"Accept": ACCEPT, "User-Agent": "backhaul-agent"})
         now = datetime.now().astimezone()
-        for i, target in enumerate(self.targets):
-            # Spread the first scrapes a little so targets sharing an interval do not all fire at once.
-            first = now + timedelta(seconds=0.1 + (i % 10) * 0.05)
-            self._jobs.append(
-                self._jobs_owner.add(
-                    f"scrape {target.job} {target.url}",
-                    self._run,
-                    "interval",
-                    args=(target,),
-                    seconds=target.interval,
-                    next_run_time=first,
-                )
-            )
+        self._schedule(self.targets)
         if self._self_registry is not None and self._self_interval > 0:
             self._jobs.append(
                 self._jobs_owner.add(
@@ -191,6 +181,36 @@ class Scraper:
                 )
             )
 
+    def _schedule(self, targets: list[Target]) -> None:
+        now = datetime.now().astimezone()
+        for i, target in enumerate(targets):
+            # Spread the first scrapes a little so targets sharing an interval do not all fire at once.
+            first = now + timedelta(seconds=0.1 + (i % 10) * 0.05)
+            self._target_jobs[target.url] = self._jobs_owner.add(
+                f"scrape {target.job} {target.url}",
+                self._run,
+                "interval",
+                args=(target,),
+                seconds=target.interval,
+                next_run_time=first,
+            )
+
+    def replace_targets(self, targets: list[Target]) -> None:
+        """A reload: scrape ``targets`` from now on. A target that did not change keeps its schedule;
+        a scrape in flight of a removed one finishes; a new or changed one is scraped within a second."""
+        keep = {t.url: t for t in self.targets}
+        fresh = [t for t in targets if keep.get(t.url) != t]
+        wanted = {t.url for t in targets}
+        for url in [u for u in self._target_jobs if u not in wanted or u in {t.url for t in fresh}]:
+            job = self._target_jobs.pop(url)
+            with contextlib.suppress(LookupError):
+                job.remove()
+            if url not in wanted:
+                self.last_error.pop(url, None)
+        self.targets = list(targets)
+        if self._session is not None:  # started: else start() schedules them
+            self._schedule(fresh)
+
     async def __aenter__(self) -> Scraper:
         await self.start()
         return self
@@ -200,12 +220,13 @@ class Scraper:
 
     async def stop(self) -> None:
         """Unschedule, let scrapes in flight finish their commit or cancel them after a second, close."""
-        for job in self._jobs:
+        for job in [*self._jobs, *self._target_jobs.values()]:
             try:
                 job.remove()
             except LookupError:  # the scheduler is already shut down
                 pass
         self._jobs.clear()
+        self._target_jobs.clear()
         if self._running:
             _, pending = await asyncio.wait(self._running, timeout=1.0)
             for task in pending:

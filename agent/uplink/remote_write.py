@@ -68,6 +68,10 @@ class RemoteWriteTransport:
         # a retry of the same batch resumes there instead of sending everything again.
         self._outbox: Outbox | None = None
 
+    def set_token(self, token: str) -> None:
+        """A reload: the next requests carry ``token``."""
+        self._sender.client.set_token(token)
+
     async def send(self, header: BatchHeader, frames: list[bytes]) -> Reply:
         key = (header.buffer_id, header.seq)
         if self._outbox is None or self._outbox.key != key:

@@ -59,6 +59,10 @@ class HttpTransport:
         self._zstd_level = zstd_level
         self.tables = TableRefs(zstd_level)
 
+    def set_token(self, token: str) -> None:
+        """A reload: the next batches carry ``token``."""
+        self._client.set_token(token)
+
     async def send(self, header: BatchHeader, frames: list[bytes]) -> Reply:
         """Send one batch; once the collector keeps series tables, chunks whose table it already has
         go without it. A collector that no longer has a table answers 409 naming it: the batch is

@@ -75,6 +75,15 @@ class Uploader:
         # Agent clock minus the collector's Date header at the last reply (seconds).
         self.clock_skew = 0.0
 
+    def reconfigure(self, settings: UplinkSettings) -> None:
+        """A reload: the batch interval and the backoff bounds from now on (the URL, the protocol and
+        the batch size need a restart: a sealed batch is re-sent unchanged, to the same place)."""
+        self._settings = settings
+        self._interval = settings.batch_interval.total_seconds()
+        self._backoff.minimum = settings.backoff_min.total_seconds()
+        self._backoff.maximum = settings.backoff_max.total_seconds()
+        self._data.set()
+
     def notify_data(self) -> None:
         """Staging calls this after each commit."""
         self._data.set()

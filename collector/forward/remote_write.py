@@ -72,16 +72,9 @@ class Forwarder:
         self._limit = max_decompressed_bytes
         self._clock = clock
         self._backoff = Backoff(target.backoff_min.total_seconds(), target.backoff_max.total_seconds(), rng)
-        token = target.bearer_token.get_secret_value() if target.bearer_token is not None else ""
-        self._sender = RemoteWriteSender(
-            str(target.url),
-            target.timeout.total_seconds(),
-            f"backhaul-collector/{__version__}",
-            token,
-            target.headers,
-            device_label,
-            target.max_samples_per_request,
-        )
+        self._device_label = device_label
+        self._sender = self._new_sender(target)
+        self._retired: list[RemoteWriteSender] = []  # replaced by a reload, closed at stop
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
@@ -92,6 +85,27 @@ class Forwarder:
         self._outbox: Outbox | None = None
         self._refused: dict[str, int] = {}
 
+    def retarget(self, target: ForwardTarget) -> None:
+        """A reload: the target's URL, token, headers, timeout and backoff for the next requests (a
+        request in flight finishes on the old ones; the spool and its progress stay)."""
+        self.target = target
+        self._backoff.minimum = target.backoff_min.total_seconds()
+        self._backoff.maximum = target.backoff_max.total_seconds()
+        self._retired.append(self._sender)
+        self._sender = self._new_sender(target)
+
+    def _new_sender(self, target: ForwardTarget) -> RemoteWriteSender:
+        token = target.bearer_token.get_secret_value() if target.bearer_token is not None else ""
+        return RemoteWriteSender(
+            str(target.url),
+            target.timeout.total_seconds(),
+            f"backhaul-collector/{__version__}",
+            token,
+            target.headers,
+            self._device_label,
+            target.max_samples_per_request,
+        )
+
     async def start(self) -> None:
         await self.spool.call(self.spool.open)
         self._task = asyncio.create_task(self._run(), name=f"forward-{self.name}")
@@ -101,7 +115,8 @@ class Forwarder:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self._sender.close()
+        for sender in [*self._retired, self._sender]:
+            await sender.close()
         await self.spool.db.aclose()
 
     async def enqueue(self, device: str, payload: Payload, samples: int) -> None:

@@ -1,0 +1,177 @@
+"""The agent's local status (``GET /api/v1/status``), what ``backhaul-agent status`` shows.
+
+One JSON object read from the running components: the buffer (used of its budget, the oldest unsent
+sample), the uplink (link in use, budgets, windows, upload rate over the last minute, an estimated
+time to drain the backlog and how much of it has drained), the alert lane, the inference server, the
+clock, and the last reload. A part this build or this configuration does not have is ``null``; the
+command shows it as "n/a".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from backhaul import __version__
+
+if TYPE_CHECKING:
+    from agent.app import Agent
+
+# The upload rate is measured over this long, sampled this often.
+RATE_WINDOW_S = 60.0
+SAMPLE_EVERY_S = 2.0
+
+
+class AgentStatus:
+    """Builds the status; :meth:`run` samples what is acknowledged, for the upload rate.
+
+    Args:
+        agent: the running agent.
+        clock: wall clock in seconds.
+    """
+
+    def __init__(self, agent: Agent, clock: Callable[[], float] = time.time) -> None:
+        self._agent = agent
+        self._clock = clock
+        self._started = clock()
+        self._samples: deque[tuple[float, float]] = deque()
+        self._peak = 0  # the backlog's largest size since it was last empty, for the progress bar
+
+    def _sent_bytes(self) -> float:
+        return self._agent.registry.get_sample_value("backhaul_uplink_bytes_total") or 0.0
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        self._samples.append((now, self._sent_bytes()))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW_S:
+            self._samples.popleft()
+        backlog = self._agent.store.totals.bytes
+        self._peak = 0 if backlog == 0 else max(self._peak, backlog)
+
+    async def run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(SAMPLE_EVERY_S)
+
+    def upload_rate(self) -> float | None:
+        """Body bytes acknowledged per second over the last minute (None: not measured yet)."""
+        if len(self._samples) < 2:
+            return None
+        (t0, b0), (t1, b1) = self._samples[0], self._samples[-1]
+        return (b1 - b0) / (t1 - t0) if t1 > t0 else None
+
+    def snapshot(self) -> dict[str, Any]:
+        agent = self._agent
+        now = self._clock()
+        ok, health = agent.health()
+        totals = agent.store.totals
+        budget = agent.store.budget_bytes
+        oldest = totals.oldest_ts
+        self.sample()
+        return {
+            "device": agent.settings.device_id,
+            "version": __version__,
+            "pid": os.getpid(),
+            "status": health["status"],
+            "healthy": ok,
+            "dead": health.get("dead", {}),
+            "now": now,
+            "uptime_s": now - self._started,
+            "buffer": {
+                "bytes": totals.bytes,
+                "budget_bytes": budget,
+                "used_share": totals.bytes / budget if budget else None,
+                "samples": totals.samples,
+                "chunks": totals.chunks,
+                "oldest_unsent_ms": oldest,
+                "oldest_unsent_age_s": max(0.0, now - oldest / 1000) if oldest else None,
+            },
+            "uplink": self._uplink(totals.bytes, now),
+            "alerts": self._alerts(),
+            "inference": self._inference(),
+            "clock": self._clock_state(),
+            "config": agent.config.describe(),
+            "scrape_errors": agent.sources.scrape_errors(),
+        }
+
+    def _uplink(self, backlog: int, now: float) -> dict[str, Any] | None:
+        agent = self._agent
+        uploader = agent.uploader
+        if uploader is None:
+            return None
+        u = agent.settings.uplink
+        rate = self.upload_rate()
+        last = agent.registry.get_sample_value("backhaul_uplink_last_success_timestamp_seconds") or None
+        return {
+            "url": str(u.url) if u.url is not None else None,
+            "protocol": u.protocol,
+            "last_error": uploader.last_error,
+            "last_success_at": last,
+            "upload_rate_bytes_per_s": rate,
+            "drain_eta_s": backlog / rate if rate and backlog else (0.0 if not backlog else None),
+            "drain_progress": 1 - backlog / self._peak if self._peak else 1.0,
+            "links": links(uploader, now),
+        }
+
+    def _alerts(self) -> dict[str, Any] | None:
+        lane = self._agent.alerts
+        return None if lane is None else dict(lane.health())
+
+    def _inference(self) -> dict[str, Any] | None:
+        supervisor = self._agent.supervisor
+        if supervisor is None:
+            return None
+        restarts = self._agent.registry.get_sample_value("backhaul_inference_restarts_total") or 0.0
+        return {
+            **supervisor.describe(),
+            "up": bool(self._agent.registry.get_sample_value("backhaul_inference_up")),
+            "restarts": int(restarts),
+            "crash_loop": supervisor.in_crash_loop,
+        }
+
+    def _clock_state(self) -> dict[str, Any]:
+        agent = self._agent
+        keeper = getattr(agent, "timekeeper", None)  # the clock keeper (issue 14, clocks that lie)
+        described: dict[str, Any] = dict(keeper.describe()) if keeper is not None else {}
+        if agent.uploader is not None:
+            described.setdefault("skew_s", agent.uploader.clock_skew)
+        corrected = agent.registry.get_sample_value("backhaul_clock_corrected_samples_total")
+        if corrected is not None:
+            described.setdefault("corrected_samples", int(corrected))
+        return described
+
+
+def links(uploader: Any, now: float) -> list[dict[str, Any]]:
+    """The uplink's links as the status shows them: one per link, the one in use first.
+
+    Read from the link policy where this build has one (``uploader.link``/``uploader.links``,
+    agent/uplink); without it the uplink is one unmetered link, always in use."""
+    found = list(getattr(uploader, "links", None) or [])
+    single = getattr(uploader, "link", None)
+    if not found and single is not None:
+        found = [single]
+    if not found:
+        return [{"name": "uplink", "in_use": True, "why_not": None, "metered": False}]
+    in_use = getattr(uploader, "link_in_use", None) or found[0]
+    blocked = getattr(uploader, "blocked", None) or ""
+    out = []
+    for link in found:
+        report: dict[str, Any] = {}
+        reporter = getattr(link, "report", None)
+        if callable(reporter):
+            report = dict(reporter(blocked if link is in_use else ""))
+        usable = link is in_use and not blocked
+        out.append(
+            {
+                "name": getattr(link, "name", "uplink"),
+                "in_use": link is in_use,
+                "why_not": None if usable else (report.get("blocked") or blocked or "not chosen"),
+                "metered": True,
+                **{k: v for k, v in report.items() if k != "blocked"},
+            }
+        )
+    return out
