@@ -1,0 +1,170 @@
+"""Reload without restart, on real processes: SIGHUP re-reads the config and applies it (issue 14)."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+from tests.operations.conftest import Page
+from tests.support import READ_HEADERS, READ_TOKEN, TOKEN, Proc, free_port, http, parse_metrics, toml_text
+from tests.support import wait_until as until
+
+RULE = {"name": "Hot", "selector": 'temperature_celsius{job="sensor"}', "op": ">", "threshold": 50}
+
+
+def agent_config(tmp_path: Path, port: int, target: str, **more: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "device_id": "dev-1",
+        "shutdown_grace": 5,
+        "listen": {"host": "127.0.0.1", "port": port},
+        "buffer": {"path": str(tmp_path / "agent.db"), "budget_bytes": "64MiB"},
+        "scrape": {"interval": 0.2, "timeout": 0.2, "targets": [{"job": "sensor", "url": target}]},
+        "alerts": {"eval_interval": 0.2, "rules": [RULE]},
+    }
+    config.update(more)
+    return config
+
+
+def start(tmp_path: Path, program: str, config: dict[str, Any], port: int) -> Proc:
+    path = tmp_path / f"{program}.toml"
+    path.write_text(toml_text(config))
+    proc = Proc(program, path, tmp_path / f"{program}.log").start()
+    proc.wait_healthy(f"http://127.0.0.1:{port}")
+    return proc
+
+
+def reload_with(proc: Proc, text: str) -> None:
+    proc.config.write_text(text)
+    proc.ps().send_signal(signal.SIGHUP)
+
+
+def get_json(url: str, headers: dict[str, str] | None = None) -> Any:
+    status, body, _ = http("GET", url, headers=headers or READ_HEADERS)
+    assert status == 200, (url, status, body[:200])
+    return json.loads(body)
+
+
+def metrics(url: str, headers: dict[str, str] | None = None) -> dict[str, float]:
+    status, body, _ = http("GET", f"{url}/metrics", headers=headers or READ_HEADERS)
+    assert status == 200, status
+    return parse_metrics(body.decode())
+
+
+def reloads(url: str, headers: dict[str, str] | None = None) -> tuple[float | None, float | None]:
+    m = metrics(url, headers)
+    return (
+        m.get("backhaul_config_last_reload_successful"),
+        m.get("backhaul_config_last_reload_success_timestamp_seconds"),
+    )
+
+
+FIRING = 'backhaul_alerts_transitions_total{state="firing"}'
+
+
+def test_sighup_moves_scraping_to_the_new_target_and_keeps_the_alert_state(tmp_path: Path, pages: list[Page]) -> None:
+    a, b = pages
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    agent = start(tmp_path, "backhaul-agent", agent_config(tmp_path, port, a.url), port)
+    try:
+        until(lambda: a.hits >= 3, timeout=10, what="target a scraped")
+        until(lambda: "Hot" in get_json(f"{url}/api/v1/status")["alerts"]["active"], timeout=10, what="Hot fires")
+        ok, started_at = reloads(url)
+        assert ok == 1
+        fired = metrics(url)[FIRING]
+
+        # Target b as well (another job, so the rule does not see it), one more rule, and a setting
+        # that needs a restart.
+        new = agent_config(tmp_path, port, a.url)
+        new["scrape"]["targets"].append({"job": "other", "url": b.url})
+        new["alerts"]["rules"] = [RULE, {"name": "Cold", "selector": "temperature_celsius", "op": "<", "threshold": 0}]
+        new["buffer"]["max_age"] = 3600
+        reload_with(agent, toml_text(new))
+
+        until(lambda: b.hits >= 3, timeout=10, what="target b scraped after the reload")
+        ok, at = reloads(url)
+        assert ok == 1 and at is not None and started_at is not None and at > started_at
+        status = get_json(f"{url}/api/v1/status")
+        assert status["config"]["last_reload_successful"] is True
+        assert status["config"]["needs_restart"] == ["buffer.max_age"]
+        assert "scrape.targets" in status["config"]["applied"]
+        # The alert that fired before the reload is still firing, and was not sent again.
+        assert "Hot" in status["alerts"]["active"]
+        assert metrics(url)[FIRING] == fired
+
+        # Target a removed: no longer scraped (a scrape in flight may finish).
+        new["scrape"]["targets"] = [{"job": "other", "url": b.url}]
+        reload_with(agent, toml_text(new))
+        until(lambda: reloads(url)[1] != at, timeout=10, what="the second reload")
+        hits_a, hits_b = a.hits, b.hits
+        until(lambda: b.hits >= hits_b + 4, timeout=10, what="b scraped on")
+        assert a.hits <= hits_a + 1
+        log = agent.log.read_text()
+        assert "buffer.max_age changed: it needs a restart" in log
+        assert agent.running
+    finally:
+        agent.stop()
+
+
+def test_an_invalid_config_is_refused_whole_and_the_running_one_stays(tmp_path: Path, pages: list[Page]) -> None:
+    a, b = pages
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    agent = start(tmp_path, "backhaul-agent", agent_config(tmp_path, port, a.url), port)
+    try:
+        until(lambda: a.hits >= 2, timeout=10, what="target a scraped")
+        _, started_at = reloads(url)
+        good = agent.config.read_text()
+        # A valid new target, but a typo elsewhere: nothing of it applies.
+        bad = agent_config(tmp_path, port, b.url)
+        bad["buffer"]["budget_bites"] = "1GiB"
+        reload_with(agent, toml_text(bad))
+        until(lambda: reloads(url)[0] == 0, timeout=10, what="the reload reported as failed")
+        assert reloads(url)[1] == started_at
+        hits_a = a.hits
+        until(lambda: a.hits >= hits_a + 3, timeout=10, what="a still scraped")
+        assert b.hits == 0
+        status = get_json(f"{url}/api/v1/status")
+        assert status["config"]["last_reload_successful"] is False
+        assert "budget_bites" in status["config"]["error"]
+        assert "reload refused, the running configuration stays" in agent.log.read_text()
+        # Fixed: the next reload succeeds.
+        reload_with(agent, good)
+        until(lambda: reloads(url)[0] == 1, timeout=10, what="the next reload succeeded")
+        assert agent.running
+    finally:
+        agent.stop()
+
+
+def test_collector_reloads_read_tokens_and_refuses_a_device_token_as_reader(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "store": {"path": str(tmp_path / "collector.db")},
+        "devices": [{"id": "dev-1", "token": TOKEN}],
+        "read": {"tokens": [{"name": "ops", "token": READ_TOKEN}]},
+    }
+    collector = start(tmp_path, "backhaul-collector", config, port)
+    old = {"Authorization": f"Bearer {READ_TOKEN}"}
+    new = {"Authorization": "Bearer another-read-token-42"}
+    try:
+        assert http("GET", f"{url}/api/v1/fleet", headers=old)[0] == 200
+        config["read"] = {"tokens": [{"name": "ops", "token": "another-read-token-42"}]}
+        config["devices"].append({"id": "dev-9", "token": "token-of-dev-9-xyz"})
+        reload_with(collector, toml_text(config))
+        until(lambda: http("GET", f"{url}/api/v1/fleet", headers=new)[0] == 200, timeout=10, what="new token reads")
+        assert http("GET", f"{url}/api/v1/fleet", headers=old)[0] == 401
+        fleet = get_json(f"{url}/api/v1/fleet", headers=new)
+        assert {d["device"] for d in fleet["devices"]} >= {"dev-1", "dev-9"}
+        assert reloads(url, new)[0] == 1
+        # A read token that is a device's token: refused, as it would be at start.
+        config["read"] = {"tokens": [{"name": "ops", "token": TOKEN}]}
+        reload_with(collector, toml_text(config))
+        until(lambda: reloads(url, new)[0] == 0, timeout=10, what="the reload refused")
+        assert http("GET", f"{url}/api/v1/fleet", headers=new)[0] == 200
+        assert "a device's token cannot be a read token" in collector.log.read_text()
+    finally:
+        collector.stop()
