@@ -154,6 +154,8 @@ class Collector:
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/api/v1/fleet", read(self._fleet.api))
         app.router.add_get("/fleet", read(web_security.page(self._fleet.page), page=True))
+        app.router.add_get("/api/v1/fleet/{device}", read(self._fleet.device_api))
+        app.router.add_get("/fleet/{device}", read(web_security.page(self._fleet.page), page=True))
         return app
 
     async def __aenter__(self) -> Collector:

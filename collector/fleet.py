@@ -2,6 +2,8 @@
 
     GET /api/v1/fleet   JSON (below); the page is built from it and nothing else
     GET /fleet          one static HTML file with inline JS and CSS (collector/static/fleet.html)
+    GET /api/v1/fleet/DEVICE   one device: its row, its last day (collector/store/history.py), alerts
+    GET /fleet/DEVICE   the same file, showing that device (charts drawn as SVG in the page)
 
 Everything is read from the store, so every collector instance shows the same fleet. A device is
 listed when it is in the registry or has ever uploaded. ``version_drift`` flags a device whose agent
@@ -22,7 +24,11 @@ from aiohttp import web
 
 from collector.config import CollectorSettings
 from collector.escalation import Escalation, escalation_by_device
+from collector.fleet_ops import enrich, link_switches
 from collector.store import DeviceState, Store
+from collector.store.history import BUCKET_MS
+
+DAY_MS = 24 * 3600 * 1000
 
 # Label names an inference server's model-info series may use, in order of preference.
 MODEL_NAME_LABELS = ("model", "model_name", "name")
@@ -92,15 +98,52 @@ class Fleet:
                     "escalation_reason": routed.main_reason,
                 }
             )
+        f = self._settings.fleet
+        models = await enrich(
+            store,
+            self._settings.device_label,
+            devices,
+            now_ms,
+            f.behind_after.total_seconds(),
+            f.max_clock_skew.total_seconds(),
+        )
         return {
             "generated_ms": now_ms,
             "offline_after_s": offline_after_ms / 1000,
+            "behind_after_s": f.behind_after.total_seconds(),
+            "max_clock_skew_s": f.max_clock_skew.total_seconds(),
             "common_agent_version": common,
+            "common_model_versions": models,
             "devices": devices,
         }
 
     async def api(self, request: web.Request) -> web.Response:
         return web.json_response(await self.snapshot(), headers={"Cache-Control": "no-store"})
+
+    async def device_api(self, request: web.Request) -> web.Response:
+        """``GET /api/v1/fleet/DEVICE``: its row, its last day in five-minute rows, its alerts of the
+        last day (firing ones whenever they started) and its link switches."""
+        name = request.match_info["device"]
+        snapshot = await self.snapshot()
+        row = next((d for d in snapshot["devices"] if d["device"] == name), None)
+        if row is None:
+            raise web.HTTPNotFound(text=f"no device {name!r}")
+        now_ms = snapshot["generated_ms"]
+        history = await self._store.history(name, now_ms - DAY_MS)
+        alerts = [
+            a.as_dict()
+            for a in await self._store.alerts(device=name)
+            if a.state == "firing" or (a.ends_ms or a.updated_ms) >= now_ms - DAY_MS
+        ]
+        body = {
+            "generated_ms": now_ms,
+            "bucket_ms": BUCKET_MS,
+            "device": row,
+            "history": [h.as_dict() for h in history],
+            "alerts": alerts,
+            "link_switches": link_switches(history),
+        }
+        return web.json_response(body, headers={"Cache-Control": "no-store"})
 
     async def page(self, request: web.Request) -> web.Response:
         return web.Response(body=self._page, content_type="text/html", charset="utf-8")

@@ -14,3 +14,8 @@ class FleetSettings(Section):
 
     # A device whose last batch is older than this is shown offline.
     offline_after: timedelta = Field(timedelta(minutes=5), gt=timedelta(0))
+    # A device whose oldest unsent sample is older than this is "behind" (filter, status).
+    behind_after: timedelta = Field(timedelta(minutes=15), gt=timedelta(0))
+    # A device whose clock differs from the collector's by more than this is "skewed" (the batch's
+    # send time against its arrival, so the transit time counts too).
+    max_clock_skew: timedelta = Field(timedelta(seconds=30), gt=timedelta(0))

@@ -15,13 +15,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import Counter
 
-from backhaul.errors import InputError, TooLarge, UnknownTables, WireError, store_trouble
+from backhaul.errors import InputError, StoreError, TooLarge, UnknownTables, WireError, store_trouble
 from backhaul.wire import batch as batchfmt
 from backhaul.wire import chunk as chunkfmt
 from backhaul.wire.batch import BatchHeader
@@ -34,6 +35,9 @@ from collector.endpoint import DeviceEndpoint
 from collector.forward.spool import Chunks, Forward
 from collector.metrics import CollectorMetrics
 from collector.store import IngestResult, Store
+from collector.store.history import BatchNote
+
+log = logging.getLogger(__name__)
 
 # Tables this instance keeps in memory (they never change: a digest names one table for good).
 _CACHED_TABLES = 1024
@@ -125,6 +129,7 @@ class BatchReceiver(DeviceEndpoint):
             self._metrics.samples.inc(result.samples)
             self._metrics.duplicate_samples.inc(result.duplicate_samples)
             self._count_dropped(header.device, dropped)
+            await self._note(header, series, sum(len(c) for c in chunks), result.samples)
         answer: dict[str, object] = {
             "stored": True,
             "duplicate": result.duplicate_batch,
@@ -134,6 +139,27 @@ class BatchReceiver(DeviceEndpoint):
         if dropped and not result.duplicate_batch:
             answer["dropped"] = dropped
         return web.json_response(answer, headers=_KEEPS_TABLES)
+
+    async def _note(self, header: BatchHeader, series: SeriesMap, size: int, samples: int) -> None:
+        """Into the device's history for the fleet page; a failure there never fails the batch."""
+        newest = max((max(ts) for ts, _ in series.values() if ts), default=0)
+        # The link's name, once the agent reports it in the header's uplink object (issue 13/14).
+        reported = getattr(header, "uplink", None)
+        link = reported.get("link", "") if isinstance(reported, dict) else ""
+        note = BatchNote(
+            header.device,
+            int(self._clock() * 1000),
+            size,
+            samples,
+            header.backlog_bytes,
+            newest,
+            header.sent_at_ms,
+            link if isinstance(link, str) else "",
+        )
+        try:
+            await self._store.note_batch(note)
+        except StoreError as exc:
+            log.warning("device %s: its history for the fleet page was not kept: %s", header.device, exc)
 
     def _plan(self, header: BatchHeader, chunks: list[bytes], tables: dict[str, bytes]) -> int:
         """The decoding cost of the batch, from what its chunks declare (each decompressed only as far

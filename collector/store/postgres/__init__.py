@@ -8,11 +8,12 @@ The same tables and rules as the embedded store, made safe across processes, in 
 from __future__ import annotations
 
 from collector.store.postgres.alerts import PostgresAlerts
+from collector.store.postgres.history import PostgresHistory
 from collector.store.postgres.registry import PostgresRegistry
 from collector.store.postgres.samples import PostgresSamples
 
 __all__ = ["PostgresStore"]
 
 
-class PostgresStore(PostgresSamples, PostgresRegistry, PostgresAlerts):
+class PostgresStore(PostgresSamples, PostgresRegistry, PostgresAlerts, PostgresHistory):
     """The shared store. Args: dsn and pool_size (see :class:`~collector.store.postgres.base.PostgresBase`)."""

@@ -51,6 +51,12 @@ _MIGRATIONS = [
     CREATE TABLE series_tables (device TEXT NOT NULL, digest TEXT NOT NULL, data BYTEA NOT NULL,
         stored_ms BIGINT NOT NULL, PRIMARY KEY (device, digest));
     """,
+    # Five-minute rows per device for the fleet page's charts, as the embedded store's migration 7.
+    """
+    CREATE TABLE device_history (device TEXT NOT NULL, bucket_ms BIGINT NOT NULL, bytes BIGINT NOT NULL,
+        samples BIGINT NOT NULL, batches BIGINT NOT NULL, backlog_bytes BIGINT NOT NULL, lag_ms BIGINT,
+        clock_offset_ms BIGINT, link TEXT NOT NULL DEFAULT '', PRIMARY KEY (device, bucket_ms));
+    """,
 ]
 
 

@@ -8,12 +8,13 @@ thread, the caches); the PostgreSQL back end (:mod:`collector.store.postgres`) h
 from __future__ import annotations
 
 from collector.store.sqlite.alerts import SqliteAlerts
+from collector.store.sqlite.history import SqliteHistory
 from collector.store.sqlite.registry import SqliteRegistry
 from collector.store.sqlite.samples import SqliteSamples
 
 __all__ = ["SqliteStore"]
 
 
-class SqliteStore(SqliteSamples, SqliteRegistry, SqliteAlerts):
+class SqliteStore(SqliteSamples, SqliteRegistry, SqliteAlerts, SqliteHistory):
     """The embedded store. Args: path of the database file (created when missing) and SQLite's
     synchronous level (see :class:`~collector.store.sqlite.base.SqliteBase`)."""

@@ -90,4 +90,13 @@ def _v6(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6]
+def _v7(db: sqlite_utils.Database) -> None:
+    # Five-minute rows per device for the fleet page's charts (collector/store/history.py).
+    db.execute(
+        "CREATE TABLE device_history (device TEXT NOT NULL, bucket_ms INTEGER NOT NULL, bytes INTEGER NOT NULL,"
+        " samples INTEGER NOT NULL, batches INTEGER NOT NULL, backlog_bytes INTEGER NOT NULL, lag_ms INTEGER,"
+        " clock_offset_ms INTEGER, link TEXT NOT NULL DEFAULT '', PRIMARY KEY (device, bucket_ms)) WITHOUT ROWID"
+    )
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
