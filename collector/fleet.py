@@ -99,7 +99,7 @@ class Fleet:
                 }
             )
         f = self._settings.fleet
-        models = await enrich(
+        model_versions = await enrich(
             store,
             self._settings.device_label,
             devices,
@@ -113,7 +113,7 @@ class Fleet:
             "behind_after_s": f.behind_after.total_seconds(),
             "max_clock_skew_s": f.max_clock_skew.total_seconds(),
             "common_agent_version": common,
-            "common_model_versions": models,
+            "common_model_versions": model_versions,
             "devices": devices,
         }
 
