@@ -156,6 +156,8 @@ class Collector:
         app.router.add_get("/fleet", read(web_security.page(self._fleet.page), page=True))
         app.router.add_get("/api/v1/fleet/{device}", read(self._fleet.device_api))
         app.router.add_get("/fleet/{device}", read(web_security.page(self._fleet.page), page=True))
+        # The same, below /fleet/: a browser logged in at /fleet/DEVICE sends its login there unasked.
+        app.router.add_get("/fleet/api/{device}", read(self._fleet.device_api))
         return app
 
     async def __aenter__(self) -> Collector:

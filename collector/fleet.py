@@ -3,7 +3,9 @@
     GET /api/v1/fleet   JSON (below); the page is built from it and nothing else
     GET /fleet          one static HTML file with inline JS and CSS (collector/static/fleet.html)
     GET /api/v1/fleet/DEVICE   one device: its row, its last day (collector/store/history.py), alerts
-    GET /fleet/DEVICE   the same file, showing that device (charts drawn as SVG in the page)
+    GET /fleet/DEVICE   the same file, showing that device (charts drawn as SVG in the page); it reads
+                        GET /fleet/api/DEVICE (the same as /api/v1/fleet/DEVICE), below the page's
+                        folder, where a browser sends the basic-auth login it was opened with
 
 Everything is read from the store, so every collector instance shows the same fleet. A device is
 listed when it is in the registry or has ever uploaded. ``version_drift`` flags a device whose agent
