@@ -45,9 +45,9 @@ def render(d: dict[str, Any]) -> str:
     lines.append(_clock(d.get("clock") or {}))
     c = d["config"]
     state = "ok" if c["last_reload_successful"] else f"REFUSED ({c['error']})"
+    reloaded = f"last reload {state} at {sc.when(c['last_reload_at'])}" if c["last_reload_at"] else "not reloaded"
     lines.append(
-        f"config      last reload {state} at {sc.when(c['last_reload_at'])}; in force since "
-        f"{sc.when(c['last_success_at'])}"
+        f"config      {reloaded}; in force since {sc.when(c['last_success_at'])}"
         + (f"; needs a restart: {', '.join(c['needs_restart'])}" if c["needs_restart"] else "")
     )
     for url, error in (d.get("scrape_errors") or {}).items():

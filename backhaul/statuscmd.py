@@ -102,6 +102,13 @@ def fetch(url: str, token: str | None = None, timeout: float = 5.0) -> Any:
 
 def run(prog: str, args: argparse.Namespace, read: Callable[[], Any], render: Callable[[Any], str]) -> int:
     """Print once, or redraw every ``--watch`` seconds; exit 1 with the reason when unreachable."""
+    try:
+        return _run(prog, args, read, render)
+    except KeyboardInterrupt:  # Ctrl-C ends --watch (or a slow answer): not an error
+        return 0
+
+
+def _run(prog: str, args: argparse.Namespace, read: Callable[[], Any], render: Callable[[Any], str]) -> int:
     while True:
         try:
             data = read()
@@ -118,10 +125,7 @@ def run(prog: str, args: argparse.Namespace, read: Callable[[], Any], render: Ca
             # Clear the screen and go home, then the new text: a redraw, not a scroll.
             sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
             sys.stdout.flush()
-        try:
-            time.sleep(max(0.2, args.watch))
-        except KeyboardInterrupt:
-            return 0
+        time.sleep(max(0.2, args.watch))
 
 
 # -- formatting shared by both renderings --------------------------------------------------------

@@ -1,5 +1,6 @@
-"""``backhaul-collector``: run the collector, check its configuration without starting it, or manage
-the device registry (``devices ...``, see :mod:`collector.registry`)."""
+"""``backhaul-collector``: run the collector, check its configuration without starting it, manage
+the device registry (``devices ...``, see :mod:`collector.registry`), or summarise the fleet
+(``status``, see :mod:`collector.status_cli`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 
 from backhaul import cli
 from backhaul.tls import ServerTls
-from collector import registry
+from collector import registry, status_cli
 from collector.app import serve
 from collector.config import CollectorSettings
 
@@ -23,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["devices"]:
         return registry.main("backhaul-collector", args[1:])
+    if args[:1] == ["status"]:
+        return status_cli.main("backhaul-collector", args[1:])
     return cli.main(
         "backhaul-collector",
         CollectorSettings,
