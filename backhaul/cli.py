@@ -26,7 +26,8 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 
-def parse_and_load(prog: str, cls: type[S], argv: list[str] | None) -> tuple[str, S, Path | None]:
+def parse_and_load(prog: str, cls: type[S], argv: list[str] | None) -> tuple[str, S, Path | None, Path | None]:
+    """The command, the settings, the file a reload reads and the file read at start."""
     """Parse the command line and load settings; a bad config exits with status 2 and names the field."""
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
@@ -34,20 +35,30 @@ def parse_and_load(prog: str, cls: type[S], argv: list[str] | None) -> tuple[str
     for name, text in (("run", "run in the foreground"), ("check-config", "validate the configuration and exit")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--config", type=Path, help="TOML file; BACKHAUL_* environment variables override it")
+        if name == "run":
+            cmd.add_argument(
+                "--reload-from",
+                type=Path,
+                help="a reload (SIGHUP) reads this file when it exists, else --config (see docs/operations.md)",
+            )
     args = parser.parse_args(argv)
     try:
         settings = load(cls, args.config)
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
-    return args.command, settings, args.config
+    return args.command, settings, getattr(args, "reload_from", None) or args.config, args.config
 
 
-def again(cls: type[S], path: Path | None, check: Callable[[S], object] | None) -> Callable[[], S]:
-    """Loads the config as ``run`` did at start (file, environment, ``check``): for a reload."""
+def again(
+    cls: type[S], path: Path | None, check: Callable[[S], object] | None, fallback: Path | None = None
+) -> Callable[[], S]:
+    """Loads the config as ``run`` did at start (file, environment, ``check``): for a reload. ``path``
+    is read when it exists, else ``fallback`` (``--reload-from`` before the first copy is there)."""
 
     def load_again() -> S:
-        settings = load(cls, path)
+        chosen = path if path is None or fallback is None or path.exists() else fallback
+        settings = load(cls, chosen)
         if check is not None:
             check(settings)
         return settings
@@ -65,7 +76,7 @@ def main(
 ) -> int:
     """Both programs' entry point: ``check-config`` prints ``summary``, ``run`` runs ``serve``.
     ``check`` looks further than the settings can (e.g. that a certificate fits its key), for both."""
-    command, settings, path = parse_and_load(prog, cls, argv)
+    command, settings, path, start_path = parse_and_load(prog, cls, argv)
     if check is not None:
         try:
             check(settings)
@@ -79,7 +90,7 @@ def main(
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every job run at INFO
     try:
-        asyncio.run(serve(settings, again(cls, path, check)))
+        asyncio.run(serve(settings, again(cls, path, check, start_path)))
     except ConfigError as exc:
         # Found only once running (a file that became unreadable): restarting cannot fix it either.
         print(f"{prog}: {exc}", file=sys.stderr)

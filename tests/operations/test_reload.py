@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 from pathlib import Path
 from typing import Any
 
 from tests.operations.conftest import Page
-from tests.support import READ_HEADERS, READ_TOKEN, TOKEN, Proc, free_port, http, parse_metrics, toml_text
+from tests.support import BIN, READ_HEADERS, READ_TOKEN, TOKEN, Proc, free_port, http, parse_metrics, toml_text
 from tests.support import wait_until as until
 
 RULE = {"name": "Hot", "selector": 'temperature_celsius{job="sensor"}', "op": ">", "threshold": 50}
@@ -168,3 +169,49 @@ def test_collector_reloads_read_tokens_and_refuses_a_device_token_as_reader(tmp_
         assert "a device's token cannot be a read token" in collector.log.read_text()
     finally:
         collector.stop()
+
+
+class ReloadFrom(Proc):
+    """``backhaul-agent run --reload-from COPY --config CONFIG``, as the systemd unit starts it."""
+
+    def __init__(self, config: Path, copy: Path, log: Path) -> None:
+        super().__init__("backhaul-agent", config, log)
+        self.copy = copy
+
+    def command(self) -> list[str]:
+        return [str(BIN / self.program), "run", "--reload-from", str(self.copy), "--config", str(self.config)]
+
+
+def test_reload_from_reads_the_copy_once_it_exists(tmp_path: Path, pages: list[Page]) -> None:
+    a, b = pages
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = tmp_path / "credential.toml"  # what systemd's LoadCredential= copies at start, fixed after
+    copy = tmp_path / "run" / "agent.toml"  # what ExecReload= installs from /etc/backhaul first
+    config.write_text(toml_text(agent_config(tmp_path, port, a.url)))
+    agent = ReloadFrom(config, copy, tmp_path / "agent.log").start()
+    try:
+        agent.wait_healthy(url)
+        agent.ps().send_signal(signal.SIGHUP)  # no copy yet: the start's file again, unchanged
+        until(lambda: "configuration reloaded (no change)" in agent.log.read_text(), 10, "a reload of the same")
+        copy.parent.mkdir()
+        copy.write_text(toml_text(agent_config(tmp_path, port, b.url)))
+        agent.ps().send_signal(signal.SIGHUP)
+        until(lambda: b.hits >= 2, timeout=10, what="the copy's target scraped")
+        assert reloads(url)[0] == 1
+    finally:
+        agent.stop()
+
+
+def test_units_check_copy_and_signal_on_reload() -> None:
+    for program in ("agent", "collector"):
+        text = (Path(__file__).resolve().parents[2] / "systemd" / f"backhaul-{program}.service").read_text()
+        copy = f"%t/backhaul-{program}/{program}.toml"
+        reloads_ = re.findall(r"^ExecReload=(.*)$", text, re.M)
+        assert (
+            reloads_[0] == f"+/opt/backhaul/bin/backhaul-{program} check-config --config /etc/backhaul/{program}.toml"
+        )
+        assert reloads_[1].startswith("+/bin/sh -c 'install -m 0400 ") and reloads_[1].endswith(f" {copy}'")
+        assert reloads_[2] == "/bin/kill -HUP $MAINPID"
+        assert f"run --reload-from {copy} --config %d/{program}.toml" in text
+        assert re.search(rf"^RuntimeDirectory=backhaul-{program}$", text, re.M)
