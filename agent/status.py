@@ -105,6 +105,8 @@ class AgentStatus:
             return None
         u = agent.settings.uplink
         rate = self.upload_rate()
+        # Less than a batch waiting is being up to date, not a backlog to drain.
+        drained = backlog <= int(u.batch_max_bytes)
         last = agent.registry.get_sample_value("backhaul_uplink_last_success_timestamp_seconds") or None
         return {
             "url": str(u.url) if u.url is not None else None,
@@ -112,8 +114,8 @@ class AgentStatus:
             "last_error": uploader.last_error,
             "last_success_at": last,
             "upload_rate_bytes_per_s": rate,
-            "drain_eta_s": backlog / rate if rate and backlog else (0.0 if not backlog else None),
-            "drain_progress": 1 - backlog / self._peak if self._peak else 1.0,
+            "drain_eta_s": 0.0 if drained else (backlog / rate if rate else None),
+            "drain_progress": 1.0 if drained or not self._peak else max(0.0, 1 - backlog / self._peak),
             "links": links(uploader, now),
         }
 

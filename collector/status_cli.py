@@ -43,7 +43,7 @@ def render(d: dict[str, Any]) -> str:
     for key, label in FLAGS:
         flagged = sorted(x["device"] for x in devices if (x.get("flags") or {}).get(key))
         shown = ", ".join(flagged[:8]) + (f" (+{len(flagged) - 8})" if len(flagged) > 8 else "")
-        lines.append(f"{label + ':':<15}{len(flagged):>4}  {shown}")
+        lines.append(f"{label + ':':<15}{len(flagged):>4}  {shown}".rstrip())
     worst = sorted((x for x in devices if x.get("backlog_age_s")), key=lambda x: -x["backlog_age_s"])[:5]
     if worst:
         lines.append("furthest behind:")
