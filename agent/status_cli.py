@@ -92,16 +92,23 @@ def _spent(spent: int | None, budget: int | None) -> str:
 
 def _clock(c: dict[str, Any]) -> str:
     skew = c.get("skew_s")
-    offset = c.get("offset_s", c.get("offset"))
+    offset = c.get("offset_s")
+    jump = c.get("last_jump")
+    if isinstance(jump, dict):  # the clock keeper's: how far, to when (docs/clock.md)
+        jumped = f"{jump.get('seconds', 0):+.0f} s to {jump.get('to')}"
+    else:
+        jumped = "none" if "jumps" in c else "n/a"
     parts = [
         f"skew vs collector {skew:+.1f} s" if isinstance(skew, int | float) else "skew n/a",
         f"offset {offset:+.3f} s" if isinstance(offset, int | float) else "offset n/a",
-        f"last jump {sc.na(c.get('last_jump'))}",
+        f"last jump {jumped}",
         f"corrected samples {sc.na(c.get('corrected_samples'))}",
     ]
+    if c.get("held_samples"):
+        parts.append(f"held samples {c['held_samples']}")
     trusted = c.get("trusted")
     if trusted is not None:
-        parts.insert(0, "trusted" if trusted else "NOT TRUSTED")
+        parts.insert(0, f"trusted ({c.get('state')})" if trusted else f"NOT TRUSTED ({c.get('state')})")
     return "clock       " + ", ".join(parts)
 
 
