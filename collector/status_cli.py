@@ -67,8 +67,13 @@ def main(prog: str, argv: list[str]) -> int:
 
     def read() -> dict[str, Any]:
         health = sc.fetch(f"{base}/healthz")
-        if not token:
-            raise sc.Unreachable("the fleet needs a [read] token: --token or $BACKHAUL_READ_TOKEN")
-        return {"health": health, "fleet": sc.fetch(f"{base}/api/v1/fleet", token)}
+        try:
+            fleet = sc.fetch(f"{base}/api/v1/fleet", token)
+        except sc.Unreachable as exc:
+            if token or "HTTP 401" not in str(exc):
+                raise
+            # Open fleets ([read] auth = "none") need none; this one does.
+            raise sc.Unreachable(f"{exc}: the fleet needs a [read] token (--token or $BACKHAUL_READ_TOKEN)") from exc
+        return {"health": health, "fleet": fleet}
 
     return sc.run(prog, args, read, render)
