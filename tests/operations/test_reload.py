@@ -215,3 +215,29 @@ def test_units_check_copy_and_signal_on_reload() -> None:
         assert reloads_[2] == "/bin/kill -HUP $MAINPID"
         assert f"run --reload-from {copy} --config %d/{program}.toml" in text
         assert re.search(rf"^RuntimeDirectory=backhaul-{program}$", text, re.M)
+
+
+def test_reload_moves_the_inference_health_check_without_restarting_the_server(
+    tmp_path: Path, pages: list[Page]
+) -> None:
+    health = pages[0]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    inference = {"command": ["sleep", "600"], "stop_grace": 1, "health_url": health.url, "health_interval": 0.2}
+    config = agent_config(tmp_path, port, pages[1].url, inference=inference)
+    agent = start(tmp_path, "backhaul-agent", config, port)
+    try:
+        until(lambda: metrics(url).get("backhaul_inference_healthy") == 1, timeout=10, what="healthy")
+        pid = get_json(f"{url}/api/v1/status")["inference"]["pid"]
+        config["inference"] = {**inference, "health_url": f"http://127.0.0.1:{free_port()}/health"}
+        config["log_level"] = "WARNING"
+        infos = agent.log.read_text().count(" INFO ")
+        reload_with(agent, toml_text(config))
+        until(lambda: metrics(url).get("backhaul_inference_healthy") == 0, timeout=10, what="unhealthy")
+        status = get_json(f"{url}/api/v1/status")
+        assert status["inference"]["pid"] == pid and status["inference"]["restarts"] == 0  # not restarted
+        assert sorted(status["config"]["applied"]) == ["inference.health_url", "log_level"]
+        # From the reload on, nothing below WARNING is logged (the reload's own INFO lines neither).
+        assert agent.log.read_text().count(" INFO ") == infos
+    finally:
+        agent.stop()
