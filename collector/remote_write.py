@@ -2,18 +2,24 @@
 
 For senders that are not a backhaul agent (a Prometheus or vmagent on a well-connected site). Answers
 204 once stored; 400/401/413/415 for bad input; 503 when the store cannot write (the sender retries).
-A retried request is harmless: samples are keyed by (series, timestamp) and stored once.
+The samples are encoded once into a chunk and stored like a batch's (collector/store/chunks.py). A
+retried request is harmless: its samples are recognised as stored already (counted as duplicates,
+collector/store/overlap.py), and a chunk of nothing but duplicates is not stored again.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from aiohttp import web
 from prometheus_client import Counter
 
 from backhaul.errors import InputError, store_trouble
 from backhaul.wire import remote_write as rw
+from backhaul.wire.chunk import Codec
 from collector.endpoint import DeviceEndpoint
 from collector.forward.spool import RemoteWrite
+from collector.store.chunks import from_series
 
 
 class RemoteWriteReceiver(DeviceEndpoint):
@@ -37,9 +43,9 @@ class RemoteWriteReceiver(DeviceEndpoint):
             if self._forward is not None:
                 with store_trouble("forward spool"):
                     await self._forward(device, RemoteWrite(body), decoded.samples)
-            result = await self._store.ingest(
-                device, decoded.series, self._settings.device_label, int(self._clock() * 1000)
-            )
+            # a codec per call: zstd objects must not be shared by two worker threads
+            chunks = await asyncio.to_thread(from_series, decoded.series, Codec())
+            result = await self._store.ingest(device, chunks, int(self._clock() * 1000))
             self._metrics.samples.inc(result.samples)
             self._metrics.duplicate_samples.inc(result.duplicate_samples)
         return web.Response(status=204)
