@@ -27,7 +27,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -58,6 +59,19 @@ class Rules:
         retention_ms = int(settings.retention.total_seconds() * 1000)
         max_bytes = int(settings.max_bytes) if settings.max_bytes is not None else None
         return cls(retention_ms, max_bytes, max(retention_ms, DEDUP_MIN_KEPT_MS))
+
+
+R = TypeVar("R", bound=Sequence[Any])
+
+
+def enough(rows: R, free: int) -> R:
+    """The first of ``rows`` (oldest first; bytes in the last column) whose bytes add up to ``free``."""
+    total = 0
+    for n, row in enumerate(rows):
+        total += row[-1]
+        if total >= free:
+            return rows[: n + 1]  # type: ignore[return-value]
+    return rows
 
 
 class Removes(Protocol):

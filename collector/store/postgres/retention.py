@@ -8,7 +8,7 @@ import asyncpg
 
 from collector.store.postgres.base import PostgresBase
 from collector.store.records import Removed
-from collector.store.retention import FLEET_KEPT_MS, STEP_CHUNKS, Rules
+from collector.store.retention import FLEET_KEPT_MS, STEP_CHUNKS, Rules, enough
 
 _RETENTION_LOCK = 0x62636C
 
@@ -23,8 +23,8 @@ class PostgresRetention(PostgresBase):
             if not chunks:
                 break
         if rules.max_bytes is not None:
-            while await self._total_bytes() > rules.max_bytes:
-                chunks, samples = await self._remove_step("true")
+            while (excess := await self._total_bytes() - rules.max_bytes) > 0:
+                chunks, samples = await self._remove_step("true", free=excess)
                 removed.max_bytes += samples
                 if not chunks:
                     break
@@ -35,21 +35,23 @@ class PostgresRetention(PostgresBase):
         async with self.connection() as conn:
             return int(await conn.fetchval("SELECT coalesce(sum(bytes), 0) FROM chunk_tables"))
 
-    async def _remove_step(self, condition: str, *args: object) -> tuple[int, int]:
-        """Remove up to STEP_CHUNKS of the oldest chunks that meet ``condition``; returns how many,
-        and the samples they had added when stored."""
+    async def _remove_step(self, condition: str, *args: object, free: int | None = None) -> tuple[int, int]:
+        """Remove up to STEP_CHUNKS of the oldest chunks that meet ``condition`` (only as many as it
+        takes to free ``free`` bytes, if given); returns how many, and the samples they had added."""
         async with self.connection(transaction=True) as conn:
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _RETENTION_LOCK):
                 return 0, 0  # another instance is at it
             n = len(args) + 1
             rows = await conn.fetch(
-                f"DELETE FROM chunks WHERE id IN (SELECT id FROM chunks WHERE {condition} ORDER BY max_ts LIMIT ${n})"
-                " RETURNING id, table_id, samples, stored, bytes",
+                f"SELECT id, table_id, samples, stored, bytes FROM chunks WHERE {condition} ORDER BY max_ts LIMIT ${n}",
                 *args,
                 STEP_CHUNKS,
             )
+            if free is not None:
+                rows = enough(rows, free)
             if not rows:
                 return 0, 0
+            await conn.execute("DELETE FROM chunks WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
             await conn.execute("DELETE FROM chunk_data WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
             await _subtract(conn, rows)
         for r in rows:

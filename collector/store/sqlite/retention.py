@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 
 from collector.store.records import Removed
-from collector.store.retention import FLEET_KEPT_MS, STEP_CHUNKS, Rules
+from collector.store.retention import FLEET_KEPT_MS, STEP_CHUNKS, Rules, enough
 from collector.store.sqlite.base import SqliteBase
 
 
@@ -21,8 +21,8 @@ class SqliteRetention(SqliteBase):
             if not chunks:
                 break
         if rules.max_bytes is not None:
-            while await self.db.run(self._total_bytes) > rules.max_bytes:
-                chunks, samples = await self.db.run(self._remove_step, "1", ())
+            while (excess := await self.db.run(self._total_bytes) - rules.max_bytes) > 0:
+                chunks, samples = await self.db.run(self._remove_step, "1", (), excess)
                 removed.max_bytes += samples
                 if not chunks:
                     break
@@ -32,14 +32,16 @@ class SqliteRetention(SqliteBase):
     def _total_bytes(self) -> int:
         return int(self.db.conn.execute("SELECT coalesce(sum(bytes), 0) FROM chunk_tables").fetchone()[0])
 
-    def _remove_step(self, condition: str, args: tuple[object, ...]) -> tuple[int, int]:
-        """Remove up to STEP_CHUNKS of the oldest chunks that meet ``condition``; returns how many,
-        and the samples they had added when stored."""
+    def _remove_step(self, condition: str, args: tuple[object, ...], free: int | None = None) -> tuple[int, int]:
+        """Remove up to STEP_CHUNKS of the oldest chunks that meet ``condition`` (only as many as it
+        takes to free ``free`` bytes, if given); returns how many, and the samples they had added."""
         with self.db.atomic() as conn:
             rows = conn.execute(
                 f"SELECT id, table_id, samples, stored, bytes FROM chunks WHERE {condition} ORDER BY max_ts LIMIT ?",
                 (*args, STEP_CHUNKS),
             ).fetchall()
+            if free is not None:
+                rows = enough(rows, free)
             if not rows:
                 return 0, 0
             conn.executemany("DELETE FROM chunks WHERE id = ?", [(r[0],) for r in rows])
