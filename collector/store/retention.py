@@ -25,9 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
