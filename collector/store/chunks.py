@@ -34,6 +34,8 @@ ROUTED = "backhaul_proxy_routed_requests_total"
 FLEET_SERIES = frozenset((MODEL_INFO, ROUTED))
 # Timestamps reach signed 64-bit database columns (the chunk index).
 _MIN_TS, _MAX_TS = -(2**63), 2**63 - 1
+# Elements per C call in the long loops (see _stamps).
+_SLICE = 65536
 # bytes.translate tables: a kinds column to a 0/1 mask of float (histogram) series.
 _IS_FLOAT = bytes([1] + [0] * 255)
 _IS_HISTOGRAM = bytes(1 if k == HISTOGRAM_KIND else 0 for k in range(256))
@@ -164,7 +166,7 @@ def scan(raw: bytes) -> Scan:
     if odd and (odd != {HISTOGRAM_KIND} or version < VERSION_HISTOGRAMS):
         raise WireError(f"chunk: a value kind is above {1 + MAX_DECIMALS} and not a histogram")
     pos += n_series
-    stamps = list(accumulate(accumulate(unshuffle(raw[pos : pos + 8 * n_samples], "q"))))
+    stamps = _stamps(unshuffle(raw[pos : pos + 8 * n_samples], "q"))
     pos += 8 * n_samples
     n_floats = sum(compress(counts, kinds.translate(_IS_FLOAT))) if FLOAT_KIND in kinds else 0
     n_hist = sum(compress(counts, kinds.translate(_IS_HISTOGRAM))) if odd else 0
@@ -197,6 +199,20 @@ def scan(raw: bytes) -> Scan:
         floats_at=pos + 8 * n_ints,
         n_floats=n_floats,
     )
+
+
+def _stamps(dod: array) -> list[int]:  # type: ignore[type-arg]
+    """The timestamps of a delta-of-delta column, a slice at a time: each C call stays short, so a
+    huge chunk on a worker thread never holds the GIL long enough to stall the event loop."""
+    stamps: list[int] = []
+    delta = ts = 0
+    for i in range(0, len(dod), _SLICE):
+        deltas = list(accumulate(dod[i : i + _SLICE], initial=delta))
+        delta = deltas[-1]
+        part = list(accumulate(deltas[1:], initial=ts))
+        ts = part[-1]
+        stamps += part[1:]
+    return stamps
 
 
 @dataclass
@@ -259,7 +275,7 @@ def read_series(raw: bytes, found: Scan, wanted: Iterable[int]) -> dict[int, tup
         elif kind != HISTOGRAM_KIND:
             int_offsets[i] = at_int
             at_int += count
-    ints: list[int] | None = None
+    ints: array | None = None  # type: ignore[type-arg]
     floats: list[float] | None = None
     out: dict[int, tuple[list[int], list[float]]] = {}
     for i in want:
@@ -272,17 +288,30 @@ def read_series(raw: bytes, found: Scan, wanted: Iterable[int]) -> dict[int, tup
         if kind == FLOAT_KIND:
             if floats is None:
                 column = unshuffle(raw[found.floats_at : found.floats_at + 8 * found.n_floats], "Q")
-                floats = array("d", array("Q", accumulate(column, operator.xor)).tobytes()).tolist()
+                floats = _xor_floats(
+                    column, max(float_offsets[j] + found.counts[j] for j in want if j in float_offsets)
+                )
             at = float_offsets[i]
             values = floats[at : at + count]
         else:
             if ints is None:
-                ints = unshuffle(raw[found.ints_at : found.ints_at + 8 * found.n_ints], "Q").tolist()
+                ints = unshuffle(raw[found.ints_at : found.ints_at + 8 * found.n_ints], "Q")
             at = int_offsets[i]
             scaled = accumulate((z >> 1) ^ -(z & 1) for z in ints[at : at + count])
             scale = 10 ** (kind - 1)
             values = [float(n) for n in scaled] if scale == 1 else [n / scale for n in scaled]
         out[i] = (found.series_stamps(i), values)
+    return out
+
+
+def _xor_floats(column: array, upto: int) -> list[float]:  # type: ignore[type-arg]
+    """The first ``upto`` values of an XOR'd float column, a slice at a time (see _stamps)."""
+    out: list[float] = []
+    bits = 0
+    for i in range(0, upto, _SLICE):
+        part = array("Q", accumulate(column[i : min(i + _SLICE, upto)], operator.xor, initial=bits))
+        bits = part[-1]
+        out += array("d", part[1:].tobytes()).tolist()
     return out
 
 

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 WINDOW_MS = 3_600_000
 # A window's chunk is split when it would hold more samples than this (bounded memory per step).
-MAX_CHUNK_SAMPLES = 500_000
+MAX_CHUNK_SAMPLES = 100_000
 
 
 def agent_labels(stored: str, device_label: str) -> tuple[str, Labels] | None:
