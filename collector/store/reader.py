@@ -5,15 +5,16 @@ A read has two steps, so that its cost is known before anything is sent:
 
 1. :meth:`Reader.plan`: the tables with chunks in the time range (narrowed by metric name and device
    where the selectors name them), each table's label sets matched against the selectors on a
-   worker thread, then the index entries of their chunks. The plan knows how many series the answer
-   holds and an upper bound of its samples (per chunk: the series chosen from its table times the
-   most samples one of its series has, at most its samples), so limits are applied before the first
-   byte of an answer (:class:`~backhaul.errors.OverLimit`).
-2. :meth:`Reader.read`: the chosen series in groups of about ``group_samples`` samples (so memory is
-   bounded whatever the answer's size), each group's chunks fetched from the store and decoded on a
-   worker thread. A series' samples from several chunks (out-of-order uploads, overlapping ones,
-   summaries followed by the full data) are sorted, and of two samples with one timestamp the one
-   stored first is kept.
+   worker thread, then the chunk index's totals of those tables. The plan knows how many series the
+   answer holds and an upper bound of its samples (per table: the series chosen from it times the
+   most samples one series has in each chunk, at most the chunks' samples), so limits are applied
+   before the first byte of an answer (:class:`~backhaul.errors.OverLimit`). It keeps only the
+   indices chosen per table, so its memory is a few bytes per series.
+2. :meth:`Reader.read`: device after device, the chosen series in groups of about
+   ``group_samples`` samples (so memory stays bounded whatever the answer's size), each group's
+   chunks fetched from the store and decoded on a worker thread. A series' samples from several
+   chunks (out-of-order uploads, overlapping ones, summaries followed by the full data) are sorted,
+   and of two samples with one timestamp the one stored first is kept.
 
 Series come out in device order, then label order.
 """
@@ -34,8 +35,9 @@ from collector.store.cache import BoundedCache
 from collector.store.chunks import TableInfo, read_series, scan
 from collector.store.records import ChunkRef, TableRef
 
-# Parsed tables a reader keeps, by series.
+# Parsed tables a reader keeps, by series; tables fetched and matched per step.
 CACHED_SERIES = 20_000
+TABLES_PER_STEP = 200
 # Samples decoded per step of a read.
 GROUP_SAMPLES = 200_000
 _NO_LIMIT = 2**62
@@ -49,6 +51,7 @@ class Source(Protocol):
     ) -> list[TableRef]: ...
     async def table_data(self, ids: list[int]) -> dict[int, bytes]: ...
     async def chunk_refs(self, table_ids: list[int], start_ms: int, end_ms: int) -> list[ChunkRef]: ...
+    async def chunk_totals(self, table_ids: list[int], start_ms: int, end_ms: int) -> dict[int, tuple[int, int]]: ...
     async def chunk_frames(self, ids: list[int]) -> dict[int, bytes]: ...
     async def metric_names(self) -> list[str]: ...
 
@@ -73,17 +76,26 @@ class Chosen:
 
 
 @dataclass
-class Plan:
-    """What :meth:`Reader.plan` found: the series in answer order, and the chunks per table."""
+class DevicePlan:
+    """One device's part of a plan: the indices chosen per table (table id -> indices, digest)."""
 
-    series: list[Chosen]
-    chunks: dict[int, list[ChunkRef]]
+    device: str
+    tables: dict[int, list[int]] = field(default_factory=dict)
+    digests: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """What :meth:`Reader.plan` found: per device (in answer order) what to read, the series count,
+    an upper bound of the samples, and the chunk index's totals per table (samples, the sum of each
+    chunk's most samples of one series)."""
+
+    devices: list[DevicePlan]
+    series: int
+    samples_bound: int
+    totals: dict[int, tuple[int, int]]
     start_ms: int
     end_ms: int
-
-    @property
-    def samples_bound(self) -> int:
-        return sum(s.bound for s in self.series)
 
 
 def stored_dict(labels: Labels, device_label: str, device: str) -> dict[str, str]:
@@ -128,81 +140,139 @@ class Reader:
         return sorted(set(values))
 
     async def plan(self, selectors: list[Selector], start_ms: int, end_ms: int, limits: Limits = Limits()) -> Plan:
-        """The series the selectors choose in ``[start_ms, end_ms]``; raises OverLimit past ``limits``."""
+        """What the selectors choose in ``[start_ms, end_ms]``; raises OverLimit past ``limits``."""
         names = await self._names(selectors)
         devices = narrowing(selectors, self._device_label)
         refs = await self._store.tables(
             start_ms, end_ms, sorted(set(devices[0])) if devices and not devices[1] else None, names
         )
-        missing = [r.id for r in refs if self._tables.get(r.id) is None]
-        data = await self._store.table_data(missing) if missing else {}
-        chosen = await asyncio.to_thread(self._match, refs, data, selectors, limits)
-        table_ids = sorted({t for s in chosen for t, _ in s.where})
-        chunks: dict[int, list[ChunkRef]] = {}
-        for ref in await self._store.chunk_refs(table_ids, start_ms, end_ms) if table_ids else []:
-            chunks.setdefault(ref.table_id, []).append(ref)
-        for s in chosen:
-            s.bound = sum(min(c.samples, c.max_per_series) for t, _ in s.where for c in chunks.get(t, ()))
-        chosen = [s for s in chosen if s.bound]
-        plan = Plan(chosen, chunks, start_ms, end_ms)
-        per_table: dict[int, int] = {}
-        for s in chosen:
-            for t, _ in s.where:
-                per_table[t] = per_table.get(t, 0) + 1
-        bound = sum(
-            min(c.samples, c.max_per_series * per_table.get(table_id, 0))
-            for table_id, refs_of in chunks.items()
-            for c in refs_of
-        )
+        matcher = _Matcher(selectors, self._device_label, limits)
+        for first in range(0, len(refs), TABLES_PER_STEP):
+            page = refs[first : first + TABLES_PER_STEP]
+            tables = await self._load(page)
+            await asyncio.to_thread(matcher.match, page, tables)
+        plans = matcher.done()
+        table_ids = sorted(t for p in plans for t in p.tables)
+        totals = await self._store.chunk_totals(table_ids, start_ms, end_ms) if table_ids else {}
+        bound = 0
+        for p in plans:
+            for table_id, chosen in p.tables.items():
+                samples, most = totals.get(table_id, (0, 0))
+                bound += min(samples, len(chosen) * most)
         if bound > limits.max_samples:
             raise OverLimit(
                 f"the selection holds up to {bound} samples, over the limit of {limits.max_samples}"
                 " ([export] max_samples): narrow the selector or the time range",
                 "max_samples",
             )
-        return plan
+        return Plan(
+            [p for p in plans if any(t in totals for t in p.tables)], matcher.series, bound, totals, start_ms, end_ms
+        )
 
-    def _match(
-        self, refs: list[TableRef], data: dict[int, bytes], selectors: list[Selector], limits: Limits
-    ) -> list[Chosen]:
-        """On a worker thread: each table's label sets against the selectors, once per table."""
-        codec = Codec()
-        found: dict[tuple[str, Labels], Chosen] = {}
+    async def _load(self, refs: list[TableRef]) -> dict[int, TableInfo]:
+        """The tables, parsed (from the cache, else fetched and parsed on a worker thread)."""
+        found: dict[int, TableInfo] = {}
+        missing: list[TableRef] = []
         for ref in refs:
             table = self._tables.get(ref.id)
-            if table is None or table.entries is None:
-                raw = data.get(ref.id)
-                if raw is None:
-                    continue  # removed since the tables were listed
-                table = TableInfo.parse(codec.decompress(raw, 1 << 30), ref.digest)
-                self._tables.put(ref.id, table)
-            assert table.entries is not None
-            for index, labels in enumerate(table.entries):
-                stored = stored_dict(labels, self._device_label, ref.device)
-                if not any(s.matches(stored) for s in selectors):
-                    continue
-                key = (ref.device, labels)
-                entry = found.get(key)
-                if entry is None:
-                    if len(found) >= limits.max_series:
-                        raise OverLimit(
-                            f"the selection holds more than {limits.max_series} series ([export] max_series):"
-                            " narrow the selector",
-                            "max_series",
-                        )
-                    entry = found[key] = Chosen(ref.device, stored)
-                entry.where.append((ref.id, index))
-        return sorted(found.values(), key=lambda s: (s.device, list(s.labels.items())))
+            if table is not None and table.entries is not None:
+                found[ref.id] = table
+            else:
+                missing.append(ref)
+        if missing:
+            data = await self._store.table_data([r.id for r in missing])
+            parsed = await asyncio.to_thread(_parse, [(r, data[r.id]) for r in missing if r.id in data])
+            for table_id, table in parsed.items():
+                self._tables.put(table_id, table)
+            found.update(parsed)
+        return found
 
     async def read(
         self, plan: Plan, group_samples: int = GROUP_SAMPLES
     ) -> AsyncIterator[list[tuple[Chosen, list[int], list[float]]]]:
         """The plan's series with their samples in time order, a group at a time."""
-        for group in _groups(plan.series, group_samples):
-            wanted = {t for s in group for t, _ in s.where}
-            refs = [c for t in wanted for c in plan.chunks.get(t, ())]
-            frames = await self._store.chunk_frames(sorted(c.id for c in refs))
-            yield await asyncio.to_thread(_decode, group, refs, frames, plan.start_ms, plan.end_ms)
+        for device in plan.devices:
+            refs = [TableRef(t, device.device, device.digests[t]) for t in device.tables]
+            tables = await self._load(refs)
+            chosen = _chosen(device, tables, plan.totals, self._device_label)
+            chunks = await self._store.chunk_refs(sorted(device.tables), plan.start_ms, plan.end_ms)
+            by_table: dict[int, list[ChunkRef]] = {}
+            for c in chunks:
+                by_table.setdefault(c.table_id, []).append(c)
+            for group in _groups(chosen, group_samples):
+                wanted = {t for s in group for t, _ in s.where}
+                group_refs = [c for t in wanted for c in by_table.get(t, ())]
+                frames = await self._store.chunk_frames(sorted(c.id for c in group_refs))
+                yield await asyncio.to_thread(_decode, group, group_refs, frames, plan.start_ms, plan.end_ms)
+
+
+class _Matcher:
+    """Matches tables a page at a time (on a worker thread), keeping per table only the indices chosen;
+    the series of one device are told apart across its tables (a device's tables come together)."""
+
+    def __init__(self, selectors: list[Selector], device_label: str, limits: Limits) -> None:
+        self._selectors = selectors
+        self._device_label = device_label
+        self._limits = limits
+        self._plans: list[DevicePlan] = []
+        self._keys: set[Labels] = set()  # the current device's series
+        self.series = 0
+
+    def match(self, refs: list[TableRef], tables: dict[int, TableInfo]) -> None:
+        for ref in refs:
+            table = tables.get(ref.id)
+            if table is None or table.entries is None:
+                continue  # removed since the tables were listed
+            if not self._plans or self._plans[-1].device != ref.device:
+                self._plans.append(DevicePlan(ref.device))
+                self._keys = set()
+            plan = self._plans[-1]
+            chosen: list[int] = []
+            for index, labels in enumerate(table.entries):
+                stored = stored_dict(labels, self._device_label, ref.device)
+                if not any(s.matches(stored) for s in self._selectors):
+                    continue
+                chosen.append(index)
+                if labels not in self._keys:
+                    self._keys.add(labels)
+                    self.series += 1
+                    if self.series > self._limits.max_series:
+                        raise OverLimit(
+                            f"the selection holds more than {self._limits.max_series} series ([export] max_series):"
+                            " narrow the selector",
+                            "max_series",
+                        )
+            if chosen:
+                plan.tables[ref.id] = chosen
+                plan.digests[ref.id] = ref.digest
+
+    def done(self) -> list[DevicePlan]:
+        return [p for p in self._plans if p.tables]
+
+
+def _parse(items: list[tuple[TableRef, bytes]]) -> dict[int, TableInfo]:
+    codec = Codec()
+    return {ref.id: TableInfo.parse(codec.decompress(data, 1 << 30), ref.digest) for ref, data in items}
+
+
+def _chosen(
+    device: DevicePlan, tables: dict[int, TableInfo], totals: dict[int, tuple[int, int]], device_label: str
+) -> list[Chosen]:
+    """A device's chosen series (merged across its tables), in label order, each with its bound."""
+    found: dict[Labels, Chosen] = {}
+    for table_id, indices in device.tables.items():
+        table = tables.get(table_id)
+        if table is None or table.entries is None:
+            continue
+        samples, most = totals.get(table_id, (0, 0))
+        for index in indices:
+            labels = table.entries[index]
+            entry = found.get(labels)
+            if entry is None:
+                entry = found[labels] = Chosen(device.device, stored_dict(labels, device_label, device.device))
+            entry.where.append((table_id, index))
+            entry.bound += min(samples, most)
+    return sorted(found.values(), key=lambda s: list(s.labels.items()))
 
 
 def _groups(series: list[Chosen], group_samples: int) -> Iterable[list[Chosen]]:

@@ -109,6 +109,7 @@ async def test_every_read_of_a_damaged_store_raises_store_error(
             "tables": lambda: store.tables(0, 2000),
             "table_data": lambda: store.table_data([table.id]),
             "chunk_refs": lambda: store.chunk_refs([table.id], 0, 2000),
+            "chunk_totals": lambda: store.chunk_totals([table.id], 0, 2000),
             "chunk_frames": lambda: store.chunk_frames([1]),
             "metric_names": store.metric_names,
             "fleet_samples": lambda: store.fleet_samples("backhaul_model_info", 0, 2000),

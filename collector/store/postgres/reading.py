@@ -40,6 +40,18 @@ class PostgresReading(PostgresBase):
         )
         return [ChunkRef(*r) for r in rows]
 
+    async def chunk_totals(self, table_ids: list[int], start_ms: int, end_ms: int) -> dict[int, tuple[int, int]]:
+        """Per table, of its chunks that overlap ``[start_ms, end_ms]``: their samples, and the sum of
+        each one's most samples of one series (what bounds a read, :mod:`collector.store.reader`)."""
+        rows = await self._fetch(
+            "SELECT table_id, sum(samples)::bigint AS n, sum(max_per_series)::bigint AS most FROM chunks"
+            " WHERE table_id = ANY($1::bigint[]) AND max_ts >= $2 AND min_ts <= $3 GROUP BY table_id",
+            table_ids,
+            start_ms,
+            end_ms,
+        )
+        return {r["table_id"]: (r["n"], r["most"]) for r in rows}
+
     async def chunk_frames(self, ids: list[int]) -> dict[int, bytes]:
         """Stored chunks (zstd, without their table) by id; a chunk retention removed meanwhile is absent."""
         rows = await self._fetch("SELECT id, data FROM chunk_data WHERE id = ANY($1::bigint[])", ids)

@@ -66,6 +66,23 @@ class SqliteReading(SqliteBase):
         out.sort(key=lambda c: c.id)
         return out
 
+    async def chunk_totals(self, table_ids: list[int], start_ms: int, end_ms: int) -> dict[int, tuple[int, int]]:
+        """Per table, of its chunks that overlap ``[start_ms, end_ms]``: their samples, and the sum of
+        each one's most samples of one series (what bounds a read, :mod:`collector.store.reader`)."""
+        return await self.db.run(self._chunk_totals, table_ids, start_ms, end_ms)
+
+    def _chunk_totals(self, table_ids: list[int], start_ms: int, end_ms: int) -> dict[int, tuple[int, int]]:
+        out: dict[int, tuple[int, int]] = {}
+        with self.db.read() as conn:
+            for page in _pages(table_ids):
+                marks = ",".join("?" * len(page))
+                sql = (
+                    "SELECT table_id, sum(samples), sum(max_per_series) FROM chunks"
+                    f" WHERE table_id IN ({marks}) AND max_ts >= ? AND min_ts <= ? GROUP BY table_id"
+                )
+                out.update((t, (n, most)) for t, n, most in conn.execute(sql, (*page, start_ms, end_ms)))
+        return out
+
     async def chunk_frames(self, ids: list[int]) -> dict[int, bytes]:
         """Stored chunks (zstd, without their table) by id; a chunk retention removed meanwhile is absent."""
         return await self.db.run(self._chunk_frames, ids)
