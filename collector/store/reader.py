@@ -149,8 +149,17 @@ class Reader:
         matcher = _Matcher(selectors, self._device_label, limits)
         for first in range(0, len(refs), TABLES_PER_STEP):
             page = refs[first : first + TABLES_PER_STEP]
-            tables = await self._load(page)
-            await asyncio.to_thread(matcher.match, page, tables)
+            cached: dict[int, TableInfo] = {}
+            for ref in page:
+                table = self._tables.get(ref.id)
+                if table is not None and table.entries is not None:
+                    cached[ref.id] = table
+            missing = [r.id for r in page if r.id not in cached]
+            data = await self._store.table_data(missing) if missing else {}
+            # parsed, matched and dropped one at a time on a worker thread: a page of big tables
+            # never sits in memory at once; what fits the cache comes back to be kept
+            for table_id, table in await asyncio.to_thread(matcher.match, page, cached, data, CACHED_SERIES // 2):
+                self._tables.put(table_id, table)
         plans = matcher.done()
         table_ids = sorted(t for p in plans for t in p.tables)
         totals = await self._store.chunk_totals(table_ids, start_ms, end_ms) if table_ids else {}
@@ -218,33 +227,51 @@ class _Matcher:
         self._keys: set[Labels] = set()  # the current device's series
         self.series = 0
 
-    def match(self, refs: list[TableRef], tables: dict[int, TableInfo]) -> None:
+    def match(
+        self, refs: list[TableRef], cached: dict[int, TableInfo], data: dict[int, bytes], keep: int
+    ) -> list[tuple[int, TableInfo]]:
+        """Match a page of tables (those not cached come as ``data``); returns the parsed tables worth
+        caching, up to ``keep`` series."""
+        codec = Codec()
+        kept: list[tuple[int, TableInfo]] = []
         for ref in refs:
-            table = tables.get(ref.id)
-            if table is None or table.entries is None:
-                continue  # removed since the tables were listed
-            if not self._plans or self._plans[-1].device != ref.device:
-                self._plans.append(DevicePlan(ref.device))
-                self._keys = set()
-            plan = self._plans[-1]
-            chosen: list[int] = []
-            for index, labels in enumerate(table.entries):
-                stored = stored_dict(labels, self._device_label, ref.device)
-                if not any(s.matches(stored) for s in self._selectors):
-                    continue
-                chosen.append(index)
-                if labels not in self._keys:
-                    self._keys.add(labels)
-                    self.series += 1
-                    if self.series > self._limits.max_series:
-                        raise OverLimit(
-                            f"the selection holds more than {self._limits.max_series} series ([export] max_series):"
-                            " narrow the selector",
-                            "max_series",
-                        )
-            if chosen:
-                plan.tables[ref.id] = chosen
-                plan.digests[ref.id] = ref.digest
+            table = cached.get(ref.id)
+            if table is None:
+                raw = data.get(ref.id)
+                if raw is None:
+                    continue  # removed since the tables were listed
+                table = TableInfo.parse(codec.decompress(raw, 1 << 30), ref.digest)
+                if table.weight <= keep:
+                    kept.append((ref.id, table))
+                    keep -= table.weight
+            self._match_table(ref, table)
+        return kept
+
+    def _match_table(self, ref: TableRef, table: TableInfo) -> None:
+        if table.entries is None:
+            return
+        if not self._plans or self._plans[-1].device != ref.device:
+            self._plans.append(DevicePlan(ref.device))
+            self._keys = set()
+        plan = self._plans[-1]
+        chosen: list[int] = []
+        for index, labels in enumerate(table.entries):
+            stored = stored_dict(labels, self._device_label, ref.device)
+            if not any(s.matches(stored) for s in self._selectors):
+                continue
+            chosen.append(index)
+            if labels not in self._keys:
+                self._keys.add(labels)
+                self.series += 1
+                if self.series > self._limits.max_series:
+                    raise OverLimit(
+                        f"the selection holds more than {self._limits.max_series} series ([export] max_series):"
+                        " narrow the selector",
+                        "max_series",
+                    )
+        if chosen:
+            plan.tables[ref.id] = chosen
+            plan.digests[ref.id] = ref.digest
 
     def done(self) -> list[DevicePlan]:
         return [p for p in self._plans if p.tables]
