@@ -204,6 +204,8 @@ def scan(raw: bytes) -> Scan:
 def _stamps(dod: array) -> list[int]:  # type: ignore[type-arg]
     """The timestamps of a delta-of-delta column, a slice at a time: each C call stays short, so a
     huge chunk on a worker thread never holds the GIL long enough to stall the event loop."""
+    if len(dod) <= _SLICE:
+        return list(accumulate(accumulate(dod)))
     stamps: list[int] = []
     delta = ts = 0
     for i in range(0, len(dod), _SLICE):

@@ -13,9 +13,12 @@ lookup per sample of the series the chunks share.
 
 from __future__ import annotations
 
+import functools
 import operator
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import compress
 
 from backhaul.wire.series import Labels
 from collector.store.chunks import Scan
@@ -45,10 +48,22 @@ def increasing(found: Scan) -> bool:
     if found.max_per_series <= 1:
         return True
     stamps = found.stamps
-    deltas = list(map(operator.sub, stamps[1:], stamps[:-1]))
-    for start in found.starts[1:]:
-        deltas[start - 1] = 1  # from the end of one series to the start of the next: not a step
-    return bool(min(deltas) > 0)
+    steps = map(operator.sub, stamps[1:], stamps[:-1])
+    # from the end of one series to the start of the next is not a step; map and compress run in C
+    return min(compress(steps, _within(found.counts.tobytes())), default=1) > 0
+
+
+@functools.lru_cache(maxsize=64)
+def _within(counts: bytes) -> bytes:
+    """Per step between two neighbouring samples, 1 when both are of one series (chunks of one
+    device's table repeat their layout, so this is cached by the counts column's bytes)."""
+    per_series = array("I", counts)
+    mask = bytearray(b"\x01" * (sum(per_series) - 1))
+    at = 0
+    for n in per_series[:-1]:
+        at += n
+        mask[at - 1] = 0
+    return bytes(mask)
 
 
 def duplicates(new: list[Held], held: list[Held]) -> list[int]:

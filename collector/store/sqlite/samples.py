@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from dataclasses import asdict, replace
-
-import sqlite_utils
+from dataclasses import replace
 
 from backhaul.errors import StoreError, UnknownTables
 from backhaul.wire.batch import BatchHeader
@@ -25,6 +23,14 @@ from collector.store.records import DeviceState, IngestResult
 from collector.store.sqlite.base import SqliteBase
 
 log = logging.getLogger(__name__)
+
+# One statement, prepared once (sqlite_utils' upsert looks the table up on every call: too slow for
+# every batch); it sets only the record's columns.
+_DEVICE_FIELDS = records.DEVICE_COLUMNS.split(", ")
+_UPSERT_DEVICE = (
+    f"INSERT INTO devices ({records.DEVICE_COLUMNS}) VALUES ({', '.join('?' * len(_DEVICE_FIELDS))})"
+    " ON CONFLICT (device) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _DEVICE_FIELDS[1:])
+)
 
 
 class SqliteSamples(SqliteBase):
@@ -98,7 +104,7 @@ class SqliteSamples(SqliteBase):
                 updated.backlog_oldest_ms = batch.backlog_oldest_ms
                 for name, value in self._record_losses(conn, batch).items():
                     setattr(updated, name, value)
-            sqlite_utils.Database(conn).table("devices").upsert(asdict(updated), pk="device")
+            conn.execute(_UPSERT_DEVICE, [getattr(updated, f) for f in _DEVICE_FIELDS])
         self.devices[device] = updated
         return IngestResult(duplicate_batch=False, samples=total - duplicates, duplicate_samples=duplicates)
 
