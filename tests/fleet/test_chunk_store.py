@@ -136,3 +136,15 @@ async def test_native_histograms_are_stored_and_left_out_of_the_export(store: St
     assert [labels["__name__"] for labels, _, _ in found.values()] == ["up"]
     [(_, got, vals)] = found.values()
     assert (got, vals) == ([1000], [math.pi])
+
+
+def test_retention_settings_are_checked() -> None:
+    from pydantic import ValidationError
+
+    assert StoreSettings().retention.days == 15 and StoreSettings().max_bytes is None
+    with pytest.raises(ValidationError, match="retention"):
+        StoreSettings(retention="PT1H")  # the fleet page reads two hours
+    with pytest.raises(ValidationError, match="max_bytes"):
+        StoreSettings(max_bytes="1KiB")
+    rules = Rules.of(StoreSettings(retention="P1D", max_bytes="2GiB"))
+    assert (rules.retention_ms, rules.max_bytes, rules.dedup_kept_ms) == (86_400_000, 2 * 1024**3, 14 * 86_400_000)
