@@ -26,8 +26,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -99,7 +101,7 @@ def _latencies(result: Result, driven: Driven) -> None:
 
 def run_sqlite(load: Load, devices: int, workdir: Path, vm: Server | None, progress: Progress) -> Result:
     name = "(c) SQLite, forwarding to VictoriaMetrics" if vm else "(a) one collector, SQLite"
-    extra = {"forward": [{"name": "vm", "url": f"{vm.url}/api/v1/write"}]} if vm else {}
+    extra: dict[str, Any] = {"forward": [{"name": "vm", "url": f"{vm.url}/api/v1/write"}]} if vm else {}
     db = workdir / "collector.db"
     server = collector(workdir, "collector", devices, {"path": str(db)}, **extra)
     proc = server.start()
@@ -127,7 +129,7 @@ def run_sqlite(load: Load, devices: int, workdir: Path, vm: Server | None, progr
 
 
 def _queued(server: Server) -> int:
-    forward = get_json(f"{server.url}/healthz").get("forward", {})
+    forward = (get_json(f"{server.url}/healthz") or {}).get("forward", {})
     return sum(int(f.get("queued_samples", 0)) for f in forward.values())
 
 
@@ -252,13 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     wall = time.monotonic()
     with Progress() as progress:
-        for key, run in (
+        runs: tuple[tuple[str, Callable[[Path], Result | None]], ...] = (
             ("a", lambda d: run_sqlite(load, args.devices, d, None, progress)),
             ("b", lambda d: run_postgres(load, args.devices, d, progress)),
             ("c", lambda d: run_sqlite(load, args.devices, d, victoria_metrics(d), progress)),
             ("vm", lambda d: run_vm_reference(load, args.reference_devices, d, progress)),
             ("rows", lambda d: run_row_store(load, args.reference_devices, d, progress)),
-        ):
+        )
+        for key, run in runs:
             if key in skip:
                 continue
             with tempfile.TemporaryDirectory(prefix=f"bench-collector-{key}-") as tmp:

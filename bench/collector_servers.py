@@ -31,7 +31,7 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 def cpu_seconds(proc: psutil.Process, with_children: bool = False) -> float:
     """User and system CPU of a process (all its threads); with its children, waited-for and live."""
     t = proc.cpu_times()
-    total = t.user + t.system
+    total: float = t.user + t.system
     if with_children:
         total += t.children_user + t.children_system
         for child in proc.children(recursive=True):

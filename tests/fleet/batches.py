@@ -56,10 +56,10 @@ async def put(
 
 async def read(
     store: Store, selector: str, start_ms: int = 0, end_ms: int = 2**62
-) -> dict[str, tuple[dict, list, list]]:
+) -> dict[str, tuple[dict[str, str], list[int], list[float]]]:
     """What the store holds for ``selector``: {device: (labels, timestamps, values)}, through the reader."""
     reader = Reader(store, "device_id")
-    out = {}
+    out: dict[str, tuple[dict[str, str], list[int], list[float]]] = {}
     async for group in reader.read(await reader.plan([Selector.parse(selector)], start_ms, end_ms)):
         for chosen, stamps, values in group:
             out[chosen.device] = (chosen.labels, stamps, values)

@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.chunk import Codec
-from backhaul.wire.histogram import Histogram
+from backhaul.wire.histogram import Histogram, HistogramSeriesMap
+from backhaul.wire.series import Labels, SeriesMap
 from collector.store import Store
 from collector.store.chunks import prepare
 from collector.store.postgres import PostgresStore
@@ -25,7 +26,7 @@ from tests.fleet.batches import put, read
 
 HOUR = 3_600_000
 NOW = 1_800_000_000_000
-UP = (("__name__", "up"), ("job", "node"))
+UP: Labels = (("__name__", "up"), ("job", "node"))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -83,7 +84,7 @@ async def test_of_two_samples_with_one_timestamp_the_first_stored_wins(store: St
 
 
 async def test_a_chunk_of_nothing_but_duplicates_is_not_stored(store: Store) -> None:
-    series = {UP: ([1000, 2000], [1.0, 2.0])}
+    series: SeriesMap = {UP: ([1000, 2000], [1.0, 2.0])}
     await put(store, "dev-1", series, NOW)
     again = await put(store, "dev-1", series, NOW)
     assert (again.samples, again.duplicate_samples) == (0, 2)
@@ -92,10 +93,10 @@ async def test_a_chunk_of_nothing_but_duplicates_is_not_stored(store: Store) -> 
 
 
 async def test_retention_removes_whole_chunks_oldest_first_and_counts_them(store: Store) -> None:
-    model = (("__name__", "backhaul_model_info"), ("model", "yolo"), ("version", "8"))
+    model: Labels = (("__name__", "backhaul_model_info"), ("model", "yolo"), ("version", "8"))
     for day in range(10):  # one batch a day, the model info in the first one only
         t = NOW - (10 - day) * 24 * HOUR
-        series = {UP: (every(60_000, t, t + HOUR), [float(day)] * 60)}
+        series: SeriesMap = {UP: (every(60_000, t, t + HOUR), [float(day)] * 60)}
         if day == 0:
             series[model] = ([t], [1.0])
         await put(store, "dev-1", series, t, BatchHeader(device="dev-1", buffer_id="b", seq=day + 1, sent_at_ms=t))
@@ -126,7 +127,7 @@ async def test_retention_removes_whole_chunks_oldest_first_and_counts_them(store
 async def test_native_histograms_are_stored_and_left_out_of_the_export(store: Store) -> None:
     codec = Codec()
     h = Histogram(count=3, sum=4.5, schema=0, positive_spans=((0, 2),), positive=(1, 1))
-    histograms = {(("__name__", "latency"), ("job", "x")): ([1000, 2000], [h, h])}
+    histograms: HistogramSeriesMap = {(("__name__", "latency"), ("job", "x")): ([1000, 2000], [h, h])}
     raw = codec.decompress(codec.encode({UP: ([1000], [math.pi])}, histograms), 1 << 20)
     chunk = prepare(raw, b"", None, codec)
     assert chunk.scan.version == 3 and chunk.scan.samples == 3

@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from backhaul.wire.chunk import Codec
+from backhaul.wire.series import SeriesMap
 from collector.store.chunks import from_series
 from collector.store.sqlite import SqliteStore
 from tests.conftest import Running
@@ -38,7 +39,7 @@ def fill(path: Path) -> None:
         codec = Codec()
         try:
             for d in range(DEVICES):
-                series = {
+                series: SeriesMap = {
                     (
                         ("__name__", f"node_metric_{i % 97}"),
                         ("cpu", str(i % 8)),

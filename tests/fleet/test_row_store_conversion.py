@@ -26,7 +26,8 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def expected() -> dict[str, Any]:
-    return json.loads(gzip.decompress((FIXTURES / "row-store.expected.json.gz").read_bytes()))
+    found: dict[str, Any] = json.loads(gzip.decompress((FIXTURES / "row-store.expected.json.gz").read_bytes()))
+    return found
 
 
 async def everything(store: Store) -> dict[str, list[list[object]]]:

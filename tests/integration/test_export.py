@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from backhaul.wire.chunk import Codec
+from backhaul.wire.series import SeriesMap
 from collector.store.chunks import from_series
 from collector.store.sqlite import SqliteStore
 from tests.conftest import Running
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.integration
 NOW = int(time.time() * 1000)
 
 
-def rw_series(n: int, per_series: int) -> dict:
+def rw_series(n: int, per_series: int) -> SeriesMap:
     return {
         (("__name__", "limits_metric"), ("i", f"{i:03d}"), ("job", "node")): (
             [NOW - 1000 * (per_series - k) for k in range(per_series)],
@@ -34,7 +35,7 @@ def rw_series(n: int, per_series: int) -> dict:
     }
 
 
-def store_directly(path: Path, series: dict, device: str = "dev-1", per_chunk: int = 100) -> None:
+def store_directly(path: Path, series: SeriesMap, device: str = "dev-1", per_chunk: int = 100) -> None:
     """Fill a store file before the collector starts (what uploads would have left in it), in chunks
     of ``per_chunk`` series."""
 
@@ -108,7 +109,7 @@ def test_healthz_answers_within_100_ms_while_a_large_export_runs(
     start_collector: Callable[..., Running], tmp_path: Path
 ) -> None:
     per_series = 600
-    series = {
+    series: SeriesMap = {
         (("__name__", f"big_{i % 50}"), ("i", str(i)), ("job", "node")): (
             [NOW - 15_000 * (per_series - k) for k in range(per_series)],
             [float((i * 7919 + k * 104729) % 1_000_003) / 8 for k in range(per_series)],
