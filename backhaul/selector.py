@@ -8,6 +8,7 @@ backslash escapes, or `...` raw.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,9 +39,15 @@ class Matcher:
         except re2.error as exc:
             detail = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else exc
             raise SelectorError(f"bad regular expression {self.value!r} for {self.name}: {detail}") from exc
+
+        # Label values repeat across series (names, jobs, instances): each distinct one is matched once.
+        @functools.lru_cache(maxsize=4096)
+        def matches(v: str) -> bool:
+            return pattern.fullmatch(v) is not None
+
         if self.op == "=~":
-            return lambda v: pattern.fullmatch(v) is not None
-        return lambda v: pattern.fullmatch(v) is None
+            return matches
+        return lambda v: not matches(v)
 
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")

@@ -76,9 +76,13 @@ def lines(group: list[tuple[Chosen, list[int], list[float]]]) -> bytes:
             continue
         if len(keep) < len(values):
             stamps, values = [stamps[i] for i in keep], [values[i] for i in keep]
+        numbers = [_number(v) for v in values]
+        if len(stamps) <= _SLICE:  # the common case: one call
+            line = {"metric": chosen.labels, "values": numbers, "timestamps": stamps}
+            out.append(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+            continue
         metric = json.dumps(chosen.labels, separators=(",", ":"))
-        numbers = _pieces([_number(v) for v in values])
-        out.append(f'{{"metric":{metric},"values":[{numbers}],"timestamps":[{_pieces(stamps)}]}}\n'.encode())
+        out.append(f'{{"metric":{metric},"values":[{_pieces(numbers)}],"timestamps":[{_pieces(stamps)}]}}\n'.encode())
     return b"".join(out)
 
 

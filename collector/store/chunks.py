@@ -34,6 +34,7 @@ ROUTED = "backhaul_proxy_routed_requests_total"
 FLEET_SERIES = frozenset((MODEL_INFO, ROUTED))
 # Timestamps reach signed 64-bit database columns (the chunk index).
 _MIN_TS, _MAX_TS = -(2**63), 2**63 - 1
+_STR_ONLY = {str}
 # Elements per C call in the long loops (see _stamps).
 _SLICE = 65536
 # bytes.translate tables: a kinds column to a 0/1 mask of float (histogram) series.
@@ -76,19 +77,22 @@ class TableInfo:
         if not isinstance(flat, list):
             raise WireError("chunk: series table is not a JSON array")
         entries: list[Labels] = []
+        names: set[str] = set()
+        fleet: list[tuple[int, str, Labels]] = []
         for item in flat:
-            if type(item) is not list or not item or len(item) % 2 or set(map(type, item)) != {str}:
+            if type(item) is not list or not item or len(item) % 2 or set(map(type, item)) != _STR_ONLY:
                 raise WireError("chunk: a series entry is not a non-empty list of label name/value strings")
-            entries.append(tuple(zip(item[0::2], item[1::2], strict=True)))
-        names = {v for labels in entries for n, v in labels if n == "__name__"}
-        fleet = tuple(
-            (i, v, labels)
-            for i, labels in enumerate(entries)
-            for n, v in labels
-            if n == "__name__" and v in FLEET_SERIES
-        )
+            labels = tuple(zip(item[0::2], item[1::2], strict=True))
+            # label names are sorted, so the name is nearly always first
+            name = item[1] if item[0] == "__name__" else next((v for n, v in labels if n == "__name__"), None)
+            if name is not None:
+                names.add(name)
+                if name in FLEET_SERIES:
+                    fleet.append((len(entries), name, labels))
+            entries.append(labels)
         unique = len(set(entries)) == len(entries)
-        return cls(digest or chunkfmt.table_digest(data), len(entries), frozenset(names), fleet, unique, data, entries)
+        digest = digest or chunkfmt.table_digest(data)
+        return cls(digest, len(entries), frozenset(names), tuple(fleet), unique, data, entries)
 
     def summary(self) -> TableInfo:
         """The same without its data and entries: what a cache keeps."""
@@ -280,10 +284,11 @@ def read_series(raw: bytes, found: Scan, wanted: Iterable[int]) -> dict[int, tup
     ints: array | None = None  # type: ignore[type-arg]
     floats: list[float] | None = None
     out: dict[int, tuple[list[int], list[float]]] = {}
+    counts, kinds, starts, stamps = found.counts, found.kinds, found.starts, found.stamps
     for i in want:
         if i >= found.n_series:
             continue
-        count, kind = found.counts[i], found.kinds[i]
+        count, kind = counts[i], kinds[i]
         values: list[float]
         if kind == HISTOGRAM_KIND:
             continue
@@ -299,10 +304,15 @@ def read_series(raw: bytes, found: Scan, wanted: Iterable[int]) -> dict[int, tup
             if ints is None:
                 ints = unshuffle(raw[found.ints_at : found.ints_at + 8 * found.n_ints], "Q")
             at = int_offsets[i]
-            scaled = accumulate((z >> 1) ^ -(z & 1) for z in ints[at : at + count])
             scale = 10 ** (kind - 1)
-            values = [float(n) for n in scaled] if scale == 1 else [n / scale for n in scaled]
-        out[i] = (found.series_stamps(i), values)
+            if count == 1:  # one sample per series (a scrape per batch): the common case
+                z = ints[at]
+                values = [((z >> 1) ^ -(z & 1)) / scale]
+            else:
+                scaled = accumulate((z >> 1) ^ -(z & 1) for z in ints[at : at + count])
+                values = [float(n) for n in scaled] if scale == 1 else [n / scale for n in scaled]
+        start = starts[i]
+        out[i] = (stamps[start : start + count], values)
     return out
 
 

@@ -98,12 +98,15 @@ class Plan:
     end_ms: int
 
 
-def stored_dict(labels: Labels, device_label: str, device: str) -> dict[str, str]:
+def stored_dict(labels: Labels, device_label: str, device: str, ordered: bool = True) -> dict[str, str]:
     """A series' labels at the collector: the device label added (an existing one of that name kept
-    as ``exported_<name>``, :func:`collector.store.records.stored_labels`), sorted by name."""
-    pairs = [(f"exported_{n}" if n == device_label else n, v) for n, v in labels]
-    pairs.append((device_label, device))
-    return dict(sorted(pairs))
+    as ``exported_<name>``, :func:`collector.store.records.stored_labels`), sorted by name unless
+    ``ordered`` is False (for matching only)."""
+    found = dict(labels)
+    if device_label in found:
+        found[f"exported_{device_label}"] = found.pop(device_label)
+    found[device_label] = device
+    return dict(sorted(found.items())) if ordered else found
 
 
 def narrowing(selectors: list[Selector], label: str) -> tuple[list[str], list[str]] | None:
@@ -220,7 +223,7 @@ class _Matcher:
     the series of one device are told apart across its tables (a device's tables come together)."""
 
     def __init__(self, selectors: list[Selector], device_label: str, limits: Limits) -> None:
-        self._selectors = selectors
+        self._selectors = [_Compiled(s, device_label) for s in selectors]
         self._device_label = device_label
         self._limits = limits
         self._plans: list[DevicePlan] = []
@@ -255,9 +258,11 @@ class _Matcher:
             self._keys = set()
         plan = self._plans[-1]
         chosen: list[int] = []
+        selectors = [s for s in self._selectors if s.device_matches(ref.device)]
+        if not selectors:
+            return
         for index, labels in enumerate(table.entries):
-            stored = stored_dict(labels, self._device_label, ref.device)
-            if not any(s.matches(stored) for s in self._selectors):
+            if not any(s.matches(labels) for s in selectors):
                 continue
             chosen.append(index)
             if labels not in self._keys:
@@ -275,6 +280,37 @@ class _Matcher:
 
     def done(self) -> list[DevicePlan]:
         return [p for p in self._plans if p.tables]
+
+
+class _Compiled:
+    """A selector, its matchers sorted by what they test: the device label (once per table), the
+    metric name (predicates cached per distinct value, :mod:`backhaul.selector`), and other labels,
+    read from the series' labels as the agent sent them (``exported_<device label>`` is the agent's
+    own label of that name)."""
+
+    def __init__(self, selector: Selector, device_label: str) -> None:
+        exported = f"exported_{device_label}"
+        self._device = [m.predicate() for m in selector.matchers if m.name == device_label]
+        self._name = [m.predicate() for m in selector.matchers if m.name == "__name__"]
+        self._other = [
+            (device_label if m.name == exported else m.name, m.predicate())
+            for m in selector.matchers
+            if m.name not in (device_label, "__name__")
+        ]
+
+    def device_matches(self, device: str) -> bool:
+        return all(test(device) for test in self._device)
+
+    def matches(self, labels: Labels) -> bool:
+        if self._name:
+            first = labels[0]
+            name = first[1] if first[0] == "__name__" else next((v for n, v in labels if n == "__name__"), "")
+            if not all(test(name) for test in self._name):
+                return False
+        if self._other:
+            found = dict(labels)
+            return all(test(found.get(label, "")) for label, test in self._other)
+        return True
 
 
 def _parse(items: list[tuple[TableRef, bytes]]) -> dict[int, TableInfo]:
@@ -341,6 +377,8 @@ def _decode(
 def _merged(parts: list[tuple[list[int], list[float]]], start_ms: int, end_ms: int) -> tuple[list[int], list[float]]:
     if len(parts) == 1:
         stamps, values = parts[0]
+        if len(stamps) == 1:
+            return (stamps, values) if start_ms <= stamps[0] <= end_ms else ([], [])
         if all(a < b for a, b in pairwise(stamps)):
             if stamps and (stamps[0] < start_ms or stamps[-1] > end_ms):
                 keep = [i for i, t in enumerate(stamps) if start_ms <= t <= end_ms]
