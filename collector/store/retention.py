@@ -31,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
 
+from backhaul.errors import StoreError
 from collector.store.records import Removed
 from collector.store.settings import StoreSettings
 
@@ -118,6 +119,8 @@ class Retention:
             started = time.monotonic()
             try:
                 await self.once()
-            except Exception as exc:  # a StoreError or a bug: the next pass tries again
+            except StoreError as exc:  # the store busy or away: the next pass tries again
                 log.warning("store retention failed: %s", exc)
+            except Exception:  # a bug: logged with its traceback, and the job goes on
+                log.exception("store retention failed")
             await asyncio.sleep(max(1.0, INTERVAL_S - (time.monotonic() - started)))
