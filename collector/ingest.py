@@ -1,13 +1,15 @@
 """``POST /api/v1/batches``: a device's batch in, stored once, acknowledged only when durable.
 
 200  stored (or already stored: ``"duplicate": true``); the agent may delete the batch
-400  not a valid batch or chunk (reason in the body)
+400  not a valid batch or chunk (reason in the body); a series whose labels break the rules
+     (backhaul/labels.py) is dropped and counted, the rest stored (``dropped`` in the JSON body)
 401  no or unknown bearer token;  403  the token belongs to another device
 409  a chunk refers to a series table the store does not keep (``unknown_tables`` in the JSON body):
      the agent sends the batch again with its tables
-413  body, or what it decompresses to, over the limit
+413  body, what it decompresses to, or what its chunks declare they decode to, over the limit
 415  wrong Content-Type
-503  the store cannot write right now (disk full, locked): the agent retries later
+503  the store cannot write right now (disk full, locked), or too much is being decoded at once:
+     the agent retries later
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from backhaul.errors import InputError, TooLarge, UnknownTables, WireError, stor
 from backhaul.wire import batch as batchfmt
 from backhaul.wire import chunk as chunkfmt
 from backhaul.wire.batch import BatchHeader
+from backhaul.wire.budget import DecodeBudget, chunk_cost
 from backhaul.wire.chunk import Codec
 from collector.auth import DeviceAuth
 from collector.config import CollectorSettings
@@ -59,8 +62,9 @@ class BatchReceiver(DeviceEndpoint):
         metrics: CollectorMetrics,
         clock: Callable[[], float] = time.time,
         forward: Forward | None = None,
+        budget: DecodeBudget | None = None,
     ) -> None:
-        super().__init__(settings, store, metrics, clock, forward)
+        super().__init__(settings, store, metrics, clock, forward, budget)
         self._tables: BoundedCache[tuple[str, str], TableInfo] = BoundedCache(_CACHED_TABLES)
         self._table_bytes: BoundedCache[tuple[str, str], bytes] = BoundedCache(_CACHED_TABLE_BYTES, len)
 
@@ -68,7 +72,7 @@ class BatchReceiver(DeviceEndpoint):
         return self._metrics.requests
 
     async def _handle(self, request: web.Request) -> web.Response:
-        device = await self._auth.device_for(request.headers.get("Authorization"))
+        device = await self._auth.device_of(request)
         if request.content_type != batchfmt.CONTENT_TYPE:
             raise InputError(f"Content-Type must be {batchfmt.CONTENT_TYPE}, not {request.content_type!r}", 415)
         body = await self._read(request)
@@ -87,6 +91,20 @@ class BatchReceiver(DeviceEndpoint):
             self._metrics.batches.labels("unknown_table").inc()
             raise
         try:
+            # What the chunks declare, compared and priced before anything is decoded.
+            cost = self._plan(header, chunks, tables)
+        except WireError as exc:
+            if not isinstance(exc, TooLarge):
+                self._metrics.batches.labels("malformed").inc()
+            raise
+        async with self._budget.reserve(cost, "batch"):
+            return await self._store_batch(header, chunks, tables, started)
+
+    async def _store_batch(
+        self, header: BatchHeader, chunks: list[bytes], tables: dict[str, TableInfo], started: float
+    ) -> web.Response:
+        store = self._store
+        try:
             prepared, frames, new_tables = await asyncio.to_thread(self._prepare, header, chunks, tables)
         except WireError as exc:
             if isinstance(exc, TooLarge):
@@ -98,12 +116,16 @@ class BatchReceiver(DeviceEndpoint):
             # Kept before the batch is acknowledged: the agent refers to them from then on.
             with store_trouble("series tables"):
                 await store.put_tables(header.device, new_tables, now_ms, now_ms - _TABLE_KEPT_MS)
+        dropped: dict[str, int] = {}
         for chunk in prepared:
-            if chunk.table.data is not None:
-                self._remember(header.device, chunk.table)  # (on the event loop: the caches are not thread-safe)
-        if self._forward is not None:
+            if chunk.sent_table.data is not None:
+                self._remember(header.device, chunk.sent_table)  # (on the event loop: the caches are not thread-safe)
+            for reason, count in chunk.dropped.items():
+                dropped[reason] = dropped.get(reason, 0) + count
+        prepared = [c for c in prepared if c.scan.samples]
+        if self._forward is not None and frames:
             with store_trouble("forward spool"):
-                await self._forward(header.device, Chunks(frames), header.samples)
+                await self._forward(header.device, Chunks(frames), header.samples - sum(dropped.values()))
         result: IngestResult = await store.ingest(header.device, prepared, int(self._clock() * 1000), header)
         self._metrics.ingest_seconds.observe(time.perf_counter() - started)
         if result.duplicate_batch:
@@ -112,10 +134,49 @@ class BatchReceiver(DeviceEndpoint):
             self._metrics.batches.labels("stored").inc()
             self._metrics.samples.inc(result.samples)
             self._metrics.duplicate_samples.inc(result.duplicate_samples)
-        return web.json_response(
-            {"stored": True, "duplicate": result.duplicate_batch, "seq": header.seq, "samples": result.samples},
-            headers=_KEEPS_TABLES,
-        )
+            self._count_dropped(header.device, dropped)
+        answer: dict[str, object] = {
+            "stored": True,
+            "duplicate": result.duplicate_batch,
+            "seq": header.seq,
+            "samples": result.samples,
+        }
+        if dropped and not result.duplicate_batch:
+            answer["dropped"] = dropped
+        return web.json_response(answer, headers=_KEEPS_TABLES)
+
+    def _plan(self, header: BatchHeader, chunks: list[bytes], tables: dict[str, TableInfo]) -> int:
+        """The decoding cost of the batch, from what its chunks declare (each decompressed only as far
+        as its header); a WireError when those counts do not add up to the header's, TooLarge when the
+        chunks cannot fit the limits."""
+        codec = Codec()
+        declared = raw = cost = 0
+        refs = header.table_refs
+        limit = int(self._settings.limits.max_decompressed_bytes)
+        shapes = []
+        for index, frame in enumerate(chunks):
+            try:
+                raw += codec.content_size(frame) or 0
+                if raw > limit:  # as the frames' headers declare: a zstd bomb is refused before anything runs
+                    raise TooLarge("decompressed batch", limit)
+                shapes.append(codec.peek(frame))
+            except WireError as exc:
+                if isinstance(exc, TooLarge):
+                    raise
+                raise WireError(f"chunk {index}: {exc}") from exc
+        raw = 0
+        for index, shape in enumerate(shapes):
+            table_len = tables[refs[index]].size if refs and refs[index] else shape.table_len
+            length = shape.min_len + table_len - shape.table_len
+            declared += shape.n_samples
+            raw += length
+            cost += chunk_cost(shape.n_series, shape.n_samples, table_len, length)
+        if declared != header.samples:
+            raise WireError(f"batch header announces {header.samples} samples, its chunks declare {declared}")
+        if raw > limit:
+            raise TooLarge("decompressed batch", limit)
+        self._budget.check(cost, "batch")
+        return cost
 
     async def _tables_for(self, header: BatchHeader) -> dict[str, TableInfo]:
         """The series tables the batch's chunks refer to; :class:`UnknownTables` if the store lacks one."""
@@ -124,13 +185,14 @@ class BatchReceiver(DeviceEndpoint):
         for digest in dict.fromkeys(r for r in header.table_refs if r):
             key = (header.device, digest)
             table = self._tables.get(key)
-            if table is not None and self._forward is not None:  # forwarding needs the table's bytes too
+            if table is not None and (self._forward is not None or table.refused):
+                # forwarding needs the table's bytes too, and so does leaving out the series it refuses
                 data = self._table_bytes.get(key)
                 table = None if data is None else replace(table, data=data)
             if table is None:
                 data = await self._store.get_table(header.device, digest)
                 if data is not None:
-                    table = await asyncio.to_thread(TableInfo.parse, data, digest)
+                    table = await asyncio.to_thread(TableInfo.parse, data, digest, self._rules)
                     self._remember(header.device, table)
             if table is None:
                 missing.append(digest)
@@ -142,7 +204,7 @@ class BatchReceiver(DeviceEndpoint):
 
     def _remember(self, device: str, table: TableInfo) -> None:
         self._tables.put((device, table.digest), table.summary())
-        if self._forward is not None and table.data is not None:
+        if (self._forward is not None or table.refused) and table.data is not None:
             self._table_bytes.put((device, table.digest), table.data)
 
     def _prepare(
@@ -153,8 +215,9 @@ class BatchReceiver(DeviceEndpoint):
         values are not).
 
         Also returns the chunk frames with their tables in them (re-compressed where a chunk came by
-        reference) for the forwarders, and, when the agent asks the collector to keep tables
-        (``table_refs`` present), the tables this instance has not kept yet.
+        reference or had series refused for their labels: the forwarders get what is stored) for
+        the forwarders, and, when the agent asks the collector to keep tables (``table_refs``
+        present), the tables this instance has not kept yet.
         """
         limit = int(self._settings.limits.max_decompressed_bytes)
         budget = limit
@@ -173,23 +236,28 @@ class BatchReceiver(DeviceEndpoint):
             try:
                 ref = refs[index] if refs else ""
                 if ref:
-                    chunk = prepare(raw, frame, tables[ref], codec)
-                    if self._forward is not None:  # the forwarders read chunks with their tables in them
+                    chunk = prepare(raw, frame, tables[ref], codec, self._rules)
+                    if self._forward is not None and not chunk.dropped:  # the forwarders read chunks with their tables
                         data = tables[ref].data
                         assert data is not None  # see _tables_for
                         frame = codec.compress(chunkfmt.join_table(raw, data))
                     self._metrics.table_references.inc()
                 else:
-                    chunk = prepare(raw, frame, None, codec)
-                    if refs and (header.device, chunk.table.digest) not in self._tables:
-                        assert chunk.table.data is not None
-                        new_tables[chunk.table.digest] = chunk.table.data
+                    chunk = prepare(raw, frame, None, codec, self._rules)
+                    sent = chunk.sent_table
+                    if refs and (header.device, sent.digest) not in self._tables:
+                        assert sent.data is not None
+                        new_tables[sent.digest] = sent.data
+                if chunk.dropped and self._forward is not None:
+                    assert chunk.table.data is not None
+                    frame = codec.compress(chunkfmt.join_table(codec.decompress(chunk.frame, limit), chunk.table.data))
             except WireError as exc:
                 raise WireError(f"chunk {index}: {exc}") from exc
             prepared.append(chunk)
-            frames.append(frame)
+            if chunk.scan.samples:
+                frames.append(frame)
         self._metrics.decompressed_bytes.inc(limit - budget)
-        found = sum(c.scan.samples for c in prepared)
+        found = sum(c.scan.samples + sum(c.dropped.values()) for c in prepared)
         if found != header.samples:
             raise WireError(f"batch header announces {header.samples} samples, its chunks hold {found}")
         return prepared, frames, new_tables

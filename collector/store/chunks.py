@@ -10,6 +10,10 @@ samples, the most samples of one series); the export decodes only the series a s
 A stored chunk is always version 2 or 3 with ``table_len`` 0. Version 1 chunks (older agents) are
 converted to version 2 once, at ingest. Native histograms (version 3, kind 0x80) are kept as they
 came; :func:`read_series` leaves them out (the export's format has no place for them).
+
+A series whose labels break the rules (:mod:`backhaul.labels`) is found once per table, when the
+table is parsed; a chunk with such a series is decoded and encoded again without it (rare: an agent
+checks the same rules before it sends).
 """
 
 from __future__ import annotations
@@ -22,9 +26,19 @@ from dataclasses import dataclass, field
 from itertools import accumulate, compress
 
 from backhaul.errors import WireError
+from backhaul.labels import LabelRules
 from backhaul.wire import chunk as chunkfmt
 from backhaul.wire.chunk.columns import LITTLE, MAX_DECIMALS, unshuffle
-from backhaul.wire.chunk.header import FLOAT_KIND, HEADER, HISTOGRAM_KIND, MAGIC, TABLED, U32, VERSION_HISTOGRAMS
+from backhaul.wire.chunk.header import (
+    FLOAT_KIND,
+    HEADER,
+    HISTOGRAM_KIND,
+    MAGIC,
+    MAX_ABS_TIMESTAMP_MS,
+    TABLED,
+    U32,
+    VERSION_HISTOGRAMS,
+)
 from backhaul.wire.series import Labels, SeriesMap
 
 # Series the fleet page reads, kept aside at ingest (collector/store/fleet rows), so that the page
@@ -32,8 +46,6 @@ from backhaul.wire.series import Labels, SeriesMap
 MODEL_INFO = "backhaul_model_info"
 ROUTED = "backhaul_proxy_routed_requests_total"
 FLEET_SERIES = frozenset((MODEL_INFO, ROUTED))
-# Timestamps reach signed 64-bit database columns (the chunk index).
-_MIN_TS, _MAX_TS = -(2**63), 2**63 - 1
 _STR_ONLY = {str}
 # Elements per C call in the long loops (see _stamps).
 _SLICE = 65536
@@ -57,6 +69,8 @@ class TableInfo:
         data: the table's JSON bytes as the agent sent them (None in a summary).
         entries: each series' labels, in table order, as the agent sent them: no device label
             (None in a summary).
+        size: the table's length in bytes.
+        refused: (index, reason) of each series whose labels break the rules it was parsed with.
     """
 
     digest: str
@@ -66,10 +80,13 @@ class TableInfo:
     unique: bool = True
     data: bytes | None = None
     entries: list[Labels] | None = None
+    size: int = 0
+    refused: tuple[tuple[int, str], ...] = ()
 
     @classmethod
-    def parse(cls, data: bytes, digest: str | None = None) -> TableInfo:
-        """Check and parse a table; raises :class:`WireError` naming what is wrong."""
+    def parse(cls, data: bytes, digest: str | None = None, rules: LabelRules | None = None) -> TableInfo:
+        """Check and parse a table (each series against ``rules`` if given); raises :class:`WireError`
+        naming what is wrong."""
         try:
             flat = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -92,11 +109,20 @@ class TableInfo:
             entries.append(labels)
         unique = len(set(entries)) == len(entries)
         digest = digest or chunkfmt.table_digest(data)
-        return cls(digest, len(entries), frozenset(names), tuple(fleet), unique, data, entries)
+        refused: list[tuple[int, str]] = []
+        if rules is not None:
+            for i, labels in enumerate(entries):
+                reason = rules.problem(labels)
+                if reason is not None:
+                    refused.append((i, reason))
+        names_kept = frozenset(names)
+        return cls(digest, len(entries), names_kept, tuple(fleet), unique, data, entries, len(data), tuple(refused))
 
     def summary(self) -> TableInfo:
         """The same without its data and entries: what a cache keeps."""
-        return TableInfo(self.digest, self.n_series, self.names, self.fleet, self.unique)
+        return TableInfo(
+            self.digest, self.n_series, self.names, self.fleet, self.unique, size=self.size, refused=self.refused
+        )
 
     @property
     def weight(self) -> int:
@@ -187,8 +213,10 @@ def scan(raw: bytes) -> Scan:
         if end != len(raw):
             raise WireError("chunk: its sections do not end where the chunk does")
     low, high = (min(stamps), max(stamps)) if stamps else (0, 0)
-    if low < _MIN_TS or high > _MAX_TS:
-        raise WireError("chunk: a timestamp is outside the signed 64-bit range")
+    # As the chunk decoder: beyond +-2**53 ms no date, and the index's columns are signed 64-bit.
+    if low < -MAX_ABS_TIMESTAMP_MS or high > MAX_ABS_TIMESTAMP_MS:
+        bad = low if low < -MAX_ABS_TIMESTAMP_MS else high
+        raise WireError(f"chunk: timestamp {bad} is outside +-2**53 ms")
     return Scan(
         version=version,
         counts=counts,
@@ -230,32 +258,47 @@ class NewChunk:
         frame: the stored form: zstd of the chunk without its table.
         scan: what its header and timestamps say.
         fleet: samples of the series the fleet page reads: (name, labels, timestamp, value).
+        dropped: samples of series refused for their labels, by reason.
+        sent: when series were refused, the table the chunk came with (``table`` is then the table
+            of what is kept, and ``sent_frame`` the chunk as it came, zstd, its table in it).
     """
 
     table: TableInfo
     frame: bytes
     scan: Scan
     fleet: list[tuple[str, Labels, int, float]] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+    sent: TableInfo | None = None
+
+    @property
+    def sent_table(self) -> TableInfo:
+        """The table the agent sent (and refers to from then on)."""
+        return self.sent or self.table
 
 
-def prepare(raw: bytes, frame: bytes, table: TableInfo | None, codec: chunkfmt.Codec) -> NewChunk:
+def prepare(
+    raw: bytes, frame: bytes, table: TableInfo | None, codec: chunkfmt.Codec, rules: LabelRules | None = None
+) -> NewChunk:
     """A chunk as the store keeps it, from its decompressed bytes and the frame they came in.
 
     ``table``: the table a chunk sent by reference named (its frame is then kept as it came); None
-    when the chunk carries its own (split off, the rest compressed again). On a worker thread: this
-    is the CPU of ingest.
+    when the chunk carries its own (split off, the rest compressed again). ``rules``: the label
+    rules a new table is checked against (a table given was checked when it was parsed); series that
+    break them are left out (:attr:`NewChunk.dropped`). On a worker thread: this is the CPU of ingest.
     """
     if len(raw) > 3 and raw[3] not in TABLED:  # version 1: converted once to the current version
         raw, table = chunkfmt.encode(chunkfmt.decode(raw)), None
     if table is None:
         data, stripped = chunkfmt.split_table(raw)
-        table = TableInfo.parse(data)
+        table = TableInfo.parse(data, rules=rules)
         frame = codec.compress(stripped)
     else:
         stripped = raw
     found = scan(stripped)
     if found.n_series != table.n_series:
         raise WireError(f"chunk: {found.n_series} series, but its table holds {table.n_series}")
+    if table.refused:
+        return _without_refused(stripped, table, codec)
     fleet: list[tuple[str, Labels, int, float]] = []
     if table.fleet:
         wanted = {i: (name, labels) for i, name, labels in table.fleet}
@@ -263,6 +306,21 @@ def prepare(raw: bytes, frame: bytes, table: TableInfo | None, codec: chunkfmt.C
             name, labels = wanted[i]
             fleet.extend((name, labels, t, v) for t, v in zip(stamps, values, strict=True))
     return NewChunk(table, frame, found, fleet)
+
+
+def _without_refused(stripped: bytes, table: TableInfo, codec: chunkfmt.Codec) -> NewChunk:
+    """The chunk encoded again without the series its table refused."""
+    assert table.data is not None and table.entries is not None  # the caller keeps a refusing table's bytes
+    contents = chunkfmt.decode_contents(chunkfmt.join_table(stripped, table.data))
+    dropped: dict[str, int] = {}
+    for i, reason in table.refused:
+        labels = table.entries[i]
+        taken = contents.series.pop(labels, None) or contents.histograms.pop(labels, None)
+        if taken is not None:
+            dropped[reason] = dropped.get(reason, 0) + len(taken[0])
+    kept = prepare(chunkfmt.encode(contents.series, contents.histograms, contents.metadata), b"", None, codec)
+    kept.dropped, kept.sent = dropped, table
+    return kept
 
 
 def read_series(raw: bytes, found: Scan, wanted: Iterable[int]) -> dict[int, tuple[list[int], list[float]]]:

@@ -20,9 +20,10 @@ from collector.store.chunks import from_series
 from collector.store.sqlite import SqliteStore
 from tests.conftest import Running
 from tests.fleet.batches import batch_body, headers, series_for
-from tests.support import http
+from tests.support import READ_HEADERS, http
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# A million series built, stored, served and exported: minutes on a loaded machine.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 DEVICES = 1000
 SERIES = 1000  # per device: a million in all
@@ -83,14 +84,14 @@ def test_a_million_series_stored_fit_in_200_mb(start_collector: Callable[..., Ru
                 status, text, _ = http("POST", f"{collector.url}/api/v1/batches", body, headers(token))
                 assert status == 200, text
         for _ in range(3):
-            assert http("GET", f"{collector.url}/api/v1/fleet", timeout=60)[0] == 200
+            assert http("GET", f"{collector.url}/api/v1/fleet", headers=READ_HEADERS, timeout=60)[0] == 200
         # one metric across every device: a thousand tables matched, a series from each
         query = urllib.parse.urlencode({"match[]": '{__name__="node_metric_7",cpu="7"}'})
-        status, body, _ = http("GET", f"{collector.url}/api/v1/export?{query}", timeout=300)
+        status, body, _ = http("GET", f"{collector.url}/api/v1/export?{query}", headers=READ_HEADERS, timeout=300)
         assert status == 200 and body.count(b"\n") == DEVICES * 2
         # every series of a hundred devices, in one answer
         query = urllib.parse.urlencode({"match[]": '{job="node",instance=~"10[.]0[.].*"}'})
-        status, body, _ = http("GET", f"{collector.url}/api/v1/export?{query}", timeout=300)
+        status, body, _ = http("GET", f"{collector.url}/api/v1/export?{query}", headers=READ_HEADERS, timeout=300)
         assert status == 200 and body.count(b"\n") == 250 * SERIES
     finally:
         stop.set()

@@ -19,7 +19,7 @@ from backhaul.wire.series import SeriesMap
 from collector.store.chunks import from_series
 from collector.store.sqlite import SqliteStore
 from tests.conftest import Running
-from tests.support import TOKEN, exported_samples, http
+from tests.support import READ_HEADERS, TOKEN, exported_samples, http
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +55,7 @@ def store_directly(path: Path, series: SeriesMap, device: str = "dev-1", per_chu
 
 def export(url: str, selector: str, **params: str) -> tuple[int, str]:
     query = urllib.parse.urlencode({"match[]": selector, **params})
-    status, body, _ = http("GET", f"{url}/api/v1/export?{query}", timeout=60)
+    status, body, _ = http("GET", f"{url}/api/v1/export?{query}", headers=READ_HEADERS, timeout=60)
     return status, body.decode(errors="replace")
 
 
@@ -123,7 +123,9 @@ def test_healthz_answers_within_100_ms_while_a_large_export_runs(
     result: list[tuple[int, int]] = []
 
     def run_export() -> None:
-        status, body, _ = http("GET", f"{collector.url}/api/v1/export?match[]=%7Bjob%3D%22node%22%7D", timeout=300)
+        status, body, _ = http(
+            "GET", f"{collector.url}/api/v1/export?match[]=%7Bjob%3D%22node%22%7D", headers=READ_HEADERS, timeout=300
+        )
         result.append((status, body.count(b"\n")))
         done.set()
 
