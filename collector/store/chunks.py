@@ -310,11 +310,13 @@ def prepare(
 
 def _without_refused(stripped: bytes, table: TableInfo, codec: chunkfmt.Codec) -> NewChunk:
     """The chunk encoded again without the series its table refused."""
-    assert table.data is not None and table.entries is not None  # the caller keeps a refusing table's bytes
+    assert table.data is not None  # the caller keeps a refusing table's bytes (a cache, its summary)
+    entries = table.entries if table.entries is not None else TableInfo.parse(table.data, table.digest).entries
+    assert entries is not None
     contents = chunkfmt.decode_contents(chunkfmt.join_table(stripped, table.data))
     dropped: dict[str, int] = {}
     for i, reason in table.refused:
-        labels = table.entries[i]
+        labels = entries[i]
         taken = contents.series.pop(labels, None) or contents.histograms.pop(labels, None)
         if taken is not None:
             dropped[reason] = dropped.get(reason, 0) + len(taken[0])
