@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from apscheduler.job import Job
@@ -188,6 +188,14 @@ class Jobs:
             **extra,
             **trigger_args,
         )
+
+    def rewind(self) -> None:
+        """Run every job now: the wall clock stepped back. APScheduler 3 times its jobs by the wall
+        clock, so each next run is now that much further away (a day back: no scrape for a day)."""
+        now = datetime.now(UTC)
+        for job in self.scheduler.get_jobs():
+            job.modify(next_run_time=now)
+        self.scheduler.wakeup()
 
     async def __aenter__(self) -> Jobs:
         self.scheduler.start()

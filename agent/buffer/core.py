@@ -97,8 +97,11 @@ class StoreCore:
         return self.db.conn
 
     def _recount(self) -> None:
+        # Held chunks count towards the budget, but their timestamps wait for a correction: the oldest
+        # unsent sample is that of the chunks that may be sent.
         row = self.conn.execute(
-            "SELECT count(*), coalesce(sum(bytes),0), coalesce(sum(samples),0), min(min_ts) FROM chunks"
+            "SELECT count(*), coalesce(sum(bytes),0), coalesce(sum(samples),0),"
+            " min(CASE WHEN hold = 0 THEN min_ts END) FROM chunks"
         ).fetchone()
         self.totals = Totals(chunks=row[0], bytes=row[1], samples=row[2], oldest_ts=row[3])
 
@@ -113,18 +116,27 @@ class StoreCore:
             self.conn.execute("UPDATE meta SET value = value + ? WHERE key = ?", (by, key))
 
     def _insert(
-        self, blob: bytes, span: tuple[int, int], n_series: int, samples: int, now_ms: int, chunk_id: int | None = None
+        self,
+        blob: bytes,
+        span: tuple[int, int],
+        n_series: int,
+        samples: int,
+        now_ms: int,
+        chunk_id: int | None = None,
+        hold: int = 0,
     ) -> None:
         lo, hi = span
         self.conn.execute(
-            "INSERT INTO chunks (id, created_ms, min_ts, max_ts, samples, series, bytes, batch_seq, data)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
-            (chunk_id, now_ms, lo, hi, samples, n_series, len(blob), blob),
+            "INSERT INTO chunks (id, created_ms, min_ts, max_ts, samples, series, bytes, batch_seq, data, hold)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+            (chunk_id, now_ms, lo, hi, samples, n_series, len(blob), blob, hold),
         )
 
     def _release_free_pages(self) -> None:
         """Give free pages back to the filesystem once there are many (after evictions, a drained
         backlog, compaction); a few are kept, since the next commits would only grow the file again."""
+        if self.conn.in_transaction:
+            return  # inside a caller's transaction (several appends in one): the next call does it
         try:
             (free,) = self.conn.execute("PRAGMA freelist_count").fetchone()
             (page,) = self.conn.execute("PRAGMA page_size").fetchone()

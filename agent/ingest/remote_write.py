@@ -21,6 +21,7 @@ from aiohttp import web
 
 from agent.buffer.settings import BufferSettings
 from agent.buffer.staging import Staging
+from agent.clock.keeper import TimeKeeper
 from agent.ingest.metrics import IngestMetrics
 from agent.ingest.settings import IngestSettings
 from backhaul.errors import InputError
@@ -44,6 +45,9 @@ class RemoteWriteReceiver:
         metrics: request and sample counters.
         clock: wall clock in seconds.
         observe: called with each request's decoded samples, before the commit (the alert rules look at them).
+        time_keeper: with ``clock.correct``, sorts samples by the clock era that stamped them (held,
+            corrected) and judges the window by true time instead of ``clock`` (a local Prometheus
+            stamps with the same wrong clock).
     """
 
     def __init__(
@@ -54,8 +58,10 @@ class RemoteWriteReceiver:
         metrics: IngestMetrics,
         clock: Callable[[], float] = time.time,
         observe: Callable[[SeriesMap], None] | None = None,
+        time_keeper: TimeKeeper | None = None,
     ) -> None:
         self._staging = staging
+        self._time = time_keeper if time_keeper is not None and time_keeper.correcting else None
         self._labels = rw.LabelCache()
         self._observe = observe
         self._ingest = ingest
@@ -65,6 +71,12 @@ class RemoteWriteReceiver:
         self._clock = clock
 
     def limits(self) -> rw.Limits:
+        if self._time is not None:  # the keeper judges the window, by true time
+            return rw.Limits(
+                max_decompressed_bytes=int(self._ingest.max_decompressed_bytes),
+                max_labels_per_series=self._ingest.max_labels_per_series,
+                max_label_bytes=self._ingest.max_label_bytes,
+            )
         now_ms = int(self._clock() * 1000)
         return rw.Limits(
             max_decompressed_bytes=int(self._ingest.max_decompressed_bytes),
@@ -95,16 +107,26 @@ class RemoteWriteReceiver:
         else:
             decoded = rw.decode(body, self.limits(), self._labels)
 
+        # The rules see the samples as stamped (by the clock they judge them by), held ones too.
+        seen, seen_samples = decoded.series, decoded.samples
+        done = None
+        if self._time is not None:
+            done = await self._time.split(decoded.series)
+            decoded.series, decoded.samples = done.ready, done.samples
+            for reason, count in done.dropped.items():
+                decoded.drop(reason, count)
         dropped = sum(decoded.dropped.values())
-        if self._observe is not None and decoded.samples:
+        if self._observe is not None and seen_samples:
             # Before the commit: an alert must not wait for a slow or failing buffer (a full disk is
             # exactly when it matters). A sample refused below and re-sent is merely seen twice.
             try:
-                self._observe(decoded.series)
+                self._observe(seen)
             except Exception:  # a rule bug must never cost the samples (as on the scrape path)
                 log.exception("alert rules failed on a remote-write request")
         if decoded.samples or dropped:
-            await self._staging.submit(decoded.series, decoded.samples, dropped)
+            await self._staging.submit(decoded.series, decoded.samples, dropped, done.held if done else None)
+        if self._time is not None and done is not None:
+            self._time.committed(done)
         # Counted once the request is answered 2xx, so that a sender's retry does not count twice.
         self._metrics.metadata_received.inc(decoded.metadata)
         for reason, count in decoded.dropped.items():

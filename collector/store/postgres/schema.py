@@ -51,6 +51,11 @@ _MIGRATIONS = [
     CREATE TABLE series_tables (device TEXT NOT NULL, digest TEXT NOT NULL, data BYTEA NOT NULL,
         stored_ms BIGINT NOT NULL, PRIMARY KEY (device, digest));
     """,
+    # Samples an agent corrected (its clock was wrong), as in the embedded store's migration 7.
+    """
+    ALTER TABLE buffers ADD COLUMN corrected_samples BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN corrected_samples BIGINT NOT NULL DEFAULT 0;
+    """,
 ]
 
 

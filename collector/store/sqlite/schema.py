@@ -90,4 +90,11 @@ def _v6(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6]
+def _v7(db: sqlite_utils.Database) -> None:
+    # Issue 14 ("clocks that lie"; the next number after the others' at merge): samples an agent
+    # corrected because its clock was wrong, cumulative per buffer like the losses, summed per device.
+    db.execute("ALTER TABLE buffers ADD COLUMN corrected_samples INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE devices ADD COLUMN corrected_samples INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
