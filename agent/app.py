@@ -31,7 +31,7 @@ from agent.alerts.lane import AlertLane
 from agent.alerts.setup import build_lane
 from agent.buffer.staging import Staging
 from agent.buffer.store import BufferStore
-from agent.clock.clocks import Clocks
+from agent.clock.clocks import Clocks, read_boot_id
 from agent.clock.keeper import TimeKeeper
 from agent.config import AgentSettings
 from agent.http import build_app
@@ -96,7 +96,7 @@ class Agent:
             self.metrics.clock,
             b.max_age.total_seconds(),
             settings.ingest.max_future.total_seconds(),
-            Clocks(wall=clock) if clocks is None else clocks,
+            clocks or Clocks(wall=clock, boot_id=lambda: read_boot_id(settings.clock.boot_id_file)),
             on_released=lambda: self.uploader.notify_data() if self.uploader else None,
             on_expired=self.metrics.buffer.expired.inc,
             on_backward_jump=lambda _jump: self.jobs.rewind(),

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from apscheduler.job import Job
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, Counter
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,21 @@ class TaskGroup:
         await self.aclose()
 
 
+class SteadyInterval(IntervalTrigger):  # type: ignore[misc]  # APScheduler 3 has no type hints
+    """APScheduler's interval trigger, sane when the wall clock steps forward.
+
+    APScheduler 3 lists every run a job missed before coalescing them into one; after the clock
+    jumps forward by years (a device booting at 1970 until NTP syncs), that is billions of runs and
+    the event loop never comes back. Far behind, the next run is now.
+    """
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        fire: datetime | None = super().get_next_fire_time(previous_fire_time, now)
+        if fire is not None and previous_fire_time is not None and fire < now - self.interval:
+            return now
+        return fire
+
+
 class Jobs:
     """Scheduled work on an APScheduler ``AsyncIOScheduler`` that this object owns.
 
@@ -176,6 +192,8 @@ class Jobs:
                 self._running.discard(task)
 
         extra: dict[str, Any] = {} if next_run_time is None else {"next_run_time": next_run_time}
+        if trigger == "interval":
+            trigger, trigger_args = SteadyInterval(**trigger_args), {}
         return self.scheduler.add_job(
             run,
             trigger,

@@ -97,11 +97,8 @@ class StoreCore:
         return self.db.conn
 
     def _recount(self) -> None:
-        # Held chunks count towards the budget, but their timestamps wait for a correction: the oldest
-        # unsent sample is that of the chunks that may be sent.
         row = self.conn.execute(
-            "SELECT count(*), coalesce(sum(bytes),0), coalesce(sum(samples),0),"
-            " min(CASE WHEN hold = 0 THEN min_ts END) FROM chunks"
+            "SELECT count(*), coalesce(sum(bytes),0), coalesce(sum(samples),0), min(min_ts) FROM chunks"
         ).fetchone()
         self.totals = Totals(chunks=row[0], bytes=row[1], samples=row[2], oldest_ts=row[3])
 

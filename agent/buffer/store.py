@@ -73,8 +73,7 @@ class BufferStore(Batches, Holds):
             t = self.totals
             lo = span[0]
             t.chunks, t.bytes, t.samples = t.chunks + 1, t.bytes + len(blob), t.samples + samples
-            if not hold:
-                t.oldest_ts = lo if t.oldest_ts is None else min(t.oldest_ts, lo)
+            t.oldest_ts = lo if t.oldest_ts is None else min(t.oldest_ts, lo)
         return losses
 
     def _disk_room(self) -> int:
