@@ -173,7 +173,10 @@ class EraBook:
 
     def _new_era(self, boot_id: str, boot_ms: int, wall_ms: int, jump_in: int | None) -> Era:
         number = max(self.eras, default=0) + 1
-        era = Era(number, boot_id, boot_ms, boot_ms, wall_ms, wall_ms, jump_in, wall_ms < self.floor_ms)
+        # A boot's first era may have stamped since the boot (a local Prometheus started before the
+        # agent): it begins at boot, as far as anyone can tell. Later ones begin at their jump.
+        start_boot, start_wall = (0, wall_ms - boot_ms) if jump_in is None else (boot_ms, wall_ms)
+        era = Era(number, boot_id, start_boot, boot_ms, start_wall, wall_ms, jump_in, wall_ms < self.floor_ms)
         era.changed_ms = wall_ms
         self.eras[number] = era
         self.changed.add(number)
@@ -196,8 +199,7 @@ class EraBook:
         offset = self._snap(era.estimate_ms)
         was_pending = era.state == PENDING
         if not was_pending and offset == era.offset_ms and era.source == "collector":
-            self.changed.add(era.id)  # a narrower interval only
-            return False
+            return False  # a narrower interval only: written down with the era's next change
         # Measured beats derived or presumed; for data already released it comes too late.
         self._settle(era, offset, "collector", now_ms)
         self._derive(era.boot_id, now_ms)

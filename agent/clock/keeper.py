@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 WATCH_INTERVAL = 1.0  # seconds between readings of the clocks
 SAVE_INTERVAL = 10.0  # how often the current era's end is written down
 SLACK_MS = 1000  # a timestamp this far outside an era's span still counts as its own
+PROBE_PAUSE = 60.0  # after a reply that could not settle the era (no Date), no probe for this long
 
 
 def _iso(ms: float) -> str:
@@ -93,6 +94,7 @@ class TimeKeeper:
         self._unsaved_era = False  # a new era not written yet: nothing may be held under it before
         self._saving: asyncio.Lock = asyncio.Lock()
         self._work = asyncio.Event()  # an era settled or was lost: end holds
+        self._probe_paused_until = 0.0  # loop time
         self._corrected_unsaved = 0
         self._corrected_before = 0  # what the buffer had counted when this process started
         self._corrected_in = 0  # corrected on the way in by this process
@@ -241,7 +243,8 @@ class TimeKeeper:
     async def split(self, series: SeriesMap) -> Split:
         """Sort one request's (or scrape's) samples: ready, held by era, or dropped."""
         await self.check()
-        return split(series, self.book, self.wall_ms(), self._max_age_ms, self._max_future_ms, SLACK_MS)
+        boot_ms, wall_ms = self._read()
+        return split(series, self.book, wall_ms, boot_ms, self._max_age_ms, self._max_future_ms, SLACK_MS)
 
     async def expire_held(self) -> None:
         """Expire held samples older than ``max_age`` (run with the buffer's own expiry)."""
@@ -271,7 +274,9 @@ class TimeKeeper:
     def needs_probe(self) -> bool:
         """Whether the uploader should send a batch even with nothing ready: the current era waits
         for its offset, and a reply's Date gives it."""
-        return self.correcting and self._book is not None and self.book.current.state == PENDING
+        if not self.correcting or self._book is None or self.book.current.state != PENDING:
+            return False
+        return asyncio.get_running_loop().time() >= self._probe_paused_until
 
     def sending(self) -> Sent:
         self.observe()
@@ -296,6 +301,8 @@ class TimeKeeper:
         if settled:
             self._announce(era.id)
             self._work.set()
+        elif era.state == PENDING:  # e.g. no Date, below the floor: probing again would not help soon
+            self._probe_paused_until = asyncio.get_running_loop().time() + PROBE_PAUSE
         self._update_gauges()
 
     def _announce(self, era_id: int) -> None:

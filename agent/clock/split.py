@@ -6,7 +6,8 @@ the era's id until its offset is known; of a lost era, dropped (``clock_era_lost
 era can have stamped came from another clock (a sender elsewhere) and is taken as it is. What goes
 is then held to the accepted window (``buffer.max_age`` back, ``ingest.max_future`` ahead) around
 the best estimate of true time, not around a clock known to be wrong: a sample is never dropped as
-"too old" just because the agent's clock was wrong. Held samples are judged once corrected.
+"too old" just because the agent's clock was wrong. A held sample's age is known even so: within its
+era, the clock measures elapsed time right (against CLOCK_BOOTTIME), whatever it reads.
 """
 
 from __future__ import annotations
@@ -48,8 +49,17 @@ class Split:
         self.samples += len(stamps)
 
 
-def split(series: SeriesMap, book: EraBook, now_ms: int, max_age_ms: int, max_future_ms: int, slack_ms: int) -> Split:
-    """Sort ``series`` (stamped ``now_ms`` or earlier by this agent's clock, or by another clock)."""
+def split(
+    series: SeriesMap,
+    book: EraBook,
+    now_ms: int,
+    boot_ms: int,
+    max_age_ms: int,
+    max_future_ms: int,
+    slack_ms: int,
+) -> Split:
+    """Sort ``series`` (stamped ``now_ms`` or earlier by this agent's clock, or by another clock);
+    ``boot_ms``: CLOCK_BOOTTIME now."""
     out = Split()
     current = book.current
     true_now = now_ms + (current.offset_ms if current.state == SETTLED else 0)
@@ -59,7 +69,7 @@ def split(series: SeriesMap, book: EraBook, now_ms: int, max_age_ms: int, max_fu
     for labels, (stamps, values) in series.items():
         first, last = (stamps[0], stamps[0]) if len(stamps) == 1 else (min(stamps), max(stamps))
         if mine_lo <= first and last <= mine_hi:  # the usual case: all stamped by the current era
-            if current.state == PENDING:
+            if current.state == PENDING and first >= now_ms - max_age_ms:
                 out.hold(current.id, labels, stamps, values)
                 continue
             if current.state == SETTLED and lo <= first + offset and last + offset <= hi:
@@ -74,7 +84,7 @@ def split(series: SeriesMap, book: EraBook, now_ms: int, max_age_ms: int, max_fu
             out.ready[labels] = (stamps, values)
             out.samples += len(stamps)
             continue
-        _one_by_one(out, book, eras, labels, stamps, values, lo, hi, slack_ms)
+        _one_by_one(out, book, eras, labels, stamps, values, lo, hi, boot_ms - max_age_ms, slack_ms)
     return out
 
 
@@ -87,6 +97,7 @@ def _one_by_one(
     values: list[float],
     lo: int,
     hi: int,
+    oldest_boot_ms: int,
     slack_ms: int,
 ) -> None:
     kept_t: list[int] = []
@@ -96,7 +107,11 @@ def _one_by_one(
         shift = 0
         if era is not None:
             if era.state == PENDING:
-                out.hold(era.id, labels, [t], [v])
+                # Its age by CLOCK_BOOTTIME (in this boot; an ended boot has no pending era).
+                if t - era.base_ms < oldest_boot_ms and era.boot_id == book.current.boot_id:
+                    out.drop("too_old")
+                else:
+                    out.hold(era.id, labels, [t], [v])
                 continue
             if era.state == LOST:
                 out.drop("clock_era_lost")

@@ -229,3 +229,28 @@ def test_the_floor_defaults_to_the_newest_module(tmp_path: Path):
     from agent.clock.clocks import build_time
 
     assert datetime(2020, 1, 1, tzinfo=UTC).timestamp() < build_time() <= datetime.now(UTC).timestamp() + 1
+
+
+async def test_a_boots_first_era_covers_what_was_stamped_before_the_agent_started(tmp_path: Path):
+    fake = FakeClocks(86_400.0, boot=300.0)  # 1970, five minutes after boot: Prometheus ran before us
+    async with agentlet(tmp_path, fake) as a:
+        await a.ingest(scrape(fake.wall - 240))
+        assert await a.held() == {1: 10}  # held with the era, not taken as another clock's
+
+
+async def test_probes_pause_when_a_reply_cannot_settle_the_era(tmp_path: Path):
+    fake = FakeClocks(86_400.0)  # below the floor: a reply without a Date settles nothing
+    async with agentlet(tmp_path, fake) as a:
+        assert a.keeper.needs_probe()
+        a.keeper.replied(a.keeper.sending(), None, ok=True)
+        assert a.keeper.book.current.state == "pending"
+        assert not a.keeper.needs_probe()
+
+
+async def test_a_held_samples_age_is_known_even_before_its_offset(tmp_path: Path):
+    fake = FakeClocks(86_400.0 * 40, boot=30 * 86_400.0)  # 1970-02-10, a month after boot
+    async with agentlet(tmp_path, fake) as a:
+        done = await a.keeper.split(scrape(fake.wall - 8 * DAY))  # this clock, eight days ago
+        assert done.dropped == {"too_old": 10} and not done.held
+        done = await a.keeper.split(scrape(fake.wall - 6 * DAY))
+        assert done.held and not done.dropped
