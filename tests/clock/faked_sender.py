@@ -21,6 +21,7 @@ from http.client import HTTPException
 from pathlib import Path
 
 from backhaul.wire import remote_write as rw
+from backhaul.wire.series import SeriesMap
 from harness.net import http
 from harness.remote_write import RW_HEADERS
 
@@ -39,7 +40,7 @@ def main() -> None:
         while not stop.is_set():
             boot_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
             ts = int(time.time() * 1000)
-            series = {
+            series: SeriesMap = {
                 (("__name__", "faked_clock_value"), ("series", str(i))): ([ts], [float(k)]) for i in range(args.series)
             }
             (body,) = rw.encode(series, args.series)

@@ -111,7 +111,7 @@ class Rig:
         proc.wait_healthy(url)
         return url
 
-    def agent(self, uplink_port: int, port: int | None = None, **clock: Any) -> tuple[Proc, str]:
+    def agent(self, uplink_port: int, port: int | None = None, clock: dict[str, Any] | None = None) -> tuple[Proc, str]:
         port = port or free_port()
         config = write_toml(
             self.tmp / "agent.toml",
@@ -135,7 +135,7 @@ class Rig:
                     "timeout": 5,
                 },
                 "scrape": {"self_interval": 1},
-                "clock": {"boot_id_file": str(self.tmp / "boot_id"), **clock},
+                "clock": {"boot_id_file": str(self.tmp / "boot_id"), **(clock or {})},
             },
         )
         proc = Proc("backhaul-agent", config, self.tmp / "agent.log", env=self.clock.env()).start()
@@ -252,7 +252,7 @@ def test_a_day_behind_then_stepped_right_every_sample_at_its_true_time(rig: Rig)
     rig.clock.set("-1d")
     collector = rig.collector()
     started_true = time.time()
-    agent, agent_url = rig.agent(int(collector.rsplit(":", 1)[1]), floor=datetime(2020, 1, 1, tzinfo=UTC))
+    agent, agent_url = rig.agent(int(collector.rsplit(":", 1)[1]), clock={"floor": datetime(2020, 1, 1, tzinfo=UTC)})
     sender = rig.sender(agent_url)
     wait_until(lambda: clock_state(agent_url)["trusted"], 20, "the first reply to settle the era")
     state = clock_state(agent_url)
@@ -297,7 +297,7 @@ def test_the_collector_out_of_reach_until_after_the_step_the_step_gives_the_offs
     spec = f"-{int(time.time()) - DAY_S // 2}" if start == "1970" else start  # 1970-01-01 12:00
     rig.clock.set(spec)
     port = free_port()  # the collector will listen here, later
-    agent, agent_url = rig.agent(port, **({} if floor is None else {"floor": floor}))
+    agent, agent_url = rig.agent(port, clock=None if floor is None else {"floor": floor})
     sender = rig.sender(agent_url)
     rig.wait_scrapes(10)
     state = clock_state(agent_url)
@@ -352,7 +352,7 @@ def test_a_clock_a_day_ahead_stepped_back_keeps_scraping_and_is_corrected(rig: R
     both eras are at their true times."""
     rig.clock.set("+1d")
     collector = rig.collector()
-    agent, agent_url = rig.agent(int(collector.rsplit(":", 1)[1]), floor=datetime(2020, 1, 1, tzinfo=UTC))
+    agent, agent_url = rig.agent(int(collector.rsplit(":", 1)[1]), clock={"floor": datetime(2020, 1, 1, tzinfo=UTC)})
     sender = rig.sender(agent_url)
     wait_until(lambda: clock_state(agent_url)["trusted"], 20, "the first reply to settle the era")
     rig.wait_scrapes(10)
