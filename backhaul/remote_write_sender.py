@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from backhaul.errors import PeerError
 from backhaul.http import HttpClient, Reply
 from backhaul.retry import Verdict, verdict
+from backhaul.tls import ClientTls
 from backhaul.wire import remote_write as rw
 from backhaul.wire.chunk import Codec
 from backhaul.wire.series import Labels, SeriesMap, merge_into, with_device_label
@@ -112,6 +113,7 @@ class RemoteWriteSender:
         device_label: label naming the device added to every series (an existing one becomes
             ``exported_<label>``), or "" to send the series as they are.
         max_samples_per_request: at most this many samples per request.
+        tls: CA, client certificate and server name for an https URL (None: the system's CAs).
     """
 
     def __init__(
@@ -123,9 +125,10 @@ class RemoteWriteSender:
         headers: Mapping[str, str] | None = None,
         device_label: str = "device_id",
         max_samples_per_request: int = 2000,
+        tls: ClientTls | None = None,
     ) -> None:
         self.url = url
-        self.client = HttpClient(timeout, user_agent, token, {**(headers or {}), **PROTOCOL_HEADERS})
+        self.client = HttpClient(timeout, user_agent, token, {**(headers or {}), **PROTOCOL_HEADERS}, tls)
         self.device_label = device_label
         self.max_samples = max_samples_per_request
         self._relabelled: dict[tuple[Labels, str], Labels] = {}  # (labels, device) -> labels as sent

@@ -31,7 +31,7 @@ from typing import Any
 from backhaul.wire.series import SeriesMap
 from bench.buffer import open_store
 from bench.shaper import Shaper
-from harness import TOKEN, Proc, free_port, http, metric_value, push, write_toml
+from harness import READ, READ_HEADERS, TOKEN, Proc, free_port, http, metric_value, push, write_toml
 
 SERIES_PER_CHUNK = 1000  # chunks of compact_target_samples: a backlog as compaction leaves it
 SAMPLES_PER_SERIES = 100
@@ -101,11 +101,12 @@ def collector_config(port: int, db: Path) -> dict[str, Any]:
         "listen": {"host": "127.0.0.1", "port": port},
         "store": {"path": db, "synchronous": "NORMAL"},
         "devices": [{"id": "dev-1", "token": TOKEN}],
+        "read": READ,
     }
 
 
 def listed(collector: str) -> dict[str, dict[str, object]]:
-    _, body, _ = http("GET", f"{collector}/api/v1/alerts?device=dev-1")
+    _, body, _ = http("GET", f"{collector}/api/v1/alerts?device=dev-1", headers=READ_HEADERS)
     return {a["rule"]: a for a in json.loads(body)["alerts"]}
 
 

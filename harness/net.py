@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -25,13 +26,19 @@ def free_port() -> int:
 
 
 def http(
-    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 10
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, bytes, dict[str, str]]:
     """One request: ``(status, body, headers)``. An HTTP error status comes back as a status; no answer
-    at all (refused, reset, timed out) raises :class:`OSError`."""
+    at all (refused, reset, timed out, a TLS failure) raises :class:`OSError`. ``context``: TLS settings
+    for an https URL (a test CA, a client certificate)."""
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return resp.status, resp.read(), dict(resp.headers)
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(), dict(exc.headers)

@@ -27,6 +27,7 @@ from agent.alerts.settings import CommandChannelSettings, HttpChannelSettings, M
 from backhaul import __version__
 from backhaul.errors import PeerError, Refused
 from backhaul.http import HttpClient
+from backhaul.tls import ClientTls
 from backhaul.wire.alert import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
@@ -43,18 +44,21 @@ class Channel(Protocol):
 class HttpChannel:
     """POSTs the message to the collector's ``/api/v1/alerts`` with the device's bearer token.
 
-    Args: url, token, timeout (seconds).
+    Args: url, token, timeout (seconds), tls (the uplink's TLS settings, for an https URL).
     """
 
     name = "http"
 
-    def __init__(self, url: str, token: str, timeout: float) -> None:
+    def __init__(self, url: str, token: str, timeout: float, tls: ClientTls | None = None) -> None:
         self._url = url
         # Its own client and connection pool: never behind a batch upload's connection.
-        self._client = HttpClient(timeout, f"backhaul-agent/{__version__}", token, {"Content-Type": CONTENT_TYPE})
+        headers = {"Content-Type": CONTENT_TYPE}
+        self._client = HttpClient(timeout, f"backhaul-agent/{__version__}", token, headers, tls)
 
     @classmethod
-    def from_settings(cls, s: HttpChannelSettings, uplink_url: str | None, uplink_token: str) -> HttpChannel:
+    def from_settings(
+        cls, s: HttpChannelSettings, uplink_url: str | None, uplink_token: str, tls: ClientTls | None = None
+    ) -> HttpChannel:
         if s.url is not None:
             url = str(s.url)
         elif uplink_url is not None:
@@ -62,7 +66,7 @@ class HttpChannel:
         else:
             raise ValueError("alerts: an http channel needs a url (or uplink.url)")
         token = s.token.get_secret_value() if s.token is not None else uplink_token
-        return cls(url, token, s.timeout.total_seconds())
+        return cls(url, token, s.timeout.total_seconds(), tls)
 
     async def send(self, body: bytes) -> None:
         reply = await self._client.post(self._url, body)

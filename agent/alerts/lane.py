@@ -57,6 +57,8 @@ class AlertLane:
         long_form: where the long form of a rule's alert goes (the bulk buffer), or None: a
             ``backhaul_alert`` sample with the series' labels plus ``alertname``, ``alertstate``,
             ``severity`` and ``alert_fingerprint``, valued as the message.
+        key: the MAC key every message is signed with (``backhaul.wire.alert.token_key`` of the
+            device's token).
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class AlertLane:
         metrics: AlertMetrics,
         clock: Callable[[], float] = time.time,
         long_form: Callable[[SeriesMap], Awaitable[None]] | None = None,
+        key: bytes = b"",
     ) -> None:
         self.settings = settings
         self._long_form = long_form
@@ -78,7 +81,7 @@ class AlertLane:
         self._clock = clock
         self._readings = readings
         self.channels = channels
-        self.queue = AlertQueue(queue_path, settings.max_queue, synchronous)
+        self.queue = AlertQueue(queue_path, settings.max_queue, synchronous, clock)
         self.engine = RuleEngine(
             settings.rules,
             settings.max_series_per_rule,
@@ -88,7 +91,12 @@ class AlertLane:
         )
         self.tracker = Tracker(int(settings.repeat_interval.total_seconds() * 1000))
         self.sender = AlertSender(
-            self.queue, channels, metrics, settings.backoff_min.total_seconds(), settings.backoff_max.total_seconds()
+            self.queue,
+            channels,
+            metrics,
+            settings.backoff_min.total_seconds(),
+            settings.backoff_max.total_seconds(),
+            key=key,
         )
         self.start: StartInfo | None = None
         self._builtin: BuiltinChecks | None = None

@@ -31,12 +31,15 @@ from typing import Any
 import pytest
 
 from harness import (
+    READ,
+    READ_HEADERS,
     TOKEN,
     Proc,
     Process,
     export,
     free_port,
     get_json,
+    http,
     metric_value,
     reported_losses,
     require_program,
@@ -58,6 +61,14 @@ def libfaketime() -> str:
     found = sorted(glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))
     assert found, "libfaketimeMT.so.1 not found next to the faketime program"
     return found[0]
+
+
+def fleet(collector: str) -> dict[str, Any]:
+    """The collector's fleet summary, read with the harness's read token."""
+    status, body, _ = http("GET", f"{collector}/api/v1/fleet", headers=READ_HEADERS, timeout=5)
+    assert status == 200, body[:300]
+    data: dict[str, Any] = json.loads(body)
+    return data
 
 
 def true_offset_ms() -> float:
@@ -103,6 +114,7 @@ class Rig:
                 "listen": {"host": "127.0.0.1", "port": port},
                 "store": {"path": str(self.tmp / "collector.db")},
                 "devices": [{"id": "dev-1", "token": TOKEN}],
+                "read": READ,
             },
         )
         proc = Proc("backhaul-collector", config, self.tmp / "collector.log").start()
@@ -271,10 +283,8 @@ def test_a_day_behind_then_stepped_right_every_sample_at_its_true_time(rig: Rig)
     assert scraped and started_true * 1000 - 2000 <= scraped[0] and scraped[-1] <= time.time() * 1000 + 2000
     corrected = metric_value(agent_url, "backhaul_clock_corrected_samples_total")
     assert corrected > 0
-    fleet = get_json(f"{collector}/api/v1/fleet", timeout=5)
-    assert fleet is not None
     wait_until(
-        lambda: (f := get_json(f"{collector}/api/v1/fleet", timeout=5)) and f["devices"][0]["corrected_samples"] > 0,
+        lambda: fleet(collector)["devices"][0]["corrected_samples"] > 0,
         10,
         "the collector to show the corrected samples",
     )

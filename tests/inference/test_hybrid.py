@@ -20,7 +20,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import Running
 from tests.inference.conftest import ROOT, Demo, demo_command, wait_http
-from tests.support import free_port, http, metric_value, require_program, wait_until
+from tests.support import READ_HEADERS, free_port, http, metric_value, require_program, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +139,7 @@ def test_a_killed_local_server_is_replaced_by_the_cloud_until_it_is_healthy_agai
 
     # The fleet page shows the share escalated and the main reason (through the agent's self-scrape).
     def fleet_row() -> dict[str, Any] | None:
-        _, body, _ = http("GET", f"{collector.url}/api/v1/fleet")
+        _, body, _ = http("GET", f"{collector.url}/api/v1/fleet", headers=READ_HEADERS)
         (row,) = [d for d in json.loads(body)["devices"] if d["device"] == "dev-1"]
         return row if row["escalation_reason"] == "down" else None
 

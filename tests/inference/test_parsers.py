@@ -130,7 +130,7 @@ def test_exit_descriptions() -> None:
     assert describe_exit(-9) == "signal SIGKILL"
 
 
-def test_the_example_config_describes_every_new_section() -> None:
+def test_the_example_config_describes_every_new_section(example_secrets: None) -> None:
     from agent.config import AgentSettings
     from backhaul.settings import load
     from tests.inference.conftest import ROOT

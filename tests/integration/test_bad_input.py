@@ -13,7 +13,7 @@ from backhaul.wire import batch as batchfmt
 from backhaul.wire import remote_write as rw
 from backhaul.wire.chunk import Codec
 from backhaul.wire.series import SeriesMap
-from tests.support import TOKEN, exported_samples, http, metric_value, push
+from tests.support import READ_HEADERS, TOKEN, exported_samples, http, metric_value, push
 
 pytestmark = [pytest.mark.integration]
 
@@ -121,7 +121,7 @@ def test_collector_refuses_bad_batches_and_keeps_serving(start_collector, make_b
 def test_export_rejects_bad_selectors_and_times(start_collector):
     collector = start_collector()
     for query in ("", "?match[]={", '?match[]={job=~"("}', '?match[]={a="b"}&start=yesterday'):
-        status, text, _ = http("GET", f"{collector.url}/api/v1/export{query}")
+        status, text, _ = http("GET", f"{collector.url}/api/v1/export{query}", headers=READ_HEADERS)
         assert status == 400, query
         assert text.strip()
 

@@ -1,4 +1,5 @@
 import dataclasses
+from typing import Any
 
 import cramjam
 import pytest
@@ -13,7 +14,7 @@ NOW = 1_700_000_000_000
 
 
 def limits(**kw):
-    base = {"min_timestamp_ms": NOW - 3_600_000, "max_timestamp_ms": NOW + 600_000}
+    base: dict[str, Any] = {"min_timestamp_ms": NOW - 3_600_000, "max_timestamp_ms": NOW + 600_000}
     base.update(kw)
     return rw.Limits(**base)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import cramjam
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,7 +21,7 @@ NOW = 1_700_000_000_000
 
 
 def limits(**kw):
-    base = {"min_timestamp_ms": NOW - 3_600_000, "max_timestamp_ms": NOW + 600_000}
+    base: dict[str, Any] = {"min_timestamp_ms": NOW - 3_600_000, "max_timestamp_ms": NOW + 600_000}
     base.update(kw)
     return rw.Limits(**base)
 

@@ -118,7 +118,8 @@ class SqliteSamples(SqliteBase):
             f" ON CONFLICT (device, buffer_id) DO UPDATE SET {keep_max}",
             (header.device, header.buffer_id, *(getattr(header, f) for f in names)),
         )
-        sums = ", ".join(f"sum({f})" for f in names)
+        # total() never overflows (sum() of two counters near 2**63 would); the total is held below 2**63.
+        sums = ", ".join(f"CAST(min(total({f}), {records.MAX_COUNTER}) AS INTEGER)" for f in names)
         row = conn.execute(f"SELECT {sums} FROM buffers WHERE device = ?", (header.device,)).fetchone()
         return dict(zip(names, row, strict=True))
 
