@@ -137,8 +137,8 @@ class AgentStatus:
 
     def _clock_state(self) -> dict[str, Any]:
         agent = self._agent
-        keeper = getattr(agent, "timekeeper", None)  # the clock keeper (issue 14, clocks that lie)
-        described: dict[str, Any] = dict(keeper.describe()) if keeper is not None else {}
+        keeper = agent.timekeeper  # the clock keeper (docs/clock.md)
+        described: dict[str, Any] = dict(keeper.describe()) if keeper.entered else {}
         if agent.uploader is not None:
             described.setdefault("skew_s", agent.uploader.clock_skew)
         corrected = agent.registry.get_sample_value("backhaul_clock_corrected_samples_total")
@@ -177,3 +177,36 @@ def links(uploader: Any, now: float) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def health(agent: Agent) -> tuple[bool, dict[str, Any]]:
+    """``/healthz``: not stopping and no component dead; the buffer, uplink, inference server, clock,
+    failing scrapes and alert lane."""
+    t = agent.store.totals
+    dead = dict(agent.tasks.dead)
+    if agent.alerts is not None:
+        dead.update(agent.alerts.dead())
+    detail: dict[str, Any] = {
+        "status": "stopping" if agent.stopping else ("degraded" if dead else "ok"),
+        "device": agent.settings.device_id,
+        "buffer": {
+            "chunks": t.chunks,
+            "bytes": t.bytes,
+            "samples": t.samples,
+            "budget_bytes": agent.store.budget_bytes,
+        },
+    }
+    if dead:
+        detail["dead"] = dead
+    if agent.uploader is not None:
+        detail["uplink"] = {"last_error": agent.uploader.last_error}
+    if agent.supervisor is not None:
+        detail["inference"] = agent.supervisor.describe()
+    if agent.timekeeper.entered:
+        detail["clock"] = agent.timekeeper.describe()
+    failing = agent.sources.scrape_errors()
+    if failing:
+        detail["scrape_errors"] = failing
+    if agent.alerts is not None:
+        detail["alerts"] = agent.alerts.health()
+    return not agent.stopping and not dead, detail

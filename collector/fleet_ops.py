@@ -1,6 +1,7 @@
 """What an operator works from on the fleet page, beyond each device's own row (collector/fleet.py).
 
-- the inference server of each device, from its agent's self-scraped ``backhaul_inference_*`` series:
+- the inference server of each device, from its agent's self-scraped ``backhaul_inference_*`` series
+  (the store keeps them aside for the fleet page, ``collector.store.chunks.FLEET_SERIES``):
   ``up``/``down``/``crash_loop`` and restarts; and the proxy's time to first token, the median over
   the last hour of ``backhaul_proxy_time_to_first_token_seconds`` (its buckets' increase);
 - model version drift *per model name*: a device whose model version differs from the most common
@@ -13,16 +14,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter, defaultdict
 from typing import Any
 
 from collector.escalation import increase
 from collector.store import Store
+from collector.store.chunks import INFERENCE_SERIES
 from collector.store.history import HistoryRow
 
-INFERENCE = ("backhaul_inference_up", "backhaul_inference_crash_loop", "backhaul_inference_restarts_total")
-TTFT_BUCKET = "backhaul_proxy_time_to_first_token_seconds_bucket"
+INFERENCE = INFERENCE_SERIES[:3]
+TTFT_BUCKET = INFERENCE_SERIES[3]
 RECENT_MS = 10 * 60 * 1000  # an inference gauge older than this says nothing about now
 TTFT_WINDOW_MS = 3600 * 1000
 
@@ -66,40 +69,34 @@ def quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
     return None
 
 
-async def inference_by_device(store: Store, device_label: str, now_ms: int) -> dict[str, dict[str, Any]]:
+async def inference_by_device(store: Store, now_ms: int) -> dict[str, dict[str, Any]]:
     """Per device: ``state`` (up, down, crash_loop; None when its agent does not report one),
-    ``restarts`` and ``ttft_p50_s`` (None without requests in the last hour)."""
-    wanted = [
-        (sid, labels)
-        for sid, labels in await store.series()
-        if labels.get("__name__") in INFERENCE or labels.get("__name__") == TTFT_BUCKET
-    ]
+    ``restarts`` and ``ttft_p50_s`` (None without requests in the last hour), from the samples the
+    store keeps aside for the fleet page (``Store.fleet_samples``)."""
     out: dict[str, dict[str, Any]] = {}
-    if not wanted:
-        return out
-    ids = [sid for sid, _ in wanted]
-    recent = await store.samples(ids, now_ms - max(RECENT_MS, TTFT_WINDOW_MS), now_ms)
+    for name in INFERENCE:
+        newest: dict[str, tuple[int, float]] = {}
+        for device, _, ts, value in await store.fleet_samples(name, now_ms - RECENT_MS, now_ms):
+            if device not in newest or ts >= newest[device][0]:
+                newest[device] = (ts, value)
+        for device, (_, value) in newest.items():
+            out.setdefault(device, {"state": None, "restarts": None, "ttft_p50_s": None})[name] = value
+    # Each bucket series' increase over the hour, from its last sample before it (a drop: a restart).
+    start = now_ms - TTFT_WINDOW_MS
+    series: dict[tuple[str, str], tuple[list[tuple[int, float]], list[tuple[int, float]]]] = {}
+    for device, labels, ts, value in await store.fleet_samples(TTFT_BUCKET, start - TTFT_WINDOW_MS, now_ms):
+        before, recent = series.setdefault((device, labels), ([], []))
+        (recent if ts >= start else before).append((ts, value))
     buckets: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
-    for sid, labels in wanted:
-        device = labels.get(device_label)
-        stamps, values = recent.get(sid, ([], []))
-        if device is None or not values:
+    for (device, text), (before, recent) in series.items():
+        le = dict(json.loads(text)).get("le", "")
+        try:
+            bound = float(le)
+        except ValueError:
             continue
-        ordered = [v for _, v in sorted(zip(stamps, values, strict=True))]
-        name = labels["__name__"]
-        entry = out.setdefault(device, {"state": None, "restarts": None, "ttft_p50_s": None})
-        if name == TTFT_BUCKET:
-            le = labels.get("le", "")
-            try:
-                bound = float(le)
-            except ValueError:
-                continue
-            buckets[device][bound] += increase(ordered, None)
-            continue
-        if max(stamps) < now_ms - RECENT_MS:
-            continue
-        entry[name] = ordered[-1]
-    for device, entry in out.items():
+        baseline = max(before)[1] if before else None
+        buckets[device][bound] += increase([v for _, v in sorted(recent)], baseline)
+    for entry in out.values():
         up, looping = entry.pop(INFERENCE[0], None), entry.pop(INFERENCE[1], None)
         restarts = entry.pop(INFERENCE[2], None)
         if looping:
@@ -107,8 +104,9 @@ async def inference_by_device(store: Store, device_label: str, now_ms: int) -> d
         elif up is not None:
             entry["state"] = "up" if up else "down"
         entry["restarts"] = int(restarts) if restarts is not None else None
-        if device in buckets:
-            entry["ttft_p50_s"] = quantile(0.5, list(buckets[device].items()))
+    for device, found in buckets.items():
+        entry = out.setdefault(device, {"state": None, "restarts": None, "ttft_p50_s": None})
+        entry["ttft_p50_s"] = quantile(0.5, list(found.items()))
     return out
 
 
@@ -144,7 +142,7 @@ async def enrich(
     """Add the link in use, clock offset, inference server, model drift and flags to the fleet's
     rows; returns the most common model version per model name."""
     latest = await store.latest_history()
-    inference = await inference_by_device(store, device_label, now_ms)
+    inference = await inference_by_device(store, now_ms)
     commons = model_drift(devices)
     for d in devices:
         row = latest.get(d["device"])

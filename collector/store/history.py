@@ -4,7 +4,7 @@ Each stored batch adds to its device's current row: bytes and samples received, 
 latest backlog the agent reported, how old the newest sample of the batch was on arrival (freshness),
 the agent's clock minus the collector's (its ``sent_at_ms`` against the arrival: the skew plus the
 transit time), and the link it came over (when the agent names one). Rows older than ``KEEP_MS`` go.
-Both back ends keep the same table (embedded migration 7, PostgreSQL migration 4).
+Both back ends keep the same table (embedded migration 9, PostgreSQL migration 6; the lead renumbers at merge).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The fleet page's per-device history in the shared store (collector/store/history.py, migration 4).
+"""The fleet page's per-device history in the shared store (collector/store/history.py, migration 6).
 Instances add to the same row: the upsert is one statement, so two batches of one device at once
 both count."""
 

@@ -1,4 +1,4 @@
-"""The fleet page's per-device history in the embedded store (collector/store/history.py, migration 7)."""
+"""The fleet page's per-device history in the embedded store (collector/store/history.py, migration 9)."""
 
 from __future__ import annotations
 
