@@ -21,8 +21,7 @@ from typing import Any
 
 from collector.escalation import increase
 from collector.store import Store
-from collector.store.chunks import INFERENCE_SERIES
-from collector.store.history import HistoryRow
+from collector.store.history import INFERENCE_SERIES, HistoryRow
 
 INFERENCE = INFERENCE_SERIES[:3]
 TTFT_BUCKET = INFERENCE_SERIES[3]

@@ -40,18 +40,12 @@ from backhaul.wire.chunk.header import (
     VERSION_HISTOGRAMS,
 )
 from backhaul.wire.series import Labels, SeriesMap
+from collector.store.history import INFERENCE_SERIES
 
 # Series the fleet page reads, kept aside at ingest (collector/store/fleet rows), so that the page
 # never decodes chunks and does not depend on raw samples that retention removed.
 MODEL_INFO = "backhaul_model_info"
 ROUTED = "backhaul_proxy_routed_requests_total"
-# The supervised inference server's state and the proxy's time to first token (collector/fleet_ops.py).
-INFERENCE_SERIES = (
-    "backhaul_inference_up",
-    "backhaul_inference_crash_loop",
-    "backhaul_inference_restarts_total",
-    "backhaul_proxy_time_to_first_token_seconds_bucket",
-)
 FLEET_SERIES = frozenset((MODEL_INFO, ROUTED, *INFERENCE_SERIES))
 _STR_ONLY = {str}
 # Elements per C call in the long loops (see _stamps).

@@ -11,6 +11,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+# Also kept aside for the fleet page (with the store's FLEET_SERIES): the supervised inference
+# server's state and the proxy's time to first token (collector/fleet_ops.py).
+INFERENCE_SERIES = (
+    "backhaul_inference_up",
+    "backhaul_inference_crash_loop",
+    "backhaul_inference_restarts_total",
+    "backhaul_proxy_time_to_first_token_seconds_bucket",
+)
 BUCKET_MS = 5 * 60 * 1000
 KEEP_MS = 48 * 3600 * 1000
 
