@@ -30,7 +30,7 @@ from backhaul.wire.chunk.header import HISTOGRAM_KIND, TABLED, U32
 from backhaul.wire.series import Labels, with_device_label
 from backhaul.wire.varint import varint
 from collector.store.cache import BoundedCache
-from collector.store.chunks import read_series, scan
+from collector.store.chunks import all_values, scan
 
 # Encoded label sets kept, counted in series (a few hundred bytes each).
 _CACHED_SERIES = 200_000
@@ -89,14 +89,21 @@ class ChunkEncoder:
                 labels = self._encoded(device, table)
                 if len(labels) != found.n_series:
                     raise WireError(f"chunk: {found.n_series} series, but its table holds {len(labels)}")
-                for i, (stamps, values) in read_series(stripped, found, range(found.n_series)).items():
-                    doubles = array("d", values).tobytes()
-                    start, count = 0, len(stamps)
-                    while start < count:
-                        take = min(count - start, room - in_request)
-                        samples = _samples(stamps, doubles, start, start + take, around)
-                        body.append(_field(0x0A, labels[i] + samples))
-                        start += take
+                samples = _samples(found.stamps, array("d", all_values(stripped, found)).tobytes(), around)
+                if in_request + found.samples < room:  # the whole chunk fits in the request: no splits
+                    body += [
+                        _field(0x0A, series + b"".join(samples[at : at + count]))
+                        for series, at, count in zip(labels, found.starts, found.counts, strict=True)
+                    ]
+                    in_request += found.samples
+                    continue
+                at = 0
+                for series, count in zip(labels, found.counts, strict=True):
+                    end = at + count
+                    while at < end:
+                        take = min(end - at, room - in_request)
+                        body.append(_field(0x0A, series + b"".join(samples[at : at + take])))
+                        at += take
                         in_request += take
                         if in_request >= room:
                             requests.append(Request(_compress(body), in_request))
@@ -121,26 +128,21 @@ class ChunkEncoder:
         return found
 
 
-def _samples(stamps: list[int], doubles: bytes, start: int, end: int, around: dict[int, tuple[bytes, bytes]]) -> bytes:
-    """``Sample{value=1 double, timestamp=2 varint}`` entries (TimeSeries field 2) of [start, end).
+def _samples(stamps: list[int], doubles: bytes, around: dict[int, tuple[bytes, bytes]]) -> list[bytes]:
+    """Each sample as a ``Sample{value=1 double, timestamp=2 varint}`` entry (TimeSeries field 2).
 
     ``around``: what goes before and after a timestamp's value, by timestamp (a batch's series share
     their scrape times, so most are found there)."""
-    parts = []
-    for k in range(start, end):
-        ts = stamps[k]
-        found = around.get(ts)
-        if found is None:
-            if len(around) > _CACHED_STAMPS:
-                around.clear()
-            if _SIX_BYTES <= ts < _SEVEN_BYTES:  # milliseconds since 1971 until 2109: written inline
-                t = bytes((ts & 127 | 128, ts >> 7 & 127 | 128, ts >> 14 & 127 | 128, ts >> 21 & 127 | 128))
-                t += bytes((ts >> 28 & 127 | 128, ts >> 35))
-            else:
-                t = varint(ts)
-            found = around[ts] = (_SAMPLE_TAG + bytes((10 + len(t),)) + _VALUE_TAG, _TS_TAG + t)
-        parts.append(found[0] + doubles[8 * k : 8 * k + 8] + found[1])
-    return b"".join(parts)
+    if len(around) > _CACHED_STAMPS:
+        around.clear()
+    for ts in set(stamps).difference(around):
+        if _SIX_BYTES <= ts < _SEVEN_BYTES:  # milliseconds since 1971 until 2109: written inline
+            t = bytes((ts & 127 | 128, ts >> 7 & 127 | 128, ts >> 14 & 127 | 128, ts >> 21 & 127 | 128))
+            t += bytes((ts >> 28 & 127 | 128, ts >> 35))
+        else:
+            t = varint(ts)
+        around[ts] = (_SAMPLE_TAG + bytes((10 + len(t),)) + _VALUE_TAG, _TS_TAG + t)
+    return [pre + doubles[8 * k : 8 * k + 8] + post for k, (pre, post) in enumerate(map(around.__getitem__, stamps))]
 
 
 def _compress(body: list[bytes]) -> bytes:

@@ -376,6 +376,28 @@ def read_series(raw: bytes, found: Scan, wanted: Iterable[int]) -> dict[int, tup
     return out
 
 
+def all_values(raw: bytes, found: Scan) -> list[float]:
+    """Every float sample's value of a stored chunk without native histograms, series after series
+    (aligned with ``found.stamps``)."""
+    ints = unshuffle(raw[found.ints_at : found.ints_at + 8 * found.n_ints], "Q")
+    floats = _xor_floats(unshuffle(raw[found.floats_at : found.floats_at + 8 * found.n_floats], "Q"), found.n_floats)
+    out: list[float] = []
+    at_int = at_float = 0
+    for count, kind in zip(found.counts, found.kinds, strict=True):
+        if kind == FLOAT_KIND:
+            out += floats[at_float : at_float + count]
+            at_float += count
+            continue
+        scale = 10 ** (kind - 1)
+        if count == 1:
+            z = ints[at_int]
+            out.append(((z >> 1) ^ -(z & 1)) / scale)
+        else:
+            out += [n / scale for n in accumulate((z >> 1) ^ -(z & 1) for z in ints[at_int : at_int + count])]
+        at_int += count
+    return out
+
+
 def _xor_floats(column: array, upto: int) -> list[float]:  # type: ignore[type-arg]
     """The first ``upto`` values of an XOR'd float column, a slice at a time (see _stamps)."""
     out: list[float] = []
