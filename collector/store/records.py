@@ -18,7 +18,10 @@ from backhaul.wire.series import Labels
 # The causes of loss an agent reports in every batch header (cumulative per buffer), as stored per
 # device; the metric label of each is its name without ``_samples``.
 LOSS_FIELDS = ("evicted_samples", "expired_samples", "dropped_samples", "corrupt_samples")
-# A device's loss totals add up counters of several buffers, each below 2**63: held at this.
+# Every cumulative per-buffer figure an agent reports, kept per buffer and summed per device: the
+# losses, and the samples it corrected because its clock was wrong (docs/clock.md).
+BUFFER_FIELDS = (*LOSS_FIELDS, "corrected_samples")
+# A device's totals add up counters of several buffers, each below 2**63: held at this.
 MAX_COUNTER = 2**63 - 1
 
 
@@ -36,6 +39,8 @@ class DeviceState:
         agent_version: the version its agent last reported.
         backlog_bytes: what the agent last reported still waiting in its buffer.
         backlog_oldest_ms: wall-clock ms of its oldest buffered sample (0: none or unknown).
+        corrected_samples: samples its agent corrected the timestamps of (its clock was wrong), summed
+            over its buffers.
     """
 
     device: str
@@ -51,6 +56,7 @@ class DeviceState:
     duplicate_batches: int = 0
     backlog_bytes: int = 0
     backlog_oldest_ms: int = 0
+    corrected_samples: int = 0
 
     def losses(self) -> dict[str, int]:
         """The reported losses, by field name (LOSS_FIELDS order)."""

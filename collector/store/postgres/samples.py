@@ -198,19 +198,20 @@ class PostgresSamples(PostgresBase):
 
     async def _record_losses(self, conn: asyncpg.Connection, header: BatchHeader) -> dict[str, int]:
         """Keep the newest loss counters of the batch's buffer; return the device's totals."""
-        fields = ", ".join(records.LOSS_FIELDS)
-        keep_max = ", ".join(f"{f} = greatest(buffers.{f}, excluded.{f})" for f in records.LOSS_FIELDS)
+        names = records.BUFFER_FIELDS
+        keep_max = ", ".join(f"{f} = greatest(buffers.{f}, excluded.{f})" for f in names)
+        marks = ", ".join(f"${i}" for i in range(1, len(names) + 3))
         await conn.execute(
-            f"INSERT INTO buffers (device, buffer_id, {fields}) VALUES ($1, $2, $3, $4, $5, $6)"
+            f"INSERT INTO buffers (device, buffer_id, {', '.join(names)}) VALUES ({marks})"
             f" ON CONFLICT (device, buffer_id) DO UPDATE SET {keep_max}",
             header.device,
             header.buffer_id,
-            *(getattr(header, f) for f in records.LOSS_FIELDS),
+            *(getattr(header, f) for f in names),
         )
         # sum() of bigints is numeric: held below 2**63 before it becomes a bigint again.
-        sums = ", ".join(f"least(sum({f}), {records.MAX_COUNTER})::bigint AS {f}" for f in records.LOSS_FIELDS)
+        sums = ", ".join(f"least(sum({f}), {records.MAX_COUNTER})::bigint AS {f}" for f in names)
         row = await conn.fetchrow(f"SELECT {sums} FROM buffers WHERE device = $1", header.device)
-        return {f: int(row[f] or 0) for f in records.LOSS_FIELDS}
+        return {f: int(row[f] or 0) for f in names}
 
     async def _update_device(
         self,

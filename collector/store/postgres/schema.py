@@ -72,6 +72,11 @@ _MIGRATIONS = [
         ts BIGINT NOT NULL, bits BIGINT NOT NULL, PRIMARY KEY (name, device, labels, ts));
     CREATE INDEX batches_by_time ON batches (received_ms);
     """,
+    # Samples an agent corrected (its clock was wrong), as in the embedded store's migration 8.
+    """
+    ALTER TABLE buffers ADD COLUMN corrected_samples BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN corrected_samples BIGINT NOT NULL DEFAULT 0;
+    """,
 ]
 
 

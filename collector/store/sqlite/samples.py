@@ -190,18 +190,18 @@ class SqliteSamples(SqliteBase):
         self._scans.put(chunk_id, s)
 
     def _record_losses(self, conn: sqlite3.Connection, header: BatchHeader) -> dict[str, int]:
-        """Keep the newest loss counters of the batch's buffer; return the device's totals."""
-        fields = ", ".join(records.LOSS_FIELDS)
-        keep_max = ", ".join(f"{f} = max({f}, excluded.{f})" for f in records.LOSS_FIELDS)
+        """Keep the newest loss (and correction) counters of the batch's buffer; return the device's totals."""
+        names = records.BUFFER_FIELDS
+        keep_max = ", ".join(f"{f} = max({f}, excluded.{f})" for f in names)
         conn.execute(
-            f"INSERT INTO buffers (device, buffer_id, {fields}) VALUES (?, ?, ?, ?, ?, ?)"
+            f"INSERT INTO buffers (device, buffer_id, {', '.join(names)}) VALUES (?, ?{', ?' * len(names)})"
             f" ON CONFLICT (device, buffer_id) DO UPDATE SET {keep_max}",
-            (header.device, header.buffer_id, *(getattr(header, f) for f in records.LOSS_FIELDS)),
+            (header.device, header.buffer_id, *(getattr(header, f) for f in names)),
         )
         # total() never overflows (sum() of two counters near 2**63 would); the total is held below 2**63.
-        sums = ", ".join(f"CAST(min(total({f}), {records.MAX_COUNTER}) AS INTEGER)" for f in records.LOSS_FIELDS)
+        sums = ", ".join(f"CAST(min(total({f}), {records.MAX_COUNTER}) AS INTEGER)" for f in names)
         row = conn.execute(f"SELECT {sums} FROM buffers WHERE device = ?", (header.device,)).fetchone()
-        return dict(zip(records.LOSS_FIELDS, row, strict=True))
+        return dict(zip(names, row, strict=True))
 
     # -- series tables agents refer to by digest (docs/wire-format.md) ---------------------------------
 

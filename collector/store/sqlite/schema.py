@@ -125,4 +125,11 @@ def _v7(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX batches_by_time ON batches (received_ms)")
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+def _v8(db: sqlite_utils.Database) -> None:
+    # Issue 14 ("clocks that lie"): samples an agent
+    # corrected because its clock was wrong, cumulative per buffer like the losses, summed per device.
+    db.execute("ALTER TABLE buffers ADD COLUMN corrected_samples INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE devices ADD COLUMN corrected_samples INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
