@@ -19,6 +19,7 @@ The largest error seen is written to test-output/clock/<test>.json (docs/clock.m
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -289,6 +290,11 @@ def test_a_day_behind_then_stepped_right_every_sample_at_its_true_time(rig: Rig)
         "the collector to show the corrected samples",
     )
     assert metric_value(agent_url, "backhaul_clock_jumps_total", 'direction="forward"') == 1
+    # the jump in the log, and in /healthz for `backhaul-agent status` (offset, last jump, corrected)
+    assert re.search(r"clock jumped \+86\d{3}\.\d{3} s: ", (rig.tmp / "agent.log").read_text())
+    state = clock_state(agent_url)
+    assert state["offset_s"] == 0 and abs(state["last_jump"]["seconds"] - DAY_S) <= 1, state
+    assert state["corrected_samples"] == corrected
     record("day_behind_collector_reachable", {**worst, "corrected_samples": corrected})
     agent.stop()
 
