@@ -83,9 +83,11 @@ class RemoteWriteReceiver:
         metrics.label_cache.labels("pairs").set_function(lambda: self._labels.pairs)
         self._clock = clock
         self._max_pending = buffer.max_pending_samples
-        per_request = 2 * int(ingest.max_decompressed_bytes)
-        total = int(ingest.max_decoding_bytes) if ingest.max_decoding_bytes is not None else per_request
-        self.budget = DecodeBudget(total, per_request, limit_name="2 x [ingest] max_decompressed_bytes")
+        self.budget = DecodeBudget(
+            ingest.total_decoding_bytes(),
+            ingest.per_request_decoding_bytes(),
+            limit_name="2 x [ingest] max_decompressed_bytes, or max_decoding_bytes",
+        )
 
     def limits(self) -> rw.Limits:
         # With a time keeper the window is judged by true time (in the keeper), not by this clock.

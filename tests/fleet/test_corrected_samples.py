@@ -13,6 +13,7 @@ from backhaul.wire.series import Labels
 from collector.metrics import DeviceCollector
 from collector.store.postgres import PostgresStore
 from collector.store.sqlite import SqliteStore
+from tests.fleet.batches import put
 
 LABELS: Labels = (("__name__", "temp"), ("room", "a"))
 
@@ -29,9 +30,7 @@ async def test_corrected_samples_are_kept_per_buffer_and_summed_per_device(backe
     await store.open()
     try:
         for buffer_id, seq, corrected in (("b1", 1, 40), ("b1", 2, 55), ("b1", 3, 50), ("b2", 1, 7)):
-            await store.ingest(
-                "dev-1", {LABELS: ([seq * 1000], [1.0])}, "device_id", seq, header(buffer_id, seq, corrected)
-            )
+            await put(store, "dev-1", {LABELS: ([seq * 1000], [1.0])}, seq, header(buffer_id, seq, corrected))
         (state,) = [s for s in await store.device_states() if s.device == "dev-1"]
         assert state.corrected_samples == 55 + 7  # the newest (largest) per buffer, summed
         families = {f.name: f for f in DeviceCollector(lambda: {"dev-1": state}).collect()}
