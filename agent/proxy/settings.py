@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import ByteSize, Field, HttpUrl, SecretStr, field_validator, model_validator
 
+from backhaul.listener import ListenLimits
 from backhaul.settings import Secret, Section
 
 # Why a request may leave the device; "requested" (X-Backhaul-Route: cloud) is not a trigger to enable.
@@ -83,8 +84,9 @@ class CloudSettings(Section):
         return self.url is not None
 
 
-class ProxySettings(Section):
-    """The optional reverse proxy in front of the inference HTTP API."""
+class ProxySettings(ListenLimits):
+    """The optional reverse proxy in front of the inference HTTP API; its listener has the timeouts
+    and connection cap of ``[listen]`` (:class:`~backhaul.listener.ListenLimits`), set here."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
