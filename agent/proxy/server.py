@@ -41,7 +41,6 @@ from agent.proxy.routing import (
 from agent.proxy.settings import ProxySettings
 from agent.proxy.upstream import Upstream, header_bytes
 from backhaul.listener import Listener, ListenerMetrics
-from backhaul.tls import ClientTls
 
 log = logging.getLogger("agent.proxy")
 
@@ -121,12 +120,7 @@ class InferenceProxy:
         self.local = Upstream("local", str(settings.upstream), settings.timeout.total_seconds())
         self.cloud: Upstream | None = None
         # TLS towards the cloud, built (and checked) now, reloaded with the uplink's (agent/app.py).
-        tls_set = cloud.ca_file or cloud.client_cert or cloud.server_name
-        self.tls = (
-            ClientTls(cloud.ca_file, cloud.client_cert, cloud.client_key, cloud.server_name, "proxy.cloud")
-            if cloud.url is not None and tls_set
-            else None
-        )
+        self.tls = cloud.client_tls("proxy.cloud") if cloud.enabled else None
         self.port: int | None = None
         self._hold = max(WHOLE_BODY, int(cloud.max_body_bytes)) if cloud.enabled else WHOLE_BODY
         self._deadline = cloud.ttft_deadline.total_seconds()
