@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import Running
 from tests.operations.conftest import Page
-from tests.support import BIN, READ_HEADERS, READ_TOKEN, TOKEN, Proc, free_port, http, parse_metrics, toml_text
+from tests.support import BIN, READ_HEADERS, READ_TOKEN, TOKEN, Proc, free_port, http, parse_metrics, push, toml_text
 from tests.support import wait_until as until
 
 RULE = {"name": "Hot", "selector": 'temperature_celsius{job="sensor"}', "op": ">", "threshold": 50}
@@ -241,3 +244,24 @@ def test_reload_moves_the_inference_health_check_without_restarting_the_server(
         assert agent.log.read_text().count(" INFO ") == infos
     finally:
         agent.stop()
+
+
+def test_a_reloaded_uplink_token_gets_the_backlog_delivered(
+    start_collector: Callable[..., Running], start_agent: Callable[..., Running]
+) -> None:
+    collector = start_collector()
+    agent = start_agent(collector.url, uplink={"token": "a-wrong-token-for-dev-1"})
+    stamp = int(time.time() * 1000) - 1000
+    assert push(agent.url, {(("__name__", "up"), ("job", "x")): ([stamp], [1.0])}) == [204]
+    until(lambda: "401" in str(get_json(f"{agent.url}/api/v1/status")["uplink"]["last_error"]), 20, "a 401")
+
+    def batches() -> int:
+        fleet = get_json(f"{collector.url}/api/v1/fleet")
+        return sum(d["batches"] for d in fleet["devices"] if d["device"] == "dev-1")
+
+    assert batches() == 0
+    text = agent.config.read_text().replace("a-wrong-token-for-dev-1", TOKEN)
+    reload_with(agent.proc, text)
+    until(lambda: batches() > 0, 20, "the backlog delivered with the new token")
+    status = get_json(f"{agent.url}/api/v1/status")
+    assert "uplink.token" in status["config"]["applied"] and status["buffer"]["oldest_unsent_ms"] is None
