@@ -265,3 +265,25 @@ def test_a_reloaded_uplink_token_gets_the_backlog_delivered(
     until(lambda: batches() > 0, 20, "the backlog delivered with the new token")
     status = get_json(f"{agent.url}/api/v1/status")
     assert "uplink.token" in status["config"]["applied"] and status["buffer"]["oldest_unsent_ms"] is None
+
+
+def test_reloaded_alert_channels_carry_the_next_messages(tmp_path: Path, pages: list[Page]) -> None:
+    a_out, b_out = tmp_path / "a.out", tmp_path / "b.out"
+
+    def channel(out: Path) -> dict[str, Any]:
+        # One line per message: its base64 (the command channel's argument form).
+        return {"type": "command", "argv": ["sh", "-c", f'echo "$0" >> {out}', "{base64}"], "stdin": False}
+
+    port = free_port()
+    config = agent_config(tmp_path, port, pages[0].url)
+    config["alerts"]["channels"] = [channel(a_out)]
+    agent = start(tmp_path, "backhaul-agent", config, port)
+    try:
+        until(lambda: a_out.exists() and a_out.read_text().count("\n") >= 1, timeout=15, what="Hot sent via a")
+        config["alerts"]["channels"] = [channel(b_out)]
+        config["alerts"]["rules"] = [RULE, {**RULE, "name": "Warm", "threshold": 40}]
+        reload_with(agent, toml_text(config))
+        until(lambda: b_out.exists() and b_out.read_text().count("\n") >= 1, timeout=15, what="Warm sent via b")
+        assert a_out.read_text().count("\n") == 1  # Hot went once, through a; nothing after the reload
+    finally:
+        agent.stop()
