@@ -17,7 +17,7 @@ Modules, one concern each:
 The public API is exactly ``__all__`` (checked by tests/unit/test_harness.py).
 """
 
-from harness.agent import LOSS_CAUSES, agent_loss_counters, copy_database, samples_at
+from harness.agent import LOSS_CAUSES, agent_loss_counters, buffer_contents, copy_database, samples_at
 from harness.collector import export, exported_samples, reported_losses, same_value
 from harness.config import READ, READ_HEADERS, READ_TOKEN, TOKEN, toml_text, write_toml
 from harness.metrics import metric_sum, metric_value, parse_metrics, read_metrics
@@ -43,6 +43,7 @@ __all__ = [
     "RecordingSender",
     "Sender",
     "agent_loss_counters",
+    "buffer_contents",
     "child_env",
     "copy_database",
     "export",

@@ -14,6 +14,9 @@ from collections.abc import Callable
 from agent.buffer.metrics import BufferMetrics
 from agent.buffer.store import BufferStore, Losses
 from backhaul.errors import StoreError, Unavailable
+from backhaul.wire.chunk import Contents
+from backhaul.wire.histogram import HistogramSeriesMap
+from backhaul.wire.metadata import MetadataMap
 from backhaul.wire.series import SeriesMap, merge_owned
 
 log = logging.getLogger(__name__)
@@ -46,19 +49,27 @@ class Staging:
         self._max_pending = max_pending_samples
         self._on_commit = on_commit
         self._clock = clock
-        self._pending: list[tuple[SeriesMap, int, int, asyncio.Future[None]]] = []
+        self._pending: list[tuple[Contents, int, int, asyncio.Future[None]]] = []
         self._pending_samples = 0
         self._wake = asyncio.Event()
         self._closing = False
 
-    async def submit(self, series: SeriesMap, samples: int, dropped: int) -> None:
-        """Return once ``series`` is durable; raises :class:`Unavailable` or :class:`StoreError`."""
+    async def submit(
+        self,
+        series: SeriesMap,
+        samples: int,
+        dropped: int,
+        histograms: HistogramSeriesMap | None = None,
+        metadata: MetadataMap | None = None,
+    ) -> None:
+        """Return once ``series`` (and ``histograms``, ``metadata``) are durable; raises
+        :class:`Unavailable` or :class:`StoreError`. ``samples`` counts float and histogram samples."""
         if self._closing:
             raise Unavailable("agent is shutting down")
         if self._pending_samples + samples > self._max_pending:
             raise Unavailable(f"{self._pending_samples} samples already wait for a commit")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((series, samples, dropped, future))
+        self._pending.append((Contents(series, histograms or {}, metadata or {}), samples, dropped, future))
         self._pending_samples += samples
         self._wake.set()
         # Shielded: a sender that hangs up must not cancel the commit others share.
@@ -109,8 +120,12 @@ class Staging:
                 future.set_result(None)
         self._on_commit()
 
-    def _write(self, parts: list[SeriesMap], dropped: int) -> Losses:
+    def _write(self, parts: list[Contents], dropped: int) -> Losses:
         """On the store's thread: merge the group into one chunk and commit it."""
         # The requests' decoded maps are ours alone (a request is answered only after this commit).
-        merged = merge_owned(parts)
-        return self._store.append(merged, dropped, int(self._clock() * 1000))
+        series = merge_owned([p.series for p in parts])
+        histograms = merge_owned([p.histograms for p in parts])
+        metadata: MetadataMap = {}
+        for p in parts:
+            metadata.update(p.metadata)
+        return self._store.append(series, dropped, int(self._clock() * 1000), histograms, metadata)

@@ -20,7 +20,17 @@ class IngestMetrics:
             registry=r,
         )
         self.metadata_received = Counter(
-            "backhaul_ingest_metadata", "Metric metadata entries received (accepted, not stored)", registry=r
+            "backhaul_ingest_metadata",
+            "Metric metadata entries received (each family's kept in the buffer when new or changed)",
+            registry=r,
+        )
+        self.histograms = Counter(
+            "backhaul_ingest_histograms", "Native-histogram samples committed to the buffer", registry=r
+        )
+        self.exemplars = Counter(
+            "backhaul_ingest_exemplars",
+            "Exemplars received (counted, not stored: the buffer keeps no exemplars)",
+            registry=r,
         )
         self.label_cache = Gauge(
             "backhaul_ingest_label_cache_entries",

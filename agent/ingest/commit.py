@@ -1,0 +1,104 @@
+"""What every pushed request does once decoded (remote write 1.0 and 2.0, OTLP): check it can be
+committed, show it to the alert rules, commit it, and only then count it.
+
+Metadata is kept per metric family in the buffer (in the chunks of a commit, chunk version 3), but
+senders repeat it: Prometheus sends every family's metadata each minute, 2.0 with every series. A
+family's metadata is therefore committed when it is new or changed, and again after
+:data:`METADATA_REFRESH_MS`, so a collector that lost a chunk (eviction) learns it again within that
+time; the rest is counted as received and not stored twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from agent.buffer.staging import Staging
+from agent.ingest.metrics import IngestMetrics
+from backhaul.errors import InputError
+from backhaul.wire import remote_write as rw
+from backhaul.wire.metadata import Metadata, MetadataMap
+from backhaul.wire.series import SeriesMap
+
+log = logging.getLogger(__name__)
+
+METADATA_REFRESH_MS = 3_600_000
+_MAX_FAMILIES = 100_000
+
+
+class FamilyMetadata:
+    """The metadata of each family already committed, and when (bounded: starts over when full)."""
+
+    def __init__(self) -> None:
+        self._committed: dict[str, tuple[Metadata, int]] = {}
+
+    def fresh(self, families: MetadataMap, now_ms: int) -> MetadataMap:
+        """The entries of ``families`` worth committing: new, changed, or not committed for a while."""
+        out: MetadataMap = {}
+        for name, meta in families.items():
+            known = self._committed.get(name)
+            if known is None or known[0] != meta or now_ms - known[1] >= METADATA_REFRESH_MS:
+                out[name] = meta
+        return out
+
+    def committed(self, families: MetadataMap, now_ms: int) -> None:
+        if len(self._committed) + len(families) > _MAX_FAMILIES:
+            self._committed.clear()
+        for name, meta in families.items():
+            self._committed[name] = (meta, now_ms)
+
+
+class Committer:
+    """Commits decoded requests to the buffer.
+
+    Args:
+        staging: the group commit.
+        metrics: ingest counters.
+        max_pending: ``buffer.max_pending_samples``: a request of more samples can never be committed.
+        clock: wall clock in seconds.
+        observe: the alert rules, shown each request's float samples before the commit.
+    """
+
+    def __init__(
+        self,
+        staging: Staging,
+        metrics: IngestMetrics,
+        max_pending: int,
+        clock: Callable[[], float],
+        observe: Callable[[SeriesMap], None] | None = None,
+    ) -> None:
+        self._staging = staging
+        self._metrics = metrics
+        self._max_pending = max_pending
+        self._clock = clock
+        self._observe = observe
+        self._families = FamilyMetadata()
+
+    async def commit(self, decoded: rw.Decoded, what: str) -> None:
+        """Return once ``decoded`` is durable (raises as :meth:`Staging.submit` does); counts after."""
+        samples = decoded.samples + decoded.histogram_samples
+        if samples > self._max_pending:
+            raise InputError(
+                f"one request of {samples} samples can never be committed: buffer.max_pending_samples"
+                f" is {self._max_pending}; send smaller requests",
+                413,
+            )
+        dropped = sum(decoded.dropped.values())
+        if self._observe is not None and decoded.samples:
+            # Before the commit: an alert must not wait for a slow or failing buffer (a full disk is
+            # exactly when it matters). A sample refused below and re-sent is merely seen twice.
+            try:
+                self._observe(decoded.series)
+            except Exception:  # a rule bug must never cost the samples (as on the scrape path)
+                log.exception("alert rules failed on a %s request", what)
+        now_ms = int(self._clock() * 1000)
+        families = self._families.fresh(decoded.families, now_ms)
+        if samples or dropped or families:
+            await self._staging.submit(decoded.series, samples, dropped, decoded.histograms, families)
+        self._families.committed(families, now_ms)
+        # Counted once the request is answered 2xx, so that a sender's retry does not count twice.
+        self._metrics.metadata_received.inc(decoded.metadata)
+        self._metrics.exemplars.inc(decoded.exemplar_count)
+        self._metrics.histograms.inc(decoded.histogram_samples)
+        for reason, count in decoded.dropped.items():
+            self._metrics.samples_dropped.labels(reason).inc(count)
