@@ -31,6 +31,7 @@ from agent.buffer.staging import Staging
 from agent.buffer.store import BufferStore
 from agent.config import AgentSettings
 from agent.http import build_app
+from agent.ingest.otlp import OtlpReceiver
 from agent.ingest.remote_write import RemoteWriteReceiver
 from agent.ingest.sink import SampleSink
 from agent.metrics import AgentMetrics
@@ -118,6 +119,9 @@ class Agent:
         observe = self.alerts.engine.observe if self.alerts is not None else None
         self.receiver = RemoteWriteReceiver(
             self.staging, settings.ingest, b, self.metrics.ingest, clock, observe, settings.uplink.device_label
+        )
+        self.otlp = OtlpReceiver(
+            self.receiver.committer, settings.ingest, self.receiver.limits, self.receiver.budget, self.registry
         )
         self.sink = SampleSink(
             self.staging,
@@ -221,7 +225,7 @@ class Agent:
 
     async def _listen(self, life: Lifecycle) -> None:
         s = self.settings
-        app = build_app(self.receiver, self.registry, self.health, int(s.ingest.max_request_bytes))
+        app = build_app(self.receiver, self.registry, self.health, int(s.ingest.max_request_bytes), self.otlp)
         listener = Listener(
             app,
             s.listen.host,

@@ -1,4 +1,4 @@
-"""The agent's one HTTP listener: remote write in, its own metrics and health out."""
+"""The agent's one HTTP listener: remote write and OTLP/HTTP metrics in, its own metrics and health out."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from agent.ingest.otlp import OtlpReceiver
 from agent.ingest.remote_write import RemoteWriteReceiver
 from backhaul.web import error_middleware
 
@@ -18,6 +19,7 @@ def build_app(
     registry: CollectorRegistry,
     health: Callable[[], tuple[bool, dict[str, Any]]],
     max_request_bytes: int,
+    otlp: OtlpReceiver | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=max_request_bytes, middlewares=[error_middleware])
 
@@ -26,6 +28,8 @@ def build_app(
         return web.json_response(detail, status=200 if ok else 503)
 
     app.router.add_post("/api/v1/write", receiver.handle)
+    if otlp is not None:
+        app.router.add_post("/v1/metrics", otlp.handle)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_get("/healthz", healthz)
     return app
