@@ -15,8 +15,11 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter
 
 from agent.buffer.staging import Staging
+from agent.ingest.commit import FamilyMetadata
 from agent.ingest.metrics import IngestMetrics
 from backhaul.errors import StoreError, Unavailable
+from backhaul.wire.histogram import HistogramSeriesMap
+from backhaul.wire.metadata import MetadataMap
 from backhaul.wire.series import SeriesMap
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ class SampleSink:
         self._max_age_ms = int(max_age * 1000)
         self._max_future_ms = int(max_future * 1000)
         self._clock = clock
+        self._families = FamilyMetadata()
         self.committed = Counter(
             "backhaul_source_samples",
             "Samples from the agent's own sources committed, by source",
@@ -65,8 +69,15 @@ class SampleSink:
             registry=registry,
         )
 
-    async def commit(self, source: str, series: SeriesMap) -> bool:
-        """Commit ``series``; False (counted, logged) when the buffer refused it."""
+    async def commit(
+        self,
+        source: str,
+        series: SeriesMap,
+        histograms: HistogramSeriesMap | None = None,
+        metadata: MetadataMap | None = None,
+    ) -> bool:
+        """Commit ``series`` (and native ``histograms``, each family's ``metadata`` when new or
+        changed); False (counted, logged) when the buffer refused it."""
         now_ms = int(self._clock() * 1000)
         lo, hi = now_ms - self._max_age_ms, now_ms + self._max_future_ms
         kept: SeriesMap = {}
@@ -82,20 +93,30 @@ class SampleSink:
             if pairs:
                 kept[labels] = ([t for t, _ in pairs], [v for _, v in pairs])
                 samples += len(pairs)
+        kept_h: HistogramSeriesMap = {}
+        for labels, (stamps, hs) in (histograms or {}).items():
+            keep = [k for k, t in enumerate(stamps) if lo <= t <= hi]
+            too_old += sum(1 for t in stamps if t < lo)
+            too_new += sum(1 for t in stamps if t > hi)
+            if keep:
+                kept_h[labels] = ([stamps[k] for k in keep], [hs[k] for k in keep])
+                samples += len(keep)
+        families = self._families.fresh(metadata or {}, now_ms)
         dropped = too_old + too_new
-        if not samples and not dropped:
+        if not samples and not dropped and not families:
             return True
-        if self._observe is not None and samples:
+        if self._observe is not None and kept:
             try:
                 self._observe(kept)
             except Exception:  # a rule bug must never cost the samples
                 log.exception("%s: alert rules failed on a scrape", source)
         try:
-            await self._staging.submit(kept, samples, dropped)
+            await self._staging.submit(kept, samples, dropped, kept_h, families)
         except (Unavailable, StoreError) as exc:
             self.failures.labels(source).inc()
             log.warning("%s: %d samples not buffered: %s", source, samples, exc)
             return False
+        self._families.committed(families, now_ms)
         self.committed.labels(source).inc(samples)
         if too_old:
             self._metrics.samples_dropped.labels("too_old").inc(too_old)
