@@ -37,14 +37,17 @@ class Running:
 
 
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Callable[[str, str, int, dict[str, object]], Running]]:
-    """Write ``config`` as ``<name>.toml``, start ``program`` with it, wait until healthy; killed at teardown."""
+def launch(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    """Write ``config`` as ``<name>.toml``, start ``program`` with it (``env`` on top of the tests'),
+    wait until healthy; killed at teardown."""
     started: list[Proc] = []
 
-    def start(program: str, name: str, port: int, config: dict[str, object]) -> Running:
+    def start(
+        program: str, name: str, port: int, config: dict[str, object], env: dict[str, str] | None = None
+    ) -> Running:
         path = tmp_path / f"{name}.toml"
         path.write_text(toml_text(config))
-        proc = Proc(program, path, tmp_path / f"{name}.log").start()
+        proc = Proc(program, path, tmp_path / f"{name}.log", env=env or {}).start()
         started.append(proc)
         url = f"http://127.0.0.1:{port}"
         proc.wait_healthy(url)

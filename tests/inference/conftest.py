@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Running
-from tests.support import TOKEN, Proc, free_port, http, require_program
-from tests.support import toml_text as toml_nested
+from tests.support import TOKEN, free_port, http, require_program
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -95,9 +94,8 @@ def demo_server(tmp_path: Path) -> Iterator[Callable[..., Demo]]:
 
 
 @pytest.fixture
-def agent_with(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+def agent_with(tmp_path: Path, launch: Callable[..., Running]) -> Callable[..., Running]:
     """Start a real backhaul-agent whose config may have nested sections; killed at teardown."""
-    started: list[Proc] = []
 
     def start(
         collector_url: str | None = None, name: str = "agent", env: dict[str, str] | None = None, **sections: Any
@@ -124,15 +122,6 @@ def agent_with(tmp_path: Path) -> Iterator[Callable[..., Running]]:
                 config[key] = {**config[key], **value}
             else:
                 config[key] = value
-        path = tmp_path / f"{name}.toml"
-        path.write_text(toml_nested(config))
-        proc = Proc("backhaul-agent", path, tmp_path / f"{name}.log", env={"PYTHONPATH": str(ROOT), **(env or {})})
-        proc.start()
-        started.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        proc.wait_healthy(url)
-        return Running(proc, url, path)
+        return launch("backhaul-agent", name, port, config, {"PYTHONPATH": str(ROOT), **(env or {})})
 
-    yield start
-    for proc in started:
-        proc.kill()
+    return start
