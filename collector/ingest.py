@@ -113,7 +113,8 @@ class BatchReceiver(DeviceEndpoint):
             self._remember_tables(header.device, new_tables)
         if self._forward is not None and frames:
             with store_trouble("forward spool"):
-                await self._forward(header.device, Chunks(frames), header.samples - sum(dropped.values()))
+                refused = sum(n for reason, n in dropped.items() if reason != "native_histogram")
+                await self._forward(header.device, Chunks(frames), header.samples - refused)
         result: IngestResult = await store.ingest(
             header.device, series, self._settings.device_label, int(self._clock() * 1000), header
         )
@@ -237,11 +238,12 @@ class BatchReceiver(DeviceEndpoint):
         if found != header.samples:
             raise WireError(f"batch header announces {header.samples} samples, its chunks hold {found}")
         dropped = self._drop_bad_series(series)
-        if histogram_samples:
-            # Counted, not lost silently, until the store keeps native histograms (issue 18).
-            dropped["native_histogram"] = histogram_samples
         if dropped and series:
             frames = [codec.encode(series)]  # the forwarders get what is stored, never a refused series
         elif dropped:
             frames = []
+        if histogram_samples:
+            # Forwarded (to targets that take them), but not stored: counted, not lost silently, until
+            # the store keeps native histograms (issue 18).
+            dropped["native_histogram"] = histogram_samples
         return series, frames, new_tables, dropped

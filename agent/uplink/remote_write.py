@@ -22,7 +22,7 @@ from dataclasses import replace
 from backhaul import __version__
 from backhaul.errors import PeerError
 from backhaul.http import Reply
-from backhaul.remote_write_sender import Outbox, RemoteWriteSender, Request, chunk_series
+from backhaul.remote_write_sender import Outbox, RemoteWriteSender, Request, chunk_contents
 from backhaul.retry import Verdict
 from backhaul.tls import ClientTls
 from backhaul.wire.batch import BatchHeader
@@ -90,7 +90,7 @@ class RemoteWriteTransport:
 
     def _requests(self, frames: list[bytes]) -> list[Request]:
         """On a worker thread: the batch's chunks as remote-write requests."""
-        return self._sender.requests([(self._device_id, chunk_series(frames, MAX_CHUNK_BYTES))])
+        return self._sender.requests([(self._device_id, chunk_contents(frames, MAX_CHUNK_BYTES))])
 
     async def close(self) -> None:
         await self._sender.close()

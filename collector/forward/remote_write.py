@@ -27,11 +27,11 @@ from collections.abc import Callable
 
 from backhaul import __version__
 from backhaul.errors import StoreError
-from backhaul.remote_write_sender import Answer, Outbox, RemoteWriteSender, Request, chunk_series
+from backhaul.remote_write_sender import Answer, Outbox, RemoteWriteSender, Request, chunk_contents
 from backhaul.retry import Backoff, Verdict, retry_after
 from backhaul.wire import WireError
 from backhaul.wire import remote_write as rw
-from backhaul.wire.series import SeriesMap
+from backhaul.wire.chunk import Contents
 from collector.forward.metrics import ForwardMetrics
 from collector.forward.settings import ForwardTarget
 from collector.forward.spool import Entry, Payload, RemoteWrite, Spool
@@ -81,6 +81,7 @@ class Forwarder:
             target.headers,
             device_label,
             target.max_samples_per_request,
+            native_histograms=target.native_histograms,
         )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -189,14 +190,20 @@ class Forwarder:
         return 0.0
 
     def _requests(self, entries: list[Entry]) -> list[Request]:
-        """On a worker thread: the entries as remote-write requests."""
-        return self._sender.requests((e.device, self._series(e)) for e in entries)
+        """On a worker thread: the entries as remote-write requests (native histograms left out, and
+        counted, for a target that does not take them)."""
+        parts = [(e.device, self._contents(e)) for e in entries]
+        left_out = self._sender.left_out(c for _, c in parts)
+        if left_out:
+            self._metrics.dropped.labels(self.name, "native_histogram").inc(left_out)
+        return self._sender.requests(parts)
 
-    def _series(self, entry: Entry) -> SeriesMap:
+    def _contents(self, entry: Entry) -> Contents:
         payload = entry.payload()
         if isinstance(payload, RemoteWrite):
-            return rw.decode(payload.body, rw.Limits(max_decompressed_bytes=self._limit)).series
-        return chunk_series(payload.frames, self._limit)
+            decoded = rw.decode(payload.body, rw.Limits(max_decompressed_bytes=self._limit), histograms=True)
+            return Contents(decoded.series, decoded.histograms, decoded.families)
+        return chunk_contents(payload.frames, self._limit)
 
     def _sent(self, request: Request) -> None:
         self._metrics.sent_samples.labels(self.name).inc(request.samples)
