@@ -13,7 +13,7 @@ Modules, one concern each:
 - :mod:`harness.collector`: what a collector holds, through its export API.
 - :mod:`harness.agent`: an agent's buffer database read from outside.
 - :mod:`harness.proxy`: proxies between agent and collector (:class:`DelayProxy`).
-- :mod:`harness.prometheus`: a real Prometheus (``start_prometheus``).
+- :mod:`harness.prometheus`: a real Prometheus (``start_prometheus``; ``prometheus3``, one that sends 2.0).
 
 The public API is exactly ``__all__`` (checked by tests/unit/test_harness.py).
 """
@@ -24,7 +24,7 @@ from harness.config import READ, READ_HEADERS, READ_TOKEN, TOKEN, toml_text, wri
 from harness.metrics import metric_sum, metric_value, parse_metrics, read_metrics
 from harness.net import free_port, get_json, http, wait_until
 from harness.process import BIN, Proc, ProcError, Process, child_env, require_program
-from harness.prometheus import start_prometheus
+from harness.prometheus import prometheus3, start_prometheus
 from harness.proxy import DelayProxy, LoopbackProxy
 from harness.remote_write import RW_HEADERS, Attempt, RecordingSender, Sender, push
 
@@ -56,6 +56,7 @@ __all__ = [
     "metric_sum",
     "metric_value",
     "parse_metrics",
+    "prometheus3",
     "push",
     "read_metrics",
     "reported_losses",

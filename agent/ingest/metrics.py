@@ -13,6 +13,11 @@ class IngestMetrics:
         self.requests = Counter(
             "backhaul_ingest_requests", "Remote-write requests answered, by HTTP status", ["code"], registry=r
         )
+        self.v2_requests = Counter(
+            "backhaul_ingest_remote_write_v2_requests",
+            "Remote-write 2.0 requests committed (io.prometheus.write.v2.Request)",
+            registry=r,
+        )
         self.samples_dropped = Counter(
             "backhaul_ingest_dropped_samples",
             "Samples refused at ingest (kept out of the buffer), by reason",

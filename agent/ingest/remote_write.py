@@ -129,6 +129,7 @@ class RemoteWriteReceiver:
         await self.committer.commit(decoded, "remote write")
         if message is rw.Message.V1:
             return web.Response(status=204)
+        self._metrics.v2_requests.inc()
         return web.Response(
             status=204,
             headers={

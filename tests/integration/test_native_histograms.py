@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import free_port, http, metric_value, start_prometheus, wait_until
+from tests.support import exported_samples, free_port, http, metric_value, prometheus3, start_prometheus, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -147,4 +147,75 @@ def test_native_histograms_arrive_intact_at_a_forwarding_prometheus(
     finally:
         if scraping is not None:
             scraping.kill()
+        receiving.kill()
+
+
+SENDING_V2 = """
+global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: native
+    static_configs: [{{targets: ['127.0.0.1:{target}']}}]
+remote_write:
+  - url: http://127.0.0.1:{agent}/api/v1/write
+    protobuf_message: io.prometheus.write.v2.Request
+    send_native_histograms: true
+    queue_config: {{max_shards: 1, batch_send_deadline: 500ms, min_backoff: 100ms, max_backoff: 1s}}
+"""
+
+
+def raw_floats(url: str, selector: str) -> dict[tuple[tuple[str, str], ...], dict[int, float]]:
+    out: dict[tuple[tuple[str, str], ...], dict[int, float]] = {}
+    for series in query(url, f"{selector}[10m]"):
+        labels = tuple(sorted(series["metric"].items()))
+        out[labels] = {round(ts * 1000): float(v) for ts, v in series.get("values", [])}
+    return out
+
+
+def test_prometheus_3_sending_remote_write_2_0(native_target, start_collector, start_agent, tmp_path):
+    """Debian sid's Prometheus 3.5 sends Remote-Write 2.0 (symbols, metadata, native histograms) to the
+    agent; floats arrive at the collector and histograms at a forwarding Prometheus 2.42 as sent."""
+    binary = prometheus3()
+    receiving, receiving_url = start_prometheus(
+        tmp_path, lambda port: RECEIVING, "--web.enable-remote-write-receiver", "--enable-feature=native-histograms"
+    )
+    sending = None
+    try:
+        forward = {"name": "prom", "url": f"{receiving_url}/api/v1/write", "native_histograms": True}
+        collector = start_collector(forward=[{**forward, "backoff_min": 0.1, "backoff_max": 1}])
+        agent_port = free_port()
+        agent = start_agent(collector.url, port=agent_port)
+        target = urllib.parse.urlsplit(native_target).netloc.split(":")[1]
+        sending, sending_url = start_prometheus(
+            tmp_path,
+            lambda port: SENDING_V2.format(target=target, agent=agent_port),
+            "--enable-feature=native-histograms,metadata-wal-records",
+            binary=binary,
+        )
+
+        def enough() -> bool:
+            got = raw_histograms(receiving_url, 'rpc_duration_seconds{job="native"}')
+            return len(got) == 2 and min(len(v) for v in got.values()) >= 4
+
+        wait_until(enough, 90, "histograms sent as 2.0 at the forwarding Prometheus", interval=0.5)
+        assert metric_value(agent.url, "backhaul_ingest_remote_write_v2_requests_total") > 0
+        assert metric_value(agent.url, "backhaul_ingest_requests_total", 'code="400"') in (None, 0)
+        sent = raw_histograms(sending_url, 'rpc_duration_seconds{job="native"}')
+        arrived = raw_histograms(receiving_url, 'rpc_duration_seconds{job="native"}')
+        assert set(arrived) == set(sent)
+        for labels, samples in arrived.items():
+            for ts, h in samples.items():
+                assert sent[labels].get(ts) == h, (labels, ts)
+
+        # Float samples (the counter and the scrape's own series) at the collector, exactly as sent.
+        sent_floats = raw_floats(sending_url, '{job="native",__name__=~"rpc_total|up"}')
+        stored = exported_samples(collector.url, '{job="native",__name__=~"rpc_total|up"}')
+        assert set(stored) == set(sent_floats)
+        for labels, samples in stored.items():
+            assert len(samples) >= 3
+            for ts, v in samples.items():
+                assert sent_floats[labels].get(ts) == v, (labels, ts)
+    finally:
+        if sending is not None:
+            sending.kill()
         receiving.kill()
