@@ -211,10 +211,10 @@ def test_prometheus_3_sending_remote_write_2_0(native_target, start_collector, s
         sent_floats = raw_floats(sending_url, '{job="native",__name__=~"rpc_total|up"}')
         stored = exported_samples(collector.url, '{job="native",__name__=~"rpc_total|up"}')
         assert set(stored) == set(sent_floats)
-        for labels, samples in stored.items():
-            assert len(samples) >= 3
-            for ts, v in samples.items():
-                assert sent_floats[labels].get(ts) == v, (labels, ts)
+        for labels, values in stored.items():
+            assert len(values) >= 3
+            for ms, v in values.items():
+                assert sent_floats[labels].get(ms) == v, (labels, ms)
     finally:
         if sending is not None:
             sending.kill()
