@@ -101,8 +101,11 @@ def case_of(run: Run, rnd: random.Random, make: str) -> Case:
     return case
 
 
-# Each endpoint in turn: the batch upload, remote write at both ends, alerts over HTTP and MQTT.
-@pytest.mark.parametrize("make", ["batch", "agent", "collector", "alert_http", "alert_mqtt"])
+# Each endpoint in turn: the batch upload, remote write at both ends (2.0 at the agent), OTLP at the
+# agent, alerts over HTTP and MQTT.
+@pytest.mark.parametrize(
+    "make", ["batch", "agent", "collector", "remote_write_v2", "otlp_metrics", "alert_http", "alert_mqtt"]
+)
 @FUZZ
 @given(rnd=st.randoms(use_true_random=False))
 def test_endpoint(run: Run, make: str, rnd: random.Random) -> None:
@@ -123,7 +126,7 @@ def test_export_parameters_and_selectors(run: Run, rnd: random.Random) -> None:
 def test_what_the_slice_left_behind(run: Run) -> None:
     """Last in the module: after every case above."""
     targets = run.targets
-    assert sum(run.tally.cases.values()) >= 5 * EXAMPLES
+    assert sum(run.tally.cases.values()) >= 7 * EXAMPLES
     # the MQTT subscriber is still there: a genuine message after all the hostile ones arrives
     genuine = run.fuzzer
     genuine.rnd = random.Random(5)
