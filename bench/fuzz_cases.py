@@ -35,9 +35,9 @@ from backhaul.wire import otlp
 from backhaul.wire import remote_write as rw
 from backhaul.wire import remote_write_v2 as rw2
 from backhaul.wire.alert import AlertMessage
-from backhaul.wire.histogram import Histogram
+from backhaul.wire.histogram import Histogram, HistogramSeriesMap
 from backhaul.wire.metadata import Metadata
-from backhaul.wire.series import SeriesMap, sample_count
+from backhaul.wire.series import Labels, SeriesMap, sample_count
 from backhaul.wire.varint import varint
 from harness.config import READ_HEADERS
 
@@ -361,9 +361,9 @@ class Fuzzer:
         sender = "agent"
         mutate = self.chance(0.75)
         series = self.series(sender, tagged=not mutate and self._ledger())
-        labels = (("__name__", "fz_hist"), ("fuzz_sender", sender))
+        labels: Labels = (("__name__", "fz_hist"), ("fuzz_sender", sender))
         h = Histogram(count=3, sum=1.5, schema=2, positive_spans=((-1, 2),), positive=(1, 1))
-        histograms = {labels: ([self.now_ms - 1000], [h])} if self.chance(0.5) else {}
+        histograms: HistogramSeriesMap = {labels: ([self.now_ms - 1000], [h])} if self.chance(0.5) else {}
         metadata = {"fz_metric_1": Metadata("gauge", self.pick(["", "help", "é" * 100]), "")}
         headers = {**RW_HEADERS, "Content-Type": rw2.CONTENT_TYPE}
         (body,) = rw2.encode(series, histograms, metadata)
