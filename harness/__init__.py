@@ -20,7 +20,7 @@ The public API is exactly ``__all__`` (checked by tests/unit/test_harness.py).
 
 from harness.agent import LOSS_CAUSES, agent_loss_counters, buffer_contents, copy_database, samples_at
 from harness.collector import export, exported_samples, reported_losses, same_value
-from harness.config import READ, READ_HEADERS, READ_TOKEN, TOKEN, toml_text, write_toml
+from harness.config import READ, READ_HEADERS, READ_TOKEN, TOKEN, agent_config, toml_text, write_toml
 from harness.metrics import metric_sum, metric_value, parse_metrics, read_metrics
 from harness.net import free_port, get_json, http, wait_until
 from harness.process import BIN, Proc, ProcError, Process, child_env, require_program
@@ -44,6 +44,7 @@ __all__ = [
     "Process",
     "RecordingSender",
     "Sender",
+    "agent_config",
     "agent_loss_counters",
     "buffer_contents",
     "child_env",

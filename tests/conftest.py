@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import READ, TOKEN, Proc, free_port, toml_text
+from tests.support import READ, TOKEN, Proc, agent_config, free_port, toml_text
 
 # The examples ship placeholder secrets, which both programs refuse at start (issue 12). A test that
 # loads an example sets real ones the way the examples advise: in the environment, which wins.
@@ -85,22 +85,7 @@ def start_agent(tmp_path: Path, launch: Callable[..., Running]) -> Callable[...,
         **overrides: object,
     ) -> Running:
         port = port or free_port()
-        config: dict[str, object] = {
-            "device_id": "dev-1",
-            "shutdown_grace": 10,
-            "listen": {"host": "127.0.0.1", "port": port},
-            "buffer": {"path": str(tmp_path / f"{name}.db"), "budget_bytes": "64MiB", **(buffer or {})},
-        }
-        if collector_url:
-            config["uplink"] = {
-                "url": f"{collector_url}/api/v1/batches",
-                "token": TOKEN,
-                "batch_interval": 0.2,
-                "backoff_min": 0.2,
-                "backoff_max": 1,
-                "timeout": 5,
-                **(uplink or {}),
-            }
+        config = agent_config(port, tmp_path / f"{name}.db", collector_url, buffer=buffer or {}, uplink=uplink or {})
         config.update(overrides)
         return launch("backhaul-agent", name, port, config)
 

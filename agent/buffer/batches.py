@@ -21,7 +21,7 @@ class Batches(Compaction):
         if row is not None:
             return self._load_batch(*row)
         candidates = self.conn.execute(
-            "SELECT id, bytes, samples FROM chunks WHERE batch_seq IS NULL ORDER BY id LIMIT 10000"
+            "SELECT id, bytes, samples FROM chunks WHERE batch_seq IS NULL AND hold = 0 ORDER BY id LIMIT 10000"
         ).fetchall()
         chosen: list[int] = []
         size = 0
@@ -58,7 +58,9 @@ class Batches(Compaction):
 
     def oldest_unclaimed_ms(self) -> int | None:
         """When the oldest chunk not yet in a batch was written (agent clock, ms), if any."""
-        (oldest,) = self.conn.execute("SELECT min(created_ms) FROM chunks WHERE batch_seq IS NULL").fetchone()
+        (oldest,) = self.conn.execute(
+            "SELECT min(created_ms) FROM chunks WHERE batch_seq IS NULL AND hold = 0"
+        ).fetchone()
         return int(oldest) if oldest is not None else None
 
     def unsent_loss(self) -> int:

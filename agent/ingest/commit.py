@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 
 from agent.buffer.staging import Staging
+from agent.clock.keeper import TimeKeeper
 from agent.ingest.metrics import IngestMetrics
 from backhaul.errors import InputError
 from backhaul.wire import remote_write as rw
@@ -57,6 +58,8 @@ class Committer:
         max_pending: ``buffer.max_pending_samples``: a request of more samples can never be committed.
         clock: wall clock in seconds.
         observe: the alert rules, shown each request's float samples before the commit.
+        time_keeper: with ``clock.correct``, sorts the float samples by the clock era that stamped
+            them (held, corrected; ``agent/clock``). Native histograms are committed as stamped.
     """
 
     def __init__(
@@ -66,8 +69,10 @@ class Committer:
         max_pending: int,
         clock: Callable[[], float],
         observe: Callable[[SeriesMap], None] | None = None,
+        time_keeper: TimeKeeper | None = None,
     ) -> None:
         self._staging = staging
+        self._time = time_keeper
         self._metrics = metrics
         self._max_pending = max_pending
         self._clock = clock
@@ -83,18 +88,30 @@ class Committer:
                 f" is {self._max_pending}; send smaller requests",
                 413,
             )
+        # The rules see the samples as stamped (by the clock they judge them by), held ones too.
+        seen, seen_samples = decoded.series, decoded.samples
+        done = None
+        if self._time is not None:
+            done = await self._time.split(decoded.series)
+            decoded.series, decoded.samples = done.ready, done.samples
+            for reason, count in done.dropped.items():
+                decoded.drop(reason, count)
+            samples = decoded.samples + decoded.histogram_samples
         dropped = sum(decoded.dropped.values())
-        if self._observe is not None and decoded.samples:
+        if self._observe is not None and seen_samples:
             # Before the commit: an alert must not wait for a slow or failing buffer (a full disk is
             # exactly when it matters). A sample refused below and re-sent is merely seen twice.
             try:
-                self._observe(decoded.series)
+                self._observe(seen)
             except Exception:  # a rule bug must never cost the samples (as on the scrape path)
                 log.exception("alert rules failed on a %s request", what)
         now_ms = int(self._clock() * 1000)
         families = self._families.fresh(decoded.families, now_ms)
         if samples or dropped or families:
-            await self._staging.submit(decoded.series, samples, dropped, decoded.histograms, families)
+            held = done.held if done is not None else None
+            await self._staging.submit(decoded.series, samples, dropped, held, decoded.histograms, families)
+        if done is not None and self._time is not None:
+            self._time.committed(done)
         self._families.committed(families, now_ms)
         # Counted once the request is answered 2xx, so that a sender's retry does not count twice.
         self._metrics.metadata_received.inc(decoded.metadata)

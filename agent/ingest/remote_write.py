@@ -34,6 +34,7 @@ from aiohttp import web
 
 from agent.buffer.settings import BufferSettings
 from agent.buffer.staging import Staging
+from agent.clock.keeper import TimeKeeper
 from agent.ingest.commit import Committer
 from agent.ingest.metrics import IngestMetrics
 from agent.ingest.settings import IngestSettings
@@ -65,6 +66,9 @@ class RemoteWriteReceiver:
         observe: called with each request's decoded samples, before the commit (the alert rules look at them).
         device_label: the label that will name this device downstream ("" none): look-alikes of it
             are refused (backhaul/labels.py).
+        time_keeper: with ``clock.correct``, sorts samples by the clock era that stamped them (held,
+            corrected) and judges the window by true time instead of ``clock`` (a local Prometheus
+            stamps with the same wrong clock).
     """
 
     def __init__(
@@ -76,11 +80,13 @@ class RemoteWriteReceiver:
         clock: Callable[[], float] = time.time,
         observe: Callable[[SeriesMap], None] | None = None,
         device_label: str = "",
+        time_keeper: TimeKeeper | None = None,
     ) -> None:
         self._device_label = device_label
+        self._time = time_keeper if time_keeper is not None and time_keeper.correcting else None
         self._labels = rw.LabelCache()
         self._labels_v2 = rw2.LabelCache()
-        self.committer = Committer(staging, metrics, buffer.max_pending_samples, clock, observe)
+        self.committer = Committer(staging, metrics, buffer.max_pending_samples, clock, observe, self._time)
         self._ingest = ingest
         self._max_age_ms = int(buffer.max_age.total_seconds() * 1000)
         self._max_future_ms = int(ingest.max_future.total_seconds() * 1000)
@@ -88,18 +94,24 @@ class RemoteWriteReceiver:
         metrics.label_cache.labels("sets").set_function(lambda: len(self._labels))
         metrics.label_cache.labels("pairs").set_function(lambda: self._labels.pairs)
         self._clock = clock
-        per_request = 2 * int(ingest.max_decompressed_bytes)
-        total = int(ingest.max_decoding_bytes) if ingest.max_decoding_bytes is not None else per_request
-        self.budget = DecodeBudget(total, per_request, limit_name="2 x [ingest] max_decompressed_bytes")
+        self.budget = DecodeBudget(
+            ingest.total_decoding_bytes(),
+            ingest.per_request_decoding_bytes(),
+            limit_name="2 x [ingest] max_decompressed_bytes, or max_decoding_bytes",
+        )
 
     def limits(self) -> rw.Limits:
-        now_ms = int(self._clock() * 1000)
+        # With a time keeper the window is judged by true time (in the keeper), not by this clock.
+        low, high = -rw.MAX_ABS_TIMESTAMP_MS, rw.MAX_ABS_TIMESTAMP_MS
+        if self._time is None:
+            now_ms = int(self._clock() * 1000)
+            low, high = now_ms - self._max_age_ms, now_ms + self._max_future_ms
         return rw.Limits(
             max_decompressed_bytes=int(self._ingest.max_decompressed_bytes),
             max_labels_per_series=self._ingest.max_labels_per_series,
             max_label_bytes=self._ingest.max_label_bytes,
-            min_timestamp_ms=now_ms - self._max_age_ms,
-            max_timestamp_ms=now_ms + self._max_future_ms,
+            min_timestamp_ms=low,
+            max_timestamp_ms=high,
             max_decoded_bytes=self.budget.per_request,
             device_label=self._device_label,
         )

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 from agent.buffer.store import LOSS_KEYS, Batch, BufferStore
+from agent.clock.keeper import Sent, TimeKeeper
 from agent.uplink.metrics import UplinkMetrics
 from agent.uplink.settings import UplinkSettings
 from agent.uplink.transport import Transport
@@ -46,6 +47,7 @@ class Uploader:
         transport: how batches reach the collector.
         metrics: upload counters.
         clock: wall clock in seconds; rng: jitter source (both replaceable in tests).
+        time_keeper: judges the agent's clock by the replies' ``Date`` (None: only the skew gauge).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class Uploader:
         metrics: UplinkMetrics,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        time_keeper: TimeKeeper | None = None,
     ) -> None:
         self._settings = settings
         self._device_id = device_id
@@ -64,6 +67,7 @@ class Uploader:
         self._transport = transport
         self._metrics = metrics
         self._clock = clock
+        self._time = time_keeper
         self._interval = settings.batch_interval.total_seconds()
         self._max_bytes = int(settings.batch_max_bytes)
         self._backoff = Backoff(settings.backoff_min.total_seconds(), settings.backoff_max.total_seconds(), rng)
@@ -110,6 +114,9 @@ class Uploader:
                     await asyncio.sleep(wait)
             self._data.clear()
             report_losses = await self._store.call(self._store.unsent_loss) > 0
+            # While the clock's era waits for its offset, its samples are held: a batch with nothing
+            # in it still brings back a Date that settles the era.
+            report_losses = report_losses or (self._time is not None and self._time.needs_probe())
             batch = await self._store.call(self._store.claim, self._max_bytes, int(self._clock() * 1000), report_losses)
             if batch is not None:
                 return batch
@@ -132,17 +139,19 @@ class Uploader:
             # What is still waiting (this batch included), for the collector's fleet page.
             backlog_bytes=self._store.totals.bytes,
             backlog_oldest_ms=self._store.totals.oldest_ts or 0,
+            corrected_samples=counters.get("corrected_samples", 0),
         )
         reported_loss = sum(counters[k] for k in LOSS_KEYS)
         self._last_sent = time.monotonic()
         started = time.perf_counter()
+        sent = self._time.sending() if self._time is not None else None
         try:
             reply = await self._transport.send(header, batch.chunks)
         except PeerError as exc:
             return self._failed(exc.kind, str(exc), None)
         finally:
             self._metrics.upload_seconds.observe(time.perf_counter() - started)
-        self._note_clock(reply)
+        self._note_clock(reply, sent)
         if reply.ok:
             await self._store.call(self._store.ack, batch.seq, reported_loss)
             self._metrics.batches.labels("ok").inc()
@@ -206,13 +215,17 @@ class Uploader:
         self._data.set()  # the sealed batch is still there: retry it after the delay
         return delay
 
-    def _note_clock(self, reply: Reply) -> None:
+    def _note_clock(self, reply: Reply, sent: Sent | None = None) -> None:
+        server: float | None = None
         date = reply.headers.get("Date")
-        if not date:
-            return
-        try:
-            server = email.utils.parsedate_to_datetime(date).timestamp()
-        except (TypeError, ValueError):
+        if date:
+            try:
+                server = email.utils.parsedate_to_datetime(date).timestamp()
+            except (TypeError, ValueError):
+                server = None
+        if self._time is not None and sent is not None:
+            self._time.replied(sent, server, reply.ok)
+        if server is None:
             return
         self.clock_skew = self._clock() - server
         self._metrics.clock_skew.set(self.clock_skew)

@@ -51,6 +51,8 @@ class BatchHeader:
             batch included); optional, 0 from agents that predate it.
         backlog_oldest_ms: wall-clock timestamp (ms) of the oldest sample still in the agent's buffer,
             0 when empty or unknown (older agents).
+        corrected_samples: samples whose timestamps the agent corrected because its clock was wrong
+            when it stamped them (docs/clock.md), ever (cumulative per buffer); 0 from older agents.
     """
 
     device: str
@@ -70,6 +72,7 @@ class BatchHeader:
     # collector already keeps (the chunk was sent without it). Empty: every chunk carries its table,
     # and the collector does not keep them. Only sent to a collector that announced TABLES_HEADER.
     table_refs: list[str] = field(default_factory=list)
+    corrected_samples: int = 0
 
 
 _FIELDS = frozenset(f.name for f in fields(BatchHeader))
@@ -125,7 +128,15 @@ def _check_header(h: BatchHeader) -> None:
         raise WireError("batch: header field 'device' is not a valid device id")
     if not isinstance(h.buffer_id, str) or not 1 <= len(h.buffer_id) <= 64 or not h.buffer_id.isprintable():
         raise WireError("batch: header field 'buffer_id' must be a printable string of 1 to 64 characters")
-    for name in ("seq", "sent_at_ms", "samples", *LOSS_FIELDS, "backlog_bytes", "backlog_oldest_ms"):
+    for name in (
+        "seq",
+        "sent_at_ms",
+        "samples",
+        *LOSS_FIELDS,
+        "backlog_bytes",
+        "backlog_oldest_ms",
+        "corrected_samples",
+    ):
         value = getattr(h, name)
         # Below 2**63: every one of them reaches a signed 64-bit database column.
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_INT:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Running
-from tests.support import TOKEN, free_port, http, require_program
+from tests.support import agent_config, free_port, http, require_program
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -101,27 +101,8 @@ def agent_with(tmp_path: Path, launch: Callable[..., Running]) -> Callable[..., 
         collector_url: str | None = None, name: str = "agent", env: dict[str, str] | None = None, **sections: Any
     ) -> Running:
         port = free_port()
-        config: dict[str, Any] = {
-            "device_id": "dev-1",
-            "shutdown_grace": 10,
-            "listen": {"host": "127.0.0.1", "port": port},
-            "buffer": {"path": str(tmp_path / f"{name}.db"), "budget_bytes": "64MiB"},
-            "host": {"enabled": False},
-            "scrape": {"self_interval": 0},
-        }
-        if collector_url:
-            config["uplink"] = {
-                "url": f"{collector_url}/api/v1/batches",
-                "token": TOKEN,
-                "batch_interval": 0.2,
-                "backoff_min": 0.2,
-                "backoff_max": 1,
-            }
-        for key, value in sections.items():
-            if isinstance(value, dict) and isinstance(config.get(key), dict):
-                config[key] = {**config[key], **value}
-            else:
-                config[key] = value
+        quiet = {"host": {"enabled": False}, "scrape": {"self_interval": 0}}
+        config = agent_config(port, tmp_path / f"{name}.db", collector_url, **{**quiet, **sections})
         return launch("backhaul-agent", name, port, config, {"PYTHONPATH": str(ROOT), **(env or {})})
 
     return start
