@@ -34,7 +34,6 @@ from agent.clock.clocks import Clocks, read_boot_id
 from agent.clock.keeper import TimeKeeper
 from agent.config import AgentSettings
 from agent.http import build_app
-from agent.ingest.otlp import OtlpReceiver
 from agent.ingest.remote_write import RemoteWriteReceiver
 from agent.ingest.sink import SampleSink
 from agent.metrics import AgentMetrics
@@ -148,9 +147,6 @@ class Agent:
             observe,
             settings.uplink.device_label,
             self.timekeeper,
-        )
-        self.otlp = OtlpReceiver(
-            self.receiver.committer, settings.ingest, self.receiver.limits, self.receiver.budget, self.registry
         )
         self.sink = SampleSink(
             self.staging,
@@ -266,7 +262,7 @@ class Agent:
 
     async def _listen(self, life: Lifecycle) -> None:
         s = self.settings
-        app = build_app(self.receiver, self.registry, self.health, int(s.ingest.max_request_bytes), self.otlp)
+        app = build_app(self.receiver, self.registry, self.health, int(s.ingest.max_request_bytes))
         listener = Listener(
             app,
             s.listen.host,

@@ -19,7 +19,6 @@ def build_app(
     registry: CollectorRegistry,
     health: Callable[[], tuple[bool, dict[str, Any]]],
     max_request_bytes: int,
-    otlp: OtlpReceiver | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=max_request_bytes, middlewares=[error_middleware])
 
@@ -28,8 +27,9 @@ def build_app(
         return web.json_response(detail, status=200 if ok else 503)
 
     app.router.add_post("/api/v1/write", receiver.handle)
-    if otlp is not None:
-        app.router.add_post("/v1/metrics", otlp.handle)
+    # OTLP/HTTP beside remote write: the same commit, limits and decoding budget.
+    otlp = OtlpReceiver(receiver.committer, receiver.ingest, receiver.limits, receiver.budget, registry)
+    app.router.add_post("/v1/metrics", otlp.handle)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_get("/healthz", healthz)
     return app

@@ -87,7 +87,7 @@ class RemoteWriteReceiver:
         self._labels = rw.LabelCache()
         self._labels_v2 = rw2.LabelCache()
         self.committer = Committer(staging, metrics, buffer.max_pending_samples, clock, observe, self._time)
-        self._ingest = ingest
+        self.ingest = self._ingest = ingest
         self._max_age_ms = int(buffer.max_age.total_seconds() * 1000)
         self._max_future_ms = int(ingest.max_future.total_seconds() * 1000)
         self._metrics = metrics
