@@ -19,7 +19,7 @@ The public API is exactly ``__all__`` (checked by tests/unit/test_harness.py).
 """
 
 from harness.agent import LOSS_CAUSES, agent_loss_counters, buffer_contents, copy_database, samples_at
-from harness.collector import export, exported_samples, reported_losses, same_value
+from harness.collector import export, exported_samples, reported_losses, same_value, stored_contents
 from harness.config import READ, READ_HEADERS, READ_TOKEN, TOKEN, agent_config, toml_text, write_toml
 from harness.metrics import metric_sum, metric_value, parse_metrics, read_metrics
 from harness.net import free_port, get_json, http, wait_until
@@ -65,6 +65,7 @@ __all__ = [
     "same_value",
     "samples_at",
     "start_prometheus",
+    "stored_contents",
     "toml_text",
     "wait_until",
     "write_toml",

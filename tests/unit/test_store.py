@@ -198,8 +198,8 @@ def test_compaction_and_sealing_keep_histograms_and_metadata(open_store):
     latency = (("__name__", "latency_seconds"),)
     for k in range(6):
         meta = {"m0": Metadata("gauge", f"help {k}", "")}
-        store.append(scrape(k, n=5), 0, NOW, {latency: ([NOW + 5000 * k], [h])}, meta)
-    store.append({}, 0, NOW, None, {"latency_seconds": Metadata("histogram", "Latency.", "seconds")})
+        store.append(scrape(k, n=5), 0, NOW, histograms={latency: ([NOW + 5000 * k], [h])}, metadata=meta)
+    store.append({}, 0, NOW, metadata={"latency_seconds": Metadata("histogram", "Latency.", "seconds")})
     assert store.totals.chunks == 7 and store.totals.samples == 36
     assert store.compact(NOW) == 6
     (blob,) = store.conn.execute("SELECT data FROM chunks").fetchone()
