@@ -63,9 +63,9 @@ def reported_losses(collector_url: str, device: str) -> dict[str, int]:
 
 
 def stored_contents(db: Path) -> dict[str, Contents]:
-    """Everything an embedded (SQLite) collector store holds (chunks and tables, both zstd), read from its file (read-only), per
-    device: float samples, native histograms and metadata, which the export cannot show (its format
-    has no place for native histograms)."""
+    """Everything an embedded (SQLite) collector store holds (chunks and tables, both zstd), read from
+    its file (read-only), per device: float samples, native histograms and metadata, which the export
+    cannot show (its format has no place for native histograms)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     codec = Codec()
     out: dict[str, Contents] = {}
