@@ -21,8 +21,9 @@ import pytest
 
 from backhaul.wire import protodesc
 from backhaul.wire.protodesc import Field, T
+from backhaul.wire.metadata import Metadata
 from backhaul.wire.series import Labels
-from tests.support import exported_samples, http, metric_value, wait_until
+from tests.support import exported_samples, http, metric_value, stored_contents, wait_until
 
 pytestmark = [pytest.mark.integration]
 
@@ -47,7 +48,7 @@ def by_name(got: Got, name: str, **labels: str) -> float:
     return float(value)
 
 
-def test_the_real_sdk_and_exporter_send_through_the_agent_to_the_collector(start_collector, start_agent):
+def test_the_real_sdk_and_exporter_send_through_the_agent_to_the_collector(start_collector, start_agent, tmp_path):
     collector = start_collector()
     agent = start_agent(collector.url)
     sender = subprocess.run(
@@ -77,8 +78,16 @@ def test_the_real_sdk_and_exporter_send_through_the_agent_to_the_collector(start
     assert math.isclose(by_name(got, "request_duration_seconds_sum", **llama), 12.41)
     info = by_name(got, "target_info", host_name="jetson-1", instance="dev-7", job="edge/infer")
     assert info == 1.0
-    # The exponential histogram is a native histogram in the agent's buffer and on the wire.
+    # The exponential histogram is a native histogram in the agent's buffer, on the wire and in the
+    # collector's store; metadata per family beside it.
     assert metric_value(agent.url, "backhaul_ingest_histograms_total") == 1
+    held = stored_contents(tmp_path / "collector.db")["dev-1"]
+    (ttft,) = [lb for lb in held.histograms if dict(lb)["__name__"] == "time_to_first_token_milliseconds"]
+    assert dict(ttft)["job"] == "edge/infer" and dict(ttft)["instance"] == "dev-7"
+    (h,) = held.histograms[ttft][1]
+    assert h.count == 6 and math.isclose(h.sum, 709.5) and sum(c for _, c in h.positive_buckets()) == 6
+    assert held.metadata["requests_total"] == Metadata("counter", "Requests served.", "")
+    assert held.metadata["request_duration_seconds"] == Metadata("histogram", "Latency.", "seconds")
 
 
 def official_style_json(t_ns: int) -> bytes:
