@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from backhaul.wire import protodesc
-from backhaul.wire.protodesc import Field, T
 from backhaul.wire.metadata import Metadata
+from backhaul.wire.protodesc import Field, T
 from backhaul.wire.series import Labels
 from tests.support import exported_samples, http, metric_value, stored_contents, wait_until
 
