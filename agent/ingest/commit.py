@@ -5,7 +5,9 @@ Metadata is kept per metric family in the buffer (in the chunks of a commit, chu
 senders repeat it: Prometheus sends every family's metadata each minute, 2.0 with every series. A
 family's metadata is therefore committed when it is new or changed, and again after
 :data:`METADATA_REFRESH_MS`, so a collector that lost a chunk (eviction) learns it again within that
-time; the rest is counted as received and not stored twice.
+time; the rest is counted as received and not stored twice. It rides with samples: metadata that
+came alone (remote write 1.0 sends it in requests of its own) waits, in memory, for the next commit
+that has samples, so no chunk holds metadata alone (a collector keeps chunks by their samples).
 """
 
 from __future__ import annotations
@@ -28,25 +30,34 @@ _MAX_FAMILIES = 100_000
 
 
 class FamilyMetadata:
-    """The metadata of each family already committed, and when (bounded: starts over when full)."""
+    """The metadata of each family already committed (and when), and what waits for a commit.
+
+    Bounded: either map starts over when full (the next repeats refill it)."""
 
     def __init__(self) -> None:
         self._committed: dict[str, tuple[Metadata, int]] = {}
+        self._waiting: MetadataMap = {}
 
-    def fresh(self, families: MetadataMap, now_ms: int) -> MetadataMap:
-        """The entries of ``families`` worth committing: new, changed, or not committed for a while."""
-        out: MetadataMap = {}
+    def offer(self, families: MetadataMap, now_ms: int) -> None:
+        """Note the entries of ``families`` worth committing: new, changed, or not committed for a while."""
         for name, meta in families.items():
             known = self._committed.get(name)
             if known is None or known[0] != meta or now_ms - known[1] >= METADATA_REFRESH_MS:
-                out[name] = meta
-        return out
+                if len(self._waiting) >= _MAX_FAMILIES:
+                    self._waiting.clear()
+                self._waiting[name] = meta
+
+    def waiting(self) -> MetadataMap:
+        """What the next commit with samples should carry."""
+        return dict(self._waiting)
 
     def committed(self, families: MetadataMap, now_ms: int) -> None:
         if len(self._committed) + len(families) > _MAX_FAMILIES:
             self._committed.clear()
         for name, meta in families.items():
             self._committed[name] = (meta, now_ms)
+            if self._waiting.get(name) == meta:
+                del self._waiting[name]
 
 
 class Committer:
@@ -106,8 +117,9 @@ class Committer:
             except Exception:  # a rule bug must never cost the samples (as on the scrape path)
                 log.exception("alert rules failed on a %s request", what)
         now_ms = int(self._clock() * 1000)
-        families = self._families.fresh(decoded.families, now_ms)
-        if samples or dropped or families:
+        self._families.offer(decoded.families, now_ms)
+        families = self._families.waiting() if samples else {}
+        if samples or dropped:
             held = done.held if done is not None else None
             await self._staging.submit(decoded.series, samples, dropped, held, decoded.histograms, families)
         if done is not None and self._time is not None:

@@ -108,9 +108,10 @@ class SampleSink:
             if keep:
                 kept_h[labels] = ([stamps[k] for k in keep], [hs[k] for k in keep])
                 samples += len(keep)
-        families = self._families.fresh(metadata or {}, now_ms)
+        self._families.offer(metadata or {}, now_ms)
+        families = self._families.waiting() if samples else {}
         dropped = too_old + too_new
-        if not samples and not dropped and not families:
+        if not samples and not dropped:
             return True
         if self._observe is not None and kept:
             try:
@@ -140,10 +141,11 @@ class SampleSink:
         done = await self._time.split(series)
         dropped = sum(done.dropped.values())
         now_ms = int(self._clock() * 1000)
-        families = self._families.fresh(metadata or {}, now_ms)
+        self._families.offer(metadata or {}, now_ms)
         histograms = histograms or {}
         samples = done.samples + sum(len(ts) for ts, _ in histograms.values())
-        if not samples and not dropped and not families:
+        families = self._families.waiting() if samples else {}
+        if not samples and not dropped:
             return True
         if self._observe is not None and done.samples:
             try:

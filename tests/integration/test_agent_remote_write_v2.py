@@ -81,11 +81,14 @@ def test_remote_write_2_0_is_stored_and_answered_with_the_written_counts(start_a
     meta_only = rw.encode({}, metadata={"queue_depth": Metadata("gauge", "Jobs waiting.", "")})[0]
     status, text, _ = http("POST", url, meta_only, headers(V1))
     assert status == 204, text
+    # Metadata that came alone rides with the next samples (no chunk holds metadata alone).
+    status, text, _ = http("POST", url, rw.encode({gauge: ([now + 1], [8.0])})[0], headers(V1))
+    assert status == 204, text
     assert agent.proc.stop() == 0
 
     held = buffer_contents(tmp_path / "agent.db")
     assert held.series[COUNTER] == ([now - 15_000, now], [10.0, 12.0])
-    assert held.series[gauge] == ([now], [7.0])
+    assert held.series[gauge] == ([now, now + 1], [7.0, 8.0])
     assert held.histograms[LATENCY] == (
         [now],
         [Histogram(count=3, sum=0.75, schema=2, positive_spans=((-1, 2),), positive=(1, 1))],
