@@ -4,7 +4,7 @@ committed, show it to the alert rules, commit it, and only then count it.
 Metadata is kept per metric family in the buffer (in the chunks of a commit, chunk version 3), but
 senders repeat it: Prometheus sends every family's metadata each minute, 2.0 with every series. A
 family's metadata is therefore committed when it is new or changed, and again after
-:data:`METADATA_REFRESH_MS`, so a collector that lost a chunk (eviction) learns it again within that
+:data:`backhaul.wire.metadata.REFRESH_MS`, so a collector that lost a chunk (eviction) learns it again within that
 time; the rest is counted as received and not stored twice. It rides with samples: metadata that
 came alone (remote write 1.0 sends it in requests of its own) waits, in memory, for the next commit
 that has samples, so no chunk holds metadata alone (a collector keeps chunks by their samples).
@@ -20,44 +20,10 @@ from agent.clock.keeper import TimeKeeper
 from agent.ingest.metrics import IngestMetrics
 from backhaul.errors import InputError
 from backhaul.wire import remote_write as rw
-from backhaul.wire.metadata import Metadata, MetadataMap
+from backhaul.wire.metadata import FamilyMetadata
 from backhaul.wire.series import SeriesMap
 
 log = logging.getLogger(__name__)
-
-METADATA_REFRESH_MS = 3_600_000
-_MAX_FAMILIES = 100_000
-
-
-class FamilyMetadata:
-    """The metadata of each family already committed (and when), and what waits for a commit.
-
-    Bounded: either map starts over when full (the next repeats refill it)."""
-
-    def __init__(self) -> None:
-        self._committed: dict[str, tuple[Metadata, int]] = {}
-        self._waiting: MetadataMap = {}
-
-    def offer(self, families: MetadataMap, now_ms: int) -> None:
-        """Note the entries of ``families`` worth committing: new, changed, or not committed for a while."""
-        for name, meta in families.items():
-            known = self._committed.get(name)
-            if known is None or known[0] != meta or now_ms - known[1] >= METADATA_REFRESH_MS:
-                if len(self._waiting) >= _MAX_FAMILIES:
-                    self._waiting.clear()
-                self._waiting[name] = meta
-
-    def waiting(self) -> MetadataMap:
-        """What the next commit with samples should carry."""
-        return dict(self._waiting)
-
-    def committed(self, families: MetadataMap, now_ms: int) -> None:
-        if len(self._committed) + len(families) > _MAX_FAMILIES:
-            self._committed.clear()
-        for name, meta in families.items():
-            self._committed[name] = (meta, now_ms)
-            if self._waiting.get(name) == meta:
-                del self._waiting[name]
 
 
 class Committer:

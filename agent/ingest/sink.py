@@ -16,11 +16,10 @@ from prometheus_client import CollectorRegistry, Counter
 
 from agent.buffer.staging import Staging
 from agent.clock.keeper import TimeKeeper
-from agent.ingest.commit import FamilyMetadata
 from agent.ingest.metrics import IngestMetrics
 from backhaul.errors import StoreError, Unavailable
 from backhaul.wire.histogram import HistogramSeriesMap
-from backhaul.wire.metadata import MetadataMap
+from backhaul.wire.metadata import FamilyMetadata, MetadataMap
 from backhaul.wire.series import SeriesMap
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from backhaul.wire import remote_write as rw
 from backhaul.wire import remote_write_v2 as v2
 from backhaul.wire.histogram import Histogram
 from backhaul.wire.metadata import Metadata
-from tests.support import buffer_contents, http, metric_value
+from tests.support import TOKEN, buffer_contents, exported_samples, http, metric_value, stored_contents
 
 pytestmark = [pytest.mark.integration]
 
@@ -142,3 +142,26 @@ def test_malformed_2_0_is_a_400_with_the_reason_and_stores_nothing(start_agent):
     status, text, _ = http("POST", url, body(spec_request(now)), headers(V2))
     assert status == 204, text
     assert metric_value(agent.url, "backhaul_buffer_samples") == 3
+
+
+def test_the_collector_takes_2_0_too(start_collector, tmp_path):
+    collector = start_collector()
+    url = f"{collector.url}/api/v1/write"
+    now = int(time.time() * 1000)
+    auth = {**headers(V2), "Authorization": f"Bearer {TOKEN}"}
+    status, text, answer = http("POST", url, body(spec_request(now)), auth)
+    assert status == 204, text
+    assert (answer[v2.SAMPLES_WRITTEN], answer[v2.HISTOGRAMS_WRITTEN]) == ("2", "1")
+    for change, reason in BAD:
+        request = spec_request(now)
+        change(request)
+        status, text, _ = http("POST", url, body(request), auth)
+        assert status == 400 and reason in text.decode(), (reason, status, text)
+    got = exported_samples(collector.url, '{job="api"}')
+    assert got == {COUNTER: {now - 15_000: 10.0, now: 12.0}}
+    held = stored_contents(tmp_path / "collector.db")["dev-1"]
+    assert held.histograms[LATENCY] == (
+        [now],
+        [Histogram(count=3, sum=0.75, schema=2, positive_spans=((-1, 2),), positive=(1, 1))],
+    )
+    assert held.metadata["http_request_duration_seconds"] == Metadata("histogram", "Latency.", "seconds")

@@ -40,7 +40,7 @@ REFUSED = [
 ]
 
 
-# The agent takes 2.0 (tests/integration/test_agent_remote_write_v2.py); the rest it refuses.
+# Both take 2.0 (tests/integration/test_agent_remote_write_v2.py); the rest they refuse.
 AGENT_REFUSED = REFUSED[1:]
 
 
@@ -72,7 +72,7 @@ def test_collector_answers_415_for_a_message_it_does_not_take_and_stores_nothing
     collector = start_collector()
     url = f"{collector.url}/api/v1/write"
     auth = f"Bearer {TOKEN}"
-    for content_type, reason in REFUSED:
+    for content_type, reason in AGENT_REFUSED:
         body = v2.encode(series("sent_as_v2"))[0]
         status, text, _ = http("POST", url, body, headers(content_type, Authorization=auth))
         assert status == 415, (content_type, status, text)
@@ -88,3 +88,6 @@ def test_collector_answers_415_for_a_message_it_does_not_take_and_stores_nothing
     got = exported_samples(collector.url, '{job="negotiation"}')
     assert sorted(dict(labels)["__name__"] for labels in got) == ["sent_as_v1_0", "sent_as_v1_1", "sent_as_v1_2"]
     assert metric_value(collector.url, "backhaul_collector_device_received_samples_total", 'device="dev-1"') == 6
+    status, text, answer = http("POST", url, v2.encode(series("sent_as_v2"))[0], headers(V2, Authorization=auth))
+    assert status == 204 and answer[v2.SAMPLES_WRITTEN] == "2", text
+    assert len(exported_samples(collector.url, '{job="negotiation"}')) == 4
