@@ -62,7 +62,8 @@ MIX = {
     "agent_remote_write": 0.2,
     "agent_remote_write_v2": 0.07,
     "agent_otlp": 0.08,
-    "collector_remote_write": 0.15,
+    "collector_remote_write": 0.1,
+    "collector_remote_write_v2": 0.05,
     "alert_http": 0.1,
 }
 MIX["alert_mqtt"] = 0.10
@@ -196,6 +197,7 @@ def cases(fuzzer: Fuzzer, n: int, mix: dict[str, float]) -> Iterator[Case]:
         "agent_remote_write": lambda: fuzzer.remote_write("agent"),
         "agent_remote_write_v2": lambda: fuzzer.remote_write_v2("agent"),
         "agent_otlp": fuzzer.otlp_metrics,
+        "collector_remote_write_v2": lambda: fuzzer.remote_write_v2("collector"),
         "collector_remote_write": lambda: fuzzer.remote_write("collector"),
         "alert_http": fuzzer.alert_http,
         "alert_mqtt": fuzzer.alert_mqtt,

@@ -358,20 +358,24 @@ class Fuzzer:
         """A 2.0 request as Prometheus 3 builds it (symbols, metadata, a native histogram), mostly
         broken where the spec has rules: symbols[0], references, order, histograms, the protobuf."""
         self.cases += 1
-        sender = "agent"
+        device = "dev-1" if target == "agent" else self.pick(list(DEVICES))
+        headers = {**RW_HEADERS, "Content-Type": rw2.CONTENT_TYPE}
+        if target == "collector":
+            headers.update(self.auth(device))
+            device = self.owner(headers, device)  # the token decides whose series they are
+        sender = "agent" if target == "agent" else device
         mutate = self.chance(0.75)
+        valid = not mutate and (target == "agent" or headers.get("Authorization") == f"Bearer {DEVICES[device]}")
         series = self.series(sender, tagged=not mutate and self._ledger())
         labels: Labels = (("__name__", "fz_hist"), ("fuzz_sender", sender))
         h = Histogram(count=3, sum=1.5, schema=2, positive_spans=((-1, 2),), positive=(1, 1))
         histograms: HistogramSeriesMap = {labels: ([self.now_ms - 1000], [h])} if self.chance(0.5) else {}
         metadata = {"fz_metric_1": Metadata("gauge", self.pick(["", "help", "é" * 100]), "")}
-        headers = {**RW_HEADERS, "Content-Type": rw2.CONTENT_TYPE}
         (body,) = rw2.encode(series, histograms, metadata)
         if mutate:
             body = self._mutate_rw2(body)
-        return Case(
-            f"{target}_remote_write_v2", target, "POST", "/api/v1/write", headers, body, [], not mutate, series, "dev-1"
-        )
+        endpoint = f"{target}_remote_write_v2"
+        return Case(endpoint, target, "POST", "/api/v1/write", headers, body, [], valid, series, device)
 
     def _mutate_rw2(self, body: bytes) -> bytes:
         request = rw2.Request.FromString(rw.decompress(body, 1 << 30))
@@ -388,7 +392,10 @@ class Fuzzer:
         elif kind == 3 and len(ts.samples) > 1:
             ts.samples[0].timestamp = ts.samples[-1].timestamp + self.rnd.randint(1, 10**6)
         elif kind == 4:
-            h = ts.histograms.add(count_int=self.pick(HUGE_INTS[:8]), schema=self.pick([-5, 0, 9, 60, -53]))
+            h = ts.histograms.add(
+                count_int=self.pick([0, 1, 2**31, 2**53, 2**63 - 1, 2**63, 2**64 - 1]),
+                schema=self.pick([-5, 0, 9, 60, -53]),
+            )
             h.positive_spans.add(offset=self.pick([-(2**31), 0, 2**31 - 1]), length=self.pick([0, 1, 2**32 - 1]))
             h.positive_deltas.extend([self.pick(HUGE_INTS[:6]) for _ in range(self.rnd.randint(0, 3))])
         elif kind == 5:

@@ -97,14 +97,16 @@ def case_of(run: Run, rnd: random.Random, make: str) -> Case:
     run.fuzzer.rnd = rnd
     if make in ("agent", "collector"):
         return run.fuzzer.remote_write(make)
+    if make.startswith("v2_"):
+        return run.fuzzer.remote_write_v2(make[3:])
     case: Case = getattr(run.fuzzer, make)()
     return case
 
 
-# Each endpoint in turn: the batch upload, remote write at both ends (2.0 at the agent), OTLP at the
-# agent, alerts over HTTP and MQTT.
+# Each endpoint in turn: the batch upload, remote write 1.0 and 2.0 at both ends, OTLP at the agent,
+# alerts over HTTP and MQTT.
 @pytest.mark.parametrize(
-    "make", ["batch", "agent", "collector", "remote_write_v2", "otlp_metrics", "alert_http", "alert_mqtt"]
+    "make", ["batch", "agent", "collector", "v2_agent", "v2_collector", "otlp_metrics", "alert_http", "alert_mqtt"]
 )
 @FUZZ
 @given(rnd=st.randoms(use_true_random=False))
@@ -126,7 +128,7 @@ def test_export_parameters_and_selectors(run: Run, rnd: random.Random) -> None:
 def test_what_the_slice_left_behind(run: Run) -> None:
     """Last in the module: after every case above."""
     targets = run.targets
-    assert sum(run.tally.cases.values()) >= 7 * EXAMPLES
+    assert sum(run.tally.cases.values()) >= 8 * EXAMPLES
     # the MQTT subscriber is still there: a genuine message after all the hostile ones arrives
     genuine = run.fuzzer
     genuine.rnd = random.Random(5)
