@@ -19,9 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families as parse_text
 
+from agent.ingest.scrape import ACCEPT
+from backhaul.wire import exposition
 from backhaul.wire.metadata import Metadata
 from tests.support import (
+    buffer_contents,
     exported_samples,
     free_port,
     http,
@@ -240,3 +244,40 @@ def test_prometheus_3_sending_remote_write_2_0(native_target, start_collector, s
         if sending is not None:
             sending.kill()
         receiving.kill()
+
+
+def test_scraping_a_go_target_in_protobuf_gives_the_series_its_text_page_gives(start_agent, tmp_path):
+    """Prometheus' own /metrics (client_golang) answers the agent's scrape in protobuf: the series are
+    the ones its text page has, ``le`` and ``quantile`` written the same way, so a target keeps its
+    series whichever format it answers in."""
+    prom, prom_url = start_prometheus(tmp_path, lambda port: RECEIVING)
+    try:
+        agent = start_agent(None, scrape={"interval": 0.5, "targets": [{"job": "go", "url": f"{prom_url}/metrics"}]})
+        wait_until(
+            lambda: metric_value(agent.url, "backhaul_scrapes_total", 'job="go",outcome="ok"') >= 2, 30, "scrapes"
+        )
+        status, page, headers = http("GET", f"{prom_url}/metrics")
+        assert status == 200 and headers["Content-Type"].startswith("text/plain")
+        # what the agent asked for, and got
+        _, _, headers = http("GET", f"{prom_url}/metrics", headers={"Accept": ACCEPT})
+        assert exposition.is_protobuf(headers["Content-Type"])
+        assert agent.proc.stop() == 0
+    finally:
+        prom.kill()
+    held = buffer_contents(tmp_path / "agent.db")
+    scraped = {lb for lb in held.series if dict(lb)["job"] == "go"}
+    instance = urllib.parse.urlsplit(prom_url).netloc
+    text: set[tuple[tuple[str, str], ...]] = set()
+    for family in parse_text(page.decode()):
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            pairs = {"__name__": sample.name, **{k: v for k, v in sample.labels.items() if v}}
+            text.add(tuple(sorted({**pairs, "job": "go", "instance": instance}.items())))
+    # Series come and go between scrapes (a handler's first request); the bulk must be the same.
+    assert len(text & scraped) >= 0.95 * len(text), sorted(text - scraped)[:10]
+    buckets = {
+        dict(lb)["le"] for lb in scraped if dict(lb)["__name__"] == "prometheus_http_request_duration_seconds_bucket"
+    }
+    assert buckets and buckets <= {dict(lb)["le"] for lb in text if "le" in dict(lb)}
+    assert held.metadata["go_goroutines"].type == "gauge"
