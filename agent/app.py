@@ -242,9 +242,12 @@ class Agent:
         life.on_stop("staging", self.staging.drain)
         if self.uploader is not None:
             self.tasks.spawn("uploader", self.uploader.run())
-        if self.tls is not None:
-            life.on_reload("uplink TLS", self.tls.reload)
-            self.tasks.spawn("uplink TLS watch", watch([self.tls]))
+        proxy = self.sources.proxy
+        held = [t for t in (self.tls, proxy.tls if proxy is not None else None) if t is not None]
+        for tls in held:
+            life.on_reload(f"{tls.what} TLS", tls.reload)
+        if held:
+            self.tasks.spawn("TLS watch", watch(held))
         # Expire once right away: a device off for weeks should not upload stale data first.
         self.tasks.spawn("first expiry", self._expire(), forever=False)
         await life.enter("scheduler", self.jobs)

@@ -145,6 +145,7 @@ class ClientTls(TlsFiles):
         client_cert: this device's certificate (PEM) for mTLS, or None.
         client_key: its key, or None when it is in ``client_cert``.
         server_name: the name to verify (and send as SNI) when it differs from the URL's host.
+        what: the settings section, for messages (``uplink``, ``proxy.cloud``).
     """
 
     def __init__(
@@ -153,11 +154,12 @@ class ClientTls(TlsFiles):
         client_cert: Path | None = None,
         client_key: Path | None = None,
         server_name: str | None = None,
+        what: str = "uplink",
     ) -> None:
         self.ca_file, self.client_cert, self.client_key = ca_file, client_cert, client_key
         self.server_name = server_name
         named = (("ca_file", ca_file), ("client_cert", client_cert), ("client_key", client_key))
-        super().__init__("uplink", [(name, path) for name, path in named if path is not None])
+        super().__init__(what, [(name, path) for name, path in named if path is not None])
 
     def _build(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.ca_file)

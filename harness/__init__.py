@@ -12,7 +12,7 @@ Modules, one concern each:
   :class:`RecordingSender`).
 - :mod:`harness.collector`: what a collector holds, through its export API.
 - :mod:`harness.agent`: an agent's buffer database read from outside.
-- :mod:`harness.proxy`: proxies between agent and collector (:class:`DelayProxy`).
+- :mod:`harness.proxy`: proxies between agent and collector (:class:`DelayProxy`), :class:`TlsFront`.
 - :mod:`harness.prometheus`: a real Prometheus (``start_prometheus``; ``prometheus3``, one that sends 2.0).
 
 The public API is exactly ``__all__`` (checked by tests/unit/test_harness.py).
@@ -25,7 +25,7 @@ from harness.metrics import metric_sum, metric_value, parse_metrics, read_metric
 from harness.net import free_port, get_json, http, wait_until
 from harness.process import BIN, Proc, ProcError, Process, child_env, require_program
 from harness.prometheus import prometheus3, start_prometheus
-from harness.proxy import DelayProxy, LoopbackProxy
+from harness.proxy import DelayProxy, LoopbackProxy, TlsFront
 from harness.remote_write import RW_HEADERS, Attempt, RecordingSender, Sender, push
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "Process",
     "RecordingSender",
     "Sender",
+    "TlsFront",
     "agent_config",
     "agent_loss_counters",
     "buffer_contents",

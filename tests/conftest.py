@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import READ, TOKEN, Proc, agent_config, free_port, toml_text
+from tests.support import READ, TOKEN, Proc, Process, agent_config, free_port, start_prometheus, toml_text
 
 # The examples ship placeholder secrets, which both programs refuse at start (issue 12). A test that
 # loads an example sets real ones the way the examples advise: in the environment, which wins.
@@ -90,3 +90,40 @@ def start_agent(tmp_path: Path, launch: Callable[..., Running]) -> Callable[...,
         return launch("backhaul-agent", name, port, config)
 
     return start
+
+
+# A real Prometheus scraping itself and the agent every second, remote-writing to the agent.
+PROMETHEUS_CONFIG = """
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: prometheus
+    static_configs: [{{targets: ['127.0.0.1:{prom}']}}]
+  - job_name: backhaul-agent
+    static_configs: [{{targets: ['127.0.0.1:{agent}']}}]
+remote_write:
+  - url: http://127.0.0.1:{agent}/api/v1/write
+    queue_config:
+      max_shards: 1            # one shard sends in WAL order: "highest sent" then covers everything older
+      batch_send_deadline: 500ms
+      min_backoff: 100ms
+      max_backoff: 1s
+    metadata_config:
+      send_interval: 2s
+"""
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Callable[[int], str]]:
+    """Start a real Prometheus that scrapes itself every second and remote-writes to an agent's port."""
+    procs: list[Process] = []
+
+    def start(agent_port: int) -> str:
+        proc, url = start_prometheus(tmp_path, lambda port: PROMETHEUS_CONFIG.format(prom=port, agent=agent_port))
+        procs.append(proc)
+        return url
+
+    yield start
+    for proc in procs:
+        proc.kill()

@@ -39,7 +39,8 @@ from agent.proxy.routing import (
     route_header,
 )
 from agent.proxy.settings import ProxySettings
-from agent.proxy.upstream import Upstream, header_bytes, tls_context
+from agent.proxy.upstream import Upstream, header_bytes
+from backhaul.tls import ClientTls
 
 log = logging.getLogger("agent.proxy")
 
@@ -117,6 +118,13 @@ class InferenceProxy:
         self.router = Router(cloud, local_down, link)
         self.local = Upstream("local", str(settings.upstream), settings.timeout.total_seconds())
         self.cloud: Upstream | None = None
+        # TLS towards the cloud, built (and checked) now, reloaded with the uplink's (agent/app.py).
+        tls_set = cloud.ca_file or cloud.client_cert or cloud.server_name
+        self.tls = (
+            ClientTls(cloud.ca_file, cloud.client_cert, cloud.client_key, cloud.server_name, "proxy.cloud")
+            if cloud.url is not None and tls_set
+            else None
+        )
         self.port: int | None = None
         self._hold = max(WHOLE_BODY, int(cloud.max_body_bytes)) if cloud.enabled else WHOLE_BODY
         self._deadline = cloud.ttft_deadline.total_seconds()
@@ -140,8 +148,7 @@ class InferenceProxy:
                     c.timeout.total_seconds(),
                     c.token.get_secret_value(),
                     c.model_map,
-                    tls_context(c),
-                    c.server_name,
+                    self.tls,
                 )
                 await stack.enter_async_context(self.cloud)
             app = web.Application(client_max_size=self._hold)

@@ -32,9 +32,10 @@ from backhaul.retry import Backoff, Verdict, retry_after
 from backhaul.wire import WireError
 from backhaul.wire import remote_write as rw
 from backhaul.wire.chunk import Contents
+from collector.forward.encode import ChunkEncoder
 from collector.forward.metrics import ForwardMetrics
 from collector.forward.settings import ForwardTarget
-from collector.forward.spool import Entry, Payload, RemoteWrite, Spool
+from collector.forward.spool import Chunks, Entry, Payload, RemoteWrite, Spool
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class Forwarder:
             target.max_samples_per_request,
             native_histograms=target.native_histograms,
         )
+        self._encoder = ChunkEncoder(device_label, target.max_samples_per_request)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
@@ -190,16 +192,22 @@ class Forwarder:
         return 0.0
 
     def _requests(self, entries: list[Entry]) -> list[Request]:
-        """On a worker thread: the entries as remote-write requests (native histograms left out, and
-        counted, for a target that does not take them)."""
-        parts = [(e.device, self._contents(e)) for e in entries]
+        """On a worker thread: the entries as remote-write requests (agents' chunks written directly,
+        collector/forward/encode.py, unless they hold what only the general path encodes: native
+        histograms, left out and counted for a target that does not take them, and metadata)."""
+        payloads = [(e.device, e.payload()) for e in entries]
+        chunks = [(device, p.frames) for device, p in payloads if isinstance(p, Chunks)]
+        if len(chunks) == len(payloads):
+            direct = self._encoder.encode(chunks, self._limit)
+            if direct is not None:
+                return direct
+        parts = [(device, self._contents(p)) for device, p in payloads]
         left_out = self._sender.left_out(c for _, c in parts)
         if left_out:
             self._metrics.dropped.labels(self.name, "native_histogram").inc(left_out)
         return self._sender.requests(parts)
 
-    def _contents(self, entry: Entry) -> Contents:
-        payload = entry.payload()
+    def _contents(self, payload: Payload) -> Contents:
         if isinstance(payload, RemoteWrite):
             decoded = rw.decode(payload.body, rw.Limits(max_decompressed_bytes=self._limit), histograms=True)
             return Contents(decoded.series, decoded.histograms, decoded.families)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from backhaul.wire.alert import AlertMessage
 from backhaul.wire.batch import BatchHeader
 from collector.store.chunks import NewChunk
+from collector.store.reader import Source
 from collector.store.records import ChunkRef, DeviceState, IngestResult, Registration, Removed, StoredAlert, TableRef
 from collector.store.retention import Rules
 from collector.store.settings import StoreSettings
@@ -41,7 +42,7 @@ __all__ = [
 ]
 
 
-class Store(Protocol):
+class Store(Source, Protocol):
     """What the collector's endpoints need from a store; every call is a coroutine.
 
     ``devices`` is the last known state of every device this instance has seen, for the metrics
@@ -65,15 +66,7 @@ class Store(Protocol):
     async def get_table(self, device: str, digest: str) -> bytes | None: ...
     async def put_tables(self, device: str, tables: dict[str, bytes], now_ms: int, expire_before_ms: int) -> None: ...
 
-    # -- reading (collector.store.reader decodes, off the store's thread)
-    async def tables(
-        self, start_ms: int, end_ms: int, devices: list[str] | None = None, names: list[str] | None = None
-    ) -> list[TableRef]: ...
-    async def table_data(self, ids: list[int]) -> dict[int, bytes]: ...
-    async def chunk_refs(self, table_ids: list[int], start_ms: int, end_ms: int) -> list[ChunkRef]: ...
-    async def chunk_totals(self, table_ids: list[int], start_ms: int, end_ms: int) -> dict[int, tuple[int, int]]: ...
-    async def chunk_frames(self, ids: list[int]) -> dict[int, bytes]: ...
-    async def metric_names(self) -> list[str]: ...
+    # -- reading: the methods of collector.store.reader.Source (the reader decodes, off the store's thread)
 
     # -- device registry
     async def registration(self, token_sha256: str) -> Registration | None: ...

@@ -7,57 +7,18 @@ from __future__ import annotations
 import json
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from backhaul.wire.series import Labels
 from tests.support import (
-    Process,
     exported_samples,
     http,
     same_value,
-    start_prometheus,
     wait_until,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-CONFIG = """
-global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-scrape_configs:
-  - job_name: prometheus
-    static_configs: [{{targets: ['127.0.0.1:{prom}']}}]
-  - job_name: backhaul-agent
-    static_configs: [{{targets: ['127.0.0.1:{agent}']}}]
-remote_write:
-  - url: http://127.0.0.1:{agent}/api/v1/write
-    queue_config:
-      max_shards: 1            # one shard sends in WAL order: "highest sent" then covers everything older
-      batch_send_deadline: 500ms
-      min_backoff: 100ms
-      max_backoff: 1s
-    metadata_config:
-      send_interval: 2s
-"""
-
-
-@pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[Callable[[int], str]]:
-    """Start a real Prometheus that scrapes itself every second and remote-writes to an agent's port."""
-    procs: list[Process] = []
-
-    def start(agent_port: int) -> str:
-        proc, url = start_prometheus(tmp_path, lambda port: CONFIG.format(prom=port, agent=agent_port))
-        procs.append(proc)
-        return url
-
-    yield start
-    for proc in procs:
-        proc.kill()
 
 
 def prometheus_gauge(url: str, name: str) -> float | None:

@@ -12,36 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BIN, Process, free_port, require_program, start_prometheus, toml_text
-
-PROMETHEUS_CONFIG = """
-global:
-  scrape_interval: 1s
-scrape_configs:
-  - job_name: prometheus
-    static_configs: [{{targets: ['127.0.0.1:{prom}']}}]
-remote_write:
-  - url: http://127.0.0.1:{agent}/api/v1/write
-    queue_config:
-      batch_send_deadline: 500ms
-      min_backoff: 100ms
-      max_backoff: 1s
-"""
-
-
-@pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[Callable[[int], str]]:
-    """Start a real Prometheus that scrapes itself every second and remote-writes to an agent's port."""
-    procs: list[Process] = []
-
-    def start(agent_port: int) -> str:
-        proc, url = start_prometheus(tmp_path, lambda port: PROMETHEUS_CONFIG.format(prom=port, agent=agent_port))
-        procs.append(proc)
-        return url
-
-    yield start
-    for proc in procs:
-        proc.kill()
+from tests.support import BIN, Process, free_port, require_program, toml_text
 
 
 @pytest.fixture
