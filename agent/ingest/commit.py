@@ -3,9 +3,9 @@ committed, show it to the alert rules, commit it, and only then count it.
 
 Metadata is kept per metric family in the buffer (in the chunks of a commit, chunk version 3), but
 senders repeat it: Prometheus sends every family's metadata each minute, 2.0 with every series. A
-family's metadata is therefore committed when it is new or changed, and again after
-:data:`backhaul.wire.metadata.REFRESH_MS`, so a collector that lost a chunk (eviction) learns it again within that
-time; the rest is counted as received and not stored twice. It rides with samples: metadata that
+family's metadata is therefore committed when it is new or changed, and again an hour later
+(``backhaul.wire.metadata.FamilyMetadata``), so a collector that lost a chunk (eviction) learns it
+again; the rest is counted as received and not stored twice. It rides with samples: metadata that
 came alone (remote write 1.0 sends it in requests of its own) waits, in memory, for the next commit
 that has samples, so no chunk holds metadata alone (a collector keeps chunks by their samples).
 """
