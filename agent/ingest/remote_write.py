@@ -3,8 +3,8 @@
 The ``proto=`` parameter of ``Content-Type`` picks the message (``remote_write.negotiate``): none or
 ``prometheus.WriteRequest`` is 1.0, ``io.prometheus.write.v2.Request`` is 2.0. Float samples and
 native histograms (1.0's ``histograms`` field, 2.0's) are stored in the buffer (chunk version 3 for
-histograms), metadata per family (``agent/ingest/commit.py``); exemplars and created timestamps are
-counted, not stored (``backhaul_ingest_exemplars_total``). A 2.0 answer carries
+histograms), metadata per family (``agent/ingest/commit.py``); exemplars are counted, not stored
+(``backhaul_ingest_exemplars_total``), created timestamps decoded and dropped. A 2.0 answer carries
 ``X-Prometheus-Remote-Write-Samples-Written``, ``-Histograms-Written`` and ``-Exemplars-Written``
 (always 0) as the spec requires, sent only after the commit.
 
