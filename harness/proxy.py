@@ -158,6 +158,7 @@ class TlsFront:
             for task in held:
                 task.cancel()
             await asyncio.gather(*held, return_exceptions=True)
+            await asyncio.sleep(0.05)  # transports close on the loop's next turns: let them
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -74,6 +74,8 @@ class Forwarder:
         self._clock = clock
         self._backoff = Backoff(target.backoff_min.total_seconds(), target.backoff_max.total_seconds(), rng)
         token = target.bearer_token.get_secret_value() if target.bearer_token is not None else ""
+        # Built (and its files checked) now; reloaded by the collector with its listener's (collector/app.py).
+        self.tls = target.client_tls(f"forward {target.name}")
         self._sender = RemoteWriteSender(
             str(target.url),
             target.timeout.total_seconds(),
@@ -82,6 +84,7 @@ class Forwarder:
             target.headers,
             device_label,
             target.max_samples_per_request,
+            self.tls,
             native_histograms=target.native_histograms,
         )
         self._encoder = ChunkEncoder(device_label, target.max_samples_per_request)
