@@ -3,6 +3,7 @@ receiving remote write itself."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -41,7 +42,7 @@ def start_prometheus(
 def prometheus3() -> str:
     """A Prometheus 3 binary, which sends Remote-Write 2.0: ``prometheus3`` on PATH, else Debian sid's
     package fetched (not installed) by bench/fetch-prometheus into a cache folder. Skips the test when
-    neither is possible (no root, no network)."""
+    neither is possible (no root, no network); under CI=true fails it."""
     import pytest  # here, not at the top: bench uses this module without pytest
 
     found = shutil.which("prometheus3")
@@ -50,8 +51,11 @@ def prometheus3() -> str:
     script = Path(__file__).resolve().parents[1] / "bench" / "fetch-prometheus"
     try:
         done = subprocess.run([str(script)], capture_output=True, text=True, timeout=600)
+        why = done.stderr.strip()[-300:] if done.returncode != 0 else ""
     except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"no Prometheus 3 (bench/fetch-prometheus: {exc})")
-    if done.returncode != 0:
-        pytest.skip(f"no Prometheus 3: {done.stderr.strip()[-300:]}")
+        why = f"bench/fetch-prometheus: {exc}"
+    if why:
+        if os.environ.get("CI") == "true":  # a missing peer is a failure in CI, never a skip
+            pytest.fail(f"CI: no Prometheus 3: {why}")
+        pytest.skip(f"no Prometheus 3: {why}")
     return done.stdout.strip().splitlines()[-1]

@@ -114,11 +114,6 @@ def test_endpoint(run: Run, make: str, rnd: random.Random) -> None:
     run.send(case_of(run, rnd, make))
 
 
-@pytest.mark.xfail(
-    reason="the export API is rebuilt by the 'chunks' branch (issue 15 with issue 12's findings 2 and 7 for it:"
-    " start=1e400 answers 500 on main); remove this mark once it lands",
-    strict=False,
-)
 @FUZZ
 @given(rnd=st.randoms(use_true_random=False))
 def test_export_parameters_and_selectors(run: Run, rnd: random.Random) -> None:
