@@ -179,7 +179,7 @@ class Agent:
         token, timeout = u.token.get_secret_value(), u.timeout.total_seconds()
         if u.protocol == "remote_write":
             return RemoteWriteTransport(
-                str(u.url), token, timeout, settings.device_id, u.device_label, u.max_samples_per_request, tls
+                str(u.url), token, timeout, settings.device_id, u.device_label, u.max_samples_per_request, tls, u
             )
         return HttpTransport(str(u.url), token, timeout, settings.buffer.zstd_level, tls)
 

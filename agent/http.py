@@ -1,4 +1,5 @@
-"""The agent's one HTTP listener: remote write in, its own metrics, health and status out.
+"""The agent's one HTTP listener: remote write and OTLP/HTTP metrics in, its own metrics, health and
+status out.
 
 ``GET /api/v1/status`` is what ``backhaul-agent status`` shows (agent/status.py): local, like
 /metrics and /healthz, behind the same listener (``[listen]``).
@@ -13,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from agent.ingest.otlp import OtlpReceiver
 from agent.ingest.remote_write import RemoteWriteReceiver
 from backhaul.web import error_middleware
 
@@ -31,6 +33,9 @@ def build_app(
         return web.json_response(detail, status=200 if ok else 503)
 
     app.router.add_post("/api/v1/write", receiver.handle)
+    # OTLP/HTTP beside remote write: the same commit, limits and decoding budget.
+    otlp = OtlpReceiver(receiver.committer, receiver.ingest, receiver.limits, receiver.budget, registry)
+    app.router.add_post("/v1/metrics", otlp.handle)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_get("/healthz", healthz)
     if status is not None:

@@ -2,7 +2,8 @@
 (``uplink.protocol = "remote_write"``) and for the collector's forwarding.
 
 What is to be sent (one batch's chunks, a group of spooled entries) is decoded, given the device
-label, and encoded once as snappy protobuf requests of at most ``max_samples_per_request`` samples
+label, and encoded once (float samples, then native histograms when the target takes them, metadata
+per family in the first request) as snappy protobuf requests of at most ``max_samples_per_request`` samples
 (:meth:`RemoteWriteSender.requests`, on a worker thread). The requests and how many of them were
 acknowledged make an :class:`Outbox`; :meth:`RemoteWriteSender.send` posts them in order from the
 first one not yet acknowledged, so a retry resumes there and nothing acknowledged is sent again.
@@ -26,8 +27,10 @@ from backhaul.http import HttpClient, Reply
 from backhaul.retry import Verdict, verdict
 from backhaul.tls import ClientTls
 from backhaul.wire import remote_write as rw
-from backhaul.wire.chunk import Codec
-from backhaul.wire.series import Labels, SeriesMap, merge_into, with_device_label
+from backhaul.wire.chunk import Codec, Contents
+from backhaul.wire.histogram import HistogramSeriesMap
+from backhaul.wire.metadata import MetadataMap
+from backhaul.wire.series import Labels, SeriesMap, V, merge_into, sample_count, with_device_label
 
 # What Prometheus (and compatible receivers) say when they refuse samples for good.
 REJECTIONS = (
@@ -61,6 +64,25 @@ def chunk_series(frames: Iterable[bytes], limit: int) -> SeriesMap:
     for frame in frames:
         merge_into(series, codec.decode(frame, limit))
     return series
+
+
+def chunk_contents(frames: Iterable[bytes], limit: int) -> Contents:
+    """Everything compressed chunk frames hold: float samples, native histograms, metadata."""
+    codec = Codec()
+    out = Contents()
+    for frame in frames:
+        part = codec.decode_contents(frame, limit)
+        merge_into(out.series, part.series)
+        _merge(out.histograms, part.histograms)
+        out.metadata.update(part.metadata)
+    return out
+
+
+def _merge(target: dict[Labels, tuple[list[int], list[V]]], source: dict[Labels, tuple[list[int], list[V]]]) -> None:
+    for labels, (stamps, values) in source.items():
+        entry = target.setdefault(labels, ([], []))
+        entry[0].extend(stamps)
+        entry[1].extend(values)
 
 
 @dataclass
@@ -112,8 +134,11 @@ class RemoteWriteSender:
         headers: more request headers (e.g. ``X-Scope-OrgID``); the protocol's own and the token win.
         device_label: label naming the device added to every series (an existing one becomes
             ``exported_<label>``), or "" to send the series as they are.
-        max_samples_per_request: at most this many samples per request.
+        max_samples_per_request: at most this many samples per request (a histogram counts as one).
         tls: CA, client certificate and server name for an https URL (None: the system's CAs).
+        native_histograms: the target takes native histograms (Prometheus with
+            ``--enable-feature=native-histograms``, Mimir); otherwise they are left out (the caller
+            counts them: :meth:`requests` says how many).
     """
 
     def __init__(
@@ -126,30 +151,52 @@ class RemoteWriteSender:
         device_label: str = "device_id",
         max_samples_per_request: int = 2000,
         tls: ClientTls | None = None,
+        native_histograms: bool = False,
     ) -> None:
         self.url = url
+        self.native_histograms = native_histograms
         self.client = HttpClient(timeout, user_agent, token, {**(headers or {}), **PROTOCOL_HEADERS}, tls)
         self.device_label = device_label
         self.max_samples = max_samples_per_request
         self._relabelled: dict[tuple[Labels, str], Labels] = {}  # (labels, device) -> labels as sent
 
-    def requests(self, parts: Iterable[tuple[str, SeriesMap]]) -> list[Request]:
-        """Blocking (run it on a worker thread): ``(device, series)`` parts, relabelled and merged, as
-        requests in order; none when there are no samples (a batch that only reports losses)."""
+    def requests(self, parts: Iterable[tuple[str, SeriesMap | Contents]]) -> list[Request]:
+        """Blocking (run it on a worker thread): ``(device, samples)`` parts, relabelled and merged, as
+        requests in order; none when there are no samples (a batch that only reports losses).
+        Native histograms are sent only to a target that takes them (see :meth:`left_out`)."""
         series: SeriesMap = {}
+        histograms: HistogramSeriesMap = {}
+        metadata: MetadataMap = {}
         for device, part in parts:
-            self._add(series, part, device)
-        if not series:
+            if isinstance(part, Contents):
+                self._add(series, part.series, device)
+                if self.native_histograms:
+                    self._add(histograms, part.histograms, device)
+                metadata.update(part.metadata)
+            else:
+                self._add(series, part, device)
+        if not series and not histograms:
             return []
         size = self.max_samples
-        bodies = rw.encode(series, size)
-        total = sum(len(ts) for ts, _ in series.values())
+        bodies = rw.encode(series, size, histograms, metadata)
+        total = sample_count(series) + sample_count(histograms)
         counts = [size] * (len(bodies) - 1) + [total - size * (len(bodies) - 1)]
         return [Request(body, n) for body, n in zip(bodies, counts, strict=True)]
 
-    def _add(self, series: SeriesMap, part: SeriesMap, device: str) -> None:
+    def left_out(self, parts: Iterable[SeriesMap | Contents]) -> int:
+        """The native-histogram samples of ``parts`` that :meth:`requests` leaves out for this target."""
+        if self.native_histograms:
+            return 0
+        return sum(sample_count(p.histograms) for p in parts if isinstance(p, Contents))
+
+    def _add(
+        self,
+        series: dict[Labels, tuple[list[int], list[V]]],
+        part: dict[Labels, tuple[list[int], list[V]]],
+        device: str,
+    ) -> None:
         if not self.device_label:
-            merge_into(series, part)
+            _merge(series, part)
             return
         cache = self._relabelled
         if len(cache) > _CACHED_LABELS:
@@ -159,7 +206,7 @@ class RemoteWriteSender:
             if key is None:
                 (key,) = with_device_label({labels: ([], [])}, self.device_label, device)
                 cache[(labels, device)] = key
-            merge_into(series, {key: samples})
+            _merge(series, {key: samples})
 
     async def post(self, request: Request) -> Answer:
         """Post one request and classify what came back (never raises for a peer's failure)."""

@@ -57,7 +57,15 @@ from harness import (
 )
 
 SLOW_S = 2.0
-MIX = {"collector_batch": 0.3, "agent_remote_write": 0.27, "collector_remote_write": 0.18, "alert_http": 0.15}
+MIX = {
+    "collector_batch": 0.3,
+    "agent_remote_write": 0.2,
+    "agent_remote_write_v2": 0.07,
+    "agent_otlp": 0.08,
+    "collector_remote_write": 0.1,
+    "collector_remote_write_v2": 0.05,
+    "alert_http": 0.1,
+}
 MIX["alert_mqtt"] = 0.10
 
 
@@ -187,6 +195,9 @@ def cases(fuzzer: Fuzzer, n: int, mix: dict[str, float]) -> Iterator[Case]:
     makers = {
         "collector_batch": fuzzer.batch,
         "agent_remote_write": lambda: fuzzer.remote_write("agent"),
+        "agent_remote_write_v2": lambda: fuzzer.remote_write_v2("agent"),
+        "agent_otlp": fuzzer.otlp_metrics,
+        "collector_remote_write_v2": lambda: fuzzer.remote_write_v2("collector"),
         "collector_remote_write": lambda: fuzzer.remote_write("collector"),
         "alert_http": fuzzer.alert_http,
         "alert_mqtt": fuzzer.alert_mqtt,

@@ -16,6 +16,7 @@ check they are exported unchanged.
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import math
 import random
@@ -30,9 +31,13 @@ import zstandard
 from backhaul.wire import alert as alertfmt
 from backhaul.wire import batch as batchfmt
 from backhaul.wire import chunk as chunkfmt
+from backhaul.wire import otlp
 from backhaul.wire import remote_write as rw
+from backhaul.wire import remote_write_v2 as rw2
 from backhaul.wire.alert import AlertMessage
-from backhaul.wire.series import SeriesMap, sample_count
+from backhaul.wire.histogram import Histogram, HistogramSeriesMap
+from backhaul.wire.metadata import Metadata
+from backhaul.wire.series import Labels, SeriesMap, sample_count
 from backhaul.wire.varint import varint
 from harness.config import READ_HEADERS
 
@@ -347,6 +352,128 @@ class Fuzzer:
                 headers["Content-Encoding"] = self.pick(["gzip", "zstd", "", "snappy, gzip"])
         return bytes(cramjam.snappy.compress_raw(raw)), headers
 
+    # -- remote write 2.0 (agent) -----------------------------------------------------------------------
+
+    def remote_write_v2(self, target: str = "agent") -> Case:
+        """A 2.0 request as Prometheus 3 builds it (symbols, metadata, a native histogram), mostly
+        broken where the spec has rules: symbols[0], references, order, histograms, the protobuf."""
+        self.cases += 1
+        device = "dev-1" if target == "agent" else self.pick(list(DEVICES))
+        headers = {**RW_HEADERS, "Content-Type": rw2.CONTENT_TYPE}
+        if target == "collector":
+            headers.update(self.auth(device))
+            device = self.owner(headers, device)  # the token decides whose series they are
+        sender = "agent" if target == "agent" else device
+        mutate = self.chance(0.75)
+        valid = not mutate and (target == "agent" or headers.get("Authorization") == f"Bearer {DEVICES[device]}")
+        series = self.series(sender, tagged=not mutate and self._ledger())
+        labels: Labels = (("__name__", "fz_hist"), ("fuzz_sender", sender))
+        h = Histogram(count=3, sum=1.5, schema=2, positive_spans=((-1, 2),), positive=(1, 1))
+        histograms: HistogramSeriesMap = {labels: ([self.now_ms - 1000], [h])} if self.chance(0.5) else {}
+        metadata = {"fz_metric_1": Metadata("gauge", self.pick(["", "help", "é" * 100]), "")}
+        (body,) = rw2.encode(series, histograms, metadata)
+        if mutate:
+            body = self._mutate_rw2(body)
+        endpoint = f"{target}_remote_write_v2"
+        return Case(endpoint, target, "POST", "/api/v1/write", headers, body, [], valid, series, device)
+
+    def _mutate_rw2(self, body: bytes) -> bytes:
+        request = rw2.Request.FromString(rw.decompress(body, 1 << 30))
+        kind = self.rnd.randrange(8)
+        ts = request.timeseries[self.rnd.randrange(len(request.timeseries))]
+        if kind == 0:
+            request.symbols[0] = self.pick(["x", "__name__", "\x00"])
+        elif kind == 1:
+            ts.labels_refs[self.rnd.randrange(len(ts.labels_refs))] = self.pick(
+                [len(request.symbols), 2**32 - 1, 10**6]
+            )
+        elif kind == 2:
+            ts.labels_refs.append(1)  # an odd number of references
+        elif kind == 3 and len(ts.samples) > 1:
+            ts.samples[0].timestamp = ts.samples[-1].timestamp + self.rnd.randint(1, 10**6)
+        elif kind == 4:
+            h = ts.histograms.add(
+                count_int=self.pick([0, 1, 2**31, 2**53, 2**63 - 1, 2**63, 2**64 - 1]),
+                schema=self.pick([-5, 0, 9, 60, -53]),
+            )
+            h.positive_spans.add(offset=self.pick([-(2**31), 0, 2**31 - 1]), length=self.pick([0, 1, 2**32 - 1]))
+            h.positive_deltas.extend([self.pick(HUGE_INTS[:6]) for _ in range(self.rnd.randint(0, 3))])
+        elif kind == 5:
+            ts.metadata.help_ref = self.pick([len(request.symbols), 2**32 - 1])
+        elif kind == 6:
+            ts.exemplars.add(labels_refs=[1, 2], value=1.0, timestamp=self.pick([0, 1, 2**63 - 1]))
+        else:
+            return bytes(cramjam.snappy.compress_raw(self._flip(request.SerializeToString(), self.rnd.randint(1, 10))))
+        return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
+
+    # -- OTLP/HTTP metrics (agent) ---------------------------------------------------------------------
+
+    def otlp_metrics(self) -> Case:
+        """An OTLP/HTTP metrics request (protobuf or JSON, gzip or not) of gauges, sums and histograms,
+        mostly broken: bytes flipped, JSON of odd shapes, delta sums, bombs, wrong headers. A valid
+        one must be answered 200; what it stores is named by the OTLP mapping, so it is not in the ledger."""
+        self.cases += 1
+        request = otlp.ExportMetricsServiceRequest()
+        rm = request.resource_metrics.add()
+        rm.resource.attributes.add(key="service.name", value={"string_value": "fz"})
+        sm = rm.scope_metrics.add()
+        t = self.now_ms * 1_000_000
+        for i in range(self.rnd.randint(1, 6)):
+            m = sm.metrics.add(name=f"fz.otlp.{self.rnd.randrange(20)}", unit=self.pick(["", "s", "By", "1"]))
+            kind = self.rnd.randrange(3)
+            if kind == 0:
+                point = m.gauge.data_points.add(time_unix_nano=t, as_double=self.pick(FLOATS))
+            elif kind == 1:
+                m.sum.aggregation_temporality = 2
+                m.sum.is_monotonic = True
+                point = m.sum.data_points.add(time_unix_nano=t, as_int=self.rnd.randrange(10**6))
+            else:
+                m.histogram.aggregation_temporality = 2
+                point = m.histogram.data_points.add(time_unix_nano=t, count=3, sum=1.0)
+                point.explicit_bounds.extend([0.5, 1.0])
+                point.bucket_counts.extend([1, 1, 1])
+            point.attributes.add(key="fuzz_sender", value={"string_value": "agent"})
+            point.attributes.add(key=f"a{i}", value={"int_value": self.rnd.randrange(5)})
+        as_json = self.chance(0.3)
+        body = otlp_json(request) if as_json else request.SerializeToString()
+        headers = {"Content-Type": otlp.JSON if as_json else otlp.PROTOBUF}
+        mutate = self.chance(0.75)
+        if mutate:
+            body, headers = self._mutate_otlp(request, body, headers)
+        if self.chance(0.5):
+            body = gzip.compress(body)
+            headers["Content-Encoding"] = "gzip"
+        return Case("agent_otlp", "agent", "POST", "/v1/metrics", headers, body, [], not mutate, {}, "dev-1")
+
+    def _mutate_otlp(self, request: Any, body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+        kind = self.rnd.randrange(6)
+        if kind == 0:
+            return self._flip(body, self.rnd.randint(1, 10)), headers
+        if kind == 1:  # JSON numbers, strings and shapes where the schema wants others
+            value, stamp = self.pick(JSON_ODD), self.pick(JSON_ODD)
+            point = f'{{"asDouble":{value},"asInt":{self.pick(JSON_ODD)},"timeUnixNano":{stamp}}}'
+            metric = f'{{"name":"fz.json","gauge":{{"dataPoints":[{point}]}},"sum":{self.pick(JSON_ODD)}}}'
+            text = f'{{"resourceMetrics":[{{"scopeMetrics":[{{"metrics":[{metric}]}}]}}]}}'
+            return text.encode(), {"Content-Type": otlp.JSON}
+        if kind == 2:  # delta sums and histograms: refused point by point (partial success)
+            for m in request.resource_metrics[0].scope_metrics[0].metrics:
+                if m.HasField("sum"):
+                    m.sum.aggregation_temporality = 1
+                if m.HasField("histogram"):
+                    m.histogram.aggregation_temporality = 1
+            return request.SerializeToString(), {"Content-Type": otlp.PROTOBUF}
+        if kind == 3:  # a gzip bomb, or gzip that is not
+            return self.pick([_gzip_bomb(), b"\x1f\x8b\x08\x00nope", b""]), {**headers, "Content-Encoding": "gzip"}
+        if kind == 4:  # attributes and names at the edges
+            point = (
+                request.resource_metrics[0].scope_metrics[0].metrics.add(name=self.pick(["", "é" * 300, "a" * 20_000]))
+            )
+            g = point.gauge.data_points.add(time_unix_nano=self.pick([0, 2**64 - 1, 1]), as_double=1.0)
+            g.attributes.add(key=self.pick(["", "__name__", "fuzz_sender", "x" * 20_000]), value={"string_value": "v"})
+            return request.SerializeToString(), {"Content-Type": otlp.PROTOBUF}
+        headers = {"Content-Type": self.pick(["text/plain", "", "application/protobuf", "application/json; charset=x"])}
+        return body, headers
+
     # -- alerts (HTTP and MQTT) ------------------------------------------------------------------------
 
     def alert_body(self, device: str) -> tuple[bytes, bool]:
@@ -476,6 +603,19 @@ def _chunk(series: SeriesMap) -> bytes:
         _, stripped = chunkfmt.split_table(chunkfmt.encode(safe))
         table = json.dumps([[part for pair in labels for part in pair] for labels in series]).encode()
         return chunkfmt.join_table(stripped, table)
+
+
+def otlp_json(request: Any) -> bytes:
+    """OTLP/JSON of a request, as an SDK's JSON exporter writes it (camelCase, int64 as strings)."""
+    from google.protobuf import json_format
+
+    return json.dumps(json_format.MessageToDict(request)).encode()
+
+
+@functools.cache
+def _gzip_bomb() -> bytes:
+    """A gzip body that inflates to 300 MB."""
+    return gzip.compress(b"\0" * (300 << 20), compresslevel=9)
 
 
 @functools.cache

@@ -24,7 +24,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORWARD_FIELDS = ("url", "bearer_token", "headers", "timeout", "backoff_min", "backoff_max", "max_samples_per_request")
+FORWARD_FIELDS = (
+    "url",
+    "bearer_token",
+    "headers",
+    "timeout",
+    "backoff_min",
+    "backoff_max",
+    "max_samples_per_request",
+    "native_histograms",
+)
 
 
 async def check(collector: Collector, new: CollectorSettings) -> None:

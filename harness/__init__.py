@@ -13,18 +13,18 @@ Modules, one concern each:
 - :mod:`harness.collector`: what a collector holds, through its export API.
 - :mod:`harness.agent`: an agent's buffer database read from outside.
 - :mod:`harness.proxy`: proxies between agent and collector (:class:`DelayProxy`), :class:`TlsFront`.
-- :mod:`harness.prometheus`: a real Prometheus (``start_prometheus``).
+- :mod:`harness.prometheus`: a real Prometheus (``start_prometheus``; ``prometheus3``, one that sends 2.0).
 
 The public API is exactly ``__all__`` (checked by tests/unit/test_harness.py).
 """
 
-from harness.agent import LOSS_CAUSES, agent_loss_counters, copy_database, samples_at
-from harness.collector import export, exported_samples, reported_losses, same_value
+from harness.agent import LOSS_CAUSES, agent_loss_counters, buffer_contents, copy_database, samples_at
+from harness.collector import export, exported_samples, reported_losses, same_value, stored_contents
 from harness.config import READ, READ_HEADERS, READ_TOKEN, TOKEN, agent_config, toml_text, write_toml
 from harness.metrics import metric_sum, metric_value, parse_metrics, read_metrics
 from harness.net import free_port, get_json, http, wait_until
 from harness.process import BIN, Proc, ProcError, Process, child_env, require_program
-from harness.prometheus import start_prometheus
+from harness.prometheus import prometheus3, start_prometheus
 from harness.proxy import DelayProxy, LoopbackProxy, TlsFront
 from harness.remote_write import RW_HEADERS, Attempt, RecordingSender, Sender, push
 
@@ -47,6 +47,7 @@ __all__ = [
     "TlsFront",
     "agent_config",
     "agent_loss_counters",
+    "buffer_contents",
     "child_env",
     "copy_database",
     "export",
@@ -57,6 +58,7 @@ __all__ = [
     "metric_sum",
     "metric_value",
     "parse_metrics",
+    "prometheus3",
     "push",
     "read_metrics",
     "reported_losses",
@@ -64,6 +66,7 @@ __all__ = [
     "same_value",
     "samples_at",
     "start_prometheus",
+    "stored_contents",
     "toml_text",
     "wait_until",
     "write_toml",

@@ -6,7 +6,8 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from backhaul.wire.chunk import Codec
+from backhaul.wire.chunk import Codec, Contents
+from backhaul.wire.series import merge_into
 
 LOSS_CAUSES = ("evicted", "expired", "dropped", "corrupt")  # the keys of agent_loss_counters()
 
@@ -44,5 +45,25 @@ def samples_at(db: Path, ts: int) -> int:
         for (blob,) in conn.execute("SELECT data FROM chunks WHERE min_ts <= ? AND max_ts >= ?", (ts, ts)):
             found += sum(stamps.count(ts) for stamps, _ in codec.decode(blob, 1 << 30).values())
         return found
+    finally:
+        conn.close()
+
+
+def buffer_contents(db: Path) -> Contents:
+    """Everything the buffer file's chunks hold, merged in chunk order (read-only): float samples,
+    native histograms and metadata (the newest entry of each family)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    codec = Codec()
+    out = Contents()
+    try:
+        for (blob,) in conn.execute("SELECT data FROM chunks ORDER BY id"):
+            part = codec.decode_contents(blob, 1 << 30)
+            merge_into(out.series, part.series)
+            for labels, (stamps, values) in part.histograms.items():
+                entry = out.histograms.setdefault(labels, ([], []))
+                entry[0].extend(stamps)
+                entry[1].extend(values)
+            out.metadata.update(part.metadata)
+        return out
     finally:
         conn.close()

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 import ssl
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
-from backhaul.wire.series import Labels
+from backhaul.wire import chunk as chunkfmt
+from backhaul.wire.chunk import Codec, Contents
+from backhaul.wire.series import Labels, merge_into
 from harness.agent import LOSS_CAUSES
 from harness.config import READ_HEADERS
 from harness.metrics import read_metrics
@@ -56,3 +60,30 @@ def reported_losses(collector_url: str, device: str) -> dict[str, int]:
     page = read_metrics(collector_url)
     name = "backhaul_collector_device_reported_lost_samples"
     return {cause: int(page.get(f'{name}{{cause="{cause}",device="{device}"}}', 0)) for cause in LOSS_CAUSES}
+
+
+def stored_contents(db: Path) -> dict[str, Contents]:
+    """Everything an embedded (SQLite) collector store holds (chunks and tables, both zstd), read from
+    its file (read-only), per device: float samples, native histograms and metadata, which the export
+    cannot show (its format has no place for native histograms)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    codec = Codec()
+    out: dict[str, Contents] = {}
+    try:
+        rows = conn.execute(
+            "SELECT c.device, t.data, d.data FROM chunks c JOIN chunk_tables t ON t.id = c.table_id"
+            " JOIN chunk_data d ON d.id = c.id ORDER BY c.id"
+        )
+        for device, table, frame in rows:
+            stripped, table = codec.decompress(frame, 1 << 30), codec.decompress(table, 1 << 30)
+            part = chunkfmt.decode_contents(chunkfmt.join_table(stripped, table))
+            held = out.setdefault(device, Contents())
+            merge_into(held.series, part.series)
+            for labels, (stamps, values) in part.histograms.items():
+                entry = held.histograms.setdefault(labels, ([], []))
+                entry[0].extend(stamps)
+                entry[1].extend(values)
+            held.metadata.update(part.metadata)
+        return out
+    finally:
+        conn.close()

@@ -8,7 +8,9 @@ import logging
 from agent.buffer import recovery
 from agent.buffer.core import StoreCore
 from backhaul.wire import WireError
-from backhaul.wire.series import SeriesMap, merge_owned, sample_count, time_range
+from backhaul.wire.chunk import Contents
+from backhaul.wire.metadata import MetadataMap
+from backhaul.wire.series import merge_owned, time_range
 
 log = logging.getLogger(__name__)
 
@@ -60,28 +62,34 @@ class Compaction(StoreCore):
     def _merge(self, ids: list[int], now_ms: int) -> int:
         """Replace chunks ``ids`` by one; a chunk that does not decode is quarantined instead."""
         marks = ",".join("?" * len(ids))
-        parts: list[SeriesMap] = []
+        parts: list[Contents] = []
         with self.db.atomic():
             rows = self.conn.execute(
-                f"SELECT id, samples, data FROM chunks WHERE id IN ({marks}) AND batch_seq IS NULL ORDER BY id",
+                f"SELECT id, samples, data, min_ts, max_ts FROM chunks WHERE id IN ({marks}) AND batch_seq IS NULL"
+                " ORDER BY id",
                 ids,
             ).fetchall()
             if len(rows) != len(ids):
                 return 0
-            for chunk_id, samples, blob in rows:
+            whole = (min(r[3] for r in rows), max(r[4] for r in rows)) if rows else (now_ms, now_ms)
+            for chunk_id, samples, blob, _, _ in rows:
                 try:
-                    parts.append(self.codec.decode(blob, limit=recovery.MAX_CHUNK_BYTES))
+                    parts.append(self.codec.decode_contents(blob, limit=recovery.MAX_CHUNK_BYTES))
                 except WireError as exc:
                     self._quarantine_chunk(chunk_id, samples, blob, str(exc), now_ms)
             self.conn.execute(f"DELETE FROM chunks WHERE id IN ({marks})", ids)
-            series = merge_owned(parts) if parts else {}
-            if series:
+            merged = _merged(parts)
+            if merged.series or merged.histograms or merged.metadata:
+                spans = [time_range(merged.series)] if merged.series else []
+                spans += [time_range(merged.histograms)] if merged.histograms else []
+                # A run of metadata alone keeps the span its chunks had (see BufferStore.append).
+                span = (min(a for a, _ in spans), max(b for _, b in spans)) if spans else whole
                 # The merged chunk takes the first id, so eviction order (oldest first) holds.
                 self._insert(
-                    self.codec.encode(series),
-                    time_range(series),
-                    len(series),
-                    sample_count(series),
+                    self.codec.encode(merged.series, merged.histograms, merged.metadata),
+                    span,
+                    len(merged.series) + len(merged.histograms),
+                    merged.samples(),
                     now_ms,
                     chunk_id=ids[0],
                 )
@@ -95,3 +103,14 @@ class Compaction(StoreCore):
         )
         self._bump("corrupt_samples", samples)
         self._bump("corrupt_chunks", 1)
+
+
+def _merged(parts: list[Contents]) -> Contents:
+    """One chunk's contents from several (which are not used again): samples in order, and the
+    newest metadata of each family."""
+    if not parts:
+        return Contents()
+    metadata: MetadataMap = {}
+    for part in parts:
+        metadata.update(part.metadata)
+    return Contents(merge_owned([p.series for p in parts]), merge_owned([p.histograms for p in parts]), metadata)

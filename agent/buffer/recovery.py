@@ -165,8 +165,8 @@ def _copy_chunks(old: sqlite3.Connection, new: sqlite3.Connection, codec: Codec,
             continue
         created, lo, hi, samples, series, size, data = row
         try:
-            decoded = codec.decode(data, MAX_CHUNK_BYTES)
-            if sum(len(ts) for ts, _ in decoded.values()) != samples:
+            decoded = codec.decode_contents(data, MAX_CHUNK_BYTES)
+            if decoded.samples() != samples:
                 raise WireError("sample count differs from the chunk's row")
         except (WireError, TypeError) as exc:
             result.lost_chunks += 1

@@ -14,6 +14,9 @@ from collections.abc import Callable, Mapping
 from agent.buffer.metrics import BufferMetrics
 from agent.buffer.store import BufferStore, Losses
 from backhaul.errors import StoreError, Unavailable
+from backhaul.wire.chunk import Contents
+from backhaul.wire.histogram import HistogramSeriesMap
+from backhaul.wire.metadata import MetadataMap
 from backhaul.wire.series import SeriesMap, merge_owned
 
 log = logging.getLogger(__name__)
@@ -46,25 +49,32 @@ class Staging:
         self._max_pending = max_pending_samples
         self._on_commit = on_commit
         self._clock = clock
-        self._pending: list[tuple[SeriesMap, int, int, Mapping[int, SeriesMap] | None, asyncio.Future[None]]] = []
+        self._pending: list[tuple[Contents, int, int, Mapping[int, SeriesMap] | None, asyncio.Future[None]]] = []
         self._pending_samples = 0
         self._wake = asyncio.Event()
         self._closing = False
 
     async def submit(
-        self, series: SeriesMap, samples: int, dropped: int, held: Mapping[int, SeriesMap] | None = None
+        self,
+        series: SeriesMap,
+        samples: int,
+        dropped: int,
+        held: Mapping[int, SeriesMap] | None = None,
+        histograms: HistogramSeriesMap | None = None,
+        metadata: MetadataMap | None = None,
     ) -> None:
-        """Return once ``series`` is durable; raises :class:`Unavailable` or :class:`StoreError`.
+        """Return once ``series`` (and ``histograms``, ``metadata``) are durable; raises
+        :class:`Unavailable` or :class:`StoreError`.
 
         ``held``: more samples, committed with them but held (by tag) until released
-        (:mod:`agent.buffer.holds`); ``samples`` counts them too.
+        (:mod:`agent.buffer.holds`); ``samples`` counts them too, and the histograms.
         """
         if self._closing:
             raise Unavailable("agent is shutting down")
         if self._pending_samples + samples > self._max_pending:
             raise Unavailable(f"{self._pending_samples} samples already wait for a commit")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((series, samples, dropped, held, future))
+        self._pending.append((Contents(series, histograms or {}, metadata or {}), samples, dropped, held, future))
         self._pending_samples += samples
         self._wake.set()
         # Shielded: a sender that hangs up must not cancel the commit others share.
@@ -117,19 +127,23 @@ class Staging:
                 future.set_result(None)
         self._on_commit()
 
-    def _write(self, parts: list[SeriesMap], dropped: int, held: list[Mapping[int, SeriesMap]]) -> Losses:
+    def _write(self, parts: list[Contents], dropped: int, held: list[Mapping[int, SeriesMap]]) -> Losses:
         """On the store's thread: merge the group into one chunk (one more per hold tag) and commit it."""
         # The requests' decoded maps are ours alone (a request is answered only after this commit).
-        merged = merge_owned(parts)
+        merged = merge_owned([p.series for p in parts])
+        histograms = merge_owned([p.histograms for p in parts])
+        metadata: MetadataMap = {}
+        for p in parts:
+            metadata.update(p.metadata)
         now_ms = int(self._clock() * 1000)
         if not held:
-            return self._store.append(merged, dropped, now_ms)
+            return self._store.append(merged, dropped, now_ms, histograms=histograms, metadata=metadata)
         by_tag: dict[int, list[SeriesMap]] = {}
         for tags in held:
             for tag, part in tags.items():
                 by_tag.setdefault(tag, []).append(part)
         with self._store.db.atomic():  # one transaction for the whole group, held chunks included
-            losses = self._store.append(merged, dropped, now_ms)
+            losses = self._store.append(merged, dropped, now_ms, histograms=histograms, metadata=metadata)
             for tag, tagged in by_tag.items():
                 losses.evicted += self._store.append(merge_owned(tagged), 0, now_ms, hold=tag).evicted
         return losses

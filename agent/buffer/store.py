@@ -22,6 +22,8 @@ from agent.buffer.batches import Batches
 from agent.buffer.holds import Holds
 from agent.buffer.records import LOSS_KEYS, Batch, Losses, Totals
 from backhaul.errors import StoreError
+from backhaul.wire.histogram import HistogramSeriesMap
+from backhaul.wire.metadata import MetadataMap
 from backhaul.wire.series import SeriesMap, sample_count, time_range
 
 __all__ = ["LOSS_KEYS", "Batch", "BufferStore", "Losses", "Totals"]
@@ -46,11 +48,25 @@ class BufferStore(Batches, Holds):
 
     # -- writing -------------------------------------------------------------------------------------
 
-    def append(self, series: SeriesMap, dropped: int, now_ms: int, hold: int = 0) -> Losses:
+    def append(
+        self,
+        series: SeriesMap,
+        dropped: int,
+        now_ms: int,
+        hold: int = 0,
+        histograms: HistogramSeriesMap | None = None,
+        metadata: MetadataMap | None = None,
+    ) -> Losses:
         """Durably add one chunk of ``series`` (and ``dropped`` refused samples to the counter);
-        ``hold`` non-zero: the chunk is held, not sent, until released (see :mod:`agent.buffer.holds`)."""
-        samples = sample_count(series)
-        blob = self.codec.encode(series) if samples else b""
+        ``hold`` non-zero: the chunk is held, not sent, until released (see :mod:`agent.buffer.holds`).
+
+        Native ``histograms`` or ``metadata`` make it a version 3 chunk. A chunk of metadata alone
+        (remote write 1.0 sends it in requests of its own) holds no samples and spans ``now_ms``.
+        """
+        histograms = histograms or {}
+        samples = sample_count(series) + sample_count(histograms)
+        stored = samples or bool(metadata)
+        blob = self.codec.encode(series, histograms, metadata) if stored else b""
         disk_room = self._disk_room()
         with self.db.atomic():
             # Evict first: the insert then reuses the freed pages instead of growing the file.
@@ -61,15 +77,15 @@ class BufferStore(Batches, Holds):
                     f"{self.min_free_bytes} bytes, even with every unsent chunk evicted",
                     transient=True,
                 )
-            if samples:
-                span = time_range(series)
-                self._insert(blob, span, len(series), samples, now_ms, hold=hold)
+            if stored:
+                span = _span(series, histograms, now_ms)
+                self._insert(blob, span, len(series) + len(histograms), samples, now_ms, hold=hold)
             self._bump("dropped_samples", dropped)
         if losses.evicted:
             self.evicted_samples += losses.evicted
             self._release_free_pages()
             self._recount()
-        elif samples:
+        elif stored:
             t = self.totals
             lo = span[0]
             t.chunks, t.bytes, t.samples = t.chunks + 1, t.bytes + len(blob), t.samples + samples
@@ -141,3 +157,12 @@ class BufferStore(Batches, Holds):
         """A no-op query: proves the worker thread and the database answer (for the watchdog)."""
         self.conn.execute("SELECT 1").fetchone()
         return True
+
+
+def _span(series: SeriesMap, histograms: HistogramSeriesMap, now_ms: int) -> tuple[int, int]:
+    """The oldest and newest timestamp of a chunk's samples; ``now_ms`` for one of metadata alone."""
+    spans = [time_range(series)] if series else []
+    spans += [time_range(histograms)] if histograms else []
+    if not spans:
+        return now_ms, now_ms
+    return min(lo for lo, _ in spans), max(hi for _, hi in spans)

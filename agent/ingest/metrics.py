@@ -13,6 +13,11 @@ class IngestMetrics:
         self.requests = Counter(
             "backhaul_ingest_requests", "Remote-write requests answered, by HTTP status", ["code"], registry=r
         )
+        self.v2_requests = Counter(
+            "backhaul_ingest_remote_write_v2_requests",
+            "Remote-write 2.0 requests committed (io.prometheus.write.v2.Request)",
+            registry=r,
+        )
         self.samples_dropped = Counter(
             "backhaul_ingest_dropped_samples",
             "Samples refused at ingest (kept out of the buffer), by reason",
@@ -20,7 +25,17 @@ class IngestMetrics:
             registry=r,
         )
         self.metadata_received = Counter(
-            "backhaul_ingest_metadata", "Metric metadata entries received (accepted, not stored)", registry=r
+            "backhaul_ingest_metadata",
+            "Metric metadata entries received (each family's kept in the buffer when new or changed)",
+            registry=r,
+        )
+        self.histograms = Counter(
+            "backhaul_ingest_histograms", "Native-histogram samples committed to the buffer", registry=r
+        )
+        self.exemplars = Counter(
+            "backhaul_ingest_exemplars",
+            "Exemplars received (counted, not stored: the buffer keeps no exemplars)",
+            registry=r,
         )
         self.label_cache = Gauge(
             "backhaul_ingest_label_cache_entries",

@@ -1,16 +1,25 @@
-"""``POST /api/v1/write``: Prometheus remote write 1.0 into the durable buffer.
+"""``POST /api/v1/write``: Prometheus remote write 1.0 and 2.0 into the durable buffer.
+
+The ``proto=`` parameter of ``Content-Type`` picks the message (``remote_write.negotiate``): none or
+``prometheus.WriteRequest`` is 1.0, ``io.prometheus.write.v2.Request`` is 2.0. Float samples and
+native histograms (1.0's ``histograms`` field, 2.0's) are stored in the buffer (chunk version 3 for
+histograms), metadata per family (``agent/ingest/commit.py``); exemplars are counted, not stored
+(``backhaul_ingest_exemplars_total``), created timestamps decoded and dropped. A 2.0 answer carries
+``X-Prometheus-Remote-Write-Samples-Written``, ``-Histograms-Written`` and ``-Exemplars-Written``
+(always 0) as the spec requires, sent only after the commit.
 
 Answers (DESIGN.md, delivery contract 6: 4xx means "drop it", 5xx means "retry"):
     204  samples committed to the buffer (and only then)
-    400  body is not a snappy-compressed WriteRequest
+    400  body is not a snappy-compressed WriteRequest (or v2 Request), or breaks the 2.0 spec's
+         rules (symbols[0] not empty, a reference out of range, unsorted samples, ...): the reason
     413  body, its decompressed form or its decoded samples over the configured limits (decoded: twice
          ``max_decompressed_bytes``; samples: more than ``buffer.max_pending_samples`` in one request,
          which could never be committed)
-    415  not ``application/x-protobuf`` or an encoding other than snappy
+    415  not ``application/x-protobuf``, a ``proto=`` it does not know, or an encoding other than snappy
     503  shutting down, overloaded (too much waiting for a commit, or being decoded), or the disk
          refused the write: the sender keeps the data and retries
 Samples that cannot be stored (timestamps outside the accepted window, labels that break the rules of
-backhaul/labels.py, native histograms) are dropped one by one and counted in
+backhaul/labels.py, histograms of more buckets than the limit) are dropped one by one and counted in
 ``backhaul_ingest_dropped_samples_total{reason}``; the rest of the request is kept.
 """
 
@@ -26,17 +35,20 @@ from aiohttp import web
 from agent.buffer.settings import BufferSettings
 from agent.buffer.staging import Staging
 from agent.clock.keeper import TimeKeeper
+from agent.ingest.commit import Committer
 from agent.ingest.metrics import IngestMetrics
 from agent.ingest.settings import IngestSettings
 from backhaul.errors import InputError
 from backhaul.web import respond
 from backhaul.wire import budget
 from backhaul.wire import remote_write as rw
+from backhaul.wire import remote_write_v2 as rw2
 from backhaul.wire.budget import DecodeBudget
 from backhaul.wire.series import SeriesMap
 
 log = logging.getLogger(__name__)
 
+ACCEPTED = frozenset({rw.Message.V1, rw.Message.V2})
 # Bodies that decompress to more than this are decoded on a worker thread, so that one big request
 # cannot stall the event loop, and only within the decoding budget, so that several cannot add up.
 _INLINE_DECODE_BYTES = 256 * 1024
@@ -70,19 +82,18 @@ class RemoteWriteReceiver:
         device_label: str = "",
         time_keeper: TimeKeeper | None = None,
     ) -> None:
-        self._staging = staging
         self._device_label = device_label
         self._time = time_keeper if time_keeper is not None and time_keeper.correcting else None
         self._labels = rw.LabelCache()
-        self._observe = observe
-        self._ingest = ingest
+        self._labels_v2 = rw2.LabelCache()
+        self.committer = Committer(staging, metrics, buffer.max_pending_samples, clock, observe, self._time)
+        self.ingest = self._ingest = ingest
         self._max_age_ms = int(buffer.max_age.total_seconds() * 1000)
         self._max_future_ms = int(ingest.max_future.total_seconds() * 1000)
         self._metrics = metrics
         metrics.label_cache.labels("sets").set_function(lambda: len(self._labels))
         metrics.label_cache.labels("pairs").set_function(lambda: self._labels.pairs)
         self._clock = clock
-        self._max_pending = buffer.max_pending_samples
         self.budget = DecodeBudget(
             ingest.total_decoding_bytes(),
             ingest.per_request_decoding_bytes(),
@@ -111,9 +122,8 @@ class RemoteWriteReceiver:
         return response
 
     async def _handle(self, request: web.Request) -> web.Response:
-        problem = rw.header_problem(request.headers.get("Content-Type"), request.headers.get("Content-Encoding"))
-        if problem:
-            raise InputError(problem, 415)
+        # Unsupported (415) for a Content-Type or proto= not understood: never parsed as something else.
+        message = rw.negotiate(request.headers.get("Content-Type"), request.headers.get("Content-Encoding"), ACCEPTED)
         limit = int(self._ingest.max_request_bytes)
         if request.content_length is not None and request.content_length > limit:
             raise InputError(f"request body of {request.content_length} bytes exceeds the limit of {limit}", 413)
@@ -125,38 +135,24 @@ class RemoteWriteReceiver:
         if length > _INLINE_DECODE_BYTES:
             cost = min(budget.remote_write_worst(length), self.budget.per_request)
             async with self.budget.reserve(cost, "remote-write request"):
-                decoded = await asyncio.to_thread(rw.decode, body, self.limits(), self._labels)
+                decoded = await asyncio.to_thread(self._decode, message, body)
         else:
-            decoded = rw.decode(body, self.limits(), self._labels)
-        if decoded.samples > self._max_pending:
-            raise InputError(
-                f"one request of {decoded.samples} samples can never be committed: buffer.max_pending_samples"
-                f" is {self._max_pending}; send smaller requests",
-                413,
-            )
+            decoded = self._decode(message, body)
+        await self.committer.commit(decoded, "remote write")
+        if message is rw.Message.V1:
+            return web.Response(status=204)
+        self._metrics.v2_requests.inc()
+        return web.Response(
+            status=204,
+            headers={
+                rw2.SAMPLES_WRITTEN: str(decoded.samples),
+                rw2.HISTOGRAMS_WRITTEN: str(decoded.histogram_samples),
+                rw2.EXEMPLARS_WRITTEN: "0",  # counted, not stored
+            },
+        )
 
-        # The rules see the samples as stamped (by the clock they judge them by), held ones too.
-        seen, seen_samples = decoded.series, decoded.samples
-        done = None
-        if self._time is not None:
-            done = await self._time.split(decoded.series)
-            decoded.series, decoded.samples = done.ready, done.samples
-            for reason, count in done.dropped.items():
-                decoded.drop(reason, count)
-        dropped = sum(decoded.dropped.values())
-        if self._observe is not None and seen_samples:
-            # Before the commit: an alert must not wait for a slow or failing buffer (a full disk is
-            # exactly when it matters). A sample refused below and re-sent is merely seen twice.
-            try:
-                self._observe(seen)
-            except Exception:  # a rule bug must never cost the samples (as on the scrape path)
-                log.exception("alert rules failed on a remote-write request")
-        if decoded.samples or dropped:
-            await self._staging.submit(decoded.series, decoded.samples, dropped, done.held if done else None)
-        if self._time is not None and done is not None:
-            self._time.committed(done)
-        # Counted once the request is answered 2xx, so that a sender's retry does not count twice.
-        self._metrics.metadata_received.inc(decoded.metadata)
-        for reason, count in decoded.dropped.items():
-            self._metrics.samples_dropped.labels(reason).inc(count)
-        return web.Response(status=204)
+    def _decode(self, message: rw.Message, body: bytes) -> rw.Decoded:
+        if message is rw.Message.V2:
+            return rw2.decode(body, self.limits(), self._labels_v2)
+        # Exemplars are decoded to be counted (and checked), as 2.0's are.
+        return rw.decode(body, self.limits(), self._labels, histograms=True, exemplars=True)

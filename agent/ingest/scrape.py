@@ -1,4 +1,8 @@
-"""Scraping: /metrics pages (Prometheus text 0.0.4 or OpenMetrics) and the agent's own registry, into the buffer.
+"""Scraping: /metrics pages (Prometheus protobuf, text 0.0.4, OpenMetrics) and the agent's registry, into the buffer.
+
+The protobuf exposition format is asked for first, since it is the one that carries native histograms
+(``backhaul.wire.exposition``); a target that does not offer it answers in text. Native histograms
+and each family's metadata (type, help, unit) are kept (metadata committed when new or changed).
 
 Each target is an APScheduler interval job with ``max_instances=1`` and coalescing, and each scrape
 has its own timeout, so a slow or dead target skips its own missed runs and never delays another.
@@ -30,12 +34,19 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from agent.ingest.sink import SampleSink
 from backhaul.errors import ScrapeError
 from backhaul.lifecycle import Jobs
+from backhaul.wire import WireError, exposition
+from backhaul.wire.exposition import Page
+from backhaul.wire.metadata import TYPES, Metadata, MetadataMap
 from backhaul.wire.series import Labels, SeriesMap
 
 log = logging.getLogger(__name__)
 
-# Text first: prometheus_client's text parser is the faster and more forgiving of the two.
-ACCEPT = "text/plain;version=0.0.4;q=1,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"
+# Protobuf first (native histograms); then text, since prometheus_client's text parser is the faster
+# and more forgiving of the two text parsers.
+ACCEPT = (
+    f"{exposition.MEDIA_TYPE};q=1,text/plain;version=0.0.4;q=0.5,"
+    "application/openmetrics-text;version=1.0.0;q=0.3,*/*;q=0.1"
+)
 _CREATED_TYPES = {"counter", "histogram", "summary", "gaugehistogram"}
 
 
@@ -99,6 +110,33 @@ def parse_page(text: str, content_type: str, base: dict[str, str], default_ms: i
     parser = parse_openmetrics if content_type.startswith("application/openmetrics-text") else parse_text
     try:
         return families_to_series(parser(text), base, default_ms)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise ScrapeError(f"unparsable {content_type or 'page'}: {exc}") from exc
+
+
+def text_metadata(families: list[Metric]) -> MetadataMap:
+    """Each text family's type, help and unit."""
+    out: MetadataMap = {}
+    for family in families:
+        kind = family.type if family.type in TYPES else "unknown"
+        meta = Metadata(kind, family.documentation[:4096], (family.unit or "")[:128])
+        if not meta.is_empty():
+            out[family.name] = meta
+    return out
+
+
+def parse_any(body: bytes, content_type: str, base: dict[str, str], default_ms: int) -> Page:
+    """A scraped page in any of the three formats; :class:`ScrapeError` when it does not parse."""
+    if exposition.is_protobuf(content_type):
+        try:
+            return exposition.parse(body, base, default_ms)
+        except WireError as exc:
+            raise ScrapeError(f"unparsable protobuf page: {exc}") from exc
+    text = body.decode("utf-8", errors="replace")
+    parser = parse_openmetrics if content_type.startswith("application/openmetrics-text") else parse_text
+    try:
+        families = list(parser(text))
+        return Page(series=families_to_series(families, base, default_ms), metadata=text_metadata(families))
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise ScrapeError(f"unparsable {content_type or 'page'}: {exc}") from exc
 
@@ -241,8 +279,8 @@ class Scraper:
         assert task is not None
         self._running.add(task)
         try:
-            series = await self.scrape(target)
-            await self._sink.commit(f"scrape:{target.job}", series)
+            page = await self.scrape_page(target)
+            await self._sink.commit(f"scrape:{target.job}", page.series, page.histograms, page.metadata)
         finally:
             self._running.discard(task)
 
@@ -252,22 +290,27 @@ class Scraper:
         await self._sink.commit("self", series)
 
     async def scrape(self, target: Target) -> SeriesMap:
-        """One scrape of ``target``: its samples plus up/scrape_duration_seconds/scrape_samples_scraped."""
+        """One scrape of ``target``: its float samples (see :meth:`scrape_page`)."""
+        return (await self.scrape_page(target)).series
+
+    async def scrape_page(self, target: Target) -> Page:
+        """One scrape of ``target``: its samples plus up/scrape_duration_seconds/scrape_samples_scraped,
+        native histograms and metadata."""
         started_wall = self._clock()
         started = time.perf_counter()
         ms = int(started_wall * 1000)
         base = target.base_labels()
         try:
             async with asyncio.timeout(target.timeout):
-                text, content_type = await self._fetch(target)
-                series = await asyncio.to_thread(parse_page, text, content_type, base, ms)
+                body, content_type = await self._fetch(target)
+                page = await asyncio.to_thread(parse_any, body, content_type, base, ms)
         except (ScrapeError, TimeoutError) as exc:
             error = str(exc) or f"timed out after {target.timeout:g} s"
-            series = {}
+            page = Page()
         else:
             error = ""
         duration = time.perf_counter() - started
-        scraped = sum(len(ts) for ts, _ in series.values())
+        scraped = sum(len(ts) for ts, _ in page.series.values()) + sum(len(ts) for ts, _ in page.histograms.values())
         up = 0.0 if error else 1.0
         self.target_up.labels(target.job, target.instance).set(up)
         self.scrapes.labels(target.job, "failed" if error else "ok").inc()
@@ -277,10 +320,10 @@ class Scraper:
         elif not error and previous:
             log.info("scrape of %s (job %s) works again", target.url, target.job)
         self.last_error[target.url] = error
-        series.update(_report(base, ms, up, round(duration, 6), scraped))
-        return series
+        page.series.update(_report(base, ms, up, round(duration, 6), scraped))
+        return page
 
-    async def _fetch(self, target: Target) -> tuple[str, str]:
+    async def _fetch(self, target: Target) -> tuple[bytes, str]:
         assert self._session is not None, "Scraper.start() first"
         try:
             async with self._session.get(target.url) as resp:
@@ -293,6 +336,6 @@ class Scraper:
                     body += chunk
                     if len(body) > self._max_body:
                         raise ScrapeError(f"page exceeds {self._max_body} bytes")
-                return body.decode("utf-8", errors="replace"), resp.content_type
+                return bytes(body), resp.headers.get("Content-Type", "")
         except aiohttp.ClientError as exc:
             raise ScrapeError(f"{type(exc).__name__}: {exc}") from exc

@@ -18,6 +18,8 @@ from agent.buffer.staging import Staging
 from agent.clock.keeper import TimeKeeper
 from agent.ingest.metrics import IngestMetrics
 from backhaul.errors import StoreError, Unavailable
+from backhaul.wire.histogram import HistogramSeriesMap
+from backhaul.wire.metadata import FamilyMetadata, MetadataMap
 from backhaul.wire.series import SeriesMap
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class SampleSink:
         self._max_age_ms = int(max_age * 1000)
         self._max_future_ms = int(max_future * 1000)
         self._clock = clock
+        self._families = FamilyMetadata()
         self.committed = Counter(
             "backhaul_source_samples",
             "Samples from the agent's own sources committed, by source",
@@ -70,10 +73,17 @@ class SampleSink:
             registry=registry,
         )
 
-    async def commit(self, source: str, series: SeriesMap) -> bool:
-        """Commit ``series``; False (counted, logged) when the buffer refused it."""
+    async def commit(
+        self,
+        source: str,
+        series: SeriesMap,
+        histograms: HistogramSeriesMap | None = None,
+        metadata: MetadataMap | None = None,
+    ) -> bool:
+        """Commit ``series`` (and native ``histograms``, each family's ``metadata`` when new or
+        changed); False (counted, logged) when the buffer refused it."""
         if self._time is not None:
-            return await self._commit_split(source, series)
+            return await self._commit_split(source, series, histograms, metadata)
         now_ms = int(self._clock() * 1000)
         lo, hi = now_ms - self._max_age_ms, now_ms + self._max_future_ms
         kept: SeriesMap = {}
@@ -89,20 +99,31 @@ class SampleSink:
             if pairs:
                 kept[labels] = ([t for t, _ in pairs], [v for _, v in pairs])
                 samples += len(pairs)
+        kept_h: HistogramSeriesMap = {}
+        for labels, (stamps, hs) in (histograms or {}).items():
+            keep = [k for k, t in enumerate(stamps) if lo <= t <= hi]
+            too_old += sum(1 for t in stamps if t < lo)
+            too_new += sum(1 for t in stamps if t > hi)
+            if keep:
+                kept_h[labels] = ([stamps[k] for k in keep], [hs[k] for k in keep])
+                samples += len(keep)
+        self._families.offer(metadata or {}, now_ms)
+        families = self._families.waiting() if samples else {}
         dropped = too_old + too_new
         if not samples and not dropped:
             return True
-        if self._observe is not None and samples:
+        if self._observe is not None and kept:
             try:
                 self._observe(kept)
             except Exception:  # a rule bug must never cost the samples
                 log.exception("%s: alert rules failed on a scrape", source)
         try:
-            await self._staging.submit(kept, samples, dropped)
+            await self._staging.submit(kept, samples, dropped, None, kept_h, families)
         except (Unavailable, StoreError) as exc:
             self.failures.labels(source).inc()
             log.warning("%s: %d samples not buffered: %s", source, samples, exc)
             return False
+        self._families.committed(families, now_ms)
         self.committed.labels(source).inc(samples)
         if too_old:
             self._metrics.samples_dropped.labels("too_old").inc(too_old)
@@ -110,12 +131,20 @@ class SampleSink:
             self._metrics.samples_dropped.labels("too_far_in_future").inc(too_new)
         return True
 
-    async def _commit_split(self, source: str, series: SeriesMap) -> bool:
-        """:meth:`commit` when the clock keeper sorts the samples (clock.correct)."""
+    async def _commit_split(
+        self, source: str, series: SeriesMap, histograms: HistogramSeriesMap | None, metadata: MetadataMap | None
+    ) -> bool:
+        """:meth:`commit` when the clock keeper sorts the float samples (clock.correct); native
+        histograms are committed as stamped."""
         assert self._time is not None
         done = await self._time.split(series)
         dropped = sum(done.dropped.values())
-        if not done.samples and not dropped:
+        now_ms = int(self._clock() * 1000)
+        self._families.offer(metadata or {}, now_ms)
+        histograms = histograms or {}
+        samples = done.samples + sum(len(ts) for ts, _ in histograms.values())
+        families = self._families.waiting() if samples else {}
+        if not samples and not dropped:
             return True
         if self._observe is not None and done.samples:
             try:
@@ -123,13 +152,14 @@ class SampleSink:
             except Exception:  # a rule bug must never cost the samples
                 log.exception("%s: alert rules failed on a scrape", source)
         try:
-            await self._staging.submit(done.ready, done.samples, dropped, done.held)
+            await self._staging.submit(done.ready, samples, dropped, done.held, histograms, families)
         except (Unavailable, StoreError) as exc:
             self.failures.labels(source).inc()
-            log.warning("%s: %d samples not buffered: %s", source, done.samples, exc)
+            log.warning("%s: %d samples not buffered: %s", source, samples, exc)
             return False
         self._time.committed(done)
-        self.committed.labels(source).inc(done.samples)
+        self._families.committed(families, now_ms)
+        self.committed.labels(source).inc(samples)
         for reason, count in done.dropped.items():
             self._metrics.samples_dropped.labels(reason).inc(count)
         return True

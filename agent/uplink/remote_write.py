@@ -17,15 +17,19 @@ refuses — e.g. a stock Prometheus answering 400 "out of bounds" to samples old
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import replace
 
+from agent.uplink.settings import UplinkSettings
 from backhaul import __version__
 from backhaul.errors import PeerError
 from backhaul.http import Reply
-from backhaul.remote_write_sender import Outbox, RemoteWriteSender, Request, chunk_series
+from backhaul.remote_write_sender import Outbox, RemoteWriteSender, Request, chunk_contents
 from backhaul.retry import Verdict
 from backhaul.tls import ClientTls
 from backhaul.wire.batch import BatchHeader
+
+log = logging.getLogger(__name__)
 
 # The agent decodes only chunks it wrote itself; the cap is a guard, not a policy.
 MAX_CHUNK_BYTES = 256 * 1024**2
@@ -42,6 +46,8 @@ class RemoteWriteTransport:
         device_label: label name, "device_id" by default, as the collector would add it.
         max_samples_per_request: split a batch into requests of at most this many samples.
         tls: the uplink's TLS settings for an https URL (None: the system's CAs).
+        settings: the ``[uplink]`` settings, for ``native_histograms`` (the database takes them;
+            otherwise they are left out, and each batch that had some says how many in the log).
     """
 
     def __init__(
@@ -53,6 +59,7 @@ class RemoteWriteTransport:
         device_label: str = "device_id",
         max_samples_per_request: int = 2000,
         tls: ClientTls | None = None,
+        settings: UplinkSettings | None = None,
     ) -> None:
         self._sender = RemoteWriteSender(
             url,
@@ -62,6 +69,7 @@ class RemoteWriteTransport:
             device_label=device_label,
             max_samples_per_request=max_samples_per_request,
             tls=tls,
+            native_histograms=settings.native_histograms if settings is not None else False,
         )
         self._device_id = device_id
         # The batch being sent (by (buffer_id, seq)), its requests and how many were acknowledged:
@@ -94,7 +102,13 @@ class RemoteWriteTransport:
 
     def _requests(self, frames: list[bytes]) -> list[Request]:
         """On a worker thread: the batch's chunks as remote-write requests."""
-        return self._sender.requests([(self._device_id, chunk_series(frames, MAX_CHUNK_BYTES))])
+        contents = chunk_contents(frames, MAX_CHUNK_BYTES)
+        left_out = self._sender.left_out([contents])
+        if left_out:
+            log.warning(
+                "remote write: %d native-histogram samples left out (uplink.native_histograms is off)", left_out
+            )
+        return self._sender.requests([(self._device_id, contents)])
 
     async def close(self) -> None:
         await self._sender.close()

@@ -22,6 +22,9 @@ class UplinkSettings(Section):
     # (what the collector adds; "" for none).
     max_samples_per_request: int = Field(2000, ge=1, le=1_000_000)
     device_label: str = Field("device_id", pattern=r"^([a-zA-Z_][a-zA-Z0-9_]*)?$")
+    # remote_write only: the TSDB takes native histograms (Prometheus with
+    # --enable-feature=native-histograms, Mimir); otherwise they are left out (and logged per batch).
+    native_histograms: bool = False
     # Gather data for this long before sending a batch (a backlog is sent back to back).
     batch_interval: timedelta = timedelta(seconds=10)
     batch_max_bytes: ByteSize = Field(ByteSize(4 * 1024**2), ge=64 * 1024)

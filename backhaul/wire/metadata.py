@@ -29,6 +29,10 @@ _SUFFIXES = {
     "counter": ("_created",),
 }
 
+# A family's metadata is committed again this long after it last was, even unchanged (a receiver
+# that lost it learns it again); and at most this many families are remembered.
+REFRESH_MS = 3_600_000
+MAX_FAMILIES = 100_000
 MAX_HELP_CHARS = 4096
 MAX_UNIT_CHARS = 128
 
@@ -119,3 +123,34 @@ def from_json(data: bytes) -> MetadataMap:
             raise WireError(f"chunk: metadata of {name!r} is not [type, help, unit] with a known type")
         out[name] = Metadata(*entry)
     return out
+
+
+class FamilyMetadata:
+    """The metadata of each family already committed (and when), and what waits for a commit.
+
+    Bounded: either map starts over when full (the next repeats refill it)."""
+
+    def __init__(self) -> None:
+        self._committed: dict[str, tuple[Metadata, int]] = {}
+        self._waiting: MetadataMap = {}
+
+    def offer(self, families: MetadataMap, now_ms: int) -> None:
+        """Note the entries of ``families`` worth committing: new, changed, or not committed for a while."""
+        for name, meta in families.items():
+            known = self._committed.get(name)
+            if known is None or known[0] != meta or now_ms - known[1] >= REFRESH_MS:
+                if len(self._waiting) >= MAX_FAMILIES:
+                    self._waiting.clear()
+                self._waiting[name] = meta
+
+    def waiting(self) -> MetadataMap:
+        """What the next commit with samples should carry."""
+        return dict(self._waiting)
+
+    def committed(self, families: MetadataMap, now_ms: int) -> None:
+        if len(self._committed) + len(families) > MAX_FAMILIES:
+            self._committed.clear()
+        for name, meta in families.items():
+            self._committed[name] = (meta, now_ms)
+            if self._waiting.get(name) == meta:
+                del self._waiting[name]

@@ -8,6 +8,7 @@ are kept beside the samples they illustrate, in an :data:`ExemplarMap`.
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 Labels = tuple[tuple[str, str], ...]
 SeriesMap = dict[Labels, tuple[list[int], list[float]]]
@@ -29,6 +30,8 @@ class Exemplar:
 
 
 ExemplarMap = dict[Labels, list[Exemplar]]
+# A sample's value: a float, or a native histogram (backhaul.wire.histogram).
+V = TypeVar("V")
 
 
 def merge_into(target: SeriesMap, source: SeriesMap) -> None:
@@ -42,10 +45,11 @@ def merge_into(target: SeriesMap, source: SeriesMap) -> None:
             entry[1].extend(vals)
 
 
-def merge_owned(parts: list[SeriesMap]) -> SeriesMap:
+def merge_owned(parts: list[dict[Labels, tuple[list[int], list[V]]]]) -> dict[Labels, tuple[list[int], list[V]]]:
     """Merge maps the caller owns and will not use again: their lists are reused, not copied.
 
-    The first map becomes the result; later maps' lists are appended to it or adopted.
+    The first map becomes the result; later maps' lists are appended to it or adopted. Float series
+    (:data:`SeriesMap`) and histogram series alike.
     """
     merged = parts[0]
     for part in parts[1:]:
@@ -59,14 +63,14 @@ def merge_owned(parts: list[SeriesMap]) -> SeriesMap:
     return merged
 
 
-def time_range(series: SeriesMap) -> tuple[int, int]:
+def time_range(series: dict[Labels, tuple[list[int], list[V]]]) -> tuple[int, int]:
     """The oldest and newest timestamp in a non-empty map."""
     lo = min(min(ts) if len(ts) > 1 else ts[0] for ts, _ in series.values())
     hi = max(max(ts) if len(ts) > 1 else ts[0] for ts, _ in series.values())
     return lo, hi
 
 
-def sample_count(series: SeriesMap) -> int:
+def sample_count(series: dict[Labels, tuple[list[int], list[V]]]) -> int:
     return sum(len(ts) for ts, _ in series.values())
 
 

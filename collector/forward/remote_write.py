@@ -27,11 +27,11 @@ from collections.abc import Callable
 
 from backhaul import __version__
 from backhaul.errors import StoreError
-from backhaul.remote_write_sender import Answer, Outbox, RemoteWriteSender, Request, chunk_series
+from backhaul.remote_write_sender import Answer, Outbox, RemoteWriteSender, Request, chunk_contents
 from backhaul.retry import Backoff, Verdict, retry_after
 from backhaul.wire import WireError
 from backhaul.wire import remote_write as rw
-from backhaul.wire.series import SeriesMap
+from backhaul.wire.chunk import Contents
 from collector.forward.encode import ChunkEncoder
 from collector.forward.metrics import ForwardMetrics
 from collector.forward.settings import ForwardTarget
@@ -110,6 +110,7 @@ class Forwarder:
             self._device_label,
             target.max_samples_per_request,
             self.tls,
+            native_histograms=target.native_histograms,
         )
 
     async def start(self) -> None:
@@ -211,19 +212,25 @@ class Forwarder:
 
     def _requests(self, entries: list[Entry]) -> list[Request]:
         """On a worker thread: the entries as remote-write requests (agents' chunks written directly,
-        collector/forward/encode.py, unless they hold what only the general path encodes)."""
+        collector/forward/encode.py, unless they hold what only the general path encodes: native
+        histograms, left out and counted for a target that does not take them, and metadata)."""
         payloads = [(e.device, e.payload()) for e in entries]
         chunks = [(device, p.frames) for device, p in payloads if isinstance(p, Chunks)]
         if len(chunks) == len(payloads):
             direct = self._encoder.encode(chunks, self._limit)
             if direct is not None:
                 return direct
-        return self._sender.requests((device, self._series(p)) for device, p in payloads)
+        parts = [(device, self._contents(p)) for device, p in payloads]
+        left_out = self._sender.left_out(c for _, c in parts)
+        if left_out:
+            self._metrics.dropped.labels(self.name, "native_histogram").inc(left_out)
+        return self._sender.requests(parts)
 
-    def _series(self, payload: Payload) -> SeriesMap:
+    def _contents(self, payload: Payload) -> Contents:
         if isinstance(payload, RemoteWrite):
-            return rw.decode(payload.body, rw.Limits(max_decompressed_bytes=self._limit)).series
-        return chunk_series(payload.frames, self._limit)
+            decoded = rw.decode(payload.body, rw.Limits(max_decompressed_bytes=self._limit), histograms=True)
+            return Contents(decoded.series, decoded.histograms, decoded.families)
+        return chunk_contents(payload.frames, self._limit)
 
     def _sent(self, request: Request) -> None:
         self._metrics.sent_samples.labels(self.name).inc(request.samples)

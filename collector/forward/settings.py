@@ -23,6 +23,10 @@ class ForwardTarget(ClientTlsSettings):
     # Extra request headers, e.g. X-Scope-OrgID for Mimir or an Authorization of another kind.
     headers: dict[str, str] = {}
     max_samples_per_request: int = Field(2000, ge=1, le=1_000_000)
+    # The target takes native histograms (Prometheus with --enable-feature=native-histograms, Mimir):
+    # they are sent; otherwise they are left out, counted in backhaul_collector_forward_dropped_samples_total
+    # {reason="native_histogram"} (a Prometheus without the feature refuses the whole request).
+    native_histograms: bool = False
     timeout: timedelta = Field(timedelta(seconds=30), gt=timedelta(0))
     backoff_min: timedelta = Field(timedelta(seconds=1), gt=timedelta(0))
     backoff_max: timedelta = Field(timedelta(minutes=5), gt=timedelta(0))

@@ -40,14 +40,18 @@ REFUSED = [
 ]
 
 
+# Both take 2.0 (tests/integration/test_agent_remote_write_v2.py); the rest they refuse.
+AGENT_REFUSED = REFUSED[1:]
+
+
 def test_agent_answers_415_for_a_message_it_does_not_take_and_stores_nothing(start_agent):
     agent = start_agent(None)
     url = f"{agent.url}/api/v1/write"
-    for content_type, reason in REFUSED:
+    for content_type, reason in AGENT_REFUSED:
         status, text, _ = http("POST", url, v2.encode(series("sent_as_v2"))[0], headers(content_type))
         assert status == 415, (content_type, status, text)
         assert reason in text.decode()
-    assert metric_value(agent.url, "backhaul_ingest_requests_total", 'code="415"') == len(REFUSED)
+    assert metric_value(agent.url, "backhaul_ingest_requests_total", 'code="415"') == len(AGENT_REFUSED)
     # A 2.0 body labelled as 1.0 would parse as an empty 1.0 request: refused, not acknowledged.
     status, text, _ = http("POST", url, v2.encode(series("sent_as_v2"))[0], headers(V1))
     assert status == 400 and "io.prometheus.write.v2.Request" in text.decode()
@@ -58,6 +62,9 @@ def test_agent_answers_415_for_a_message_it_does_not_take_and_stores_nothing(sta
         assert status == 204, (content_type, text)
     assert metric_value(agent.url, "backhaul_ingest_samples_total") == 6
     assert metric_value(agent.url, "backhaul_buffer_samples") == 6
+    status, text, answer = http("POST", url, v2.encode(series("sent_as_v2"))[0], headers(V2))
+    assert status == 204 and answer[v2.SAMPLES_WRITTEN] == "2", text
+    assert metric_value(agent.url, "backhaul_buffer_samples") == 8
     assert agent.proc.popen is not None and agent.proc.popen.poll() is None
 
 
@@ -65,7 +72,7 @@ def test_collector_answers_415_for_a_message_it_does_not_take_and_stores_nothing
     collector = start_collector()
     url = f"{collector.url}/api/v1/write"
     auth = f"Bearer {TOKEN}"
-    for content_type, reason in REFUSED:
+    for content_type, reason in AGENT_REFUSED:
         body = v2.encode(series("sent_as_v2"))[0]
         status, text, _ = http("POST", url, body, headers(content_type, Authorization=auth))
         assert status == 415, (content_type, status, text)
@@ -81,3 +88,6 @@ def test_collector_answers_415_for_a_message_it_does_not_take_and_stores_nothing
     got = exported_samples(collector.url, '{job="negotiation"}')
     assert sorted(dict(labels)["__name__"] for labels in got) == ["sent_as_v1_0", "sent_as_v1_1", "sent_as_v1_2"]
     assert metric_value(collector.url, "backhaul_collector_device_received_samples_total", 'device="dev-1"') == 6
+    status, text, answer = http("POST", url, v2.encode(series("sent_as_v2"))[0], headers(V2, Authorization=auth))
+    assert status == 204 and answer[v2.SAMPLES_WRITTEN] == "2", text
+    assert len(exported_samples(collector.url, '{job="negotiation"}')) == 4

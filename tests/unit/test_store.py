@@ -187,3 +187,28 @@ def test_the_file_gives_space_back_after_a_backlog_drains(open_store, tmp_path):
     store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     drained = (tmp_path / "buffer.db").stat().st_size
     assert drained < full / 2
+
+
+def test_compaction_and_sealing_keep_histograms_and_metadata(open_store):
+    from backhaul.wire.histogram import Histogram
+    from backhaul.wire.metadata import Metadata
+
+    store = open_store(target_samples=2000)
+    h = Histogram(count=3, sum=0.75, schema=2, positive_spans=((-1, 2),), positive=(1, 1))
+    latency = (("__name__", "latency_seconds"),)
+    for k in range(6):
+        meta = {"m0": Metadata("gauge", f"help {k}", "")}
+        store.append(scrape(k, n=5), 0, NOW, histograms={latency: ([NOW + 5000 * k], [h])}, metadata=meta)
+    store.append({}, 0, NOW, metadata={"latency_seconds": Metadata("histogram", "Latency.", "seconds")})
+    assert store.totals.chunks == 7 and store.totals.samples == 36
+    assert store.compact(NOW) == 6
+    (blob,) = store.conn.execute("SELECT data FROM chunks").fetchone()
+    held = store.codec.decode_contents(blob, 1 << 30)
+    assert held.histograms == {latency: ([NOW + 5000 * k for k in range(6)], [h] * 6)}
+    assert held.metadata == {
+        "m0": Metadata("gauge", "help 5", ""),
+        "latency_seconds": Metadata("histogram", "Latency.", "seconds"),
+    }
+    assert held.samples() == 36
+    batch = store.claim(4 << 20, NOW, report_losses=False)
+    assert batch is not None and batch.samples == 36
