@@ -37,6 +37,7 @@ from agent.ingest.sink import SampleSink
 from agent.metrics import AgentMetrics
 from agent.sources import Sources
 from agent.supervisor import CrashLoop, Supervisor
+from agent.uplink.link import Link
 from agent.uplink.remote_write import RemoteWriteTransport
 from agent.uplink.transport import HttpTransport, Transport
 from agent.uplink.uploader import Uploader
@@ -81,13 +82,15 @@ class Agent:
             b.compact_target_samples,
             min_free_bytes=int(b.min_free_bytes),
         )
+        # The one link bulk uploads (and escalated inference requests) go over: its cap, budgets, windows.
+        self.link = Link(settings.uplink, clock=clock)
         if transport is None and settings.uplink.url is not None:
-            transport = self._transport_for(settings)
+            transport = self._transport_for(settings, self.link)
         self._transport = transport
         self.uploader: Uploader | None = None
         if transport is not None:
             self.uploader = Uploader(
-                settings.uplink, settings.device_id, self.store, transport, self.metrics.uplink, clock
+                settings.uplink, settings.device_id, self.store, transport, self.metrics.uplink, clock, link=self.link
             )
         self.staging = Staging(
             self.store,
@@ -122,25 +125,25 @@ class Agent:
             observe,
         )
         local_down = self.supervisor.unavailable if self.supervisor is not None else None
-        self.sources = Sources(settings, self.sink, self.registry, self.jobs, clock, local_down)
+        self.sources = Sources(settings, self.sink, self.registry, self.jobs, clock, local_down, self.link)
         self._lifecycle: Lifecycle | None = None
         self._started = False
         self._stopping = False
         self.port: int | None = None
 
     @staticmethod
-    def _transport_for(settings: AgentSettings) -> Transport:
+    def _transport_for(settings: AgentSettings, link: Link) -> Transport:
         u = settings.uplink
         token, timeout = u.token.get_secret_value(), u.timeout.total_seconds()
         if u.protocol == "remote_write":
             return RemoteWriteTransport(
-                str(u.url), token, timeout, settings.device_id, u.device_label, u.max_samples_per_request
+                str(u.url), token, timeout, settings.device_id, u.device_label, u.max_samples_per_request, link
             )
-        return HttpTransport(str(u.url), token, timeout, settings.buffer.zstd_level)
+        return HttpTransport(str(u.url), token, timeout, settings.buffer.zstd_level, link)
 
     def _readings(self) -> Readings:
         """What the built-in alert checks read, as typed callables into the components."""
-        store, uploader, supervisor = self.store, self.uploader, self.supervisor
+        store, uploader, supervisor, link = self.store, self.uploader, self.supervisor, self.link
         return Readings(
             buffer_bytes=lambda: store.totals.bytes,
             budget_bytes=store.budget_bytes,
@@ -150,6 +153,11 @@ class Agent:
             upload_error=lambda: uploader.last_error if uploader is not None else None,
             clock_skew=lambda: uploader.clock_skew if uploader is not None else 0.0,
             inference_crash_loop=(lambda: supervisor.in_crash_loop) if supervisor is not None else None,
+            uplink_budget=(
+                (lambda: (link.budget.used(link.now()), uploader is not None and uploader.blocked == "budget"))
+                if link.budget.limited
+                else None
+            ),
         )
 
     def _crash_loop(self, _event: CrashLoop) -> None:
@@ -180,6 +188,8 @@ class Agent:
     async def _start(self, life: Lifecycle) -> None:
         s = self.settings
         await life.enter("buffer", self.store)
+        # What the link spent so far in this day and month (kept across restarts and power cuts).
+        self.link.persist(await self.store.call(self.store.usage), self._save_usage)
         self.metrics.buffer.watch_buffer(lambda: self.store.totals, self.store.budget_bytes, self._clock)
         self.metrics.buffer.watch_disk(self.store.path.parent, self.store.min_free_bytes)
         self.metrics.info.info({"version": __version__, "device": s.device_id, "buffer_id": self.store.buffer_id})
@@ -236,6 +246,10 @@ class Agent:
     async def _maintain(self) -> None:
         await self._expire()
         await self._compact()
+        await self.link.flush()  # e.g. the proxy's escalated bytes
+
+    async def _save_usage(self, rows: list[tuple[str, str, int, int]]) -> None:
+        await self.store.call(self.store.add_usage, rows)
 
     async def _expire(self) -> None:
         cutoff = int((self._clock() - self.settings.buffer.max_age.total_seconds()) * 1000)
@@ -286,7 +300,8 @@ class Agent:
         if dead:
             detail["dead"] = dead
         if self.uploader is not None:
-            detail["uplink"] = {"last_error": self.uploader.last_error}
+            link = self.link.report(self.uploader.blocked or ("cap" if self.link.throttling else None))
+            detail["uplink"] = {"last_error": self.uploader.last_error, **link}
         if self.supervisor is not None:
             detail["inference"] = self.supervisor.describe()
         failing = self.sources.scrape_errors()

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
 from backhaul.errors import PeerError
-from backhaul.http import HttpClient, Reply
+from backhaul.http import HttpClient, LinkHooks, Reply
 from backhaul.retry import Verdict, verdict
 from backhaul.wire import remote_write as rw
 from backhaul.wire.chunk import Codec
@@ -112,6 +112,7 @@ class RemoteWriteSender:
         device_label: label naming the device added to every series (an existing one becomes
             ``exported_<label>``), or "" to send the series as they are.
         max_samples_per_request: at most this many samples per request.
+        link: the metered link the requests go over (the agent's uplink), None for none.
     """
 
     def __init__(
@@ -123,9 +124,10 @@ class RemoteWriteSender:
         headers: Mapping[str, str] | None = None,
         device_label: str = "device_id",
         max_samples_per_request: int = 2000,
+        link: LinkHooks | None = None,
     ) -> None:
         self.url = url
-        self.client = HttpClient(timeout, user_agent, token, {**(headers or {}), **PROTOCOL_HEADERS})
+        self.client = HttpClient(timeout, user_agent, token, {**(headers or {}), **PROTOCOL_HEADERS}, link)
         self.device_label = device_label
         self.max_samples = max_samples_per_request
         self._relabelled: dict[tuple[Labels, str], Labels] = {}  # (labels, device) -> labels as sent

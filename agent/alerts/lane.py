@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 
+from agent.alerts.budget import AlertBudget
 from agent.alerts.builtin import BuiltinChecks, Readings
 from agent.alerts.channels import Channel
 from agent.alerts.metrics import AlertMetrics
@@ -57,6 +58,7 @@ class AlertLane:
         long_form: where the long form of a rule's alert goes (the bulk buffer), or None: a
             ``backhaul_alert`` sample with the series' labels plus ``alertname``, ``alertstate``,
             ``severity`` and ``alert_fingerprint``, valued as the message.
+        budget: the lane's own byte budget (alerts.daily_bytes), charged by the channels; None: none.
     """
 
     def __init__(
@@ -70,7 +72,9 @@ class AlertLane:
         metrics: AlertMetrics,
         clock: Callable[[], float] = time.time,
         long_form: Callable[[SeriesMap], Awaitable[None]] | None = None,
+        budget: AlertBudget | None = None,
     ) -> None:
+        self.budget = budget
         self.settings = settings
         self._long_form = long_form
         self._device = device_id
@@ -88,7 +92,12 @@ class AlertLane:
         )
         self.tracker = Tracker(int(settings.repeat_interval.total_seconds() * 1000))
         self.sender = AlertSender(
-            self.queue, channels, metrics, settings.backoff_min.total_seconds(), settings.backoff_max.total_seconds()
+            self.queue,
+            channels,
+            metrics,
+            settings.backoff_min.total_seconds(),
+            settings.backoff_max.total_seconds(),
+            budget=budget,
         )
         self.start: StartInfo | None = None
         self._builtin: BuiltinChecks | None = None
@@ -125,6 +134,8 @@ class AlertLane:
     async def _start(self) -> None:
         self.start = await self.queue.call(self.queue.open)
         self._open = True
+        if self.budget is not None:
+            self.budget.load(*await self.queue.call(self.queue.spent))
         self._builtin = BuiltinChecks(self.settings.builtin, self._readings, self.start, self._clock)
         restored = await self.queue.call(self.queue.firing)
         now_ms = int(self._clock() * 1000)
@@ -155,11 +166,15 @@ class AlertLane:
         return dict(self._tasks.dead)
 
     def health(self) -> dict[str, object]:
-        return {
+        found: dict[str, object] = {
             "queued": self.queue.length,
             "active": sorted({name for name, _ in self.tracker.states()}),
             "last_error": self.sender.last_error,
         }
+        if self.budget is not None:
+            found["spent_today"] = self.budget.spent()
+            found["daily_bytes"] = self.budget.daily
+        return found
 
     def request_evaluation(self) -> None:
         """Something a built-in check reads just changed (e.g. the inference server entered a crash

@@ -23,12 +23,22 @@ class Totals:
 
 @dataclass
 class Batch:
-    """Chunks sealed under one sequence number; re-sent unchanged until acknowledged."""
+    """Chunks sealed under one sequence number; re-sent unchanged until acknowledged.
+
+    ``max_ts`` is its newest sample's timestamp (ms, 0 when empty); ``summary_ms`` is 0 for full data,
+    else the interval of a summary batch (one real sample per series per interval).
+    """
 
     seq: int
     sealed_ms: int
     samples: int
     chunks: list[bytes] = field(default_factory=list)
+    max_ts: int = 0
+    summary_ms: int = 0
+
+
+# Bytes a link spent in one budget period: (link, period "day" or "month", the period's key, bytes).
+UsageRow = tuple[str, str, int, int]
 
 
 @dataclass

@@ -21,7 +21,7 @@ from dataclasses import replace
 
 from backhaul import __version__
 from backhaul.errors import PeerError
-from backhaul.http import Reply
+from backhaul.http import LinkHooks, Reply
 from backhaul.remote_write_sender import Outbox, RemoteWriteSender, Request, chunk_series
 from backhaul.retry import Verdict
 from backhaul.wire.batch import BatchHeader
@@ -40,6 +40,7 @@ class RemoteWriteTransport:
         device_id: this device, added to every series as ``device_label`` (unless that is "").
         device_label: label name, "device_id" by default, as the collector would add it.
         max_samples_per_request: split a batch into requests of at most this many samples.
+        link: the metered link the requests go over, None for none.
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class RemoteWriteTransport:
         device_id: str,
         device_label: str = "device_id",
         max_samples_per_request: int = 2000,
+        link: LinkHooks | None = None,
     ) -> None:
         self._sender = RemoteWriteSender(
             url,
@@ -58,6 +60,7 @@ class RemoteWriteTransport:
             token,
             device_label=device_label,
             max_samples_per_request=max_samples_per_request,
+            link=link,
         )
         self._device_id = device_id
         # The batch being sent (by (buffer_id, seq)), its requests and how many were acknowledged:

@@ -1,0 +1,197 @@
+"""What to send next, and when: the drain policy of one link (docs/uplink.md).
+
+The uploader asks :meth:`DrainPolicy.next` before every batch and does what the :class:`Step` says;
+the policy itself never waits or touches the network, so ``bench/metered.py`` runs the very same
+decisions on a simulated clock. The rules:
+
+- **Blocked**: outside every window, or with the budget spent, nothing bulk goes (alerts have a lane
+  of their own); the uploader waits until the window opens or the budget renews.
+- **Cap**: a batch should take no longer than about ``PACE_SECONDS`` (or ``batch_interval``, if longer)
+  to send at the capped rate, so live data never waits long behind a backlog batch on a slow link.
+- **Budget**: a batch never needs more than the budget has left (its chunks are split to fit), so the
+  link stops *at* the budget, not one batch past it.
+- **Fresh first** (``drain_order``): batches take the newest data first; after any gap (an outage, a
+  closed window, a spent budget) the first batch holds only the latest ``fresh_window``, so current
+  data reaches the collector within seconds of the link returning, then live data keeps going ahead
+  of the backlog, which fills in newest to oldest.
+- **Short** (``when_short = "summarise"``): when the budget left cannot carry the full data (what waits
+  plus what arrives at the current rate) until it renews, summary batches go first — each series'
+  real sample at the end of every ``summary_interval`` — and full data only with what the budget
+  leaves beyond what summaries will need until the renewal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.uplink.link import MIN_BATCH, Link
+from agent.uplink.settings import UplinkSettings
+
+PACE_SECONDS = 5.0
+MIN_PACED_BYTES = 8 * 1024
+# Time constant of the rate estimates (seconds).
+RATE_WINDOW = 600.0
+# Wire bytes per sample assumed before any batch was acknowledged.
+DEFAULT_BYTES_PER_SAMPLE = 2.0
+
+
+@dataclass
+class Backlog:
+    """What the buffer holds, as the policy sees it.
+
+    Args:
+        sealed_bytes: the sealed, unacknowledged batch's bytes (None when there is none).
+        unclaimed_bytes, unclaimed_samples: chunks not in a batch yet.
+        samples_seen: samples that ever entered the buffer (for the arrival rate), by any count that
+            only grows.
+    """
+
+    sealed_bytes: int | None
+    unclaimed_bytes: int
+    unclaimed_samples: int
+    samples_seen: int
+
+
+@dataclass
+class Step:
+    """What the uploader does next.
+
+    ``kind`` "wait": nothing may go for ``seconds`` (``reason`` "window" or "budget"). "send": try a
+    summary batch first when ``summary``, then (``full``) claim full data with ``max_bytes``,
+    ``newest_first``, ``since_ms`` and ``strict`` (see :meth:`~agent.buffer.batches.Batches.claim`).
+    """
+
+    kind: str
+    seconds: float = 0.0
+    reason: str | None = None
+    summary: bool = False
+    full: bool = True
+    max_bytes: int = 0
+    newest_first: bool = False
+    since_ms: int | None = None
+    strict: bool = False
+
+
+class Ewma:
+    """An exponentially weighted rate (per second) of a growing count, over ``window`` seconds."""
+
+    def __init__(self, window: float = RATE_WINDOW) -> None:
+        self.window = window
+        self.rate: float | None = None
+        self._last: tuple[float, float] | None = None
+
+    def observe(self, now: float, total: float) -> None:
+        if self._last is None:
+            self._last = (now, total)
+            return
+        then, before = self._last
+        dt = now - then
+        if dt < 1.0:
+            return
+        rate = max(0.0, total - before) / dt
+        weight = min(1.0, dt / self.window)
+        self.rate = rate if self.rate is None else self.rate + weight * (rate - self.rate)
+        self._last = (now, total)
+
+
+class DrainPolicy:
+    """Args: the ``[uplink]`` settings and the link they describe."""
+
+    def __init__(self, settings: UplinkSettings, link: Link) -> None:
+        self.settings = settings
+        self.link = link
+        self.gap = True  # at start a backlog may wait: the fresh window goes first
+        self.arrivals = Ewma()
+        self.summary_spend = Ewma()  # bytes per second spent on summaries
+        self._summary_total = 0.0
+        self.bytes_per_sample: float | None = None
+        self.short = False
+
+    # -- what happened -------------------------------------------------------------------------------
+
+    def sent(self, now: float, samples: int, wire_bytes: int, summary: bool) -> None:
+        """A batch was acknowledged."""
+        if summary:
+            self._summary_total += wire_bytes
+            self.summary_spend.observe(now, self._summary_total)
+            return
+        self.gap = False
+        if samples >= 1000 and wire_bytes:
+            bps = wire_bytes / samples
+            self.bytes_per_sample = bps if self.bytes_per_sample is None else 0.8 * self.bytes_per_sample + 0.2 * bps
+        self.summary_spend.observe(now, self._summary_total)
+
+    def interrupted(self) -> None:
+        """An upload failed, or the link was blocked: the next batch starts after a gap."""
+        self.gap = True
+
+    # -- what to do ----------------------------------------------------------------------------------
+
+    def _pace_bytes(self) -> int:
+        limit = int(self.settings.batch_max_bytes)
+        cap = self.link.cap
+        if cap is None:
+            return limit
+        seconds = max(PACE_SECONDS, self.settings.batch_interval.total_seconds())
+        return max(MIN_PACED_BYTES, min(limit, int(cap.rate * seconds)))
+
+    def _bps(self, backlog: Backlog) -> float:
+        if self.bytes_per_sample is not None:
+            return self.bytes_per_sample
+        if backlog.unclaimed_samples:
+            return max(0.1, backlog.unclaimed_bytes / backlog.unclaimed_samples)
+        return DEFAULT_BYTES_PER_SAMPLE
+
+    def _shortfall(self, now: float, backlog: Backlog) -> tuple[bool, float]:
+        """Whether a budget cannot carry the full data until it renews; and the bytes summaries will
+        need until then."""
+        budget = self.link.budget
+        if not budget.limited:
+            return False, 0.0
+        bps = self._bps(backlog)
+        rate = (self.arrivals.rate or 0.0) * bps
+        short = False
+        reserve = 0.0
+        for kind, limit in budget.limits.items():
+            if not limit:
+                continue
+            seconds = max(0.0, budget.periods.period(kind, now).end - now)
+            left = limit - budget.spent(kind, now)
+            if left < backlog.unclaimed_samples * bps + rate * seconds:
+                short = True
+                spend = self.summary_spend.rate if self.summary_spend.rate is not None else 0.15 * rate
+                reserve = max(reserve, spend * seconds)
+        return short, reserve
+
+    def next(self, now: float, backlog: Backlog) -> Step:
+        """The next step, given the clock and what the buffer holds."""
+        self.arrivals.observe(now, backlog.samples_seen)
+        link = self.link
+        if backlog.sealed_bytes is not None:
+            need = backlog.sealed_bytes
+        else:
+            need = min(MIN_BATCH, backlog.unclaimed_bytes)
+        reason = link.blocked(need)
+        if reason is not None:
+            self.gap = True
+            return Step("wait", link.lifts_in(reason), reason)
+        if backlog.sealed_bytes is not None:
+            return Step("send")  # the sealed batch goes first, unchanged
+        s = self.settings
+        newest = s.drain_order == "fresh_first"
+        step = Step("send", max_bytes=self._pace_bytes(), newest_first=newest)
+        if newest and self.gap:
+            step.since_ms = int((now - s.fresh_window.total_seconds()) * 1000)
+        affordable = link.affordable()
+        self.short = False
+        if s.when_short == "summarise":
+            self.short, reserve = self._shortfall(now, backlog)
+            if self.short:
+                step.summary = True
+                if affordable is not None:
+                    affordable = int(affordable - reserve)
+        if affordable is not None and affordable < step.max_bytes:
+            step.max_bytes = max(0, affordable)
+            step.strict = True
+            step.full = step.max_bytes >= min(MIN_BATCH, backlog.unclaimed_bytes or MIN_BATCH)
+        return step
