@@ -51,6 +51,10 @@ _MIGRATIONS = [
     CREATE TABLE series_tables (device TEXT NOT NULL, digest TEXT NOT NULL, data BYTEA NOT NULL,
         stored_ms BIGINT NOT NULL, PRIMARY KEY (device, digest));
     """,
+    # The agent's link as its last batch reported it, as in the embedded store's migration 7.
+    """
+    ALTER TABLE devices ADD COLUMN uplink TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 

@@ -90,4 +90,10 @@ def _v6(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6]
+def _v7(db: sqlite_utils.Database) -> None:
+    # The agent's link as its last batch reported it (budgets, bytes spent, windows, why uploads were
+    # held), JSON, for the fleet page (docs/uplink.md).
+    db.execute("ALTER TABLE devices ADD COLUMN uplink TEXT NOT NULL DEFAULT ''")
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
