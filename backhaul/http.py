@@ -18,6 +18,7 @@ failed attempt is counted as far as it got, since those bytes were paid for too.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace, TracebackType
@@ -135,8 +136,10 @@ class HttpClient:
         for start in range(0, len(body), SLICE):
             piece = body[start : start + SLICE]
             await link.take(len(piece))
-            self._count(len(piece))
             yield piece
+            # Counted once aiohttp wrote it to a live connection (a dead one raises at the yield).
+            self._count(len(piece))
+            await asyncio.sleep(0)  # let a reset from the peer be seen before the next slice
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str] | None = None) -> Reply:
         """POST ``body`` to ``url`` (``headers`` on top of the client's); any answer is a Reply."""

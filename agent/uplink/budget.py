@@ -62,20 +62,20 @@ class Budget:
             self._add(nbytes, now)
 
     def reserve(self, nbytes: int, now: float) -> list[UsageRow]:
-        """Hold ``nbytes`` for a request about to start; returns the rows to save before it starts."""
-        held = self._add(nbytes, now)
-        self._reserved.extend(held)
-        rows = [(self.link, kind, key, n) for kind, key, n in held]
-        for kind, key, n in held:  # saved by the caller, now
-            self._unsaved[(kind, key)] -= n
+        """Hold ``nbytes`` for a request about to start; returns the rows to save before it starts.
+
+        Held bytes count against what is left (:meth:`remaining`) but not as spent; once the request
+        is over (:meth:`release`) what it really took is what stays."""
+        rows = []
+        for kind in KINDS:
+            key = max(self.periods.period(kind, now).key, self._spent.get(kind, (0, 0))[0])
+            self._reserved.append((kind, key, nbytes))  # saved by the caller now; undone at release
+            rows.append((self.link, kind, key, nbytes))
         return rows
 
     def release(self) -> None:
         """The request is over: its reservation gives way to what was counted while it ran."""
         for kind, key, nbytes in self._reserved:
-            held_key, held = self._spent.get(kind, (key, 0))
-            if held_key == key:
-                self._spent[kind] = (held_key, held - nbytes)
             self._unsaved[(kind, key)] -= nbytes
         self._reserved.clear()
 
@@ -91,13 +91,19 @@ class Budget:
             self._unsaved[(kind, key)] += nbytes
 
     def spent(self, kind: str, now: float) -> int:
+        """Bytes counted in the current period of ``kind`` (a reservation held is not spent)."""
         key = self.periods.period(kind, now).key
         held_key, held = self._spent.get(kind, (0, 0))
         return held if held_key >= key else 0
 
+    def _held(self, kind: str, now: float) -> int:
+        key = self.periods.period(kind, now).key
+        return sum(n for k, held_key, n in self._reserved if k == kind and held_key >= key)
+
     def remaining(self, now: float) -> int | None:
-        """Bytes left before a budget is spent (the tighter of the two); None when there is no budget."""
-        left = [limit - self.spent(kind, now) for kind, limit in self.limits.items() if limit]
+        """Bytes left before a budget is spent (the tighter of the two), reservations held counted as
+        gone; None when there is no budget."""
+        left = [limit - self.spent(k, now) - self._held(k, now) for k, limit in self.limits.items() if limit]
         return min(left) if left else None
 
     def renews(self, now: float) -> float | None:

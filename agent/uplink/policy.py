@@ -31,6 +31,8 @@ PACE_SECONDS = 5.0
 MIN_PACED_BYTES = 8 * 1024
 # Time constant of the rate estimates (seconds).
 RATE_WINDOW = 600.0
+# Held back from a budget-limited batch for its envelope (the JSON header, chunk sizes, link report).
+BATCH_HEADER = 2048
 # Wire bytes per sample assumed before any batch was acknowledged.
 DEFAULT_BYTES_PER_SAMPLE = 2.0
 
@@ -190,6 +192,8 @@ class DrainPolicy:
                 step.summary = True
                 if affordable is not None:
                     affordable = int(affordable - reserve)
+        if affordable is not None:
+            affordable -= BATCH_HEADER  # the batch's own header travels in the body too
         if affordable is not None and affordable < step.max_bytes:
             step.max_bytes = max(0, affordable)
             step.strict = True

@@ -156,6 +156,8 @@ class Uploader:
             if step.summary and not step.full:  # only summaries fit: the next one at the next interval
                 interval = self._settings.summary_interval.total_seconds()
                 return self._hold("budget", interval - self._clock() % interval + 1)
+            if step.strict and unclaimed_bytes:  # data waits, but no part of it fits what the budget has left
+                return self._hold("budget", self.link.lifts_in("budget"))
             return 0.0
         return await self._deliver(batch)
 
