@@ -92,8 +92,6 @@ class Uploader:
         self._reported_block = ""  # the last block, told to the collector with the next batch
         self.newest_acked_ms = 0  # the newest sample timestamp the collector acknowledged
         self._acked_samples = 0
-        # The batch this process sealed, and the bytes its attempts put on the wire so far.
-        self._sealed_here: dict[int, int] = {}
         metrics.watch_link(self.link, lambda: self.blocked, lambda: self.newest_acked_ms)
 
     def notify_data(self) -> None:
@@ -179,9 +177,6 @@ class Uploader:
         )
         if batch is None and step.since_ms is not None:  # nothing that fresh: the newest there is
             batch = await store.call(store.claim, limit, now_ms, report_losses, step.newest_first, None, step.strict)
-        if batch is not None and batch.sealed_ms == now_ms and batch.seq not in self._sealed_here:
-            # Sealed just now (claim stamps a new batch with the time it was given), by this process.
-            self._sealed_here = {batch.seq: 0}
         return batch
 
     def _header(self, batch: Batch, counters: dict[str, int]) -> BatchHeader:
@@ -215,7 +210,6 @@ class Uploader:
         try:
             reply = await self._transport.send(header, batch.chunks)
         except PeerError as exc:
-            await self._unseal_if_unsent(batch, self.link.wire_bytes - wire_before)
             if exc.kind == "blocked":  # the link refused it before a byte went: not a failure
                 return self._hold(exc.detail, self.link.lifts_in(exc.detail))
             await self.link.flush()
@@ -230,19 +224,6 @@ class Uploader:
             return 0.0
         await self.link.flush()
         return await self._refused(batch, reply)
-
-    async def _unseal_if_unsent(self, batch: Batch, wire: int) -> None:
-        """Fresh first: a batch this process sealed and never put a byte of on the wire (the link was
-        down, or held it) is unsealed, so that the newest data goes first when the link returns
-        rather than what was newest when it went. One that may have reached the collector, or was
-        sealed before a restart, is re-sent unchanged, as always; so is a summary."""
-        sent = self._sealed_here.get(batch.seq)
-        if sent is None or batch.summary_ms or self._settings.drain_order != "fresh_first":
-            return
-        self._sealed_here[batch.seq] = sent + wire
-        if sent + wire == 0:
-            await self._store.call(self._store.release, batch.seq)
-            del self._sealed_here[batch.seq]
 
     async def _acknowledged(self, batch: Batch, reply: Reply, reported_loss: int, wire: int) -> None:
         usage = self.link.budget.unsaved()

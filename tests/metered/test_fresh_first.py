@@ -86,9 +86,17 @@ def test_after_an_outage_the_newest_data_arrives_first_and_everything_once(rig: 
     for p in proxies:
         p.set_down(True)
 
-    # ten minutes of scrapes while the collector cannot be reached, then live scrapes go on
+    # ten minutes of scrapes while the collector cannot be reached, then live scrapes go on. The
+    # first is the batch in flight when the link went: it is re-sent unchanged (under its sequence
+    # number) when the link returns, as a batch always is; the newest data goes next.
     now_ms = int(time.time() * 1000) // STEP_MS * STEP_MS + STEP_MS
     history = list(range(now_ms - 600_000, now_ms, STEP_MS))
+    first = scrape(history[0], rng)
+    for agent in (fresh, oldest):
+        push_all(agent.url, iter([first]))
+        wait_until(lambda a=agent: a.metric("backhaul_uplink_batches_total", 'outcome="failed"') >= 1, 20,
+                   "the batch in flight failing")  # fmt: skip
+    history = history[1:]
     scrapes = [scrape(ts, rng) for ts in history]
     for agent in (fresh, oldest):
         push_all(agent.url, iter(scrapes), together=12)
@@ -101,7 +109,7 @@ def test_after_an_outage_the_newest_data_arrives_first_and_everything_once(rig: 
         back_ms = int(back * 1000)
         for p in proxies:
             p.set_down(False)
-        acked = [*history, *live.acked]
+        acked = [now_ms - 600_000, *history, *live.acked]
 
         wait_until(lambda: has_window(rig.collector.url, "dev-1", back_ms - 30_000, back_ms, acked), 30,
                    "the last 30 s before the link came back, fresh first", interval=0.25)  # fmt: skip
@@ -124,7 +132,7 @@ def test_after_an_outage_the_newest_data_arrives_first_and_everything_once(rig: 
     finally:
         live.stop.set()
         live.join(15)
-    acked = [before_ms, *history, *live.acked]
+    acked = [before_ms, now_ms - 600_000, *history, *live.acked]
     for device, agent in (("dev-1", fresh), ("dev-2", oldest)):
         wait_until(lambda a=agent: a.health()["buffer"]["samples"] == 0, 60, f"{device}'s last batches")
         found = stamps_at(rig.collector.url, device)
