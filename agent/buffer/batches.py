@@ -134,11 +134,26 @@ class Batches(Summaries):
 
     def _load_batch(self, seq: int, sealed_ms: int, samples: int, summary_ms: int) -> Batch:
         if summary_ms:
-            (blob, max_ts) = self.conn.execute("SELECT data, max_ts FROM summaries WHERE seq = ?", (seq,)).fetchone()
-            return Batch(seq, sealed_ms, samples, [blob], max_ts, summary_ms)
-        blobs = self.conn.execute("SELECT data, max_ts FROM chunks WHERE batch_seq = ? ORDER BY id", (seq,)).fetchall()
-        newest = max((m for _, m in blobs), default=0)
-        return Batch(seq=seq, sealed_ms=sealed_ms, samples=samples, chunks=[b for b, _ in blobs], max_ts=newest)
+            query = "SELECT data, min_ts, max_ts FROM summaries WHERE seq = ?"
+            (blob, lo, hi) = self.conn.execute(query, (seq,)).fetchone()
+            return Batch(seq, sealed_ms, samples, [blob], hi, summary_ms, lo)
+        rows = self.conn.execute(
+            "SELECT data, min_ts, max_ts FROM chunks WHERE batch_seq = ? ORDER BY id", (seq,)
+        ).fetchall()
+        lo = min((r[1] for r in rows), default=0)
+        hi = max((r[2] for r in rows), default=0)
+        return Batch(seq, sealed_ms, samples, [r[0] for r in rows], hi, 0, lo)
+
+    def recent(self, since_ms: int) -> tuple[float, int]:
+        """Samples stamped at or after ``since_ms`` (chunks counted by the share of their time span
+        past it), and the most series one of those chunks holds."""
+        rows = self.conn.execute(
+            "SELECT min_ts, max_ts, samples, series FROM chunks WHERE max_ts >= ?", (since_ms,)
+        ).fetchall()
+        total = 0.0
+        for lo, hi, samples, _ in rows:
+            total += samples if lo >= since_ms or hi == lo else samples * (hi - since_ms) / (hi - lo)
+        return total, max((r[3] for r in rows), default=0)
 
     def oldest_unclaimed_ms(self) -> int | None:
         """When the oldest chunk not yet in a batch was written (agent clock, ms), if any."""

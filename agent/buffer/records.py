@@ -25,8 +25,9 @@ class Totals:
 class Batch:
     """Chunks sealed under one sequence number; re-sent unchanged until acknowledged.
 
-    ``max_ts`` is its newest sample's timestamp (ms, 0 when empty); ``summary_ms`` is 0 for full data,
-    else the interval of a summary batch (one real sample per series per interval).
+    ``min_ts`` and ``max_ts`` are its oldest and newest samples' timestamps (ms, 0 when empty);
+    ``summary_ms`` is 0 for full data, else the interval of a summary batch (one real sample per
+    series per interval).
     """
 
     seq: int
@@ -35,6 +36,7 @@ class Batch:
     chunks: list[bytes] = field(default_factory=list)
     max_ts: int = 0
     summary_ms: int = 0
+    min_ts: int = 0
 
 
 # Bytes a link spent in one budget period: (link, period "day" or "month", the period's key, bytes).

@@ -193,4 +193,4 @@ class Summaries(Compaction):
                 "INSERT INTO batches (seq, sealed_ms, samples, summary_ms) VALUES (?, ?, ?, ?)",
                 (seq, now_ms, samples, interval_ms),
             )
-        return Batch(seq, now_ms, samples, [blob], hi_ts, interval_ms)
+        return Batch(seq, now_ms, samples, [blob], hi_ts, interval_ms, lo_ts)

@@ -22,6 +22,7 @@ decisions on a simulated clock. The rules:
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from agent.uplink.link import MIN_BATCH, Link
@@ -29,12 +30,15 @@ from agent.uplink.settings import UplinkSettings
 
 PACE_SECONDS = 5.0
 MIN_PACED_BYTES = 8 * 1024
-# Time constant of the rate estimates (seconds).
-RATE_WINDOW = 600.0
 # Held back from a budget-limited batch for its envelope (the JSON header, chunk sizes, link report).
 BATCH_HEADER = 2048
 # Wire bytes per sample assumed before any batch was acknowledged.
 DEFAULT_BYTES_PER_SAMPLE = 2.0
+# The rate data is produced at is measured over the samples stamped in this last stretch (ms), so
+# that a backfill of old data (a Prometheus catching up) does not read as a flood of new data.
+RATE_WINDOW_MS = 600_000
+# A summary's samples are sparse, so each costs more than a full batch's; assumed this many times.
+SUMMARY_COST = 2.0
 
 
 @dataclass
@@ -44,14 +48,15 @@ class Backlog:
     Args:
         sealed_bytes: the sealed, unacknowledged batch's bytes (None when there is none).
         unclaimed_bytes, unclaimed_samples: chunks not in a batch yet.
-        samples_seen: samples that ever entered the buffer (for the arrival rate), by any count that
-            only grows.
+        recent_samples: samples in the buffer stamped within the last ``RATE_WINDOW_MS``.
+        series: the most series a recent chunk holds (how many samples one summary interval takes).
     """
 
     sealed_bytes: int | None
     unclaimed_bytes: int
     unclaimed_samples: int
-    samples_seen: int
+    recent_samples: float = 0.0
+    series: int = 0
 
 
 @dataclass
@@ -74,26 +79,13 @@ class Step:
     strict: bool = False
 
 
-class Ewma:
-    """An exponentially weighted rate (per second) of a growing count, over ``window`` seconds."""
-
-    def __init__(self, window: float = RATE_WINDOW) -> None:
-        self.window = window
-        self.rate: float | None = None
-        self._last: tuple[float, float] | None = None
-
-    def observe(self, now: float, total: float) -> None:
-        if self._last is None:
-            self._last = (now, total)
-            return
-        then, before = self._last
-        dt = now - then
-        if dt < 1.0:
-            return
-        rate = max(0.0, total - before) / dt
-        weight = min(1.0, dt / self.window)
-        self.rate = rate if self.rate is None else self.rate + weight * (rate - self.rate)
-        self._last = (now, total)
+def overlap(lo: int, hi: int, samples: int, since_ms: int) -> float:
+    """The share of ``samples``, spread evenly over ``[lo, hi]`` (ms), stamped at or after ``since_ms``."""
+    if hi < since_ms:
+        return 0.0
+    if lo >= since_ms or hi == lo:
+        return float(samples)
+    return samples * (hi - since_ms) / (hi - lo)
 
 
 class DrainPolicy:
@@ -103,29 +95,36 @@ class DrainPolicy:
         self.settings = settings
         self.link = link
         self.gap = True  # at start a backlog may wait: the fresh window goes first
-        self.arrivals = Ewma()
-        self.summary_spend = Ewma()  # bytes per second spent on summaries
-        self._summary_total = 0.0
         self.bytes_per_sample: float | None = None
         self.short = False
+        # Acknowledged full batches stamped within the rate window: (oldest, newest sample ms, samples).
+        self._sent: deque[tuple[int, int, int]] = deque()
 
     # -- what happened -------------------------------------------------------------------------------
 
-    def sent(self, now: float, samples: int, wire_bytes: int, summary: bool) -> None:
-        """A batch was acknowledged."""
+    def sent(self, samples: int, wire_bytes: int, summary: bool, span: tuple[int, int]) -> None:
+        """A batch was acknowledged: ``samples`` stamped over ``span`` (ms), ``wire_bytes`` spent."""
         if summary:
-            self._summary_total += wire_bytes
-            self.summary_spend.observe(now, self._summary_total)
             return
         self.gap = False
+        if samples:
+            self._sent.append((span[0], span[1], samples))
         if samples >= 1000 and wire_bytes:
             bps = wire_bytes / samples
             self.bytes_per_sample = bps if self.bytes_per_sample is None else 0.8 * self.bytes_per_sample + 0.2 * bps
-        self.summary_spend.observe(now, self._summary_total)
 
     def interrupted(self) -> None:
         """An upload failed, or the link was blocked: the next batch starts after a gap."""
         self.gap = True
+
+    def production(self, now: float, backlog: Backlog) -> float:
+        """Samples per second the device produces now: those stamped within the rate window, still
+        buffered or already acknowledged, over the window."""
+        since = int(now * 1000) - RATE_WINDOW_MS
+        while self._sent and self._sent[0][1] < since:
+            self._sent.popleft()
+        sent = sum(overlap(lo, hi, n, since) for lo, hi, n in self._sent)
+        return (backlog.recent_samples + sent) / (RATE_WINDOW_MS / 1000)
 
     # -- what to do ----------------------------------------------------------------------------------
 
@@ -145,13 +144,15 @@ class DrainPolicy:
         return DEFAULT_BYTES_PER_SAMPLE
 
     def _shortfall(self, now: float, backlog: Backlog) -> tuple[bool, float]:
-        """Whether a budget cannot carry the full data until it renews; and the bytes summaries will
-        need until then."""
+        """Whether a budget cannot carry the full data (what waits, and what arrives at the current
+        rate) until it renews; and the bytes summaries will need until then."""
         budget = self.link.budget
         if not budget.limited:
             return False, 0.0
         bps = self._bps(backlog)
-        rate = (self.arrivals.rate or 0.0) * bps
+        rate = self.production(now, backlog)
+        # One sample per series per interval, and never more than there are.
+        summary_rate = min(rate, backlog.series / self.settings.summary_interval.total_seconds())
         short = False
         reserve = 0.0
         for kind, limit in budget.limits.items():
@@ -159,15 +160,13 @@ class DrainPolicy:
                 continue
             seconds = max(0.0, budget.periods.period(kind, now).end - now)
             left = limit - budget.spent(kind, now)
-            if left < backlog.unclaimed_samples * bps + rate * seconds:
+            if left < (backlog.unclaimed_samples + rate * seconds) * bps:
                 short = True
-                spend = self.summary_spend.rate if self.summary_spend.rate is not None else 0.15 * rate
-                reserve = max(reserve, spend * seconds)
+                reserve = max(reserve, summary_rate * seconds * bps * SUMMARY_COST)
         return short, reserve
 
     def next(self, now: float, backlog: Backlog) -> Step:
         """The next step, given the clock and what the buffer holds."""
-        self.arrivals.observe(now, backlog.samples_seen)
         link = self.link
         if backlog.sealed_bytes is not None:
             need = backlog.sealed_bytes
@@ -194,8 +193,8 @@ class DrainPolicy:
                     affordable = int(affordable - reserve)
         if affordable is not None:
             affordable -= BATCH_HEADER  # the batch's own header travels in the body too
-        if affordable is not None and affordable < step.max_bytes:
-            step.max_bytes = max(0, affordable)
-            step.strict = True
-            step.full = step.max_bytes >= min(MIN_BATCH, backlog.unclaimed_bytes or MIN_BATCH)
+            if affordable < step.max_bytes:
+                step.max_bytes = max(0, affordable)
+                step.strict = True
+                step.full = step.max_bytes >= min(MIN_BATCH, backlog.unclaimed_bytes or MIN_BATCH)
         return step

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from agent.buffer.store import LOSS_KEYS, Batch, BufferStore
 from agent.uplink.link import Link
 from agent.uplink.metrics import UplinkMetrics
-from agent.uplink.policy import Backlog, DrainPolicy, Step
+from agent.uplink.policy import RATE_WINDOW_MS, Backlog, DrainPolicy, Step
 from agent.uplink.settings import UplinkSettings
 from agent.uplink.transport import Transport
 from backhaul import __version__
@@ -91,7 +91,6 @@ class Uploader:
         self.blocked: str | None = None
         self._reported_block = ""  # the last block, told to the collector with the next batch
         self.newest_acked_ms = 0  # the newest sample timestamp the collector acknowledged
-        self._acked_samples = 0
         metrics.watch_link(self.link, lambda: self.blocked, lambda: self.newest_acked_ms)
 
     def notify_data(self) -> None:
@@ -141,10 +140,11 @@ class Uploader:
     async def _once(self) -> float:
         """One step of the policy: returns how long to wait before the next."""
         store = self._store
+        now = self._clock()
         unclaimed_bytes, unclaimed_samples, _ = await store.call(store.unclaimed)
         sealed = await store.call(store.sealed_bytes)
-        seen = store.totals.samples + self._acked_samples + store.evicted_samples
-        step = self.policy.next(self._clock(), Backlog(sealed, unclaimed_bytes, unclaimed_samples, seen))
+        recent, series = await store.call(store.recent, int(now * 1000) - RATE_WINDOW_MS)
+        step = self.policy.next(now, Backlog(sealed, unclaimed_bytes, unclaimed_samples, recent, series))
         if step.kind == "wait":
             return self._hold(step.reason, step.seconds)
         if self.blocked is not None:
@@ -248,10 +248,8 @@ class Uploader:
         m.last_success.set(self._clock())
         if batch.summary_ms:
             m.summary_samples.inc(batch.samples)
-        else:
-            self._acked_samples += batch.samples
         self.newest_acked_ms = max(self.newest_acked_ms, batch.max_ts)
-        self.policy.sent(self._clock(), batch.samples, wire, bool(batch.summary_ms))
+        self.policy.sent(batch.samples, wire, bool(batch.summary_ms), (batch.min_ts, batch.max_ts))
         self._backoff.reset()
         self.last_error = None
         # Half a batch or more waiting, or data older than a batch window (left by an outage),

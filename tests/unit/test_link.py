@@ -118,7 +118,7 @@ def test_the_policy_holds_outside_windows_and_when_the_budget_is_spent() -> None
     clock = Clock(at("2026-12-02T00:59:30"))
     link = Link(settings(windows=["* 1 * * *"], daily_bytes=100_000), clock=clock)
     policy = DrainPolicy(link.settings, link)  # type: ignore[arg-type]
-    backlog = Backlog(None, 50_000, 10_000, 10_000)
+    backlog = Backlog(None, 50_000, 10_000)
     step = policy.next(clock(), backlog)
     assert (step.kind, step.reason, step.seconds) == ("wait", "window", 30.0)
     clock.now += 30
@@ -136,10 +136,10 @@ def test_a_capped_link_sends_batches_of_a_few_seconds_and_a_budget_never_more_th
     link = Link(settings(max_bytes_per_second=10_000, daily_bytes=1_000_000), clock=clock)
     policy = DrainPolicy(link.settings, link)  # type: ignore[arg-type]
     policy.gap = False
-    step = policy.next(clock(), Backlog(None, 5_000_000, 1_000_000, 1_000_000))
+    step = policy.next(clock(), Backlog(None, 5_000_000, 1_000_000))
     assert step.max_bytes == 100_000 and step.since_ms is None  # 10 kB/s x batch_interval (10 s)
     link.count(1_000_000 - 30_000)
-    step = policy.next(clock(), Backlog(None, 5_000_000, 1_000_000, 1_000_000))
+    step = policy.next(clock(), Backlog(None, 5_000_000, 1_000_000))
     assert step.strict and step.max_bytes == 30_000 - OVERHEAD - BATCH_HEADER
 
 
@@ -147,13 +147,17 @@ def test_summarise_when_the_budget_cannot_carry_the_data_until_it_renews() -> No
     clock = Clock(at("2026-12-02T12:00:00"))
     link = Link(settings(daily_bytes=1_000_000, when_short="summarise"), clock=clock)
     policy = DrainPolicy(link.settings, link)  # type: ignore[arg-type]
-    policy.next(clock(), Backlog(None, 0, 0, 0))
-    clock.now += 600
-    # 100 samples/s for 12 hours at ~1 byte each is ~4 MB: far beyond 1 MB
-    step = policy.next(clock(), Backlog(None, 60_000, 60_000, 60_000))
+    # 60,000 samples stamped in the last ten minutes: 100 a second, ~4 MB by midnight at ~1 byte each
+    live = Backlog(None, 60_000, 60_000, recent_samples=60_000, series=500)
+    step = policy.next(clock(), live)
     assert policy.short and step.summary
+    # summaries will need 500 series / 60 s x 12 h x 2 bytes = 720 kB: full data gets the rest
+    assert step.strict and step.max_bytes == pytest.approx(1_000_000 - OVERHEAD - 720_000 - BATCH_HEADER, abs=2)
+    # the same samples stamped hours ago (a backfill) are not a rate: the budget carries them
+    old = Backlog(None, 60_000, 60_000, recent_samples=0, series=500)
+    assert not policy.next(clock(), old).summary and not policy.short
     hold = Link(settings(daily_bytes=1_000_000), clock=clock)
-    assert not DrainPolicy(hold.settings, hold).next(clock(), Backlog(None, 60_000, 60_000, 60_000)).summary  # type: ignore[arg-type]
+    assert not DrainPolicy(hold.settings, hold).next(clock(), live).summary  # type: ignore[arg-type]
 
 
 def test_link_admits_reserves_and_refuses(tmp_path: Path) -> None:
