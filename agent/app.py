@@ -22,7 +22,6 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from agent.alerts.builtin import Readings
@@ -44,6 +43,8 @@ from agent.uplink.uploader import Uploader
 from backhaul import __version__, systemd
 from backhaul.errors import StoreError
 from backhaul.lifecycle import Jobs, Lifecycle, TaskGroup, watchdog
+from backhaul.listener import Listener, ListenerMetrics
+from backhaul.tls import ClientTls, watch
 from backhaul.wire.series import sample_count
 
 log = logging.getLogger(__name__)
@@ -82,10 +83,13 @@ class Agent:
             b.compact_target_samples,
             min_free_bytes=int(b.min_free_bytes),
         )
+        u = settings.uplink
+        # One TLS holder for everything the agent sends to its uplink (batches, alerts, remote write).
+        self.tls = ClientTls(u.ca_file, u.client_cert, u.client_key, u.server_name) if u.tls_configured else None
         # The one link bulk uploads (and escalated inference requests) go over: its cap, budgets, windows.
         self.link = Link(settings.uplink, clock=clock)
         if transport is None and settings.uplink.url is not None:
-            transport = self._transport_for(settings, self.link)
+            transport = self._transport_for(settings, self.link, self.tls)
         self._transport = transport
         self.uploader: Uploader | None = None
         if transport is not None:
@@ -112,9 +116,12 @@ class Agent:
                 self.metrics.alerts,
                 clock,
                 lambda series: self.staging.submit(series, sample_count(series), 0),
+                self.tls,
             )
         observe = self.alerts.engine.observe if self.alerts is not None else None
-        self.receiver = RemoteWriteReceiver(self.staging, settings.ingest, b, self.metrics.ingest, clock, observe)
+        self.receiver = RemoteWriteReceiver(
+            self.staging, settings.ingest, b, self.metrics.ingest, clock, observe, settings.uplink.device_label
+        )
         self.sink = SampleSink(
             self.staging,
             self.metrics.ingest,
@@ -132,14 +139,14 @@ class Agent:
         self.port: int | None = None
 
     @staticmethod
-    def _transport_for(settings: AgentSettings, link: Link) -> Transport:
+    def _transport_for(settings: AgentSettings, link: Link, tls: ClientTls | None) -> Transport:
         u = settings.uplink
         token, timeout = u.token.get_secret_value(), u.timeout.total_seconds()
         if u.protocol == "remote_write":
             return RemoteWriteTransport(
-                str(u.url), token, timeout, settings.device_id, u.device_label, u.max_samples_per_request, link
+                str(u.url), token, timeout, settings.device_id, u.device_label, u.max_samples_per_request, tls, link
             )
-        return HttpTransport(str(u.url), token, timeout, settings.buffer.zstd_level, link)
+        return HttpTransport(str(u.url), token, timeout, settings.buffer.zstd_level, tls, link)
 
     def _readings(self) -> Readings:
         """What the built-in alert checks read, as typed callables into the components."""
@@ -204,6 +211,9 @@ class Agent:
         life.on_stop("staging", self.staging.drain)
         if self.uploader is not None:
             self.tasks.spawn("uploader", self.uploader.run())
+        if self.tls is not None:
+            life.on_reload("uplink TLS", self.tls.reload)
+            self.tasks.spawn("uplink TLS watch", watch([self.tls]))
         # Expire once right away: a device off for weeks should not upload stale data first.
         self.tasks.spawn("first expiry", self._expire(), forever=False)
         await life.enter("scheduler", self.jobs)
@@ -222,11 +232,24 @@ class Agent:
     async def _listen(self, life: Lifecycle) -> None:
         s = self.settings
         app = build_app(self.receiver, self.registry, self.health, int(s.ingest.max_request_bytes))
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=s.shutdown_grace.total_seconds() / 2)
-        await runner.setup()
-        life.on_stop("listener", runner.cleanup)
-        await web.TCPSite(runner, s.listen.host, s.listen.port).start()
-        self.port = runner.addresses[0][1]
+        listener = Listener(
+            app,
+            s.listen.host,
+            s.listen.port,
+            s.listen,
+            ListenerMetrics(self.registry, "backhaul"),
+            "agent listener",
+            shutdown_timeout=s.shutdown_grace.total_seconds() / 2,
+        )
+        await life.enter("listener", listener)
+        self.port = listener.port
+
+    def request_reload(self) -> None:
+        """SIGHUP: re-read what can change without a restart (the uplink's certificates)."""
+        if self._lifecycle is None or self._stopping:
+            log.info("SIGHUP ignored: not running")
+            return
+        self.tasks.spawn("reload", self._lifecycle.reload(), forever=False)
 
     async def _begin_stop(self) -> None:
         self._stopping = True
@@ -326,7 +349,9 @@ async def serve(settings: AgentSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Agent(settings) as agent:
+    agent = Agent(settings)
+    loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
+    async with agent:
         systemd.notify("READY=1\nSTATUS=buffering")
         interval = systemd.watchdog_interval()
         dog = None

@@ -7,6 +7,14 @@ import sys
 from agent.app import serve
 from agent.config import AgentSettings
 from backhaul import cli
+from backhaul.tls import ClientTls
+
+
+def check(settings: AgentSettings) -> None:
+    """The uplink's TLS files make a context (a certificate that fits its key, a CA bundle that parses)."""
+    u = settings.uplink
+    if u.tls_configured:
+        ClientTls(u.ca_file, u.client_cert, u.client_key, u.server_name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         serve,
         lambda s: f"device {s.device_id}, buffer {s.buffer.path}",
         argv,
+        check,
     )
 
 

@@ -45,9 +45,17 @@ def main(
     serve: Callable[[S], Coroutine[Any, Any, None]],
     summary: Callable[[S], str],
     argv: list[str] | None,
+    check: Callable[[S], object] | None = None,
 ) -> int:
-    """Both programs' entry point: ``check-config`` prints ``summary``, ``run`` runs ``serve``."""
+    """Both programs' entry point: ``check-config`` prints ``summary``, ``run`` runs ``serve``.
+    ``check`` looks further than the settings can (e.g. that a certificate fits its key), for both."""
     command, settings = parse_and_load(prog, cls, argv)
+    if check is not None:
+        try:
+            check(settings)
+        except ConfigError as exc:
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     if command == "check-config":
         print(f"config ok: {summary(settings)}")
         return 0
@@ -56,6 +64,10 @@ def main(
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every job run at INFO
     try:
         asyncio.run(serve(settings))
+    except ConfigError as exc:
+        # Found only once running (a file that became unreadable): restarting cannot fix it either.
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except (BackhaulError, OSError) as exc:
         # A start that failed (a port taken, a folder not writable, a store that cannot open) has
         # already unwound what it started: one line that says why, and status 1 for systemd.

@@ -98,11 +98,13 @@ class UnknownTables(InputError):
 
 
 class AuthError(BackhaulError):
-    """``status`` is 401 (no or unknown credential) or 403 (revoked, or another device's data)."""
+    """``status`` is 401 (no or unknown credential) or 403 (revoked, or another device's data);
+    ``challenge`` is the ``WWW-Authenticate`` a 401 carries (how to authenticate)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, challenge: str = "Bearer") -> None:
         super().__init__(reason)
         self.status = status
+        self.challenge = challenge
 
 
 class Unavailable(BackhaulError):

@@ -6,7 +6,9 @@ session, so no sender shares a connection pool with another (an alert never wait
 and it answers with a :class:`Reply` or raises :class:`~backhaul.errors.PeerError` whose ``kind`` is
 ``timeout``, ``connection`` or ``http``. What it raises is fit for a log line: one line, at most 200
 characters of aiohttp's message (which can hold a half-received response), and never a request
-header, so an ``Authorization`` value cannot reach the log.
+header, so an ``Authorization`` value cannot reach the log. With a :class:`~backhaul.tls.ClientTls` it
+verifies the server against its CA and presents its client certificate, asking for the newest context
+on every request (a reload applies to the next connection); a TLS failure is ``kind`` ``tls``.
 
 A client may be given the :class:`LinkHooks` of a metered link (the bulk uplink's cap, budgets and
 windows, or the alert lane's own budget). Then every request is first admitted by the link (refused
@@ -25,8 +27,10 @@ from types import SimpleNamespace, TracebackType
 from typing import Protocol
 
 import aiohttp
+from yarl import URL
 
 from backhaul.errors import PeerError
+from backhaul.tls import ClientTls, tls_problem
 
 # The answer's body is kept for log lines and error details only: its start is enough.
 READ_LIMIT = 4096
@@ -88,6 +92,7 @@ class HttpClient:
         user_agent: the ``User-Agent`` header, e.g. ``backhaul-agent/1.2.0``.
         token: a bearer token sent as ``Authorization`` (never logged), or "" for none.
         headers: more headers sent with every request (the two above win).
+        tls: CA, client certificate and server name to use for https URLs (None: the system's CAs).
         link: the metered link the requests go over (None: not metered, not paced).
     """
 
@@ -97,9 +102,11 @@ class HttpClient:
         user_agent: str,
         token: str = "",
         headers: Mapping[str, str] | None = None,
+        tls: ClientTls | None = None,
         link: LinkHooks | None = None,
     ) -> None:
         self.timeout = timeout
+        self._tls = tls
         self._headers = {**(headers or {}), "User-Agent": user_agent}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
@@ -173,9 +180,15 @@ class HttpClient:
         seconds: float,
     ) -> Reply:
         size = len(data) if isinstance(data, bytes) else int(headers["Content-Length"])
+        tls = self._tls
         try:
             async with session.post(
-                url, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=seconds)
+                url,
+                data=data,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=seconds),
+                ssl=tls.context if tls is not None else True,
+                server_hostname=tls.server_name if tls is not None else None,
             ) as resp:
                 read = await resp.content.read(READ_LIMIT)
                 text = read.decode("utf-8", "replace")
@@ -185,10 +198,12 @@ class HttpClient:
                 return Reply(resp.status, dict(resp.headers), text, size)
         except TimeoutError as exc:  # aiohttp's own timeouts are TimeoutErrors too
             raise PeerError("timeout", f"no complete answer within {seconds:g} s") from exc
-        except aiohttp.ClientConnectionError as exc:
-            raise PeerError("connection", short(exc)) from exc
         except aiohttp.ClientError as exc:
-            raise PeerError("http", short(exc)) from exc
+            problem = tls_problem(exc)
+            if problem is not None:
+                raise PeerError("tls", f"{problem} (at {URL(url).host}:{URL(url).port})") from exc
+            kind = "connection" if isinstance(exc, aiohttp.ClientConnectionError) else "http"
+            raise PeerError(kind, short(exc)) from exc
 
     async def close(self) -> None:
         session, self._session = self._session, None

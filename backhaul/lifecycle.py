@@ -11,12 +11,16 @@
 - :class:`Jobs`: APScheduler (3.x) interval and cron jobs, owned: a failing run is logged with its
   traceback and counted, a stop waits for runs in progress within the grace.
 - :func:`watchdog`: a fixed-rate loop (the time a pass takes is not added to the interval).
+- :meth:`Lifecycle.reload` (SIGHUP): components that can re-read something without a restart register
+  a step with :meth:`Lifecycle.on_reload` (today the TLS certificates); a failing step is logged and
+  leaves what is in force.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -49,6 +53,7 @@ class Lifecycle:
         self.name = name
         self._stack = AsyncExitStack()
         self._deadline: float | None = None
+        self._reloads: list[tuple[str, Callable[[], object]]] = []
 
     def _remaining(self) -> float | None:
         if self._deadline is None:
@@ -72,6 +77,21 @@ class Lifecycle:
     def on_stop(self, what: str, step: Callable[[], Awaitable[object]]) -> None:
         """Run ``step`` at stop, before everything started earlier is stopped."""
         self._stack.push_async_callback(self._bounded, what, step)
+
+    def on_reload(self, what: str, step: Callable[[], object]) -> None:
+        """Run ``step`` (a function, or one returning an awaitable) at every :meth:`reload`."""
+        self._reloads.append((what, step))
+
+    async def reload(self) -> None:
+        """Re-read what can change without a restart, step by step in registration order."""
+        log.info("%s: reloading (%s)", self.name, ", ".join(what for what, _ in self._reloads) or "nothing to reload")
+        for what, step in self._reloads:
+            try:
+                result = step()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("%s: reloading %s failed; what was in force stays", self.name, what)
 
     async def stop(self, grace: float) -> None:
         """Stop everything started, newest first, within ``grace`` seconds (plus short floors)."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from backhaul.errors import PeerError
 from backhaul.http import HttpClient, LinkHooks, Reply
 from backhaul.retry import Verdict, verdict
+from backhaul.tls import ClientTls
 from backhaul.wire import remote_write as rw
 from backhaul.wire.chunk import Codec
 from backhaul.wire.series import Labels, SeriesMap, merge_into, with_device_label
@@ -112,6 +113,7 @@ class RemoteWriteSender:
         device_label: label naming the device added to every series (an existing one becomes
             ``exported_<label>``), or "" to send the series as they are.
         max_samples_per_request: at most this many samples per request.
+        tls: CA, client certificate and server name for an https URL (None: the system's CAs).
         link: the metered link the requests go over (the agent's uplink), None for none.
     """
 
@@ -124,10 +126,13 @@ class RemoteWriteSender:
         headers: Mapping[str, str] | None = None,
         device_label: str = "device_id",
         max_samples_per_request: int = 2000,
+        tls: ClientTls | None = None,
         link: LinkHooks | None = None,
     ) -> None:
         self.url = url
-        self.client = HttpClient(timeout, user_agent, token, {**(headers or {}), **PROTOCOL_HEADERS}, link)
+        self.client = HttpClient(
+            timeout, user_agent, token, {**(headers or {}), **PROTOCOL_HEADERS}, tls=tls, link=link
+        )
         self.device_label = device_label
         self.max_samples = max_samples_per_request
         self._relabelled: dict[tuple[Labels, str], Labels] = {}  # (labels, device) -> labels as sent

@@ -8,11 +8,13 @@ derives from :class:`Section`, so an unknown key anywhere is such a problem.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import tomllib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -42,14 +44,86 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def readable(path: Path) -> Path:
+    """``path`` if this process can read it, else a ValueError saying why (a settings field names it)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except PermissionError:
+        # The usual cause: a file installed for root, read by systemd's DynamicUser (README: LoadCredential=).
+        raise ValueError(f"{path}: cannot read it as uid {os.getuid()} (permission denied)") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder, not a file") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror or exc}") from None
+    return path
+
+
+# A file the program must read (a certificate, a key): checked when the settings load, so a file that
+# is missing or unreadable is an invalid config (exit status 2) that names the field, not a crash.
+ReadableFile = Annotated[Path, AfterValidator(readable)]
+
+# Values shipped in examples and docs, or typed as a stand-in: refused at start wherever a secret goes.
+PLACEHOLDERS = frozenset(
+    {
+        "change-me-to-a-long-random-token",
+        "change-me-to-another-long-random-token",
+        "...",
+        "\u2026",
+        "secret",
+        "password",
+        "token",
+        "changeme",
+        "xxx",
+        "todo",
+        "",
+    }
+)
+PLACEHOLDER_PREFIXES = ("change-me", "changeme", "change_me", "replace-me", "your-", "<")
+
+
+def is_placeholder(value: str) -> bool:
+    v = value.strip().lower()
+    return v in PLACEHOLDERS or v.startswith(PLACEHOLDER_PREFIXES) or set(v) <= {"x", "."}
+
+
+# SHA-256 of the placeholders (a digest of the example token, or of an empty $TOKEN, is as bad).
+PLACEHOLDER_DIGESTS = frozenset(hashlib.sha256(p.encode()).hexdigest() for p in PLACEHOLDERS)
+
+
+def _no_placeholder(value: SecretStr) -> SecretStr:
+    if value.get_secret_value() and is_placeholder(value.get_secret_value()):
+        raise ValueError("is a placeholder from the examples: set a real secret")
+    return value
+
+
+# A token or password: an example value ("change-me-...", "...") is refused at start, naming the field.
+Secret = Annotated[SecretStr, AfterValidator(_no_placeholder)]
+
+
 def load(cls: type[S], path: Path | None) -> S:
     """Build ``cls`` from ``path`` (TOML, optional) and the environment."""
     if path is not None:
-        if not path.is_file():
-            raise ConfigError(f"config file {path}: not found")
         try:
-            tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path}: not found") from None
+        except PermissionError:
+            raise ConfigError(
+                f"config file {path}: cannot read it as uid {os.getuid()} (permission denied); "
+                "with systemd's DynamicUser=yes pass it with LoadCredential= (see README)"
+            ) from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path}: is a folder, not a file") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: cannot read it: {exc.strerror or exc}") from exc
+        try:
+            tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
 
     class FromFile(cls):  # type: ignore[valid-type,misc]

@@ -30,7 +30,7 @@ def error_response(exc: BackhaulError, what: str = "request") -> web.Response:
     if isinstance(exc, Unavailable):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     if isinstance(exc, AuthError) and status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
+        headers["WWW-Authenticate"] = exc.challenge
     (log.warning if status >= 500 else log.info)("%s refused (%d): %s", what, status, exc.reason)
     if isinstance(exc, UnknownTables):
         body = json.dumps({"unknown_tables": exc.digests, "reason": exc.reason})
@@ -46,6 +46,10 @@ async def respond(handler: Handler, request: web.Request, what: str = "request")
         raise  # aiohttp's own answers (404, 405, 413 for bodies over client_max_size)
     except BackhaulError as exc:
         return error_response(exc, what)
+    except ConnectionError:
+        # The client went away mid-request, or the listener closed a body that did not arrive in time
+        # (backhaul.listener): nobody is left to answer, and nothing to log but the listener's count.
+        return web.Response(status=408, text="request not received in full\n")
     except Exception:
         log.exception("%s %s failed: a bug", request.method, request.path)
         return web.Response(status=500, text="internal error (logged)\n")

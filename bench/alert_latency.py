@@ -28,9 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from backhaul.wire.series import SeriesMap
 from bench.buffer import open_store
 from bench.shaper import Shaper
-from harness import TOKEN, Proc, free_port, http, metric_value, push, write_toml
+from harness import READ, READ_HEADERS, TOKEN, Proc, free_port, http, metric_value, push, write_toml
 
 SERIES_PER_CHUNK = 1000  # chunks of compact_target_samples: a backlog as compaction leaves it
 SAMPLES_PER_SERIES = 100
@@ -46,7 +47,7 @@ def build_backlog(path: Path, megabytes: int, series_per_chunk: int = SERIES_PER
     budget = (megabytes + 64) * 1024**2
     with open_store(path, SERIES_PER_CHUNK * SAMPLES_PER_SERIES, budget, zstd_level=1) as store:
         while store.totals.bytes < megabytes * 1024**2:
-            series = {}
+            series: SeriesMap = {}
             for i in range(series_per_chunk):
                 base = start + step * SAMPLES_PER_SERIES * 100
                 stamps = [base + k * 100 for k in range(SAMPLES_PER_SERIES)]
@@ -100,11 +101,12 @@ def collector_config(port: int, db: Path) -> dict[str, Any]:
         "listen": {"host": "127.0.0.1", "port": port},
         "store": {"path": db, "synchronous": "NORMAL"},
         "devices": [{"id": "dev-1", "token": TOKEN}],
+        "read": READ,
     }
 
 
 def listed(collector: str) -> dict[str, dict[str, object]]:
-    _, body, _ = http("GET", f"{collector}/api/v1/alerts?device=dev-1")
+    _, body, _ = http("GET", f"{collector}/api/v1/alerts?device=dev-1", headers=READ_HEADERS)
     return {a["rule"]: a for a in json.loads(body)["alerts"]}
 
 

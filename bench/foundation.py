@@ -19,6 +19,7 @@ bench/sizes.py (1, 2), bench/ingest.py (3), bench/drain.py (the backlog drain, w
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         ingest: list[IngestResult] = []
         targets: list[Callable[[Path], Server]] = [agent_server]
         if prometheus:
-            targets.append(lambda d, b=prometheus: prometheus_server(d, b))
+            targets.append(functools.partial(prometheus_server, binary=prometheus))
         for make in targets:
             with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
                 ingest.append(run_ingest(make(Path(tmp)), ip, args.ingest_seconds, progress))

@@ -29,6 +29,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from backhaul.wire import chunk
 from backhaul.wire import histogram as hist
@@ -140,8 +141,11 @@ def workload(n_series: int, scrapes: int, interval_s: float, seed: int) -> tuple
     return out, metadata
 
 
-def merge(parts: list[dict[Labels, tuple[list[int], list[object]]]]) -> dict[Labels, tuple[list[int], list[object]]]:
-    merged: dict[Labels, tuple[list[int], list[object]]] = {}
+V = TypeVar("V")  # the value kind: float for classic series, Histogram for native ones
+
+
+def merge(parts: list[dict[Labels, tuple[list[int], list[V]]]]) -> dict[Labels, tuple[list[int], list[V]]]:
+    merged: dict[Labels, tuple[list[int], list[V]]] = {}
     for part in parts:
         for labels, (ts, vals) in part.items():
             entry = merged.setdefault(labels, ([], []))
@@ -160,10 +164,10 @@ def chunk_cost(
         group = scrapes[start : start + per_chunk]
         began = time.process_time()
         if pick == "classic":
-            raw = chunk.encode(merge([s.classic for s in group]))  # type: ignore[arg-type]
+            raw = chunk.encode(merge([s.classic for s in group]))
         else:
             hs = merge([getattr(s, pick) for s in group])
-            raw = chunk.encode({}, hs, metadata if start == 0 else None)  # type: ignore[arg-type]
+            raw = chunk.encode({}, hs, metadata if start == 0 else None)
         frame = codec.compress(raw)
         encode_s += time.process_time() - began
         began = time.process_time()

@@ -48,7 +48,7 @@ def wait_up(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> No
 
     def up() -> bool:
         if proc.poll() is not None:
-            raise SystemExit(f"{proc.args} exited with {proc.returncode}")
+            raise SystemExit(f"{proc.args!r} exited with {proc.returncode}")
         try:
             return http("GET", f"http://127.0.0.1:{port}/healthz", timeout=1)[0] == 200
         except OSError:

@@ -111,8 +111,12 @@ async def replay(
 
     async def shard_worker(session: aiohttp.ClientSession, shard: int) -> None:
         for wave in range(ip.max_waves):
+
+            def caught_up(w: int = wave) -> bool:
+                return min(done) >= w - 1 or stop.is_set()
+
             async with moved:  # stay at most one wave ahead of the slowest shard
-                await moved.wait_for(lambda w=wave: min(done) >= w - 1 or stop.is_set())
+                await moved.wait_for(caught_up)
             for n, body in ip.bodies(shard, wave):
                 if stop.is_set():
                     return

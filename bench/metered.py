@@ -102,7 +102,7 @@ class Variant:
     def cost(self, batch: Batch) -> tuple[int, list[str]]:
         """Wire bytes of ``batch`` as the HTTP transport would send it, and its tables' digests."""
         header = batchfmt.BatchHeader("edge-1", "b", batch.seq, batch.sealed_ms, batch.samples)
-        frames, digests = batch.chunks, []
+        frames, digests = batch.chunks, list[str]()
         if sum(map(len, frames)) <= TABLE_REFS_MAX_BODY:
             header, frames, digests = self.tables.rewrite(header, frames)
         return len(batchfmt.encode(header, frames)) + HTTP_OVERHEAD, digests

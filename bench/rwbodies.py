@@ -73,7 +73,8 @@ def plan(workload: Workload, rounds: int, shards: int) -> Plan:
             val_row[i] = vals[0]
         stamps.append(ts_row)
         values.append(val_row)
-    prefix_value, prefix_zero = [], []
+    prefix_value: list[bytes] = []
+    prefix_zero: list[bytes] = []
     for labels in workload.labels:
         lb = _label_bytes(labels)
         # Sample = value (tag 0x09, 8 bytes) + timestamp (tag 0x10, 6-byte varint for today's ms).

@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from harness import BIN, ProcError, Process, free_port, write_toml
+from harness import BIN, READ, ProcError, Process, free_port, write_toml
 
 DEVICE = "bench-edge-0001"
 TOKEN = "bench-token"
@@ -89,7 +89,7 @@ def agent_server(workdir: Path, buffer: Path | None = None, collector_url: str |
 
 def collector_server(workdir: Path) -> Server:
     """A real collector with the embedded SQLite store (synchronous=FULL) that knows :data:`DEVICE`."""
-    config = {"store": {"path": workdir / "collector.db"}, "devices": [{"id": DEVICE, "token": TOKEN}]}
+    config = {"store": {"path": workdir / "collector.db"}, "devices": [{"id": DEVICE, "token": TOKEN}], "read": READ}
     return _backhaul("collector", "backhaul-collector", config, workdir)
 
 

@@ -58,10 +58,10 @@ def job_references(spec: WorkloadSpec, windows_ms: list[int], job: int) -> dict[
     w = spec.build()
     z1 = zstandard.ZstdCompressor(level=1)
     z3 = zstandard.ZstdCompressor(level=3)
-    out = {"snappy_500": 0, "requests_500": 0, "snappy_2000": 0, "requests_2000": 0}
+    out: dict[str, Any] = {"snappy_500": 0, "requests_500": 0, "snappy_2000": 0, "requests_2000": 0}
     out |= {"protobuf": 0, "zstd1": 0, "zstd3": 0}
     # Per window: the raw protobuf of all its requests, compressed as one zstd-3 frame.
-    per_window = {wm: {"bytes": 0, "open": None, "rounds": 0} for wm in windows_ms}
+    per_window: dict[int, dict[str, Any]] = {wm: {"bytes": 0, "open": None, "rounds": 0} for wm in windows_ms}
     samples = 0
     for _base, series in _rounds_with_progress(w, job):
         samples += sum(len(ts) for ts, _ in series.values())

@@ -62,6 +62,7 @@ from pydantic import ByteSize, TypeAdapter
 from backhaul.wire.series import SeriesMap
 from harness import (
     LOSS_CAUSES,
+    READ,
     TOKEN,
     Proc,
     ProcError,
@@ -149,6 +150,7 @@ class Soak:
                 "listen": {"host": "127.0.0.1", "port": int(self.collector_url.rsplit(":", 1)[1])},
                 "store": {"path": workdir / "collector.db"},
                 "devices": [{"id": DEVICE, "token": TOKEN}],
+                "read": READ,
             },
         )
         write_toml(

@@ -91,7 +91,7 @@ def build_rows(
     dn = disk["samples"]
     agent = next((r for r in ingest if r.name == "agent"), None)
     prom = next((r for r in ingest if r.name == "prometheus"), None)
-    prom_disk = (
+    prom_disk: list[tuple[str, float | None]] = (
         [("Prometheus 2.42 TSDB dir after its ingest run", prom.disk_bytes / prom.samples)]
         if prom and prom.samples
         else []

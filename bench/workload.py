@@ -24,6 +24,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -59,6 +60,14 @@ def _labels(name: str, target: tuple[str, str], /, **extra: str) -> Labels:
     # Prometheus drops empty-valued labels at scrape time, so they never reach remote write.
     pairs = [("__name__", name), ("job", target[0]), ("instance", target[1]), *extra.items()]
     return tuple(sorted((k, v) for k, v in pairs if v))
+
+
+class _GpuLabels(TypedDict):
+    """The DCGM exporter's labels on a GPU's series; a TypedDict so that ``**labels`` cannot fill ``walk``'s floats."""
+
+    gpu: str
+    UUID: str
+    modelName: str
 
 
 class _Builder:
@@ -216,8 +225,12 @@ def _inference_server(rng: random.Random, instance: str) -> Target:
         b.const("inference_model_ready", 1, model=model, version=version)
         b.walk("inference_queue_size", 0, 1.2, 0, 32, model=model)
         b.walk("inference_batch_size", 4 if rps > 1 else 1, 0.8, 1, 8, p=0.3, model=model)
-        _histogram(b, "inference_request_duration_seconds", lambda r=rps: r * load["factor"], median, model=model)
-        _histogram(b, "inference_queue_duration_seconds", lambda r=rps: r * load["factor"], median / 8, model=model)
+
+        def rate(r: float = rps) -> float:
+            return r * load["factor"]
+
+        _histogram(b, "inference_request_duration_seconds", rate, median, model=model)
+        _histogram(b, "inference_queue_duration_seconds", rate, median / 8, model=model)
         prompt = gen = None
         if tokens:
             prompt = b.const("inference_prompt_tokens_total", round(rng.uniform(1e6, 1e8)), model=model)
@@ -225,7 +238,14 @@ def _inference_server(rng: random.Random, instance: str) -> Target:
             b.walk("inference_kv_cache_usage_ratio", 0.3, 0.05, 0, 1, quantum=1e-4, model=model)
             b.walk("inference_tokens_per_second", 28, 2.5, 5, 45, quantum=0.01, model=model)
 
-        def count(_ts: int, r: float = rps, ok: Series = ok, err: Series = err, prompt=prompt, gen=gen) -> None:
+        def count(
+            _ts: int,
+            r: float = rps,
+            ok: Series = ok,
+            err: Series = err,
+            prompt: Series | None = prompt,
+            gen: Series | None = gen,
+        ) -> None:
             n = _poisson(rng, r * load["factor"] * 5)
             failed = 1 if rng.random() < 0.002 * n else 0
             ok.value += n - failed
@@ -237,7 +257,7 @@ def _inference_server(rng: random.Random, instance: str) -> Target:
         t.hooks.append(count)
 
     for gpu in ("0",):
-        g = {"gpu": gpu, "UUID": "GPU-5f3c1a2e-8d41-4b7e-9c0a-1f2e3d4c5b6a", "modelName": "Orin (nvgpu)"}
+        g: _GpuLabels = {"gpu": gpu, "UUID": "GPU-5f3c1a2e-8d41-4b7e-9c0a-1f2e3d4c5b6a", "modelName": "Orin (nvgpu)"}
         b.walk("DCGM_FI_DEV_GPU_UTIL", 55, 12, 0, 100, **g)
         b.walk("DCGM_FI_DEV_MEM_COPY_UTIL", 18, 5, 0, 100, **g)
         b.walk("DCGM_FI_DEV_FB_USED", 11800, 60, 4000, 30000, **g)  # MiB, as DCGM reports
@@ -314,7 +334,11 @@ def _recorded_node_exporter(rng: random.Random, instance: str) -> Target:
         digits = decimal_scale([a, z])
         per_scrape = (z - a) * INTERVAL_MS / 1000 / RECORDED_GAP_S
         if name.endswith("time_seconds") and abs(per_scrape * 1000 / INTERVAL_MS - 1) < 0.1:
-            b.add(name, z, lambda _v, ts, d=digits: ts / 1000 if d is None else round(ts / 1000, d), **extra)
+
+            def clock(_v: float, ts: int, d: int | None = digits) -> float:
+                return ts / 1000 if d is None else round(ts / 1000, d)
+
+            b.add(name, z, clock, **extra)
         elif counter:
             b.add(name, z, _counter_step(rng, per_scrape, digits), **extra)
         else:

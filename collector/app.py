@@ -16,11 +16,15 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from backhaul import systemd
 from backhaul.lifecycle import Lifecycle, TaskGroup
+from backhaul.listener import Listener, ListenerMetrics
+from backhaul.tls import ServerTls, watch
 from backhaul.web import error_middleware
+from collector import web_security
 from collector.alerts.listing import AlertLister
 from collector.alerts.mqtt import MqttSubscriber
 from collector.alerts.receiver import AlertReceiver
 from collector.config import CollectorSettings
+from collector.endpoint import decode_budget
 from collector.export import Exporter
 from collector.fleet import Fleet
 from collector.forward.alertmanager import AlertForwarder
@@ -29,6 +33,7 @@ from collector.forward.remote_write import Forwarder, Forwarding
 from collector.forward.spool import Spool
 from collector.ingest import BatchReceiver
 from collector.metrics import CollectorMetrics, DeviceCollector
+from collector.read_auth import ReadAuth
 from collector.registry import import_config_devices
 from collector.remote_write import RemoteWriteReceiver
 from collector.store import make_store
@@ -64,8 +69,9 @@ class Collector:
         self.registry.register(DeviceCollector(lambda: self.store.devices))
         self.forwarding = self._forwarding(clock)
         forward = self.forwarding.enqueue if self.forwarding is not None else None
-        self._receiver = BatchReceiver(settings, self.store, self.metrics, clock, forward)
-        self._remote_write = RemoteWriteReceiver(settings, self.store, self.metrics, clock, forward)
+        budget = decode_budget(settings)  # one for both: decoding memory is bounded across endpoints
+        self._receiver = BatchReceiver(settings, self.store, self.metrics, clock, forward, budget)
+        self._remote_write = RemoteWriteReceiver(settings, self.store, self.metrics, clock, forward, budget)
         self._exporter = Exporter(self.store)
         self._fleet = Fleet(settings, self.store, clock)
         self.forwarder = AlertForwarder(settings.alerts, self.store, clock)
@@ -78,7 +84,13 @@ class Collector:
                 self.metrics.alerts,
                 self.forwarder.notify,
                 clock,
+                clamped=self.metrics.alert_times_clamped,
             )
+        listen = settings.listen
+        self.tls: ServerTls | None = None
+        if listen.tls_cert is not None and listen.tls_key is not None:
+            self.tls = ServerTls(listen.tls_cert, listen.tls_key, listen.client_ca)
+        self.read_auth = ReadAuth(settings.read)
         self.tasks = TaskGroup()
         self._lifecycle: Lifecycle | None = None
         self._started = False
@@ -108,6 +120,8 @@ class Collector:
         app = web.Application(
             client_max_size=int(self.settings.limits.max_request_bytes), middlewares=[error_middleware]
         )
+        app.on_response_prepare.append(web_security.add_headers)
+        read = self.read_auth.protect
 
         async def healthz(request: web.Request) -> web.Response:
             dead = dict(self.tasks.dead)
@@ -125,13 +139,14 @@ class Collector:
 
         app.router.add_post("/api/v1/batches", self._receiver.handle)
         app.router.add_post("/api/v1/write", self._remote_write.handle)
-        app.router.add_get("/api/v1/export", self._exporter.handle)
+        # Everything below but /healthz and the device endpoints reads every device's data: operators only.
+        app.router.add_get("/api/v1/export", read(self._exporter.handle))
         app.router.add_post("/api/v1/alerts", self._alerts.handle)
-        app.router.add_get("/api/v1/alerts", AlertLister(self.store).handle)
-        app.router.add_get("/metrics", make_aiohttp_handler(self.registry))
+        app.router.add_get("/api/v1/alerts", read(AlertLister(self.store).handle))
+        app.router.add_get("/metrics", read(make_aiohttp_handler(self.registry)))
         app.router.add_get("/healthz", healthz)
-        app.router.add_get("/api/v1/fleet", self._fleet.api)
-        app.router.add_get("/fleet", self._fleet.page)
+        app.router.add_get("/api/v1/fleet", read(self._fleet.api))
+        app.router.add_get("/fleet", read(web_security.page(self._fleet.page), page=True))
         return app
 
     async def __aenter__(self) -> Collector:
@@ -144,12 +159,16 @@ class Collector:
         except BaseException:
             await life.stop(START_FAILURE_GRACE)
             raise
-        log.info("collector listening on %s:%s", self.settings.listen.host, self.port)
+        scheme = "https" if self.tls is not None else "http"
+        mtls = " (device endpoints require a client certificate)" if self.settings.listen.client_ca else ""
+        log.info("collector listening on %s://%s:%s%s", scheme, self.settings.listen.host, self.port, mtls)
+        self.read_auth.log_start()
         return self
 
     async def _start(self, life: Lifecycle) -> None:
         await life.enter("store", self._store_resource())
         await import_config_devices(self.store, self.settings.devices, int(self._clock() * 1000))
+        await self.read_auth.refuse_device_tokens(self.store)
         if self.forwarding is not None:
             await life.enter("forwarding", self.forwarding)
         await life.enter("background tasks", self.tasks)
@@ -157,12 +176,22 @@ class Collector:
             self.tasks.spawn("alert forwarder", self.forwarder.run())
         if self.mqtt is not None:
             self.tasks.spawn("mqtt alerts", self.mqtt.run())
-        runner = web.AppRunner(self.build_app(), access_log=None, shutdown_timeout=10)
-        await runner.setup()
-        life.on_stop("listener", runner.cleanup)
-        site = web.TCPSite(runner, self.settings.listen.host, self.settings.listen.port)
-        await site.start()
-        self.port = runner.addresses[0][1]
+        if self.tls is not None:
+            life.on_reload("listener TLS", self.tls.reload)
+            self.tasks.spawn("listener TLS watch", watch([self.tls]))
+        listen = self.settings.listen
+        listener = Listener(
+            self.build_app(),
+            listen.host,
+            listen.port,
+            listen,
+            ListenerMetrics(self.registry, "backhaul_collector"),
+            "collector listener",
+            self.tls,
+            shutdown_timeout=10,
+        )
+        await life.enter("listener", listener)
+        self.port = listener.port
 
     @contextlib.asynccontextmanager
     async def _store_resource(self) -> AsyncIterator[None]:
@@ -171,6 +200,13 @@ class Collector:
             yield
         finally:
             await self.store.close()
+
+    def request_reload(self) -> None:
+        """SIGHUP: re-read what can change without a restart (the listener's certificates)."""
+        if self._lifecycle is None:
+            log.info("SIGHUP ignored: not running")
+            return
+        self.tasks.spawn("reload", self._lifecycle.reload(), forever=False)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -185,7 +221,9 @@ async def serve(settings: CollectorSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Collector(settings):
+    collector = Collector(settings)
+    loop.add_signal_handler(signal.SIGHUP, collector.request_reload)
+    async with collector:
         systemd.notify("READY=1")
         await stop.wait()
         log.info("stopping")

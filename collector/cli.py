@@ -6,9 +6,17 @@ from __future__ import annotations
 import sys
 
 from backhaul import cli
+from backhaul.tls import ServerTls
 from collector import registry
 from collector.app import serve
 from collector.config import CollectorSettings
+
+
+def check(settings: CollectorSettings) -> None:
+    """The listener's TLS files make a context (a certificate that fits its key, a CA bundle that parses)."""
+    listen = settings.listen
+    if listen.tls_cert is not None and listen.tls_key is not None:
+        ServerTls(listen.tls_cert, listen.tls_key, listen.client_ca)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         serve,
         lambda s: f"{len(s.devices)} devices, store {s.store.describe()}",
         argv,
+        check,
     )
 
 

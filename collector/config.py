@@ -3,6 +3,7 @@
 Each component owns its section's model, beside its code (see examples/collector.toml):
 ``[listen]`` and ``[limits]`` :mod:`collector.http_settings`, ``[store]`` :mod:`collector.store.settings`,
 ``[fleet]`` :mod:`collector.fleet_settings`, ``[[devices]]`` :mod:`collector.registry_settings`,
+``[read]`` :mod:`collector.read_settings`,
 ``[[forward]]`` :mod:`collector.forward.settings`, ``[alerts]`` :mod:`collector.alerts.settings`.
 """
 
@@ -18,6 +19,7 @@ from collector.alerts.settings import AlertSettings
 from collector.fleet_settings import FleetSettings
 from collector.forward.settings import ForwardTarget
 from collector.http_settings import LimitSettings, ListenSettings
+from collector.read_settings import ReadSettings
 from collector.registry_settings import DeviceEntry
 from collector.store.settings import StoreSettings
 
@@ -34,6 +36,7 @@ class CollectorSettings(BaseSettings):
     store: StoreSettings = StoreSettings()
     limits: LimitSettings = LimitSettings()
     fleet: FleetSettings = FleetSettings()
+    read: ReadSettings = ReadSettings()
     devices: list[DeviceEntry] = []
     forward: list[ForwardTarget] = []
     alerts: AlertSettings = AlertSettings()
@@ -50,6 +53,8 @@ class CollectorSettings(BaseSettings):
         digests = [d.digest() for d in self.devices]
         if len(set(digests)) != len(digests):
             raise ValueError("devices: two devices share a token")
+        if set(digests) & {t.digest() for t in self.read.tokens}:
+            raise ValueError("read.tokens: a device's token cannot be a read token (device tokens never read)")
         names = [t.name for t in self.forward]
         if len(set(names)) != len(names):
             raise ValueError("forward: each target name may appear once")

@@ -1,13 +1,15 @@
 """``POST /api/v1/batches``: a device's batch in, stored once, acknowledged only when durable.
 
 200  stored (or already stored: ``"duplicate": true``); the agent may delete the batch
-400  not a valid batch or chunk (reason in the body)
+400  not a valid batch or chunk (reason in the body); a series whose labels break the rules
+     (backhaul/labels.py) is dropped and counted, the rest stored (``dropped`` in the JSON body)
 401  no or unknown bearer token;  403  the token belongs to another device
 409  a chunk refers to a series table the store does not keep (``unknown_tables`` in the JSON body):
      the agent sends the batch again with its tables
-413  body, or what it decompresses to, over the limit
+413  body, what it decompresses to, or what its chunks declare they decode to, over the limit
 415  wrong Content-Type
-503  the store cannot write right now (disk full, locked): the agent retries later
+503  the store cannot write right now (disk full, locked), or too much is being decoded at once:
+     the agent retries later
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from backhaul.errors import InputError, TooLarge, UnknownTables, WireError, stor
 from backhaul.wire import batch as batchfmt
 from backhaul.wire import chunk as chunkfmt
 from backhaul.wire.batch import BatchHeader
+from backhaul.wire.budget import DecodeBudget, chunk_cost
 from backhaul.wire.chunk import Codec
 from backhaul.wire.series import SeriesMap, merge_into, sample_count
 from collector.auth import DeviceAuth
@@ -54,15 +57,16 @@ class BatchReceiver(DeviceEndpoint):
         metrics: CollectorMetrics,
         clock: Callable[[], float] = time.time,
         forward: Forward | None = None,
+        budget: DecodeBudget | None = None,
     ) -> None:
-        super().__init__(settings, store, metrics, clock, forward)
+        super().__init__(settings, store, metrics, clock, forward, budget)
         self._tables: dict[tuple[str, str], bytes] = {}  # (device, digest) -> series table
 
     def _answers(self) -> Counter:
         return self._metrics.requests
 
     async def _handle(self, request: web.Request) -> web.Response:
-        device = await self._auth.device_for(request.headers.get("Authorization"))
+        device = await self._auth.device_of(request)
         if request.content_type != batchfmt.CONTENT_TYPE:
             raise InputError(f"Content-Type must be {batchfmt.CONTENT_TYPE}, not {request.content_type!r}", 415)
         body = await self._read(request)
@@ -81,7 +85,21 @@ class BatchReceiver(DeviceEndpoint):
             self._metrics.batches.labels("unknown_table").inc()
             raise
         try:
-            series, frames, new_tables = await asyncio.to_thread(self._decode_chunks, header, chunks, tables)
+            # What the chunks declare, compared and priced before anything is decoded.
+            cost = self._plan(header, chunks, tables)
+        except WireError as exc:
+            if not isinstance(exc, TooLarge):
+                self._metrics.batches.labels("malformed").inc()
+            raise
+        async with self._budget.reserve(cost, "batch"):
+            return await self._store_batch(header, chunks, tables, started)
+
+    async def _store_batch(
+        self, header: BatchHeader, chunks: list[bytes], tables: dict[str, bytes], started: float
+    ) -> web.Response:
+        store = self._store
+        try:
+            series, frames, new_tables, dropped = await asyncio.to_thread(self._decode_chunks, header, chunks, tables)
         except WireError as exc:
             if isinstance(exc, TooLarge):
                 raise
@@ -93,9 +111,9 @@ class BatchReceiver(DeviceEndpoint):
             with store_trouble("series tables"):
                 await store.put_tables(header.device, new_tables, now_ms, now_ms - _TABLE_KEPT_MS)
             self._remember_tables(header.device, new_tables)
-        if self._forward is not None:
+        if self._forward is not None and frames:
             with store_trouble("forward spool"):
-                await self._forward(header.device, Chunks(frames), header.samples)
+                await self._forward(header.device, Chunks(frames), header.samples - sum(dropped.values()))
         result: IngestResult = await store.ingest(
             header.device, series, self._settings.device_label, int(self._clock() * 1000), header
         )
@@ -106,10 +124,49 @@ class BatchReceiver(DeviceEndpoint):
             self._metrics.batches.labels("stored").inc()
             self._metrics.samples.inc(result.samples)
             self._metrics.duplicate_samples.inc(result.duplicate_samples)
-        return web.json_response(
-            {"stored": True, "duplicate": result.duplicate_batch, "seq": header.seq, "samples": result.samples},
-            headers=_KEEPS_TABLES,
-        )
+            self._count_dropped(header.device, dropped)
+        answer: dict[str, object] = {
+            "stored": True,
+            "duplicate": result.duplicate_batch,
+            "seq": header.seq,
+            "samples": result.samples,
+        }
+        if dropped and not result.duplicate_batch:
+            answer["dropped"] = dropped
+        return web.json_response(answer, headers=_KEEPS_TABLES)
+
+    def _plan(self, header: BatchHeader, chunks: list[bytes], tables: dict[str, bytes]) -> int:
+        """The decoding cost of the batch, from what its chunks declare (each decompressed only as far
+        as its header); a WireError when those counts do not add up to the header's, TooLarge when the
+        chunks cannot fit the limits."""
+        codec = Codec()
+        declared = raw = cost = 0
+        refs = header.table_refs
+        limit = int(self._settings.limits.max_decompressed_bytes)
+        shapes = []
+        for index, frame in enumerate(chunks):
+            try:
+                raw += codec.content_size(frame) or 0
+                if raw > limit:  # as the frames' headers declare: a zstd bomb is refused before anything runs
+                    raise TooLarge("decompressed batch", limit)
+                shapes.append(codec.peek(frame))
+            except WireError as exc:
+                if isinstance(exc, TooLarge):
+                    raise
+                raise WireError(f"chunk {index}: {exc}") from exc
+        raw = 0
+        for index, shape in enumerate(shapes):
+            table_len = len(tables[refs[index]]) if refs and refs[index] else shape.table_len
+            length = shape.min_len + table_len - shape.table_len
+            declared += shape.n_samples
+            raw += length
+            cost += chunk_cost(shape.n_series, shape.n_samples, table_len, length)
+        if declared != header.samples:
+            raise WireError(f"batch header announces {header.samples} samples, its chunks declare {declared}")
+        if raw > limit:
+            raise TooLarge("decompressed batch", limit)
+        self._budget.check(cost, "batch")
+        return cost
 
     async def _tables_for(self, header: BatchHeader) -> dict[str, bytes]:
         """The series tables the batch's chunks refer to; :class:`UnknownTables` if the store lacks one."""
@@ -136,12 +193,13 @@ class BatchReceiver(DeviceEndpoint):
 
     def _decode_chunks(
         self, header: BatchHeader, chunks: list[bytes], tables: dict[str, bytes]
-    ) -> tuple[SeriesMap, list[bytes], dict[str, bytes]]:
+    ) -> tuple[SeriesMap, list[bytes], dict[str, bytes], dict[str, int]]:
         """On a worker thread: decompress (capped across the whole batch) and decode every chunk.
 
         Also returns the chunk frames with their tables in them (re-compressed where a chunk came by
-        reference) and, when the agent asks the collector to keep tables (``table_refs`` present),
-        the tables this instance has not kept yet.
+        reference), when the agent asks the collector to keep tables (``table_refs`` present) the
+        tables this instance has not kept yet, and the samples of series dropped for their labels
+        (by reason; the frames then hold only the series kept).
         """
         budget = int(self._settings.limits.max_decompressed_bytes)
         # A codec per call: zstd (de)compressor objects must not be used by two threads at once,
@@ -175,4 +233,9 @@ class BatchReceiver(DeviceEndpoint):
         found = sample_count(series)
         if found != header.samples:
             raise WireError(f"batch header announces {header.samples} samples, its chunks hold {found}")
-        return series, frames, new_tables
+        dropped = self._drop_bad_series(series)
+        if dropped and series:
+            frames = [codec.encode(series)]  # the forwarders get what is stored, never a refused series
+        elif dropped:
+            frames = []
+        return series, frames, new_tables, dropped

@@ -42,8 +42,21 @@ class CollectorMetrics:
         )
         self.alerts = Counter(
             "backhaul_collector_alerts",
-            "Alert messages received, by transport (http, mqtt) and outcome (stored, duplicate, malformed ...)",
+            "Alert messages received, by transport (http, mqtt) and outcome (stored, duplicate, malformed,"
+            " bad_mac, unsigned, unknown_device, error)",
             ["via", "outcome"],
+            registry=r,
+        )
+        self.alert_times_clamped = Counter(
+            "backhaul_collector_alert_times_clamped",
+            "Alert messages whose device time was replaced by the arrival time, by reason (future, unset_clock)",
+            ["reason"],
+            registry=r,
+        )
+        self.dropped_samples = Counter(
+            "backhaul_collector_dropped_samples",
+            "Samples refused one series at a time (labels that break the rules, ...), by device and reason",
+            ["device", "reason"],
             registry=r,
         )
         self.ingest_seconds = Histogram(

@@ -20,7 +20,7 @@ The public API is exactly ``__all__`` (checked by tests/unit/test_harness.py).
 
 from harness.agent import LOSS_CAUSES, agent_loss_counters, copy_database, samples_at
 from harness.collector import export, exported_samples, reported_losses, same_value
-from harness.config import TOKEN, toml_text, write_toml
+from harness.config import READ, READ_HEADERS, READ_TOKEN, TOKEN, toml_text, write_toml
 from harness.metrics import metric_sum, metric_value, parse_metrics, read_metrics
 from harness.net import free_port, get_json, http, wait_until
 from harness.process import BIN, Proc, ProcError, Process, child_env, faketime_env, require_program
@@ -30,6 +30,9 @@ from harness.remote_write import RW_HEADERS, Attempt, RecordingSender, Sender, p
 __all__ = [
     "BIN",
     "LOSS_CAUSES",
+    "READ",
+    "READ_HEADERS",
+    "READ_TOKEN",
     "RW_HEADERS",
     "TOKEN",
     "Attempt",

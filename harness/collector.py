@@ -4,32 +4,41 @@ from __future__ import annotations
 
 import json
 import math
+import ssl
 import urllib.parse
 from typing import Any
 
 from backhaul.wire.series import Labels
 from harness.agent import LOSS_CAUSES
+from harness.config import READ_HEADERS
 from harness.metrics import read_metrics
 from harness.net import http
 
 EVERYTHING = '{__name__=~".+"}'
 
 
-def export(collector_url: str, selector: str = EVERYTHING, timeout: float = 10) -> list[dict[str, Any]]:
-    """``GET /api/v1/export`` for ``selector``: one dict per line (``metric``, ``values``, ``timestamps``)."""
+def export(
+    collector_url: str, selector: str = EVERYTHING, timeout: float = 10, context: ssl.SSLContext | None = None
+) -> list[dict[str, Any]]:
+    """``GET /api/v1/export`` for ``selector`` with the harness's read token: one dict per line
+    (``metric``, ``values``, ``timestamps``). ``context``: TLS settings for an https collector."""
     query = urllib.parse.urlencode({"match[]": selector})
-    status, body, _ = http("GET", f"{collector_url}/api/v1/export?{query}", timeout=timeout)
+    url = f"{collector_url}/api/v1/export?{query}"
+    status, body, _ = http("GET", url, headers=READ_HEADERS, timeout=timeout, context=context)
     if status != 200:
         raise AssertionError(f"export answered {status}: {body[:300]!r}")
     return [json.loads(line) for line in body.splitlines() if line.strip()]
 
 
 def exported_samples(
-    collector_url: str, selector: str = EVERYTHING, drop: tuple[str, ...] = ("device_id",)
+    collector_url: str,
+    selector: str = EVERYTHING,
+    drop: tuple[str, ...] = ("device_id",),
+    context: ssl.SSLContext | None = None,
 ) -> dict[Labels, dict[int, float]]:
     """Collector contents as {labels without ``drop``: {timestamp: value}}."""
     out: dict[Labels, dict[int, float]] = {}
-    for line in export(collector_url, selector):
+    for line in export(collector_url, selector, context=context):
         labels = tuple(sorted((k, v) for k, v in line["metric"].items() if k not in drop))
         values = [float(v) for v in line["values"]]  # "NaN", "Inf", "-Inf" arrive as strings
         out.setdefault(labels, {}).update(zip(line["timestamps"], values, strict=True))

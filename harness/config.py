@@ -9,6 +9,10 @@ from typing import Any
 import tomli_w
 
 TOKEN = "test-token-dev-1"  # the token the test and benchmark configs give device dev-1
+# The operator credential of test and benchmark collectors: their read endpoints need one (issue 12).
+READ_TOKEN = "test-read-token"
+READ = {"tokens": [{"name": "harness", "token": READ_TOKEN}]}  # a collector's [read] section
+READ_HEADERS = {"Authorization": f"Bearer {READ_TOKEN}"}
 
 
 def _plain(value: Any) -> Any:

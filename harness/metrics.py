@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from harness.config import READ_HEADERS
 from harness.net import http
 
 
@@ -23,8 +24,9 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 
 def read_metrics(url: str, timeout: float = 10) -> dict[str, float]:
-    """``{url}/metrics``, parsed; raises :class:`OSError` when the process does not answer."""
-    status, body, _ = http("GET", f"{url}/metrics", timeout=timeout)
+    """``{url}/metrics``, parsed; raises :class:`OSError` when the process does not answer. It sends
+    the harness's read token, which a collector requires and every other program ignores."""
+    status, body, _ = http("GET", f"{url}/metrics", headers=READ_HEADERS, timeout=timeout)
     if status != 200:
         raise OSError(f"{url}/metrics answered {status}")
     return parse_metrics(body.decode())

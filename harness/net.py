@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -25,13 +26,19 @@ def free_port() -> int:
 
 
 def http(
-    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 10
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, bytes, dict[str, str]]:
     """One request: ``(status, body, headers)``. An HTTP error status comes back as a status; no answer
-    at all (refused, reset, timed out) raises :class:`OSError`."""
+    at all (refused, reset, timed out, a TLS failure) raises :class:`OSError`. ``context``: TLS settings
+    for an https URL (a test CA, a client certificate)."""
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return resp.status, resp.read(), dict(resp.headers)
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(), dict(exc.headers)
@@ -50,8 +57,12 @@ def get_json(url: str, timeout: float = 1) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Poll ``predicate`` until it returns something true, and return that; AssertionError after ``timeout``."""
+def wait_until(
+    predicate: Callable[[], T | Literal[False] | None], timeout: float, what: str, interval: float = 0.1
+) -> T:
+    """Poll ``predicate`` until it returns something true, and return that; AssertionError after ``timeout``.
+
+    The result is never None or False, so callers need not narrow an Optional predicate's result."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -90,15 +91,18 @@ class Process:
             )
         return self
 
-    def wait_ready(self, url: str, timeout: float = 20, interval: float = 0.05) -> None:
-        """Until ``GET url`` answers 200; ProcError if the process exits first or ``timeout`` passes."""
+    def wait_ready(
+        self, url: str, timeout: float = 20, interval: float = 0.05, context: ssl.SSLContext | None = None
+    ) -> None:
+        """Until ``GET url`` answers 200; ProcError if the process exits first or ``timeout`` passes.
+        ``context``: TLS settings for an https URL."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.popen is not None, f"{self.name} was never started"
             if self.popen.poll() is not None:
                 raise ProcError(self.name, f"exited with {self.popen.returncode}", self.log)
             try:
-                if http("GET", url, timeout=1)[0] == 200:
+                if http("GET", url, timeout=1, context=context)[0] == 200:
                     return
             except OSError:
                 pass
@@ -152,9 +156,11 @@ class Proc(Process):
     def command(self) -> list[str]:
         return [str(BIN / self.program), "run", "--config", str(self.config)]
 
-    def wait_healthy(self, url: str, timeout: float = 20, interval: float = 0.05) -> None:
+    def wait_healthy(
+        self, url: str, timeout: float = 20, interval: float = 0.05, context: ssl.SSLContext | None = None
+    ) -> None:
         """Until ``{url}/healthz`` answers 200 (see :meth:`Process.wait_ready`)."""
-        self.wait_ready(f"{url}/healthz", timeout, interval)
+        self.wait_ready(f"{url}/healthz", timeout, interval, context)
 
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")

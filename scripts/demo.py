@@ -37,7 +37,20 @@ import psutil
 
 from backhaul.wire import remote_write as rw
 from backhaul.wire.series import Labels, SeriesMap
-from harness import RW_HEADERS, Proc, ProcError, export, free_port, get_json, http, read_metrics, write_toml
+from harness import (
+    READ,
+    READ_HEADERS,
+    READ_TOKEN,
+    RW_HEADERS,
+    Proc,
+    ProcError,
+    export,
+    free_port,
+    get_json,
+    http,
+    read_metrics,
+    write_toml,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "demo-data"
@@ -562,6 +575,7 @@ class Demo:
                 "listen": {"host": "127.0.0.1", "port": cport},
                 "store": {"path": str(DATA / "collector" / "collector.db")},
                 "devices": [{"id": DEVICE, "token": self.token}],
+                "read": READ,  # the operator's credential: the read endpoints need one
             },
             self.collector.config,
         )
@@ -619,6 +633,7 @@ class Demo:
         print(f"     collector   {self.collector.url}/metrics   {self.collector.url}/healthz")
         print(f"     fleet page  {self.collector.url}/fleet   alerts: {self.collector.url}/api/v1/alerts")
         print(f'     export      {self.collector.url}/api/v1/export?match[]={{__name__=~".+"}}')
+        print(f"     read token  {READ_TOKEN}  (bearer, or the password of the page's login; any user name)")
         print("   columns:")
         for name, meaning in LEGEND:
             print(f"     {name:<9} {Style.dim(meaning)}")
@@ -801,7 +816,11 @@ class Demo:
         print(f"     collector   {self.collector.url}/metrics   {self.collector.url}/healthz")
         print(f"     fleet page  {self.collector.url}/fleet   alerts: {self.collector.url}/api/v1/alerts")
         selector = '{__name__=~".+"}'
-        print(f"     export      curl -sG {self.collector.url}/api/v1/export --data-urlencode 'match[]={selector}'")
+        auth = f"-H 'Authorization: Bearer {READ_TOKEN}'"
+        print(
+            f"     export      curl -sG {auth} {self.collector.url}/api/v1/export --data-urlencode 'match[]={selector}'"
+        )
+        print(f"     read token  {READ_TOKEN}  (bearer, or the fleet page's login password with any user name)")
         print(f"     logs        {self.rel(self.agent.log)}   {self.rel(self.collector.log)}")
         print()
         if dupes or foreign:  # cannot happen with a correct collector; shown, but the verdict is about loss
@@ -861,7 +880,9 @@ class Demo:
         selector = 'gpu_utilization_ratio{gpu="0"}'
         query = urllib.parse.urlencode({"match[]": selector, "start": f"{last_ms / 1000 - 2.5:.3f}"})
         try:
-            status, body, _ = http("GET", f"{self.collector.url}/api/v1/export?{query}", timeout=2)
+            status, body, _ = http(
+                "GET", f"{self.collector.url}/api/v1/export?{query}", headers=READ_HEADERS, timeout=2
+            )
         except OSError:
             return None
         lines = body.decode().splitlines()

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.support import TOKEN, Proc, free_port, toml_text
+from tests.support import READ, TOKEN, Proc, free_port, toml_text
+
+# The examples ship placeholder secrets, which both programs refuse at start (issue 12). A test that
+# loads an example sets real ones the way the examples advise: in the environment, which wins.
+EXAMPLE_SECRETS = {
+    "BACKHAUL_UPLINK__TOKEN": "a-real-device-token-0123456789",
+    "BACKHAUL_DEVICES": json.dumps(
+        [{"id": "edge-0001", "token_sha256": hashlib.sha256(b"a-real-device-token-0123456789").hexdigest()}]
+    ),
+}
+
+
+@pytest.fixture
+def example_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real secrets in place of the examples' placeholders (see EXAMPLE_SECRETS)."""
+    for name, value in EXAMPLE_SECRETS.items():
+        monkeypatch.setenv(name, value)
 
 
 @dataclass
@@ -45,6 +63,7 @@ def start_collector(tmp_path: Path, launch: Callable[..., Running]) -> Callable[
             "listen": {"host": "127.0.0.1", "port": port},
             "store": {"path": str(tmp_path / f"{name}.db")},
             "devices": [{"id": "dev-1", "token": TOKEN}, {"id": "dev-2", "token": TOKEN + "-2"}],
+            "read": READ,
         }
         config.update(overrides)
         return launch("backhaul-collector", name, port, config)

@@ -28,6 +28,7 @@ from agent.alerts.settings import CommandChannelSettings, HttpChannelSettings, M
 from backhaul import __version__
 from backhaul.errors import PeerError, Refused
 from backhaul.http import HttpClient
+from backhaul.tls import ClientTls
 from backhaul.wire.alert import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
@@ -44,21 +45,28 @@ class Channel(Protocol):
 class HttpChannel:
     """POSTs the message to the collector's ``/api/v1/alerts`` with the device's bearer token.
 
-    Args: url, token, timeout (seconds); the lane's byte budget (None: none).
+    Args: url, token, timeout (seconds), tls (the uplink's TLS settings, for an https URL); the
+    lane's byte budget (None: none).
     """
 
     name = "http"
 
-    def __init__(self, url: str, token: str, timeout: float, budget: AlertBudget | None = None) -> None:
+    def __init__(
+        self, url: str, token: str, timeout: float, tls: ClientTls | None = None, budget: AlertBudget | None = None
+    ) -> None:
         self._url = url
         # Its own client and connection pool: never behind a batch upload's connection, never paced.
-        self._client = HttpClient(
-            timeout, f"backhaul-agent/{__version__}", token, {"Content-Type": CONTENT_TYPE}, budget
-        )
+        headers = {"Content-Type": CONTENT_TYPE}
+        self._client = HttpClient(timeout, f"backhaul-agent/{__version__}", token, headers, tls=tls, link=budget)
 
     @classmethod
     def from_settings(
-        cls, s: HttpChannelSettings, uplink_url: str | None, uplink_token: str, budget: AlertBudget | None = None
+        cls,
+        s: HttpChannelSettings,
+        uplink_url: str | None,
+        uplink_token: str,
+        tls: ClientTls | None = None,
+        budget: AlertBudget | None = None,
     ) -> HttpChannel:
         if s.url is not None:
             url = str(s.url)
@@ -67,7 +75,7 @@ class HttpChannel:
         else:
             raise ValueError("alerts: an http channel needs a url (or uplink.url)")
         token = s.token.get_secret_value() if s.token is not None else uplink_token
-        return cls(url, token, s.timeout.total_seconds(), budget)
+        return cls(url, token, s.timeout.total_seconds(), tls, budget)
 
     async def send(self, body: bytes) -> None:
         reply = await self._client.post(self._url, body)

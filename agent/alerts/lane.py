@@ -58,6 +58,8 @@ class AlertLane:
         long_form: where the long form of a rule's alert goes (the bulk buffer), or None: a
             ``backhaul_alert`` sample with the series' labels plus ``alertname``, ``alertstate``,
             ``severity`` and ``alert_fingerprint``, valued as the message.
+        key: the MAC key every message is signed with (``backhaul.wire.alert.token_key`` of the
+            device's token).
         budget: the lane's own byte budget (alerts.daily_bytes), charged by the channels; None: none.
     """
 
@@ -72,6 +74,7 @@ class AlertLane:
         metrics: AlertMetrics,
         clock: Callable[[], float] = time.time,
         long_form: Callable[[SeriesMap], Awaitable[None]] | None = None,
+        key: bytes = b"",
         budget: AlertBudget | None = None,
     ) -> None:
         self.budget = budget
@@ -82,7 +85,7 @@ class AlertLane:
         self._clock = clock
         self._readings = readings
         self.channels = channels
-        self.queue = AlertQueue(queue_path, settings.max_queue, synchronous)
+        self.queue = AlertQueue(queue_path, settings.max_queue, synchronous, clock)
         self.engine = RuleEngine(
             settings.rules,
             settings.max_series_per_rule,
@@ -97,6 +100,7 @@ class AlertLane:
             metrics,
             settings.backoff_min.total_seconds(),
             settings.backoff_max.total_seconds(),
+            key=key,
             budget=budget,
         )
         self.start: StartInfo | None = None

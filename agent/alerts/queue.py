@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,11 +60,21 @@ class Entry:
 
 
 class AlertQueue:
-    """Args: path of the queue file; max_entries; synchronous level (as the buffer's)."""
+    """Args: path of the queue file; max_entries; synchronous level (as the buffer's); wall clock (s).
 
-    def __init__(self, path: Path, max_entries: int, synchronous: Synchronous = "FULL") -> None:
+    A new file (first start, or one made after a damaged file was moved aside) starts the sequence at
+    the wall clock in milliseconds rather than at 1: the collector orders an alert's states by
+    ``seq``, so a queue made anew must not start below the numbers the old one already used (about
+    one message per millisecond would be needed to overtake the clock). A device whose clock is far
+    behind when its queue is made anew can still start below them (docs/alerts.md, known limits).
+    """
+
+    def __init__(
+        self, path: Path, max_entries: int, synchronous: Synchronous = "FULL", clock: Callable[[], float] = time.time
+    ) -> None:
         self.path = path
         self.max_entries = max_entries
+        self._clock = clock
         self.db = Database(path, synchronous, MIGRATIONS, "alert-queue")
         self.length = 0
 
@@ -97,6 +108,8 @@ class AlertQueue:
             clean = bool(self._meta("clean", 1)) and self.db.damage is None
             self._set("starts", restarts + 1)
             self._set("clean", 0)
+            if self._meta("next_seq", 0) == 0:
+                self._set("next_seq", max(1, int(self._clock() * 1000)))
         (self.length,) = self.conn.execute("SELECT count(*) FROM queue").fetchone()
         return StartInfo(restarts, clean)
 
@@ -139,7 +152,9 @@ class AlertQueue:
             seq = self._meta("next_seq", 1)
             seqs = []
             for msg in messages:
-                body = wire.encode(_with_seq(msg, seq))
+                # Unsigned (version 1): the sender signs each message as it sends it, with the key
+                # it has then (a token rotated while messages wait must not strand them).
+                body = wire.encode_unsigned(_with_seq(msg, seq))
                 conn.execute(
                     "INSERT INTO queue (seq, created_ms, resolved, severity, body) VALUES (?, ?, ?, ?, ?)",
                     (seq, msg.ts_ms, msg.state == "resolved", wire.SEVERITIES.index(msg.severity), body),

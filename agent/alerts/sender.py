@@ -19,16 +19,18 @@ from agent.alerts.budget import AlertBudget
 from agent.alerts.channels import Channel
 from agent.alerts.metrics import AlertMetrics
 from agent.alerts.queue import AlertQueue, Entry
-from backhaul.errors import PeerError, Refused, StoreError
+from backhaul.errors import AlertFormatError, PeerError, Refused, StoreError
 from backhaul.retry import Backoff
+from backhaul.wire import alert as wire
 
 log = logging.getLogger(__name__)
 
 
 class AlertSender:
     """Args: the queue; channels in fallback order; metrics; backoff bounds (s); wall clock (s);
-    the jitter source (a float in [0, 1), for tests); the lane's byte budget the channels charge
-    (saved after each attempt), None for none."""
+    the jitter source (a float in [0, 1), for tests); the MAC key each message is signed with as it
+    leaves (``backhaul.wire.alert.token_key`` of the device's token); the lane's byte budget the
+    channels charge (saved after each attempt), None for none."""
 
     def __init__(
         self,
@@ -39,10 +41,12 @@ class AlertSender:
         backoff_max: float,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        key: bytes = b"",
         budget: AlertBudget | None = None,
     ) -> None:
         self._budget = budget
         self._queue = queue
+        self._key = key
         self._channels = channels
         self._metrics = metrics
         self._backoff = Backoff(backoff_min, backoff_max, rng)
@@ -98,9 +102,16 @@ class AlertSender:
     async def _deliver(self, entry: Entry) -> bool:
         """Offer one message to the channels; True when it may leave the queue."""
         transient = False
+        try:
+            body = wire.sign(entry.body, self._key)
+        except AlertFormatError as exc:  # only a damaged queue file could hold one: it can never be sent
+            log.error("alert %d in the queue is not a valid message (%s): dropped", entry.seq, exc)
+            self._metrics.alerts_dropped.labels("malformed").inc()
+            await self._queue.call(self._queue.remove, entry.seq)
+            return True
         for channel in self._channels:
             try:
-                await channel.send(entry.body)
+                await channel.send(body)
             except Refused as exc:
                 self._metrics.alert_failures.labels(channel.name, exc.kind).inc()
                 log.error("alert %d refused by %s: %s", entry.seq, channel.name, exc)

@@ -10,11 +10,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import ByteSize, ConfigDict, Field, HttpUrl, SecretStr, field_validator
+from pydantic import ByteSize, ConfigDict, Field, HttpUrl, field_validator
 
 from backhaul.errors import SelectorError
 from backhaul.selector import Selector
-from backhaul.settings import Section
+from backhaul.settings import Secret, Section
 
 Severity = Literal["info", "warning", "critical"]
 Op = Literal[">", "<", ">=", "<=", "==", "!=", "absent"]
@@ -57,7 +57,7 @@ class HttpChannelSettings(Section):
     type: Literal["http"] = "http"
     # Default: uplink.url with its path replaced by /api/v1/alerts, and uplink.token.
     url: HttpUrl | None = None
-    token: SecretStr | None = None
+    token: Secret | None = None
     timeout: timedelta = timedelta(seconds=5)
 
 
@@ -70,7 +70,7 @@ class MqttChannelSettings(Section):
     # {device} is replaced by the device id.
     topic: str = "backhaul/alerts/{device}"
     username: str | None = None
-    password: SecretStr | None = None
+    password: Secret | None = None
     timeout: timedelta = timedelta(seconds=5)
 
 
@@ -136,6 +136,10 @@ class AlertSettings(Section):
     long_form: bool = True
     # Tried in order until one acknowledges; default: [{type = "http"}] when uplink.url is set.
     channels: list[ChannelSettings] = []
+    # The token the collector knows this device by: every message carries a MAC keyed by its SHA-256
+    # (docs/alerts.md). Default: the first http channel's token, else uplink.token. Set it when the
+    # alerts leave by MQTT or a command only.
+    token: Secret | None = None
     rules: list[RuleSettings] = []
     builtin: BuiltinSettings = BuiltinSettings()
 

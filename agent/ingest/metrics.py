@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 class IngestMetrics:
@@ -21,4 +21,10 @@ class IngestMetrics:
         )
         self.metadata_received = Counter(
             "backhaul_ingest_metadata", "Metric metadata entries received (accepted, not stored)", registry=r
+        )
+        self.label_cache = Gauge(
+            "backhaul_ingest_label_cache_entries",
+            "What the remote-write label cache holds, by kind (sets, pairs); both are bounded",
+            ["kind"],
+            registry=r,
         )

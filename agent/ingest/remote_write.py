@@ -3,11 +3,15 @@
 Answers (DESIGN.md, delivery contract 6: 4xx means "drop it", 5xx means "retry"):
     204  samples committed to the buffer (and only then)
     400  body is not a snappy-compressed WriteRequest
-    413  body or its decompressed form over the configured limit
+    413  body, its decompressed form or its decoded samples over the configured limits (decoded: twice
+         ``max_decompressed_bytes``; samples: more than ``buffer.max_pending_samples`` in one request,
+         which could never be committed)
     415  not ``application/x-protobuf`` or an encoding other than snappy
-    503  shutting down, overloaded, or the disk refused the write: the sender keeps the data and retries
-Samples that cannot be stored (timestamps outside the accepted window, absurd label sets, native
-histograms) are dropped one by one and counted in ``backhaul_ingest_dropped_samples_total{reason}``.
+    503  shutting down, overloaded (too much waiting for a commit, or being decoded), or the disk
+         refused the write: the sender keeps the data and retries
+Samples that cannot be stored (timestamps outside the accepted window, labels that break the rules of
+backhaul/labels.py, native histograms) are dropped one by one and counted in
+``backhaul_ingest_dropped_samples_total{reason}``; the rest of the request is kept.
 """
 
 from __future__ import annotations
@@ -25,12 +29,15 @@ from agent.ingest.metrics import IngestMetrics
 from agent.ingest.settings import IngestSettings
 from backhaul.errors import InputError
 from backhaul.web import respond
+from backhaul.wire import budget
 from backhaul.wire import remote_write as rw
+from backhaul.wire.budget import DecodeBudget
 from backhaul.wire.series import SeriesMap
 
 log = logging.getLogger(__name__)
 
-# Bodies above this are decoded on a worker thread so one big request cannot stall the event loop.
+# Bodies that decompress to more than this are decoded on a worker thread, so that one big request
+# cannot stall the event loop, and only within the decoding budget, so that several cannot add up.
 _INLINE_DECODE_BYTES = 256 * 1024
 
 
@@ -44,6 +51,8 @@ class RemoteWriteReceiver:
         metrics: request and sample counters.
         clock: wall clock in seconds.
         observe: called with each request's decoded samples, before the commit (the alert rules look at them).
+        device_label: the label that will name this device downstream ("" none): look-alikes of it
+            are refused (backhaul/labels.py).
     """
 
     def __init__(
@@ -54,15 +63,23 @@ class RemoteWriteReceiver:
         metrics: IngestMetrics,
         clock: Callable[[], float] = time.time,
         observe: Callable[[SeriesMap], None] | None = None,
+        device_label: str = "",
     ) -> None:
         self._staging = staging
+        self._device_label = device_label
         self._labels = rw.LabelCache()
         self._observe = observe
         self._ingest = ingest
         self._max_age_ms = int(buffer.max_age.total_seconds() * 1000)
         self._max_future_ms = int(ingest.max_future.total_seconds() * 1000)
         self._metrics = metrics
+        metrics.label_cache.labels("sets").set_function(lambda: len(self._labels))
+        metrics.label_cache.labels("pairs").set_function(lambda: self._labels.pairs)
         self._clock = clock
+        self._max_pending = buffer.max_pending_samples
+        per_request = 2 * int(ingest.max_decompressed_bytes)
+        total = int(ingest.max_decoding_bytes) if ingest.max_decoding_bytes is not None else per_request
+        self.budget = DecodeBudget(total, per_request, limit_name="2 x [ingest] max_decompressed_bytes")
 
     def limits(self) -> rw.Limits:
         now_ms = int(self._clock() * 1000)
@@ -72,6 +89,8 @@ class RemoteWriteReceiver:
             max_label_bytes=self._ingest.max_label_bytes,
             min_timestamp_ms=now_ms - self._max_age_ms,
             max_timestamp_ms=now_ms + self._max_future_ms,
+            max_decoded_bytes=self.budget.per_request,
+            device_label=self._device_label,
         )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -90,10 +109,19 @@ class RemoteWriteReceiver:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise InputError(f"request body exceeds the limit of {limit} bytes", 413) from None
-        if len(body) > _INLINE_DECODE_BYTES:
-            decoded = await asyncio.to_thread(rw.decode, body, self.limits(), self._labels)
+        length = rw.snappy_uncompressed_length(body)
+        if length > _INLINE_DECODE_BYTES:
+            cost = min(budget.remote_write_worst(length), self.budget.per_request)
+            async with self.budget.reserve(cost, "remote-write request"):
+                decoded = await asyncio.to_thread(rw.decode, body, self.limits(), self._labels)
         else:
             decoded = rw.decode(body, self.limits(), self._labels)
+        if decoded.samples > self._max_pending:
+            raise InputError(
+                f"one request of {decoded.samples} samples can never be committed: buffer.max_pending_samples"
+                f" is {self._max_pending}; send smaller requests",
+                413,
+            )
 
         dropped = sum(decoded.dropped.values())
         if self._observe is not None and decoded.samples:

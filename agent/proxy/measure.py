@@ -85,7 +85,7 @@ def count_usage(metrics: ProxyMetrics, route: str, upstream: str, data: bytes) -
         return
     if not isinstance(answer, dict) or not isinstance(answer.get("usage"), dict):
         return
-    model = str(answer.get("model") or "")
+    model = metrics.model(str(answer.get("model") or ""))
     usage = answer["usage"]
     if (prompt := _tokens(usage, "prompt_tokens")) is not None:
         metrics.prompt_tokens.labels(route, model, upstream).inc(prompt)
@@ -100,9 +100,10 @@ def count_stream(metrics: ProxyMetrics, route: str, upstream: str, stats: Stream
     completion = _tokens(usage, "completion_tokens")
     if completion is None:
         completion = stats.token_chunks
+    model = m.model(stats.model)
     if (prompt := _tokens(usage, "prompt_tokens")) is not None:
-        m.prompt_tokens.labels(route, stats.model, upstream).inc(prompt)
-    m.completion_tokens.labels(route, stats.model, upstream).inc(completion)
+        m.prompt_tokens.labels(route, model, upstream).inc(prompt)
+    m.completion_tokens.labels(route, model, upstream).inc(completion)
     if stats.first_token is None or stats.last_token is None:
         return
     m.ttft.labels(route, upstream).observe(stats.first_token - started)

@@ -3,17 +3,25 @@
 ``route`` on the request metrics is the API path (``/v1/chat/completions``, ..., ``other``);
 ``upstream`` is where the answer came from (``local`` or ``cloud``), the ``route`` of
 ``backhaul_proxy_routed_requests_total`` — that one name was already taken by the path.
+``model`` comes from the answers, so an upstream decides its values: the first ``max_models``
+distinct names (cut to 128 characters) keep their own series, any later one is counted as ``other``.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# Characters of a model name kept as a label value.
+_MODEL_CHARS = 128
+
 
 class ProxyMetrics:
-    """Args: registry: where the ``backhaul_proxy_*`` metrics are registered."""
+    """Args: registry: where the ``backhaul_proxy_*`` metrics are registered; max_models: distinct
+    ``model`` label values kept before the rest become ``other``."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, max_models: int = 20) -> None:
+        self._max_models = max_models
+        self._models: set[str] = set()
         r = registry
         self.duration = Histogram(
             "backhaul_proxy_request_duration_seconds",
@@ -78,3 +86,13 @@ class ProxyMetrics:
             ["direction"],
             registry=r,
         )
+
+    def model(self, name: str) -> str:
+        """The ``model`` label value for a name an answer gave (bounded cardinality, see the module)."""
+        name = name[:_MODEL_CHARS]
+        if name in self._models:
+            return name
+        if len(self._models) >= self._max_models:
+            return "other"
+        self._models.add(name)
+        return name

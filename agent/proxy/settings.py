@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import ByteSize, Field, HttpUrl, SecretStr, field_validator, model_validator
 
-from backhaul.settings import Section
+from backhaul.settings import Secret, Section
 
 # Why a request may leave the device; "requested" (X-Backhaul-Route: cloud) is not a trigger to enable.
 Trigger = Literal["down", "overloaded", "slow_start", "too_long", "error"]
@@ -26,7 +26,7 @@ class CloudSettings(Section):
     url: HttpUrl | None = None
     # Sent as "Authorization: Bearer <token>"; prefer BACKHAUL_PROXY__CLOUD__TOKEN over the file.
     # Empty: the client's own Authorization header is passed on.
-    token: SecretStr = SecretStr("")
+    token: Secret = SecretStr("")
     # Local model name -> cloud model name, applied to the request's "model"; others pass as they are.
     model_map: dict[str, str] = {}
     # Whole-request limit towards the cloud (a long generation streams for a while).

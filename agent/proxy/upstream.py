@@ -7,9 +7,10 @@ translated here, once, into :class:`UpstreamError`, so the relaying code never c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -156,16 +157,18 @@ class Upstream:
 
     async def chunk(self, response: aiohttp.ClientResponse) -> bytes:
         """The next piece of the body as it arrives (b"" at its end); a broken connection is an UpstreamError."""
-        try:
+        with self._answer_errors():
             return await response.content.readany()
-        except TimeoutError as exc:
-            raise UpstreamError("timeout", self.name, f"answer not complete within {self.timeout:g} s") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError("reset", self.name, f"answer broke off: {type(exc).__name__}") from exc
 
     async def read(self, response: aiohttp.ClientResponse) -> bytes:
-        try:
+        with self._answer_errors():
             return await response.read()
+
+    @contextlib.contextmanager
+    def _answer_errors(self) -> Iterator[None]:
+        """While an answer's body is read: aiohttp's errors become :class:`UpstreamError`."""
+        try:
+            yield
         except TimeoutError as exc:
             raise UpstreamError("timeout", self.name, f"answer not complete within {self.timeout:g} s") from exc
         except aiohttp.ClientError as exc:

@@ -24,6 +24,7 @@ from backhaul.errors import PeerError
 from backhaul.http import LinkHooks, Reply
 from backhaul.remote_write_sender import Outbox, RemoteWriteSender, Request, chunk_series
 from backhaul.retry import Verdict
+from backhaul.tls import ClientTls
 from backhaul.wire.batch import BatchHeader
 
 # The agent decodes only chunks it wrote itself; the cap is a guard, not a policy.
@@ -40,6 +41,7 @@ class RemoteWriteTransport:
         device_id: this device, added to every series as ``device_label`` (unless that is "").
         device_label: label name, "device_id" by default, as the collector would add it.
         max_samples_per_request: split a batch into requests of at most this many samples.
+        tls: the uplink's TLS settings for an https URL (None: the system's CAs).
         link: the metered link the requests go over, None for none.
     """
 
@@ -51,6 +53,7 @@ class RemoteWriteTransport:
         device_id: str,
         device_label: str = "device_id",
         max_samples_per_request: int = 2000,
+        tls: ClientTls | None = None,
         link: LinkHooks | None = None,
     ) -> None:
         self._sender = RemoteWriteSender(
@@ -60,6 +63,7 @@ class RemoteWriteTransport:
             token,
             device_label=device_label,
             max_samples_per_request=max_samples_per_request,
+            tls=tls,
             link=link,
         )
         self._device_id = device_id

@@ -10,11 +10,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import ByteSize, Field, HttpUrl, SecretStr, field_validator
+from pydantic import ByteSize, Field, HttpUrl, SecretStr, field_validator, model_validator
 
 from agent.uplink.windows import parse
 from backhaul.periods import zone
-from backhaul.settings import Section
+from backhaul.settings import ReadableFile, Secret, Section
 
 
 class LinkSettings(Section):
@@ -61,7 +61,7 @@ class UplinkSettings(LinkSettings):
     """Where and how batches go, over the one link described by :class:`LinkSettings`."""
 
     url: HttpUrl | None = None
-    token: SecretStr = SecretStr("")
+    token: Secret = SecretStr("")
     # "backhaul": batches to a backhaul collector (url .../api/v1/batches). "remote_write": plain
     # Prometheus remote write 1.0 straight to a TSDB (url e.g. http://vm:8428/api/v1/write).
     protocol: Literal["backhaul", "remote_write"] = "backhaul"
@@ -75,3 +75,20 @@ class UplinkSettings(LinkSettings):
     timeout: timedelta = timedelta(seconds=30)
     backoff_min: timedelta = timedelta(seconds=1)
     backoff_max: timedelta = timedelta(minutes=5)
+    # TLS for https URLs (the uplink, the alert lane's http channel, remote_write): a private CA bundle
+    # instead of the system's, this device's certificate and key (mTLS), and the name to verify when it
+    # differs from the URL's host. Reloaded on SIGHUP and when the files change (backhaul.tls).
+    ca_file: ReadableFile | None = None
+    client_cert: ReadableFile | None = None
+    client_key: ReadableFile | None = None
+    server_name: str | None = Field(None, min_length=1, max_length=253)
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> UplinkSettings:
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError("uplink.client_key needs uplink.client_cert")
+        return self
+
+    @property
+    def tls_configured(self) -> bool:
+        return any(v is not None for v in (self.ca_file, self.client_cert, self.server_name))

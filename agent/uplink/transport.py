@@ -14,6 +14,7 @@ from typing import Protocol
 from agent.uplink.tables import TableRefs
 from backhaul import __version__
 from backhaul.http import HttpClient, LinkHooks, Reply
+from backhaul.tls import ClientTls
 from backhaul.wire import batch as batchfmt
 from backhaul.wire.batch import CONTENT_TYPE, TABLES_HEADER, BatchHeader
 
@@ -49,14 +50,22 @@ class HttpTransport:
         token: this device's bearer token.
         timeout: seconds for the whole request, connect to last byte of the reply.
         zstd_level: for chunks re-compressed without their series table.
+        tls: the uplink's TLS settings for an https URL (None: the system's CAs).
         link: the metered link batches go over (its cap, budgets, windows), None for none.
     """
 
     def __init__(
-        self, url: str, token: str, timeout: float, zstd_level: int = 3, link: LinkHooks | None = None
+        self,
+        url: str,
+        token: str,
+        timeout: float,
+        zstd_level: int = 3,
+        tls: ClientTls | None = None,
+        link: LinkHooks | None = None,
     ) -> None:
         self._url = url
-        self._client = HttpClient(timeout, f"backhaul-agent/{__version__}", token, {"Content-Type": CONTENT_TYPE}, link)
+        headers = {"Content-Type": CONTENT_TYPE}
+        self._client = HttpClient(timeout, f"backhaul-agent/{__version__}", token, headers, tls=tls, link=link)
         self._zstd_level = zstd_level
         self.tables = TableRefs(zstd_level)
 

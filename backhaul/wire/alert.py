@@ -1,19 +1,30 @@
-"""The compact alert message: one alert state change in at most 160 bytes, for any link.
+"""The compact alert message: one alert state change in at most 160 bytes, for any link, with a MAC.
 
 Small enough for one SMS (140 bytes after base64 is not, but 160 raw bytes fit a satellite short-burst
 message and an MQTT packet anywhere), identical on every transport, decoded by the collector with this
-same module. Layout, version 1 (integers are unsigned LEB128 varints unless noted)::
+same module. Layout, version 2 (integers are unsigned LEB128 varints unless noted)::
 
-    version      u8   1
+    version      u8   2
     flags        u8   bits 0-1 state (0 firing, 1 resolved), bits 2-4 severity (0 none, 1 info,
                       2 warning, 3 critical), bit 5 a summary follows; bits 6-7 zero
-    seq          varint   the agent's alert sequence number (per alert queue, increasing)
-    ts_ms        varint   when the state changed, agent wall clock, ms since the epoch
+    seq          varint   the agent's alert sequence number (per alert queue, increasing), < 2**63
+    ts_ms        varint   when the state changed, agent wall clock, ms since the epoch, < 2**53
     fingerprint  u32 big-endian   which alert instance (rule + series labels), stable across restarts
     value        f64 little-endian   the value that made the rule fire or resolve (NaN for none)
     device       varint length + UTF-8, at most 64 bytes
     rule         varint length + UTF-8, at most 48 bytes
     summary      (bit 5 only) varint length + UTF-8, whatever room is left below 160 bytes
+    mac          8 bytes: the first 8 bytes of HMAC-SHA256(key, every byte before the mac), where
+                 key = SHA-256 of the device's token (:func:`token_key`): the agent holds the token,
+                 the collector only its digest, and both can compute the key
+
+The MAC makes the message its own proof of origin whatever carried it (HTTP, an MQTT broker anyone
+may publish to, an SMS gateway); ``seq``, covered by it, orders an alert's states and makes a replay
+harmless (the collector keeps each message once and never moves a state back to an older ``seq``).
+
+Version 1 is the same message without the MAC (at most 160 bytes, so it may hold a longer summary).
+:func:`decode` still reads it; the collector accepts it only where the channel itself authenticates
+the sender (HTTP with the device's bearer token), never from MQTT (docs/alerts.md).
 
 Over-long strings are cut (at a character boundary) rather than let the message exceed the bound; the
 long form (labels, full summary) can travel with the bulk data. A repeat of ``(device, seq, ts_ms)`` is
@@ -22,13 +33,17 @@ the same message, re-sent after a lost acknowledgement.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 from dataclasses import dataclass
 
 from backhaul.errors import AlertFormatError
 from backhaul.wire.varint import varint
 
-VERSION = 1
+VERSION = 2
+UNSIGNED_VERSION = 1
+MAC_BYTES = 8
 MAX_BYTES = 160
 MAX_DEVICE_BYTES = 64
 MAX_RULE_BYTES = 48
@@ -76,8 +91,42 @@ def _cut(text: str, limit: int) -> bytes:
     return raw[:limit].decode("utf-8", "ignore").encode("utf-8")
 
 
-def encode(msg: AlertMessage) -> bytes:
-    """The message in at most :data:`MAX_BYTES` bytes (long strings are cut to fit)."""
+def token_key(token: str) -> bytes:
+    """The MAC key of a device: the SHA-256 of its token (without surrounding whitespace, as the
+    collector's registry digests it), i.e. ``bytes.fromhex(token_sha256)`` at the collector."""
+    return hashlib.sha256(token.strip().encode()).digest()
+
+
+def mac(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()[:MAC_BYTES]
+
+
+def encode(msg: AlertMessage, key: bytes) -> bytes:
+    """The message, version 2, signed with ``key`` (:func:`token_key`), in at most :data:`MAX_BYTES`
+    bytes (long strings are cut to fit)."""
+    body = _encode(msg, VERSION, MAX_BYTES - MAC_BYTES)
+    return body + mac(key, body)
+
+
+def encode_unsigned(msg: AlertMessage) -> bytes:
+    """The message as version 1, without a MAC: what agents before version 2 sent, and what the
+    agent's queue holds (the sender signs each message when it sends it, with the key it has then)."""
+    return _encode(msg, UNSIGNED_VERSION, MAX_BYTES)
+
+
+def sign(body: bytes, key: bytes) -> bytes:
+    """A queued message (either version) as version 2, signed with ``key``."""
+    return encode(decode(body), key)
+
+
+def verify(data: bytes, key: bytes) -> bool:
+    """Whether a version 2 message's MAC is that of ``key`` (False for version 1: it has none)."""
+    if len(data) <= MAC_BYTES or data[0] != VERSION:
+        return False
+    return hmac.compare_digest(mac(key, data[:-MAC_BYTES]), data[-MAC_BYTES:])
+
+
+def _encode(msg: AlertMessage, version: int, limit: int) -> bytes:
     if msg.state not in STATES:
         raise ValueError(f"state must be one of {STATES}, not {msg.state!r}")
     if msg.severity not in SEVERITIES:
@@ -91,13 +140,13 @@ def encode(msg: AlertMessage) -> bytes:
     body += varint(msg.seq) + varint(msg.ts_ms) + _U32.pack(msg.fingerprint) + _F64.pack(msg.value)
     body += varint(len(device)) + device + varint(len(rule)) + rule
     if msg.summary:
-        room = MAX_BYTES - 2 - len(body) - 1  # one length byte: room is always below 128
+        room = limit - 2 - len(body) - 1  # one length byte: room is always below 128
         summary = _cut(msg.summary, max(0, room))
         if summary:
             flags |= 1 << 5
             body += varint(len(summary)) + summary
-    out = bytes((VERSION, flags)) + bytes(body)
-    assert len(out) <= MAX_BYTES, len(out)  # holds by construction: 2+10+8+12+65+49 < 160
+    out = bytes((version, flags)) + bytes(body)
+    assert len(out) <= limit, len(out)  # holds by construction: 2+9+8+12+65+49 = 145 <= 152
     return out
 
 
@@ -135,13 +184,20 @@ class _Reader:
 
 
 def decode(data: bytes) -> AlertMessage:
-    """Parse one message; raises :class:`AlertFormatError` saying what is wrong."""
+    """Parse one message of either version (a version 2 message's MAC is not checked here: see
+    :func:`verify`); raises :class:`AlertFormatError` saying what is wrong."""
     if not data:
         raise AlertFormatError("empty alert message")
     if len(data) > MAX_BYTES:
         raise AlertFormatError(f"alert message of {len(data)} bytes exceeds {MAX_BYTES}")
-    if data[0] != VERSION:
-        raise AlertFormatError(f"unknown alert message version {data[0]} (this side speaks {VERSION})")
+    if data[0] not in (UNSIGNED_VERSION, VERSION):
+        raise AlertFormatError(
+            f"unknown alert message version {data[0]} (this side speaks {UNSIGNED_VERSION} and {VERSION})"
+        )
+    if data[0] == VERSION:
+        if len(data) < 2 + MAC_BYTES:
+            raise AlertFormatError(f"alert message ends inside its MAC ({len(data)} bytes)")
+        data = data[:-MAC_BYTES]
     r = _Reader(data)
     r.pos = 1
     (flags,) = r.take(1, "flags")
@@ -153,6 +209,8 @@ def decode(data: bytes) -> AlertMessage:
     if severity >= len(SEVERITIES):
         raise AlertFormatError(f"unknown severity {severity}")
     seq = r.varint("seq")
+    if seq >= _MAX_SEQ:
+        raise AlertFormatError(f"seq {seq} out of range (at most 2**63-1)")
     ts_ms = r.varint("timestamp")
     if ts_ms >= _MAX_TS_MS:
         raise AlertFormatError(f"timestamp {ts_ms} out of range")

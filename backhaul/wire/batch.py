@@ -136,13 +136,15 @@ def decode(body: bytes) -> tuple[BatchHeader, list[bytes]]:
 def _check_header(h: BatchHeader) -> None:
     if not isinstance(h.device, str) or not _DEVICE_ID.match(h.device):
         raise WireError("batch: header field 'device' is not a valid device id")
-    if not isinstance(h.buffer_id, str) or not 1 <= len(h.buffer_id) <= 64:
-        raise WireError("batch: header field 'buffer_id' must be a string of 1 to 64 characters")
+    if not isinstance(h.buffer_id, str) or not 1 <= len(h.buffer_id) <= 64 or not h.buffer_id.isprintable():
+        raise WireError("batch: header field 'buffer_id' must be a printable string of 1 to 64 characters")
     for name in ("seq", "sent_at_ms", "samples", *LOSS_FIELDS, "backlog_bytes", "backlog_oldest_ms", "summary_ms"):
         value = getattr(h, name)
         # Below 2**63: every one of them reaches a signed 64-bit database column.
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_INT:
             raise WireError(f"batch: header field {name!r} must be an integer from 0 to 2**63-1")
+    if not isinstance(h.agent_version, str) or len(h.agent_version) > 64 or not h.agent_version.isprintable():
+        raise WireError("batch: header field 'agent_version' must be a printable string of at most 64 characters")
     sizes = h.chunk_sizes
     if not isinstance(sizes, list) or not all(isinstance(s, int) and s > 0 for s in sizes):
         raise WireError("batch: header field 'chunk_sizes' must list positive integers")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import Field, HttpUrl, SecretStr
+from pydantic import Field, HttpUrl
 
-from backhaul.settings import Section
+from backhaul.settings import Secret, Section
 
 
 class MqttSettings(Section):
@@ -18,7 +18,7 @@ class MqttSettings(Section):
     # The last topic level names the device (the agents' default is backhaul/alerts/<device>).
     topic: str = "backhaul/alerts/+"
     username: str | None = None
-    password: SecretStr | None = None
+    password: Secret | None = None
     client_id: str = "backhaul-collector"
 
 

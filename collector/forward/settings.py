@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import ByteSize, Field, HttpUrl, SecretStr
+from pydantic import ByteSize, Field, HttpUrl
 
-from backhaul.settings import Section
+from backhaul.settings import Secret, Section
 
 
 class ForwardTarget(Section):
@@ -16,7 +16,7 @@ class ForwardTarget(Section):
     # Names the target in metrics, logs and the default spool file name.
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     url: HttpUrl
-    bearer_token: SecretStr | None = None
+    bearer_token: Secret | None = None
     # Extra request headers, e.g. X-Scope-OrgID for Mimir or an Authorization of another kind.
     headers: dict[str, str] = {}
     max_samples_per_request: int = Field(2000, ge=1, le=1_000_000)

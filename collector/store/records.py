@@ -19,6 +19,8 @@ from backhaul.wire.series import Labels
 # The causes of loss an agent reports in every batch header (cumulative per buffer), as stored per
 # device; the metric label of each is its name without ``_samples``.
 LOSS_FIELDS = ("evicted_samples", "expired_samples", "dropped_samples", "corrupt_samples")
+# A device's loss totals add up counters of several buffers, each below 2**63: held at this.
+MAX_COUNTER = 2**63 - 1
 
 
 @dataclass
@@ -107,8 +109,9 @@ class StoredAlert:
         device, fingerprint, rule, state ("firing" or "resolved"), severity, value (None: NaN), summary:
             as in the newest message applied.
         starts_ms: when it started firing (device clock); ends_ms: when it resolved (None while firing).
-        updated_ms: the device time of the newest message applied; received_ms: when that one arrived.
-        seq: that message's sequence number.
+        updated_ms: the device time of the newest message applied; received_ms: when that one arrived
+            (device times beyond a tolerance are clamped: :func:`alert_time`).
+        seq: that message's sequence number (the state follows the highest one).
     """
 
     device: str
@@ -191,7 +194,23 @@ def newest_model_info(rows: Iterable[tuple[dict[str, str], int]], device_label: 
 
 # -- alert state -------------------------------------------------------------------------------------
 # Messages may arrive out of order (a fallback channel, a retry): an instance's state only moves
-# forward in the device's time (``ts_ms``). Each message is kept once, by (device, seq, ts_ms).
+# forward in the device's alert sequence (``seq``, which the message's MAC covers), never by the
+# device's clock, so one message stamped in the future (a clock once wrong) cannot freeze a state.
+# The times shown are the device's, clamped: a time more than ALERT_MAX_FUTURE_MS ahead of the
+# collector's clock, or before ALERT_MIN_MS (a clock never set), is taken as the arrival time.
+# Each message is kept once, by (device, seq, ts_ms), with the time it carried.
+
+ALERT_MAX_FUTURE_MS = 10 * 60_000
+ALERT_MIN_MS = 1_420_070_400_000  # 2015-01-01: earlier is a device clock that was never set
+
+
+def alert_time(ts_ms: int, received_ms: int) -> tuple[int, str | None]:
+    """The time an alert state change is shown at, and why it was clamped (``future``, ``unset_clock``)."""
+    if ts_ms > received_ms + ALERT_MAX_FUTURE_MS:
+        return received_ms, "future"
+    if ts_ms < ALERT_MIN_MS <= received_ms:
+        return received_ms, "unset_clock"
+    return ts_ms, None
 
 
 def message_row(device: str, msg: AlertMessage, received_ms: int, via: str) -> tuple[object, ...]:
@@ -203,6 +222,8 @@ def message_row(device: str, msg: AlertMessage, received_ms: int, via: str) -> t
 
 
 MESSAGE_COLUMNS = "device, seq, ts_ms, fingerprint, rule, state, severity, value, summary, received_ms, via"
+# What next_alert_state needs of an instance's stored row.
+STATE_COLUMNS = "state, starts_ms, updated_ms, seq"
 
 
 def alert_value(msg: AlertMessage) -> float | None:
@@ -210,17 +231,19 @@ def alert_value(msg: AlertMessage) -> float | None:
 
 
 def next_alert_state(
-    device: str, msg: AlertMessage, received_ms: int, row: tuple[str, int, int] | None
+    device: str, msg: AlertMessage, received_ms: int, row: tuple[str, int, int, int] | None
 ) -> tuple[object, ...] | None:
     """The instance's new row (in ALERT_COLUMNS order) after ``msg``, given its stored
-    ``(state, starts_ms, updated_ms)``; None when the message is older than what is stored."""
-    if row is not None and row[2] > msg.ts_ms:
+    ``(state, starts_ms, updated_ms, seq)`` (STATE_COLUMNS); None when the message is not newer in
+    the device's sequence than what is stored."""
+    if row is not None and row[3] >= msg.seq:
         return None  # an older message than the state we have: kept in the log only
+    when, _ = alert_time(msg.ts_ms, received_ms)
     firing = msg.state == "firing"
     if row is not None and row[0] == "firing" and firing:
         starts = row[1]  # a repeat: the alert started earlier
     else:
-        starts = msg.ts_ms
+        starts = when
     return (
         device,
         msg.fingerprint,
@@ -229,9 +252,9 @@ def next_alert_state(
         msg.severity,
         alert_value(msg),
         msg.summary,
-        starts if firing else (row[1] if row is not None else msg.ts_ms),
-        None if firing else msg.ts_ms,
-        msg.ts_ms,
+        starts if firing else (row[1] if row is not None else when),
+        None if firing else when,
+        when,
         received_ms,
         msg.seq,
     )

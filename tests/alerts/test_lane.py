@@ -15,7 +15,20 @@ import pytest
 
 from backhaul.wire import alert as wire
 from backhaul.wire.alert import AlertMessage
-from tests.support import TOKEN, Proc, exported_samples, free_port, http, metric_value, push, wait_until
+from tests.support import (
+    READ,
+    READ_HEADERS,
+    TOKEN,
+    Proc,
+    exported_samples,
+    free_port,
+    http,
+    metric_value,
+    push,
+    wait_until,
+)
+
+KEY = wire.token_key(TOKEN)  # dev-1's alert MAC key
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +42,7 @@ def collector_config(tmp_path: Path, port: int, **alerts: Any) -> dict[str, Any]
         "listen": {"host": "127.0.0.1", "port": port},
         "store": {"path": str(tmp_path / "collector.db")},
         "devices": [{"id": "dev-1", "token": TOKEN}, {"id": "dev-2", "token": TOKEN + "-2"}],
+        "read": READ,
         "alerts": alerts,
     }
 
@@ -57,7 +71,7 @@ def temp(agent_url: str, value: float) -> None:
 
 def alerts(collector_url: str, **query: str) -> list[dict[str, Any]]:
     qs = "&".join(f"{k}={v}" for k, v in query.items())
-    status, body, _ = http("GET", f"{collector_url}/api/v1/alerts?{qs}")
+    status, body, _ = http("GET", f"{collector_url}/api/v1/alerts?{qs}", headers=READ_HEADERS)
     assert status == 200, body
     return list(json.loads(body)["alerts"])
 
@@ -106,11 +120,11 @@ def test_collector_refuses_bad_alert_messages_with_a_reason(tmp_path: Path, run:
     cport = free_port()
     url = f"http://127.0.0.1:{cport}/api/v1/alerts"
     run("backhaul-collector", "collector", cport, collector_config(tmp_path, cport))
-    good = wire.encode(AlertMessage("dev-1", "R", "firing", "info", 1.0, int(time.time() * 1000), 1, 5))
+    good = wire.encode(AlertMessage("dev-1", "R", "firing", "info", 1.0, int(time.time() * 1000), 1, 5), KEY)
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": wire.CONTENT_TYPE}
 
     status, body, _ = http("POST", url, b"\x07" + good[1:], headers)
-    assert (status, body) == (400, b"unknown alert message version 7 (this side speaks 1)\n")
+    assert (status, body) == (400, b"unknown alert message version 7 (this side speaks 1 and 2)\n")
     status, body, _ = http("POST", url, good[:-2], headers)
     assert status == 400 and b"ends inside" in body
     status, _, _ = http("POST", url, good, {**headers, "Authorization": f"Bearer {TOKEN}-2"})
@@ -157,7 +171,9 @@ def test_mqtt_channel_through_a_real_broker_to_the_collector(tmp_path: Path, run
         "backhaul-agent",
         "agent",
         aport,
-        agent_config(tmp_path, aport, None, channels=[{"type": "mqtt", "host": "127.0.0.1", "port": mosquitto}]),
+        agent_config(
+            tmp_path, aport, None, channels=[{"type": "mqtt", "host": "127.0.0.1", "port": mosquitto}], token=TOKEN
+        ),
     )
     subscribed(tmp_path / "collector.log")
     temp(agent, 81)
@@ -222,7 +238,7 @@ def test_collector_forwards_firing_and_resolved_to_alertmanager_and_a_webhook(
         headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": wire.CONTENT_TYPE}
         now = int(time.time() * 1000)
         firing = AlertMessage("dev-1", "DiskLow", "firing", "critical", 1e6, now, 1, 0xABC, "disk nearly full")
-        assert http("POST", url, wire.encode(firing), headers)[0] == 200
+        assert http("POST", url, wire.encode(firing, KEY), headers)[0] == 200
 
         def am_alerts() -> list[dict[str, Any]]:
             status, body, _ = http("GET", f"{alertmanager}/api/v2/alerts")
@@ -241,7 +257,7 @@ def test_collector_forwards_firing_and_resolved_to_alertmanager_and_a_webhook(
         assert active["annotations"]["summary"] == "disk nearly full"
         assert active["status"]["state"] == "active"
         resolved = AlertMessage("dev-1", "DiskLow", "resolved", "critical", 5e9, now + 1000, 2, 0xABC)
-        assert http("POST", url, wire.encode(resolved), headers)[0] == 200
+        assert http("POST", url, wire.encode(resolved, KEY), headers)[0] == 200
         wait_until(lambda: not am_alerts(), 10, "Alertmanager to see it resolved")
         hook = wait_until(
             lambda: [a for batch in received for a in batch if a.get("endsAt")], 10, "the webhook's resolved alert"
@@ -266,7 +282,9 @@ def test_mqtt_alerts_published_while_the_collector_is_down_arrive_when_it_return
         "backhaul-agent",
         "agent",
         aport,
-        agent_config(tmp_path, aport, None, channels=[{"type": "mqtt", "host": "127.0.0.1", "port": mosquitto}]),
+        agent_config(
+            tmp_path, aport, None, channels=[{"type": "mqtt", "host": "127.0.0.1", "port": mosquitto}], token=TOKEN
+        ),
     )
     temp(agent, 85)
     wait_until(lambda: metric_value(agent, "backhaul_alerts_sent_total", 'channel="mqtt"') >= 1, 10, "the PUBACK")

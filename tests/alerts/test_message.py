@@ -10,6 +10,8 @@ from backhaul.errors import AlertFormatError
 from backhaul.wire import alert as wire
 from backhaul.wire.alert import AlertMessage
 
+KEY = wire.token_key("a device token")
+
 
 def typical(**changes: object) -> AlertMessage:
     fields: dict[str, object] = {
@@ -29,15 +31,15 @@ def typical(**changes: object) -> AlertMessage:
 
 def test_a_typical_alert_fits_in_160_bytes_and_round_trips() -> None:
     msg = typical()
-    body = wire.encode(msg)
+    body = wire.encode(msg, KEY)
     assert len(body) <= 160
-    assert len(wire.encode(typical(summary=""))) <= 80  # without a summary it is far smaller
+    assert len(wire.encode(typical(summary=""), KEY)) <= 80  # without a summary it is far smaller
     assert wire.decode(body) == msg
 
 
 def test_oversize_fields_are_cut_to_stay_within_the_bound() -> None:
     msg = typical(device="d" * 128, rule="R" * 300, summary="é" * 500, seq=2**62, ts_ms=2**52)
-    body = wire.encode(msg)
+    body = wire.encode(msg, KEY)
     assert len(body) <= wire.MAX_BYTES
     back = wire.decode(body)
     assert back.device == "d" * wire.MAX_DEVICE_BYTES
@@ -48,11 +50,11 @@ def test_oversize_fields_are_cut_to_stay_within_the_bound() -> None:
 
 @pytest.mark.parametrize("value", [math.inf, -math.inf, -0.0, 1e308])
 def test_special_values_survive(value: float) -> None:
-    assert wire.decode(wire.encode(typical(value=value))).value == value
+    assert wire.decode(wire.encode(typical(value=value), KEY)).value == value
 
 
 def test_nan_value_survives() -> None:
-    assert math.isnan(wire.decode(wire.encode(typical(value=math.nan, state="resolved"))).value)
+    assert math.isnan(wire.decode(wire.encode(typical(value=math.nan, state="resolved"), KEY)).value)
 
 
 @pytest.mark.parametrize(
@@ -70,13 +72,13 @@ def test_nan_value_survives() -> None:
     ],
 )
 def test_malformed_messages_are_refused_with_a_reason(mutate: object, reason: str) -> None:
-    body = wire.encode(typical())
+    body = wire.encode_unsigned(typical())  # the parser's refusals, without a MAC in the way
     with pytest.raises(AlertFormatError, match=reason):
         wire.decode(mutate(body))  # type: ignore[operator]
 
 
 def test_bad_utf8_is_refused() -> None:
-    body = bytearray(wire.encode(typical(summary="")))
+    body = bytearray(wire.encode(typical(summary=""), KEY))
     at = body.index(b"edge-0001")
     body[at] = 0xFF
     with pytest.raises(AlertFormatError, match="device is not UTF-8"):
@@ -85,4 +87,43 @@ def test_bad_utf8_is_refused() -> None:
 
 def test_encoder_refuses_unknown_states() -> None:
     with pytest.raises(ValueError, match="state"):
-        wire.encode(typical(state="pending"))
+        wire.encode(typical(state="pending"), KEY)
+
+
+def test_the_mac_proves_the_key_and_any_changed_byte_breaks_it() -> None:
+    body = wire.encode(typical(), KEY)
+    assert body[0] == 2 and wire.verify(body, KEY)
+    assert not wire.verify(body, wire.token_key("another device's token"))
+    for at in range(len(body)):
+        tampered = bytearray(body)
+        tampered[at] ^= 0x01
+        assert not wire.verify(bytes(tampered), KEY), at
+    assert not wire.verify(wire.encode_unsigned(typical()), KEY)  # version 1 has no MAC
+
+
+def test_the_key_is_the_sha256_of_the_token_as_the_collector_keeps_it() -> None:
+    import hashlib
+
+    assert wire.token_key(" tok ") == bytes.fromhex(hashlib.sha256(b"tok").hexdigest())
+
+
+def test_signed_messages_stay_within_160_bytes_whatever_they_hold() -> None:
+    msg = typical(device="d" * 128, rule="R" * 300, summary="é" * 500, seq=2**63 - 1, ts_ms=2**53 - 1)
+    body = wire.encode(msg, KEY)
+    assert len(body) <= wire.MAX_BYTES and wire.verify(body, KEY)
+    # a full-size version 1 message from the queue of an older agent, signed as it leaves
+    old = wire.encode_unsigned(msg)
+    assert len(old) == wire.MAX_BYTES
+    signed = wire.sign(old, KEY)
+    assert len(signed) <= wire.MAX_BYTES and wire.verify(signed, KEY)
+    assert wire.decode(signed).seq == msg.seq
+
+
+@pytest.mark.parametrize("seq", [2**63, 2**64 - 1, 2**69])
+def test_a_seq_beyond_int64_is_refused(seq: int) -> None:
+    from backhaul.wire.varint import varint
+
+    body = bytearray(wire.encode_unsigned(typical(seq=1, summary="")))
+    body[2:3] = varint(seq) if seq < 2**64 else b"\xff" * 9 + b"\x7f"
+    with pytest.raises(AlertFormatError, match=r"seq|varint"):
+        wire.decode(bytes(body))

@@ -146,7 +146,7 @@ def test_restored_firing_alert_resolves_after_its_grace_unless_it_comes_back() -
     assert [t.state for t in restarted.step(fresh.evaluate(), 1500)] == ["resolved"]
 
 
-def test_the_example_configs_validate_with_their_alert_sections() -> None:
+def test_the_example_configs_validate_with_their_alert_sections(example_secrets: None) -> None:
     from pathlib import Path
 
     from agent.config import AgentSettings

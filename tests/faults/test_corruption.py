@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.buffer.store import BufferStore
+from backhaul.wire.series import SeriesMap
 from tests.support import exported_samples, metric_value, wait_until
 
 pytestmark = [pytest.mark.faults]
@@ -21,7 +22,7 @@ pytestmark = [pytest.mark.faults]
 NOW = int(time.time() * 1000) - 3_600_000  # recent: the agent would expire data older than max_age
 
 
-def chunk_of(k: int, n: int = 2000) -> dict:
+def chunk_of(k: int, n: int = 2000) -> SeriesMap:
     """~16 KB compressed: random values barely compress, so each chunk spans several pages."""
     rng = random.Random(k)
     return {(("__name__", f"m{i}"), ("k", str(k))): ([NOW + k * 1000], [rng.random()]) for i in range(n)}
@@ -69,7 +70,9 @@ def test_garbage_pages_lose_only_the_damaged_chunks(tmp_path):
         assert any(".corrupt-" in p.name for p in r.moved_aside)
         # and the buffer works: new data goes in, a batch comes out
         store.append(chunk_of(99), 0, NOW)
-        assert store.claim(64 << 20, NOW, False).samples == r.salvaged_samples + 2000
+        batch = store.claim(64 << 20, NOW, False)
+        assert batch is not None
+        assert batch.samples == r.salvaged_samples + 2000
     finally:
         store.close()
 
@@ -120,6 +123,7 @@ def test_a_chunk_that_does_not_decode_is_quarantined_and_counted(tmp_path):
         (bad_id,) = store.conn.execute("SELECT id FROM chunks ORDER BY id LIMIT 1 OFFSET 2").fetchone()
         store.conn.execute("UPDATE chunks SET data = zeroblob(64) WHERE id = ?", (bad_id,))
         batch = store.claim(64 << 20, NOW, False)  # merging the small chunks finds the bad one
+        assert batch is not None
         assert batch.samples == 400
         assert store.counters()["corrupt_samples"] == 100
         (kept,) = store.conn.execute("SELECT count(*) FROM quarantine WHERE chunk_id = ?", (bad_id,)).fetchone()

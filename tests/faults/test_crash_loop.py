@@ -142,10 +142,11 @@ class CrashLoop:
             time.sleep(self.rng.uniform(0.0, 0.004))
         elif kind == "reply":
             # the collector stores the batch, the proxy holds the reply back, the agent dies meanwhile
-            assert self.proxy is not None
-            self.proxy.delay = self.rng.uniform(0.1, 0.3)
-            forwarded = self.proxy.forwarded
-            wait_until(lambda: self.proxy.forwarded > forwarded, 10, "a batch stored by the collector", 0.002)
+            proxy = self.proxy  # a local, so that the lambda below sees it narrowed to DelayProxy
+            assert proxy is not None
+            proxy.delay = self.rng.uniform(0.1, 0.3)
+            forwarded = proxy.forwarded
+            wait_until(lambda: proxy.forwarded > forwarded, 10, "a batch stored by the collector", 0.002)
             time.sleep(self.rng.uniform(0.0, 0.05))
             kill.reply_held = True
         kill.signal_at = time.monotonic()

@@ -17,6 +17,7 @@ import time
 import pytest
 
 from agent.buffer.store import BufferStore
+from backhaul.wire.series import SeriesMap
 from tests.support import metric_value, wait_until
 
 # 86.4 M samples through the buffer take a minute or more on 2 cores: more than the default 120 s when busy.
@@ -28,13 +29,13 @@ BUDGET = 4 * 1024 * 1024
 MAX_AGE_MS = 3 * 3_600_000
 
 
-def minute_of_samples(start_ms: int, minute: int) -> dict:
+def minute_of_samples(start_ms: int, minute: int) -> SeriesMap:
     """A minute of 1 s scrapes: half constants, a fifth counters rising by random steps, the rest
     noisy gauges with two decimals — about what an exporter sends (perfectly regular data would
     compress to next to nothing and never fill the budget)."""
     rng = random.Random(minute)
     stamps = [start_ms + k * 1000 for k in range(60)]
-    out = {}
+    out: SeriesMap = {}
     for i in range(SERIES):
         labels = (("__name__", f"edge_metric_{i % 40}"), ("instance", "edge-1"), ("series", str(i)))
         if i % 10 < 5:
@@ -67,7 +68,8 @@ def test_a_day_long_outage_stays_in_budget_and_drains(tmp_path, start_collector,
             if minute % 10 == 9:
                 store.expire(now - MAX_AGE_MS)
                 store.compact(now)
-                assert store.totals.oldest_ts >= now - MAX_AGE_MS - 10 * MINUTE_MS
+                oldest = store.totals.oldest_ts
+                assert oldest is not None and oldest >= now - MAX_AGE_MS - 10 * MINUTE_MS
             if minute % 360 == 359:  # an agent restart every 6 h: the backlog must survive it
                 before = (store.totals.samples, store.totals.bytes, store.counters())
                 store.close()

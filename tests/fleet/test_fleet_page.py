@@ -17,12 +17,14 @@ from typing import Any
 import aiohttp
 import pytest
 
+from backhaul.wire import alert as wire
+from backhaul.wire.alert import AlertMessage
 from collector.app import Collector
 from collector.config import CollectorSettings
 from collector.fleet import common_version
 from tests.conftest import Running
 from tests.fleet.batches import batch_body, headers, series_for
-from tests.support import http, push, require_program, wait_until
+from tests.support import READ, READ_HEADERS, READ_TOKEN, http, push, require_program, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 TOKENS = {"edge-old": "tok-old", "edge-a": "tok-a", "edge-b": "tok-b", "edge-gone": "tok-gone"}
@@ -55,6 +57,7 @@ async def fleet(tmp_path: Path) -> AsyncIterator[tuple[str, Clock]]:
             "store": {"path": str(tmp_path / "collector.db"), "synchronous": "NORMAL"},
             "fleet": {"offline_after": "PT5M"},
             "devices": [{"id": d, "token": t} for d, t in TOKENS.items()],
+            "read": READ,
         }
     )
     async with Collector(settings, clock=clock) as collector, aiohttp.ClientSession() as session:
@@ -101,6 +104,12 @@ async def fleet(tmp_path: Path) -> AsyncIterator[tuple[str, Clock]]:
             agent_version="1.0.0",
         )
         await upload("edge-gone", 1, agent_version="1.0.0")
+        for rule, severity in (("DiskLow", "critical"), ("GpuHot", "warning")):
+            firing = AlertMessage("edge-a", rule, "firing", severity, 97.0, now_ms - 1000, len(rule), len(rule), "97 %")
+            alert_headers = {"Authorization": "Bearer tok-a", "Content-Type": wire.CONTENT_TYPE}
+            body = wire.encode(firing, wire.token_key(TOKENS["edge-a"]))
+            async with session.post(f"{url}/api/v1/alerts", data=body, headers=alert_headers) as resp:
+                assert resp.status == 200, await resp.text()
         await collector.store.revoke("edge-gone", now_ms)
         await collector.store.register("edge-new", hashlib.sha256(b"tok-new").hexdigest(), now_ms)
         yield url, clock
@@ -108,7 +117,7 @@ async def fleet(tmp_path: Path) -> AsyncIterator[tuple[str, Clock]]:
 
 async def test_fleet_api_reports_each_device(fleet: tuple[str, Clock]) -> None:
     url, _ = fleet
-    async with aiohttp.ClientSession() as session, session.get(f"{url}/api/v1/fleet") as resp:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/api/v1/fleet", headers=READ_HEADERS) as resp:
         assert resp.status == 200
         data = await resp.json()
     assert data["common_agent_version"] == "1.0.0"
@@ -174,6 +183,11 @@ class Rows(HTMLParser):
             self._summary_id = None
 
 
+def as_operator(url: str) -> str:
+    """``url`` with the harness's read token as basic-auth password, as a person logs in with a browser."""
+    return url.replace("http://", f"http://operator:{READ_TOKEN}@", 1)
+
+
 async def chromium(tmp_path: Path, *args: str) -> bytes:
     """Run headless Chromium to completion (its own profile folder; killed if it hangs)."""
     program = require_program("chromium")
@@ -213,11 +227,11 @@ def png_size(data: bytes) -> tuple[int, int]:
 @pytest.mark.integration
 async def test_fleet_page_renders_in_chromium(fleet: tuple[str, Clock], tmp_path: Path) -> None:
     url, _ = fleet
-    async with aiohttp.ClientSession() as session, session.get(f"{url}/fleet") as resp:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/fleet", headers=READ_HEADERS) as resp:
         assert resp.status == 200 and resp.content_type == "text/html"
 
     dom = Rows()
-    dom.feed((await chromium(tmp_path, "--dump-dom", f"{url}/fleet")).decode())
+    dom.feed((await chromium(tmp_path, "--dump-dom", f"{as_operator(url)}/fleet")).decode())
     rows = {r["device"]: r for r in dom.rows}
     assert list(rows) == ["edge-a", "edge-b", "edge-gone", "edge-new", "edge-old"]  # sorted by device
     old = rows["edge-old"]
@@ -228,6 +242,10 @@ async def test_fleet_page_renders_in_chromium(fleet: tuple[str, Clock], tmp_path
     assert "state revoked" in rows["edge-gone"]["spans"]
     assert "state never" in rows["edge-new"]["spans"]
     assert "".join(rows["edge-b"]["cells"]["model"]) == "resnet"
+    # alert badges: what a person reads is each firing rule's name (not the API's JSON)
+    assert sorted(rows["edge-a"]["cells"]["alerts"]) == ["DiskLow", "GpuHot"]
+    assert {"alert critical", "alert warning"} <= set(rows["edge-a"]["spans"])
+    assert rows["edge-b"]["cells"]["alerts"] == []
     assert "".join(rows["edge-b"]["cells"]["model-version"]) == "2.0"
     assert "".join(rows["edge-a"]["cells"]["num uplink-spent"]) == "8.5 MiB / 10.0 MiB"
     assert "meter high" in rows["edge-a"]["spans"] and "held held-cap" in rows["edge-a"]["spans"]
@@ -244,11 +262,11 @@ async def test_fleet_page_renders_in_chromium(fleet: tuple[str, Clock], tmp_path
 
     # sorted by backlog, largest first (the order a column click gives, kept in the address)
     dom = Rows()
-    dom.feed((await chromium(tmp_path, "--dump-dom", f"{url}/fleet?sort=backlog_bytes&dir=desc")).decode())
+    dom.feed((await chromium(tmp_path, "--dump-dom", f"{as_operator(url)}/fleet?sort=backlog_bytes&dir=desc")).decode())
     assert [r["device"] for r in dom.rows][:2] == ["edge-old", "edge-a"]
 
     shot = tmp_path / "fleet.png"
-    await chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,800", f"{url}/fleet")
+    await chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,800", f"{as_operator(url)}/fleet")
     data = shot.read_bytes()
     assert png_size(data) == (1280, 800) and len(data) > 10_000
     # Kept with the test output (git-ignored), for a human or a CI artifact to look at.
@@ -267,7 +285,7 @@ def test_a_real_agent_reports_its_backlog(
     assert push(agent.url, {(("__name__", "up"), ("job", "x")): ([stamp], [1.0])}) == [204]
 
     def dev1() -> dict[str, Any] | None:
-        _, body, _ = http("GET", f"{collector.url}/api/v1/fleet")
+        _, body, _ = http("GET", f"{collector.url}/api/v1/fleet", headers=READ_HEADERS)
         found = [d for d in json.loads(body)["devices"] if d["device"] == "dev-1" and d["batches"] > 0]
         return found[0] if found else None
 
@@ -322,7 +340,7 @@ async def test_clicking_a_column_sorts_by_it(fleet: tuple[str, Clock], tmp_path:
         "--no-first-run",
         f"--user-data-dir={profile}",
         "--remote-debugging-port=0",  # Chromium picks a port and writes it to DevToolsActivePort
-        f"{url}/fleet",
+        f"{as_operator(url)}/fleet",
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )

@@ -13,11 +13,12 @@ import pytest
 from backhaul.errors import StoreError
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.remote_write import STALE_NAN_BYTES
+from backhaul.wire.series import Labels
 from collector.store.postgres import PostgresStore
 from tests.support import free_port
 
 STALE_NAN = struct.unpack("<d", STALE_NAN_BYTES)[0]  # Prometheus' stale marker, a NaN with its own bits
-LABELS = (("__name__", "temp"), ("device_id", "x"), ("room", "a"))
+LABELS: Labels = (("__name__", "temp"), ("device_id", "x"), ("room", "a"))
 
 
 @pytest.fixture
@@ -128,7 +129,7 @@ async def test_the_link_an_agent_reports_is_kept_on_either_store(backend: str, p
     store = PostgresStore(pg_dsn, pool_size=3) if backend == "postgres" else SqliteStore(tmp_path / "c.db", "FULL")
     await store.open()
     series = {LABELS: ([1000], [1.0])}
-    link = {"spent_day": 5000, "budget_day": 10_000, "blocked": "cap", "some_newer_field": 3}
+    link: dict[str, int | str] = {"spent_day": 5000, "budget_day": 10_000, "blocked": "cap", "some_newer_field": 3}
     try:
         await store.ingest("x", series, "device_id", 1000, BatchHeader("x", "b", 1, 1000, 1, uplink=link))
         # a batch from an agent that reports no link leaves what was reported before

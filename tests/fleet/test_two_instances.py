@@ -115,7 +115,11 @@ def test_agents_behind_a_balancer_lose_nothing_when_an_instance_dies(
         for sender in senders.values():
             sender.stop()
         for agent in agents.values():
-            wait_until(lambda agent=agent: metric_value(agent.url, "backhaul_buffer_samples") == 0, 30, "drained")
+            # a def, not a lambda with a default: mypy cannot type such a lambda as a predicate
+            def drained(url: str = agent.url) -> bool:
+                return metric_value(url, "backhaul_buffer_samples") == 0
+
+            wait_until(drained, 30, "drained")
 
     assert balancer.failed > 0  # the agents did meet the dead instance, and retried elsewhere
     for device, sender in senders.items():

@@ -15,11 +15,13 @@ from collector.config import CollectorSettings
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-def test_the_commented_forward_example_is_a_valid_configuration(tmp_path: Path) -> None:
+def test_the_commented_forward_example_is_a_valid_configuration(tmp_path: Path, example_secrets: None) -> None:
     text = (EXAMPLES / "collector.toml").read_text()
     block = text[text.index("# [[forward]]") :]
     # uncomment the example (its own comments are "# # ...")
     enabled = re.sub(r"(?m)^# (?!#)", "", block).replace("# # Extra request headers, e.g. a tenant for Mimir: ", "")
+    # a real token where the example shows one (placeholders are refused at start, issue 12)
+    enabled = enabled.replace('bearer_token = "..."', 'bearer_token = "a-real-target-token"')
     path = tmp_path / "c.toml"
     path.write_text(text[: text.index("# [[forward]]")] + enabled)
     settings = load(CollectorSettings, path)

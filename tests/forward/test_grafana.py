@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -16,6 +17,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from agent.app import Agent
 from agent.config import AgentSettings
 from backhaul.wire.batch import BatchHeader
+from backhaul.wire.series import SeriesMap
 from collector.app import Collector
 from collector.config import CollectorSettings
 from collector.forward.metrics import ForwardMetrics
@@ -62,7 +64,7 @@ def parse(expr: str) -> tuple[list[tuple[str, set[str]]], set[str]]:
     return selected, grouped
 
 
-def problems(dashboard: dict, exported: Exported) -> Iterator[str]:
+def problems(dashboard: dict[str, Any], exported: Exported) -> Iterator[str]:
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
             expr = target["expr"]
@@ -98,6 +100,7 @@ def exported_by(registry: CollectorRegistry, *owners: object) -> Exported:
     for owner in owners:
         for metric in vars(owner).values():
             if isinstance(metric, MetricWrapperBase):
+                assert metric._type is not None  # None only on the abstract base
                 for suffix in SUFFIXES[metric._type]:
                     out[metric._name + suffix] |= set(metric._labelnames)
     return out
@@ -124,7 +127,7 @@ async def collector_metrics(tmp_path: Path) -> Exported:
         # one device in the store, so the per-device series exist
         header = BatchHeader(device="d", buffer_id="b", seq=1, sent_at_ms=0, samples=1)
         now = int(time.time() * 1000)
-        series = {(("__name__", "x"),): ([now], [1.0])}
+        series: SeriesMap = {(("__name__", "x"),): ([now], [1.0])}
         store = collector.store
         await store.ingest("d", series, "device_id", now, header)
         # (a second ForwardMetrics on a scratch registry: the same metric objects' label names)

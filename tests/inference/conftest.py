@@ -26,7 +26,7 @@ def wait_http(url: str, timeout: float = 15, proc: subprocess.Popen[bytes] | Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{proc.args} exited with {proc.returncode}")
+            raise AssertionError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             if http("GET", url, timeout=1)[0] == 200:
                 return

@@ -17,14 +17,14 @@ import pytest
 
 from tests.conftest import Running
 from tests.inference.conftest import FIXTURES, ROOT, demo_command, wait_http
-from tests.support import exported_samples, free_port, http, metric_value, wait_until
+from tests.support import READ_HEADERS, exported_samples, free_port, http, metric_value, wait_until
 
 pytestmark = pytest.mark.integration
 
 
 def gone(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)  # psutil is untyped: Any
     except psutil.NoSuchProcess:
         return True
 
@@ -201,7 +201,7 @@ def test_a_crash_looping_server_shows_on_the_agents_metrics_and_health_and_alert
 
     # The built-in InferenceCrashLoop alert goes through the alert lane to the collector.
     def firing() -> list[dict[str, Any]]:
-        _, body, _ = http("GET", f"{collector.url}/api/v1/alerts?state=firing")
+        _, body, _ = http("GET", f"{collector.url}/api/v1/alerts?state=firing", headers=READ_HEADERS)
         return [a for a in json.loads(body)["alerts"] if a["rule"] == "InferenceCrashLoop"]
 
     (alert,) = wait_until(firing, 30, "the crash-loop alert at the collector")

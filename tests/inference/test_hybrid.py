@@ -16,17 +16,18 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import Running
 from tests.inference.conftest import ROOT, Demo, demo_command, wait_http
-from tests.support import free_port, http, metric_value, require_program, wait_until
+from tests.support import READ_HEADERS, free_port, http, metric_value, require_program, wait_until
 
 pytestmark = pytest.mark.integration
 
 LOCAL_MODEL = "demo-llm-1b"
 CLOUD_MODEL = "cloud-llm-70b"
 CLOUD_TOKEN = "cloud-secret-token"
-SHORT = [{"role": "user", "content": "is the conveyor running"}]
+SHORT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "is the conveyor running"}]
 
 
 @dataclass
@@ -94,11 +95,11 @@ def hybrid(
     return start
 
 
-def ask(client: openai.OpenAI, messages: list[dict[str, str]] = SHORT, **extra: Any) -> tuple[str, str]:
+def ask(client: openai.OpenAI, messages: list[ChatCompletionMessageParam] = SHORT, **extra: Any) -> tuple[str, str]:
     """One chat completion: (X-Backhaul-Routed, the answering model)."""
     raw = client.chat.completions.with_raw_response.create(
         model=LOCAL_MODEL,
-        messages=messages,  # type: ignore[arg-type]
+        messages=messages,
         max_tokens=extra.pop("max_tokens", 6),
         **extra,
     )
@@ -138,7 +139,7 @@ def test_a_killed_local_server_is_replaced_by_the_cloud_until_it_is_healthy_agai
 
     # The fleet page shows the share escalated and the main reason (through the agent's self-scrape).
     def fleet_row() -> dict[str, Any] | None:
-        _, body, _ = http("GET", f"{collector.url}/api/v1/fleet")
+        _, body, _ = http("GET", f"{collector.url}/api/v1/fleet", headers=READ_HEADERS)
         (row,) = [d for d in json.loads(body)["devices"] if d["device"] == "dev-1"]
         return row if row["escalation_reason"] == "down" else None
 
@@ -160,7 +161,7 @@ def test_a_slow_local_start_goes_to_the_cloud_within_the_deadline_and_the_local_
     # Streaming: the local server sends its headers at once, but no token within the deadline.
     started = time.perf_counter()
     stream = client.chat.completions.with_streaming_response.create
-    with stream(model=LOCAL_MODEL, messages=SHORT, max_tokens=5, stream=True) as resp:  # type: ignore[arg-type]
+    with stream(model=LOCAL_MODEL, messages=SHORT, max_tokens=5, stream=True) as resp:
         assert resp.headers["x-backhaul-routed"] == "cloud; reason=slow_start"
         first = 0.0
         text = ""
@@ -204,7 +205,8 @@ def test_overloaded_with_concurrent_clients_and_too_long_with_a_long_prompt(hybr
     assert sorted(results) == sorted([("local", LOCAL_MODEL)] * 2 + [("cloud; reason=overloaded", CLOUD_MODEL)] * 4)
     assert h.metric("backhaul_proxy_routed_requests_total", 'reason="overloaded",route="cloud"') == 4
 
-    long_prompt = [{"role": "user", "content": "describe the line " * 60}]  # 1,080 characters: ~270 tokens
+    # 1,080 characters: ~270 tokens
+    long_prompt: list[ChatCompletionMessageParam] = [{"role": "user", "content": "describe the line " * 60}]
     assert ask(client, long_prompt) == ("cloud; reason=too_long", CLOUD_MODEL)
     assert ask(client) == ("local", LOCAL_MODEL)
     assert h.metric("backhaul_proxy_routed_requests_total", 'reason="too_long",route="cloud"') == 1

@@ -8,6 +8,7 @@ from agent.ingest import gpu
 from agent.ingest.scrape import parse_page
 from agent.process import describe_exit
 from backhaul.errors import ScrapeError
+from backhaul.wire.series import Labels
 from tests.inference.conftest import FIXTURES
 
 BASE = {"job": "node", "instance": "127.0.0.1:9100"}
@@ -88,7 +89,12 @@ def test_text_format_gets_target_labels_keeps_timestamps_and_drops_created() -> 
     assert labels["job"] == "node" and labels["exported_job"] == "from-the-app"
     assert "exported_instance" not in labels  # an empty label is no label
     assert "requests_created" not in by_name
-    user = (("__name__", "node_cpu_seconds_total"), ("cpu", "0"), ("instance", "127.0.0.1:9100"), ("job", "node"))
+    user: Labels = (
+        ("__name__", "node_cpu_seconds_total"),
+        ("cpu", "0"),
+        ("instance", "127.0.0.1:9100"),
+        ("job", "node"),
+    )
     user += (("mode", "user"),)
     assert series[tuple(sorted(user))] == ([1700000000123], [12.25])
     idle = tuple(sorted({**dict(user), "mode": "idle"}.items()))
@@ -124,7 +130,7 @@ def test_exit_descriptions() -> None:
     assert describe_exit(-9) == "signal SIGKILL"
 
 
-def test_the_example_config_describes_every_new_section() -> None:
+def test_the_example_config_describes_every_new_section(example_secrets: None) -> None:
     from agent.config import AgentSettings
     from backhaul.settings import load
     from tests.inference.conftest import ROOT

@@ -120,7 +120,7 @@ def test_cloud_settings_names_and_checks(monkeypatch: pytest.MonkeyPatch) -> Non
     assert c.token.get_secret_value() == "from-env" and c.enabled
     assert c.escalate_on == ["down", "error"] and c.respect_budget and not c.private_by_default
     with pytest.raises(ValidationError, match="escalate_on"):
-        CloudSettings(escalate_on=["sometimes"])  # type: ignore[list-item]
+        CloudSettings(escalate_on=["sometimes"])
     with pytest.raises(ValidationError, match="twice"):
         CloudSettings(escalate_on=["down", "down"])
     with pytest.raises(ValidationError, match="path pattern"):

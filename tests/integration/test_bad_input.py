@@ -12,7 +12,8 @@ import zstandard
 from backhaul.wire import batch as batchfmt
 from backhaul.wire import remote_write as rw
 from backhaul.wire.chunk import Codec
-from tests.support import TOKEN, exported_samples, http, metric_value, push
+from backhaul.wire.series import SeriesMap
+from tests.support import READ_HEADERS, TOKEN, exported_samples, http, metric_value, push
 
 pytestmark = [pytest.mark.integration]
 
@@ -50,7 +51,7 @@ def test_agent_refuses_bad_remote_write_and_keeps_serving(start_agent, body, hea
 def test_agent_counts_samples_it_drops(start_agent):
     agent = start_agent(None)
     now = int(time.time() * 1000)
-    series = {
+    series: SeriesMap = {
         (("__name__", "ok"),): ([now], [1.0]),
         (("__name__", "ancient"),): ([now - 30 * 86_400_000], [1.0]),
         (("__name__", "future"),): ([now + 86_400_000], [1.0]),
@@ -120,7 +121,7 @@ def test_collector_refuses_bad_batches_and_keeps_serving(start_collector, make_b
 def test_export_rejects_bad_selectors_and_times(start_collector):
     collector = start_collector()
     for query in ("", "?match[]={", '?match[]={job=~"("}', '?match[]={a="b"}&start=yesterday'):
-        status, text, _ = http("GET", f"{collector.url}/api/v1/export{query}")
+        status, text, _ = http("GET", f"{collector.url}/api/v1/export{query}", headers=READ_HEADERS)
         assert status == 400, query
         assert text.strip()
 
@@ -128,7 +129,9 @@ def test_export_rejects_bad_selectors_and_times(start_collector):
 def test_collector_accepts_plain_remote_write_from_a_device(start_collector):
     collector = start_collector()
     now = int(time.time() * 1000)
-    series = {(("__name__", "rw_direct"), ("i", str(i))): ([now - 1000, now], [float(i), i + 0.25]) for i in range(10)}
+    series: SeriesMap = {
+        (("__name__", "rw_direct"), ("i", str(i))): ([now - 1000, now], [float(i), i + 0.25]) for i in range(10)
+    }
     headers = {**PROTO, "Authorization": f"Bearer {TOKEN}"}
     for body in rw.encode(series):
         status, text, _ = http("POST", f"{collector.url}/api/v1/write", body, headers)

@@ -11,6 +11,7 @@ import pytest
 
 from agent.buffer.store import BufferStore
 from backhaul.wire import remote_write as rw
+from backhaul.wire.series import SeriesMap
 from tests.support import http, metric_value
 
 pytestmark = pytest.mark.integration
@@ -27,7 +28,7 @@ def test_remote_write_is_answered_while_a_backlog_is_compacted(tmp_path, start_a
     try:
         for c in range(300):
             ts = now_ms - 3_600_000 + c * 10_000
-            series = {
+            series: SeriesMap = {
                 (("__name__", "noise"), ("i", str(i))): ([ts, ts + 5000], [rng.random(), rng.random()])
                 for i in range(5000)
             }

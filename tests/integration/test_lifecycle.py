@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 
 from backhaul.wire.chunk import Codec
+from backhaul.wire.series import Labels
 from tests.support import Proc, Sender, free_port, metric_value
 
 pytestmark = [pytest.mark.integration]
 
 
-def buffered_samples(db: Path) -> set:
+def buffered_samples(db: Path) -> set[tuple[Labels, int]]:
     codec = Codec()
     conn = sqlite3.connect(db)
-    found = set()
+    found: set[tuple[Labels, int]] = set()
     for (blob,) in conn.execute("SELECT data FROM chunks"):
         for labels, (stamps, _) in codec.decode(blob, 1 << 30).items():
             found.update((labels, t) for t in stamps)
@@ -59,6 +60,7 @@ def test_sigterm_under_systemd_notify_and_watchdog(tmp_path):
         sender.start()
         time.sleep(1.0)
         started = time.monotonic()
+        assert proc.popen is not None  # started above
         proc.popen.send_signal(15)
         sender.stop()  # its last requests fail or are refused with 503: never acknowledged, never lost
         assert proc.popen.wait(10) == 0

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from backhaul.wire.series import SeriesMap
 from tests.support import DelayProxy, Sender, exported_samples, metric_value, push, wait_until
 
 pytestmark = [pytest.mark.integration]
@@ -36,7 +37,7 @@ def test_samples_pushed_to_the_agent_arrive_at_the_collector(start_collector, st
     collector = start_collector()
     agent = start_agent(collector.url)
     now = int(time.time() * 1000)
-    series = {
+    series: SeriesMap = {
         (("__name__", "inference_requests_total"), ("model", f"m{i}")): ([now - 10_000, now], [i, i + 1.5])
         for i in range(300)
     }
@@ -170,7 +171,7 @@ def test_full_buffer_evicts_oldest_counts_it_and_keeps_accepting(start_collector
 def test_samples_past_max_age_are_expired_and_counted(start_agent):
     agent = start_agent("http://127.0.0.1:9", buffer={"max_age": 3, "maintenance_interval": 0.5})
     now = int(time.time() * 1000)
-    series = {(("__name__", "short_lived"), ("i", str(i))): ([now - 1000], [1.0]) for i in range(50)}
+    series: SeriesMap = {(("__name__", "short_lived"), ("i", str(i))): ([now - 1000], [1.0]) for i in range(50)}
     assert push(agent.url, series) == [204]
     assert metric_value(agent.url, "backhaul_buffer_samples") == 50
     wait_until(lambda: metric_value(agent.url, "backhaul_buffer_expired_samples_total") == 50, 15, "expiry")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from backhaul.wire.series import Labels
 from tests.support import exported_samples, free_port, http, require_program, same_value, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -85,12 +86,12 @@ def prometheus_gauge(url: str, name: str) -> float | None:
     return None
 
 
-def prometheus_samples(url: str, until_ms: int) -> dict:
+def prometheus_samples(url: str, until_ms: int) -> dict[Labels, dict[int, float]]:
     """Raw samples Prometheus holds up to ``until_ms``, as {labels: {ts_ms: value}}."""
     query = urllib.parse.urlencode({"query": '{__name__=~".+"}[10m]', "time": f"{until_ms / 1000:.3f}"})
     status, body, _ = http("GET", f"{url}/api/v1/query?{query}")
     assert status == 200, body
-    out = {}
+    out: dict[Labels, dict[int, float]] = {}
     for series in json.loads(body)["data"]["result"]:
         labels = tuple(sorted(series["metric"].items()))
         out[labels] = {round(ts * 1000): float(v) for ts, v in series["values"]}

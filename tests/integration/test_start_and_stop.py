@@ -108,6 +108,19 @@ async def test_a_collector_refuses_a_second_start(tmp_path: Path) -> None:
             await collector.__aenter__()
 
 
+async def dead_component(program: Agent | Collector, caplog: pytest.LogCaptureFixture, logged: str) -> dict[str, str]:
+    """Start ``program`` (one of its tasks was made to die), check the ERROR line naming ``logged``;
+    returns what a 503 /healthz says is dead."""
+    caplog.set_level(logging.ERROR)
+    async with program, aiohttp.ClientSession() as http:
+        await asyncio.sleep(0.1)
+        assert any(r.levelno == logging.ERROR and logged in r.getMessage() for r in caplog.records)
+        async with http.get(f"http://127.0.0.1:{program.port}/healthz") as resp:
+            assert resp.status == 503
+            dead: dict[str, str] = (await resp.json())["dead"]
+    return dead
+
+
 async def test_a_dead_background_task_is_logged_and_named_by_healthz(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -124,14 +137,8 @@ async def test_a_dead_background_task_is_logged_and_named_by_healthz(
         raise RuntimeError("a bug in the uploader")
 
     agent.uploader.run = broken  # type: ignore[method-assign]
-    caplog.set_level(logging.ERROR)
-    async with agent, aiohttp.ClientSession() as http:
-        await asyncio.sleep(0.1)
-        assert any(r.levelno == logging.ERROR and "uploader" in r.getMessage() for r in caplog.records)
-        async with http.get(f"http://127.0.0.1:{agent.port}/healthz") as resp:
-            assert resp.status == 503
-            body = await resp.json()
-    assert "a bug in the uploader" in body["dead"]["uploader"]
+    dead = await dead_component(agent, caplog, "uploader")
+    assert "a bug in the uploader" in dead["uploader"]
 
 
 async def test_a_dead_mqtt_subscriber_makes_the_collector_unhealthy(
@@ -147,13 +154,7 @@ async def test_a_dead_mqtt_subscriber_makes_the_collector_unhealthy(
         raise OverflowError("Python int too large to convert to SQLite INTEGER")
 
     collector.mqtt.run = broken  # type: ignore[method-assign]
-    caplog.set_level(logging.ERROR)
-    async with collector, aiohttp.ClientSession() as http:
-        await asyncio.sleep(0.1)
-        assert any(r.levelno == logging.ERROR and "mqtt" in r.getMessage() for r in caplog.records)
-        async with http.get(f"http://127.0.0.1:{collector.port}/healthz") as resp:
-            assert resp.status == 503
-            assert "mqtt alerts" in (await resp.json())["dead"]
+    assert "mqtt alerts" in await dead_component(collector, caplog, "mqtt")
 
 
 async def test_a_hung_database_thread_cannot_stretch_the_stop_past_the_grace(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from functools import partial
 
 import pytest
 
@@ -56,6 +57,14 @@ class Live(threading.Thread):
             self.next_ts += STEP_MS
 
 
+def metric_at_least(agent: Agent, name: str, labels: str, least: float) -> bool:
+    return agent.metric(name, labels) >= least
+
+
+def buffered_at_most(agent: Agent, most: int) -> bool:
+    return int(agent.health()["buffer"]["samples"]) <= most
+
+
 def stamps_at(collector_url: str, device: str) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for line in export(collector_url, f'{{__name__="noise",device_id="{device}"}}'):
@@ -81,8 +90,8 @@ def test_after_an_outage_the_newest_data_arrives_first_and_everything_once(rig: 
     before = scrape(before_ms, rng)
     for agent in (fresh, oldest):
         push_all(agent.url, iter([before]))
-        wait_until(lambda a=agent: a.metric("backhaul_uplink_samples_total") >= SERIES, 20, "the first upload")
-        wait_until(lambda a=agent: a.health()["buffer"]["samples"] == 0, 20, "the first batch acknowledged")
+        wait_until(partial(metric_at_least, agent, "backhaul_uplink_samples_total", "", SERIES), 20, "the first upload")
+        wait_until(partial(buffered_at_most, agent, 0), 20, "the first batch acknowledged")
     for p in proxies:
         p.set_down(True)
 
@@ -94,8 +103,8 @@ def test_after_an_outage_the_newest_data_arrives_first_and_everything_once(rig: 
     first = scrape(history[0], rng)
     for agent in (fresh, oldest):
         push_all(agent.url, iter([first]))
-        wait_until(lambda a=agent: a.metric("backhaul_uplink_batches_total", 'outcome="failed"') >= 1, 20,
-                   "the batch in flight failing")  # fmt: skip
+        failed = partial(metric_at_least, agent, "backhaul_uplink_batches_total", 'outcome="failed"', 1)
+        wait_until(failed, 20, "the batch in flight failing")
     history = history[1:]
     scrapes = [scrape(ts, rng) for ts in history]
     for agent in (fresh, oldest):
@@ -121,7 +130,7 @@ def test_after_an_outage_the_newest_data_arrives_first_and_everything_once(rig: 
         assert not oldest_had_it, "oldest first had the newest data as early: the comparison shows nothing"
 
         def drained(agent: Agent) -> bool:
-            return agent.health()["buffer"]["samples"] <= SERIES * 2  # at most the live scrapes in flight
+            return buffered_at_most(agent, SERIES * 2)  # at most the live scrapes in flight
 
         wait_until(lambda: drained(fresh) and drained(oldest), 240, "both backlogs drained", interval=1)
         drain_seconds = time.time() - back
@@ -134,7 +143,7 @@ def test_after_an_outage_the_newest_data_arrives_first_and_everything_once(rig: 
         live.join(15)
     acked = [before_ms, now_ms - 600_000, *history, *live.acked]
     for device, agent in (("dev-1", fresh), ("dev-2", oldest)):
-        wait_until(lambda a=agent: a.health()["buffer"]["samples"] == 0, 60, f"{device}'s last batches")
+        wait_until(partial(buffered_at_most, agent, 0), 60, f"{device}'s last batches")
         found = stamps_at(rig.collector.url, device)
         assert len(found) == SERIES
         for ts in found.values():

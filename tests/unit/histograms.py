@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from typing import Any
 
 from hypothesis import strategies as st
 
@@ -16,7 +17,7 @@ def fbits(v: float) -> bytes:
     return struct.pack("<d", v)
 
 
-def key(h: Histogram) -> tuple:
+def key(h: Histogram) -> tuple[tuple[str, object], ...]:
     """Everything a histogram holds, floats as their bits."""
     out = []
     for f in dataclasses.fields(h):
@@ -50,7 +51,7 @@ any_float = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([ST
 
 
 @st.composite
-def layouts(draw: st.DrawFn) -> dict:
+def layouts(draw: st.DrawFn) -> dict[str, Any]:
     """Schema, zero threshold, bucket indices and custom bounds of a valid histogram."""
     if draw(st.integers(0, 4)) == 0:
         bounds = sorted(set(draw(st.lists(st.floats(-1e9, 1e9, allow_nan=False), max_size=12))))
@@ -66,7 +67,7 @@ def layouts(draw: st.DrawFn) -> dict:
 
 
 @st.composite
-def histogram_with(draw: st.DrawFn, layout: dict, is_float: bool) -> Histogram:
+def histogram_with(draw: st.DrawFn, layout: dict[str, Any], is_float: bool) -> Histogram:
     custom = layout["schema"] == CUSTOM_BUCKETS_SCHEMA
     if is_float:
         count_st = st.floats(0, 1e12)

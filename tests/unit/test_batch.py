@@ -1,5 +1,6 @@
 import json
 import struct
+from typing import Any
 
 import pytest
 
@@ -7,7 +8,7 @@ from backhaul.wire import WireError, batch
 
 
 def header(**kw):
-    base = {"device": "dev-1", "buffer_id": "abc", "seq": 7, "sent_at_ms": 1, "samples": 3}
+    base: dict[str, Any] = {"device": "dev-1", "buffer_id": "abc", "seq": 7, "sent_at_ms": 1, "samples": 3}
     base.update(kw)
     return batch.BatchHeader(**base)
 
@@ -19,7 +20,7 @@ def test_round_trip():
     assert (h.device, h.seq, h.evicted_samples, h.chunk_sizes) == ("dev-1", 7, 5, [3, 9])
 
 
-def raw(head: dict, tail: bytes = b"") -> bytes:
+def raw(head: object, tail: bytes = b"") -> bytes:
     data = json.dumps(head).encode()
     return struct.pack("<3sBI", b"BHB", 1, len(data)) + data + tail
 

@@ -6,6 +6,7 @@ import pytest
 import zstandard
 
 from backhaul.wire import TooLarge, WireError, chunk
+from backhaul.wire.series import SeriesMap
 
 STALE = struct.unpack("<d", (0x7FF0000000000002).to_bytes(8, "little"))[0]
 
@@ -14,8 +15,8 @@ def bits(values):
     return [struct.pack("<d", v) for v in values]
 
 
-def random_series(rng: random.Random, n_series: int = 50, n_samples: int = 20):
-    out = {}
+def random_series(rng: random.Random, n_series: int = 50, n_samples: int = 20) -> SeriesMap:
+    out: SeriesMap = {}
     for i in range(n_series):
         start = rng.randrange(1_600_000_000_000, 1_800_000_000_000)
         stamps = [start + k * 5000 + rng.randrange(-3, 4) for k in range(n_samples)]
@@ -38,7 +39,7 @@ def test_round_trip_keeps_every_timestamp_and_value_bit():
 
 def test_codec_round_trip_and_compresses_regular_scrapes():
     stamps = [1_700_000_000_000 + 5000 * k for k in range(720)]
-    series = {
+    series: SeriesMap = {
         (("__name__", f"node_metric_{i}"), ("instance", "a:9100")): (stamps, [float(i)] * 720) for i in range(100)
     }
     codec = chunk.Codec()
@@ -139,7 +140,7 @@ def test_scaled_integers_notices_a_later_value_that_needs_more_digits():
 def test_short_decimals_round_trip_exactly_and_cost_less_than_their_float_bits():
     rng = random.Random(7)
     stamps = [1_700_000_000_000 + 5000 * k for k in range(360)]
-    series = {}
+    series: SeriesMap = {}
     for i, digits in enumerate([0, 1, 2, 3, 6, 9, 12, 15] * 4):
         value = round(rng.uniform(-1e3, 1e3), digits)
         values = []
@@ -153,7 +154,7 @@ def test_short_decimals_round_trip_exactly_and_cost_less_than_their_float_bits()
         assert decoded[labels][0] == ts
         assert bits(decoded[labels][1]) == bits(values)
     # The same values with their bits perturbed by one ulp are floats, not decimals: XOR'd bits.
-    as_floats = {k: (ts, [math.nextafter(v, math.inf) for v in vs]) for k, (ts, vs) in series.items()}
+    as_floats: SeriesMap = {k: (ts, [math.nextafter(v, math.inf) for v in vs]) for k, (ts, vs) in series.items()}
     zstd = zstandard.ZstdCompressor()
     assert len(zstd.compress(data)) < 0.6 * len(zstd.compress(chunk.encode(as_floats)))
 
@@ -170,13 +171,13 @@ def test_a_value_kind_out_of_range_is_refused():
 def test_mixed_magnitudes_and_digits_in_one_series_round_trip_exactly():
     rng = random.Random(11)
     for trial in range(300):
-        values = []
+        values: list[float] = []
         for _ in range(rng.randrange(1, 12)):
             digits = rng.randrange(0, 16)
             magnitude = 10 ** rng.randrange(0, 13)
             values.append(round(rng.uniform(-1, 1) * magnitude, digits))
         stamps = list(range(len(values)))
-        series = {(("__name__", f"m{trial}"),): (stamps, values)}
+        series: SeriesMap = {(("__name__", f"m{trial}"),): (stamps, values)}
         decoded = chunk.decode(chunk.encode(series))
         assert bits(decoded[(("__name__", f"m{trial}"),)][1]) == bits(values), values
 

@@ -157,7 +157,7 @@ def test_summarise_when_the_budget_cannot_carry_the_data_until_it_renews() -> No
     old = Backlog(None, 60_000, 60_000, recent_samples=0, series=500)
     assert not policy.next(clock(), old).summary and not policy.short
     hold = Link(settings(daily_bytes=1_000_000), clock=clock)
-    assert not DrainPolicy(hold.settings, hold).next(clock(), live).summary  # type: ignore[arg-type]
+    assert not DrainPolicy(hold.settings, hold).next(clock(), live).summary
 
 
 def test_link_admits_reserves_and_refuses(tmp_path: Path) -> None:

@@ -69,7 +69,9 @@ def sdk_request():
     reader = InMemoryMetricReader()
     provider = provider_with(reader)
     record(provider)
-    request = encode_metrics(reader.get_metrics_data())
+    data = reader.get_metrics_data()
+    assert data is not None  # the provider has recorded, so the reader has data
+    request = encode_metrics(data)
     provider.shutdown()
     return request
 

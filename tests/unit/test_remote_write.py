@@ -1,4 +1,5 @@
 import dataclasses
+from typing import Any
 
 import cramjam
 import pytest
@@ -7,22 +8,24 @@ from backhaul.wire import TooLarge, Unsupported, WireError
 from backhaul.wire import remote_write as rw
 from backhaul.wire.histogram import Histogram
 from backhaul.wire.metadata import Metadata
-from backhaul.wire.series import Exemplar
+from backhaul.wire.series import Exemplar, SeriesMap
 
 NOW = 1_700_000_000_000
 
 
 def limits(**kw):
-    base = {"min_timestamp_ms": NOW - 3_600_000, "max_timestamp_ms": NOW + 600_000}
+    base: dict[str, Any] = {"min_timestamp_ms": NOW - 3_600_000, "max_timestamp_ms": NOW + 600_000}
     base.update(kw)
     return rw.Limits(**base)
 
 
 def test_encode_splits_like_prometheus_and_decode_reads_it_back():
-    series = {(("__name__", f"m{i}"), ("job", "j")): ([NOW, NOW + 5000], [float(i), i + 0.5]) for i in range(600)}
+    series: SeriesMap = {
+        (("__name__", f"m{i}"), ("job", "j")): ([NOW, NOW + 5000], [float(i), i + 0.5]) for i in range(600)
+    }
     bodies = rw.encode(series, 500)
     assert len(bodies) == 3  # 1,200 samples at 500 per request
-    merged = {}
+    merged: SeriesMap = {}
     for body in bodies:
         for labels, (ts, vals) in rw.decode(body, limits()).series.items():
             merged.setdefault(labels, ([], []))

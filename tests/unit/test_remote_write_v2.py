@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import cramjam
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -10,16 +12,16 @@ from hypothesis import strategies as st
 from backhaul.wire import TooLarge, WireError
 from backhaul.wire import remote_write as rw
 from backhaul.wire import remote_write_v2 as v2
-from backhaul.wire.histogram import Histogram
-from backhaul.wire.metadata import Metadata
-from backhaul.wire.series import Exemplar
+from backhaul.wire.histogram import Histogram, HistogramSeriesMap
+from backhaul.wire.metadata import Metadata, MetadataMap
+from backhaul.wire.series import Exemplar, ExemplarMap, Labels, SeriesMap
 from tests.unit.histograms import histogram_runs, key
 
 NOW = 1_700_000_000_000
 
 
 def limits(**kw):
-    base = {"min_timestamp_ms": NOW - 3_600_000, "max_timestamp_ms": NOW + 600_000}
+    base: dict[str, Any] = {"min_timestamp_ms": NOW - 3_600_000, "max_timestamp_ms": NOW + 600_000}
     base.update(kw)
     return rw.Limits(**base)
 
@@ -171,7 +173,11 @@ def payloads(draw):
 def test_what_the_encoder_writes_the_decoder_reads_back(payload, per_request):
     series, histograms, exemplars, created, metadata = payload
     bodies = v2.encode(series, histograms, metadata, exemplars, created, max_samples_per_request=per_request)
-    got_series, got_hist, got_ex, got_created, got_meta = {}, {}, {}, {}, {}
+    got_series: SeriesMap = {}
+    got_hist: HistogramSeriesMap = {}
+    got_ex: ExemplarMap = {}
+    got_created: dict[Labels, int] = {}
+    got_meta: MetadataMap = {}
     for b in bodies:
         decoded = v2.decode(b, limits())
         assert decoded.dropped == {}

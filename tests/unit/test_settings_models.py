@@ -14,8 +14,11 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from agent.config import AgentSettings
-from backhaul.settings import ConfigError, load
+from backhaul.errors import ConfigError
+from backhaul.settings import load
 from collector.config import CollectorSettings
+from harness import child_env
+from tests.conftest import EXAMPLE_SECRETS
 
 BIN = Path(sys.executable).parent
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -130,9 +133,13 @@ def test_a_typo_in_an_environment_variable_is_caught_too(monkeypatch: pytest.Mon
         load(AgentSettings, None)
 
 
-def check_config(program: str, config: Path) -> subprocess.CompletedProcess[str]:
+def check_config(program: str, config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [BIN / program, "check-config", "--config", config], capture_output=True, text=True, timeout=60
+        [BIN / program, "check-config", "--config", config],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**child_env({}), **(env or {})},
     )
 
 
@@ -154,6 +161,6 @@ def test_collector_check_config_refuses_a_typo(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("program", ["agent", "collector"])
 def test_the_example_configs_pass_check_config(program: str) -> None:
-    result = check_config(f"backhaul-{program}", EXAMPLES / f"{program}.toml")
+    result = check_config(f"backhaul-{program}", EXAMPLES / f"{program}.toml", EXAMPLE_SECRETS)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("config ok:")

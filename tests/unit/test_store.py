@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from agent.buffer.store import BufferStore
+from backhaul.wire.series import Labels
 
 NOW = 1_700_000_000_000
 
@@ -32,8 +33,8 @@ def open_store(tmp_path: Path):
         store.close()
 
 
-def all_samples(store: BufferStore) -> dict:
-    out = {}
+def all_samples(store: BufferStore) -> dict[tuple[Labels, int], float]:
+    out: dict[tuple[Labels, int], float] = {}
     for (blob,) in store.conn.execute("SELECT data FROM chunks ORDER BY id"):
         for labels, (ts, vals) in store.codec.decode(blob, 1 << 30).items():
             for t, v in zip(ts, vals, strict=True):

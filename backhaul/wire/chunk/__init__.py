@@ -15,25 +15,37 @@ Callers import this package (``from backhaul.wire import chunk``); the names bel
 from backhaul.wire.chunk.codec import Codec
 from backhaul.wire.chunk.columns import MAX_DECIMALS, decimal_scale, scaled_integers
 from backhaul.wire.chunk.container import Contents, decode, decode_contents, encode
-from backhaul.wire.chunk.header import FLOAT_KIND, HISTOGRAM_KIND, MAGIC, VERSION, VERSION_HISTOGRAMS
+from backhaul.wire.chunk.header import (
+    FLOAT_KIND,
+    HISTOGRAM_KIND,
+    MAGIC,
+    MAX_ABS_TIMESTAMP_MS,
+    VERSION,
+    VERSION_HISTOGRAMS,
+    Shape,
+    shape,
+)
 from backhaul.wire.chunk.tables import TABLE_DIGEST_CHARS, join_table, split_table, table_digest, table_of
 
 __all__ = [
     "FLOAT_KIND",
     "HISTOGRAM_KIND",
     "MAGIC",
+    "MAX_ABS_TIMESTAMP_MS",
     "MAX_DECIMALS",
     "TABLE_DIGEST_CHARS",
     "VERSION",
     "VERSION_HISTOGRAMS",
     "Codec",
     "Contents",
+    "Shape",
     "decimal_scale",
     "decode",
     "decode_contents",
     "encode",
     "join_table",
     "scaled_integers",
+    "shape",
     "split_table",
     "table_digest",
     "table_of",

@@ -7,6 +7,7 @@ import io
 import zstandard
 
 from backhaul.wire.chunk.container import Contents, decode, decode_contents, encode
+from backhaul.wire.chunk.header import PREFIX_LEN, Shape, shape
 from backhaul.wire.errors import TooLarge, WireError
 from backhaul.wire.histogram import HistogramSeriesMap
 from backhaul.wire.metadata import MetadataMap
@@ -41,6 +42,29 @@ class Codec:
         if len(out) > limit:
             raise TooLarge("decompressed chunk", limit)
         return bytes(out)
+
+    @staticmethod
+    def content_size(frame: bytes) -> int | None:
+        """The uncompressed size the frame's header declares, if it declares one (one-shot frames do)."""
+        try:
+            size = zstandard.frame_content_size(frame)
+        except zstandard.ZstdError as exc:
+            raise WireError(f"zstd: {exc}") from exc
+        return size if size >= 0 else None
+
+    def peek(self, frame: bytes) -> Shape:
+        """The :class:`Shape` a compressed chunk declares, decompressing only its first bytes."""
+        try:
+            with self._decompressor.stream_reader(io.BytesIO(frame)) as reader:
+                prefix = b""
+                while len(prefix) < PREFIX_LEN:
+                    part = reader.read(PREFIX_LEN - len(prefix))
+                    if not part:
+                        break
+                    prefix += part
+        except zstandard.ZstdError as exc:
+            raise WireError(f"zstd: {exc}") from exc
+        return shape(prefix)
 
     def encode(
         self, series: SeriesMap, histograms: HistogramSeriesMap | None = None, metadata: MetadataMap | None = None

@@ -28,6 +28,7 @@ from backhaul.wire.chunk.header import (
     HEADER,
     HISTOGRAM_KIND,
     MAGIC,
+    MAX_ABS_TIMESTAMP_MS,
     READABLE,
     U32,
     VERSION,
@@ -213,6 +214,11 @@ def decode_contents(data: bytes) -> Contents:
     dod = unshuffle(data[pos : pos + 8 * n_samples], "q")
     pos += 8 * n_samples
     stamps = list(accumulate(accumulate(dod)))
+    # Delta-of-delta sums grow without bound in Python: a chunk can spell 2**70. Beyond +-2**53 ms
+    # (year 285,000) a timestamp is no date, and beyond 2**63 no database column holds it.
+    if stamps and (min(stamps) < -MAX_ABS_TIMESTAMP_MS or max(stamps) > MAX_ABS_TIMESTAMP_MS):
+        bad = min(stamps) if min(stamps) < -MAX_ABS_TIMESTAMP_MS else max(stamps)
+        raise WireError(f"chunk: timestamp {bad} is outside +-2**53 ms")
     n_integers = n_xored = 0
     for count, kind in zip(counts, kinds, strict=True):
         if kind == FLOAT_KIND:

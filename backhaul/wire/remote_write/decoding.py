@@ -19,11 +19,14 @@ import cramjam
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
+from backhaul import labels
+from backhaul.wire import budget
 from backhaul.wire import histogram as hist
 from backhaul.wire.errors import TooLarge, WireError
 from backhaul.wire.metadata import Metadata, MetadataMap
-from backhaul.wire.remote_write.messages import Label, WriteRequestRawLabels
+from backhaul.wire.remote_write.messages import Label, LabelBytes, WriteRequestRawLabels
 from backhaul.wire.remote_write.negotiation import CONTENT_TYPE, Message
+from backhaul.wire.remote_write.pieces import V2_FIELDS, pieces
 from backhaul.wire.series import Exemplar, ExemplarMap, Labels, SeriesMap
 
 # Millisecond timestamps beyond this are not dates (year ~285,000); refusing them keeps the
@@ -42,6 +45,10 @@ class Limits:
     max_timestamp_ms: int = MAX_ABS_TIMESTAMP_MS
     # Prometheus' clients default to 160 buckets; a histogram with more than this is dropped, counted.
     max_histogram_buckets: int = 4096
+    # The label naming the device downstream ("" none): names that read as it are refused (backhaul.labels).
+    device_label: str = ""
+    # What one request may take once decoded (0: twice max_decompressed_bytes); see backhaul/wire/budget.py.
+    max_decoded_bytes: int = 0
 
 
 @dataclass
@@ -99,18 +106,29 @@ class LabelCache:
     """Label sets already decoded (and checked against the limits), keyed by their raw protobuf bytes.
 
     A sender repeats the same series request after request; decoding its labels once saves most of a
-    request's parsing. Strings and label pairs are interned so that thousands of series sharing
-    ``job="node"`` hold one copy. Bounded: when full it starts over (the next requests refill it).
+    request's parsing. Label pairs are interned so that thousands of series sharing ``job="node"``
+    hold one copy. Both the sets and the interned pairs are bounded: when either is full, both start
+    over (the next requests refill them), so series churn cannot grow the cache for ever.
+
+    Args:
+        max_entries: label sets kept.
+        max_pairs: interned label pairs kept (default: four per label set).
     """
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, max_entries: int = 100_000, max_pairs: int | None = None) -> None:
         self._max_entries = max_entries
+        self._max_pairs = max_pairs if max_pairs is not None else 4 * max_entries
         self._sets: dict[bytes | tuple[bytes, ...], Labels | str] = {}
         self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
-        self._limits: tuple[int, int] = (0, 0)
+        self._limits: tuple[int, int, str] = (0, 0, "")
 
     def __len__(self) -> int:
         return len(self._sets)
+
+    @property
+    def pairs(self) -> int:
+        """Label pairs interned now."""
+        return len(self._pairs)
 
     def lookup(self, raw: Sequence[bytes], limits: Limits) -> Labels | str:
         """The series' sorted labels, or the reason they are refused (a drop reason)."""
@@ -118,29 +136,48 @@ class LabelCache:
         # When an item holds 0xff itself (a length varint can), joining would be ambiguous.
         key = joined if joined.count(b"\xff") == len(raw) - 1 else tuple(raw)
         found = self._sets.get(key)
-        if found is not None and self._limits == (limits.max_labels_per_series, limits.max_label_bytes):
+        wanted = (limits.max_labels_per_series, limits.max_label_bytes, limits.device_label)
+        if found is not None and self._limits == wanted:
             return found
-        if self._limits != (limits.max_labels_per_series, limits.max_label_bytes):
+        if self._limits != wanted:
             self.clear()
-            self._limits = (limits.max_labels_per_series, limits.max_label_bytes)
+            self._limits = wanted
         pairs = []
-        for item in raw:
+        result: Labels | str | None = None
+        # Before parsing a label at all: a set of 100,000 labels costs a length check, not 100,000 objects.
+        if len(raw) > limits.max_labels_per_series:
+            result = "too_many_labels"
+        elif len(joined) > 2 * limits.max_label_bytes + 8 * len(raw):  # bytes on the wire > text + framing
+            result = "labels_too_long"
+        for item in raw if result is None else ():
             try:
                 label = Label.FromString(item)
             except DecodeError as exc:
-                raise WireError(f"protobuf: not a WriteRequest (bad label: {exc})") from exc
+                if not _valid_except_utf8(item):
+                    raise WireError(f"protobuf: not a WriteRequest (bad label: {exc})") from exc
+                result = "invalid_utf8"  # the one series is dropped, the request is not refused
+                break
             pairs.append((label.name, label.value))
-        result: Labels | str = label_problem(pairs, limits) or tuple(
-            self._pairs.setdefault(pair, pair) for pair in sorted(pairs)
-        )
-        if len(self._sets) >= self._max_entries:
+        if result is None:
+            result = label_problem(pairs, limits) or tuple(self._pairs.setdefault(pair, pair) for pair in sorted(pairs))
+        if len(self._sets) >= self._max_entries or len(self._pairs) >= self._max_pairs:
             self._sets.clear()
+            self._pairs.clear()
         self._sets[key] = result
         return result
 
     def clear(self) -> None:
         self._sets.clear()
         self._pairs.clear()
+
+
+def _valid_except_utf8(item: bytes) -> bool:
+    """Whether a Label that upb refused parses with its strings read as bytes (so only UTF-8 was wrong)."""
+    try:
+        LabelBytes.FromString(item)
+    except DecodeError:
+        return False
+    return True
 
 
 def decode(
@@ -154,25 +191,59 @@ def decode(
 
     Pass the receiver's long-lived :class:`LabelCache` to make repeated series cheap. With
     ``histograms`` native histograms are decoded and checked (a malformed one is a
-    :class:`WireError`), else counted as dropped; with ``exemplars`` exemplars are kept.
+    :class:`WireError`), else counted as dropped; with ``exemplars`` exemplars are kept. What the
+    request takes once decoded is bounded by ``limits.max_decoded_bytes`` (:class:`TooLarge`).
     """
     raw = decompress(body, limits.max_decompressed_bytes)
+    if cache is None:
+        cache = LabelCache()
+    out = Decoded()
+    bound = limits.max_decoded_bytes or 2 * limits.max_decompressed_bytes
+    if budget.remote_write_worst(len(raw)) <= bound:  # every request a Prometheus sends
+        _take(_parse(raw), out, limits, cache, histograms, exemplars)
+        return out
+    # Piece by piece, counting what the decoded samples cost (backhaul/wire/budget.py).
+    cost = 0
+    # A piece no larger than its worst case allows; only a single field can be larger (one series
+    # with that many samples): refused, since even parsing it alone could pass the bound.
+    piece_bytes = min(_PIECE_BYTES, bound // budget.RW_WORST_PER_BYTE)
+    for piece, numbers in pieces(raw, piece_bytes):
+        if numbers & V2_FIELDS:
+            raise WireError(_V2_AS_V1)
+        if len(piece) > piece_bytes:
+            raise TooLarge(f"one series of {len(piece)} bytes in a remote-write body, decoded", bound)
+        before = out.samples + out.histogram_samples
+        _take(_parse(piece), out, limits, cache, histograms, exemplars)
+        cost += budget.remote_write_cost(len(piece), out.samples + out.histogram_samples - before)
+        if cost > bound:
+            raise TooLarge("remote-write body, decoded", bound)
+    return out
+
+
+_V2_AS_V1 = (
+    "protobuf: the body is an io.prometheus.write.v2.Request, not a prometheus.WriteRequest; "
+    f"send it with Content-Type: {CONTENT_TYPE};proto={Message.V2.value}"
+)
+# Bodies too large to be parsed at once (see ``decode``) are parsed in pieces of about this size.
+_PIECE_BYTES = 1 << 20
+
+
+def _parse(raw: bytes) -> Any:
     request = WriteRequestRawLabels()
     try:
         request.ParseFromString(raw)
     except DecodeError as exc:
         raise WireError(f"protobuf: not a WriteRequest ({exc})") from exc
-    if unknown_field_numbers(request) & {4, 5}:
+    if unknown_field_numbers(request) & V2_FIELDS:
         # A 2.0 Request's symbols and timeseries: parsed as 1.0 they would be an empty request,
         # acknowledged with nothing stored.
-        raise WireError(
-            "protobuf: the body is an io.prometheus.write.v2.Request, not a prometheus.WriteRequest; "
-            f"send it with Content-Type: {CONTENT_TYPE};proto={Message.V2.value}"
-        )
-    if cache is None:
-        cache = LabelCache()
+        raise WireError(_V2_AS_V1)
+    return request
 
-    out = Decoded(metadata=len(request.metadata))
+
+def _take(request: Any, out: Decoded, limits: Limits, cache: LabelCache, histograms: bool, exemplars: bool) -> None:
+    """Add what one parsed ``WriteRequest`` holds to ``out``."""
+    out.metadata += len(request.metadata)
     for meta in request.metadata:
         if meta.metric_family_name:
             out.families[meta.metric_family_name] = Metadata.from_numbers(meta.type, meta.help, meta.unit)
@@ -215,7 +286,6 @@ def decode(
             entry[0].extend(stamps)
             entry[1].extend(values)
         out.samples += len(stamps)
-    return out
 
 
 def unknown_field_numbers(message: Any) -> set[int]:
@@ -284,16 +354,5 @@ def _decode_exemplars(ts: Any, out: Decoded, limits: Limits, cache: LabelCache) 
 
 
 def label_problem(pairs: list[tuple[str, str]], limits: Limits) -> str | None:
-    """The drop reason for a label set that breaks the receiver's rules or limits, or None."""
-    if not pairs:
-        return "no_labels"
-    if len(pairs) > limits.max_labels_per_series:
-        return "too_many_labels"
-    names = [name for name, _ in pairs]
-    if len(set(names)) != len(names):
-        return "duplicate_label_name"
-    if any(not name for name in names):
-        return "empty_label_name"
-    if sum(len(n) + len(v) for n, v in pairs) > limits.max_label_bytes:
-        return "labels_too_long"
-    return None
+    """The drop reason for a label set that breaks the one set of rules (:mod:`backhaul.labels`), or None."""
+    return labels.rules_for(limits.max_labels_per_series, limits.max_label_bytes, limits.device_label).problem(pairs)

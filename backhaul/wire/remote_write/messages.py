@@ -62,6 +62,9 @@ def _build_messages() -> dict[str, Any]:
         "prometheus",
         {
             "Label": label,
+            # A Label with its strings as bytes: tells a label whose only fault is bad UTF-8 (the series
+            # is dropped and counted) from a malformed message (the request is refused).
+            "LabelBytes": [Field("name", 1, T.TYPE_BYTES), Field("value", 2, T.TYPE_BYTES)],
             "Sample": sample,
             "Exemplar": exemplar,
             **protodesc.histogram_messages(),
@@ -82,6 +85,7 @@ _MESSAGES = _build_messages()
 WriteRequest = _MESSAGES["WriteRequest"]
 WriteRequestRawLabels = _MESSAGES["WriteRequestRawLabels"]
 Label = _MESSAGES["Label"]
+LabelBytes = _MESSAGES["LabelBytes"]
 
 
 def is_stale_marker(value: float) -> bool:

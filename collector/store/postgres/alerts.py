@@ -27,7 +27,7 @@ class PostgresAlerts(PostgresBase):
             if count(status) == 0:
                 return False
             row = await conn.fetchrow(
-                "SELECT state, starts_ms, updated_ms FROM alerts WHERE device = $1 AND fingerprint = $2 FOR UPDATE",
+                f"SELECT {records.STATE_COLUMNS} FROM alerts WHERE device = $1 AND fingerprint = $2 FOR UPDATE",
                 device,
                 msg.fingerprint,
             )

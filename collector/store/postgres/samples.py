@@ -126,7 +126,8 @@ class PostgresSamples(PostgresBase):
             header.buffer_id,
             *(getattr(header, f) for f in records.LOSS_FIELDS),
         )
-        sums = ", ".join(f"sum({f})::bigint AS {f}" for f in records.LOSS_FIELDS)
+        # sum() of bigints is numeric: held below 2**63 before it becomes a bigint again.
+        sums = ", ".join(f"least(sum({f}), {records.MAX_COUNTER})::bigint AS {f}" for f in records.LOSS_FIELDS)
         row = await conn.fetchrow(f"SELECT {sums} FROM buffers WHERE device = $1", header.device)
         return {f: int(row[f] or 0) for f in records.LOSS_FIELDS}
 

@@ -23,7 +23,7 @@ class SqliteAlerts(SqliteBase):
             if cur.rowcount == 0:
                 return False
             row = conn.execute(
-                "SELECT state, starts_ms, updated_ms FROM alerts WHERE device = ? AND fingerprint = ?",
+                f"SELECT {records.STATE_COLUMNS} FROM alerts WHERE device = ? AND fingerprint = ?",
                 (device, msg.fingerprint),
             ).fetchone()
             new = records.next_alert_state(device, msg, received_ms, row)

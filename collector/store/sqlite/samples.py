@@ -119,7 +119,8 @@ class SqliteSamples(SqliteBase):
             f" ON CONFLICT (device, buffer_id) DO UPDATE SET {keep_max}",
             (header.device, header.buffer_id, *(getattr(header, f) for f in records.LOSS_FIELDS)),
         )
-        sums = ", ".join(f"sum({f})" for f in records.LOSS_FIELDS)
+        # total() never overflows (sum() of two counters near 2**63 would); the total is held below 2**63.
+        sums = ", ".join(f"CAST(min(total({f}), {records.MAX_COUNTER}) AS INTEGER)" for f in records.LOSS_FIELDS)
         row = conn.execute(f"SELECT {sums} FROM buffers WHERE device = ?", (header.device,)).fetchone()
         return dict(zip(records.LOSS_FIELDS, row, strict=True))
 
