@@ -139,7 +139,7 @@ async def test_fleet_api_reports_each_device(fleet: tuple[str, Clock]) -> None:
 
 async def test_fleet_api_reports_each_devices_link(fleet: tuple[str, Clock]) -> None:
     url, _ = fleet
-    async with aiohttp.ClientSession() as session, session.get(f"{url}/api/v1/fleet") as resp:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/api/v1/fleet", headers=READ_HEADERS) as resp:
         devices = {d["device"]: d for d in (await resp.json())["devices"]}
     a, old, b = devices["edge-a"]["uplink"], devices["edge-old"]["uplink"], devices["edge-b"]["uplink"]
     assert (a["spent_day"], a["budget_day"], a["budget_month"]) == (int(8.5 * MIB), 10 * MIB, 500 * MIB)

@@ -18,7 +18,18 @@ import pytest
 from backhaul.wire.series import SeriesMap
 from tests.conftest import Running
 from tests.faults.powercut import LossyDisk, build_library
-from tests.support import TOKEN, CountingProxy, Proc, faketime_env, free_port, http, push, read_metrics, toml_text
+from tests.support import (
+    READ_HEADERS,
+    TOKEN,
+    CountingProxy,
+    Proc,
+    faketime_env,
+    free_port,
+    http,
+    push,
+    read_metrics,
+    toml_text,
+)
 
 BATCHES = "/api/v1/batches"
 ALERTS = "/api/v1/alerts"
@@ -173,5 +184,5 @@ def trigger(agent_url: str) -> float:
 
 
 def alert_listed(collector_url: str, device: str = "dev-1") -> bool:
-    _, body, _ = http("GET", f"{collector_url}{ALERTS}?state=firing&device={device}")
+    _, body, _ = http("GET", f"{collector_url}{ALERTS}?state=firing&device={device}", headers=READ_HEADERS)
     return any(a["rule"] == "Trigger" for a in json.loads(body)["alerts"])

@@ -89,7 +89,7 @@ def test_a_daily_budget_stops_uploads_survives_kill_and_power_cut_and_renews_at_
 def alerts_firing(collector_url: str) -> list[dict[str, object]]:
     import json
 
-    from tests.support import http
+    from tests.support import READ_HEADERS, http
 
-    _, body, _ = http("GET", f"{collector_url}{ALERTS}?state=firing")
+    _, body, _ = http("GET", f"{collector_url}{ALERTS}?state=firing", headers=READ_HEADERS)
     return list(json.loads(body)["alerts"])
