@@ -52,18 +52,26 @@ from bench.progress import Progress
 from bench.workload import INTERVAL_MS, WorkloadSpec
 
 HERE = Path(__file__).resolve().parent
-DAY0_MS = 1_796_083_200_000  # 2026-12-01T00:00:00Z
+MIDNIGHT_MS = 1_796_083_200_000  # 2026-12-01T00:00:00Z
+# The simulated day runs from 06:00 to 06:00: the depot's night window comes after the day's data,
+# and the daily budget renews at midnight in between.
+DAY0_MS = MIDNIGHT_MS + 6 * 3_600_000
 HTTP_OVERHEAD = 490
 RTT = 0.1
 WIFI_RATE = 1_000_000.0
 LTE_CAP = 16 * 1024
 BUDGET = 10_000_000
-OUTAGE = (14 * 3600, 17 * 3600)  # seconds into the day
+OUTAGE = (14, 17)  # hours of the (UTC) day without any link
 COMMIT_ROUNDS = 12
 # Freshness is sampled from the end of the first minutes on: before the first batch, nothing is at the
 # collector (a device that was just installed, not what a link costs).
 WARM_UP = 300
 VMAGENT_DEFAULT_BPS = 5.45  # docs/benchmarks.md, ~1k series, when no foundation result is at hand
+
+
+def hour_of(t: float) -> float:
+    """The hour of the UTC day at ``t`` (epoch seconds)."""
+    return (t - MIDNIGHT_MS / 1000) % 86400 / 3600
 
 
 def link_settings(budget: bool, **policy: Any) -> list[UplinkSettings]:
@@ -94,6 +102,8 @@ class Variant:
     summary_samples: int = 0
     sent_bytes: dict[str, int] = field(default_factory=dict)
     backlog: bool = True
+    # (when, link, wire bytes, samples, summary) of every acknowledged batch, for --timeline.
+    log: list[tuple[float, str, int, int, bool]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name, s in zip(("wifi", "lte"), self.settings, strict=True):
@@ -115,7 +125,7 @@ class Variant:
         self.clock[0] = t
         store = self.store
         now_ms = int(t * 1000)
-        offline = OUTAGE[0] <= t - day_start < OUTAGE[1]
+        offline = OUTAGE[0] <= hour_of(t) < OUTAGE[1]
         unclaimed_bytes, unclaimed_samples, _ = store.unclaimed()
         recent, series = store.recent(now_ms - RATE_WINDOW_MS)
         backlog = Backlog(store.sealed_bytes(), unclaimed_bytes, unclaimed_samples, recent, series)
@@ -166,6 +176,7 @@ class Variant:
         policy.sent(batch.samples, wire, bool(batch.summary_ms), (batch.min_ts, batch.max_ts))
         self.backoff.reset()
         self.acks.append((done, batch.max_ts))
+        self.log.append((done, link.name, wire, batch.samples, bool(batch.summary_ms)))
         if batch.summary_ms:
             self.summary_samples += batch.samples
         else:
@@ -213,10 +224,10 @@ class Vmagent:
         self.queue.append((samples, newest_ms))
 
     def act(self, t: float, day_start: float) -> None:
-        if OUTAGE[0] <= t - day_start < OUTAGE[1] or not self.queue:
+        if OUTAGE[0] <= hour_of(t) < OUTAGE[1] or not self.queue:
             self.next_at = t + (10.0 if self.queue else INTERVAL_MS / 1000)
             return
-        wifi = (t - day_start) % 86400 // 3600 in (1, 2)
+        wifi = 1 <= hour_of(t) < 3
         samples, newest = self.queue[0]
         n = min(samples, self.BLOCK)
         wire = int(n * self.bps) + HTTP_OVERHEAD
@@ -229,6 +240,43 @@ class Vmagent:
         else:
             self.queue[0] = (samples - n, newest)
         self.next_at = done
+
+
+def timeline(v: Variant, day_start: float, hours: float) -> list[dict[str, Any]]:
+    """Per simulated hour: bytes per link, full and summary samples acknowledged, and the age of the
+    newest sample at the collector at the hour's end."""
+    out = []
+    ages = freshness(v.acks, day_start, day_start + hours * 3600)
+    for h in range(int(hours)):
+        lo, hi = day_start + h * 3600, day_start + (h + 1) * 3600
+        rows = [r for r in v.log if lo <= r[0] < hi]
+        minute = min(len(ages) - 1, max(0, (h + 1) * 60 - WARM_UP // 60 - 1))
+        out.append(
+            {
+                "hour": int(hour_of(lo)),
+                "lte": sum(r[2] for r in rows if r[1] == "lte"),
+                "wifi": sum(r[2] for r in rows if r[1] == "wifi"),
+                "full": sum(r[3] for r in rows if not r[4]),
+                "summary": sum(r[3] for r in rows if r[4]),
+                "age_s": ages[minute],
+            }
+        )
+    return out
+
+
+def render_timeline(results: dict[str, Any]) -> str:
+    lines = []
+    for name, r in results.items():
+        if "timeline" not in r:
+            continue
+        lines.append(f"{name}: hour | LTE kB | Wi-Fi kB | full samples | summary samples | age at hour end")
+        for t in r["timeline"]:
+            age = "never" if t["age_s"] == float("inf") else f"{t['age_s']:.0f} s"
+            lines.append(
+                f"  {t['hour']:02d} | {t['lte'] / 1e3:8.0f} | {t['wifi'] / 1e3:8.0f} | {t['full']:10,} "
+                f"| {t['summary']:9,} | {age}"
+            )
+    return "\n".join(lines)
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -301,6 +349,7 @@ def run(series: int, hours: float, vm_bps: float, progress: Progress) -> tuple[d
                 c["evicted_samples"] + c["expired_samples"],
                 v.store.totals.samples,
             )
+            results[v.name]["timeline"] = timeline(v, day_start, hours)
         left = sum(n for n, _ in vm.queue)
         results[vm.name] = summary(
             freshness(vm.acks, day_start, day_end), vm.sent_bytes, vm.sent_samples / w.samples, 0, 0, left
@@ -363,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--series", type=int, default=1000)
     ap.add_argument("--hours", type=float, default=24)
     ap.add_argument("--vmagent-bytes-per-sample", type=float, default=None)
+    ap.add_argument("--timeline", action="store_true", help="also print what each variant did, hour by hour")
     args = ap.parse_args(argv)
     started = time.monotonic()
     vm_bps, source = (
@@ -374,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         results, n_series = run(args.series, args.hours, vm_bps, progress)
     table = render(results, n_series, args.hours, f"{source}: {vm_bps:.2f}")
     print(table)
+    if args.timeline:
+        print(render_timeline(results))
     print(f"took {time.monotonic() - started:.0f} s")
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)

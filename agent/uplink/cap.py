@@ -2,8 +2,10 @@
 
 The HTTP post helper streams a request body in small slices and takes tokens for each slice (and for
 the request's headers) before it goes out, so a 4 MiB batch leaves at the capped rate instead of in
-one burst that fills the link the inference traffic also needs. The bucket holds at most a fifth of a
-second of tokens, so even after a quiet spell the link sees no burst worth speaking of.
+one burst that fills the link the inference traffic also needs. The bucket holds at most one second
+of tokens: after a quiet spell the link sees at most a second's worth of the cap at once, and that
+second covers the pause between two batches (waiting for the answer, sealing the next one), so a
+drain runs at the cap over a minute instead of a sixth below it.
 
 Taking more than is there leaves a debt that the next taker waits out too, so takers sharing one
 bucket (the remote-write transport's consecutive requests) stay under the rate together.
@@ -15,7 +17,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-BURST_SECONDS = 0.2
+BURST_SECONDS = 1.0
 # A slice is about 1/20 s of the rate, between these sizes: small enough to pace, big enough to be cheap.
 MIN_SLICE = 512
 MAX_SLICE = 16 * 1024

@@ -4,19 +4,22 @@ configured time zone. The agent's clock is moved with libfaketime to shortly bef
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from tests.metered.conftest import ALERTS, BATCHES, Rig, alert_listed, noisy, push_all, trigger
-from tests.support import exported_samples, wait_until
+from tests.support import READ_HEADERS, exported_samples, http, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults]
 
 ZONE = "America/Sao_Paulo"  # UTC-3 all year: its midnight is not ours
 BUDGET = 256 * 1024
+CAP = 48 * 1024
 
 
 def offset_to_before_midnight(seconds: float, zone: str = ZONE) -> float:
@@ -34,7 +37,13 @@ def test_a_daily_budget_stops_uploads_survives_kill_and_power_cut_and_renews_at_
     offset = offset_to_before_midnight(150)
     agent = rig.agent(
         proxy,
-        uplink={"daily_bytes": BUDGET, "budget_timezone": ZONE, "drain_order": "oldest_first"},
+        # capped so that the budget takes seconds to spend: UplinkBudgetNearlySpent has time to fire
+        uplink={
+            "daily_bytes": BUDGET,
+            "budget_timezone": ZONE,
+            "drain_order": "oldest_first",
+            "max_bytes_per_second": CAP,
+        },
         clock_offset=offset,
         disk=disk,
     )
@@ -59,6 +68,12 @@ def test_a_daily_budget_stops_uploads_survives_kill_and_power_cut_and_renews_at_
         lambda: any(a["rule"] == "UplinkBudgetSpent" for a in alerts_firing(rig.collector.url)), 10,
         "the UplinkBudgetSpent alert",
     )  # fmt: skip
+    # on the way there it was nearly spent (fired, then resolved by the spent budget)
+    assert "UplinkBudgetNearlySpent" in {a["rule"] for a in alerts_listed(rig.collector.url)}
+    # the batch headers told the collector what the link spent; the fleet page says why it is held
+    link = fleet_link(rig.collector.url, "dev-1")
+    assert link["budget_day"] == BUDGET and 0 < link["spent_day"] <= BUDGET, link
+    assert link["blocked"] == "budget", link
 
     # SIGKILL, then a power cut: nothing more goes, and the count is what it was
     agent.proc.kill()
@@ -86,10 +101,16 @@ def test_a_daily_budget_stops_uploads_survives_kill_and_power_cut_and_renews_at_
     )
 
 
-def alerts_firing(collector_url: str) -> list[dict[str, object]]:
-    import json
+def alerts_firing(collector_url: str) -> list[dict[str, Any]]:
+    return alerts_listed(collector_url, "?state=firing")
 
-    from tests.support import READ_HEADERS, http
 
-    _, body, _ = http("GET", f"{collector_url}{ALERTS}?state=firing", headers=READ_HEADERS)
+def alerts_listed(collector_url: str, query: str = "") -> list[dict[str, Any]]:
+    _, body, _ = http("GET", f"{collector_url}{ALERTS}{query}", headers=READ_HEADERS)
     return list(json.loads(body)["alerts"])
+
+
+def fleet_link(collector_url: str, device: str) -> dict[str, Any]:
+    _, body, _ = http("GET", f"{collector_url}/api/v1/fleet", headers=READ_HEADERS)
+    (found,) = [d for d in json.loads(body)["devices"] if d["device"] == device]
+    return dict(found["uplink"])
