@@ -4,7 +4,7 @@ injected clock, through the agent's own buffer (``BufferStore``) and its own lin
 taken at once on a simulated clock instead of waiting for it.
 
 The day (UTC, from midnight):
-- depot Wi-Fi, 01:00-02:59 (``windows = ["* 1-2 * * *"]``), 1 MB/s, unmetered;
+- depot Wi-Fi, 22:00-23:59 (``windows = ["* 22-23 * * *"]``), 1 MB/s, unmetered;
 - LTE the rest of the time, capped at 16 KiB/s, with a 10 MB daily budget;
 - no link at all from 14:00 to 16:59 (an outage): attempts fail and back off;
 - the Wi-Fi is used whenever its window is open (the first link that may carry data), else LTE.
@@ -53,9 +53,8 @@ from bench.workload import INTERVAL_MS, WorkloadSpec
 
 HERE = Path(__file__).resolve().parent
 MIDNIGHT_MS = 1_796_083_200_000  # 2026-12-01T00:00:00Z
-# The simulated day runs from 06:00 to 06:00: the depot's night window comes after the day's data,
-# and the daily budget renews at midnight in between.
-DAY0_MS = MIDNIGHT_MS + 6 * 3_600_000
+# The simulated day is one calendar day of the budget (UTC): the night window comes at its end.
+DAY0_MS = MIDNIGHT_MS
 HTTP_OVERHEAD = 490
 RTT = 0.1
 WIFI_RATE = 1_000_000.0
@@ -66,6 +65,8 @@ COMMIT_ROUNDS = 12
 # Freshness is sampled from the end of the first minutes on: before the first batch, nothing is at the
 # collector (a device that was just installed, not what a link costs).
 WARM_UP = 300
+# Freshness is also read this many seconds after the outage ends (what fresh first is for).
+AFTER_OUTAGE = (30, 120, 600)
 VMAGENT_DEFAULT_BPS = 5.45  # docs/benchmarks.md, ~1k series, when no foundation result is at hand
 
 
@@ -76,7 +77,7 @@ def hour_of(t: float) -> float:
 
 def link_settings(budget: bool, **policy: Any) -> list[UplinkSettings]:
     base = {"url": "http://collector.invalid/api/v1/batches", "token": "t", "batch_interval": 60, **policy}
-    wifi = UplinkSettings.model_validate({**base, "windows": ["* 1-2 * * *"]})
+    wifi = UplinkSettings.model_validate({**base, "windows": ["* 22-23 * * *"]})
     lte = UplinkSettings.model_validate(
         {**base, "max_bytes_per_second": LTE_CAP, **({"daily_bytes": BUDGET} if budget else {})}
     )
@@ -204,6 +205,17 @@ def freshness(acks: list[tuple[float, int]], day_start: float, day_end: float) -
     return ages
 
 
+def age_at(acks: list[tuple[float, int]], t: float) -> float:
+    """Age at ``t`` of the newest sample the collector acknowledged by then (inf before any)."""
+    newest = max((ts for when, ts in acks if when <= t), default=0)
+    return t - newest / 1000 if newest else float("inf")
+
+
+def after_outage(acks: list[tuple[float, int]], day_start: float) -> dict[str, float]:
+    back = day_start + OUTAGE[1] * 3600 - hour_of(day_start) * 3600
+    return {f"{s}": age_at(acks, back + s) for s in AFTER_OUTAGE}
+
+
 @dataclass
 class Vmagent:
     """What vmagent would do on the same links: every sample, oldest first, as fast as the link (and
@@ -227,7 +239,7 @@ class Vmagent:
         if OUTAGE[0] <= hour_of(t) < OUTAGE[1] or not self.queue:
             self.next_at = t + (10.0 if self.queue else INTERVAL_MS / 1000)
             return
-        wifi = 1 <= hour_of(t) < 3
+        wifi = 22 <= hour_of(t) < 24
         samples, newest = self.queue[0]
         n = min(samples, self.BLOCK)
         wire = int(n * self.bps) + HTTP_OVERHEAD
@@ -350,10 +362,12 @@ def run(series: int, hours: float, vm_bps: float, progress: Progress) -> tuple[d
                 v.store.totals.samples,
             )
             results[v.name]["timeline"] = timeline(v, day_start, hours)
+            results[v.name]["after_outage_s"] = after_outage(v.acks, day_start)
         left = sum(n for n, _ in vm.queue)
         results[vm.name] = summary(
             freshness(vm.acks, day_start, day_end), vm.sent_bytes, vm.sent_samples / w.samples, 0, 0, left
         )
+        results[vm.name]["after_outage_s"] = after_outage(vm.acks, day_start)
     return results, w.n_series
 
 
@@ -383,10 +397,17 @@ def render(results: dict[str, Any], n_series: int, hours: float, vm_source: str)
         return "never" if s == float("inf") else (f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min")
 
     rows.append(("LTE bytes sent (budget 10.00 MB)", [mb(r["bytes"]["lte"]) for r in results.values()]))
-    rows.append(("Wi-Fi bytes sent (01:00-03:00, unmetered)", [mb(r["bytes"]["wifi"]) for r in results.values()]))
+    rows.append(("Wi-Fi bytes sent (22:00-24:00, unmetered)", [mb(r["bytes"]["wifi"]) for r in results.values()]))
     rows.append(("freshness at the collector, p50", [age(r["freshness_p50_s"]) for r in results.values()]))
     rows.append(("freshness at the collector, p99", [age(r["freshness_p99_s"]) for r in results.values()]))
     rows.append(("freshness at the collector, worst", [age(r["freshness_max_s"]) for r in results.values()]))
+    for after in AFTER_OUTAGE:
+        rows.append(
+            (
+                f"freshness {after} s after the outage ends",
+                [age(r["after_outage_s"][str(after)]) for r in results.values()],
+            )
+        )
     rows.append(("samples at full resolution by the end", [f"{r['full_share']:.1%}" for r in results.values()]))
     rows.append(("samples sent as summaries (60 s)", [f"{r['summary_samples']:,}" for r in results.values()]))
     rows.append(("samples still buffered at the end", [f"{r['left_in_buffer']:,}" for r in results.values()]))
@@ -403,7 +424,7 @@ def render(results: dict[str, Any], n_series: int, hours: float, vm_source: str)
         lines.append(f"{figure:<{w0}} | " + " | ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
     lines.append(f"note: vmagent's bytes per sample from {vm_source}; its row assumes the same cap, no budget")
     lines.append(f"note: freshness sampled once a minute from {WARM_UP // 60} min in (nothing is sent before)")
-    lines.append("note: links: depot Wi-Fi 01:00-02:59 at 1 MB/s; LTE otherwise, capped at 16 KiB/s; none 14:00-16:59")
+    lines.append("note: links: depot Wi-Fi 22:00-23:59 at 1 MB/s; LTE otherwise, capped at 16 KiB/s; none 14:00-16:59")
     return "\n".join(lines)
 
 
