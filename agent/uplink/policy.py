@@ -17,7 +17,9 @@ decisions on a simulated clock. The rules:
 - **Short** (``when_short = "summarise"``): when the budget left cannot carry the full data (what waits
   plus what arrives at the current rate) until it renews, summary batches go first — each series'
   real sample at the end of every ``summary_interval`` — and full data only with what the budget
-  leaves beyond what summaries will need until the renewal.
+  leaves beyond what summaries will need until the renewal (priced at what summaries really cost,
+  once one was sent). A summary goes only for data that budget does not carry in full right now: while
+  what it leaves covers all that waits, the full data goes alone (a summary of it would be paid twice).
 """
 
 from __future__ import annotations
@@ -37,8 +39,11 @@ DEFAULT_BYTES_PER_SAMPLE = 2.0
 # The rate data is produced at is measured over the samples stamped in this last stretch (ms), so
 # that a backfill of old data (a Prometheus catching up) does not read as a flood of new data.
 RATE_WINDOW_MS = 600_000
-# A summary's samples are sparse, so each costs more than a full batch's; assumed this many times.
+# A summary's samples are sparse, so each costs more than a full batch's; assumed this many times
+# until summaries were sent (then their measured cost is used).
 SUMMARY_COST = 2.0
+# Summary batches this small say little about what a summary sample costs.
+MIN_SUMMARY_SAMPLES = 100
 
 
 @dataclass
@@ -79,6 +84,11 @@ class Step:
     strict: bool = False
 
 
+def ewma(old: float | None, new: float) -> float:
+    """A running estimate that follows ``new`` over a few observations."""
+    return new if old is None else 0.8 * old + 0.2 * new
+
+
 def overlap(lo: int, hi: int, samples: int, since_ms: int) -> float:
     """The share of ``samples``, spread evenly over ``[lo, hi]`` (ms), stamped at or after ``since_ms``."""
     if hi < since_ms:
@@ -96,6 +106,7 @@ class DrainPolicy:
         self.link = link
         self.gap = True  # at start a backlog may wait: the fresh window goes first
         self.bytes_per_sample: float | None = None
+        self.summary_bytes_per_sample: float | None = None
         self.short = False
         # Acknowledged full batches stamped within the rate window: (oldest, newest sample ms, samples).
         self._sent: deque[tuple[int, int, int]] = deque()
@@ -105,13 +116,14 @@ class DrainPolicy:
     def sent(self, samples: int, wire_bytes: int, summary: bool, span: tuple[int, int]) -> None:
         """A batch was acknowledged: ``samples`` stamped over ``span`` (ms), ``wire_bytes`` spent."""
         if summary:
+            if samples >= MIN_SUMMARY_SAMPLES and wire_bytes:
+                self.summary_bytes_per_sample = ewma(self.summary_bytes_per_sample, wire_bytes / samples)
             return
         self.gap = False
         if samples:
             self._sent.append((span[0], span[1], samples))
         if samples >= 1000 and wire_bytes:
-            bps = wire_bytes / samples
-            self.bytes_per_sample = bps if self.bytes_per_sample is None else 0.8 * self.bytes_per_sample + 0.2 * bps
+            self.bytes_per_sample = ewma(self.bytes_per_sample, wire_bytes / samples)
 
     def interrupted(self) -> None:
         """An upload failed, or the link was blocked: the next batch starts after a gap."""
@@ -150,6 +162,7 @@ class DrainPolicy:
         if not budget.limited:
             return False, 0.0
         bps = self._bps(backlog)
+        summary_bps = self.summary_bytes_per_sample or bps * SUMMARY_COST
         rate = self.production(now, backlog)
         # One sample per series per interval, and never more than there are.
         summary_rate = min(rate, backlog.series / self.settings.summary_interval.total_seconds())
@@ -162,7 +175,7 @@ class DrainPolicy:
             left = limit - budget.spent(kind, now)
             if left < (backlog.unclaimed_samples + rate * seconds) * bps:
                 short = True
-                reserve = max(reserve, summary_rate * seconds * bps * SUMMARY_COST)
+                reserve = max(reserve, summary_rate * seconds * summary_bps)
         return short, reserve
 
     def next(self, now: float, backlog: Backlog) -> Step:
@@ -193,6 +206,8 @@ class DrainPolicy:
                     affordable = int(affordable - reserve)
         if affordable is not None:
             affordable -= BATCH_HEADER  # the batch's own header travels in the body too
+            if step.summary and affordable >= backlog.unclaimed_bytes:
+                step.summary = False  # the full data goes now: no need to pay for a summary of it too
             if affordable < step.max_bytes:
                 step.max_bytes = max(0, affordable)
                 step.strict = True

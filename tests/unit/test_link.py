@@ -147,12 +147,22 @@ def test_summarise_when_the_budget_cannot_carry_the_data_until_it_renews() -> No
     clock = Clock(at("2026-12-02T12:00:00"))
     link = Link(settings(daily_bytes=1_000_000, when_short="summarise"), clock=clock)
     policy = DrainPolicy(link.settings, link)  # type: ignore[arg-type]
-    # 60,000 samples stamped in the last ten minutes: 100 a second, ~4 MB by midnight at ~1 byte each
-    live = Backlog(None, 60_000, 60_000, recent_samples=60_000, series=500)
+    # 60,000 samples stamped in the last ten minutes: 100 a second, ~4 MB by midnight at ~1 byte each,
+    # and a backlog of 500 kB waiting
+    live = Backlog(None, 500_000, 500_000, recent_samples=60_000, series=500)
     step = policy.next(clock(), live)
     assert policy.short and step.summary
     # summaries will need 500 series / 60 s x 12 h x 2 bytes = 720 kB: full data gets the rest
     assert step.strict and step.max_bytes == pytest.approx(1_000_000 - OVERHEAD - 720_000 - BATCH_HEADER, abs=2)
+    # what waits fits in what full data may spend now: it goes in full, without a summary of it
+    small = Backlog(None, 60_000, 60_000, recent_samples=60_000, series=500)
+    step = policy.next(clock(), small)
+    assert policy.short and not step.summary and step.full
+    # once summaries were sent, their measured cost prices the reserve: at 3 bytes a sample they need
+    # 1.08 MB until midnight, more than is left, so only summaries go
+    policy.sent(3000, 9000, True, (0, 0))
+    step = policy.next(clock(), live)
+    assert step.summary and not step.full and step.max_bytes == 0
     # the same samples stamped hours ago (a backfill) are not a rate: the budget carries them
     old = Backlog(None, 60_000, 60_000, recent_samples=0, series=500)
     assert not policy.next(clock(), old).summary and not policy.short
