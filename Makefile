@@ -10,12 +10,14 @@ demo:
 test:
 	scripts/test
 
-# About 15 minutes: ~1k series over a simulated hour, then 10k series (15 min of scrapes for the
-# sizes, an hour's backlog for the drain), each figure next to its references from the same run.
+# About 25 minutes: ~1k series over a simulated hour, then 10k series (15 min of scrapes for the
+# sizes, an hour's backlog for the drain), each figure next to its references from the same run;
+# then a simulated day on metered links (bench/metered.py, vmagent's bytes per sample from the first run).
 bench: venv
 	vmagent=$$(bench/fetch-vmagent || true); \
 	.venv/bin/python -m bench.foundation --series 1000 --vmagent "$$vmagent" && \
-	.venv/bin/python -m bench.foundation --series 10000 --minutes 15 --drain-minutes 60 --vmagent "$$vmagent"
+	.venv/bin/python -m bench.foundation --series 10000 --minutes 15 --drain-minutes 60 --vmagent "$$vmagent" && \
+	.venv/bin/python -m bench.metered
 
 # ruff (lint and format) over the tree; mypy over the packages, tests/ and bench/ ([tool.mypy] in pyproject.toml).
 lint: venv

@@ -65,6 +65,8 @@ COMMIT_ROUNDS = 12
 # Freshness is sampled from the end of the first minutes on: before the first batch, nothing is at the
 # collector (a device that was just installed, not what a link costs).
 WARM_UP = 300
+# A minute in which the collector's newest sample is older than this counts as stale.
+STALE_S = 600
 # Freshness is also read this many seconds after the outage ends (what fresh first is for).
 AFTER_OUTAGE = (30, 120, 600)
 VMAGENT_DEFAULT_BPS = 5.45  # docs/benchmarks.md, ~1k series, when no foundation result is at hand
@@ -379,6 +381,7 @@ def summary(
         "freshness_p50_s": quantile(ages, 0.5),
         "freshness_p99_s": quantile(ages, 0.99),
         "freshness_max_s": max(ages),
+        "stale_minutes": sum(1 for a in ages if a > STALE_S),
         "full_share": full_share,
         "summary_samples": summarised,
         "lost": lost,
@@ -400,6 +403,12 @@ def render(results: dict[str, Any], n_series: int, hours: float, vm_source: str)
     rows.append(("Wi-Fi bytes sent (22:00-24:00, unmetered)", [mb(r["bytes"]["wifi"]) for r in results.values()]))
     rows.append(("freshness at the collector, p50", [age(r["freshness_p50_s"]) for r in results.values()]))
     rows.append(("freshness at the collector, p99", [age(r["freshness_p99_s"]) for r in results.values()]))
+    rows.append(
+        (
+            f"minutes the newest sample was over {STALE_S // 60} min old",
+            [f"{r['stale_minutes']:,}" for r in results.values()],
+        )
+    )
     rows.append(("freshness at the collector, worst", [age(r["freshness_max_s"]) for r in results.values()]))
     for after in AFTER_OUTAGE:
         rows.append(
