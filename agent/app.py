@@ -1,7 +1,8 @@
 """Wires the agent's components together and owns their lifecycle.
 
 Start (each step through one :class:`~backhaul.lifecycle.Lifecycle`, so a failure unwinds all that
-started): the buffer -> the background tasks (staging, uploader) -> the alert lane -> the scheduler
+started): the buffer -> the clock keeper (its eras are in the buffer) -> the background tasks
+(staging, uploader, clock) -> the alert lane -> the scheduler
 (maintenance, alert evaluation, scrapes) -> the supervised inference server -> the sources -> the
 listener -> READY=1.
 SIGTERM (the same steps in reverse, within ``shutdown_grace``): STOPPING=1 -> the inference server
@@ -29,6 +30,8 @@ from agent.alerts.lane import AlertLane
 from agent.alerts.setup import build_lane
 from agent.buffer.staging import Staging
 from agent.buffer.store import BufferStore
+from agent.clock.clocks import Clocks, read_boot_id
+from agent.clock.keeper import TimeKeeper
 from agent.config import AgentSettings
 from agent.http import build_app
 from agent.ingest.remote_write import RemoteWriteReceiver
@@ -36,16 +39,16 @@ from agent.ingest.sink import SampleSink
 from agent.metrics import AgentMetrics
 from agent.sources import Sources
 from agent.supervisor import CrashLoop, Supervisor
+from agent.uplink.build import transport_for
 from agent.uplink.link import Link
-from agent.uplink.remote_write import RemoteWriteTransport
-from agent.uplink.transport import HttpTransport, Transport
+from agent.uplink.transport import Transport
 from agent.uplink.uploader import Uploader
 from backhaul import __version__, systemd
 from backhaul.errors import StoreError
 from backhaul.lifecycle import Jobs, Lifecycle, TaskGroup, watchdog
 from backhaul.listener import Listener, ListenerMetrics
 from backhaul.tls import ClientTls, watch
-from backhaul.wire.series import sample_count
+from backhaul.wire.series import SeriesMap, sample_count
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class Agent:
         registry: metrics registry (a fresh one per agent by default).
         transport: upload transport (HTTP to ``uplink.url`` by default; None if no URL is set).
         clock: wall clock in seconds.
+        clocks: the clocks the clock keeper reads (default: ``clock``, CLOCK_BOOTTIME, the boot id).
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class Agent:
         registry: CollectorRegistry | None = None,
         transport: Transport | None = None,
         clock: Callable[[], float] = time.time,
+        clocks: Clocks | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
@@ -89,12 +94,31 @@ class Agent:
         # The one link bulk uploads (and escalated inference requests) go over: its cap, budgets, windows.
         self.link = Link(settings.uplink, clock=clock)
         if transport is None and settings.uplink.url is not None:
-            transport = self._transport_for(settings, self.link, self.tls)
+            transport = transport_for(settings, self.link, self.tls)
         self._transport = transport
+        self.jobs = Jobs(self.registry)
+        self.timekeeper = TimeKeeper(
+            settings.clock,
+            self.store,
+            self.metrics.clock,
+            b.max_age.total_seconds(),
+            settings.ingest.max_future.total_seconds(),
+            clocks or Clocks(wall=clock, boot_id=lambda: read_boot_id(settings.clock.boot_id_file)),
+            on_released=lambda: self.uploader.notify_data() if self.uploader else None,
+            on_expired=self.metrics.buffer.expired.inc,
+            on_backward_jump=lambda _jump: self.jobs.rewind(),
+        )
         self.uploader: Uploader | None = None
         if transport is not None:
             self.uploader = Uploader(
-                settings.uplink, settings.device_id, self.store, transport, self.metrics.uplink, clock, link=self.link
+                settings.uplink,
+                settings.device_id,
+                self.store,
+                transport,
+                self.metrics.uplink,
+                clock,
+                link=self.link,
+                time_keeper=self.timekeeper,
             )
         self.staging = Staging(
             self.store,
@@ -105,7 +129,6 @@ class Agent:
             clock=clock,
         )
         self.tasks = TaskGroup()
-        self.jobs = Jobs(self.registry)
         inf = settings.inference
         self.supervisor = Supervisor(inf, self.registry, self._crash_loop) if inf.command else None
         self.alerts: AlertLane | None = None
@@ -115,12 +138,19 @@ class Agent:
                 self._readings(),
                 self.metrics.alerts,
                 clock,
-                lambda series: self.staging.submit(series, sample_count(series), 0),
+                self._own_samples,
                 self.tls,
             )
         observe = self.alerts.engine.observe if self.alerts is not None else None
         self.receiver = RemoteWriteReceiver(
-            self.staging, settings.ingest, b, self.metrics.ingest, clock, observe, settings.uplink.device_label
+            self.staging,
+            settings.ingest,
+            b,
+            self.metrics.ingest,
+            clock,
+            observe,
+            settings.uplink.device_label,
+            self.timekeeper,
         )
         self.sink = SampleSink(
             self.staging,
@@ -130,6 +160,7 @@ class Agent:
             settings.ingest.max_future.total_seconds(),
             clock,
             observe,
+            self.timekeeper,
         )
         local_down = self.supervisor.unavailable if self.supervisor is not None else None
         self.sources = Sources(settings, self.sink, self.registry, self.jobs, clock, local_down, self.link)
@@ -137,16 +168,6 @@ class Agent:
         self._started = False
         self._stopping = False
         self.port: int | None = None
-
-    @staticmethod
-    def _transport_for(settings: AgentSettings, link: Link, tls: ClientTls | None) -> Transport:
-        u = settings.uplink
-        token, timeout = u.token.get_secret_value(), u.timeout.total_seconds()
-        if u.protocol == "remote_write":
-            return RemoteWriteTransport(
-                str(u.url), token, timeout, settings.device_id, u.device_label, u.max_samples_per_request, tls, link
-            )
-        return HttpTransport(str(u.url), token, timeout, settings.buffer.zstd_level, tls, link)
 
     def _readings(self) -> Readings:
         """What the built-in alert checks read, as typed callables into the components."""
@@ -158,14 +179,19 @@ class Agent:
             disk_floor=store.min_free_bytes,
             evicted_total=lambda: float(store.evicted_samples),
             upload_error=lambda: uploader.last_error if uploader is not None else None,
-            clock_skew=lambda: uploader.clock_skew if uploader is not None else 0.0,
+            clock_skew=self.timekeeper.skew_seconds,
             inference_crash_loop=(lambda: supervisor.in_crash_loop) if supervisor is not None else None,
-            uplink_budget=(
-                (lambda: (link.budget.used(link.now()), uploader is not None and uploader.blocked == "budget"))
-                if link.budget.limited
-                else None
-            ),
+            uplink_budget=link.budget_reading(lambda: uploader is not None and uploader.blocked == "budget"),
         )
+
+    async def _own_samples(self, series: SeriesMap) -> None:
+        """The agent's own samples (the alert lane's long form) into the buffer, sorted by clock era."""
+        if not self.timekeeper.correcting:
+            await self.staging.submit(series, sample_count(series), 0)
+            return
+        done = await self.timekeeper.split(series)
+        await self.staging.submit(done.ready, done.samples, sum(done.dropped.values()), done.held)
+        self.timekeeper.committed(done)
 
     def _crash_loop(self, _event: CrashLoop) -> None:
         # The built-in InferenceCrashLoop check reads the supervisor's state: evaluate at once.
@@ -196,7 +222,9 @@ class Agent:
         s = self.settings
         await life.enter("buffer", self.store)
         # What the link spent so far in this day and month (kept across restarts and power cuts).
-        self.link.persist(await self.store.call(self.store.usage), self._save_usage)
+        usage = await self.store.call(self.store.usage)
+        self.link.persist(usage, lambda rows: self.store.call(self.store.add_usage, rows))
+        await life.enter("clock", self.timekeeper)
         self.metrics.buffer.watch_buffer(lambda: self.store.totals, self.store.budget_bytes, self._clock)
         self.metrics.buffer.watch_disk(self.store.path.parent, self.store.min_free_bytes)
         self.metrics.info.info({"version": __version__, "device": s.device_id, "buffer_id": self.store.buffer_id})
@@ -204,6 +232,7 @@ class Agent:
             life.on_stop("uplink connection", self._transport.close)
         await life.enter("background tasks", self.tasks)
         self.tasks.spawn("staging", self.staging.run())
+        self.tasks.spawn("clock", self.timekeeper.run())
         if self.alerts is not None:
             # Its own queue file, thread and sender: alerts never wait behind the bulk upload.
             await life.enter("alert lane", self.alerts)
@@ -271,11 +300,9 @@ class Agent:
         await self._compact()
         await self.link.flush()  # e.g. the proxy's escalated bytes
 
-    async def _save_usage(self, rows: list[tuple[str, str, int, int]]) -> None:
-        await self.store.call(self.store.add_usage, rows)
-
     async def _expire(self) -> None:
-        cutoff = int((self._clock() - self.settings.buffer.max_age.total_seconds()) * 1000)
+        # By the best estimate of true time: the buffer's timestamps are corrected ones.
+        cutoff = int((self.timekeeper.true_now() - self.settings.buffer.max_age.total_seconds()) * 1000)
         try:
             losses = await self.store.call(self.store.expire, cutoff)
         except StoreError as exc:
@@ -286,6 +313,10 @@ class Agent:
             log.warning("expired %d samples older than %s", losses.expired, self.settings.buffer.max_age)
             if self.uploader is not None:
                 self.uploader.notify_data()
+        try:
+            await self.timekeeper.expire_held()  # held samples, aged by CLOCK_BOOTTIME
+        except StoreError as exc:
+            log.error("expiry of held samples failed: %s", exc)
 
     async def _compact(self) -> None:
         # One merge per call on the database thread: a group commit queued meanwhile waits for one
@@ -327,6 +358,8 @@ class Agent:
             detail["uplink"] = {"last_error": self.uploader.last_error, **link}
         if self.supervisor is not None:
             detail["inference"] = self.supervisor.describe()
+        if self.timekeeper.entered:
+            detail["clock"] = self.timekeeper.describe()
         failing = self.sources.scrape_errors()
         if failing:
             detail["scrape_errors"] = failing

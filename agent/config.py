@@ -3,7 +3,8 @@
 Each component owns its section's model, beside its code (see examples/agent.toml):
 ``[listen]`` :mod:`agent.http_settings`, ``[buffer]`` :mod:`agent.buffer.settings`, ``[ingest]``,
 ``[scrape]`` and ``[host]`` :mod:`agent.ingest.settings`, ``[uplink]`` :mod:`agent.uplink.settings`,
-``[inference]`` :mod:`agent.supervisor_settings`, ``[alerts]`` :mod:`agent.alerts.settings`.
+``[inference]`` :mod:`agent.supervisor_settings`, ``[alerts]`` :mod:`agent.alerts.settings`,
+``[clock]`` :mod:`agent.clock.settings`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydantic_settings import BaseSettings
 
 from agent.alerts.settings import AlertSettings
 from agent.buffer.settings import BufferSettings
+from agent.clock.settings import ClockSettings
 from agent.http_settings import ListenSettings
 from agent.ingest.settings import HostSettings, IngestSettings, ScrapeSettings
 from agent.proxy.settings import ProxySettings as ProxySettings  # re-exported: [proxy] is part of the root
@@ -42,6 +44,7 @@ class AgentSettings(BaseSettings):
     host: HostSettings = HostSettings()
     proxy: ProxySettings = ProxySettings()
     alerts: AlertSettings = AlertSettings()
+    clock: ClockSettings = ClockSettings()
 
     @model_validator(mode="after")
     def _budget_holds_batches(self) -> AgentSettings:

@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Info
 
 from agent.alerts.metrics import AlertMetrics
 from agent.buffer.metrics import BufferMetrics
+from agent.clock.metrics import ClockMetrics
 from agent.ingest.metrics import IngestMetrics
 from agent.uplink.metrics import UplinkMetrics
 
@@ -23,3 +24,4 @@ class AgentMetrics:
         self.buffer = BufferMetrics(registry)
         self.uplink = UplinkMetrics(registry)
         self.alerts = AlertMetrics(registry)
+        self.clock = ClockMetrics(registry)

@@ -13,7 +13,8 @@ occur, into one of these (``raise ... from exc``). An HTTP handler maps them in 
     │   │   ├── Unsupported 415    a content type, message or encoding this build does not take
     │   │   └── AlertFormatError   not a valid compact alert message
     │   ├── SelectorError          a series selector that does not parse
-    │   └── UnknownTables 409      a batch refers to series tables the collector does not keep
+    │   ├── UnknownTables 409      a batch refers to series tables the collector does not keep
+    │   └── OverLimit     422      a query would return more than a configured limit (``limit`` names it)
     ├── AuthError     401/403      no, unknown or revoked credential, or another device's data
     ├── Unavailable       503      transient: not now (overloaded, shutting down); retry after ``retry_after``
     │   └── StoreError             a storage operation failed (``transient`` says whether retrying can help)
@@ -95,6 +96,17 @@ class UnknownTables(InputError):
     def __init__(self, digests: list[str]) -> None:
         super().__init__(f"no series table with digest {', '.join(digests)}: send the batch with its tables")
         self.digests = digests
+
+
+class OverLimit(InputError):
+    """A well-formed query whose answer would exceed a configured limit (HTTP 422, as Prometheus
+    answers a query that would load too many samples); ``limit`` names the setting."""
+
+    status = 422
+
+    def __init__(self, reason: str, limit: str) -> None:
+        super().__init__(reason)
+        self.limit = limit
 
 
 class AuthError(BackhaulError):

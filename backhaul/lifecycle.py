@@ -25,12 +25,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from apscheduler.job import Job
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, Counter
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,21 @@ class TaskGroup:
         await self.aclose()
 
 
+class SteadyInterval(IntervalTrigger):  # type: ignore[misc]  # APScheduler 3 has no type hints
+    """APScheduler's interval trigger, sane when the wall clock steps forward.
+
+    APScheduler 3 lists every run a job missed before coalescing them into one; after the clock
+    jumps forward by years (a device booting at 1970 until NTP syncs), that is billions of runs and
+    the event loop never comes back. Far behind, the next run is now.
+    """
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        fire: datetime | None = super().get_next_fire_time(previous_fire_time, now)
+        if fire is not None and previous_fire_time is not None and fire < now - self.interval:
+            return now
+        return fire
+
+
 class Jobs:
     """Scheduled work on an APScheduler ``AsyncIOScheduler`` that this object owns.
 
@@ -196,6 +212,8 @@ class Jobs:
                 self._running.discard(task)
 
         extra: dict[str, Any] = {} if next_run_time is None else {"next_run_time": next_run_time}
+        if trigger == "interval":
+            trigger, trigger_args = SteadyInterval(**trigger_args), {}
         return self.scheduler.add_job(
             run,
             trigger,
@@ -208,6 +226,14 @@ class Jobs:
             **extra,
             **trigger_args,
         )
+
+    def rewind(self) -> None:
+        """Run every job now: the wall clock stepped back. APScheduler 3 times its jobs by the wall
+        clock, so each next run is now that much further away (a day back: no scrape for a day)."""
+        now = datetime.now(UTC)
+        for job in self.scheduler.get_jobs():
+            job.modify(next_run_time=now)
+        self.scheduler.wakeup()
 
     async def __aenter__(self) -> Jobs:
         self.scheduler.start()

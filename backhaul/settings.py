@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic import AfterValidator, BaseModel, ByteSize, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -42,6 +42,30 @@ class Section(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+
+
+class InputLimits(Section):
+    """Limits on what one request may carry, shared by the agent's ``[ingest]`` and the collector's
+    ``[limits]`` (each sets its own defaults for the two sizes)."""
+
+    max_request_bytes: ByteSize = ByteSize(64 * 1024**2)
+    # Hard cap on what one body may decompress to: a zstd or snappy bomb gets 413, never an out-of-memory.
+    max_decompressed_bytes: ByteSize = ByteSize(256 * 1024**2)
+    # Decoded samples cost far more than their bytes (backhaul/wire/budget.py): one request may take
+    # twice max_decompressed_bytes once decoded (estimated before decoding; more is 413), and all
+    # requests being decoded together at most this (default: the same); others wait, then get 503.
+    max_decoding_bytes: ByteSize | None = None
+    # Label rules (backhaul/labels.py): a series over these is dropped and counted, the rest kept.
+    max_labels_per_series: int = Field(128, ge=1)
+    max_label_bytes: int = Field(16 * 1024, ge=64)
+
+    def per_request_decoding_bytes(self) -> int:
+        return 2 * int(self.max_decompressed_bytes)
+
+    def total_decoding_bytes(self) -> int:
+        if self.max_decoding_bytes is None:
+            return self.per_request_decoding_bytes()
+        return int(self.max_decoding_bytes)
 
 
 def readable(path: Path) -> Path:

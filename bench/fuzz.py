@@ -42,7 +42,19 @@ import psutil
 
 from backhaul.wire.series import SeriesMap
 from bench.fuzz_cases import DEVICES, Case, Fuzzer
-from harness import Proc, Process, free_port, http, metric_value, push, same_value, wait_until, write_toml
+from harness import (
+    READ,
+    READ_HEADERS,
+    Proc,
+    Process,
+    free_port,
+    http,
+    metric_value,
+    push,
+    same_value,
+    wait_until,
+    write_toml,
+)
 
 SLOW_S = 2.0
 MIX = {"collector_batch": 0.3, "agent_remote_write": 0.27, "collector_remote_write": 0.18, "alert_http": 0.15}
@@ -104,6 +116,7 @@ class Targets:
             "store": {"path": str(folder / "collector.db"), "synchronous": "NORMAL"},
             "devices": [{"id": d, "token": t} for d, t in DEVICES.items()],
             "alerts": {"mqtt": {"host": "127.0.0.1", "port": self.broker}},
+            "read": READ,
         }
         agent = {
             "device_id": "dev-1",
@@ -267,7 +280,8 @@ def baseline(targets: Targets) -> dict[str, dict[Any, dict[int, float]]]:
 
 
 def exported(targets: Targets, selector: str) -> list[dict[str, Any]]:
-    status, body, _ = http("GET", f"{targets.collector_url}/api/v1/export?" + _query(selector), timeout=300)
+    url = f"{targets.collector_url}/api/v1/export?" + _query(selector)
+    status, body, _ = http("GET", url, headers=READ_HEADERS, timeout=300)
     assert status == 200, body[:300]
     return [json.loads(line) for line in body.splitlines() if line.strip()]
 

@@ -34,6 +34,7 @@ from backhaul.wire import remote_write as rw
 from backhaul.wire.alert import AlertMessage
 from backhaul.wire.series import SeriesMap, sample_count
 from backhaul.wire.varint import varint
+from harness.config import READ_HEADERS
 
 DEVICES = {"dev-1": "fuzz-token-one", "dev-2": "fuzz-token-two", "dev-3": "fuzz-token-three"}
 RW_HEADERS = {"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy"}
@@ -422,7 +423,11 @@ class Fuzzer:
                 query.append((name, self.pick(self._times())))
         if self.chance(0.05):
             query.append((self.pick(["step", "limit", "match", "foo"]), self.pick(["1", "", "x" * 100])))
-        return Case("export", "collector", "GET", "/api/v1/export", {}, b"", query)
+        # Mostly with the read credential, so the parameters are what is tried; now and then none or a wrong one.
+        headers = dict(READ_HEADERS)
+        if self.chance(0.05):
+            headers = self.pick([{}, {"Authorization": "Bearer " + "x" * 40}, {"Authorization": "Basic !!"}])
+        return Case("export", "collector", "GET", "/api/v1/export", headers, b"", query)
 
     def _times(self) -> list[str]:
         now_s = self.now_ms / 1000

@@ -37,6 +37,7 @@ from collector.read_auth import ReadAuth
 from collector.registry import import_config_devices
 from collector.remote_write import RemoteWriteReceiver
 from collector.store import make_store
+from collector.store.retention import Retention
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Collector:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = CollectorMetrics(self.registry)
-        self.store = make_store(settings.store)
+        self.store = make_store(settings.store, settings.device_label)
         self._clock = clock
         self.registry.register(DeviceCollector(lambda: self.store.devices))
         self.forwarding = self._forwarding(clock)
@@ -72,7 +73,8 @@ class Collector:
         budget = decode_budget(settings)  # one for both: decoding memory is bounded across endpoints
         self._receiver = BatchReceiver(settings, self.store, self.metrics, clock, forward, budget)
         self._remote_write = RemoteWriteReceiver(settings, self.store, self.metrics, clock, forward, budget)
-        self._exporter = Exporter(self.store)
+        self._exporter = Exporter(self.store, settings)
+        self.retention = Retention(self.store, settings.store, self.registry, clock)
         self._fleet = Fleet(settings, self.store, clock)
         self.forwarder = AlertForwarder(settings.alerts, self.store, clock)
         self._alerts = AlertReceiver(settings, self.store, self.metrics, clock, on_stored=self.forwarder.notify)
@@ -172,6 +174,7 @@ class Collector:
         if self.forwarding is not None:
             await life.enter("forwarding", self.forwarding)
         await life.enter("background tasks", self.tasks)
+        self.tasks.spawn("store retention", self.retention.run())
         if self.forwarder.enabled:
             self.tasks.spawn("alert forwarder", self.forwarder.run())
         if self.mqtt is not None:

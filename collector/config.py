@@ -2,6 +2,7 @@
 
 Each component owns its section's model, beside its code (see examples/collector.toml):
 ``[listen]`` and ``[limits]`` :mod:`collector.http_settings`, ``[store]`` :mod:`collector.store.settings`,
+``[export]`` :mod:`collector.export_settings`,
 ``[fleet]`` :mod:`collector.fleet_settings`, ``[[devices]]`` :mod:`collector.registry_settings`,
 ``[read]`` :mod:`collector.read_settings`,
 ``[[forward]]`` :mod:`collector.forward.settings`, ``[alerts]`` :mod:`collector.alerts.settings`.
@@ -16,6 +17,7 @@ from pydantic_settings import BaseSettings
 
 from backhaul.settings import settings_config
 from collector.alerts.settings import AlertSettings
+from collector.export_settings import ExportSettings
 from collector.fleet_settings import FleetSettings
 from collector.forward.settings import ForwardTarget
 from collector.http_settings import LimitSettings, ListenSettings
@@ -35,6 +37,7 @@ class CollectorSettings(BaseSettings):
     listen: ListenSettings = ListenSettings()
     store: StoreSettings = StoreSettings()
     limits: LimitSettings = LimitSettings()
+    export: ExportSettings = ExportSettings()
     fleet: FleetSettings = FleetSettings()
     read: ReadSettings = ReadSettings()
     devices: list[DeviceEntry] = []

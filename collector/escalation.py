@@ -3,17 +3,19 @@
 Read from the agents' self-scraped ``backhaul_proxy_routed_requests_total{route,reason}`` over the
 last hour (``WINDOW_MS``): the increase of each series (a drop is a counter reset: the agent
 restarted), from its last sample before the window, or from zero for a series that started inside
-it. A local model that keeps escalating is a model that needs an update.
+it. A local model that keeps escalating is a model that needs an update. The store keeps these
+samples aside for the fleet page (``Store.fleet_samples``), so the page never decodes chunks.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 
 from collector.store import Store
+from collector.store.chunks import ROUTED
 
-ROUTED = "backhaul_proxy_routed_requests_total"
 WINDOW_MS = 3600 * 1000
 # How far before the window to look for a counter's starting point.
 LOOKBACK_MS = 3600 * 1000
@@ -47,26 +49,22 @@ def increase(values: list[float], baseline: float | None) -> float:
 
 
 async def escalation_by_device(store: Store, device_label: str, now_ms: int) -> dict[str, Escalation]:
-    series = [(sid, labels) for sid, labels in await store.series() if labels.get("__name__") == ROUTED]
-    if not series:
-        return {}
-    ids = [sid for sid, _ in series]
     start = now_ms - WINDOW_MS
-    recent = await store.samples(ids, start, now_ms)
-    before = await store.samples(ids, start - LOOKBACK_MS, start - 1)
+    series: dict[tuple[str, str], tuple[list[float], list[float]]] = {}  # (before, in the window)
+    for device, labels, ts, value in await store.fleet_samples(ROUTED, start - LOOKBACK_MS, now_ms):
+        before, recent = series.setdefault((device, labels), ([], []))
+        (recent if ts >= start else before).append(value)
     out: dict[str, Escalation] = {}
-    for sid, labels in series:
-        device = labels.get(device_label)
-        stamps, values = recent.get(sid, ([], []))
-        if device is None or not values:
+    for (device, text), (before, recent) in series.items():
+        if not recent:
             continue
-        earlier = before.get(sid, ([], []))[1]
-        count = increase([v for _, v in sorted(zip(stamps, values, strict=True))], earlier[-1] if earlier else None)
+        count = increase(recent, before[-1] if before else None)
         if count <= 0:
             continue
+        pairs = dict(json.loads(text))
         e = out.setdefault(device, Escalation())
-        route = labels.get("route", "")
+        route = pairs.get("route", "")
         e.routes[route] += round(count)
         if route == "cloud":
-            e.reasons[labels.get("reason", "")] += round(count)
+            e.reasons[pairs.get("reason", "")] += round(count)
     return out

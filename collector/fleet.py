@@ -111,6 +111,8 @@ class Fleet:
                     "samples": state.samples,
                     "batches": state.batches,
                     **state.losses(),
+                    # Samples its agent re-stamped because its clock was wrong (docs/clock.md).
+                    "corrected_samples": state.corrected_samples,
                     "agent_version": state.agent_version,
                     "version_drift": bool(state.agent_version) and state.agent_version != common,
                     "model_name": _first(model, MODEL_NAME_LABELS),

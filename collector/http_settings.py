@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import ByteSize, Field, model_validator
 
 from backhaul.listener import ListenLimits
-from backhaul.settings import ReadableFile, Section
+from backhaul.settings import InputLimits, ReadableFile
 
 
 class ListenSettings(ListenLimits):
@@ -41,24 +41,8 @@ class ListenSettings(ListenLimits):
         return self
 
 
-class LimitSettings(Section):
+class LimitSettings(InputLimits):
     """Limits on one upload's body, its labels, and the memory decoding uploads may take."""
 
     max_request_bytes: ByteSize = ByteSize(64 * 1024**2)
-    # Hard cap on what one batch may decompress to: a zstd bomb gets 413, never an out-of-memory.
     max_decompressed_bytes: ByteSize = ByteSize(256 * 1024**2)
-    # Decoded samples cost far more than their bytes (backhaul/wire/budget.py): one upload may take
-    # twice max_decompressed_bytes once decoded (estimated before decoding; more is 413), and all
-    # uploads being decoded together at most this (default: the same); others wait, then get 503.
-    max_decoding_bytes: ByteSize | None = None
-    # Label rules (backhaul/labels.py): a series over these is dropped and counted, the rest kept.
-    max_labels_per_series: int = Field(128, ge=1)
-    max_label_bytes: int = Field(16 * 1024, ge=64)
-
-    def per_request_decoding_bytes(self) -> int:
-        return 2 * int(self.max_decompressed_bytes)
-
-    def total_decoding_bytes(self) -> int:
-        if self.max_decoding_bytes is None:
-            return self.per_request_decoding_bytes()
-        return int(self.max_decoding_bytes)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from aiohttp import web
 from prometheus_client import Counter
@@ -27,16 +28,20 @@ from backhaul.wire import chunk as chunkfmt
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.budget import DecodeBudget, chunk_cost
 from backhaul.wire.chunk import Codec
-from backhaul.wire.series import SeriesMap, merge_into, sample_count
 from collector.auth import DeviceAuth
 from collector.config import CollectorSettings
 from collector.endpoint import DeviceEndpoint
 from collector.forward.spool import Chunks, Forward
 from collector.metrics import CollectorMetrics
-from collector.store import IngestResult, Store
+from collector.store import IngestResult, NewChunk, Store
+from collector.store.cache import BoundedCache
+from collector.store.chunks import TableInfo, prepare
 
-# Tables this instance keeps in memory (they never change: a digest names one table for good).
-_CACHED_TABLES = 1024
+# Tables this instance remembers (they never change: a digest names one table for good): what
+# ingest needs of each (a summary: size, names, the fleet page's series), and, when forwarding, the
+# tables' bytes (the forwarders read chunks with their tables in them), bounded by bytes.
+_CACHED_TABLES = 10_000
+_CACHED_TABLE_BYTES = 16 * 1024 * 1024
 # A device's stored tables are dropped this long after they were stored, whenever it sends a new one,
 # so that series churn cannot grow the store for ever; one still in use costs a 409 and a full batch.
 _TABLE_KEPT_MS = 7 * 86_400_000
@@ -60,7 +65,8 @@ class BatchReceiver(DeviceEndpoint):
         budget: DecodeBudget | None = None,
     ) -> None:
         super().__init__(settings, store, metrics, clock, forward, budget)
-        self._tables: dict[tuple[str, str], bytes] = {}  # (device, digest) -> series table
+        self._tables: BoundedCache[tuple[str, str], TableInfo] = BoundedCache(_CACHED_TABLES)
+        self._table_bytes: BoundedCache[tuple[str, str], bytes] = BoundedCache(_CACHED_TABLE_BYTES, len)
 
     def _answers(self) -> Counter:
         return self._metrics.requests
@@ -95,11 +101,11 @@ class BatchReceiver(DeviceEndpoint):
             return await self._store_batch(header, chunks, tables, started)
 
     async def _store_batch(
-        self, header: BatchHeader, chunks: list[bytes], tables: dict[str, bytes], started: float
+        self, header: BatchHeader, chunks: list[bytes], tables: dict[str, TableInfo], started: float
     ) -> web.Response:
         store = self._store
         try:
-            series, frames, new_tables, dropped = await asyncio.to_thread(self._decode_chunks, header, chunks, tables)
+            prepared, frames, new_tables = await asyncio.to_thread(self._prepare, header, chunks, tables)
         except WireError as exc:
             if isinstance(exc, TooLarge):
                 raise
@@ -110,13 +116,17 @@ class BatchReceiver(DeviceEndpoint):
             # Kept before the batch is acknowledged: the agent refers to them from then on.
             with store_trouble("series tables"):
                 await store.put_tables(header.device, new_tables, now_ms, now_ms - _TABLE_KEPT_MS)
-            self._remember_tables(header.device, new_tables)
+        dropped: dict[str, int] = {}
+        for chunk in prepared:
+            if chunk.sent_table.data is not None:
+                self._remember(header.device, chunk.sent_table)  # (on the event loop: the caches are not thread-safe)
+            for reason, count in chunk.dropped.items():
+                dropped[reason] = dropped.get(reason, 0) + count
+        prepared = [c for c in prepared if c.scan.samples]
         if self._forward is not None and frames:
             with store_trouble("forward spool"):
                 await self._forward(header.device, Chunks(frames), header.samples - sum(dropped.values()))
-        result: IngestResult = await store.ingest(
-            header.device, series, self._settings.device_label, int(self._clock() * 1000), header
-        )
+        result: IngestResult = await store.ingest(header.device, prepared, int(self._clock() * 1000), header)
         self._metrics.ingest_seconds.observe(time.perf_counter() - started)
         if result.duplicate_batch:
             self._metrics.batches.labels("duplicate").inc()
@@ -135,7 +145,7 @@ class BatchReceiver(DeviceEndpoint):
             answer["dropped"] = dropped
         return web.json_response(answer, headers=_KEEPS_TABLES)
 
-    def _plan(self, header: BatchHeader, chunks: list[bytes], tables: dict[str, bytes]) -> int:
+    def _plan(self, header: BatchHeader, chunks: list[bytes], tables: dict[str, TableInfo]) -> int:
         """The decoding cost of the batch, from what its chunks declare (each decompressed only as far
         as its header); a WireError when those counts do not add up to the header's, TooLarge when the
         chunks cannot fit the limits."""
@@ -156,7 +166,7 @@ class BatchReceiver(DeviceEndpoint):
                 raise WireError(f"chunk {index}: {exc}") from exc
         raw = 0
         for index, shape in enumerate(shapes):
-            table_len = len(tables[refs[index]]) if refs and refs[index] else shape.table_len
+            table_len = tables[refs[index]].size if refs and refs[index] else shape.table_len
             length = shape.min_len + table_len - shape.table_len
             declared += shape.n_samples
             raw += length
@@ -168,16 +178,22 @@ class BatchReceiver(DeviceEndpoint):
         self._budget.check(cost, "batch")
         return cost
 
-    async def _tables_for(self, header: BatchHeader) -> dict[str, bytes]:
+    async def _tables_for(self, header: BatchHeader) -> dict[str, TableInfo]:
         """The series tables the batch's chunks refer to; :class:`UnknownTables` if the store lacks one."""
-        tables: dict[str, bytes] = {}
+        tables: dict[str, TableInfo] = {}
         missing: list[str] = []
         for digest in dict.fromkeys(r for r in header.table_refs if r):
-            table = self._tables.get((header.device, digest))
+            key = (header.device, digest)
+            table = self._tables.get(key)
+            if table is not None and (self._forward is not None or table.refused):
+                # forwarding needs the table's bytes too, and so does leaving out the series it refuses
+                data = self._table_bytes.get(key)
+                table = None if data is None else replace(table, data=data)
             if table is None:
-                table = await self._store.get_table(header.device, digest)
-                if table is not None:
-                    self._remember_tables(header.device, {digest: table})
+                data = await self._store.get_table(header.device, digest)
+                if data is not None:
+                    table = await asyncio.to_thread(TableInfo.parse, data, digest, self._rules)
+                    self._remember(header.device, table)
             if table is None:
                 missing.append(digest)
             else:
@@ -186,56 +202,62 @@ class BatchReceiver(DeviceEndpoint):
             raise UnknownTables(missing)
         return tables
 
-    def _remember_tables(self, device: str, tables: dict[str, bytes]) -> None:
-        if len(self._tables) + len(tables) > _CACHED_TABLES:
-            self._tables.clear()
-        self._tables.update(((device, digest), table) for digest, table in tables.items())
+    def _remember(self, device: str, table: TableInfo) -> None:
+        self._tables.put((device, table.digest), table.summary())
+        if (self._forward is not None or table.refused) and table.data is not None:
+            self._table_bytes.put((device, table.digest), table.data)
 
-    def _decode_chunks(
-        self, header: BatchHeader, chunks: list[bytes], tables: dict[str, bytes]
-    ) -> tuple[SeriesMap, list[bytes], dict[str, bytes], dict[str, int]]:
-        """On a worker thread: decompress (capped across the whole batch) and decode every chunk.
+    def _prepare(
+        self, header: BatchHeader, chunks: list[bytes], tables: dict[str, TableInfo]
+    ) -> tuple[list[NewChunk], list[bytes], dict[str, bytes]]:
+        """On a worker thread: decompress (capped across the whole batch) and prepare every chunk for
+        the store (:func:`collector.store.chunks.prepare`: the header and timestamps are read, the
+        values are not).
 
         Also returns the chunk frames with their tables in them (re-compressed where a chunk came by
-        reference), when the agent asks the collector to keep tables (``table_refs`` present) the
-        tables this instance has not kept yet, and the samples of series dropped for their labels
-        (by reason; the frames then hold only the series kept).
+        reference or had series refused for their labels: the forwarders get what is stored) for
+        the forwarders, and, when the agent asks the collector to keep tables (``table_refs``
+        present), the tables this instance has not kept yet.
         """
-        budget = int(self._settings.limits.max_decompressed_bytes)
+        limit = int(self._settings.limits.max_decompressed_bytes)
+        budget = limit
         # A codec per call: zstd (de)compressor objects must not be used by two threads at once,
         # and concurrent batches are decoded on different worker threads.
         codec = Codec()
-        series: SeriesMap = {}
+        prepared: list[NewChunk] = []
         frames: list[bytes] = []
         new_tables: dict[str, bytes] = {}
         refs = header.table_refs
         for index, frame in enumerate(chunks):
             raw = codec.decompress(frame, budget)
+            budget -= len(raw)
+            if budget < 0:
+                raise TooLarge("decompressed batch", limit)
             try:
-                if refs and refs[index]:
-                    raw = chunkfmt.join_table(raw, tables[refs[index]])
-                    # the forwarders read chunks with their tables in them
-                    frame = codec.compress(raw) if self._forward is not None else frame
+                ref = refs[index] if refs else ""
+                if ref:
+                    chunk = prepare(raw, frame, tables[ref], codec, self._rules)
+                    if self._forward is not None and not chunk.dropped:  # the forwarders read chunks with their tables
+                        data = tables[ref].data
+                        assert data is not None  # see _tables_for
+                        frame = codec.compress(chunkfmt.join_table(raw, data))
                     self._metrics.table_references.inc()
-                elif refs:
-                    table = chunkfmt.table_of(raw)
-                    digest = chunkfmt.table_digest(table)
-                    if (header.device, digest) not in self._tables:
-                        new_tables[digest] = table
-                budget -= len(raw)
-                if budget < 0:
-                    raise TooLarge("decompressed batch", int(self._settings.limits.max_decompressed_bytes))
-                merge_into(series, chunkfmt.decode(raw))
+                else:
+                    chunk = prepare(raw, frame, None, codec, self._rules)
+                    sent = chunk.sent_table
+                    if refs and (header.device, sent.digest) not in self._tables:
+                        assert sent.data is not None
+                        new_tables[sent.digest] = sent.data
+                if chunk.dropped and self._forward is not None:
+                    assert chunk.table.data is not None
+                    frame = codec.compress(chunkfmt.join_table(codec.decompress(chunk.frame, limit), chunk.table.data))
             except WireError as exc:
                 raise WireError(f"chunk {index}: {exc}") from exc
-            frames.append(frame)
-        self._metrics.decompressed_bytes.inc(int(self._settings.limits.max_decompressed_bytes) - budget)
-        found = sample_count(series)
+            prepared.append(chunk)
+            if chunk.scan.samples:
+                frames.append(frame)
+        self._metrics.decompressed_bytes.inc(limit - budget)
+        found = sum(c.scan.samples + sum(c.dropped.values()) for c in prepared)
         if found != header.samples:
             raise WireError(f"batch header announces {header.samples} samples, its chunks hold {found}")
-        dropped = self._drop_bad_series(series)
-        if dropped and series:
-            frames = [codec.encode(series)]  # the forwarders get what is stored, never a refused series
-        elif dropped:
-            frames = []
-        return series, frames, new_tables, dropped
+        return prepared, frames, new_tables

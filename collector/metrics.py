@@ -96,6 +96,11 @@ class DeviceCollector(Collector):
             "Batches the device sent again (its reply was lost) and that were recognised, not stored twice",
             labels=["device"],
         )
+        corrected = GaugeMetricFamily(
+            "backhaul_collector_device_corrected_samples",
+            "Samples the device's agent corrected the timestamps of, its clock being wrong (over all its buffers)",
+            labels=["device"],
+        )
         lost = GaugeMetricFamily(
             "backhaul_collector_device_reported_lost_samples",
             "Samples the device's agent reports it lost (cumulative over all its buffers), by cause",
@@ -107,6 +112,7 @@ class DeviceCollector(Collector):
             batches.add_metric([d.device], d.batches)
             duplicates.add_metric([d.device], d.duplicate_samples)
             duplicate_batches.add_metric([d.device], d.duplicate_batches)
+            corrected.add_metric([d.device], d.corrected_samples)
             for field, value in d.losses().items():
                 lost.add_metric([d.device, field.removesuffix("_samples")], value)
-        yield from (last_seen, received, batches, duplicates, duplicate_batches, lost)
+        yield from (last_seen, received, batches, duplicates, duplicate_batches, lost, corrected)

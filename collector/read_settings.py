@@ -6,31 +6,15 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from backhaul.settings import PLACEHOLDER_DIGESTS, Secret, Section
-from collector.tokens import token_digest
+from backhaul.settings import Section
+from collector.tokens import Credential
 
 
-class ReadToken(Section):
+class ReadToken(Credential):
     """One operator credential: a bearer token, or the password of HTTP basic auth (any user name).
     Give ``token_sha256`` (hex) in production, so the config holds no secret; ``token`` for a trial."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-    token: Secret | None = None
-    token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-
-    @model_validator(mode="after")
-    def _one_token(self) -> ReadToken:
-        if (self.token is None) == (self.token_sha256 is None):
-            raise ValueError("give exactly one of token or token_sha256")
-        if self.token_sha256 in PLACEHOLDER_DIGESTS:
-            raise ValueError("token_sha256 is the digest of a placeholder from the examples: use a real token's")
-        return self
-
-    def digest(self) -> str:
-        if self.token_sha256 is not None:
-            return self.token_sha256
-        assert self.token is not None
-        return token_digest(self.token.get_secret_value())
 
 
 class ReadSettings(Section):

@@ -82,7 +82,7 @@ def _row(r: Registration) -> str:
 
 
 async def _run(args: argparse.Namespace, settings: CollectorSettings) -> int:
-    store = make_store(settings.store)
+    store = make_store(settings.store, settings.device_label)
     await store.open()
     try:
         if args.action == "list":

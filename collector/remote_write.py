@@ -2,8 +2,10 @@
 
 For senders that are not a backhaul agent (a Prometheus or vmagent on a well-connected site). Answers
 204 once stored; 400/401/413/415 for bad input; 503 when the store cannot write (the sender retries).
-A retried request is harmless: samples are keyed by (series, timestamp) and stored once. A series
-whose labels break the rules (backhaul/labels.py) is dropped and counted per device and reason
+The samples are encoded once into a chunk and stored like a batch's (collector/store/chunks.py). A
+retried request is harmless: its samples are recognised as stored already (counted as duplicates,
+collector/store/overlap.py), and a chunk of nothing but duplicates is not stored again.
+A series whose labels break the rules (backhaul/labels.py) is dropped and counted per device and reason
 (``backhaul_collector_dropped_samples_total``); the rest of the request is stored.
 """
 
@@ -17,8 +19,10 @@ from prometheus_client import Counter
 from backhaul.errors import InputError, store_trouble
 from backhaul.wire import budget
 from backhaul.wire import remote_write as rw
+from backhaul.wire.chunk import Codec
 from collector.endpoint import DeviceEndpoint
 from collector.forward.spool import RemoteWrite
+from collector.store.chunks import from_series
 
 # Bodies that decompress to more than this are decoded on a worker thread (and priced first).
 _INLINE_DECODE_BYTES = 256 * 1024
@@ -62,9 +66,9 @@ class RemoteWriteReceiver(DeviceEndpoint):
                 # The forwarders decode the body again, with the same rules: refused series stay out.
                 with store_trouble("forward spool"):
                     await self._forward(device, RemoteWrite(body), decoded.samples)
-            result = await self._store.ingest(
-                device, decoded.series, self._settings.device_label, int(self._clock() * 1000)
-            )
+            # a codec per call: zstd objects must not be shared by two worker threads
+            chunks = await asyncio.to_thread(from_series, decoded.series, Codec())
+            result = await self._store.ingest(device, chunks, int(self._clock() * 1000))
             self._metrics.samples.inc(result.samples)
             self._metrics.duplicate_samples.inc(result.duplicate_samples)
         self._count_dropped(device, decoded.dropped)

@@ -14,16 +14,18 @@ Modules, one concern each:
 - :mod:`harness.agent`: an agent's buffer database read from outside.
 - :mod:`harness.proxy`: proxies between agent and collector (:class:`DelayProxy`, the byte-counting
   :class:`CountingProxy`).
+- :mod:`harness.prometheus`: a real Prometheus (``start_prometheus``).
 
 The public API is exactly ``__all__`` (checked by tests/unit/test_harness.py).
 """
 
 from harness.agent import LOSS_CAUSES, agent_loss_counters, copy_database, samples_at
 from harness.collector import export, exported_samples, reported_losses, same_value
-from harness.config import READ, READ_HEADERS, READ_TOKEN, TOKEN, toml_text, write_toml
+from harness.config import READ, READ_HEADERS, READ_TOKEN, TOKEN, agent_config, toml_text, write_toml
 from harness.metrics import metric_sum, metric_value, parse_metrics, read_metrics
 from harness.net import free_port, get_json, http, wait_until
 from harness.process import BIN, Proc, ProcError, Process, child_env, faketime_env, require_program
+from harness.prometheus import start_prometheus
 from harness.proxy import CountingProxy, DelayProxy, LoopbackProxy
 from harness.remote_write import RW_HEADERS, Attempt, RecordingSender, Sender, push
 
@@ -44,6 +46,7 @@ __all__ = [
     "Process",
     "RecordingSender",
     "Sender",
+    "agent_config",
     "agent_loss_counters",
     "child_env",
     "copy_database",
@@ -62,6 +65,7 @@ __all__ = [
     "require_program",
     "same_value",
     "samples_at",
+    "start_prometheus",
     "toml_text",
     "wait_until",
     "write_toml",

@@ -35,3 +35,30 @@ def write_toml(path: Path, values: Mapping[str, Any], header: str = "") -> Path:
     """Write ``values`` as TOML to ``path``, after ``header`` (a comment, say); returns ``path``."""
     path.write_text(header + toml_text(values))
     return path
+
+
+def agent_config(port: int, db: Path, collector_url: str | None = None, **sections: Any) -> dict[str, Any]:
+    """The config of a test agent (device ``dev-1``) listening on ``port`` with its buffer database at ``db``,
+    uploading to ``collector_url`` (none: it only buffers) quickly and with short backoffs. Each of
+    ``sections`` updates the table of its name (``buffer={...}``, ``uplink={...}``) or sets the key."""
+    config: dict[str, Any] = {
+        "device_id": "dev-1",
+        "shutdown_grace": 10,
+        "listen": {"host": "127.0.0.1", "port": port},
+        "buffer": {"path": str(db), "budget_bytes": "64MiB"},
+    }
+    if collector_url:
+        config["uplink"] = {
+            "url": f"{collector_url}/api/v1/batches",
+            "token": TOKEN,
+            "batch_interval": 0.2,
+            "backoff_min": 0.2,
+            "backoff_max": 1,
+            "timeout": 5,
+        }
+    for key, value in sections.items():
+        if isinstance(value, Mapping) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config

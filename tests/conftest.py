@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import READ, TOKEN, Proc, free_port, toml_text
+from tests.support import READ, TOKEN, Proc, Process, agent_config, free_port, start_prometheus, toml_text
 
 # The examples ship placeholder secrets, which both programs refuse at start (issue 12). A test that
 # loads an example sets real ones the way the examples advise: in the environment, which wins.
@@ -37,14 +37,17 @@ class Running:
 
 
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Callable[[str, str, int, dict[str, object]], Running]]:
-    """Write ``config`` as ``<name>.toml``, start ``program`` with it, wait until healthy; killed at teardown."""
+def launch(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    """Write ``config`` as ``<name>.toml``, start ``program`` with it (``env`` on top of the tests'),
+    wait until healthy; killed at teardown."""
     started: list[Proc] = []
 
-    def start(program: str, name: str, port: int, config: dict[str, object]) -> Running:
+    def start(
+        program: str, name: str, port: int, config: dict[str, object], env: dict[str, str] | None = None
+    ) -> Running:
         path = tmp_path / f"{name}.toml"
         path.write_text(toml_text(config))
-        proc = Proc(program, path, tmp_path / f"{name}.log").start()
+        proc = Proc(program, path, tmp_path / f"{name}.log", env=env or {}).start()
         started.append(proc)
         url = f"http://127.0.0.1:{port}"
         proc.wait_healthy(url)
@@ -82,23 +85,45 @@ def start_agent(tmp_path: Path, launch: Callable[..., Running]) -> Callable[...,
         **overrides: object,
     ) -> Running:
         port = port or free_port()
-        config: dict[str, object] = {
-            "device_id": "dev-1",
-            "shutdown_grace": 10,
-            "listen": {"host": "127.0.0.1", "port": port},
-            "buffer": {"path": str(tmp_path / f"{name}.db"), "budget_bytes": "64MiB", **(buffer or {})},
-        }
-        if collector_url:
-            config["uplink"] = {
-                "url": f"{collector_url}/api/v1/batches",
-                "token": TOKEN,
-                "batch_interval": 0.2,
-                "backoff_min": 0.2,
-                "backoff_max": 1,
-                "timeout": 5,
-                **(uplink or {}),
-            }
+        config = agent_config(port, tmp_path / f"{name}.db", collector_url, buffer=buffer or {}, uplink=uplink or {})
         config.update(overrides)
         return launch("backhaul-agent", name, port, config)
 
     return start
+
+
+# A real Prometheus scraping itself and the agent every second, remote-writing to the agent.
+PROMETHEUS_CONFIG = """
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: prometheus
+    static_configs: [{{targets: ['127.0.0.1:{prom}']}}]
+  - job_name: backhaul-agent
+    static_configs: [{{targets: ['127.0.0.1:{agent}']}}]
+remote_write:
+  - url: http://127.0.0.1:{agent}/api/v1/write
+    queue_config:
+      max_shards: 1            # one shard sends in WAL order: "highest sent" then covers everything older
+      batch_send_deadline: 500ms
+      min_backoff: 100ms
+      max_backoff: 1s
+    metadata_config:
+      send_interval: 2s
+"""
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Callable[[int], str]]:
+    """Start a real Prometheus that scrapes itself every second and remote-writes to an agent's port."""
+    procs: list[Process] = []
+
+    def start(agent_port: int) -> str:
+        proc, url = start_prometheus(tmp_path, lambda port: PROMETHEUS_CONFIG.format(prom=port, agent=agent_port))
+        procs.append(proc)
+        return url
+
+    yield start
+    for proc in procs:
+        proc.kill()

@@ -44,7 +44,7 @@ class Batches(Summaries):
         since = "" if since_ms is None else f" AND max_ts >= {int(since_ms)}"
         with self.db.atomic():
             candidates = self.conn.execute(
-                f"SELECT id, bytes, samples, min_ts, max_ts FROM chunks WHERE batch_seq IS NULL{since}"
+                f"SELECT id, bytes, samples, min_ts, max_ts FROM chunks WHERE batch_seq IS NULL AND hold = 0{since}"
                 f" ORDER BY {order} LIMIT 10000"
             ).fetchall()
             chosen, changed = self._choose(candidates, max_bytes, now_ms, newest_first, since_ms, strict)
@@ -148,7 +148,7 @@ class Batches(Summaries):
         """Samples stamped at or after ``since_ms`` (chunks counted by the share of their time span
         past it), and the most series one of those chunks holds."""
         rows = self.conn.execute(
-            "SELECT min_ts, max_ts, samples, series FROM chunks WHERE max_ts >= ?", (since_ms,)
+            "SELECT min_ts, max_ts, samples, series FROM chunks WHERE hold = 0 AND max_ts >= ?", (since_ms,)
         ).fetchall()
         total = 0.0
         for lo, hi, samples, _ in rows:
@@ -157,13 +157,16 @@ class Batches(Summaries):
 
     def oldest_unclaimed_ms(self) -> int | None:
         """When the oldest chunk not yet in a batch was written (agent clock, ms), if any."""
-        (oldest,) = self.conn.execute("SELECT min(created_ms) FROM chunks WHERE batch_seq IS NULL").fetchone()
+        (oldest,) = self.conn.execute(
+            "SELECT min(created_ms) FROM chunks WHERE batch_seq IS NULL AND hold = 0"
+        ).fetchone()
         return int(oldest) if oldest is not None else None
 
     def unclaimed(self) -> tuple[int, int, int | None]:
         """Bytes and samples of the chunks not in a batch, and their newest sample's timestamp (ms)."""
         row = self.conn.execute(
-            "SELECT coalesce(sum(bytes), 0), coalesce(sum(samples), 0), max(max_ts) FROM chunks WHERE batch_seq IS NULL"
+            "SELECT coalesce(sum(bytes), 0), coalesce(sum(samples), 0), max(max_ts) FROM chunks"
+            " WHERE batch_seq IS NULL AND hold = 0"
         ).fetchone()
         return int(row[0]), int(row[1]), (int(row[2]) if row[2] is not None else None)
 

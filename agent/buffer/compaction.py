@@ -24,7 +24,7 @@ class Compaction(StoreCore):
         same database thread, wait at most one merge behind it.
         """
         rows = self.conn.execute(
-            "SELECT id, samples FROM chunks WHERE batch_seq IS NULL ORDER BY id LIMIT ?", (max_chunks,)
+            "SELECT id, samples FROM chunks WHERE batch_seq IS NULL AND hold = 0 ORDER BY id LIMIT ?", (max_chunks,)
         ).fetchall()
         runs = self._small_runs(rows)[:max_runs]
         merged_away = sum(self._merge(group, now_ms) for group in runs)

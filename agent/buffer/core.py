@@ -113,18 +113,27 @@ class StoreCore:
             self.conn.execute("UPDATE meta SET value = value + ? WHERE key = ?", (by, key))
 
     def _insert(
-        self, blob: bytes, span: tuple[int, int], n_series: int, samples: int, now_ms: int, chunk_id: int | None = None
+        self,
+        blob: bytes,
+        span: tuple[int, int],
+        n_series: int,
+        samples: int,
+        now_ms: int,
+        chunk_id: int | None = None,
+        hold: int = 0,
     ) -> None:
         lo, hi = span
         self.conn.execute(
-            "INSERT INTO chunks (id, created_ms, min_ts, max_ts, samples, series, bytes, batch_seq, data)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
-            (chunk_id, now_ms, lo, hi, samples, n_series, len(blob), blob),
+            "INSERT INTO chunks (id, created_ms, min_ts, max_ts, samples, series, bytes, batch_seq, data, hold)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+            (chunk_id, now_ms, lo, hi, samples, n_series, len(blob), blob, hold),
         )
 
     def _release_free_pages(self) -> None:
         """Give free pages back to the filesystem once there are many (after evictions, a drained
         backlog, compaction); a few are kept, since the next commits would only grow the file again."""
+        if self.conn.in_transaction:
+            return  # inside a caller's transaction (several appends in one): the next call does it
         try:
             (free,) = self.conn.execute("PRAGMA freelist_count").fetchone()
             (page,) = self.conn.execute("PRAGMA page_size").fetchone()

@@ -60,6 +60,7 @@ def salvage(path: Path, synchronous: Synchronous, codec: Codec, problem: str) ->
             old = sqlite3.connect(path)
             try:
                 _copy_chunks(old, new, codec, result)
+                _copy_clock_history(old, new)
             finally:
                 old.close()
         except sqlite3.DatabaseError as exc:
@@ -123,6 +124,29 @@ def _samples_of(old: sqlite3.Connection, chunk_id: int) -> int:
     return int(row[0]) if row and isinstance(row[0], int) else 0
 
 
+def _copy_clock_history(old: sqlite3.Connection, new: sqlite3.Connection) -> None:
+    """The clock's eras and jumps, as far as they can be read: a held chunk keeps the era it waits for
+    (one whose era is gone is expired by the clock keeper, counted)."""
+    for table in ("clock_eras", "clock_jumps"):
+        try:
+            rows = old.execute(f"SELECT * FROM {table}").fetchall()
+        except sqlite3.DatabaseError:
+            continue
+        if rows:
+            marks = ",".join("?" * len(rows[0]))
+            new.execute("BEGIN")
+            new.executemany(f"INSERT OR IGNORE INTO {table} VALUES ({marks})", rows)
+            new.execute("COMMIT")
+
+
+def _hold_of(old: sqlite3.Connection, chunk_id: int) -> int:
+    try:
+        row = old.execute("SELECT hold FROM chunks WHERE id = ?", (chunk_id,)).fetchone()
+    except sqlite3.DatabaseError:  # a file from before holds, or a damaged row
+        return 0
+    return int(row[0]) if row and isinstance(row[0], int) else 0
+
+
 def _copy_chunks(old: sqlite3.Connection, new: sqlite3.Connection, codec: Codec, result: Recovery) -> None:
     now_ms = int(time.time() * 1000)
     new.execute("BEGIN")
@@ -153,9 +177,9 @@ def _copy_chunks(old: sqlite3.Connection, new: sqlite3.Connection, codec: Codec,
             )
             continue
         new.execute(
-            "INSERT INTO chunks (id, created_ms, min_ts, max_ts, samples, series, bytes, batch_seq, data)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
-            (chunk_id, created, lo, hi, samples, series, size, data),
+            "INSERT INTO chunks (id, created_ms, min_ts, max_ts, samples, series, bytes, batch_seq, data, hold)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+            (chunk_id, created, lo, hi, samples, series, size, data, _hold_of(old, chunk_id)),
         )
         result.salvaged_chunks += 1
         result.salvaged_samples += samples

@@ -67,7 +67,36 @@ def _v2(db: sqlite_utils.Database) -> None:
 MIGRATIONS.append(_v2)
 
 
-def _v3(db: sqlite_utils.Database) -> None:
+def _v3_clock(db: sqlite_utils.Database) -> None:
+    # Issue 14, "clocks that lie": appended after what main has (v3 when written; metered's and
+    # footprint's migrations, not on main yet, come before or after it as the lead merges).
+    # A chunk may be held: ``hold`` names what it waits for (0: nothing, it may be sent). The clock
+    # keeper uses the id of the clock era whose offset its timestamps wait for (agent/clock/).
+    db.execute("ALTER TABLE chunks ADD COLUMN hold INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE INDEX chunks_held ON chunks (hold) WHERE hold != 0")
+    # The clock's eras (between two jumps, within one boot) and what is known of each, and every
+    # jump seen: the history survives restarts (see agent/clock/journal.py for the columns).
+    db.execute(
+        "CREATE TABLE clock_eras (id INTEGER PRIMARY KEY, boot_id TEXT NOT NULL,"
+        " start_boot_ms INTEGER NOT NULL, end_boot_ms INTEGER NOT NULL,"
+        " start_wall_ms INTEGER NOT NULL, end_wall_ms INTEGER NOT NULL, jump_in_ms INTEGER,"
+        " below_floor INTEGER NOT NULL, state TEXT NOT NULL, offset_ms INTEGER NOT NULL,"
+        " estimate_ms REAL, low_ms REAL, high_ms REAL, source TEXT NOT NULL, changed_ms INTEGER NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE clock_jumps (id INTEGER PRIMARY KEY, boot_id TEXT NOT NULL, boot_ms INTEGER NOT NULL,"
+        " from_era INTEGER NOT NULL, to_era INTEGER NOT NULL, wall_before_ms INTEGER NOT NULL,"
+        " wall_after_ms INTEGER NOT NULL, jump_ms INTEGER NOT NULL, while_stopped INTEGER NOT NULL)"
+    )
+    # Samples whose timestamps were corrected, ever (reported in every batch header).
+    db.table("meta").insert({"key": "corrected_samples", "value": 0})
+
+
+MIGRATIONS.append(_v3_clock)
+
+
+def _v4(db: sqlite_utils.Database) -> None:
+    # Issue 13, metered links (v3 when written, appended after the clock's v3 at the merge).
     # Bytes each link spent per budget period (docs/uplink.md), written with the ack of the batch that
     # spent them, so that no restart, crash or power cut hands a spent budget back. ``key`` names the
     # period by its start date (yyyymmdd); a later key replaces an earlier one.
@@ -86,4 +115,4 @@ def _v3(db: sqlite_utils.Database) -> None:
     db.table("meta").insert_all({"key": k, "value": 0} for k in ("summary_lo_ms", "summary_hi_ms"))
 
 
-MIGRATIONS.append(_v3)
+MIGRATIONS.append(_v4)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from agent.buffer.metrics import BufferMetrics
 from agent.buffer.store import BufferStore, Losses
@@ -46,19 +46,25 @@ class Staging:
         self._max_pending = max_pending_samples
         self._on_commit = on_commit
         self._clock = clock
-        self._pending: list[tuple[SeriesMap, int, int, asyncio.Future[None]]] = []
+        self._pending: list[tuple[SeriesMap, int, int, Mapping[int, SeriesMap] | None, asyncio.Future[None]]] = []
         self._pending_samples = 0
         self._wake = asyncio.Event()
         self._closing = False
 
-    async def submit(self, series: SeriesMap, samples: int, dropped: int) -> None:
-        """Return once ``series`` is durable; raises :class:`Unavailable` or :class:`StoreError`."""
+    async def submit(
+        self, series: SeriesMap, samples: int, dropped: int, held: Mapping[int, SeriesMap] | None = None
+    ) -> None:
+        """Return once ``series`` is durable; raises :class:`Unavailable` or :class:`StoreError`.
+
+        ``held``: more samples, committed with them but held (by tag) until released
+        (:mod:`agent.buffer.holds`); ``samples`` counts them too.
+        """
         if self._closing:
             raise Unavailable("agent is shutting down")
         if self._pending_samples + samples > self._max_pending:
             raise Unavailable(f"{self._pending_samples} samples already wait for a commit")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((series, samples, dropped, future))
+        self._pending.append((series, samples, dropped, held, future))
         self._pending_samples += samples
         self._wake.set()
         # Shielded: a sender that hangs up must not cancel the commit others share.
@@ -86,7 +92,9 @@ class Staging:
             return
         started = time.perf_counter()
         try:
-            losses = await self._store.call(self._write, [g[0] for g in group], sum(g[2] for g in group))
+            losses = await self._store.call(
+                self._write, [g[0] for g in group], sum(g[2] for g in group), [g[3] for g in group if g[3]]
+            )
         except Exception as exc:
             # Every waiting sender must get an answer (503/500 and a retry), whatever went wrong.
             failure = exc if isinstance(exc, StoreError) else StoreError(f"internal error: {exc!r}", transient=False)
@@ -109,8 +117,19 @@ class Staging:
                 future.set_result(None)
         self._on_commit()
 
-    def _write(self, parts: list[SeriesMap], dropped: int) -> Losses:
-        """On the store's thread: merge the group into one chunk and commit it."""
+    def _write(self, parts: list[SeriesMap], dropped: int, held: list[Mapping[int, SeriesMap]]) -> Losses:
+        """On the store's thread: merge the group into one chunk (one more per hold tag) and commit it."""
         # The requests' decoded maps are ours alone (a request is answered only after this commit).
         merged = merge_owned(parts)
-        return self._store.append(merged, dropped, int(self._clock() * 1000))
+        now_ms = int(self._clock() * 1000)
+        if not held:
+            return self._store.append(merged, dropped, now_ms)
+        by_tag: dict[int, list[SeriesMap]] = {}
+        for tags in held:
+            for tag, part in tags.items():
+                by_tag.setdefault(tag, []).append(part)
+        with self._store.db.atomic():  # one transaction for the whole group, held chunks included
+            losses = self._store.append(merged, dropped, now_ms)
+            for tag, tagged in by_tag.items():
+                losses.evicted += self._store.append(merge_owned(tagged), 0, now_ms, hold=tag).evicted
+        return losses

@@ -9,6 +9,8 @@ Invariants:
 - A chunk claimed by a batch (``batch_seq`` set) is never evicted, compacted or expired: the batch
   must be re-sent byte for byte until the collector acknowledges it.
 - ``bytes`` (the compressed size) is what the budget counts; SQLite's page overhead comes on top.
+- A held chunk (``hold`` set) counts towards the budget and may be evicted like any other, but is
+  never claimed, compacted or expired by its timestamps until released (:mod:`agent.buffer.holds`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import os
 
 from agent.buffer.batches import Batches
+from agent.buffer.holds import Holds
 from agent.buffer.records import LOSS_KEYS, Batch, Losses, Totals
 from backhaul.errors import StoreError
 from backhaul.wire.series import SeriesMap, sample_count, time_range
@@ -26,7 +29,7 @@ __all__ = ["LOSS_KEYS", "Batch", "BufferStore", "Losses", "Totals"]
 log = logging.getLogger(__name__)
 
 
-class BufferStore(Batches):
+class BufferStore(Batches, Holds):
     """Owns the buffer database file and its one connection.
 
     Args:
@@ -43,8 +46,9 @@ class BufferStore(Batches):
 
     # -- writing -------------------------------------------------------------------------------------
 
-    def append(self, series: SeriesMap, dropped: int, now_ms: int) -> Losses:
-        """Durably add one chunk of ``series`` (and ``dropped`` refused samples to the counter)."""
+    def append(self, series: SeriesMap, dropped: int, now_ms: int, hold: int = 0) -> Losses:
+        """Durably add one chunk of ``series`` (and ``dropped`` refused samples to the counter);
+        ``hold`` non-zero: the chunk is held, not sent, until released (see :mod:`agent.buffer.holds`)."""
         samples = sample_count(series)
         blob = self.codec.encode(series) if samples else b""
         disk_room = self._disk_room()
@@ -59,7 +63,7 @@ class BufferStore(Batches):
                 )
             if samples:
                 span = time_range(series)
-                self._insert(blob, span, len(series), samples, now_ms)
+                self._insert(blob, span, len(series), samples, now_ms, hold=hold)
             self._bump("dropped_samples", dropped)
         if losses.evicted:
             self.evicted_samples += losses.evicted
@@ -111,11 +115,12 @@ class BufferStore(Batches):
         batch is never sent with different contents under the same sequence number.
         """
         with self.db.atomic():
+            # Held chunks are left alone: their timestamps are not yet true (agent/buffer/holds.py).
             (samples,) = self.conn.execute(
-                "SELECT coalesce(sum(samples), 0) FROM chunks WHERE batch_seq IS NULL AND max_ts < ?",
+                "SELECT coalesce(sum(samples), 0) FROM chunks WHERE batch_seq IS NULL AND hold = 0 AND max_ts < ?",
                 (cutoff_ms,),
             ).fetchone()
-            self.conn.execute("DELETE FROM chunks WHERE batch_seq IS NULL AND max_ts < ?", (cutoff_ms,))
+            self.conn.execute("DELETE FROM chunks WHERE batch_seq IS NULL AND hold = 0 AND max_ts < ?", (cutoff_ms,))
             stale_batches = self.conn.execute(
                 "SELECT batch_seq, sum(samples) FROM chunks WHERE batch_seq IS NOT NULL"
                 " GROUP BY batch_seq HAVING max(max_ts) < ?",

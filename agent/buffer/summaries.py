@@ -128,7 +128,8 @@ class Summaries(Compaction):
         lo, hi = c["summary_lo_ms"], c["summary_hi_ms"]
         if hi and cutoff > hi:
             rows = self.conn.execute(
-                "SELECT id, samples FROM chunks WHERE batch_seq IS NULL AND max_ts >= ? AND min_ts < ?", (hi, cutoff)
+                "SELECT id, samples FROM chunks WHERE batch_seq IS NULL AND hold = 0 AND max_ts >= ? AND min_ts < ?",
+                (hi, cutoff),
             ).fetchall()
             if sum(n for _, n in rows) <= max_samples:
                 return hi, cutoff, [r[0] for r in rows]
@@ -136,7 +137,7 @@ class Summaries(Compaction):
             lo = hi = cutoff
             self._set_summary_range(lo, hi)
         candidates = self.conn.execute(
-            "SELECT id, samples, min_ts, max_ts FROM chunks WHERE batch_seq IS NULL AND min_ts < ?"
+            "SELECT id, samples, min_ts, max_ts FROM chunks WHERE batch_seq IS NULL AND hold = 0 AND min_ts < ?"
             f" ORDER BY max_ts DESC LIMIT {_CANDIDATES}",
             (lo,),
         ).fetchall()

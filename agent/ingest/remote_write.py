@@ -25,6 +25,7 @@ from aiohttp import web
 
 from agent.buffer.settings import BufferSettings
 from agent.buffer.staging import Staging
+from agent.clock.keeper import TimeKeeper
 from agent.ingest.metrics import IngestMetrics
 from agent.ingest.settings import IngestSettings
 from backhaul.errors import InputError
@@ -53,6 +54,9 @@ class RemoteWriteReceiver:
         observe: called with each request's decoded samples, before the commit (the alert rules look at them).
         device_label: the label that will name this device downstream ("" none): look-alikes of it
             are refused (backhaul/labels.py).
+        time_keeper: with ``clock.correct``, sorts samples by the clock era that stamped them (held,
+            corrected) and judges the window by true time instead of ``clock`` (a local Prometheus
+            stamps with the same wrong clock).
     """
 
     def __init__(
@@ -64,9 +68,11 @@ class RemoteWriteReceiver:
         clock: Callable[[], float] = time.time,
         observe: Callable[[SeriesMap], None] | None = None,
         device_label: str = "",
+        time_keeper: TimeKeeper | None = None,
     ) -> None:
         self._staging = staging
         self._device_label = device_label
+        self._time = time_keeper if time_keeper is not None and time_keeper.correcting else None
         self._labels = rw.LabelCache()
         self._observe = observe
         self._ingest = ingest
@@ -77,18 +83,24 @@ class RemoteWriteReceiver:
         metrics.label_cache.labels("pairs").set_function(lambda: self._labels.pairs)
         self._clock = clock
         self._max_pending = buffer.max_pending_samples
-        per_request = 2 * int(ingest.max_decompressed_bytes)
-        total = int(ingest.max_decoding_bytes) if ingest.max_decoding_bytes is not None else per_request
-        self.budget = DecodeBudget(total, per_request, limit_name="2 x [ingest] max_decompressed_bytes")
+        self.budget = DecodeBudget(
+            ingest.total_decoding_bytes(),
+            ingest.per_request_decoding_bytes(),
+            limit_name="2 x [ingest] max_decompressed_bytes, or max_decoding_bytes",
+        )
 
     def limits(self) -> rw.Limits:
-        now_ms = int(self._clock() * 1000)
+        # With a time keeper the window is judged by true time (in the keeper), not by this clock.
+        low, high = -rw.MAX_ABS_TIMESTAMP_MS, rw.MAX_ABS_TIMESTAMP_MS
+        if self._time is None:
+            now_ms = int(self._clock() * 1000)
+            low, high = now_ms - self._max_age_ms, now_ms + self._max_future_ms
         return rw.Limits(
             max_decompressed_bytes=int(self._ingest.max_decompressed_bytes),
             max_labels_per_series=self._ingest.max_labels_per_series,
             max_label_bytes=self._ingest.max_label_bytes,
-            min_timestamp_ms=now_ms - self._max_age_ms,
-            max_timestamp_ms=now_ms + self._max_future_ms,
+            min_timestamp_ms=low,
+            max_timestamp_ms=high,
             max_decoded_bytes=self.budget.per_request,
             device_label=self._device_label,
         )
@@ -123,16 +135,26 @@ class RemoteWriteReceiver:
                 413,
             )
 
+        # The rules see the samples as stamped (by the clock they judge them by), held ones too.
+        seen, seen_samples = decoded.series, decoded.samples
+        done = None
+        if self._time is not None:
+            done = await self._time.split(decoded.series)
+            decoded.series, decoded.samples = done.ready, done.samples
+            for reason, count in done.dropped.items():
+                decoded.drop(reason, count)
         dropped = sum(decoded.dropped.values())
-        if self._observe is not None and decoded.samples:
+        if self._observe is not None and seen_samples:
             # Before the commit: an alert must not wait for a slow or failing buffer (a full disk is
             # exactly when it matters). A sample refused below and re-sent is merely seen twice.
             try:
-                self._observe(decoded.series)
+                self._observe(seen)
             except Exception:  # a rule bug must never cost the samples (as on the scrape path)
                 log.exception("alert rules failed on a remote-write request")
         if decoded.samples or dropped:
-            await self._staging.submit(decoded.series, decoded.samples, dropped)
+            await self._staging.submit(decoded.series, decoded.samples, dropped, done.held if done else None)
+        if self._time is not None and done is not None:
+            self._time.committed(done)
         # Counted once the request is answered 2xx, so that a sender's retry does not count twice.
         self._metrics.metadata_received.inc(decoded.metadata)
         for reason, count in decoded.dropped.items():

@@ -7,20 +7,14 @@ from datetime import timedelta
 
 from pydantic import ByteSize, Field, HttpUrl
 
-from backhaul.settings import Section
+from backhaul.settings import InputLimits, Section
 
 
-class IngestSettings(Section):
+class IngestSettings(InputLimits):
     """Limits on what senders may push."""
 
     max_request_bytes: ByteSize = ByteSize(32 * 1024**2)
     max_decompressed_bytes: ByteSize = ByteSize(128 * 1024**2)
-    # Decoded samples cost far more than their bytes (backhaul/wire/budget.py): one request may take
-    # twice max_decompressed_bytes once decoded (more is 413), all large requests being decoded
-    # together at most this (default: the same); others wait, then get 503.
-    max_decoding_bytes: ByteSize | None = None
-    max_labels_per_series: int = Field(128, ge=1)
-    max_label_bytes: int = Field(16 * 1024, ge=64)
     # Samples stamped further ahead of the agent's clock than this are dropped and counted.
     max_future: timedelta = timedelta(minutes=10)
 

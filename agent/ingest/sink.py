@@ -15,6 +15,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter
 
 from agent.buffer.staging import Staging
+from agent.clock.keeper import TimeKeeper
 from agent.ingest.metrics import IngestMetrics
 from backhaul.errors import StoreError, Unavailable
 from backhaul.wire.series import SeriesMap
@@ -34,6 +35,8 @@ class SampleSink:
         clock: wall clock in seconds.
         observe: called with the samples kept, before the commit (the alert rules look at them, as
             they do at remote write's).
+        time_keeper: with ``clock.correct``, sorts samples by the clock era that stamped them (held,
+            corrected) and judges the window by true time instead of ``clock``.
     """
 
     def __init__(
@@ -45,8 +48,10 @@ class SampleSink:
         max_future: float,
         clock: Callable[[], float] = time.time,
         observe: Callable[[SeriesMap], None] | None = None,
+        time_keeper: TimeKeeper | None = None,
     ) -> None:
         self._staging = staging
+        self._time = time_keeper if time_keeper is not None and time_keeper.correcting else None
         self._observe = observe
         self._metrics = metrics
         self._max_age_ms = int(max_age * 1000)
@@ -67,6 +72,8 @@ class SampleSink:
 
     async def commit(self, source: str, series: SeriesMap) -> bool:
         """Commit ``series``; False (counted, logged) when the buffer refused it."""
+        if self._time is not None:
+            return await self._commit_split(source, series)
         now_ms = int(self._clock() * 1000)
         lo, hi = now_ms - self._max_age_ms, now_ms + self._max_future_ms
         kept: SeriesMap = {}
@@ -101,4 +108,28 @@ class SampleSink:
             self._metrics.samples_dropped.labels("too_old").inc(too_old)
         if too_new:
             self._metrics.samples_dropped.labels("too_far_in_future").inc(too_new)
+        return True
+
+    async def _commit_split(self, source: str, series: SeriesMap) -> bool:
+        """:meth:`commit` when the clock keeper sorts the samples (clock.correct)."""
+        assert self._time is not None
+        done = await self._time.split(series)
+        dropped = sum(done.dropped.values())
+        if not done.samples and not dropped:
+            return True
+        if self._observe is not None and done.samples:
+            try:
+                self._observe(series)
+            except Exception:  # a rule bug must never cost the samples
+                log.exception("%s: alert rules failed on a scrape", source)
+        try:
+            await self._staging.submit(done.ready, done.samples, dropped, done.held)
+        except (Unavailable, StoreError) as exc:
+            self.failures.labels(source).inc()
+            log.warning("%s: %d samples not buffered: %s", source, done.samples, exc)
+            return False
+        self._time.committed(done)
+        self.committed.labels(source).inc(done.samples)
+        for reason, count in done.dropped.items():
+            self._metrics.samples_dropped.labels(reason).inc(count)
         return True

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 
 from agent.buffer.store import LOSS_KEYS, Batch, BufferStore
+from agent.clock.keeper import Sent, TimeKeeper
 from agent.uplink.link import Link
 from agent.uplink.metrics import UplinkMetrics
 from agent.uplink.policy import RATE_WINDOW_MS, Backlog, DrainPolicy, Step
@@ -56,6 +57,7 @@ class Uploader:
         metrics: upload counters.
         clock: wall clock in seconds; rng: jitter source (both replaceable in tests).
         link: the link's cap, budgets and windows (default: built from ``settings``, unpersisted).
+        time_keeper: judges the agent's clock by the replies' ``Date`` (None: only the skew gauge).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class Uploader:
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
         link: Link | None = None,
+        time_keeper: TimeKeeper | None = None,
     ) -> None:
         self._settings = settings
         self._device_id = device_id
@@ -77,6 +80,7 @@ class Uploader:
         self._clock = clock
         self.link = link if link is not None else Link(settings, clock=clock)
         self.policy = DrainPolicy(settings, self.link)
+        self._time = time_keeper
         self._interval = settings.batch_interval.total_seconds()
         self._max_bytes = int(settings.batch_max_bytes)
         self._backoff = Backoff(settings.backoff_min.total_seconds(), settings.backoff_max.total_seconds(), rng)
@@ -171,6 +175,9 @@ class Uploader:
         if not step.full:
             return None
         report_losses = await store.call(store.unsent_loss) > 0
+        # While the clock's era waits for its offset, its samples are held: a batch with nothing
+        # in it still brings back a Date that settles the era.
+        report_losses = report_losses or (self._time is not None and self._time.needs_probe())
         limit = min(step.max_bytes, self._max_bytes)
         batch = await store.call(
             store.claim, limit, now_ms, report_losses, step.newest_first, step.since_ms, step.strict
@@ -197,6 +204,7 @@ class Uploader:
             backlog_oldest_ms=self._store.totals.oldest_ts or 0,
             summary_ms=batch.summary_ms,
             uplink=self.link.report(blocked),
+            corrected_samples=counters.get("corrected_samples", 0),
         )
 
     async def _deliver(self, batch: Batch) -> float:
@@ -207,6 +215,7 @@ class Uploader:
         self._last_sent = time.monotonic()
         started = time.perf_counter()
         wire_before = self.link.wire_bytes
+        sent = self._time.sending() if self._time is not None else None
         try:
             reply = await self._transport.send(header, batch.chunks)
         except PeerError as exc:
@@ -218,7 +227,7 @@ class Uploader:
             self._metrics.upload_seconds.observe(time.perf_counter() - started)
             self._metrics.wire_bytes.inc(self.link.wire_bytes - wire_before)
         self._reported_block = ""
-        self._note_clock(reply)
+        self._note_clock(reply, sent)
         if reply.ok:
             await self._acknowledged(batch, reply, reported_loss, self.link.wire_bytes - wire_before)
             return 0.0
@@ -306,13 +315,17 @@ class Uploader:
         self._data.set()  # the sealed batch is still there: retry it after the delay
         return delay
 
-    def _note_clock(self, reply: Reply) -> None:
+    def _note_clock(self, reply: Reply, sent: Sent | None = None) -> None:
+        server: float | None = None
         date = reply.headers.get("Date")
-        if not date:
-            return
-        try:
-            server = email.utils.parsedate_to_datetime(date).timestamp()
-        except (TypeError, ValueError):
+        if date:
+            try:
+                server = email.utils.parsedate_to_datetime(date).timestamp()
+            except (TypeError, ValueError):
+                server = None
+        if self._time is not None and sent is not None:
+            self._time.replied(sent, server, reply.ok)
+        if server is None:
             return
         self.clock_skew = self._clock() - server
         self._metrics.clock_skew.set(self.clock_skew)

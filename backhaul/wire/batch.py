@@ -58,6 +58,8 @@ class BatchHeader:
             ``UPLINK_FIELDS``): bytes spent this day and month and the budgets (0: none), why bulk
             uploads were held just before this batch ("" none, "window", "budget", "cap"), when the
             window it was sent in ends and when the next one opens (wall-clock ms, 0: no windows).
+        corrected_samples: samples whose timestamps the agent corrected because its clock was wrong
+            when it stamped them (docs/clock.md), ever (cumulative per buffer); 0 from older agents.
     """
 
     device: str
@@ -79,6 +81,7 @@ class BatchHeader:
     table_refs: list[str] = field(default_factory=list)
     summary_ms: int = 0
     uplink: dict[str, int | str] = field(default_factory=dict)
+    corrected_samples: int = 0
 
 
 _FIELDS = frozenset(f.name for f in fields(BatchHeader))
@@ -138,7 +141,16 @@ def _check_header(h: BatchHeader) -> None:
         raise WireError("batch: header field 'device' is not a valid device id")
     if not isinstance(h.buffer_id, str) or not 1 <= len(h.buffer_id) <= 64 or not h.buffer_id.isprintable():
         raise WireError("batch: header field 'buffer_id' must be a printable string of 1 to 64 characters")
-    for name in ("seq", "sent_at_ms", "samples", *LOSS_FIELDS, "backlog_bytes", "backlog_oldest_ms", "summary_ms"):
+    for name in (
+        "seq",
+        "sent_at_ms",
+        "samples",
+        *LOSS_FIELDS,
+        "backlog_bytes",
+        "backlog_oldest_ms",
+        "summary_ms",
+        "corrected_samples",
+    ):
         value = getattr(h, name)
         # Below 2**63: every one of them reaches a signed 64-bit database column.
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_INT:

@@ -19,7 +19,10 @@ from backhaul.wire.series import Labels
 # The causes of loss an agent reports in every batch header (cumulative per buffer), as stored per
 # device; the metric label of each is its name without ``_samples``.
 LOSS_FIELDS = ("evicted_samples", "expired_samples", "dropped_samples", "corrupt_samples")
-# A device's loss totals add up counters of several buffers, each below 2**63: held at this.
+# Every cumulative per-buffer figure an agent reports, kept per buffer and summed per device: the
+# losses, and the samples it corrected because its clock was wrong (docs/clock.md).
+BUFFER_FIELDS = (*LOSS_FIELDS, "corrected_samples")
+# A device's totals add up counters of several buffers, each below 2**63: held at this.
 MAX_COUNTER = 2**63 - 1
 
 
@@ -39,6 +42,8 @@ class DeviceState:
         backlog_oldest_ms: wall-clock ms of its oldest buffered sample (0: none or unknown).
         uplink: the agent's link as its last batch reported it (JSON of the header's ``uplink``
             object: budgets and bytes spent, why uploads were held, its windows), "" if never.
+        corrected_samples: samples its agent corrected the timestamps of (its clock was wrong), summed
+            over its buffers.
     """
 
     device: str
@@ -55,6 +60,7 @@ class DeviceState:
     backlog_bytes: int = 0
     backlog_oldest_ms: int = 0
     uplink: str = ""
+    corrected_samples: int = 0
 
     def losses(self) -> dict[str, int]:
         """The reported losses, by field name (LOSS_FIELDS order)."""
@@ -161,7 +167,7 @@ def series_name(labels: Labels) -> str:
 
 def to_bits(values: list[float]) -> list[int]:
     """Values as their IEEE-754 bits: SQLite turns NaN into NULL, and Prometheus' stale markers are NaNs
-    with bits of their own, so both stores keep the bits, not the float."""
+    with bits of their own, so both stores keep the bits, not the float (fleet samples, old rows)."""
     return array("q", array("d", values).tobytes()).tolist()
 
 
@@ -169,25 +175,61 @@ def from_bits(bits: list[int]) -> list[float]:
     return array("d", array("q", bits).tobytes()).tolist()
 
 
-def by_series(rows: Iterable[tuple[int, int, int]]) -> dict[int, tuple[list[int], list[float]]]:
-    """``(series_id, ts, bits)`` rows, in time order per series, as each series' stamps and values."""
-    raw: dict[int, tuple[list[int], list[int]]] = {}
-    for sid, ts, bits in rows:
-        entry = raw.setdefault(sid, ([], []))
-        entry[0].append(ts)
-        entry[1].append(bits)
-    return {sid: (stamps, from_bits(bits)) for sid, (stamps, bits) in raw.items()}
+@dataclass
+class Removed:
+    """Samples retention removed (as their chunks counted them when stored), by reason."""
+
+    retention: int = 0
+    max_bytes: int = 0
 
 
-def newest_model_info(rows: Iterable[tuple[dict[str, str], int]], device_label: str) -> dict[str, dict[str, str]]:
-    """Pick, per device, the labels (without name and device label) of the most recent series."""
+@dataclass(frozen=True)
+class TableRef:
+    """A stored series table (what the chunk index refers to). Args: its id, device and digest."""
+
+    id: int
+    device: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """One chunk in the index.
+
+    Args:
+        id: its id (arrival order); table_id: the series table it refers to.
+        min_ts, max_ts: its time range; samples: samples in it; max_per_series: the most of one series.
+    """
+
+    id: int
+    table_id: int
+    min_ts: int
+    max_ts: int
+    samples: int
+    max_per_series: int
+
+
+def fleet_rows(
+    device: str, fleet: Iterable[tuple[str, Labels, int, float]], device_label: str
+) -> list[tuple[object, ...]]:
+    """``fleet_samples`` rows (name, device, labels, ts, bits) of a chunk's fleet-page samples."""
+    rows: list[tuple[object, ...]] = []
+    keys: dict[Labels, str] = {}
+    for name, labels, ts, value in fleet:
+        key = keys.get(labels)
+        if key is None:
+            key = keys[labels] = stored_labels(labels, device_label, device)
+        rows.append((name, device, key, ts, to_bits([value])[0]))
+    return rows
+
+
+def model_info_of(rows: Iterable[tuple[str, str, int]], device_label: str) -> dict[str, dict[str, str]]:
+    """Per device, the labels (without name and device label) of its newest model-info series, from
+    ``(device, labels JSON, newest ts)`` rows."""
     newest: dict[str, tuple[int, dict[str, str]]] = {}
-    for labels, ts in rows:
-        device = labels.get(device_label)
-        if device is None:
-            continue
+    for device, labels, ts in rows:
         if device not in newest or ts > newest[device][0]:
-            rest = {k: v for k, v in labels.items() if k not in ("__name__", device_label)}
+            rest = {k: v for k, v in json.loads(labels) if k not in ("__name__", device_label)}
             newest[device] = (ts, rest)
     return {device: labels for device, (_, labels) in newest.items()}
 

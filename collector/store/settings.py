@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import ByteSize, Field, SecretStr, model_validator
 
 from backhaul.settings import Section
 from backhaul.sqlite import Synchronous
@@ -21,6 +22,12 @@ class StoreSettings(Section):
     # postgres only: postgresql://user:password@host:port/database
     dsn: SecretStr | None = None
     pool_size: int = Field(10, ge=1, le=1000)
+    # Recent data for the export and the fleet page; long-term history belongs in the TSDB that
+    # [[forward]] feeds. Whole chunks whose newest sample is older than this are removed (at least
+    # 2 h: the fleet page's escalation share reads the last two hours).
+    retention: timedelta = Field(timedelta(days=15), ge=timedelta(hours=2))
+    # Over this many bytes of chunks the oldest are removed too (None: no limit but retention).
+    max_bytes: ByteSize | None = Field(None, ge=1024**2)
 
     @model_validator(mode="after")
     def _dsn_for_postgres(self) -> StoreSettings:

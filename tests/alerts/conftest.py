@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import Running
 from tests.support import Proc, free_port, http, require_program
-from tests.support import toml_text as toml
 
 
 def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -28,21 +28,14 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes], log: Pat
 
 
 @pytest.fixture
-def run(tmp_path: Path) -> Iterator[Callable[[str, str, int, dict[str, Any]], Proc]]:
+def run(launch: Callable[..., Running]) -> Callable[[str, str, int, dict[str, Any]], Proc]:
     """Start a backhaul program with ``config`` (nested TOML) as ``<name>``; waits for /healthz; killed at teardown."""
-    started: list[Proc] = []
 
     def start(program: str, name: str, port: int, config: dict[str, Any]) -> Proc:
-        path = tmp_path / f"{name}.toml"
-        path.write_text(toml(config))
-        proc = Proc(program, path, tmp_path / f"{name}.log").start()
-        started.append(proc)
-        proc.wait_healthy(f"http://127.0.0.1:{port}")
-        return proc
+        running: Running = launch(program, name, port, config)
+        return running.proc
 
-    yield start
-    for proc in started:
-        proc.kill()
+    return start
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pytest
 
 from backhaul.wire.chunk import Codec
 from tests.faults.powercut import CutReport, LossyDisk, build_library
-from tests.support import TOKEN, Proc, Sender, exported_samples, free_port, metric_value, toml_text, wait_until
+from tests.support import Proc, Sender, agent_config, exported_samples, free_port, metric_value, toml_text, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -104,28 +104,9 @@ def lossy_agent(tmp_path: Path, lossy_fs_library: Path) -> Iterator[Callable[...
         disk = LossyDisk(tmp_path / "agent", lossy_fs_library)
         port = free_port()
         config = tmp_path / "agent.toml"
+        buffer = {"synchronous": synchronous}
         config.write_text(
-            toml_text(
-                {
-                    "device_id": "dev-1",
-                    "shutdown_grace": 10,
-                    "listen": {"host": "127.0.0.1", "port": port},
-                    "buffer": {
-                        "path": str(disk.dir / "buffer.db"),
-                        "budget_bytes": "64MiB",
-                        "synchronous": synchronous,
-                    },
-                    "uplink": {
-                        "url": f"{collector_url}/api/v1/batches",
-                        "token": TOKEN,
-                        "batch_interval": 0.2,
-                        "backoff_min": 0.2,
-                        "backoff_max": 1,
-                        "timeout": 5,
-                        **uplink,
-                    },
-                }
-            )
+            toml_text(agent_config(port, disk.dir / "buffer.db", collector_url, buffer=buffer, uplink=uplink))
         )
         proc = Proc("backhaul-agent", config, tmp_path / "agent.log", env=disk.env())
         started.append(proc)

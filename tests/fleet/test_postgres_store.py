@@ -15,6 +15,7 @@ from backhaul.wire.batch import BatchHeader
 from backhaul.wire.remote_write import STALE_NAN_BYTES
 from backhaul.wire.series import Labels
 from collector.store.postgres import PostgresStore
+from tests.fleet.batches import put, read
 from tests.support import free_port
 
 STALE_NAN = struct.unpack("<d", STALE_NAN_BYTES)[0]  # Prometheus' stale marker, a NaN with its own bits
@@ -37,16 +38,15 @@ def bits(v: float) -> bytes:
 
 async def test_values_survive_bit_for_bit(store: PostgresStore) -> None:
     values = [1.5, -0.0, math.inf, -math.inf, math.nan, STALE_NAN]
-    result = await store.ingest("dev-1", {LABELS: (list(range(1000, 1006)), values)}, "device_id", 1)
+    result = await put(store, "dev-1", {LABELS: (list(range(1000, 1006)), values)}, 1)
     assert (result.samples, result.duplicate_samples) == (6, 0)
-    [(sid, labels)] = await store.series()
+    [(labels, stamps, got)] = (await read(store, '{__name__="temp"}', 0, 2000)).values()
     # the device label is added, an existing one of that name kept as exported_<name>
     assert labels == {"__name__": "temp", "exported_device_id": "x", "room": "a", "device_id": "dev-1"}
-    stamps, got = (await store.samples([sid], 0, 2000))[sid]
     assert stamps == list(range(1000, 1006))
     assert [bits(v) for v in got] == [bits(v) for v in values]
     # a sender's retry of the same remote-write request: stored once, counted as duplicates
-    again = await store.ingest("dev-1", {LABELS: (list(range(1000, 1006)), values)}, "device_id", 2)
+    again = await put(store, "dev-1", {LABELS: (list(range(1000, 1006)), values)}, 2)
     assert (again.samples, again.duplicate_samples) == (0, 6)
     assert store.devices["dev-1"].duplicate_samples == 6
 
@@ -54,7 +54,7 @@ async def test_values_survive_bit_for_bit(store: PostgresStore) -> None:
 async def test_a_batch_raced_within_one_instance_is_stored_once(store: PostgresStore) -> None:
     header = BatchHeader(device="dev-1", buffer_id="b", seq=7, sent_at_ms=1, samples=3, agent_version="1.2.3")
     series = {LABELS: ([1, 2, 3], [1.0, 2.0, 3.0])}
-    results = await asyncio.gather(*(store.ingest("dev-1", series, "device_id", 5, header) for _ in range(4)))
+    results = await asyncio.gather(*(put(store, "dev-1", series, 5, header) for _ in range(4)))
     assert sorted(r.duplicate_batch for r in results) == [False, True, True, True]
     assert await store.seen("dev-1", "b", 7)
     [state] = await store.device_states()
@@ -65,7 +65,7 @@ async def test_a_batch_raced_within_one_instance_is_stored_once(store: PostgresS
 async def test_model_info_is_the_newest_series(store: PostgresStore) -> None:
     old = (("__name__", "backhaul_model_info"), ("model", "a"), ("version", "1"))
     new = (("__name__", "backhaul_model_info"), ("model", "a"), ("version", "2"))
-    await store.ingest("dev-1", {old: ([100], [1.0]), new: ([200], [1.0])}, "device_id", 1)
+    await put(store, "dev-1", {old: ([100], [1.0]), new: ([200], [1.0])}, 1)
     assert await store.model_info("device_id") == {"dev-1": {"model": "a", "version": "2"}}
 
 
@@ -131,9 +131,9 @@ async def test_the_link_an_agent_reports_is_kept_on_either_store(backend: str, p
     series = {LABELS: ([1000], [1.0])}
     link: dict[str, int | str] = {"spent_day": 5000, "budget_day": 10_000, "blocked": "cap", "some_newer_field": 3}
     try:
-        await store.ingest("x", series, "device_id", 1000, BatchHeader("x", "b", 1, 1000, 1, uplink=link))
+        await put(store, "x", series, 1000, BatchHeader("x", "b", 1, 1000, 1, uplink=link))
         # a batch from an agent that reports no link leaves what was reported before
-        await store.ingest("x", {LABELS: ([2000], [1.0])}, "device_id", 2000, BatchHeader("x", "b", 2, 2000, 1))
+        await put(store, "x", {LABELS: ([2000], [1.0])}, 2000, BatchHeader("x", "b", 2, 2000, 1))
         (state,) = [s for s in await store.device_states() if s.device == "x"]
         assert state.uplink == '{"blocked":"cap","budget_day":10000,"spent_day":5000}'
     finally:

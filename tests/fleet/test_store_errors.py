@@ -18,7 +18,7 @@ from collector.store import Store
 from collector.store.postgres import PostgresStore
 from collector.store.sqlite import SqliteStore
 from tests.conftest import Running
-from tests.fleet.batches import batch_body, headers, series_for
+from tests.fleet.batches import batch_body, headers, put, series_for
 from tests.support import TOKEN, http
 
 
@@ -59,7 +59,18 @@ def test_a_damaged_table_is_a_503_with_retry_after_and_the_collector_keeps_runni
     assert upload(collector, 2)[0] == 200  # and recognised as a repeat: the store is whole again
 
 
-TABLES = ("registry", "batches", "series", "samples", "series_tables", "devices", "alerts")
+TABLES = (
+    "registry",
+    "batches",
+    "chunks",
+    "chunk_data",
+    "chunk_tables",
+    "table_names",
+    "fleet_samples",
+    "series_tables",
+    "devices",
+    "alerts",
+)
 
 
 async def damage(backend: str, where: str) -> None:
@@ -84,26 +95,30 @@ async def test_every_read_of_a_damaged_store_raises_store_error(
     await store.open()
     try:
         labels = (("__name__", "backhaul_model_info"), ("model", "m"))
-        await store.ingest("dev-1", {labels: ([1000], [1.0])}, "device_id", 1)
+        await put(store, "dev-1", {labels: ([1000], [1.0])}, 1)
         await store.record_alert(
             "dev-1", AlertMessage("dev-1", "Hot", "firing", "critical", 1.0, 5, 1, 7, ""), 6, "http"
         )
-        [(sid, _)] = await store.series()
+        [table] = await store.tables(0, 2000)
         await damage(backend, where)
 
         reads: dict[str, Callable[[], Awaitable[object]]] = {
             "registration": lambda: store.registration("0" * 64),
             "registrations": store.registrations,
             "get_table": lambda: store.get_table("dev-1", "a" * 32),
-            "samples": lambda: store.samples([sid], 0, 2000),
+            "tables": lambda: store.tables(0, 2000),
+            "table_data": lambda: store.table_data([table.id]),
+            "chunk_refs": lambda: store.chunk_refs([table.id], 0, 2000),
+            "chunk_totals": lambda: store.chunk_totals([table.id], 0, 2000),
+            "chunk_frames": lambda: store.chunk_frames([1]),
+            "metric_names": store.metric_names,
+            "fleet_samples": lambda: store.fleet_samples("backhaul_model_info", 0, 2000),
             "device_states": store.device_states,
             "model_info": lambda: store.model_info("device_id"),
             "alerts": store.alerts,
             "alerts_firing": store.alerts_firing,
         }
-        if backend == "postgres":
-            reads["series"] = store.series  # the embedded store answers it from memory
-        else:
+        if backend != "postgres":
             reads["seen"] = lambda: store.seen("dev-1", "b", 1)  # the shared store's seen() is a fast path only
         for name, read in reads.items():
             with pytest.raises(StoreError):

@@ -17,10 +17,12 @@ from prometheus_client.metrics import MetricWrapperBase
 from agent.app import Agent
 from agent.config import AgentSettings
 from backhaul.wire.batch import BatchHeader
+from backhaul.wire.chunk import Codec
 from backhaul.wire.series import SeriesMap
 from collector.app import Collector
 from collector.config import CollectorSettings
 from collector.forward.metrics import ForwardMetrics
+from collector.store.chunks import from_series
 
 GRAFANA = Path(__file__).resolve().parents[2] / "grafana"
 # Labels a series gets on its way rather than from the code: from the scrape, from the collector
@@ -129,9 +131,11 @@ async def collector_metrics(tmp_path: Path) -> Exported:
         now = int(time.time() * 1000)
         series: SeriesMap = {(("__name__", "x"),): ([now], [1.0])}
         store = collector.store
-        await store.ingest("d", series, "device_id", now, header)
+        await store.ingest("d", from_series(series, Codec()), now, header)
         # (a second ForwardMetrics on a scratch registry: the same metric objects' label names)
-        return exported_by(collector.registry, collector.metrics, ForwardMetrics(CollectorRegistry()))
+        return exported_by(
+            collector.registry, collector.metrics, collector.retention, ForwardMetrics(CollectorRegistry())
+        )
 
 
 @pytest.mark.parametrize("name", ["agent", "fleet"])

@@ -101,34 +101,12 @@ def case_of(run: Run, rnd: random.Random, make: str) -> Case:
     return case
 
 
+# Each endpoint in turn: the batch upload, remote write at both ends, alerts over HTTP and MQTT.
+@pytest.mark.parametrize("make", ["batch", "agent", "collector", "alert_http", "alert_mqtt"])
 @FUZZ
 @given(rnd=st.randoms(use_true_random=False))
-def test_collector_batches(run: Run, rnd: random.Random) -> None:
-    run.send(case_of(run, rnd, "batch"))
-
-
-@FUZZ
-@given(rnd=st.randoms(use_true_random=False))
-def test_agent_remote_write(run: Run, rnd: random.Random) -> None:
-    run.send(case_of(run, rnd, "agent"))
-
-
-@FUZZ
-@given(rnd=st.randoms(use_true_random=False))
-def test_collector_remote_write(run: Run, rnd: random.Random) -> None:
-    run.send(case_of(run, rnd, "collector"))
-
-
-@FUZZ
-@given(rnd=st.randoms(use_true_random=False))
-def test_alerts_over_http(run: Run, rnd: random.Random) -> None:
-    run.send(case_of(run, rnd, "alert_http"))
-
-
-@FUZZ
-@given(rnd=st.randoms(use_true_random=False))
-def test_alerts_over_mqtt(run: Run, rnd: random.Random) -> None:
-    run.send(case_of(run, rnd, "alert_mqtt"))
+def test_endpoint(run: Run, make: str, rnd: random.Random) -> None:
+    run.send(case_of(run, rnd, make))
 
 
 @pytest.mark.xfail(

@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Running
-from tests.support import TOKEN, Proc, free_port, http, require_program
-from tests.support import toml_text as toml_nested
+from tests.support import agent_config, free_port, http, require_program
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -95,44 +94,15 @@ def demo_server(tmp_path: Path) -> Iterator[Callable[..., Demo]]:
 
 
 @pytest.fixture
-def agent_with(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+def agent_with(tmp_path: Path, launch: Callable[..., Running]) -> Callable[..., Running]:
     """Start a real backhaul-agent whose config may have nested sections; killed at teardown."""
-    started: list[Proc] = []
 
     def start(
         collector_url: str | None = None, name: str = "agent", env: dict[str, str] | None = None, **sections: Any
     ) -> Running:
         port = free_port()
-        config: dict[str, Any] = {
-            "device_id": "dev-1",
-            "shutdown_grace": 10,
-            "listen": {"host": "127.0.0.1", "port": port},
-            "buffer": {"path": str(tmp_path / f"{name}.db"), "budget_bytes": "64MiB"},
-            "host": {"enabled": False},
-            "scrape": {"self_interval": 0},
-        }
-        if collector_url:
-            config["uplink"] = {
-                "url": f"{collector_url}/api/v1/batches",
-                "token": TOKEN,
-                "batch_interval": 0.2,
-                "backoff_min": 0.2,
-                "backoff_max": 1,
-            }
-        for key, value in sections.items():
-            if isinstance(value, dict) and isinstance(config.get(key), dict):
-                config[key] = {**config[key], **value}
-            else:
-                config[key] = value
-        path = tmp_path / f"{name}.toml"
-        path.write_text(toml_nested(config))
-        proc = Proc("backhaul-agent", path, tmp_path / f"{name}.log", env={"PYTHONPATH": str(ROOT), **(env or {})})
-        proc.start()
-        started.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        proc.wait_healthy(url)
-        return Running(proc, url, path)
+        quiet = {"host": {"enabled": False}, "scrape": {"self_interval": 0}}
+        config = agent_config(port, tmp_path / f"{name}.db", collector_url, **{**quiet, **sections})
+        return launch("backhaul-agent", name, port, config, {"PYTHONPATH": str(ROOT), **(env or {})})
 
-    yield start
-    for proc in started:
-        proc.kill()
+    return start

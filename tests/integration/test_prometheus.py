@@ -5,77 +5,20 @@ timestamp and value, through an agent SIGKILL and a collector outage on the way.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import urllib.parse
-from pathlib import Path
 
 import pytest
 
 from backhaul.wire.series import Labels
-from tests.support import exported_samples, free_port, http, require_program, same_value, wait_until
+from tests.support import (
+    exported_samples,
+    http,
+    same_value,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-CONFIG = """
-global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-scrape_configs:
-  - job_name: prometheus
-    static_configs: [{{targets: ['127.0.0.1:{prom}']}}]
-  - job_name: backhaul-agent
-    static_configs: [{{targets: ['127.0.0.1:{agent}']}}]
-remote_write:
-  - url: http://127.0.0.1:{agent}/api/v1/write
-    queue_config:
-      max_shards: 1            # one shard sends in WAL order: "highest sent" then covers everything older
-      batch_send_deadline: 500ms
-      min_backoff: 100ms
-      max_backoff: 1s
-    metadata_config:
-      send_interval: 2s
-"""
-
-
-@pytest.fixture
-def prometheus(tmp_path: Path):
-    binary = require_program("prometheus")
-    procs = []
-
-    def start(agent_port: int) -> str:
-        port = free_port()
-        config = tmp_path / "prometheus.yml"
-        config.write_text(CONFIG.format(prom=port, agent=agent_port))
-        with (tmp_path / "prometheus.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    "--log.level=warn",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
-
-        def ready():
-            try:
-                return http("GET", f"{url}/-/ready", timeout=1)[0] == 200
-            except OSError:
-                return False
-
-        wait_until(ready, 30, "prometheus to be ready")
-        return url
-
-    yield start
-    for proc in procs:
-        # SIGKILL: a SIGTERMed Prometheus would spend up to a minute flushing to an agent already gone.
-        proc.kill()
-        proc.wait(10)
 
 
 def prometheus_gauge(url: str, name: str) -> float | None:

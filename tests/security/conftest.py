@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import selectors
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,62 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BIN, Process, free_port, http, require_program, toml_text, wait_until
-
-PROMETHEUS_CONFIG = """
-global:
-  scrape_interval: 1s
-scrape_configs:
-  - job_name: prometheus
-    static_configs: [{{targets: ['127.0.0.1:{prom}']}}]
-remote_write:
-  - url: http://127.0.0.1:{agent}/api/v1/write
-    queue_config:
-      batch_send_deadline: 500ms
-      min_backoff: 100ms
-      max_backoff: 1s
-"""
-
-
-@pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[Callable[[int], str]]:
-    """Start a real Prometheus that scrapes itself every second and remote-writes to an agent's port."""
-    binary = require_program("prometheus")
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(agent_port: int) -> str:
-        port = free_port()
-        config = tmp_path / "prometheus.yml"
-        config.write_text(PROMETHEUS_CONFIG.format(prom=port, agent=agent_port))
-        with (tmp_path / "prometheus.log").open("ab") as log:
-            procs.append(
-                subprocess.Popen(
-                    [
-                        binary,
-                        f"--config.file={config}",
-                        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                        f"--web.listen-address=127.0.0.1:{port}",
-                        "--log.level=warn",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        url = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool:
-            try:
-                return http("GET", f"{url}/-/ready", timeout=1)[0] == 200
-            except OSError:
-                return False
-
-        wait_until(ready, 30, "prometheus to be ready")
-        return url
-
-    yield start
-    for proc in procs:
-        proc.kill()  # a SIGTERMed Prometheus would keep flushing to an agent already gone
-        proc.wait(10)
+from tests.support import BIN, Process, free_port, require_program, toml_text
 
 
 @pytest.fixture

@@ -110,20 +110,21 @@ def test_every_model_forbids_unknown_keys(model: type[BaseModel]) -> None:
     assert any(e["type"] == "extra_forbidden" and e["loc"] == ("no_such_setting",) for e in caught.value.errors())
 
 
-@pytest.mark.parametrize(("toml", "where"), AGENT_TYPOS, ids=[where for _, where in AGENT_TYPOS])
-def test_a_typo_in_any_agent_section_names_the_key(tmp_path: Path, toml: str, where: str) -> None:
-    path = tmp_path / "agent.toml"
-    path.write_text(f"device_id = 'd'\n{toml}\n")
-    with pytest.raises(ConfigError, match=f"{re.escape(where)}: no such setting"):
-        load(AgentSettings, path)
+TYPOS = [("agent", AgentSettings, "device_id = 'd'\n", t, w) for t, w in AGENT_TYPOS] + [
+    ("collector", CollectorSettings, "", t, w) for t, w in COLLECTOR_TYPOS
+]
 
 
-@pytest.mark.parametrize(("toml", "where"), COLLECTOR_TYPOS, ids=[where for _, where in COLLECTOR_TYPOS])
-def test_a_typo_in_any_collector_section_names_the_key(tmp_path: Path, toml: str, where: str) -> None:
-    path = tmp_path / "collector.toml"
-    path.write_text(f"{toml}\n")
+@pytest.mark.parametrize(
+    ("program", "model", "base", "toml", "where"), TYPOS, ids=[f"{p}:{w}" for p, _, _, _, w in TYPOS]
+)
+def test_a_typo_in_any_section_names_the_key(
+    tmp_path: Path, program: str, model: type[AgentSettings | CollectorSettings], base: str, toml: str, where: str
+) -> None:
+    path = tmp_path / f"{program}.toml"
+    path.write_text(f"{base}{toml}\n")
     with pytest.raises(ConfigError, match=f"{re.escape(where)}: no such setting"):
-        load(CollectorSettings, path)
+        load(model, path)
 
 
 def test_a_typo_in_an_environment_variable_is_caught_too(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,10 +29,11 @@ from backhaul.wire.chunk.header import (
     HISTOGRAM_KIND,
     MAGIC,
     MAX_ABS_TIMESTAMP_MS,
-    READABLE,
+    PREFIX_LEN,
     U32,
     VERSION,
     VERSION_HISTOGRAMS,
+    shape,
 )
 from backhaul.wire.chunk.histograms import decode_histograms, encode_histograms
 from backhaul.wire.errors import WireError
@@ -177,21 +178,15 @@ def decode(data: bytes) -> SeriesMap:
 
 def decode_contents(data: bytes) -> Contents:
     """Decode an uncompressed chunk of any readable version into its :class:`Contents`."""
-    if len(data) < HEADER.size + U32.size:
-        raise WireError(f"chunk: {len(data)} bytes is shorter than a chunk header")
-    magic, version, n_series, n_samples = HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise WireError(f"chunk: bad magic {magic!r}")
-    if version not in READABLE:
-        raise WireError(f"chunk: unsupported version {version} (this build reads {', '.join(map(str, READABLE))})")
-    (table_len,) = U32.unpack_from(data, HEADER.size)
-    pos = HEADER.size + U32.size
+    declared = shape(data)
+    version, n_series, n_samples = declared.version, declared.n_series, declared.n_samples
+    table_len = declared.table_len
+    pos = PREFIX_LEN
     kinds_len = n_series if version >= 2 else 0
     if version < VERSION_HISTOGRAMS:
-        expected = pos + table_len + 4 * n_series + kinds_len + 16 * n_samples
-        if len(data) != expected:
-            raise WireError(f"chunk: {len(data)} bytes, but its header announces {expected}")
-    elif len(data) < pos + table_len + 5 * n_series + 8 * n_samples + 8:
+        if len(data) != declared.min_len:  # versions 1 and 2 have no variable part: exactly this long
+            raise WireError(f"chunk: {len(data)} bytes, but its header announces {declared.min_len}")
+    elif len(data) < declared.min_len:
         raise WireError(f"chunk: {len(data)} bytes is shorter than its header announces")
     try:
         table = json.loads(data[pos : pos + table_len])

@@ -8,11 +8,14 @@ The same tables and rules as the embedded store, made safe across processes, in 
 from __future__ import annotations
 
 from collector.store.postgres.alerts import PostgresAlerts
+from collector.store.postgres.legacy import PostgresLegacy
+from collector.store.postgres.reading import PostgresReading
 from collector.store.postgres.registry import PostgresRegistry
-from collector.store.postgres.samples import PostgresSamples
+from collector.store.postgres.retention import PostgresRetention
 
 __all__ = ["PostgresStore"]
 
 
-class PostgresStore(PostgresSamples, PostgresRegistry, PostgresAlerts):
-    """The shared store. Args: dsn and pool_size (see :class:`~collector.store.postgres.base.PostgresBase`)."""
+class PostgresStore(PostgresLegacy, PostgresReading, PostgresRetention, PostgresRegistry, PostgresAlerts):
+    """The shared store. Args: dsn, pool_size and device_label (see
+    :class:`~collector.store.postgres.base.PostgresBase`)."""

@@ -16,7 +16,11 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 
 from backhaul.errors import StoreError
+from backhaul.wire.chunk import Codec
+from backhaul.wire.series import Labels
 from collector.store import records
+from collector.store.cache import BoundedCache
+from collector.store.chunks import Scan, TableInfo, scan
 from collector.store.postgres.schema import migrate
 from collector.store.records import DeviceState
 
@@ -51,20 +55,32 @@ def count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+# Bounds of what the store remembers, as in the embedded store (collector/store/sqlite/base.py).
+CACHED_TABLE_IDS = 4096
+CACHED_TABLE_SERIES = 20_000
+CACHED_SCAN_SAMPLES = 200_000
+
+
 class PostgresBase:
     """Args:
     dsn: ``postgresql://user:password@host:port/database``.
     pool_size: connections this instance keeps open at most.
+    device_label: only to convert a store that kept a row per sample (:mod:`collector.store.legacy`).
     """
 
-    def __init__(self, dsn: str, pool_size: int = 10) -> None:
+    def __init__(self, dsn: str, pool_size: int = 10, device_label: str = "device_id") -> None:
         self._dsn = dsn
         self._pool_size = pool_size
+        self.device_label = device_label
         self._pool: asyncpg.Pool | None = None
         # The last known state of every device, for the metrics page (a scrape cannot await).
         self.devices: dict[str, DeviceState] = {}
-        # Series ids are never reused, so a committed one may be cached for good.
-        self._series_ids: dict[str, int] = {}
+        # Bounded caches, never a structure per stored series. Ids are only remembered once their
+        # transaction committed; ids are never reused, so a committed one stays right.
+        self._codec = Codec()  # used on the event loop only
+        self._table_ids: BoundedCache[tuple[str, str], int] = BoundedCache(CACHED_TABLE_IDS)
+        self._tables: BoundedCache[int, TableInfo] = BoundedCache(CACHED_TABLE_SERIES, lambda t: t.weight)
+        self._scans: BoundedCache[int, Scan] = BoundedCache(CACHED_SCAN_SAMPLES, lambda s: s.samples or 1)
 
     async def open(self) -> None:
         try:
@@ -72,10 +88,32 @@ class PostgresBase:
                 self._pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=self._pool_size)
             async with self.connection(transaction=True) as conn:
                 await migrate(conn)
+            await self._convert()
             await self._load_devices()
         except BaseException:
             await self.close()
             raise
+
+    async def _convert(self) -> None:
+        """Convert rows of a store that kept a row per sample (collector/store/postgres/legacy.py)."""
+
+    async def _entries(self, conn: asyncpg.Connection, table_id: int) -> list[Labels]:
+        """A stored table's series, parsed (and cached)."""
+        found = self._tables.get(table_id)
+        if found is None or found.entries is None:
+            row = await conn.fetchrow("SELECT digest, data FROM chunk_tables WHERE id = $1", table_id)
+            found = TableInfo.parse(self._codec.decompress(bytes(row["data"]), 1 << 30), row["digest"])
+            self._tables.put(table_id, found)
+        assert found.entries is not None
+        return found.entries
+
+    async def _scan(self, conn: asyncpg.Connection, chunk_id: int) -> Scan:
+        found = self._scans.get(chunk_id)
+        if found is None:
+            data = await conn.fetchval("SELECT data FROM chunk_data WHERE id = $1", chunk_id)
+            found = scan(self._codec.decompress(bytes(data), 1 << 30))
+            self._scans.put(chunk_id, found)
+        return found
 
     async def close(self, grace: float | None = None) -> None:
         """Close the pool within ``grace`` seconds (None: no limit); past it, connections are dropped."""

@@ -1,33 +1,40 @@
-"""Samples, de-duplication, series tables and the devices' figures in the shared store, made safe
+"""Chunks, de-duplication, series tables and the devices' figures in the shared store, made safe
 across instances:
 
-- A batch's identity row goes into ``batches`` in the same transaction as its samples. Two instances
+- A batch's identity row goes into ``batches`` in the same transaction as its chunks. Two instances
   that receive the same ``(device, buffer_id, seq)`` at once race on that primary key: the loser's
   ``INSERT ... ON CONFLICT DO NOTHING`` waits for the winner's commit and then inserts nothing, so it
-  answers "duplicate" and stores no sample. If the winner rolls back, the loser goes on and stores it.
-- Rows are written in one order (batch, series sorted by labels, samples sorted by key, buffer,
-  device) so concurrent transactions queue rather than deadlock; a deadlock anyway is a transient
-  :class:`~backhaul.errors.StoreError` (see :mod:`collector.store.postgres.base`).
+  answers "duplicate" and stores nothing. If the winner rolls back, the loser goes on and stores it.
+- A device's chunks are written under a transaction-scoped advisory lock of that device, so the
+  comparison with the chunks already stored (:mod:`collector.store.overlap`) sees every one another
+  instance committed: a sample is counted new once, whichever instances received its copies.
+  Locks are taken in one order (batch row, device lock), so instances queue rather than deadlock; a
+  deadlock anyway is a transient :class:`~backhaul.errors.StoreError` (:mod:`collector.store.postgres.base`).
 - ``devices`` figures are updated relative to the stored row (``samples = samples + n``), never
   overwritten from an instance's memory.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 from typing import Any
 
 import asyncpg
 
-from backhaul.errors import StoreError
+from backhaul.errors import StoreError, UnknownTables
 from backhaul.wire.batch import BatchHeader
-from backhaul.wire.series import Labels, SeriesMap
-from collector.store import records
+from backhaul.wire.series import Labels
+from collector.store import overlap, records
+from collector.store.chunks import NewChunk, Scan, TableInfo
 from collector.store.postgres.base import PostgresBase, count
 from collector.store.records import DeviceState, IngestResult
 
 log = logging.getLogger(__name__)
+
+# The first key of the device locks (the second is the device's hashtext); the two-key lock space
+# is apart from the one-key space of the migration lock.
+_DEVICE_LOCKS = 0x62636B
 
 
 class PostgresSamples(PostgresBase):
@@ -54,11 +61,12 @@ class PostgresSamples(PostgresBase):
             self.devices[device].duplicate_batches += 1
 
     async def ingest(
-        self, device: str, series: SeriesMap, device_label: str, now_ms: int, batch: BatchHeader | None = None
+        self, device: str, chunks: list[NewChunk], now_ms: int, batch: BatchHeader | None = None
     ) -> IngestResult:
-        """Store ``series`` of ``device`` in one transaction (see the module docstring)."""
-        total = sum(len(ts) for ts, _ in series.values())
-        keyed = {records.stored_labels(labels, device_label, device): labels for labels in series}
+        """Store the chunks of ``device`` in one transaction (see the module docstring)."""
+        total = sum(c.scan.samples for c in chunks)
+        fresh_ids: dict[tuple[str, str], int] = {}
+        fresh_scans: dict[int, Scan] = {}
         async with self.connection(transaction=True) as conn:
             if batch is not None:
                 won = await conn.fetchval(
@@ -73,63 +81,137 @@ class PostgresSamples(PostgresBase):
                 if not won:  # stored before, or by another instance just now
                     await self._count_duplicate_batch(conn, device)
                     return IngestResult(duplicate_batch=True)
-            new_ids = await self._create_series(conn, keyed)
-            ids = {**self._series_ids, **new_ids}
-            stored = await self._insert_samples(conn, {ids[key]: series[labels] for key, labels in keyed.items()})
+            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _DEVICE_LOCKS, device)
+            ids = [await self._table_id(conn, device, c, fresh_ids) for c in chunks]
+            dups = await self._duplicates(conn, device, chunks, ids)
+            for chunk, table_id, dup in zip(chunks, ids, dups, strict=True):
+                if dup < chunk.scan.samples:
+                    chunk_id = await self._insert_chunk(conn, device, chunk, table_id, chunk.scan.samples - dup, now_ms)
+                    fresh_scans[chunk_id] = chunk.scan
+                if chunk.fleet:
+                    await conn.executemany(
+                        "INSERT INTO fleet_samples (name, device, labels, ts, bits) VALUES ($1, $2, $3, $4, $5)"
+                        " ON CONFLICT DO NOTHING",
+                        records.fleet_rows(device, chunk.fleet, self.device_label),
+                    )
+            duplicates = sum(dups)
             losses = await self._record_losses(conn, batch) if batch is not None else None
-            row = await self._update_device(conn, device, now_ms, stored, total - stored, batch, losses)
-        self._series_ids.update(new_ids)  # committed: safe to remember
+            row = await self._update_device(conn, device, now_ms, total - duplicates, duplicates, batch, losses)
+        for key, table_id in fresh_ids.items():  # committed: safe to remember
+            self._table_ids.put(key, table_id)
+        for chunk_id, found in fresh_scans.items():
+            self._scans.put(chunk_id, found)
         self.devices[device] = DeviceState(*row)
-        return IngestResult(duplicate_batch=False, samples=stored, duplicate_samples=total - stored)
+        return IngestResult(duplicate_batch=False, samples=total - duplicates, duplicate_samples=duplicates)
 
-    async def _create_series(self, conn: asyncpg.Connection, keyed: dict[str, Labels]) -> dict[str, int]:
-        """Ids of series not cached yet, creating those that do not exist (in labels order)."""
-        missing = sorted(key for key in keyed if key not in self._series_ids)
-        if not missing:
-            return {}
-        await conn.execute(
-            "INSERT INTO series (name, labels) SELECT * FROM unnest($1::text[], $2::text[]) AS t(name, labels)"
-            " ORDER BY labels ON CONFLICT (labels) DO NOTHING",
-            [records.series_name(keyed[key]) for key in missing],
-            missing,
+    async def _duplicates(
+        self, conn: asyncpg.Connection, device: str, chunks: list[NewChunk], ids: list[int]
+    ) -> list[int]:
+        """Per new chunk, its samples the store holds already (see :mod:`collector.store.overlap`)."""
+        if not chunks:
+            return []
+        low = min(c.scan.min_ts for c in chunks)
+        high = max(c.scan.max_ts for c in chunks)
+        rows = await conn.fetch(
+            "SELECT id, table_id FROM chunks WHERE device = $1 AND max_ts >= $2 AND min_ts <= $3 ORDER BY id",
+            device,
+            low,
+            high,
         )
-        rows = await conn.fetch("SELECT labels, id FROM series WHERE labels = ANY($1::text[])", missing)
-        return {r["labels"]: r["id"] for r in rows}
+        needs_entries = (
+            bool(rows) or len(chunks) > 1 or not all(c.table.unique and overlap.increasing(c.scan) for c in chunks)
+        )
+        entries: dict[int, list[Labels]] = {}
+        if needs_entries:
+            for table_id in set(ids):
+                entries[table_id] = await self._entries(conn, table_id)
+        held: list[overlap.Held] = []
+        if rows:
+            keys = {labels for table_id in set(ids) for labels in entries[table_id]}
+            for r in rows:
+                table_id = r["table_id"]
+                if table_id not in entries:
+                    found = await self._entries(conn, table_id)
+                    entries[table_id] = found if not keys.isdisjoint(found) else []
+                if table_id in ids or entries[table_id]:
+                    held.append(_held(entries, table_id, await self._scan(conn, r["id"])))
+        new = [_held(entries, table_id, c.scan, c.table.unique) for c, table_id in zip(chunks, ids, strict=True)]
+        # The comparison is CPU work: off the event loop.
+        return await asyncio.to_thread(overlap.duplicates, new, held)
 
-    async def _insert_samples(self, conn: asyncpg.Connection, by_id: dict[int, tuple[list[int], list[float]]]) -> int:
-        sids: list[int] = []
-        stamps: list[int] = []
-        bits: list[int] = []
-        for sid in sorted(by_id):
-            ts, values = by_id[sid]
-            sids += [sid] * len(ts)
-            stamps += ts
-            bits += records.to_bits(values)
+    async def _table_id(
+        self, conn: asyncpg.Connection, device: str, chunk: NewChunk, fresh: dict[tuple[str, str], int]
+    ) -> int:
+        """The id of the chunk's table, stored now if it is new (from the chunk, or else from the
+        tables agents refer to, when retention removed every chunk that used it)."""
+        key = (device, chunk.table.digest)
+        found = self._table_ids.get(key) or fresh.get(key)
+        if found is not None:
+            return found
+        table_id: int | None = await conn.fetchval(
+            "SELECT id FROM chunk_tables WHERE device = $1 AND digest = $2", device, chunk.table.digest
+        )
+        if table_id is None:
+            table = chunk.table
+            if table.data is None:
+                data = await conn.fetchval(
+                    "SELECT data FROM series_tables WHERE device = $1 AND digest = $2", device, table.digest
+                )
+                if data is None:
+                    raise UnknownTables([table.digest])
+                table = TableInfo.parse(bytes(data), table.digest)
+            assert table.data is not None
+            table_id = await conn.fetchval(
+                "INSERT INTO chunk_tables (device, digest, data, n_series, min_ts, max_ts)"
+                " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                device, table.digest, self._codec.compress(table.data), table.n_series,
+                chunk.scan.min_ts, chunk.scan.max_ts,
+            )  # fmt: skip
+            await conn.executemany(
+                "INSERT INTO table_names (name, table_id) VALUES ($1, $2)",
+                [(name, table_id) for name in sorted(table.names)],
+            )
+        assert table_id is not None
+        fresh[key] = table_id
+        return table_id
+
+    async def _insert_chunk(
+        self, conn: asyncpg.Connection, device: str, chunk: NewChunk, table_id: int, new: int, now_ms: int
+    ) -> int:
+        s = chunk.scan
+        # First, as it locks the table's row: retention cannot drop the table under this chunk.
         status = await conn.execute(
-            "INSERT INTO samples (series_id, ts, bits)"
-            " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS t(series_id, ts, bits)"
-            " ORDER BY series_id, ts ON CONFLICT DO NOTHING",
-            sids,
-            stamps,
-            bits,
-        )
-        return count(status)
+            "UPDATE chunk_tables SET min_ts = least(min_ts, $1), max_ts = greatest(max_ts, $2),"
+            " chunks = chunks + 1, samples = samples + $3, bytes = bytes + $4 WHERE id = $5",
+            s.min_ts, s.max_ts, s.samples, len(chunk.frame), table_id,
+        )  # fmt: skip
+        if count(status) != 1:  # retention dropped it since this instance looked it up
+            self._table_ids.discard((device, chunk.table.digest))
+            raise StoreError("store: a series table was removed meanwhile; try again", transient=True)
+        chunk_id: int = await conn.fetchval(
+            "INSERT INTO chunks (device, table_id, min_ts, max_ts, samples, stored, max_per_series, bytes,"
+            " received_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+            device, table_id, s.min_ts, s.max_ts, s.samples, new, s.max_per_series, len(chunk.frame), now_ms,
+        )  # fmt: skip
+        await conn.execute("INSERT INTO chunk_data (id, data) VALUES ($1, $2)", chunk_id, chunk.frame)
+        return chunk_id
 
     async def _record_losses(self, conn: asyncpg.Connection, header: BatchHeader) -> dict[str, int]:
         """Keep the newest loss counters of the batch's buffer; return the device's totals."""
-        fields = ", ".join(records.LOSS_FIELDS)
-        keep_max = ", ".join(f"{f} = greatest(buffers.{f}, excluded.{f})" for f in records.LOSS_FIELDS)
+        names = records.BUFFER_FIELDS
+        keep_max = ", ".join(f"{f} = greatest(buffers.{f}, excluded.{f})" for f in names)
+        marks = ", ".join(f"${i}" for i in range(1, len(names) + 3))
         await conn.execute(
-            f"INSERT INTO buffers (device, buffer_id, {fields}) VALUES ($1, $2, $3, $4, $5, $6)"
+            f"INSERT INTO buffers (device, buffer_id, {', '.join(names)}) VALUES ({marks})"
             f" ON CONFLICT (device, buffer_id) DO UPDATE SET {keep_max}",
             header.device,
             header.buffer_id,
-            *(getattr(header, f) for f in records.LOSS_FIELDS),
+            *(getattr(header, f) for f in names),
         )
         # sum() of bigints is numeric: held below 2**63 before it becomes a bigint again.
-        sums = ", ".join(f"least(sum({f}), {records.MAX_COUNTER})::bigint AS {f}" for f in records.LOSS_FIELDS)
+        sums = ", ".join(f"least(sum({f}), {records.MAX_COUNTER})::bigint AS {f}" for f in names)
         row = await conn.fetchrow(f"SELECT {sums} FROM buffers WHERE device = $1", header.device)
-        return {f: int(row[f] or 0) for f in records.LOSS_FIELDS}
+        return {f: int(row[f] or 0) for f in names}
 
     async def _update_device(
         self,
@@ -170,23 +252,6 @@ class PostgresSamples(PostgresBase):
             *values,
         )
 
-    async def series(self) -> list[tuple[int, dict[str, str]]]:
-        rows = await self._fetch("SELECT id, labels FROM series")
-        return [(r["id"], dict(json.loads(r["labels"]))) for r in rows]
-
-    async def samples(
-        self, series_ids: list[int], start_ms: int, end_ms: int
-    ) -> dict[int, tuple[list[int], list[float]]]:
-        """Samples of several series in ``[start_ms, end_ms]``, by series id, in time order."""
-        rows = await self._fetch(
-            "SELECT series_id, ts, bits FROM samples WHERE series_id = ANY($1::bigint[]) AND ts >= $2 AND ts <= $3"
-            " ORDER BY series_id, ts",
-            series_ids,
-            start_ms,
-            end_ms,
-        )
-        return records.by_series(rows)
-
     # -- series tables agents refer to by digest (docs/wire-format.md) ---------------------------------
 
     async def get_table(self, device: str, digest: str) -> bytes | None:
@@ -214,7 +279,24 @@ class PostgresSamples(PostgresBase):
     async def model_info(self, device_label: str) -> dict[str, dict[str, str]]:
         """Per device, the labels of its ``backhaul_model_info`` series with the newest sample."""
         rows = await self._fetch(
-            "SELECT s.labels, max(m.ts) AS ts FROM series s JOIN samples m ON m.series_id = s.id"
-            " WHERE s.name = 'backhaul_model_info' GROUP BY s.id, s.labels"
+            "SELECT device, labels, max(ts) AS ts FROM fleet_samples WHERE name = 'backhaul_model_info'"
+            " GROUP BY device, labels"
         )
-        return records.newest_model_info(((dict(json.loads(r["labels"])), r["ts"]) for r in rows), device_label)
+        return records.model_info_of(((r["device"], r["labels"], r["ts"]) for r in rows), device_label)
+
+    async def fleet_samples(self, name: str, start_ms: int, end_ms: int) -> list[tuple[str, str, int, float]]:
+        """The fleet page's samples of metric ``name`` in ``[start_ms, end_ms]``: (device, labels JSON,
+        timestamp, value), in time order per series."""
+        rows = await self._fetch(
+            "SELECT device, labels, ts, bits FROM fleet_samples WHERE name = $1 AND ts >= $2 AND ts <= $3"
+            " ORDER BY device, labels, ts",
+            name,
+            start_ms,
+            end_ms,
+        )
+        values = records.from_bits([r["bits"] for r in rows])
+        return [(r["device"], r["labels"], r["ts"], v) for r, v in zip(rows, values, strict=True)]
+
+
+def _held(entries: dict[int, list[Labels]], table_id: int, found: Scan, unique: bool = True) -> overlap.Held:
+    return overlap.Held(lambda: entries[table_id], found, unique)

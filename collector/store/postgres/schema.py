@@ -11,7 +11,7 @@ import asyncpg
 log = logging.getLogger(__name__)
 
 # Any constant, as long as every instance uses the same one.
-_MIGRATION_LOCK = 0x6261636B
+MIGRATION_LOCK = 0x6261636B
 
 _MIGRATIONS = [
     """
@@ -51,7 +51,33 @@ _MIGRATIONS = [
     CREATE TABLE series_tables (device TEXT NOT NULL, digest TEXT NOT NULL, data BYTEA NOT NULL,
         stored_ms BIGINT NOT NULL, PRIMARY KEY (device, digest));
     """,
-    # The agent's link as its last batch reported it, as in the embedded store's migration 7.
+    # Chunks instead of a row per sample, as in the embedded store's migration 7; the rows of series
+    # and samples are converted at open (collector/store/postgres/legacy.py), which drops them.
+    """
+    CREATE TABLE chunk_tables (id BIGSERIAL PRIMARY KEY, device TEXT NOT NULL, digest TEXT NOT NULL,
+        data BYTEA NOT NULL, n_series INTEGER NOT NULL, min_ts BIGINT NOT NULL, max_ts BIGINT NOT NULL,
+        chunks BIGINT NOT NULL DEFAULT 0, samples BIGINT NOT NULL DEFAULT 0, bytes BIGINT NOT NULL DEFAULT 0,
+        UNIQUE (device, digest));
+    CREATE TABLE table_names (name TEXT NOT NULL, table_id BIGINT NOT NULL, PRIMARY KEY (name, table_id));
+    CREATE INDEX table_names_by_table ON table_names (table_id);
+    CREATE TABLE chunks (id BIGSERIAL PRIMARY KEY, device TEXT NOT NULL, table_id BIGINT NOT NULL,
+        min_ts BIGINT NOT NULL, max_ts BIGINT NOT NULL, samples INTEGER NOT NULL, stored INTEGER NOT NULL,
+        max_per_series INTEGER NOT NULL, bytes INTEGER NOT NULL, received_ms BIGINT NOT NULL);
+    CREATE INDEX chunks_by_device ON chunks (device, max_ts);
+    CREATE INDEX chunks_by_table ON chunks (table_id, max_ts);
+    CREATE INDEX chunks_by_time ON chunks (max_ts);
+    CREATE TABLE chunk_data (id BIGINT PRIMARY KEY, data BYTEA NOT NULL);
+    ALTER TABLE chunk_data ALTER COLUMN data SET STORAGE EXTERNAL;
+    CREATE TABLE fleet_samples (name TEXT NOT NULL, device TEXT NOT NULL, labels TEXT NOT NULL,
+        ts BIGINT NOT NULL, bits BIGINT NOT NULL, PRIMARY KEY (name, device, labels, ts));
+    CREATE INDEX batches_by_time ON batches (received_ms);
+    """,
+    # Samples an agent corrected (its clock was wrong), as in the embedded store's migration 8.
+    """
+    ALTER TABLE buffers ADD COLUMN corrected_samples BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN corrected_samples BIGINT NOT NULL DEFAULT 0;
+    """,
+    # The agent's link as its last batch reported it, as in the embedded store's migration 9.
     """
     ALTER TABLE devices ADD COLUMN uplink TEXT NOT NULL DEFAULT '';
     """,
@@ -60,7 +86,7 @@ _MIGRATIONS = [
 
 async def migrate(conn: asyncpg.Connection) -> None:
     """Bring the database to the newest schema, in the caller's transaction."""
-    await conn.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+    await conn.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
     await conn.execute("CREATE TABLE IF NOT EXISTS backhaul_schema (version INTEGER NOT NULL)")
     version = await conn.fetchval("SELECT max(version) FROM backhaul_schema") or 0
     for number, step in enumerate(_MIGRATIONS[version:], start=version + 1):

@@ -3,34 +3,50 @@ memory holds of it.
 
 Every statement runs on the database's own thread: each public coroutine hands a private method of
 the same name to ``db.run``, so the event loop never waits for an fsync, and every ``sqlite3.Error``
-arrives as :class:`~backhaul.errors.StoreError` (HTTP 503). After a failed transaction the rollback
-hook rebuilds the caches (series ids, device figures) from the file, so memory never holds what the
-file does not.
+arrives as :class:`~backhaul.errors.StoreError` (HTTP 503). Memory holds the devices' figures (for
+the metrics page) and bounded caches (table ids, parsed tables, scanned chunks), never a structure
+per stored series. After a failed transaction the rollback hook reloads the figures and empties the
+caches, so memory never holds what the file does not.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import sqlite_utils
 
 from backhaul.sqlite import Database, Synchronous
+from backhaul.wire.chunk import Codec
+from backhaul.wire.series import Labels
+from collector.store.cache import BoundedCache
+from collector.store.chunks import Scan, TableInfo, scan
 from collector.store.records import DeviceState
 from collector.store.sqlite.schema import MIGRATIONS
 
+# Bounds of what the store remembers: tables by id and parsed, by series; chunks scanned for the
+# de-duplication of overlapping ones, by samples.
+CACHED_TABLE_IDS = 4096
+CACHED_TABLE_SERIES = 20_000
+CACHED_SCAN_SAMPLES = 200_000
+
 
 class SqliteBase:
-    """Args: path of the database file (created when missing) and SQLite's synchronous level (FULL:
-    every acknowledged batch survives a power cut)."""
+    """Args: path of the database file (created when missing), SQLite's synchronous level (FULL:
+    every acknowledged batch survives a power cut) and the device label (only to convert a store
+    that kept a row per sample, see :mod:`collector.store.legacy`)."""
 
-    def __init__(self, path: Path, synchronous: Synchronous) -> None:
+    def __init__(self, path: Path, synchronous: Synchronous, device_label: str = "device_id") -> None:
         self.path = path
+        self.device_label = device_label
         self.db = Database(path, synchronous, MIGRATIONS, "collector-db")
         self.db.on_rollback(self._load)
         # The last known state of every device, for the metrics page (a scrape cannot await).
         self.devices: dict[str, DeviceState] = {}
-        # Series ids are never reused: labels (as stored_labels) -> id, for every series in the file.
-        self._series_ids: dict[str, int] = {}
+        self._codec = Codec()  # used on the database thread only
+        self._table_ids: BoundedCache[tuple[str, str], int] = BoundedCache(CACHED_TABLE_IDS)
+        self._tables: BoundedCache[int, TableInfo] = BoundedCache(CACHED_TABLE_SERIES, lambda t: t.weight)
+        self._scans: BoundedCache[int, Scan] = BoundedCache(CACHED_SCAN_SAMPLES, lambda s: s.samples or 1)
 
     async def open(self) -> None:
         await self.db.run(self._open)
@@ -38,12 +54,44 @@ class SqliteBase:
     def _open(self) -> None:
         self.db.open()
         self._load()
+        if self._has_rows():
+            self._convert()
+            self._load()
+
+    def _has_rows(self) -> bool:
+        """Whether the file still holds a row per sample (collector/store/sqlite/legacy.py)."""
+        return False
+
+    def _convert(self) -> None:
+        raise NotImplementedError
 
     def _load(self) -> None:
         conn = self.db.conn
-        self._series_ids = {labels: sid for sid, labels in conn.execute("SELECT id, labels FROM series")}
         self.devices = {row["device"]: DeviceState(**row) for row in sqlite_utils.Database(conn)["devices"].rows}
+        self._table_ids.clear()
+        self._tables.clear()
+        self._scans.clear()
 
     async def close(self, grace: float | None = None) -> None:
         """Close within ``grace`` seconds (None: no limit); see :meth:`Database.aclose`."""
         await self.db.aclose(grace)
+
+    # -- on the database thread -------------------------------------------------------------------
+
+    def _entries(self, conn: sqlite3.Connection, table_id: int) -> list[Labels]:
+        """A stored table's series, parsed (and cached)."""
+        found = self._tables.get(table_id)
+        if found is None or found.entries is None:
+            digest, data = conn.execute("SELECT digest, data FROM chunk_tables WHERE id = ?", (table_id,)).fetchone()
+            found = TableInfo.parse(self._codec.decompress(data, 1 << 30), digest)
+            self._tables.put(table_id, found)
+        assert found.entries is not None
+        return found.entries
+
+    def _scan(self, conn: sqlite3.Connection, chunk_id: int) -> Scan:
+        found = self._scans.get(chunk_id)
+        if found is None:
+            (data,) = conn.execute("SELECT data FROM chunk_data WHERE id = ?", (chunk_id,)).fetchone()
+            found = scan(self._codec.decompress(data, 1 << 30))
+            self._scans.put(chunk_id, found)
+        return found

@@ -1,29 +1,36 @@
-"""Samples, de-duplication, series tables and the devices' figures in the embedded store.
+"""Chunks, de-duplication, series tables and the devices' figures in the embedded store.
 
-- A batch is recorded in ``batches`` in the same transaction as its samples, so
+- A batch is recorded in ``batches`` in the same transaction as its chunks, so
   ``(device, buffer_id, seq)`` is stored once, whatever the agent re-sends, and a crash can never
   leave a batch half stored or stored without its record.
-- Samples are keyed by (series, timestamp): the same sample sent twice (a sender retrying a request
-  the agent had already committed) is stored once and counted as a duplicate sample.
-- Values are stored as their IEEE-754 bits in an INTEGER column (:func:`records.to_bits`).
+- Chunks are kept as they came (without their series table, which is kept once per device and
+  digest in ``chunk_tables``). Samples a chunk shares with a stored one are counted as duplicates
+  (:mod:`collector.store.overlap`); a chunk of nothing but duplicates is not stored.
+- The samples the fleet page reads are kept aside in ``fleet_samples`` (values as IEEE-754 bits).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
-from dataclasses import asdict, replace
+from dataclasses import replace
 
-import sqlite_utils
-
+from backhaul.errors import StoreError, UnknownTables
 from backhaul.wire.batch import BatchHeader
-from backhaul.wire.series import SeriesMap
-from collector.store import records
+from collector.store import overlap, records
+from collector.store.chunks import NewChunk, Scan, TableInfo
 from collector.store.records import DeviceState, IngestResult
 from collector.store.sqlite.base import SqliteBase
 
 log = logging.getLogger(__name__)
+
+# One statement, prepared once (sqlite_utils' upsert looks the table up on every call: too slow for
+# every batch); it sets only the record's columns.
+_DEVICE_FIELDS = records.DEVICE_COLUMNS.split(", ")
+_UPSERT_DEVICE = (
+    f"INSERT INTO devices ({records.DEVICE_COLUMNS}) VALUES ({', '.join('?' * len(_DEVICE_FIELDS))})"
+    " ON CONFLICT (device) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _DEVICE_FIELDS[1:])
+)
 
 
 class SqliteSamples(SqliteBase):
@@ -53,21 +60,18 @@ class SqliteSamples(SqliteBase):
             self.devices[device].duplicate_batches += 1
 
     async def ingest(
-        self, device: str, series: SeriesMap, device_label: str, now_ms: int, batch: BatchHeader | None = None
+        self, device: str, chunks: list[NewChunk], now_ms: int, batch: BatchHeader | None = None
     ) -> IngestResult:
-        """Store samples of ``device`` in one transaction; returns how many were new.
+        """Store the chunks of ``device`` in one transaction; returns how many samples were new.
 
         With ``batch`` (a backhaul batch) its identity is recorded in the same transaction and a repeat
-        stores nothing. Without (plain remote write) only the per-sample key de-duplicates.
+        stores nothing. Without (plain remote write) only the samples' comparison de-duplicates.
         """
-        return await self.db.run(self._ingest, device, series, device_label, now_ms, batch)
+        return await self.db.run(self._ingest, device, chunks, now_ms, batch)
 
-    def _ingest(
-        self, device: str, series: SeriesMap, device_label: str, now_ms: int, batch: BatchHeader | None
-    ) -> IngestResult:
-        total = sum(len(ts) for ts, _ in series.values())
-        new_series = 0
-        # A failed transaction rebuilds _series_ids and devices from the file (the rollback hook).
+    def _ingest(self, device: str, chunks: list[NewChunk], now_ms: int, batch: BatchHeader | None) -> IngestResult:
+        total = sum(c.scan.samples for c in chunks)
+        # A failed transaction reloads the figures and empties the caches (the rollback hook).
         with self.db.atomic() as conn:
             if batch is not None:
                 try:
@@ -78,26 +82,21 @@ class SqliteSamples(SqliteBase):
                 except sqlite3.IntegrityError:  # a concurrent repeat stored it first
                     self._count_duplicate_batch(device)
                     return IngestResult(duplicate_batch=True)
-            before = conn.total_changes
-            for labels, (stamps, values) in series.items():
-                key = records.stored_labels(labels, device_label, device)
-                sid = self._series_ids.get(key)
-                if sid is None:
-                    cur = conn.execute(
-                        "INSERT INTO series (name, labels) VALUES (?, ?)", (records.series_name(labels), key)
+            ids = [self._table_id(conn, device, c) for c in chunks]
+            dups = self._duplicates(conn, device, chunks, ids)
+            for chunk, table_id, dup in zip(chunks, ids, dups, strict=True):
+                if dup < chunk.scan.samples:
+                    self._insert_chunk(conn, device, chunk, table_id, chunk.scan.samples - dup, now_ms)
+                if chunk.fleet:
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO fleet_samples (name, device, labels, ts, bits) VALUES (?,?,?,?,?)",
+                        records.fleet_rows(device, chunk.fleet, self.device_label),
                     )
-                    sid = int(cur.lastrowid or 0)
-                    self._series_ids[key] = sid
-                    new_series += 1
-                conn.executemany(
-                    "INSERT OR IGNORE INTO samples (series_id, ts, bits) VALUES (?, ?, ?)",
-                    zip([sid] * len(stamps), stamps, records.to_bits(values), strict=True),
-                )
-            stored = conn.total_changes - before - new_series
+            duplicates = sum(dups)
             updated = replace(self.devices.get(device) or DeviceState(device))
             updated.last_seen_ms = now_ms
-            updated.samples += stored
-            updated.duplicate_samples += total - stored
+            updated.samples += total - duplicates
+            updated.duplicate_samples += duplicates
             if batch is not None:
                 updated.batches += 1
                 updated.agent_version = batch.agent_version
@@ -106,44 +105,104 @@ class SqliteSamples(SqliteBase):
                 updated.uplink = records.uplink_report(batch) or updated.uplink
                 for name, value in self._record_losses(conn, batch).items():
                     setattr(updated, name, value)
-            sqlite_utils.Database(conn).table("devices").upsert(asdict(updated), pk="device")
+            conn.execute(_UPSERT_DEVICE, [getattr(updated, f) for f in _DEVICE_FIELDS])
         self.devices[device] = updated
-        return IngestResult(duplicate_batch=False, samples=stored, duplicate_samples=total - stored)
+        return IngestResult(duplicate_batch=False, samples=total - duplicates, duplicate_samples=duplicates)
+
+    def _duplicates(self, conn: sqlite3.Connection, device: str, chunks: list[NewChunk], ids: list[int]) -> list[int]:
+        """Per new chunk, its samples the store holds already (see :mod:`collector.store.overlap`)."""
+        if not chunks:
+            return []
+        new = [self._held(conn, table_id, c.scan, c.table.unique) for c, table_id in zip(chunks, ids, strict=True)]
+        low = min(c.scan.min_ts for c in chunks)
+        high = max(c.scan.max_ts for c in chunks)
+        rows = conn.execute(
+            "SELECT id, table_id FROM chunks WHERE device = ? AND max_ts >= ? AND min_ts <= ? ORDER BY id",
+            (device, low, high),
+        ).fetchall()
+        held: list[overlap.Held] = []
+        if rows:
+            keys = {labels for table_id in set(ids) for labels in self._entries(conn, table_id)}
+            sharing: dict[int, bool] = {}
+            for chunk_id, table_id in rows:
+                if table_id not in sharing:
+                    sharing[table_id] = table_id in ids or not keys.isdisjoint(self._entries(conn, table_id))
+                if sharing[table_id]:
+                    held.append(self._held(conn, table_id, self._scan(conn, chunk_id)))
+        return overlap.duplicates(new, held)
+
+    def _held(self, conn: sqlite3.Connection, table_id: int, scan: Scan, unique: bool = True) -> overlap.Held:
+        return overlap.Held(lambda: self._entries(conn, table_id), scan, unique)
+
+    def _table_id(self, conn: sqlite3.Connection, device: str, chunk: NewChunk) -> int:
+        """The id of the chunk's table, stored now if it is new (from the chunk, or else from the
+        tables agents refer to, when retention removed every chunk that used it)."""
+        key = (device, chunk.table.digest)
+        found = self._table_ids.get(key)
+        if found is not None:
+            return found
+        row = conn.execute("SELECT id FROM chunk_tables WHERE device = ? AND digest = ?", key).fetchone()
+        if row is None:
+            table = chunk.table if chunk.table.data is not None else self._offered(conn, device, chunk.table.digest)
+            assert table.data is not None
+            cur = conn.execute(
+                "INSERT INTO chunk_tables (device, digest, data, n_series, min_ts, max_ts) VALUES (?,?,?,?,?,?)",
+                (device, table.digest, self._codec.compress(table.data), table.n_series,
+                 chunk.scan.min_ts, chunk.scan.max_ts),
+            )  # fmt: skip
+            table_id = int(cur.lastrowid or 0)
+            conn.executemany(
+                "INSERT INTO table_names (name, table_id) VALUES (?, ?)",
+                [(name, table_id) for name in sorted(table.names)],
+            )
+            if table.entries is not None:
+                self._tables.put(table_id, table)
+        else:
+            table_id = row[0]
+        self._table_ids.put(key, table_id)
+        return table_id
+
+    def _offered(self, conn: sqlite3.Connection, device: str, digest: str) -> TableInfo:
+        row = conn.execute(
+            "SELECT data FROM series_tables WHERE device = ? AND digest = ?", (device, digest)
+        ).fetchone()
+        if row is None:
+            raise UnknownTables([digest])
+        return TableInfo.parse(bytes(row[0]), digest)
+
+    def _insert_chunk(
+        self, conn: sqlite3.Connection, device: str, chunk: NewChunk, table_id: int, new: int, now_ms: int
+    ) -> None:
+        s = chunk.scan
+        cur = conn.execute(
+            "UPDATE chunk_tables SET min_ts = min(min_ts, ?), max_ts = max(max_ts, ?), chunks = chunks + 1,"
+            " samples = samples + ?, bytes = bytes + ? WHERE id = ?",
+            (s.min_ts, s.max_ts, s.samples, len(chunk.frame), table_id),
+        )
+        if cur.rowcount != 1:  # cannot happen while retention clears the cache of ids it drops
+            raise StoreError("store: a series table was removed meanwhile; try again", transient=True)
+        cur = conn.execute(
+            "INSERT INTO chunks (device, table_id, min_ts, max_ts, samples, stored, max_per_series, bytes,"
+            " received_ms) VALUES (?,?,?,?,?,?,?,?,?)",
+            (device, table_id, s.min_ts, s.max_ts, s.samples, new, s.max_per_series, len(chunk.frame), now_ms),
+        )
+        chunk_id = int(cur.lastrowid or 0)
+        conn.execute("INSERT INTO chunk_data (id, data) VALUES (?, ?)", (chunk_id, chunk.frame))
+        self._scans.put(chunk_id, s)
 
     def _record_losses(self, conn: sqlite3.Connection, header: BatchHeader) -> dict[str, int]:
-        """Keep the newest loss counters of the batch's buffer; return the device's totals."""
-        fields = ", ".join(records.LOSS_FIELDS)
-        keep_max = ", ".join(f"{f} = max({f}, excluded.{f})" for f in records.LOSS_FIELDS)
+        """Keep the newest loss (and correction) counters of the batch's buffer; return the device's totals."""
+        names = records.BUFFER_FIELDS
+        keep_max = ", ".join(f"{f} = max({f}, excluded.{f})" for f in names)
         conn.execute(
-            f"INSERT INTO buffers (device, buffer_id, {fields}) VALUES (?, ?, ?, ?, ?, ?)"
+            f"INSERT INTO buffers (device, buffer_id, {', '.join(names)}) VALUES (?, ?{', ?' * len(names)})"
             f" ON CONFLICT (device, buffer_id) DO UPDATE SET {keep_max}",
-            (header.device, header.buffer_id, *(getattr(header, f) for f in records.LOSS_FIELDS)),
+            (header.device, header.buffer_id, *(getattr(header, f) for f in names)),
         )
         # total() never overflows (sum() of two counters near 2**63 would); the total is held below 2**63.
-        sums = ", ".join(f"CAST(min(total({f}), {records.MAX_COUNTER}) AS INTEGER)" for f in records.LOSS_FIELDS)
+        sums = ", ".join(f"CAST(min(total({f}), {records.MAX_COUNTER}) AS INTEGER)" for f in names)
         row = conn.execute(f"SELECT {sums} FROM buffers WHERE device = ?", (header.device,)).fetchone()
-        return dict(zip(records.LOSS_FIELDS, row, strict=True))
-
-    async def series(self) -> list[tuple[int, dict[str, str]]]:
-        return await self.db.run(self._series)
-
-    def _series(self) -> list[tuple[int, dict[str, str]]]:
-        return [(sid, dict(json.loads(labels))) for labels, sid in self._series_ids.items()]
-
-    async def samples(
-        self, series_ids: list[int], start_ms: int, end_ms: int
-    ) -> dict[int, tuple[list[int], list[float]]]:
-        """Samples of several series in ``[start_ms, end_ms]``, by series id, in time order."""
-        return await self.db.run(self._samples, series_ids, start_ms, end_ms)
-
-    def _samples(self, series_ids: list[int], start_ms: int, end_ms: int) -> dict[int, tuple[list[int], list[float]]]:
-        marks = ",".join("?" * len(series_ids))
-        rows = self.db.conn.execute(
-            f"SELECT series_id, ts, bits FROM samples WHERE series_id IN ({marks}) AND ts >= ? AND ts <= ?"
-            " ORDER BY series_id, ts",
-            (*series_ids, start_ms, end_ms),
-        ).fetchall()
-        return records.by_series(rows)
+        return dict(zip(names, row, strict=True))
 
     # -- series tables agents refer to by digest (docs/wire-format.md) ---------------------------------
 
@@ -158,7 +217,8 @@ class SqliteSamples(SqliteBase):
 
     async def put_tables(self, device: str, tables: dict[str, bytes], now_ms: int, expire_before_ms: int) -> None:
         """Keep ``tables``; drop the device's tables stored before ``expire_before_ms`` (an agent that
-        still refers to one is asked for it again: a 409, then the batch in full)."""
+        still refers to one is asked for it again: a 409, then the batch in full). The chunks keep
+        their own copy (``chunk_tables``), so this never touches stored data."""
         await self.db.run(self._put_tables, device, tables, now_ms, expire_before_ms)
 
     def _put_tables(self, device: str, tables: dict[str, bytes], now_ms: int, expire_before_ms: int) -> None:
@@ -184,7 +244,21 @@ class SqliteSamples(SqliteBase):
 
     def _model_info(self, device_label: str) -> dict[str, dict[str, str]]:
         rows = self.db.conn.execute(
-            "SELECT s.labels, max(m.ts) FROM series s JOIN samples m ON m.series_id = s.id"
-            " WHERE s.name = 'backhaul_model_info' GROUP BY s.id"
+            "SELECT device, labels, max(ts) FROM fleet_samples WHERE name = 'backhaul_model_info'"
+            " GROUP BY device, labels"
         ).fetchall()
-        return records.newest_model_info(((dict(json.loads(labels)), ts) for labels, ts in rows), device_label)
+        return records.model_info_of(rows, device_label)
+
+    async def fleet_samples(self, name: str, start_ms: int, end_ms: int) -> list[tuple[str, str, int, float]]:
+        """The fleet page's samples of metric ``name`` in ``[start_ms, end_ms]``: (device, labels JSON,
+        timestamp, value), in time order per series."""
+        return await self.db.run(self._fleet_samples, name, start_ms, end_ms)
+
+    def _fleet_samples(self, name: str, start_ms: int, end_ms: int) -> list[tuple[str, str, int, float]]:
+        rows = self.db.conn.execute(
+            "SELECT device, labels, ts, bits FROM fleet_samples WHERE name = ? AND ts >= ? AND ts <= ?"
+            " ORDER BY device, labels, ts",
+            (name, start_ms, end_ms),
+        ).fetchall()
+        values = records.from_bits([r[3] for r in rows])
+        return [(d, labels, ts, v) for (d, labels, ts, _), v in zip(rows, values, strict=True)]

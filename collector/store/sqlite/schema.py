@@ -91,9 +91,51 @@ def _v6(db: sqlite_utils.Database) -> None:
 
 
 def _v7(db: sqlite_utils.Database) -> None:
-    # The agent's link as its last batch reported it (budgets, bytes spent, windows, why uploads were
-    # held), JSON, for the fleet page (docs/uplink.md).
+    # Chunks instead of a row per sample (collector/store/chunks.py): the index (chunks), the chunks
+    # themselves (chunk_data, apart so that index scans never read a blob), the series tables they
+    # refer to (chunk_tables, zstd JSON, with the totals retention needs) and which metric names each
+    # table holds (table_names); the samples the fleet page reads (fleet_samples). The rows of series
+    # and samples are converted by collector/store/sqlite/legacy.py at open (it needs the device
+    # label), which then drops those two tables.
+    db.execute(
+        "CREATE TABLE chunk_tables (id INTEGER PRIMARY KEY, device TEXT NOT NULL, digest TEXT NOT NULL,"
+        " data BLOB NOT NULL, n_series INTEGER NOT NULL, min_ts INTEGER NOT NULL, max_ts INTEGER NOT NULL,"
+        " chunks INTEGER NOT NULL DEFAULT 0, samples INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0,"
+        " UNIQUE (device, digest))"
+    )
+    db.execute(
+        "CREATE TABLE table_names (name TEXT NOT NULL, table_id INTEGER NOT NULL, PRIMARY KEY (name, table_id))"
+        " WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX table_names_by_table ON table_names (table_id)")
+    db.execute(
+        "CREATE TABLE chunks (id INTEGER PRIMARY KEY, device TEXT NOT NULL, table_id INTEGER NOT NULL,"
+        " min_ts INTEGER NOT NULL, max_ts INTEGER NOT NULL, samples INTEGER NOT NULL, stored INTEGER NOT NULL,"
+        " max_per_series INTEGER NOT NULL, bytes INTEGER NOT NULL, received_ms INTEGER NOT NULL)"
+    )
+    db.execute("CREATE INDEX chunks_by_device ON chunks (device, max_ts)")
+    db.execute("CREATE INDEX chunks_by_table ON chunks (table_id, max_ts)")
+    db.execute("CREATE INDEX chunks_by_time ON chunks (max_ts)")
+    db.execute("CREATE TABLE chunk_data (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
+    db.execute(
+        "CREATE TABLE fleet_samples (name TEXT NOT NULL, device TEXT NOT NULL, labels TEXT NOT NULL,"
+        " ts INTEGER NOT NULL, bits INTEGER NOT NULL, PRIMARY KEY (name, device, labels, ts)) WITHOUT ROWID"
+    )
+    # retention removes batch records by age
+    db.execute("CREATE INDEX batches_by_time ON batches (received_ms)")
+
+
+def _v8(db: sqlite_utils.Database) -> None:
+    # Issue 14 ("clocks that lie"): samples an agent
+    # corrected because its clock was wrong, cumulative per buffer like the losses, summed per device.
+    db.execute("ALTER TABLE buffers ADD COLUMN corrected_samples INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE devices ADD COLUMN corrected_samples INTEGER NOT NULL DEFAULT 0")
+
+
+def _v9(db: sqlite_utils.Database) -> None:
+    # Issue 13 (metered links; 7 when written): the agent's link as its last batch reported it
+    # (budgets, bytes spent, windows, why uploads were held), JSON, for the fleet page (docs/uplink.md).
     db.execute("ALTER TABLE devices ADD COLUMN uplink TEXT NOT NULL DEFAULT ''")
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]

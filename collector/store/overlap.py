@@ -1,0 +1,98 @@
+"""Samples stored once: how many samples of new chunks the store already holds.
+
+Chunks are kept as they arrived, so the same sample may sit in two chunks: a sender's retry of a
+remote-write request, a request an agent committed twice (its sender retried after a crash), the
+summary an agent sends first followed by the full data, fresh data first and the backlog after it.
+The export merges per series and keeps one sample per timestamp (the one stored first); this module
+keeps the figures honest: a sample counts as new once, as a duplicate every further time.
+
+Only chunks whose time range overlaps are compared (the index finds them); a chunk whose every sample
+is a duplicate is not stored at all. Cost: nothing for a chunk that overlaps no other, else one set
+lookup per sample of the series the chunks share.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import compress
+
+from backhaul.wire.series import Labels
+from collector.store.chunks import Scan
+
+
+@dataclass
+class Held:
+    """A chunk compared with others.
+
+    Args:
+        entries: its table's entries (called only when they are needed).
+        scan: what its scan found.
+        unique: its table lists no series twice.
+    """
+
+    entries: Callable[[], list[Labels]]
+    scan: Scan
+    unique: bool = True
+
+
+def overlaps(a: Scan, b: Scan) -> bool:
+    return a.min_ts <= b.max_ts and b.min_ts <= a.max_ts
+
+
+def increasing(found: Scan) -> bool:
+    """Every series' timestamps strictly increase (so none repeats within the chunk)."""
+    if found.max_per_series <= 1:
+        return True
+    stamps = found.stamps
+    steps = map(operator.sub, stamps[1:], stamps[:-1])
+    # from the end of one series to the start of the next is not a step; map and compress run in C
+    return min(compress(steps, _within(found.counts.tobytes())), default=1) > 0
+
+
+@functools.lru_cache(maxsize=64)
+def _within(counts: bytes) -> bytes:
+    """Per step between two neighbouring samples, 1 when both are of one series (chunks of one
+    device's table repeat their layout, so this is cached by the counts column's bytes)."""
+    per_series = array("I", counts)
+    mask = bytearray(b"\x01" * (sum(per_series) - 1))
+    at = 0
+    for n in per_series[:-1]:
+        at += n
+        mask[at - 1] = 0
+    return bytes(mask)
+
+
+def duplicates(new: list[Held], held: list[Held]) -> list[int]:
+    """Per new chunk (in order), its samples already held, in an earlier new chunk, or repeated in it."""
+    out: list[int] = []
+    for k, chunk in enumerate(new):
+        others = [h for h in held if overlaps(h.scan, chunk.scan)]
+        others += [c for c in new[:k] if overlaps(c.scan, chunk.scan)]
+        if not others and chunk.unique and increasing(chunk.scan):
+            out.append(0)
+        else:
+            out.append(_count(chunk, others))
+    return out
+
+
+def _count(chunk: Held, others: list[Held]) -> int:
+    mine = chunk.entries()
+    wanted = set(mine)
+    have: dict[Labels, set[int]] = {}
+    for other in others:
+        for i, labels in enumerate(other.entries()):
+            if labels in wanted:
+                have.setdefault(labels, set()).update(other.scan.series_stamps(i))
+    found = 0
+    for i, labels in enumerate(mine):
+        stamps = have.setdefault(labels, set())
+        for t in chunk.scan.series_stamps(i):
+            if t in stamps:
+                found += 1
+            else:
+                stamps.add(t)
+    return found

@@ -1,0 +1,104 @@
+"""What the export and the fleet page read from the embedded store: series tables by device, name
+and time range, the chunk index, the chunks themselves (the decoding is the reader's,
+:mod:`collector.store.reader`, off this thread)."""
+
+from __future__ import annotations
+
+from collector.store.records import ChunkRef, TableRef
+from collector.store.sqlite.base import SqliteBase
+
+# Bound parameters per statement: far below SQLite's limit, and a step short enough that ingest,
+# which shares the database thread, never waits long behind a read.
+_IDS_PER_STATEMENT = 500
+
+
+def _pages(ids: list[int]) -> list[list[int]]:
+    return [ids[i : i + _IDS_PER_STATEMENT] for i in range(0, len(ids), _IDS_PER_STATEMENT)]
+
+
+class SqliteReading(SqliteBase):
+    async def tables(
+        self, start_ms: int, end_ms: int, devices: list[str] | None = None, names: list[str] | None = None
+    ) -> list[TableRef]:
+        """Tables with chunks in ``[start_ms, end_ms]``, of those devices and holding those metric
+        names (None: any)."""
+        return await self.db.run(self._find_tables, start_ms, end_ms, devices, names)
+
+    def _find_tables(
+        self, start_ms: int, end_ms: int, devices: list[str] | None, names: list[str] | None
+    ) -> list[TableRef]:
+        sql = "SELECT id, device, digest FROM chunk_tables WHERE chunks > 0 AND max_ts >= ? AND min_ts <= ?"
+        args: list[object] = [start_ms, end_ms]
+        if devices is not None:
+            sql += f" AND device IN ({','.join('?' * len(devices))})"
+            args += devices
+        if names is not None:
+            sql += f" AND id IN (SELECT table_id FROM table_names WHERE name IN ({','.join('?' * len(names))}))"
+            args += names
+        with self.db.read() as conn:
+            return [TableRef(*row) for row in conn.execute(sql + " ORDER BY device, id", args)]
+
+    async def table_data(self, ids: list[int]) -> dict[int, bytes]:
+        """The tables' JSON, zstd-compressed, by id."""
+        return await self.db.run(self._table_data, ids)
+
+    def _table_data(self, ids: list[int]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        with self.db.read() as conn:
+            for page in _pages(ids):
+                sql = f"SELECT id, data FROM chunk_tables WHERE id IN ({','.join('?' * len(page))})"
+                out.update((i, bytes(data)) for i, data in conn.execute(sql, page))
+        return out
+
+    async def chunk_refs(self, table_ids: list[int], start_ms: int, end_ms: int) -> list[ChunkRef]:
+        """The index entries of the tables' chunks that overlap ``[start_ms, end_ms]``, oldest first."""
+        return await self.db.run(self._chunk_refs, table_ids, start_ms, end_ms)
+
+    def _chunk_refs(self, table_ids: list[int], start_ms: int, end_ms: int) -> list[ChunkRef]:
+        out: list[ChunkRef] = []
+        with self.db.read() as conn:
+            for page in _pages(table_ids):
+                sql = (
+                    "SELECT id, table_id, min_ts, max_ts, samples, max_per_series FROM chunks"
+                    f" WHERE table_id IN ({','.join('?' * len(page))}) AND max_ts >= ? AND min_ts <= ?"
+                )
+                out += [ChunkRef(*row) for row in conn.execute(sql, (*page, start_ms, end_ms))]
+        out.sort(key=lambda c: c.id)
+        return out
+
+    async def chunk_totals(self, table_ids: list[int], start_ms: int, end_ms: int) -> dict[int, tuple[int, int]]:
+        """Per table, of its chunks that overlap ``[start_ms, end_ms]``: their samples, and the sum of
+        each one's most samples of one series (what bounds a read, :mod:`collector.store.reader`)."""
+        return await self.db.run(self._chunk_totals, table_ids, start_ms, end_ms)
+
+    def _chunk_totals(self, table_ids: list[int], start_ms: int, end_ms: int) -> dict[int, tuple[int, int]]:
+        out: dict[int, tuple[int, int]] = {}
+        with self.db.read() as conn:
+            for page in _pages(table_ids):
+                marks = ",".join("?" * len(page))
+                sql = (
+                    "SELECT table_id, sum(samples), sum(max_per_series) FROM chunks"
+                    f" WHERE table_id IN ({marks}) AND max_ts >= ? AND min_ts <= ? GROUP BY table_id"
+                )
+                out.update((t, (n, most)) for t, n, most in conn.execute(sql, (*page, start_ms, end_ms)))
+        return out
+
+    async def chunk_frames(self, ids: list[int]) -> dict[int, bytes]:
+        """Stored chunks (zstd, without their table) by id; a chunk retention removed meanwhile is absent."""
+        return await self.db.run(self._chunk_frames, ids)
+
+    def _chunk_frames(self, ids: list[int]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        with self.db.read() as conn:
+            for page in _pages(ids):
+                sql = f"SELECT id, data FROM chunk_data WHERE id IN ({','.join('?' * len(page))})"
+                out.update((i, bytes(data)) for i, data in conn.execute(sql, page))
+        return out
+
+    async def metric_names(self) -> list[str]:
+        """Every metric name a stored table holds."""
+        return await self.db.run(self._metric_names)
+
+    def _metric_names(self) -> list[str]:
+        with self.db.read() as conn:
+            return [name for (name,) in conn.execute("SELECT DISTINCT name FROM table_names")]
