@@ -77,7 +77,7 @@ _MIGRATIONS = [
     ALTER TABLE buffers ADD COLUMN corrected_samples BIGINT NOT NULL DEFAULT 0;
     ALTER TABLE devices ADD COLUMN corrected_samples BIGINT NOT NULL DEFAULT 0;
     """,
-    # The agent's link as its last batch reported it, as in the embedded store's migration 9.
+    # The agent's link as its last batch reported it, as in the embedded store's migration 9 (PostgreSQL 6).
     """
     ALTER TABLE devices ADD COLUMN uplink TEXT NOT NULL DEFAULT '';
     """,
