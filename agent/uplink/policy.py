@@ -208,8 +208,10 @@ class DrainPolicy:
             affordable -= BATCH_HEADER  # the batch's own header travels in the body too
             if step.summary and affordable >= backlog.unclaimed_bytes:
                 step.summary = False  # the full data goes now: no need to pay for a summary of it too
+            # Under a budget a batch never exceeds its size: a chunk bigger than that (compacted, or
+            # rewritten by a clock correction) is split, or a sealed batch could outgrow the budget left.
+            step.strict = True
             if affordable < step.max_bytes:
                 step.max_bytes = max(0, affordable)
-                step.strict = True
                 step.full = step.max_bytes >= min(MIN_BATCH, backlog.unclaimed_bytes or MIN_BATCH)
         return step

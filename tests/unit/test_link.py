@@ -138,6 +138,8 @@ def test_a_capped_link_sends_batches_of_a_few_seconds_and_a_budget_never_more_th
     policy.gap = False
     step = policy.next(clock(), Backlog(None, 5_000_000, 1_000_000))
     assert step.max_bytes == 100_000 and step.since_ms is None  # 10 kB/s x batch_interval (10 s)
+    # under a budget a batch never exceeds its size, even with plenty left: a bigger chunk is split
+    assert step.strict
     link.count(1_000_000 - 30_000)
     step = policy.next(clock(), Backlog(None, 5_000_000, 1_000_000))
     assert step.strict and step.max_bytes == 30_000 - OVERHEAD - BATCH_HEADER
