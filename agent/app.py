@@ -221,9 +221,7 @@ class Agent:
     async def _start(self, life: Lifecycle) -> None:
         s = self.settings
         await life.enter("buffer", self.store)
-        # What the link spent so far in this day and month (kept across restarts and power cuts).
-        usage = await self.store.call(self.store.usage)
-        self.link.persist(usage, lambda rows: self.store.call(self.store.add_usage, rows))
+        await self.link.attach(self.store)
         await life.enter("clock", self.timekeeper)
         self.metrics.buffer.watch_buffer(lambda: self.store.totals, self.store.budget_bytes, self._clock)
         self.metrics.buffer.watch_disk(self.store.path.parent, self.store.min_free_bytes)
@@ -240,9 +238,12 @@ class Agent:
         life.on_stop("staging", self.staging.drain)
         if self.uploader is not None:
             self.tasks.spawn("uploader", self.uploader.run())
-        if self.tls is not None:
-            life.on_reload("uplink TLS", self.tls.reload)
-            self.tasks.spawn("uplink TLS watch", watch([self.tls]))
+        proxy = self.sources.proxy
+        held = [t for t in (self.tls, proxy.tls if proxy is not None else None) if t is not None]
+        for tls in held:
+            life.on_reload(f"{tls.what} TLS", tls.reload)
+        if held:
+            self.tasks.spawn("TLS watch", watch(held))
         # Expire once right away: a device off for weeks should not upload stale data first.
         self.tasks.spawn("first expiry", self._expire(), forever=False)
         await life.enter("scheduler", self.jobs)
@@ -354,8 +355,7 @@ class Agent:
         if dead:
             detail["dead"] = dead
         if self.uploader is not None:
-            link = self.link.report(self.uploader.blocked or ("cap" if self.link.throttling else None))
-            detail["uplink"] = {"last_error": self.uploader.last_error, **link}
+            detail["uplink"] = {"last_error": self.uploader.last_error, **self.link.report(self.uploader.blocked)}
         if self.supervisor is not None:
             detail["inference"] = self.supervisor.describe()
         if self.timekeeper.entered:

@@ -24,7 +24,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, model_validator
+
 from backhaul.errors import ConfigError
+from backhaul.settings import ReadableFile, Section
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +148,7 @@ class ClientTls(TlsFiles):
         client_cert: this device's certificate (PEM) for mTLS, or None.
         client_key: its key, or None when it is in ``client_cert``.
         server_name: the name to verify (and send as SNI) when it differs from the URL's host.
+        what: the settings section, for messages (``uplink``, ``proxy.cloud``).
     """
 
     def __init__(
@@ -153,17 +157,46 @@ class ClientTls(TlsFiles):
         client_cert: Path | None = None,
         client_key: Path | None = None,
         server_name: str | None = None,
+        what: str = "uplink",
     ) -> None:
         self.ca_file, self.client_cert, self.client_key = ca_file, client_cert, client_key
         self.server_name = server_name
         named = (("ca_file", ca_file), ("client_cert", client_cert), ("client_key", client_key))
-        super().__init__("uplink", [(name, path) for name, path in named if path is not None])
+        super().__init__(what, [(name, path) for name, path in named if path is not None])
 
     def _build(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=self.ca_file)
         if self.client_cert is not None:
             context.load_cert_chain(self.client_cert, self.client_key)
         return context
+
+
+class ClientTlsSettings(Section):
+    """TLS settings of anything that connects out over https (``[uplink]``, ``[proxy.cloud]``, each
+    ``[[forward]]`` target): a private CA bundle instead of the system's, a client certificate and key
+    (mTLS), and the name to verify when it differs from the URL's host."""
+
+    ca_file: ReadableFile | None = None
+    client_cert: ReadableFile | None = None
+    client_key: ReadableFile | None = None
+    server_name: str | None = Field(None, min_length=1, max_length=253)
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> ClientTlsSettings:
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError("client_key needs client_cert")
+        return self
+
+    @property
+    def tls_configured(self) -> bool:
+        return any(v is not None for v in (self.ca_file, self.client_cert, self.server_name))
+
+    def client_tls(self, what: str) -> ClientTls | None:
+        """The :class:`ClientTls` of these settings (``what`` names the section in messages), or None
+        when none is set (the system's CAs and the URL's host)."""
+        if not self.tls_configured:
+            return None
+        return ClientTls(self.ca_file, self.client_cert, self.client_key, self.server_name, what)
 
 
 def peer_identities(peercert: dict[str, Any] | None) -> set[str]:

@@ -17,7 +17,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from backhaul import systemd
 from backhaul.lifecycle import Lifecycle, TaskGroup
 from backhaul.listener import Listener, ListenerMetrics
-from backhaul.tls import ServerTls, watch
+from backhaul.tls import ServerTls, TlsFiles, watch
 from backhaul.web import error_middleware
 from collector import web_security
 from collector.alerts.listing import AlertLister
@@ -179,9 +179,12 @@ class Collector:
             self.tasks.spawn("alert forwarder", self.forwarder.run())
         if self.mqtt is not None:
             self.tasks.spawn("mqtt alerts", self.mqtt.run())
-        if self.tls is not None:
-            life.on_reload("listener TLS", self.tls.reload)
-            self.tasks.spawn("listener TLS watch", watch([self.tls]))
+        outgoing = [f.tls for f in self.forwarding.forwarders] if self.forwarding is not None else []
+        held: list[TlsFiles] = [t for t in (self.tls, *outgoing) if t is not None]
+        for tls in held:
+            life.on_reload(f"{tls.what} TLS", tls.reload)
+        if held:
+            self.tasks.spawn("TLS watch", watch(held))
         listen = self.settings.listen
         listener = Listener(
             self.build_app(),

@@ -13,7 +13,7 @@ Modules, one concern each:
 - :mod:`harness.collector`: what a collector holds, through its export API.
 - :mod:`harness.agent`: an agent's buffer database read from outside.
 - :mod:`harness.proxy`: proxies between agent and collector (:class:`DelayProxy`, the byte-counting
-  :class:`CountingProxy`).
+  :class:`CountingProxy`), :class:`TlsFront`.
 - :mod:`harness.prometheus`: a real Prometheus (``start_prometheus``).
 
 The public API is exactly ``__all__`` (checked by tests/unit/test_harness.py).
@@ -26,7 +26,7 @@ from harness.metrics import metric_sum, metric_value, parse_metrics, read_metric
 from harness.net import free_port, get_json, http, wait_until
 from harness.process import BIN, Proc, ProcError, Process, child_env, faketime_env, require_program
 from harness.prometheus import start_prometheus
-from harness.proxy import CountingProxy, DelayProxy, LoopbackProxy
+from harness.proxy import CountingProxy, DelayProxy, LoopbackProxy, TlsFront
 from harness.remote_write import RW_HEADERS, Attempt, RecordingSender, Sender, push
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "Process",
     "RecordingSender",
     "Sender",
+    "TlsFront",
     "agent_config",
     "agent_loss_counters",
     "child_env",

@@ -1,9 +1,10 @@
-"""Proxies on 127.0.0.1 between an agent and a collector, each in a thread with its own event loop: HTTP
-relays that play with the answers, and a TCP proxy that counts the bytes on the wire."""
+"""Proxies on 127.0.0.1, each in a thread with its own event loop: HTTP ones between an agent and a collector
+that play with the answers, a TCP proxy that counts the bytes on the wire, and a TLS front for a plain server."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from typing import Self
@@ -104,6 +105,66 @@ class DelayProxy(LoopbackProxy):
         if self.delay:
             await asyncio.sleep(self.delay)
         return answer
+
+
+class TlsFront:
+    """TLS in front of a plain TCP server on 127.0.0.1, as a cloud's load balancer terminates it: bytes
+    pass both ways unchanged (streams included), in a thread with its own event loop.
+
+    Args:
+        target_port: the plain server's port.
+        context: the server-side TLS context (a certificate made at test time, e.g. with trustme).
+    """
+
+    def __init__(self, target_port: int, context: ssl.SSLContext) -> None:
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.connections = 0  # completed TLS handshakes
+        self._target = target_port
+        self._context = context
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            target_r, target_w = await asyncio.open_connection("127.0.0.1", self._target)
+        except OSError:
+            client_w.close()
+            return
+        await asyncio.gather(self._pump(client_r, target_w), self._pump(target_r, client_w))
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        start = asyncio.start_server(self._handle, "127.0.0.1", self.port, ssl=self._context)
+        self._server = asyncio.run_coroutine_threadsafe(start, self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            assert self._server is not None
+            self._server.close()
+            held = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in held:
+                task.cancel()
+            await asyncio.gather(*held, return_exceptions=True)
+            await asyncio.sleep(0.05)  # transports close on the loop's next turns: let them
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
 
 
 class CountingProxy:

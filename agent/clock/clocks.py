@@ -36,10 +36,10 @@ def read_boot_id(path: Path) -> str:
 
 
 def build_time() -> float:
-    """The agent's build time: the newest modification time among its installed modules.
+    """The agent's build (or install) time: the newest modification time among its installed modules.
 
-    Installing keeps the times the package was built with (a wheel's entries, a Debian package's
-    files), so the software cannot have run before it. A checkout being edited gives the last edit.
+    A Debian package keeps the times it was built with; pip writes the files at install time; a
+    checkout gives its last edit. Either way the software cannot have run before it.
     """
     newest = 0.0
     for folder in (Path(agent.__path__[0]), Path(backhaul.__path__[0])):

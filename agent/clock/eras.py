@@ -184,9 +184,10 @@ class EraBook:
 
     # -- what is learnt ------------------------------------------------------------------------------
 
-    def measured(self, era_id: int, low_ms: float, high_ms: float, now_ms: int) -> bool:
+    def measured(self, era_id: int, low_ms: float, high_ms: float, now_ms: int, settle: bool = True) -> bool:
         """The collector's reply says era ``era_id``'s offset lies in ``[low_ms, high_ms]``; True when
-        that settled a pending era (its held samples can now be corrected)."""
+        that settled a pending era (its held samples can now be corrected). ``settle=False``: a
+        pending era only narrows its interval (more probes are coming, agent/clock/refine.py)."""
         era = self.eras.get(era_id)
         if era is None or era.state == LOST:
             return False
@@ -198,6 +199,9 @@ class EraBook:
         era.estimate_ms = (low_ms + high_ms) / 2
         offset = self._snap(era.estimate_ms)
         was_pending = era.state == PENDING
+        if was_pending and not settle:
+            self.changed.add(era.id)
+            return False
         if not was_pending and offset == era.offset_ms and era.source == "collector":
             return False  # a narrower interval only: written down with the era's next change
         # Measured beats derived or presumed; for data already released it comes too late.

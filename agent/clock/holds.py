@@ -27,7 +27,7 @@ class HeldSamples:
         metrics: the clock's metrics (corrected, expired, held).
         max_age_ms: how long a sample may wait (``buffer.max_age``).
         wall_ms: the agent's wall clock (ms), for the rows it writes.
-        on_released: called when held samples may be sent (wakes the uploader).
+        on_released: called when held samples may be sent, or were expired (wakes the uploader).
         on_expired: called with the number of samples expired (the buffer's expired counter).
     """
 
@@ -107,4 +107,5 @@ class HeldSamples:
             return
         self._metrics.expired.inc(samples)
         self._on_expired(samples)
+        self._on_released()  # a loss to report: the uploader need not wait for data to carry it
         log.warning("clock: expired %d held samples: %s", samples, why)

@@ -28,6 +28,7 @@ from agent.clock.clocks import Clocks, floor_of, read_boot_id
 from agent.clock.eras import PENDING, SETTLED, EraBook, Jump
 from agent.clock.holds import HeldSamples
 from agent.clock.metrics import ClockMetrics
+from agent.clock.refine import Refiner
 from agent.clock.settings import ClockSettings
 from agent.clock.split import Split, split
 from backhaul.errors import StoreError
@@ -95,6 +96,7 @@ class TimeKeeper:
         self._saving: asyncio.Lock = asyncio.Lock()
         self._work = asyncio.Event()  # an era settled or was lost: end holds
         self._probe_paused_until = 0.0  # loop time
+        self._refiner = Refiner(int(settings.max_skew.total_seconds() * 1000))
         self._corrected_unsaved = 0
         self._corrected_before = 0  # what the buffer had counted when this process started
         self._corrected_in = 0  # corrected on the way in by this process
@@ -197,6 +199,11 @@ class TimeKeeper:
 
     def _jumped(self, jump: Jump) -> None:
         self._unsaved_era = True
+        before = self.book.eras.get(jump.from_era)
+        if before is not None and before.low_ms is not None and before.high_ms is not None and before.state == PENDING:
+            # its probes were cut short by the jump: what they measured settles it
+            if self.book.measured(before.id, before.low_ms, before.high_ms, jump.wall_after_ms):
+                self._announce(before.id)
         self.jumps_total += 1
         seconds = jump.jump_ms / 1000
         self._metrics.jumps.labels("forward" if seconds > 0 else "backward").inc()
@@ -278,6 +285,24 @@ class TimeKeeper:
             return False
         return asyncio.get_running_loop().time() >= self._probe_paused_until
 
+    @property
+    def refining(self) -> bool:
+        """Whether the current era waits for more probes to narrow its offset (send them at once)."""
+        return self._book is not None and self._refiner.wanted(self.book.current)
+
+    def probe_delay(self) -> float:
+        """Seconds to wait before the next upload leaves, so that it straddles the collector's
+        second (0 unless :attr:`refining`)."""
+        if not self.refining:
+            return 0.0
+        return self._refiner.delay_ms(self.book.current, self.wall_ms()) / 1000
+
+    async def straddle(self) -> None:
+        """Wait :meth:`probe_delay` (the uploader, just before it sends)."""
+        delay = self.probe_delay()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
     def sending(self) -> Sent:
         self.observe()
         return Sent(self.book.current.id, self.wall_ms())
@@ -297,11 +322,16 @@ class TimeKeeper:
         else:
             # The reply's Date was made between our send and receipt, in a second [date, date + 1 s).
             date_ms = server_date * 1000
-            settled = self.book.measured(era.id, date_ms - received_ms, date_ms + 1000 - sent.wall_ms, received_ms)
+            low, high = date_ms - received_ms, date_ms + 1000 - sent.wall_ms
+            settled = self.book.measured(era.id, low, high, received_ms, settle=False)
+            self._refiner.measured(era, received_ms - sent.wall_ms)
+            if era.state == PENDING and not self._refiner.wanted(era):
+                assert era.low_ms is not None and era.high_ms is not None
+                settled = self.book.measured(era.id, era.low_ms, era.high_ms, received_ms)
         if settled:
             self._announce(era.id)
             self._work.set()
-        elif era.state == PENDING:  # e.g. no Date, below the floor: probing again would not help soon
+        elif era.state == PENDING and not self.refining:  # e.g. no Date: probing again would not help soon
             self._probe_paused_until = asyncio.get_running_loop().time() + PROBE_PAUSE
         self._update_gauges()
 

@@ -9,10 +9,10 @@ configured (``[proxy.cloud]``), escalates requests the local model cannot serve.
     measure.py    tokens, time to first token, decode rate
     metrics.py    backhaul_proxy_*
     link.py       LinkGate: what the metered link allows (the uplink's budget, issue 13)
-    errors.py     ProxySetupError, UpstreamError
+    errors.py     UpstreamError
 """
 
-from agent.proxy.errors import ProxySetupError, UpstreamError
+from agent.proxy.errors import UpstreamError
 from agent.proxy.link import CountedLink, LinkGate, UnmeteredLink
 from agent.proxy.routing import ROUTE_HEADER, ROUTED_HEADER
 from agent.proxy.server import InferenceProxy
@@ -26,7 +26,6 @@ __all__ = [
     "InferenceProxy",
     "LinkGate",
     "ProxySettings",
-    "ProxySetupError",
     "UnmeteredLink",
     "UpstreamError",
 ]

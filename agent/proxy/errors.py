@@ -1,18 +1,12 @@
 """The proxy's errors, in the project's tree (:mod:`backhaul.errors`).
 
-StartError
-└── ProxySetupError   the proxy cannot start as configured (TLS files)
 PeerError
 └── UpstreamError     an upstream gave no answer (kind: connect, timeout, reset)
 """
 
 from __future__ import annotations
 
-from backhaul.errors import PeerError, StartError
-
-
-class ProxySetupError(StartError):
-    """The proxy cannot start as configured; the message names the setting."""
+from backhaul.errors import PeerError
 
 
 class UpstreamError(PeerError):

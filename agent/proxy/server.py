@@ -39,7 +39,8 @@ from agent.proxy.routing import (
     route_header,
 )
 from agent.proxy.settings import ProxySettings
-from agent.proxy.upstream import Upstream, header_bytes, tls_context
+from agent.proxy.upstream import Upstream, header_bytes
+from backhaul.listener import Listener, ListenerMetrics
 
 log = logging.getLogger("agent.proxy")
 
@@ -110,6 +111,7 @@ class InferenceProxy:
     ) -> None:
         self.settings = settings
         self.metrics = ProxyMetrics(registry)
+        self._listener_metrics = ListenerMetrics(registry, "backhaul_proxy")
         cloud = settings.cloud
         if cloud.enabled:
             link = CountedLink(registry, link)
@@ -117,6 +119,8 @@ class InferenceProxy:
         self.router = Router(cloud, local_down, link)
         self.local = Upstream("local", str(settings.upstream), settings.timeout.total_seconds())
         self.cloud: Upstream | None = None
+        # TLS towards the cloud, built (and checked) now, reloaded with the uplink's (agent/app.py).
+        self.tls = cloud.client_tls("proxy.cloud") if cloud.enabled else None
         self.port: int | None = None
         self._hold = max(WHOLE_BODY, int(cloud.max_body_bytes)) if cloud.enabled else WHOLE_BODY
         self._deadline = cloud.ttft_deadline.total_seconds()
@@ -140,17 +144,15 @@ class InferenceProxy:
                     c.timeout.total_seconds(),
                     c.token.get_secret_value(),
                     c.model_map,
-                    tls_context(c),
-                    c.server_name,
+                    self.tls,
                 )
                 await stack.enter_async_context(self.cloud)
             app = web.Application(client_max_size=self._hold)
             app.router.add_route("*", "/{tail:.*}", self.handle)
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
-            await runner.setup()
-            stack.push_async_callback(runner.cleanup)
-            await web.TCPSite(runner, s.host, s.port).start()
-            self.port = runner.addresses[0][1]
+            # The agent's listener: timeouts for slow or idle clients and a connection cap.
+            listener = Listener(app, s.host, s.port, s, self._listener_metrics, "inference proxy", shutdown_timeout=2)
+            await stack.enter_async_context(listener)
+            self.port = listener.port
             self._stack = stack.pop_all()  # started: from now on __aexit__ unwinds it
         cloud = f", cloud {self.cloud.base_url} on {sorted(self.router.triggers)}" if self.cloud else ""
         log.info("inference proxy on %s:%s -> %s%s", s.host, self.port, self.local.base_url, cloud)

@@ -6,20 +6,22 @@ Names are part of the interface (docs/inference.md, tests): keep them.
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 from typing import Literal
 
-from pydantic import ByteSize, Field, HttpUrl, SecretStr, field_validator, model_validator
+from pydantic import ByteSize, Field, HttpUrl, SecretStr, field_validator
 
-from backhaul.settings import Secret, Section
+from backhaul.listener import ListenLimits
+from backhaul.settings import Secret
+from backhaul.tls import ClientTlsSettings
 
 # Why a request may leave the device; "requested" (X-Backhaul-Route: cloud) is not a trigger to enable.
 Trigger = Literal["down", "overloaded", "slow_start", "too_long", "error"]
 TRIGGERS: tuple[Trigger, ...] = ("down", "overloaded", "slow_start", "too_long", "error")
 
 
-class CloudSettings(Section):
-    """``[proxy.cloud]``: an OpenAI-compatible cloud model the proxy escalates to (off while ``url`` is unset)."""
+class CloudSettings(ClientTlsSettings):
+    """``[proxy.cloud]``: an OpenAI-compatible cloud model the proxy escalates to (off while ``url`` is unset);
+    TLS towards it as the uplink's (:class:`~backhaul.tls.ClientTlsSettings`)."""
 
     # Base URL as a client would use it, e.g. "https://api.example.com" (paths such as
     # /v1/chat/completions are appended as they came).
@@ -31,12 +33,6 @@ class CloudSettings(Section):
     model_map: dict[str, str] = {}
     # Whole-request limit towards the cloud (a long generation streams for a while).
     timeout: timedelta = Field(timedelta(minutes=5), gt=timedelta(0))
-    # TLS towards the cloud, named as the uplink's (issue 12): a private CA bundle, a client
-    # certificate and key (mTLS), and the name to verify when it differs from the URL's host.
-    ca_file: Path | None = None
-    client_cert: Path | None = None
-    client_key: Path | None = None
-    server_name: str | None = None
 
     escalate_on: list[Trigger] = ["down", "error"]
     # "overloaded": escalate when this many requests are already in flight to the local server.
@@ -72,19 +68,14 @@ class CloudSettings(Section):
                 raise ValueError(f"private_routes: {pattern!r} is not a path pattern (start with / or *)")
         return value
 
-    @model_validator(mode="after")
-    def _key_needs_cert(self) -> CloudSettings:
-        if self.client_key is not None and self.client_cert is None:
-            raise ValueError("client_key needs client_cert")
-        return self
-
     @property
     def enabled(self) -> bool:
         return self.url is not None
 
 
-class ProxySettings(Section):
-    """The optional reverse proxy in front of the inference HTTP API."""
+class ProxySettings(ListenLimits):
+    """The optional reverse proxy in front of the inference HTTP API; its listener has the timeouts
+    and connection cap of ``[listen]`` (:class:`~backhaul.listener.ListenLimits`), set here."""
 
     enabled: bool = False
     host: str = "127.0.0.1"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import ssl
 from collections.abc import AsyncIterator, Iterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -17,8 +16,8 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict
 
-from agent.proxy.errors import ProxySetupError, UpstreamError
-from agent.proxy.settings import CloudSettings
+from agent.proxy.errors import UpstreamError
+from backhaul.tls import ClientTls
 
 # RFC 9110 hop-by-hop headers, plus what aiohttp recomputes (length, host) and compression, which the
 # proxy asks the upstreams not to use (it must read token counts), and the proxy's own routing header.
@@ -49,20 +48,6 @@ def header_bytes(headers: Mapping[str, str]) -> int:
     return sum(len(k) + len(v) + 4 for k, v in headers.items())
 
 
-def tls_context(cloud: CloudSettings) -> ssl.SSLContext | None:
-    """A client TLS context when a CA file or client certificate is set (else aiohttp's default)."""
-    if cloud.ca_file is None and cloud.client_cert is None:
-        return None
-    try:
-        context = ssl.create_default_context(cafile=str(cloud.ca_file) if cloud.ca_file else None)
-        if cloud.client_cert is not None:
-            key = str(cloud.client_key) if cloud.client_key is not None else None
-            context.load_cert_chain(str(cloud.client_cert), key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ProxySetupError(f"proxy.cloud TLS files (ca_file, client_cert, client_key): {exc}") from exc
-    return context
-
-
 class Upstream:
     """An HTTP upstream with its own session.
 
@@ -72,8 +57,7 @@ class Upstream:
         timeout: whole-request limit in seconds.
         token: when set, sent as ``Authorization: Bearer`` instead of the client's header.
         model_map: request ``model`` names to replace (JSON bodies only).
-        ssl_context: TLS settings (None: aiohttp's default verification).
-        server_name: the TLS name to verify when it differs from the URL's host.
+        tls: TLS settings, reloaded when their files change (None: the system's CAs, the URL's host).
     """
 
     def __init__(
@@ -83,23 +67,21 @@ class Upstream:
         timeout: float,
         token: str = "",
         model_map: Mapping[str, str] | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-        server_name: str | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self._auth = f"Bearer {token}" if token else None
         self._model_map = dict(model_map or {})
-        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
-        self._server_name = server_name
+        self._tls = tls
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Upstream:
         if self._session is not None:
             raise RuntimeError(f"the {self.name} upstream is open already")
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, ssl=self._ssl),
+            connector=aiohttp.TCPConnector(limit=256),
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             auto_decompress=False,  # bytes pass through as the upstream sent them
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
@@ -141,12 +123,16 @@ class Upstream:
     ) -> aiohttp.ClientResponse:
         """The upstream's response once its headers arrived (the caller reads and releases it)."""
         assert self._session is not None, f"open the {self.name} upstream first"
-        extra: dict[str, Any] = {}
-        if self._server_name is not None:
-            extra["server_hostname"] = self._server_name
+        tls = self._tls  # its context is read per request: renewed certificates apply at once
         try:
             return await self._session.request(
-                method, self.base_url + path_qs, headers=headers, data=body, allow_redirects=False, **extra
+                method,
+                self.base_url + path_qs,
+                headers=headers,
+                data=body,
+                allow_redirects=False,
+                ssl=tls.context if tls is not None else True,
+                server_hostname=tls.server_name if tls is not None else None,
             )
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamError("connect", self.name, f"{self.base_url} unreachable: {exc.strerror or exc}") from exc

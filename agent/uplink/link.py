@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from agent.buffer.records import UsageRow
+from agent.buffer.store import BufferStore
 from agent.uplink.budget import Budget
 from agent.uplink.cap import TokenBucket
 from agent.uplink.settings import LinkSettings
@@ -73,6 +74,12 @@ class Link:
         """Start from what was saved (``rows``) and save through ``save`` from now on."""
         self.budget.load(rows)
         self._save = save
+
+    async def attach(self, store: BufferStore) -> None:
+        """Keep the usage in ``store`` (the buffer): start from what the link spent so far this day
+        and month, so that no restart, crash or power cut hands a spent budget back."""
+        usage = await store.call(store.usage)
+        self.persist(usage, lambda rows: store.call(store.add_usage, rows))
 
     # -- state -------------------------------------------------------------------------------------
 
@@ -164,7 +171,9 @@ class Link:
     # -- for the batch header, /healthz and the fleet page -------------------------------------------
 
     def report(self, blocked: str | None) -> dict[str, int | str]:
-        """The link's state as the batch header carries it (see :class:`~backhaul.wire.batch.BatchHeader`)."""
+        """The link's state as the batch header carries it (see :class:`~backhaul.wire.batch.BatchHeader`),
+        with why bulk uploads are held (``blocked``, else "cap" while throttled)."""
+        blocked = blocked or ("cap" if self.throttling else None)
         now = self._clock()
         closes = self.windows.closes(now)
         reopens = self.windows.next_open(closes if closes is not None else now)

@@ -32,9 +32,10 @@ from backhaul.retry import Backoff, Verdict, retry_after
 from backhaul.wire import WireError
 from backhaul.wire import remote_write as rw
 from backhaul.wire.series import SeriesMap
+from collector.forward.encode import ChunkEncoder
 from collector.forward.metrics import ForwardMetrics
 from collector.forward.settings import ForwardTarget
-from collector.forward.spool import Entry, Payload, RemoteWrite, Spool
+from collector.forward.spool import Chunks, Entry, Payload, RemoteWrite, Spool
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class Forwarder:
         self._clock = clock
         self._backoff = Backoff(target.backoff_min.total_seconds(), target.backoff_max.total_seconds(), rng)
         token = target.bearer_token.get_secret_value() if target.bearer_token is not None else ""
+        # Built (and its files checked) now; reloaded by the collector with its listener's (collector/app.py).
+        self.tls = target.client_tls(f"forward {target.name}")
         self._sender = RemoteWriteSender(
             str(target.url),
             target.timeout.total_seconds(),
@@ -81,7 +84,9 @@ class Forwarder:
             target.headers,
             device_label,
             target.max_samples_per_request,
+            self.tls,
         )
+        self._encoder = ChunkEncoder(device_label, target.max_samples_per_request)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
@@ -189,11 +194,17 @@ class Forwarder:
         return 0.0
 
     def _requests(self, entries: list[Entry]) -> list[Request]:
-        """On a worker thread: the entries as remote-write requests."""
-        return self._sender.requests((e.device, self._series(e)) for e in entries)
+        """On a worker thread: the entries as remote-write requests (agents' chunks written directly,
+        collector/forward/encode.py, unless they hold what only the general path encodes)."""
+        payloads = [(e.device, e.payload()) for e in entries]
+        chunks = [(device, p.frames) for device, p in payloads if isinstance(p, Chunks)]
+        if len(chunks) == len(payloads):
+            direct = self._encoder.encode(chunks, self._limit)
+            if direct is not None:
+                return direct
+        return self._sender.requests((device, self._series(p)) for device, p in payloads)
 
-    def _series(self, entry: Entry) -> SeriesMap:
-        payload = entry.payload()
+    def _series(self, payload: Payload) -> SeriesMap:
         if isinstance(payload, RemoteWrite):
             return rw.decode(payload.body, rw.Limits(max_decompressed_bytes=self._limit)).series
         return chunk_series(payload.frames, self._limit)

@@ -7,11 +7,14 @@ from pathlib import Path
 
 from pydantic import ByteSize, Field, HttpUrl
 
-from backhaul.settings import Secret, Section
+from backhaul.settings import Secret
+from backhaul.tls import ClientTlsSettings
 
 
-class ForwardTarget(Section):
-    """One remote-write endpoint (VictoriaMetrics, Prometheus, Mimir, Thanos Receive) that gets every stored sample."""
+class ForwardTarget(ClientTlsSettings):
+    """One remote-write endpoint (VictoriaMetrics, Prometheus, Mimir, Thanos Receive) that gets every stored
+    sample; for an https URL, TLS as the agent's uplink (``ca_file``, ``client_cert``, ``client_key``,
+    ``server_name``: :class:`~backhaul.tls.ClientTlsSettings`)."""
 
     # Names the target in metrics, logs and the default spool file name.
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")

@@ -18,7 +18,6 @@ checks the same rules before it sends).
 
 from __future__ import annotations
 
-import json
 import operator
 from array import array
 from collections.abc import Iterable
@@ -41,93 +40,17 @@ from backhaul.wire.chunk.header import (
 )
 from backhaul.wire.series import Labels, SeriesMap
 
-# Series the fleet page reads, kept aside at ingest (collector/store/fleet rows), so that the page
-# never decodes chunks and does not depend on raw samples that retention removed.
-MODEL_INFO = "backhaul_model_info"
-ROUTED = "backhaul_proxy_routed_requests_total"
-FLEET_SERIES = frozenset((MODEL_INFO, ROUTED))
-_STR_ONLY = {str}
+# (the table and the fleet page's series names were defined here first: importable from here still)
+from collector.store.tables import FLEET_SERIES as FLEET_SERIES
+from collector.store.tables import MODEL_INFO as MODEL_INFO
+from collector.store.tables import ROUTED as ROUTED
+from collector.store.tables import TableInfo as TableInfo
+
 # Elements per C call in the long loops (see _stamps).
 _SLICE = 65536
 # bytes.translate tables: a kinds column to a 0/1 mask of float (histogram) series.
 _IS_FLOAT = bytes([1] + [0] * 255)
 _IS_HISTOGRAM = bytes(1 if k == HISTOGRAM_KIND else 0 for k in range(256))
-
-
-@dataclass(frozen=True)
-class TableInfo:
-    """A series table, checked once. What ingest needs of it is small (its digest, size, names and
-    the few series the fleet page reads), so :meth:`summary` is what caches keep; the entries are
-    parsed where they are needed (de-duplication of overlapping chunks, the export).
-
-    Args:
-        digest: its name (``chunk.table_digest``).
-        n_series: series in it.
-        names: the metric names in it (the store indexes tables by name).
-        fleet: (index, name, labels) of the series the fleet page reads.
-        unique: no series is listed twice (a table may, if wastefully).
-        data: the table's JSON bytes as the agent sent them (None in a summary).
-        entries: each series' labels, in table order, as the agent sent them: no device label
-            (None in a summary).
-        size: the table's length in bytes.
-        refused: (index, reason) of each series whose labels break the rules it was parsed with.
-    """
-
-    digest: str
-    n_series: int
-    names: frozenset[str]
-    fleet: tuple[tuple[int, str, Labels], ...]
-    unique: bool = True
-    data: bytes | None = None
-    entries: list[Labels] | None = None
-    size: int = 0
-    refused: tuple[tuple[int, str], ...] = ()
-
-    @classmethod
-    def parse(cls, data: bytes, digest: str | None = None, rules: LabelRules | None = None) -> TableInfo:
-        """Check and parse a table (each series against ``rules`` if given); raises :class:`WireError`
-        naming what is wrong."""
-        try:
-            flat = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise WireError(f"chunk: series table is not JSON ({exc})") from exc
-        if not isinstance(flat, list):
-            raise WireError("chunk: series table is not a JSON array")
-        entries: list[Labels] = []
-        names: set[str] = set()
-        fleet: list[tuple[int, str, Labels]] = []
-        for item in flat:
-            if type(item) is not list or not item or len(item) % 2 or set(map(type, item)) != _STR_ONLY:
-                raise WireError("chunk: a series entry is not a non-empty list of label name/value strings")
-            labels = tuple(zip(item[0::2], item[1::2], strict=True))
-            # label names are sorted, so the name is nearly always first
-            name = item[1] if item[0] == "__name__" else next((v for n, v in labels if n == "__name__"), None)
-            if name is not None:
-                names.add(name)
-                if name in FLEET_SERIES:
-                    fleet.append((len(entries), name, labels))
-            entries.append(labels)
-        unique = len(set(entries)) == len(entries)
-        digest = digest or chunkfmt.table_digest(data)
-        refused: list[tuple[int, str]] = []
-        if rules is not None:
-            for i, labels in enumerate(entries):
-                reason = rules.problem(labels)
-                if reason is not None:
-                    refused.append((i, reason))
-        names_kept = frozenset(names)
-        return cls(digest, len(entries), names_kept, tuple(fleet), unique, data, entries, len(data), tuple(refused))
-
-    def summary(self) -> TableInfo:
-        """The same without its data and entries: what a cache keeps."""
-        return TableInfo(
-            self.digest, self.n_series, self.names, self.fleet, self.unique, size=self.size, refused=self.refused
-        )
-
-    @property
-    def weight(self) -> int:
-        """What it costs a cache: one unit per series it holds in memory."""
-        return (len(self.entries) if self.entries is not None else len(self.fleet)) + 1
 
 
 @dataclass
@@ -373,6 +296,28 @@ def read_series(raw: bytes, found: Scan, wanted: Iterable[int]) -> dict[int, tup
                 values = [float(n) for n in scaled] if scale == 1 else [n / scale for n in scaled]
         start = starts[i]
         out[i] = (stamps[start : start + count], values)
+    return out
+
+
+def all_values(raw: bytes, found: Scan) -> list[float]:
+    """Every float sample's value of a stored chunk without native histograms, series after series
+    (aligned with ``found.stamps``)."""
+    ints = unshuffle(raw[found.ints_at : found.ints_at + 8 * found.n_ints], "Q")
+    floats = _xor_floats(unshuffle(raw[found.floats_at : found.floats_at + 8 * found.n_floats], "Q"), found.n_floats)
+    out: list[float] = []
+    at_int = at_float = 0
+    for count, kind in zip(found.counts, found.kinds, strict=True):
+        if kind == FLOAT_KIND:
+            out += floats[at_float : at_float + count]
+            at_float += count
+            continue
+        scale = 10 ** (kind - 1)
+        if count == 1:
+            z = ints[at_int]
+            out.append(((z >> 1) ^ -(z & 1)) / scale)
+        else:
+            out += [n / scale for n in accumulate((z >> 1) ^ -(z & 1) for z in ints[at_int : at_int + count])]
+        at_int += count
     return out
 
 

@@ -62,6 +62,15 @@ def test_the_collector_settles_a_wrong_clock_with_its_offset_and_a_right_one_wit
     assert (right.current.offset_ms, right.current.estimate_ms) == (0, -100)  # within max_skew: right
 
 
+def test_max_skew_is_the_line_between_a_right_clock_and_a_corrected_one():
+    for off_s, applied in ((-29, 0), (29, 0), (31, 31_000), (-31, -31_000)):
+        b = book()
+        b.start("boot-a", 0, NOW - off_s * 1000)
+        # the Date's second and the round trip: the interval's middle is the clock's true offset
+        assert b.measured(1, off_s * 1000 - 500, off_s * 1000 + 500, NOW - off_s * 1000)
+        assert (b.current.state, b.current.offset_ms) == (SETTLED, applied), off_s
+
+
 def test_a_jump_after_a_measured_era_settles_the_new_era_through_the_jump():
     b = book()
     b.start("boot-a", 0, NOW - DAY)

@@ -106,11 +106,19 @@ async def eventually(predicate, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def reply(a: Agentlet, fake: FakeClocks, true_now: float, rtt: float = 0.02) -> None:
-    """One upload and its reply, the collector's Date being ``true_now`` truncated to the second."""
-    sent = a.keeper.sending()
-    fake.advance(rtt)
-    a.keeper.replied(sent, math.floor(true_now + rtt / 2), ok=True)
+def reply(a: Agentlet, fake: FakeClocks, true_now: float, rtt: float = 0.02) -> int:
+    """An upload and its reply, the collector's Date being ``true_now`` truncated to the second; and
+    the probes that follow at once while the keeper narrows a wrong clock's offset (each timed as
+    it asks, the fake clocks moved instead of sleeping). Returns how many replies there were."""
+    offset = true_now - fake.wall
+    for n in range(1, 20):
+        fake.advance(a.keeper.probe_delay())
+        sent = a.keeper.sending()
+        fake.advance(rtt)
+        a.keeper.replied(sent, math.floor(fake.wall - rtt / 2 + offset), ok=True)
+        if not a.keeper.refining:
+            return n
+    raise AssertionError("the keeper kept asking for probes")
 
 
 async def test_a_day_behind_held_until_the_collector_answers_then_corrected(tmp_path: Path):
@@ -254,3 +262,27 @@ async def test_a_held_samples_age_is_known_even_before_its_offset(tmp_path: Path
         assert done.dropped == {"too_old": 10} and not done.held
         done = await a.keeper.split(scrape(fake.wall - 6 * DAY))
         assert done.held and not done.dropped
+
+
+@pytest.mark.parametrize(("rtt", "error_ms"), [(0.002, 20), (0.02, 30), (0.3, 160)])
+async def test_probes_that_straddle_the_collectors_second_narrow_the_offset_to_the_round_trip(
+    tmp_path: Path, rtt: float, error_ms: float
+):
+    true_offset = DAY + 0.3737  # a day behind, and a fraction of a second the Date alone cannot tell
+    fake = FakeClocks(TRUE - true_offset)
+    async with agentlet(tmp_path, fake) as a:
+        replies = reply(a, fake, TRUE, rtt=rtt)
+        era = a.keeper.book.current
+        assert era.state == "settled" and era.source == "collector"
+        assert abs(era.offset_ms - true_offset * 1000) <= error_ms, (era.offset_ms, replies)
+        assert era.low_ms is not None and era.high_ms is not None
+        assert era.low_ms <= true_offset * 1000 <= era.high_ms
+        assert 2 <= replies <= 9
+        assert not a.keeper.needs_probe() and not a.keeper.refining
+
+
+async def test_a_clock_within_max_skew_settles_at_the_first_reply(tmp_path: Path):
+    fake = FakeClocks(TRUE - 2.4)
+    async with agentlet(tmp_path, fake) as a:
+        assert reply(a, fake, TRUE) == 1
+        assert a.keeper.book.current.offset_ms == 0

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import time
+import urllib.parse
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import pytest
+import trustme
 
 from backhaul.wire.series import SeriesMap
 from tests.conftest import Running
 from tests.forward.conftest import Samples, Tsdb
-from tests.support import exported_samples, http, metric_value, push, wait_until
+from tests.support import TlsFront, exported_samples, http, metric_value, push, wait_until
 
 pytestmark = [pytest.mark.integration]
 
@@ -232,3 +236,29 @@ def test_agent_keeps_its_data_when_the_database_url_is_wrong(
     )
     assert metric_value(agent.url, "backhaul_uplink_rejected_samples_total") == 0
     assert metric_value(agent.url, "backhaul_buffer_samples") == 30
+
+
+def test_collector_forwards_over_tls_with_a_private_ca_and_the_servers_name(
+    victoria_metrics: Callable[[], Tsdb],
+    start_collector: Callable[..., Running],
+    start_agent: Callable[..., Running],
+    tmp_path: Path,
+) -> None:
+    """A ``[[forward]]`` target behind TLS (a database behind its load balancer): ``ca_file`` and
+    ``server_name`` as the agent's uplink has them; every sample arrives through the TLS front."""
+    vm = victoria_metrics()
+    ca = trustme.CA()
+    ca_file = tmp_path / "tsdb-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("tsdb.internal.example").configure_cert(context)
+    with TlsFront(vm.port, context) as front:
+        target = forward_to(("vm", vm), ca_file=str(ca_file), server_name="tsdb.internal.example")
+        target[0]["url"] = f"{front.url}{urllib.parse.urlsplit(vm.write_url).path}"
+        collector = start_collector(forward=target)
+        agent = start_agent(collector.url)
+        series = make_series("tls", 20, aligned_now() - 20 * 60_000, 10)
+        assert set(push(agent.url, series)) == {204}
+        assert_holds(vm, "tls", as_stored(series))
+        assert front.connections >= 1
+        assert metric_value(collector.url, "backhaul_collector_forward_sent_samples_total", 'target="vm"') == 200

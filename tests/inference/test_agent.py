@@ -207,3 +207,24 @@ def test_a_crash_looping_server_shows_on_the_agents_metrics_and_health_and_alert
     (alert,) = wait_until(firing, 30, "the crash-loop alert at the collector")
     assert alert["device"] == "dev-1" and alert["severity"] == "critical"
     assert agent.proc.stop() == 0
+
+
+def test_the_proxy_listener_closes_clients_that_never_finish_their_headers(agent_with: Callable[..., Running]) -> None:
+    """The proxy listens under the same guard as the agent's API: a client that sends half a request
+    line and stops is closed after ``proxy.header_timeout``, counted, and others are still served."""
+    proxy_port = free_port()
+    agent = agent_with(
+        proxy={"enabled": True, "port": proxy_port, "upstream": "http://127.0.0.1:9", "header_timeout": 1}
+    )
+    with socket.create_connection(("127.0.0.1", proxy_port), timeout=10) as slow:
+        slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+        started = time.monotonic()
+        while slow.recv(1024):  # until the proxy closes it (an error page may come first)
+            pass
+        waited = time.monotonic() - started
+    assert waited < 8, f"the half-sent request was held {waited:.1f} s"
+    closed = 'reason="header_timeout"'
+    wait_until(lambda: metric_value(agent.url, "backhaul_proxy_http_connections_closed_total", closed) >= 1, 5, "count")
+    # the proxy still answers (the upstream is down: a gateway error, not a hang)
+    status, _, _ = http("GET", f"http://127.0.0.1:{proxy_port}/v1/models", timeout=10)
+    assert status >= 500

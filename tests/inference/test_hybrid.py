@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import threading
 import time
@@ -16,11 +17,12 @@ from typing import Any
 
 import openai
 import pytest
+import trustme
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import Running
 from tests.inference.conftest import ROOT, Demo, demo_command, wait_http
-from tests.support import READ_HEADERS, free_port, http, metric_value, require_program, wait_until
+from tests.support import READ_HEADERS, TlsFront, free_port, http, metric_value, require_program, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +63,7 @@ def hybrid(
         collector_url: str | None = None,
         inference: dict[str, Any] | None = None,
         scrape: dict[str, Any] | None = None,
+        cloud_url: Callable[[Demo], str] | None = None,
         **cloud_settings: Any,
     ) -> Hybrid:
         cloud = demo_server("cloud", "--model", CLOUD_MODEL, "--tokens-per-second", "0", "--api-key", CLOUD_TOKEN,
@@ -84,7 +87,11 @@ def hybrid(
                 "enabled": True,
                 "port": proxy_port,
                 "upstream": local.url,
-                "cloud": {"url": cloud.url, "model_map": {LOCAL_MODEL: CLOUD_MODEL}, **cloud_settings},
+                "cloud": {
+                    "url": cloud_url(cloud) if cloud_url else cloud.url,
+                    "model_map": {LOCAL_MODEL: CLOUD_MODEL},
+                    **cloud_settings,
+                },
             },
         )
         h = Hybrid(agent, f"http://127.0.0.1:{proxy_port}", local, cloud)
@@ -210,6 +217,49 @@ def test_overloaded_with_concurrent_clients_and_too_long_with_a_long_prompt(hybr
     assert ask(client, long_prompt) == ("cloud; reason=too_long", CLOUD_MODEL)
     assert ask(client) == ("local", LOCAL_MODEL)
     assert h.metric("backhaul_proxy_routed_requests_total", 'reason="too_long",route="cloud"') == 1
+
+
+def test_the_cloud_is_reached_over_tls_with_a_private_ca_and_the_name_it_is_known_by(
+    hybrid: Callable[..., Hybrid], tmp_path: Path
+) -> None:
+    """``proxy.cloud`` TLS settings as the uplink's: ``ca_file`` (a private CA) and ``server_name`` (the
+    certificate's name differs from the URL's host); a cloud whose CA is not trusted gets no request."""
+    ca, stranger = trustme.CA(), trustme.CA()
+    ca_file = tmp_path / "cloud-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    contexts = []
+    for issuer in (ca, stranger):
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        issuer.issue_cert("inference.cloud.example").configure_cert(context)
+        contexts.append(context)
+    fronts: list[TlsFront] = []
+
+    def behind_tls(context: ssl.SSLContext) -> Callable[[Demo], str]:
+        def url(cloud: Demo) -> str:
+            front = TlsFront(int(cloud.url.rsplit(":", 1)[1]), context).__enter__()
+            fronts.append(front)
+            return front.url
+
+        return url
+
+    try:
+        tls = {"ca_file": str(ca_file), "server_name": "inference.cloud.example"}
+        limits = {"max_local_prompt_tokens": 1}  # every prompt is "too long": each request escalates
+        trusted = hybrid(cloud_url=behind_tls(contexts[0]), escalate_on=["too_long"], **limits, **tls)
+        assert ask(trusted.client()) == ("cloud; reason=too_long", CLOUD_MODEL)
+        assert [e["model"] for e in trusted.cloud.events("received")] == [CLOUD_MODEL]
+        trusted.agent.proc.stop()
+
+        # The same again (both clouds log to one file) with a certificate from a CA the agent was not given.
+        untrusted = hybrid(cloud_url=behind_tls(contexts[1]), escalate_on=["too_long"], **limits, **tls)
+        with pytest.raises(openai.APIStatusError) as refused:
+            ask(untrusted.client())
+        assert refused.value.status_code >= 500
+        assert len(untrusted.cloud.events("received")) == 1  # the handshake failed: nothing reached it
+        assert fronts[0].connections >= 1 and fronts[1].connections == 0  # handshakes: one side only
+    finally:
+        for front in fronts:
+            front.__exit__()
 
 
 def test_private_requests_while_the_local_server_is_down_get_503_and_the_cloud_receives_nothing(
