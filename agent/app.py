@@ -30,6 +30,7 @@ from agent.alerts.lane import AlertLane
 from agent.alerts.setup import build_lane
 from agent.buffer.staging import Staging
 from agent.buffer.store import BufferStore
+from agent.clock import ingest as clock_ingest
 from agent.clock.clocks import Clocks, read_boot_id
 from agent.clock.keeper import TimeKeeper
 from agent.config import AgentSettings
@@ -48,7 +49,6 @@ from backhaul.errors import StoreError
 from backhaul.lifecycle import Jobs, Lifecycle, TaskGroup, watchdog
 from backhaul.listener import Listener, ListenerMetrics
 from backhaul.tls import ClientTls, watch
-from backhaul.wire.series import SeriesMap, sample_count
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class Agent:
                 self._readings(),
                 self.metrics.alerts,
                 clock,
-                self._own_samples,
+                lambda series: clock_ingest.submit(self.timekeeper, self.staging, series),  # its own samples
                 self.tls,
             )
         observe = self.alerts.engine.observe if self.alerts is not None else None
@@ -183,15 +183,6 @@ class Agent:
             inference_crash_loop=(lambda: supervisor.in_crash_loop) if supervisor is not None else None,
             uplink_budget=link.budget_reading(lambda: uploader is not None and uploader.blocked == "budget"),
         )
-
-    async def _own_samples(self, series: SeriesMap) -> None:
-        """The agent's own samples (the alert lane's long form) into the buffer, sorted by clock era."""
-        if not self.timekeeper.correcting:
-            await self.staging.submit(series, sample_count(series), 0)
-            return
-        done = await self.timekeeper.split(series)
-        await self.staging.submit(done.ready, done.samples, sum(done.dropped.values()), done.held)
-        self.timekeeper.committed(done)
 
     def _crash_loop(self, _event: CrashLoop) -> None:
         # The built-in InferenceCrashLoop check reads the supervisor's state: evaluate at once.

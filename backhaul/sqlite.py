@@ -63,8 +63,9 @@ def translate(exc: sqlite3.Error) -> StoreError:
     return StoreError(f"sqlite: {text}", transient=transient)
 
 
-def connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), WAL, at the given sync level."""
+def connect(path: Path, synchronous: Synchronous, page_size: int | None = None) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, at the given sync level;
+    ``page_size``: for a new file (an existing one keeps its own)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
@@ -77,6 +78,8 @@ def connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
         if pages == 0:
             # A new file only (before WAL mode writes the header; on an existing file the pragma would
             # write a page at every open): lets PRAGMA incremental_vacuum hand pages back to the filesystem.
+            if page_size is not None:
+                conn.execute(f"PRAGMA page_size = {int(page_size)}")
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         conn.execute("PRAGMA journal_mode = WAL")
         # Keep the WAL from growing without bound between checkpoints.
@@ -174,6 +177,7 @@ class Database:
         migrations: the schema, as numbered steps applied in order.
         name: the thread's name (shows in tracebacks and ``py-spy``).
         salvage: what to do with a damaged file (default: :func:`move_aside`).
+        page_size: SQLite's page size for a new file (None: SQLite's default, 4096).
     """
 
     def __init__(
@@ -183,8 +187,10 @@ class Database:
         migrations: Sequence[Migration],
         name: str,
         salvage: Salvage = move_aside,
+        page_size: int | None = None,
     ) -> None:
         self.path = path
+        self.page_size = page_size
         self.synchronous: Synchronous = synchronous
         self.name = name
         self._migrations = migrations
@@ -230,7 +236,7 @@ class Database:
     def _connect_checked(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = None
         try:
-            conn = connect(self.path, self.synchronous)
+            conn = connect(self.path, self.synchronous, self.page_size)
             problem = check(conn)
         except sqlite3.DatabaseError as exc:
             if translate(exc).transient:
@@ -246,7 +252,7 @@ class Database:
         self.moved_aside = self._salvage(self.path, problem)
         if self.moved_aside:
             log.error("damaged %s moved aside: %s", self.path.name, ", ".join(p.name for p in self.moved_aside))
-        return connect(self.path, self.synchronous)
+        return connect(self.path, self.synchronous, self.page_size)
 
     def _drop_connection(self) -> None:
         if self._conn is not None:

@@ -6,6 +6,7 @@ kept and left out of the export."""
 from __future__ import annotations
 
 import math
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -149,3 +150,18 @@ def test_retention_settings_are_checked() -> None:
         StoreSettings(max_bytes="1KiB")
     rules = Rules.of(StoreSettings(retention="P1D", max_bytes="2GiB"))
     assert (rules.retention_ms, rules.max_bytes, rules.dedup_kept_ms) == (86_400_000, 2 * 1024**3, 14 * 86_400_000)
+
+
+async def test_a_new_sqlite_store_has_2_kb_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    """Chunks of small batches fill 2 KB pages (and their overflow pages), not a third of 4 KB ones."""
+    old = tmp_path / "old.db"
+    sqlite3.connect(old).execute("CREATE TABLE t (x)").connection.close()  # 4096, SQLite's default
+    for path, expected in ((tmp_path / "new.db", 2048), (old, 4096)):
+        s = SqliteStore(path, "NORMAL")
+        await s.open()
+        try:
+            await put(s, "edge-1", {(("__name__", "m"),): ([1, 2], [1.0, 2.0])}, 10)
+            assert len((await read(s, "m"))["edge-1"][1]) == 2
+        finally:
+            await s.close()
+        assert sqlite3.connect(path).execute("PRAGMA page_size").fetchone()[0] == expected

@@ -19,7 +19,7 @@ from backhaul.wire import alert as wire
 from backhaul.wire.alert import AlertMessage
 from backhaul.wire.varint import varint
 from tests.conftest import Running
-from tests.support import TOKEN, http, metric_value, push, wait_until
+from tests.support import READ_HEADERS, TOKEN, http, metric_value, push, wait_until
 
 pytestmark = [pytest.mark.integration]
 
@@ -47,7 +47,7 @@ def publish(port: int, payload: bytes, topic: str = "backhaul/alerts/dev-1") -> 
 
 
 def listed(url: str, device: str = "dev-1") -> dict[str, dict[str, Any]]:
-    status, body, _ = http("GET", f"{url}/api/v1/alerts?device={device}")
+    status, body, _ = http("GET", f"{url}/api/v1/alerts?device={device}", headers=READ_HEADERS)
     assert status == 200, body
     return {a["rule"]: a for a in json.loads(body)["alerts"]}
 
@@ -148,7 +148,7 @@ def test_a_message_from_a_future_clock_cannot_freeze_an_alert_firing(start_colle
     alert = listed(collector.url)["DiskLow"]
     assert (alert["state"], alert["seq"]) == ("resolved", 11)
     assert metric_value(collector.url, "backhaul_collector_alert_times_clamped_total", 'reason="future"') == 1
-    _, body, _ = http("GET", f"{collector.url}/api/v1/alerts?state=firing")
+    _, body, _ = http("GET", f"{collector.url}/api/v1/alerts?state=firing", headers=READ_HEADERS)
     assert json.loads(body)["alerts"] == []
 
 
