@@ -12,12 +12,14 @@ test:
 
 # About 25 minutes: ~1k series over a simulated hour, then 10k series (15 min of scrapes for the
 # sizes, an hour's backlog for the drain), each figure next to its references from the same run;
-# then the collector (bench/collector.py: simulated devices against SQLite, two collectors on
-# PostgreSQL, forwarding to VictoriaMetrics; VictoriaMetrics and the row store as references).
+# then a simulated day on metered links (bench/metered.py); then the collector (bench/collector.py:
+# simulated devices against SQLite, two collectors on PostgreSQL, forwarding to VictoriaMetrics;
+# VictoriaMetrics and the row store as references).
 bench: venv
 	vmagent=$$(bench/fetch-vmagent || true); \
 	.venv/bin/python -m bench.foundation --series 1000 --vmagent "$$vmagent" && \
 	.venv/bin/python -m bench.foundation --series 10000 --minutes 15 --drain-minutes 60 --vmagent "$$vmagent" && \
+	.venv/bin/python -m bench.metered && \
 	.venv/bin/python -m bench.collector && \
 	.venv/bin/python -m bench.collector --batch-seconds 60 --skip vm,rows
 

@@ -42,8 +42,9 @@ from agent.metrics import AgentMetrics
 from agent.sources import Sources
 from agent.status import AgentStatus, health
 from agent.supervisor import CrashLoop, Supervisor
-from agent.uplink.remote_write import RemoteWriteTransport
-from agent.uplink.transport import HttpTransport, Transport
+from agent.uplink.build import transport_for
+from agent.uplink.link import Link
+from agent.uplink.transport import Transport
 from agent.uplink.uploader import Uploader
 from backhaul import __version__, systemd
 from backhaul.errors import StoreError
@@ -95,8 +96,10 @@ class Agent:
         u = settings.uplink
         # One TLS holder for everything the agent sends to its uplink (batches, alerts, remote write).
         self.tls = ClientTls(u.ca_file, u.client_cert, u.client_key, u.server_name) if u.tls_configured else None
+        # The one link bulk uploads (and escalated inference requests) go over: its cap, budgets, windows.
+        self.link = Link(settings.uplink, clock=clock)
         if transport is None and settings.uplink.url is not None:
-            transport = self._transport_for(settings, self.tls)
+            transport = transport_for(settings, self.link, self.tls)
         self.transport = transport
         self.jobs = Jobs(self.registry)
         self.timekeeper = TimeKeeper(
@@ -119,6 +122,7 @@ class Agent:
                 transport,
                 self.metrics.uplink,
                 clock,
+                link=self.link,
                 time_keeper=self.timekeeper,
             )
         self.staging = Staging(
@@ -164,7 +168,7 @@ class Agent:
             self.timekeeper,
         )
         local_down = self.supervisor.unavailable if self.supervisor is not None else None
-        self.sources = Sources(settings, self.sink, self.registry, self.jobs, clock, local_down)
+        self.sources = Sources(settings, self.sink, self.registry, self.jobs, clock, local_down, self.link)
         self._lifecycle: Lifecycle | None = None
         self._started = False
         self._stopping = False
@@ -173,19 +177,9 @@ class Agent:
         reload.register(self.config, self)
         self.status = AgentStatus(self, clock)
 
-    @staticmethod
-    def _transport_for(settings: AgentSettings, tls: ClientTls | None) -> Transport:
-        u = settings.uplink
-        token, timeout = u.token.get_secret_value(), u.timeout.total_seconds()
-        if u.protocol == "remote_write":
-            return RemoteWriteTransport(
-                str(u.url), token, timeout, settings.device_id, u.device_label, u.max_samples_per_request, tls, u
-            )
-        return HttpTransport(str(u.url), token, timeout, settings.buffer.zstd_level, tls)
-
     def _readings(self) -> Readings:
         """What the built-in alert checks read, as typed callables into the components."""
-        store, uploader, supervisor = self.store, self.uploader, self.supervisor
+        store, uploader, supervisor, link = self.store, self.uploader, self.supervisor, self.link
         return Readings(
             buffer_bytes=lambda: store.totals.bytes,
             budget_bytes=store.budget_bytes,
@@ -195,6 +189,7 @@ class Agent:
             upload_error=lambda: uploader.last_error if uploader is not None else None,
             clock_skew=self.timekeeper.skew_seconds,
             inference_crash_loop=(lambda: supervisor.in_crash_loop) if supervisor is not None else None,
+            uplink_budget=link.budget_reading(lambda: uploader is not None and uploader.blocked == "budget"),
         )
 
     def _crash_loop(self, _event: CrashLoop) -> None:
@@ -229,6 +224,7 @@ class Agent:
     async def _start(self, life: Lifecycle) -> None:
         s = self.settings
         await life.enter("buffer", self.store)
+        await self.link.attach(self.store)
         await life.enter("clock", self.timekeeper)
         self.metrics.buffer.watch_buffer(lambda: self.store.totals, self.store.budget_bytes, self._clock)
         self.metrics.buffer.watch_disk(self.store.path.parent, self.store.min_free_bytes)
@@ -315,6 +311,7 @@ class Agent:
     async def _maintain(self) -> None:
         await self._expire()
         await self._compact()
+        await self.link.flush()  # e.g. the proxy's escalated bytes
 
     async def _expire(self) -> None:
         # By the best estimate of true time: the buffer's timestamps are corrected ones.

@@ -58,6 +58,14 @@ class AgentSettings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _fresh_window_within_max_age(self) -> AgentSettings:
+        if self.uplink.fresh_window > self.buffer.max_age:
+            if "fresh_window" in self.uplink.model_fields_set:
+                raise ValueError("uplink.fresh_window must not exceed buffer.max_age (older data is never buffered)")
+            self.uplink.fresh_window = self.buffer.max_age  # the default, for a buffer that keeps less
+        return self
+
+    @model_validator(mode="after")
     def _child_stops_within_the_grace(self) -> AgentSettings:
         # The child's grace runs alongside the agent's own shutdown, which SIGKILLs it when time is up.
         if self.inference.command and self.inference.stop_grace > self.shutdown_grace:

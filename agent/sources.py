@@ -20,7 +20,7 @@ from agent.ingest.host import HostSampler
 from agent.ingest.model import ModelInfo
 from agent.ingest.scrape import Scraper, Target
 from agent.ingest.sink import SampleSink
-from agent.proxy import InferenceProxy
+from agent.proxy import InferenceProxy, LinkGate
 from backhaul.lifecycle import Jobs
 
 
@@ -50,7 +50,7 @@ def scrape_targets(settings: AgentSettings) -> list[Target]:
 class Sources:
     """Args: the settings; the sink samples go to; the agent's registry; its jobs; wall clock (s);
     ``local_down``: why the supervised inference server cannot serve now (None: it can), for the
-    proxy's cloud fallback."""
+    proxy's cloud fallback; ``link``: the metered link escalated requests count against."""
 
     def __init__(
         self,
@@ -60,6 +60,7 @@ class Sources:
         jobs: Jobs,
         clock: Callable[[], float] = time.time,
         local_down: Callable[[], str | None] | None = None,
+        link: LinkGate | None = None,
     ) -> None:
         s = settings
         sc = s.scrape
@@ -87,8 +88,7 @@ class Sources:
                 s.host.tegrastats,
                 clock,
             )
-        # The link is unmetered for the proxy until the uplink's budget (issue 13) is its LinkGate.
-        self.proxy = InferenceProxy(s.proxy, registry, local_down=local_down) if s.proxy.enabled else None
+        self.proxy = InferenceProxy(s.proxy, registry, local_down, link) if s.proxy.enabled else None
         self.model: ModelInfo | None = None
         if inf.model_name or inf.model_version or inf.model_path:
             self.model = ModelInfo(registry, inf.model_name, inf.model_version, inf.model_path)

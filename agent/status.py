@@ -20,6 +20,7 @@ from backhaul import __version__
 
 if TYPE_CHECKING:
     from agent.app import Agent
+    from agent.uplink.link import Link
 
 # The upload rate is measured over this long, sampled this often.
 RATE_WINDOW_S = 60.0
@@ -116,7 +117,7 @@ class AgentStatus:
             "upload_rate_bytes_per_s": rate,
             "drain_eta_s": 0.0 if drained else (backlog / rate if rate else None),
             "drain_progress": 1.0 if drained or not self._peak else max(0.0, 1 - backlog / self._peak),
-            "links": links(uploader, now),
+            "links": links(agent.link, uploader.blocked),
         }
 
     def _alerts(self) -> dict[str, Any] | None:
@@ -147,36 +148,13 @@ class AgentStatus:
         return described
 
 
-def links(uploader: Any, now: float) -> list[dict[str, Any]]:
-    """The uplink's links as the status shows them: one per link, the one in use first.
-
-    Read from the link policy where this build has one (``uploader.link``/``uploader.links``,
-    agent/uplink); without it the uplink is one unmetered link, always in use."""
-    found = list(getattr(uploader, "links", None) or [])
-    single = getattr(uploader, "link", None)
-    if not found and single is not None:
-        found = [single]
-    if not found:
-        return [{"name": "uplink", "in_use": True, "why_not": None, "metered": False}]
-    in_use = getattr(uploader, "link_in_use", None) or found[0]
-    blocked = getattr(uploader, "blocked", None) or ""
-    out = []
-    for link in found:
-        report: dict[str, Any] = {}
-        reporter = getattr(link, "report", None)
-        if callable(reporter):
-            report = dict(reporter(blocked if link is in_use else ""))
-        usable = link is in_use and not blocked
-        out.append(
-            {
-                "name": getattr(link, "name", "uplink"),
-                "in_use": link is in_use,
-                "why_not": None if usable else (report.get("blocked") or blocked or "not chosen"),
-                "metered": True,
-                **{k: v for k, v in report.items() if k != "blocked"},
-            }
-        )
-    return out
+def links(link: Link, blocked: str | None) -> list[dict[str, Any]]:
+    """The uplink's links as the status shows them, the one in use first (agent/uplink/link.py: one
+    link today, a list once several links land): its budgets, windows and why it is held."""
+    report: dict[str, Any] = dict(link.report(blocked))
+    why = report.pop("blocked") or None
+    metered = bool(report.get("budget_day") or report.get("budget_month") or report.get("next_window_ms"))
+    return [{"name": link.name, "in_use": True, "why_not": why, "metered": metered, **report}]
 
 
 def health(agent: Agent) -> tuple[bool, dict[str, Any]]:
@@ -199,7 +177,7 @@ def health(agent: Agent) -> tuple[bool, dict[str, Any]]:
     if dead:
         detail["dead"] = dead
     if agent.uploader is not None:
-        detail["uplink"] = {"last_error": agent.uploader.last_error}
+        detail["uplink"] = {"last_error": agent.uploader.last_error, **agent.link.report(agent.uploader.blocked)}
     if agent.supervisor is not None:
         detail["inference"] = agent.supervisor.describe()
     if agent.timekeeper.entered:

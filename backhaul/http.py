@@ -9,13 +9,22 @@ characters of aiohttp's message (which can hold a half-received response), and n
 header, so an ``Authorization`` value cannot reach the log. With a :class:`~backhaul.tls.ClientTls` it
 verifies the server against its CA and presents its client certificate, asking for the newest context
 on every request (a reload applies to the next connection); a TLS failure is ``kind`` ``tls``.
+
+A client may be given the :class:`LinkHooks` of a metered link (the bulk uplink's cap, budgets and
+windows, or the alert lane's own budget). Then every request is first admitted by the link (refused
+with ``PeerError("blocked", reason)`` before a byte goes out), its body is streamed in the link's
+slices, each waiting for the cap's tokens, and every byte of it is counted: the request line and
+headers as aiohttp sends them, the body as it goes, the answer's status line, headers and body. A
+failed attempt is counted as far as it got, since those bytes were paid for too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from types import TracebackType
+from types import SimpleNamespace, TracebackType
+from typing import Protocol
 
 import aiohttp
 from yarl import URL
@@ -25,6 +34,32 @@ from backhaul.tls import ClientTls, tls_problem
 
 # The answer's body is kept for log lines and error details only: its start is enough.
 READ_LIMIT = 4096
+# Bodies are streamed to a metered link in slices of at most this size.
+SLICE = 16 * 1024
+
+
+class LinkHooks(Protocol):
+    """What a metered link asks of each request sent over it (see the module docstring)."""
+
+    async def admit(self, nbytes: int) -> str | None:
+        """Before a request with a body of ``nbytes``: None if it may go now, else why not."""
+        ...
+
+    async def take(self, nbytes: int) -> None:
+        """Wait until ``nbytes`` may go out (a cap); return at once for a link without one."""
+        ...
+
+    def count(self, nbytes: int) -> None:
+        """``nbytes`` went out or came in."""
+        ...
+
+    def done(self) -> None:
+        """The request admitted last is over (answered or failed)."""
+        ...
+
+    def slack(self, nbytes: int) -> float:
+        """Seconds to add to the timeout of a request with ``nbytes`` of body (time a cap adds)."""
+        ...
 
 
 @dataclass
@@ -35,6 +70,8 @@ class Reply:
     headers: dict[str, str]
     text: str
     sent_bytes: int = 0
+    # Bytes on the wire for this request and its answer, headers included (counted on a metered link).
+    wire_bytes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -56,6 +93,7 @@ class HttpClient:
         token: a bearer token sent as ``Authorization`` (never logged), or "" for none.
         headers: more headers sent with every request (the two above win).
         tls: CA, client certificate and server name to use for https URLs (None: the system's CAs).
+        link: the metered link the requests go over (None: not metered, not paced).
     """
 
     def __init__(
@@ -65,6 +103,7 @@ class HttpClient:
         token: str = "",
         headers: Mapping[str, str] | None = None,
         tls: ClientTls | None = None,
+        link: LinkHooks | None = None,
     ) -> None:
         self.timeout = timeout
         self._tls = tls
@@ -72,6 +111,42 @@ class HttpClient:
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._session: aiohttp.ClientSession | None = None
+        self.link = link
+        self._counted = 0  # bytes of the request in progress counted so far
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # Created on first use: a session belongs to the running event loop.
+            traces = []
+            if self.link is not None:
+                trace = aiohttp.TraceConfig()
+                trace.on_request_headers_sent.append(self._headers_sent)
+                traces.append(trace)
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout), trace_configs=traces
+            )
+        return self._session
+
+    def _count(self, nbytes: int) -> None:
+        if self.link is not None:
+            self._counted += nbytes
+            self.link.count(nbytes)
+
+    async def _headers_sent(
+        self, _session: aiohttp.ClientSession, _ctx: SimpleNamespace, params: aiohttp.TraceRequestHeadersSentParams
+    ) -> None:
+        # As aiohttp writes them: "POST /path HTTP/1.1", then "Name: value" lines, then a blank line.
+        line = len(params.method) + len(params.url.raw_path_qs) + 12
+        self._count(line + sum(len(k) + len(v) + 4 for k, v in params.headers.items()) + 2)
+
+    async def _paced(self, body: bytes, link: LinkHooks) -> AsyncIterator[bytes]:
+        for start in range(0, len(body), SLICE):
+            piece = body[start : start + SLICE]
+            await link.take(len(piece))
+            yield piece
+            # Counted once aiohttp wrote it to a live connection (a dead one raises at the yield).
+            self._count(len(piece))
+            await asyncio.sleep(0)  # let a reset from the peer be seen before the next slice
 
     def set_token(self, token: str) -> None:
         """A reload: the next requests carry ``token`` ("" for none)."""
@@ -82,23 +157,54 @@ class HttpClient:
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str] | None = None) -> Reply:
         """POST ``body`` to ``url`` (``headers`` on top of the client's); any answer is a Reply."""
-        if self._session is None:
-            # Created on first use: a session belongs to the running event loop.
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        session = self._open()
         sent = {**self._headers, **headers} if headers else self._headers
+        link = self.link
+        if link is None:
+            return await self._post(session, url, body, sent, self.timeout)
+        reason = await link.admit(len(body))
+        if reason is not None:
+            raise PeerError("blocked", reason)
+        self._counted = 0
+        try:
+            # Headers are paced like the body (aiohttp sends them before the first slice).
+            await link.take(sum(len(k) + len(v) + 4 for k, v in sent.items()) + 200)
+            streamed = {**sent, "Content-Length": str(len(body))}
+            reply = await self._post(
+                session, url, self._paced(body, link), streamed, self.timeout + link.slack(len(body))
+            )
+        finally:
+            link.done()
+        reply.wire_bytes = self._counted
+        return reply
+
+    async def _post(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        data: bytes | AsyncIterator[bytes],
+        headers: Mapping[str, str],
+        seconds: float,
+    ) -> Reply:
+        size = len(data) if isinstance(data, bytes) else int(headers["Content-Length"])
         tls = self._tls
         try:
-            async with self._session.post(
+            async with session.post(
                 url,
-                data=body,
-                headers=sent,
+                data=data,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=seconds),
                 ssl=tls.context if tls is not None else True,
                 server_hostname=tls.server_name if tls is not None else None,
             ) as resp:
-                text = (await resp.content.read(READ_LIMIT)).decode("utf-8", "replace")
-                return Reply(resp.status, dict(resp.headers), text, len(body))
+                read = await resp.content.read(READ_LIMIT)
+                text = read.decode("utf-8", "replace")
+                # The answer: status line, headers and body (its declared length, or what was read).
+                answer = len(resp.reason or "") + 15 + sum(len(k) + len(v) + 4 for k, v in resp.raw_headers) + 2
+                self._count(answer + (resp.content_length if resp.content_length is not None else len(read)))
+                return Reply(resp.status, dict(resp.headers), text, size)
         except TimeoutError as exc:  # aiohttp's own timeouts are TimeoutErrors too
-            raise PeerError("timeout", f"no complete answer within {self.timeout:g} s") from exc
+            raise PeerError("timeout", f"no complete answer within {seconds:g} s") from exc
         except aiohttp.ClientError as exc:
             problem = tls_problem(exc)
             if problem is not None:

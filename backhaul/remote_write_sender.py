@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
 from backhaul.errors import PeerError
-from backhaul.http import HttpClient, Reply
+from backhaul.http import HttpClient, LinkHooks, Reply
 from backhaul.retry import Verdict, verdict
 from backhaul.tls import ClientTls
 from backhaul.wire import remote_write as rw
@@ -139,6 +139,7 @@ class RemoteWriteSender:
         native_histograms: the target takes native histograms (Prometheus with
             ``--enable-feature=native-histograms``, Mimir); otherwise they are left out (the caller
             counts them: :meth:`requests` says how many).
+        link: the metered link the requests go over (the agent's uplink), None for none.
     """
 
     def __init__(
@@ -152,10 +153,13 @@ class RemoteWriteSender:
         max_samples_per_request: int = 2000,
         tls: ClientTls | None = None,
         native_histograms: bool = False,
+        link: LinkHooks | None = None,
     ) -> None:
         self.url = url
         self.native_histograms = native_histograms
-        self.client = HttpClient(timeout, user_agent, token, {**(headers or {}), **PROTOCOL_HEADERS}, tls)
+        self.client = HttpClient(
+            timeout, user_agent, token, {**(headers or {}), **PROTOCOL_HEADERS}, tls=tls, link=link
+        )
         self.device_label = device_label
         self.max_samples = max_samples_per_request
         self._relabelled: dict[tuple[Labels, str], Labels] = {}  # (labels, device) -> labels as sent

@@ -11,11 +11,15 @@ Everything is read from the store, so every collector instance shows the same fl
 listed when it is in the registry or has ever uploaded. ``version_drift`` flags a device whose agent
 version differs from the fleet's most common one. ``alerts_firing`` is filled by the store's
 ``alerts_firing()`` (empty until the collector keeps alerts). ``escalated_share`` and
-``escalation_reason``: see ``collector/escalation.py``.
+``escalation_reason``: see ``collector/escalation.py``. ``uplink`` is the device's link as its
+agent last reported it (docs/uplink.md), with ``blocked`` read for now: "window" once the window
+the last batch went in has closed (until the next one opens), "budget" while the agent's
+``UplinkBudgetSpent`` alert fires, else what the last batch said ("cap": throttled).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -39,6 +43,32 @@ MODEL_VERSION_LABELS = ("version", "model_version")
 
 def _first(labels: dict[str, str], names: tuple[str, ...]) -> str:
     return next((labels[n] for n in names if labels.get(n)), "")
+
+
+def link_state(raw: str, now_ms: int, alerts: list[dict[str, Any]]) -> dict[str, Any]:
+    """A device's reported link (``DeviceState.uplink``), with why uploads are held now."""
+    try:
+        found = json.loads(raw) if raw else {}
+    except ValueError:
+        found = {}
+    if not isinstance(found, dict):
+        found = {}
+    ends, opens = int(found.get("window_ends_ms") or 0), int(found.get("next_window_ms") or 0)
+    blocked = "cap" if found.get("blocked") == "cap" else ""
+    if opens > now_ms and (not ends or ends <= now_ms):
+        blocked = "window"
+    elif any(a.get("rule") == "UplinkBudgetSpent" for a in alerts):
+        blocked = "budget"
+    return {
+        "spent_day": found.get("spent_day"),
+        "budget_day": found.get("budget_day"),
+        "spent_month": found.get("spent_month"),
+        "budget_month": found.get("budget_month"),
+        "window_open_until_ms": ends if ends > now_ms else None,
+        "next_window_ms": opens if opens > now_ms else None,
+        "next_window_in_s": (opens - now_ms) / 1000 if opens > now_ms else None,
+        "blocked": blocked,
+    }
 
 
 def common_version(versions: list[str]) -> str:
@@ -97,6 +127,7 @@ class Fleet:
                     "model_version": _first(model, MODEL_VERSION_LABELS),
                     "model_labels": model,
                     "alerts_firing": alerts.get(name, []),
+                    "uplink": link_state(state.uplink, now_ms, alerts.get(name, [])),
                     # Inference requests its proxy sent to the cloud in the last hour, and mostly why.
                     "escalated_share": routed.share,
                     "escalation_reason": routed.main_reason,

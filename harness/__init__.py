@@ -12,7 +12,8 @@ Modules, one concern each:
   :class:`RecordingSender`).
 - :mod:`harness.collector`: what a collector holds, through its export API.
 - :mod:`harness.agent`: an agent's buffer database read from outside.
-- :mod:`harness.proxy`: proxies between agent and collector (:class:`DelayProxy`), :class:`TlsFront`.
+- :mod:`harness.proxy`: proxies between agent and collector (:class:`DelayProxy`, the byte-counting
+  :class:`CountingProxy`), :class:`TlsFront`.
 - :mod:`harness.prometheus`: a real Prometheus (``start_prometheus``; ``prometheus3``, one that sends 2.0).
 
 The public API is exactly ``__all__`` (checked by tests/unit/test_harness.py).
@@ -23,9 +24,9 @@ from harness.collector import export, exported_samples, reported_losses, same_va
 from harness.config import READ, READ_HEADERS, READ_TOKEN, TOKEN, agent_config, toml_text, write_toml
 from harness.metrics import metric_sum, metric_value, parse_metrics, read_metrics
 from harness.net import free_port, get_json, http, wait_until
-from harness.process import BIN, Proc, ProcError, Process, child_env, require_program
+from harness.process import BIN, Proc, ProcError, Process, child_env, faketime_env, require_program
 from harness.prometheus import prometheus3, start_prometheus
-from harness.proxy import DelayProxy, LoopbackProxy, TlsFront
+from harness.proxy import CountingProxy, DelayProxy, LoopbackProxy, TlsFront
 from harness.remote_write import RW_HEADERS, Attempt, RecordingSender, Sender, push
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "RW_HEADERS",
     "TOKEN",
     "Attempt",
+    "CountingProxy",
     "DelayProxy",
     "LoopbackProxy",
     "Proc",
@@ -52,6 +54,7 @@ __all__ = [
     "copy_database",
     "export",
     "exported_samples",
+    "faketime_env",
     "free_port",
     "get_json",
     "http",

@@ -163,6 +163,23 @@ class Proc(Process):
         self.wait_ready(f"{url}/healthz", timeout, interval, context)
 
 
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def faketime_env(offset: float) -> dict[str, str]:
+    """Environment that runs a process with its wall clock ``offset`` seconds off ours (Debian's
+    libfaketime, as the ``faketime`` program preloads it), its monotonic clock left alone so that
+    asyncio's timers run normally. Put another preload (the power-cut shim) in front of it if needed."""
+    if not LIBFAKETIME.exists():
+        require_program("faketime")  # skips (or fails under CI) with the reason
+    return {
+        "LD_PRELOAD": str(LIBFAKETIME),
+        "FAKETIME": f"{offset:+.3f}s",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "FAKETIME_NO_CACHE": "1",
+    }
+
+
 def require_program(name: str) -> str:
     """Path of a real peer program for a test; skips loudly when it is missing, fails under CI=true."""
     import pytest  # here, not at the top: bench and the demo use this module without pytest

@@ -6,6 +6,9 @@
     UploadsFailing     uploads failing for longer than ``upload_failing_after`` (value: seconds failing)
     ClockSkew          agent clock differs from the collector's by more than ``clock_skew_max`` (value: s)
     InferenceCrashLoop the supervised inference server keeps exiting (value: 1); only with [inference] command
+    UplinkBudgetNearlySpent  the link spent ``budget_nearly_spent`` (80 %) of a budget (value: the share
+                       of the budget spent); only with uplink.daily_bytes or uplink.monthly_bytes
+    UplinkBudgetSpent  bulk uploads are held until the budget renews (value: the share spent)
     AgentCrashed       this start follows a run that did not shut down cleanly (value: starts so far)
     AgentRestarted     this start follows a clean shutdown (value: starts so far)
 
@@ -39,6 +42,9 @@ class Readings:
     clock_skew: Callable[[], float]  # seconds, agent minus collector
     # Whether the supervised inference server is in a crash loop; None when none is supervised.
     inference_crash_loop: Callable[[], bool] | None = None
+    # The largest share of a link budget spent, and whether bulk uploads are held for it; None
+    # without budgets.
+    uplink_budget: Callable[[], tuple[float, bool]] | None = None
 
 
 def _result(name: str, active: bool, value: float, severity: str, summary: str) -> Result:
@@ -99,6 +105,11 @@ class BuiltinChecks:
             out.append(
                 _result("InferenceCrashLoop", looping, float(looping), "critical", "inference server keeps exiting")
             )
+        if r.uplink_budget is not None:
+            used, spent = r.uplink_budget()
+            nearly = used >= s.budget_nearly_spent and not spent
+            out.append(_result("UplinkBudgetNearlySpent", nearly, used, "warning", "link budget nearly spent"))
+            out.append(_result("UplinkBudgetSpent", spent, used, "warning", "bulk uploads wait for the budget"))
         if self._start.restarts:
             held = now - self._started < s.restart_hold.total_seconds()
             starts = float(self._start.restarts + 1)

@@ -23,6 +23,7 @@ from typing import Protocol
 import aiomqtt
 from yarl import URL
 
+from agent.alerts.budget import AlertBudget
 from agent.alerts.settings import CommandChannelSettings, HttpChannelSettings, MqttChannelSettings
 from backhaul import __version__
 from backhaul.errors import PeerError, Refused
@@ -44,20 +45,28 @@ class Channel(Protocol):
 class HttpChannel:
     """POSTs the message to the collector's ``/api/v1/alerts`` with the device's bearer token.
 
-    Args: url, token, timeout (seconds), tls (the uplink's TLS settings, for an https URL).
+    Args: url, token, timeout (seconds), tls (the uplink's TLS settings, for an https URL); the
+    lane's byte budget (None: none).
     """
 
     name = "http"
 
-    def __init__(self, url: str, token: str, timeout: float, tls: ClientTls | None = None) -> None:
+    def __init__(
+        self, url: str, token: str, timeout: float, tls: ClientTls | None = None, budget: AlertBudget | None = None
+    ) -> None:
         self._url = url
-        # Its own client and connection pool: never behind a batch upload's connection.
+        # Its own client and connection pool: never behind a batch upload's connection, never paced.
         headers = {"Content-Type": CONTENT_TYPE}
-        self._client = HttpClient(timeout, f"backhaul-agent/{__version__}", token, headers, tls)
+        self._client = HttpClient(timeout, f"backhaul-agent/{__version__}", token, headers, tls=tls, link=budget)
 
     @classmethod
     def from_settings(
-        cls, s: HttpChannelSettings, uplink_url: str | None, uplink_token: str, tls: ClientTls | None = None
+        cls,
+        s: HttpChannelSettings,
+        uplink_url: str | None,
+        uplink_token: str,
+        tls: ClientTls | None = None,
+        budget: AlertBudget | None = None,
     ) -> HttpChannel:
         if s.url is not None:
             url = str(s.url)
@@ -66,7 +75,7 @@ class HttpChannel:
         else:
             raise ValueError("alerts: an http channel needs a url (or uplink.url)")
         token = s.token.get_secret_value() if s.token is not None else uplink_token
-        return cls(url, token, s.timeout.total_seconds(), tls)
+        return cls(url, token, s.timeout.total_seconds(), tls, budget)
 
     async def send(self, body: bytes) -> None:
         reply = await self._client.post(self._url, body)
@@ -86,12 +95,13 @@ class MqttChannel:
     """Publishes with QoS 1 and returns when the broker's PUBACK arrived.
 
     Keeps one connection open and reconnects on the next message after a failure.
-    Args: settings; device id (fills ``{device}`` in the topic).
+    Args: settings; device id (fills ``{device}`` in the topic); the lane's byte budget (None: none).
     """
 
     name = "mqtt"
 
-    def __init__(self, settings: MqttChannelSettings, device: str) -> None:
+    def __init__(self, settings: MqttChannelSettings, device: str, budget: AlertBudget | None = None) -> None:
+        self._budget = budget
         self._s = settings
         self.topic = settings.topic.replace("{device}", device)
         self._timeout = settings.timeout.total_seconds()
@@ -115,6 +125,13 @@ class MqttChannel:
         return client
 
     async def send(self, body: bytes) -> None:
+        # PUBLISH: fixed header, topic, packet id, payload; PUBACK: 4 bytes.
+        cost = len(body) + len(self.topic.encode()) + 12
+        if self._budget is not None:
+            reason = await self._budget.admit(cost)
+            if reason is not None:
+                raise PeerError("blocked", f"alerts.daily_bytes spent ({reason})")
+            self._budget.count(cost)
         try:
             client = await self._connect()
             await client.publish(self.topic, body, qos=1, timeout=self._timeout)
@@ -135,16 +152,21 @@ class MqttChannel:
 class CommandChannel:
     """Runs a program with the message (stdin and/or ``{base64}`` in an argument); exit 0 acknowledges.
 
-    Args: settings.
+    Args: settings; the lane's byte budget, charged the message's size (None: none).
     """
 
     name = "command"
 
-    def __init__(self, settings: CommandChannelSettings) -> None:
+    def __init__(self, settings: CommandChannelSettings, budget: AlertBudget | None = None) -> None:
+        self._budget = budget
         self._s = settings
         self._timeout = settings.timeout.total_seconds()
 
     async def send(self, body: bytes) -> None:
+        if self._budget is not None:
+            if await self._budget.admit(len(body)) is not None:
+                raise PeerError("blocked", "alerts.daily_bytes spent (budget)")
+            self._budget.count(len(body))
         encoded = base64.b64encode(body).decode()
         argv = [a.replace("{base64}", encoded) for a in self._s.argv]
         try:

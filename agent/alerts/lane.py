@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 
+from agent.alerts.budget import AlertBudget
 from agent.alerts.builtin import BuiltinChecks, Readings
 from agent.alerts.channels import Channel
 from agent.alerts.metrics import AlertMetrics
@@ -59,6 +60,7 @@ class AlertLane:
             ``severity`` and ``alert_fingerprint``, valued as the message.
         key: the MAC key every message is signed with (``backhaul.wire.alert.token_key`` of the
             device's token).
+        budget: the lane's own byte budget (alerts.daily_bytes), charged by the channels; None: none.
     """
 
     def __init__(
@@ -73,7 +75,9 @@ class AlertLane:
         clock: Callable[[], float] = time.time,
         long_form: Callable[[SeriesMap], Awaitable[None]] | None = None,
         key: bytes = b"",
+        budget: AlertBudget | None = None,
     ) -> None:
+        self.budget = budget
         self.settings = settings
         self._long_form = long_form
         self._device = device_id
@@ -97,6 +101,7 @@ class AlertLane:
             settings.backoff_min.total_seconds(),
             settings.backoff_max.total_seconds(),
             key=key,
+            budget=budget,
         )
         self.start: StartInfo | None = None
         self._builtin: BuiltinChecks | None = None
@@ -133,6 +138,8 @@ class AlertLane:
     async def _start(self) -> None:
         self.start = await self.queue.call(self.queue.open)
         self._open = True
+        if self.budget is not None:
+            self.budget.load(*await self.queue.call(self.queue.spent))
         self._builtin = BuiltinChecks(self.settings.builtin, self._readings, self.start, self._clock)
         restored = await self.queue.call(self.queue.firing)
         now_ms = int(self._clock() * 1000)
@@ -174,11 +181,15 @@ class AlertLane:
         return dict(self._tasks.dead)
 
     def health(self) -> dict[str, object]:
-        return {
+        found: dict[str, object] = {
             "queued": self.queue.length,
             "active": sorted({name for name, _ in self.tracker.states()}),
             "last_error": self.sender.last_error,
         }
+        if self.budget is not None:
+            found["spent_today"] = self.budget.spent()
+            found["daily_bytes"] = self.budget.daily
+        return found
 
     def request_evaluation(self) -> None:
         """Something a built-in check reads just changed (e.g. the inference server entered a crash

@@ -124,6 +124,20 @@ class AlertQueue:
         finally:
             self.db.close()
 
+    def spent(self) -> tuple[int, int]:
+        """The day (yyyymmdd) and the bytes alerts spent on it (alerts.daily_bytes)."""
+        return self._meta("budget_day"), self._meta("budget_bytes")
+
+    def add_spent(self, day: int, nbytes: int) -> None:
+        """Add ``nbytes`` spent on ``day``; a later day starts the count again."""
+        with self.db.atomic():
+            held = self._meta("budget_day")
+            if day > held:
+                self._set("budget_day", day)
+                self._set("budget_bytes", nbytes)
+            else:
+                self._set("budget_bytes", self._meta("budget_bytes") + nbytes)
+
     @property
     def dropped(self) -> int:
         return int(self._meta("dropped"))

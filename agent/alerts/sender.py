@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable
 
+from agent.alerts.budget import AlertBudget
 from agent.alerts.channels import Channel
 from agent.alerts.metrics import AlertMetrics
 from agent.alerts.queue import AlertQueue, Entry
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 class AlertSender:
     """Args: the queue; channels in fallback order; metrics; backoff bounds (s); wall clock (s);
     the jitter source (a float in [0, 1), for tests); the MAC key each message is signed with as it
-    leaves (``backhaul.wire.alert.token_key`` of the device's token)."""
+    leaves (``backhaul.wire.alert.token_key`` of the device's token); the lane's byte budget the
+    channels charge (saved after each attempt), None for none."""
 
     def __init__(
         self,
@@ -40,7 +42,9 @@ class AlertSender:
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
         key: bytes = b"",
+        budget: AlertBudget | None = None,
     ) -> None:
+        self._budget = budget
         self._queue = queue
         self._key = key
         self._channels = channels
@@ -80,6 +84,7 @@ class AlertSender:
                     log.error("alert %d: %s", entry.seq, exc)
                     self.last_error = f"queue: {exc}"
                     delivered = False
+                await self._save_spent()
                 if not delivered:
                     delay = self._backoff.next()
                     log.warning("alert %d not delivered (%s); retrying in %.1f s", entry.seq, self.last_error, delay)
@@ -88,6 +93,18 @@ class AlertSender:
                 self._backoff.reset()
             if entries:
                 self._wake.set()  # more may wait, or the failed one is retried
+
+    async def _save_spent(self) -> None:
+        if self._budget is None:
+            return
+        day, spent = self._budget.unsaved()
+        if not spent:
+            return
+        try:
+            await self._queue.call(self._queue.add_spent, day, spent)
+        except StoreError as exc:
+            log.warning("alert queue: could not save the bytes alerts spent: %s", exc)
+            self._budget.unsave(spent)
 
     async def _deliver(self, entry: Entry) -> bool:
         """Offer one message to the channels; True when it may leave the queue."""

@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, HttpUrl, field_validator
+from pydantic import ByteSize, ConfigDict, Field, HttpUrl, field_validator
 
 from backhaul.errors import SelectorError
 from backhaul.selector import Selector
@@ -104,6 +104,8 @@ class BuiltinSettings(Section):
     clock_skew_max: timedelta = timedelta(seconds=30)
     # AgentRestarted / AgentCrashed fire at start and resolve after this long.
     restart_hold: timedelta = timedelta(minutes=10)
+    # UplinkBudgetNearlySpent: this share of a link budget (uplink.daily_bytes, monthly_bytes) spent.
+    budget_nearly_spent: float = Field(0.8, gt=0, lt=1)
 
 
 class AlertSettings(Section):
@@ -122,6 +124,10 @@ class AlertSettings(Section):
     stale_after: timedelta = Field(timedelta(minutes=5), gt=timedelta(0))
     # Per rule, at most this many series are tracked (more are ignored and counted).
     max_series_per_rule: int = Field(1000, ge=1)
+    # Bytes alert messages may put on the link per day (requests and answers, headers included),
+    # counted in the alert queue's file; days are counted in uplink.budget_timezone. The bulk uplink's
+    # windows and budgets never hold alerts back; past this budget they wait for the next day. 0: none.
+    daily_bytes: ByteSize = Field(ByteSize(1_000_000), ge=0)
     # Retry delays while no channel acknowledges.
     backoff_min: timedelta = timedelta(milliseconds=200)
     backoff_max: timedelta = timedelta(seconds=30)

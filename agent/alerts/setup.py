@@ -6,12 +6,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from agent.alerts.budget import AlertBudget
 from agent.alerts.builtin import Readings
 from agent.alerts.channels import Channel, CommandChannel, HttpChannel, MqttChannel
 from agent.alerts.lane import AlertLane
 from agent.alerts.metrics import AlertMetrics
 from agent.alerts.settings import CommandChannelSettings, HttpChannelSettings, MqttChannelSettings
 from agent.config import AgentSettings
+from backhaul.periods import Periods
 from backhaul.tls import ClientTls
 from backhaul.wire import alert as wire
 from backhaul.wire.series import SeriesMap
@@ -19,10 +21,10 @@ from backhaul.wire.series import SeriesMap
 log = logging.getLogger(__name__)
 
 
-def channels(settings: AgentSettings, tls: ClientTls | None = None) -> list[Channel]:
+def channels(settings: AgentSettings, tls: ClientTls | None = None, budget: AlertBudget | None = None) -> list[Channel]:
     """The configured channels in fallback order; by default HTTP to the collector when uplink.url is
     set and names a backhaul collector (an agent that uploads straight to a TSDB has no collector).
-    ``tls``: the uplink's TLS settings, for http channels."""
+    ``tls``: the uplink's TLS settings, for http channels. Each charges ``budget`` (alerts.daily_bytes)."""
     configured = list(settings.alerts.channels)
     to_collector = settings.uplink.url is not None and settings.uplink.protocol == "backhaul"
     if not configured and to_collector:
@@ -31,11 +33,12 @@ def channels(settings: AgentSettings, tls: ClientTls | None = None) -> list[Chan
     out: list[Channel] = []
     for c in configured:
         if isinstance(c, HttpChannelSettings):
-            out.append(HttpChannel.from_settings(c, uplink_url, settings.uplink.token.get_secret_value(), tls))
+            token = settings.uplink.token.get_secret_value()
+            out.append(HttpChannel.from_settings(c, uplink_url, token, tls, budget))
         elif isinstance(c, MqttChannelSettings):
-            out.append(MqttChannel(c, settings.device_id))
+            out.append(MqttChannel(c, settings.device_id, budget))
         elif isinstance(c, CommandChannelSettings):
-            out.append(CommandChannel(c))
+            out.append(CommandChannel(c, budget))
     return out
 
 
@@ -60,7 +63,9 @@ def build_lane(
     """The lane for ``settings``; ``readings`` are what the built-in checks look at; ``tls`` the uplink's."""
     b = settings.buffer
     queue_path = settings.alerts.queue_path or b.path.with_name(b.path.stem + ".alerts.db")
-    chosen = channels(settings, tls)
+    # Days are counted in the uplink's time zone, so "a day" means the same for both budgets.
+    budget = AlertBudget(int(settings.alerts.daily_bytes), Periods(settings.uplink.budget_timezone), clock)
+    chosen = channels(settings, tls, budget)
     if not chosen:
         log.warning("alerts: no channel configured and no uplink.url: alerts are queued but not sent")
     token = mac_token(settings)
@@ -77,4 +82,5 @@ def build_lane(
         clock,
         long_form if settings.alerts.long_form else None,
         wire.token_key(token),
+        budget,
     )

@@ -23,12 +23,24 @@ class Totals:
 
 @dataclass
 class Batch:
-    """Chunks sealed under one sequence number; re-sent unchanged until acknowledged."""
+    """Chunks sealed under one sequence number; re-sent unchanged until acknowledged.
+
+    ``min_ts`` and ``max_ts`` are its oldest and newest samples' timestamps (ms, 0 when empty);
+    ``summary_ms`` is 0 for full data, else the interval of a summary batch (one real sample per
+    series per interval).
+    """
 
     seq: int
     sealed_ms: int
     samples: int
     chunks: list[bytes] = field(default_factory=list)
+    max_ts: int = 0
+    summary_ms: int = 0
+    min_ts: int = 0
+
+
+# Bytes a link spent in one budget period: (link, period "day" or "month", the period's key, bytes).
+UsageRow = tuple[str, str, int, int]
 
 
 @dataclass

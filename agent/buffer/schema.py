@@ -93,3 +93,26 @@ def _v3_clock(db: sqlite_utils.Database) -> None:
 
 
 MIGRATIONS.append(_v3_clock)
+
+
+def _v4(db: sqlite_utils.Database) -> None:
+    # Issue 13, metered links (v3 when written, appended after the clock's v3 at the merge).
+    # Bytes each link spent per budget period (docs/uplink.md), written with the ack of the batch that
+    # spent them, so that no restart, crash or power cut hands a spent budget back. ``key`` names the
+    # period by its start date (yyyymmdd); a later key replaces an earlier one.
+    db.execute(
+        "CREATE TABLE link_usage (link TEXT NOT NULL, period TEXT NOT NULL, key INTEGER NOT NULL,"
+        " bytes INTEGER NOT NULL, PRIMARY KEY (link, period)) WITHOUT ROWID"
+    )
+    # Summary batches (uplink.when_short = "summarise"): a reduced copy of unsent chunks, sealed under
+    # its own sequence number and re-sent unchanged until acknowledged, while the chunks stay unsent.
+    db.execute("ALTER TABLE batches ADD COLUMN summary_ms INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        "CREATE TABLE summaries (seq INTEGER PRIMARY KEY, samples INTEGER NOT NULL, min_ts INTEGER NOT NULL,"
+        " max_ts INTEGER NOT NULL, data BLOB NOT NULL)"
+    )
+    # The sample timestamps (ms) summaries cover so far: [summary_lo_ms, summary_hi_ms).
+    db.table("meta").insert_all({"key": k, "value": 0} for k in ("summary_lo_ms", "summary_hi_ms"))
+
+
+MIGRATIONS.append(_v4)

@@ -13,7 +13,7 @@ configured (``[proxy.cloud]``), escalates requests the local model cannot serve.
 """
 
 from agent.proxy.errors import UpstreamError
-from agent.proxy.link import LinkGate, UnmeteredLink
+from agent.proxy.link import CountedLink, LinkGate, UnmeteredLink
 from agent.proxy.routing import ROUTE_HEADER, ROUTED_HEADER
 from agent.proxy.server import InferenceProxy
 from agent.proxy.settings import CloudSettings, ProxySettings
@@ -22,6 +22,7 @@ __all__ = [
     "ROUTED_HEADER",
     "ROUTE_HEADER",
     "CloudSettings",
+    "CountedLink",
     "InferenceProxy",
     "LinkGate",
     "ProxySettings",

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from agent.proxy.errors import UpstreamError
 from agent.proxy.forward import WHOLE_BODY, failed, not_escalated, relay
-from agent.proxy.link import LinkGate, UnmeteredLink
+from agent.proxy.link import CountedLink, LinkGate
 from agent.proxy.measure import StreamStats
 from agent.proxy.metrics import ProxyMetrics
 from agent.proxy.routing import (
@@ -99,7 +99,7 @@ class InferenceProxy:
         registry: where the ``backhaul_proxy_*`` metrics are registered.
         local_down: why the local server cannot serve now, or None when it can (the supervisor's
             :meth:`~agent.supervisor.Supervisor.unavailable`); None when nothing supervises it.
-        link: the metered link escalated requests travel over (default :class:`UnmeteredLink`).
+        link: the metered link escalated requests travel over (None: unmetered).
     """
 
     def __init__(
@@ -113,8 +113,8 @@ class InferenceProxy:
         self.metrics = ProxyMetrics(registry)
         self._listener_metrics = ListenerMetrics(registry, "backhaul_proxy")
         cloud = settings.cloud
-        if link is None and cloud.enabled:
-            link = UnmeteredLink(registry)
+        if cloud.enabled:
+            link = CountedLink(registry, link)
         self.link = link
         self.router = Router(cloud, local_down, link)
         self.local = Upstream("local", str(settings.upstream), settings.timeout.total_seconds())

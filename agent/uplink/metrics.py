@@ -1,8 +1,14 @@
-"""Batch uploads (``backhaul_uplink_*``)."""
+"""Batch uploads and the link they go over (``backhaul_uplink_*``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from agent.uplink.link import Link
+
+BLOCK_REASONS = ("window", "budget", "cap")
 
 
 class UplinkMetrics:
@@ -36,3 +42,89 @@ class UplinkMetrics:
         self.upload_seconds = Histogram(
             "backhaul_uplink_request_duration_seconds", "Duration of batch upload requests", registry=r
         )
+        self.summary_samples = Counter(
+            "backhaul_uplink_summary_samples",
+            "Samples sent in summary batches (uplink.when_short = summarise), acknowledged",
+            registry=r,
+        )
+        self.wire_bytes = Counter(
+            "backhaul_uplink_wire_bytes",
+            "Bytes bulk uploads put on the link and received from it (headers included, failed attempts too)",
+            registry=r,
+        )
+        self.budget = Gauge(
+            "backhaul_uplink_budget_bytes", "The link's byte budget per period (0: none)", ["period"], registry=r
+        )
+        self.budget_spent = Gauge(
+            "backhaul_uplink_budget_spent_bytes",
+            "Bytes the link spent in the current period (bulk uploads and escalated inference requests)",
+            ["period"],
+            registry=r,
+        )
+        self.budget_renews = Gauge(
+            "backhaul_uplink_budget_renews_timestamp_seconds",
+            "When the current budget period ends",
+            ["period"],
+            registry=r,
+        )
+        self.cap = Gauge(
+            "backhaul_uplink_max_bytes_per_second", "The bulk uploads' bandwidth cap (0: none)", registry=r
+        )
+        self.next_window = Gauge(
+            "backhaul_uplink_next_window_seconds",
+            "Seconds until bulk uploads may go again by the windows (0 while one is open or none is set)",
+            registry=r,
+        )
+        self.allowed = Gauge(
+            "backhaul_uplink_allowed", "1 while bulk uploads may go now (no window closed, budget left)", registry=r
+        )
+        self.blocked = Gauge(
+            "backhaul_uplink_blocked",
+            "1 for the reason bulk uploads are held now: window (closed), budget (spent), cap (throttled)",
+            ["reason"],
+            registry=r,
+        )
+        self.newest_acked_age = Gauge(
+            "backhaul_uplink_newest_acknowledged_sample_age_seconds",
+            "Age of the newest sample the collector acknowledged (freshness at the collector)",
+            registry=r,
+        )
+
+    def watch_link(self, link: Link, blocked: Callable[[], str | None], newest_acked_ms: Callable[[], int]) -> None:
+        """Read the link's gauges at scrape time: its budgets, windows and why uploads are held."""
+        budget = link.budget
+        self.cap.set(int(link.settings.max_bytes_per_second))
+
+        def spent(kind: str) -> Callable[[], float]:
+            return lambda: float(budget.spent(kind, link.now()))
+
+        def renews(kind: str) -> Callable[[], float]:
+            return lambda: budget.periods.period(kind, link.now()).end
+
+        for kind, limit in budget.limits.items():
+            self.budget.labels(kind).set(limit)
+            self.budget_spent.labels(kind).set_function(spent(kind))
+            self.budget_renews.labels(kind).set_function(renews(kind))
+
+        def next_window() -> float:
+            now = link.now()
+            opens = link.windows.next_open(now)
+            return 0.0 if opens is None else max(0.0, opens - now)
+
+        def reason() -> str | None:
+            return blocked() or ("cap" if link.throttling else None)
+
+        self.next_window.set_function(next_window)
+        self.allowed.set_function(lambda: 0.0 if blocked() else 1.0)
+
+        def held_for(name: str) -> Callable[[], float]:
+            return lambda: 1.0 if reason() == name else 0.0
+
+        for name in BLOCK_REASONS:
+            self.blocked.labels(name).set_function(held_for(name))
+
+        def freshness() -> float:
+            newest = newest_acked_ms()
+            return 0.0 if not newest else max(0.0, link.now() - newest / 1000)
+
+        self.newest_acked_age.set_function(freshness)

@@ -23,7 +23,7 @@ from dataclasses import replace
 from agent.uplink.settings import UplinkSettings
 from backhaul import __version__
 from backhaul.errors import PeerError
-from backhaul.http import Reply
+from backhaul.http import LinkHooks, Reply
 from backhaul.remote_write_sender import Outbox, RemoteWriteSender, Request, chunk_contents
 from backhaul.retry import Verdict
 from backhaul.tls import ClientTls
@@ -48,6 +48,7 @@ class RemoteWriteTransport:
         tls: the uplink's TLS settings for an https URL (None: the system's CAs).
         settings: the ``[uplink]`` settings, for ``native_histograms`` (the database takes them;
             otherwise they are left out, and each batch that had some says how many in the log).
+        link: the metered link the requests go over, None for none.
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class RemoteWriteTransport:
         max_samples_per_request: int = 2000,
         tls: ClientTls | None = None,
         settings: UplinkSettings | None = None,
+        link: LinkHooks | None = None,
     ) -> None:
         self._sender = RemoteWriteSender(
             url,
@@ -70,6 +72,7 @@ class RemoteWriteTransport:
             max_samples_per_request=max_samples_per_request,
             tls=tls,
             native_histograms=settings.native_histograms if settings is not None else False,
+            link=link,
         )
         self._device_id = device_id
         # The batch being sent (by (buffer_id, seq)), its requests and how many were acknowledged:

@@ -1,17 +1,64 @@
-"""The ``[uplink]`` settings: where batches go and how (see examples/agent.toml)."""
+"""The ``[uplink]`` settings: where batches go and how (see examples/agent.toml and docs/uplink.md).
+
+:class:`LinkSettings` is one link's policy — its cap, budgets, windows and what to send when — and
+``[uplink]`` is that one link plus where it leads. A device with several links (issue 14) gets a list
+of them; the names below stay.
+"""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import ByteSize, Field, HttpUrl, SecretStr, model_validator
+from pydantic import ByteSize, Field, HttpUrl, SecretStr, field_validator, model_validator
 
+from agent.uplink.windows import parse
+from backhaul.periods import zone
 from backhaul.settings import ReadableFile, Secret, Section
 
 
-class UplinkSettings(Section):
-    """Where and how batches go."""
+class LinkSettings(Section):
+    """What one link costs and allows: cap, budgets, windows, drain order, summaries."""
+
+    # Bytes per second that bulk uploads may put on the wire (bodies and headers); 0 = no cap.
+    # Alerts are never slowed by it.
+    max_bytes_per_second: ByteSize = Field(ByteSize(0), ge=0)
+    # Bytes per day / per monthly period that bulk uploads may spend (requests and answers, headers
+    # included, failed attempts too); 0 = no budget.
+    daily_bytes: ByteSize = Field(ByteSize(0), ge=0)
+    monthly_bytes: ByteSize = Field(ByteSize(0), ge=0)
+    # The time zone the days, months and windows are counted in, and the day the monthly period restarts.
+    budget_timezone: str = "UTC"
+    budget_reset_day: int = Field(1, ge=1, le=31)
+    # Cron expressions (APScheduler CronTrigger syntax, in budget_timezone): bulk uploads only during
+    # a minute one of them matches, e.g. ["* 1-4 * * *"] for 01:00-04:59. Empty: always.
+    windows: list[str] = []
+    # fresh_first: after any gap the newest `fresh_window` goes first, then live data ahead of the
+    # backlog, which fills in newest to oldest. oldest_first: strictly in the order it was buffered.
+    drain_order: Literal["fresh_first", "oldest_first"] = "fresh_first"
+    fresh_window: timedelta = Field(timedelta(minutes=5), gt=timedelta(0))
+    # hold: when the budget cannot carry all the data before it renews, send what it can (newest
+    # first) and hold the rest. summarise: send each series' real sample at the end of every
+    # summary_interval first; the full data follows with what the budget leaves.
+    when_short: Literal["hold", "summarise"] = "hold"
+    summary_interval: timedelta = Field(timedelta(seconds=60), ge=timedelta(seconds=1))
+
+    @field_validator("budget_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        zone(value)
+        return value
+
+    @field_validator("windows")
+    @classmethod
+    def _cron(cls, value: list[str]) -> list[str]:
+        for expression in value:
+            parse(expression)
+        return value
+
+
+class UplinkSettings(LinkSettings):
+    """Where and how batches go, over the one link described by :class:`LinkSettings`."""
 
     url: HttpUrl | None = None
     token: Secret = SecretStr("")

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from agent.uplink.tables import TableRefs
 from backhaul import __version__
-from backhaul.http import HttpClient, Reply
+from backhaul.http import HttpClient, LinkHooks, Reply
 from backhaul.tls import ClientTls
 from backhaul.wire import batch as batchfmt
 from backhaul.wire.batch import CONTENT_TYPE, TABLES_HEADER, BatchHeader
@@ -34,8 +34,9 @@ def _unknown_tables(text: str) -> list[str] | None:
 
 class Transport(Protocol):
     async def send(self, header: BatchHeader, frames: list[bytes]) -> Reply:
-        """Send one batch; a Reply for any answer, :class:`~backhaul.errors.PeerError` for none.
-        ``Reply.sent_bytes`` is what went out for the batch."""
+        """Send one batch; a Reply for any answer, :class:`~backhaul.errors.PeerError` for none
+        (``kind`` "blocked" when the link did not admit it). ``Reply.sent_bytes`` is the body bytes
+        that went out for the batch."""
         ...
 
     async def close(self) -> None: ...
@@ -50,12 +51,21 @@ class HttpTransport:
         timeout: seconds for the whole request, connect to last byte of the reply.
         zstd_level: for chunks re-compressed without their series table.
         tls: the uplink's TLS settings for an https URL (None: the system's CAs).
+        link: the metered link batches go over (its cap, budgets, windows), None for none.
     """
 
-    def __init__(self, url: str, token: str, timeout: float, zstd_level: int = 3, tls: ClientTls | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        timeout: float,
+        zstd_level: int = 3,
+        tls: ClientTls | None = None,
+        link: LinkHooks | None = None,
+    ) -> None:
         self._url = url
         headers = {"Content-Type": CONTENT_TYPE}
-        self._client = HttpClient(timeout, f"backhaul-agent/{__version__}", token, headers, tls)
+        self._client = HttpClient(timeout, f"backhaul-agent/{__version__}", token, headers, tls=tls, link=link)
         self._zstd_level = zstd_level
         self.tables = TableRefs(zstd_level)
 

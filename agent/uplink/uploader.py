@@ -12,6 +12,10 @@ Rules (DESIGN.md, delivery contract 4):
 - Any other 4xx: the collector says the batch is malformed. A batch of several chunks is unsealed and
   retried in smaller batches to isolate the bad chunk; a single bad chunk is dropped and counted
   (``backhaul_uplink_rejected_samples_total``), so one bad chunk cannot block the queue forever.
+
+What to send when — windows, budgets, the cap, fresh data first, summaries — is the link's drain
+policy (:mod:`agent.uplink.policy`); the uploader does what it says. A request the link does not
+admit (a window closed, the budget spent meanwhile) is not a failure: it waits without backoff.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from collections.abc import Callable
 
 from agent.buffer.store import LOSS_KEYS, Batch, BufferStore
 from agent.clock.keeper import Sent, TimeKeeper
+from agent.uplink.link import Link
 from agent.uplink.metrics import UplinkMetrics
+from agent.uplink.policy import RATE_WINDOW_MS, Backlog, DrainPolicy, Step
 from agent.uplink.settings import UplinkSettings
 from agent.uplink.transport import Transport
 from backhaul import __version__
@@ -36,6 +42,9 @@ from backhaul.wire.batch import BatchHeader
 
 log = logging.getLogger(__name__)
 
+# A block (window, budget) is looked at again at least this often: the clock may step.
+BLOCKED_RECHECK = 60.0
+
 
 class Uploader:
     """Drains the buffer to the collector.
@@ -44,9 +53,10 @@ class Uploader:
         settings: the ``[uplink]`` settings.
         device_id: this device's id, sent in every batch.
         store: the buffer.
-        transport: how batches reach the collector.
+        transport: how batches reach the collector (over ``link``).
         metrics: upload counters.
         clock: wall clock in seconds; rng: jitter source (both replaceable in tests).
+        link: the link's cap, budgets and windows (default: built from ``settings``, unpersisted).
         time_keeper: judges the agent's clock by the replies' ``Date`` (None: only the skew gauge).
     """
 
@@ -59,6 +69,7 @@ class Uploader:
         metrics: UplinkMetrics,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        link: Link | None = None,
         time_keeper: TimeKeeper | None = None,
     ) -> None:
         self._settings = settings
@@ -67,6 +78,8 @@ class Uploader:
         self._transport = transport
         self._metrics = metrics
         self._clock = clock
+        self.link = link if link is not None else Link(settings, clock=clock)
+        self.policy = DrainPolicy(settings, self.link)
         self._time = time_keeper
         self._interval = settings.batch_interval.total_seconds()
         self._max_bytes = int(settings.batch_max_bytes)
@@ -78,6 +91,11 @@ class Uploader:
         self.last_error: str | None = None
         # Agent clock minus the collector's Date header at the last reply (seconds).
         self.clock_skew = 0.0
+        # Why bulk uploads are held now ("window", "budget"), None while they may go.
+        self.blocked: str | None = None
+        self._reported_block = ""  # the last block, told to the collector with the next batch
+        self.newest_acked_ms = 0  # the newest sample timestamp the collector acknowledged
+        metrics.watch_link(self.link, lambda: self.blocked, lambda: self.newest_acked_ms)
 
     def reconfigure(self, settings: UplinkSettings) -> None:
         """A reload: the batch interval and the backoff bounds from now on (the URL, the protocol and
@@ -95,8 +113,8 @@ class Uploader:
     async def run(self) -> None:
         while True:
             try:
-                batch = await self._next_batch()
-                delay = await self._deliver(batch)
+                await self._gathered()
+                delay = await self._once()
             except StoreError as exc:  # e.g. a full disk while sealing: the data is still there
                 delay = self._retry_later(f"buffer: {exc}")
             except Exception:  # a bug must not stop uploads for good: log it loudly and carry on
@@ -113,29 +131,73 @@ class Uploader:
         self._data.set()  # look at the buffer again after the delay
         return delay
 
-    async def _next_batch(self) -> Batch:
-        while True:
-            await self._data.wait()
-            # (While the clock keeper narrows a wrong clock's offset, its probes go at once.)
-            if not self._backlog and not (self._time is not None and self._time.refining):
-                # Let a batch window's worth of data gather before sending.
-                wait = self._last_sent + self._interval - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-            self._data.clear()
-            report_losses = await self._store.call(self._store.unsent_loss) > 0
-            # While the clock's era waits for its offset, its samples are held: a batch with nothing
-            # in it still brings back a Date that settles the era.
-            report_losses = report_losses or (self._time is not None and self._time.needs_probe())
-            batch = await self._store.call(self._store.claim, self._max_bytes, int(self._clock() * 1000), report_losses)
+    async def _gathered(self) -> None:
+        """Until there is something to look at; without a backlog, a batch window's worth of data."""
+        await self._data.wait()
+        # (While the clock keeper narrows a wrong clock's offset, its probes go at once.)
+        if not self._backlog and not (self._time is not None and self._time.refining):
+            wait = self._last_sent + self._interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        self._data.clear()
+
+    def _hold(self, reason: str | None, seconds: float) -> float:
+        if reason is not None and reason != self.blocked:
+            log.info("uplink: bulk uploads held (%s) for %.0f s", reason, seconds)
+        self.blocked = reason
+        if reason:
+            self._reported_block = reason
+        self.policy.interrupted()
+        self._data.set()  # look again after the pause
+        return min(max(seconds, 0.05), BLOCKED_RECHECK)
+
+    async def _once(self) -> float:
+        """One step of the policy: returns how long to wait before the next."""
+        store = self._store
+        now = self._clock()
+        unclaimed_bytes, unclaimed_samples, _ = await store.call(store.unclaimed)
+        sealed = await store.call(store.sealed_bytes)
+        recent, series = await store.call(store.recent, int(now * 1000) - RATE_WINDOW_MS)
+        step = self.policy.next(now, Backlog(sealed, unclaimed_bytes, unclaimed_samples, recent, series))
+        if step.kind == "wait":
+            return self._hold(step.reason, step.seconds)
+        if self.blocked is not None:
+            log.info("uplink: bulk uploads may go again (was: %s)", self.blocked)
+        self.blocked = None
+        batch = await self._next_batch(step)
+        if batch is None:
+            self._backlog = False
+            if step.summary and not step.full:  # only summaries fit: the next one at the next interval
+                interval = self._settings.summary_interval.total_seconds()
+                return self._hold("budget", interval - self._clock() % interval + 1)
+            if step.strict and unclaimed_bytes:  # data waits, but no part of it fits what the budget has left
+                return self._hold("budget", self.link.lifts_in("budget"))
+            return 0.0
+        return await self._deliver(batch)
+
+    async def _next_batch(self, step: Step) -> Batch | None:
+        store, now_ms = self._store, int(self._clock() * 1000)
+        if step.summary:
+            interval_ms = int(self._settings.summary_interval.total_seconds() * 1000)
+            batch = await store.call(store.summarise, interval_ms, now_ms)
             if batch is not None:
                 return batch
-            self._backlog = False
+        if not step.full:
+            return None
+        report_losses = await store.call(store.unsent_loss) > 0
+        # While the clock's era waits for its offset, its samples are held: a batch with nothing
+        # in it still brings back a Date that settles the era.
+        report_losses = report_losses or (self._time is not None and self._time.needs_probe())
+        limit = min(step.max_bytes, self._max_bytes)
+        batch = await store.call(
+            store.claim, limit, now_ms, report_losses, step.newest_first, step.since_ms, step.strict
+        )
+        if batch is None and step.since_ms is not None:  # nothing that fresh: the newest there is
+            batch = await store.call(store.claim, limit, now_ms, report_losses, step.newest_first, None, step.strict)
+        return batch
 
-    async def _deliver(self, batch: Batch) -> float:
-        """Send ``batch`` once; returns how long to wait before the next attempt."""
-        counters = await self._store.call(self._store.counters)
-        header = BatchHeader(
+    def _header(self, batch: Batch, counters: dict[str, int]) -> BatchHeader:
+        return BatchHeader(
             device=self._device_id,
             buffer_id=self._store.buffer_id,
             seq=batch.seq,
@@ -149,39 +211,75 @@ class Uploader:
             # What is still waiting (this batch included), for the collector's fleet page.
             backlog_bytes=self._store.totals.bytes,
             backlog_oldest_ms=self._store.totals.oldest_ts or 0,
+            summary_ms=batch.summary_ms,
+            uplink=self.link.report(self._reported_block),
             corrected_samples=counters.get("corrected_samples", 0),
         )
+
+    async def _deliver(self, batch: Batch) -> float:
+        """Send ``batch`` once; returns how long to wait before the next attempt."""
+        counters = await self._store.call(self._store.counters)
+        header = self._header(batch, counters)
         reported_loss = sum(counters[k] for k in LOSS_KEYS)
         if self._time is not None:
             await self._time.straddle()  # a probe times its departure to the collector's second
         self._last_sent = time.monotonic()
         started = time.perf_counter()
+        wire_before = self.link.wire_bytes
         sent = self._time.sending() if self._time is not None else None
         try:
             reply = await self._transport.send(header, batch.chunks)
         except PeerError as exc:
+            if exc.kind == "blocked":  # the link refused it before a byte went: not a failure
+                return self._hold(exc.detail, self.link.lifts_in(exc.detail))
+            await self.link.flush()
             return self._failed(exc.kind, str(exc), None)
         finally:
             self._metrics.upload_seconds.observe(time.perf_counter() - started)
+            self._metrics.wire_bytes.inc(self.link.wire_bytes - wire_before)
+        self._reported_block = ""
         self._note_clock(reply, sent)
         if reply.ok:
-            await self._store.call(self._store.ack, batch.seq, reported_loss)
-            self._metrics.batches.labels("ok").inc()
-            self._metrics.uploaded_samples.inc(batch.samples)
-            self._metrics.uploaded_bytes.inc(reply.sent_bytes)
-            self._metrics.last_success.set(self._clock())
-            self._backoff.reset()
-            self.last_error = None
-            # Half a batch or more waiting, or data older than a batch window (left by an outage),
-            # is a backlog: send the next batch at once.
-            oldest = await self._store.call(self._store.oldest_unclaimed_ms)
-            self._backlog = self._store.totals.bytes >= self._max_bytes // 2 or (
-                oldest is not None and self._clock() * 1000 - oldest >= self._interval * 1000
-            )
-            self._max_bytes = int(self._settings.batch_max_bytes)
-            self._data.set()
+            await self._acknowledged(batch, reply, reported_loss, self.link.wire_bytes - wire_before)
             return 0.0
+        await self.link.flush()
         return await self._refused(batch, reply)
+
+    async def _acknowledged(self, batch: Batch, reply: Reply, reported_loss: int, wire: int) -> None:
+        usage = self.link.budget.unsaved()
+        try:
+            await self._store.call(self._store.ack, batch.seq, reported_loss, usage)
+        except StoreError:
+            self.link.budget.unsave(usage)
+            raise
+        log.debug(
+            "batch %d acknowledged: %d samples%s in %d chunks, %d body bytes, %d on the wire",
+            batch.seq,
+            batch.samples,
+            " (summary)" if batch.summary_ms else "",
+            len(batch.chunks),
+            reply.sent_bytes,
+            wire,
+        )
+        m = self._metrics
+        m.batches.labels("ok").inc()
+        m.uploaded_samples.inc(batch.samples)
+        m.uploaded_bytes.inc(reply.sent_bytes)
+        m.last_success.set(self._clock())
+        if batch.summary_ms:
+            m.summary_samples.inc(batch.samples)
+        self.newest_acked_ms = max(self.newest_acked_ms, batch.max_ts)
+        self.policy.sent(batch.samples, wire, bool(batch.summary_ms), (batch.min_ts, batch.max_ts))
+        self._backoff.reset()
+        self.last_error = None
+        # Half a batch or more waiting, or data older than a batch window (left by an outage),
+        # is a backlog: send the next batch at once.
+        oldest = await self._store.call(self._store.oldest_unclaimed_ms)
+        self._backlog = self._store.totals.bytes >= self._max_bytes // 2 or (
+            oldest is not None and self._clock() * 1000 - oldest >= self._interval * 1000
+        )
+        self._max_bytes = int(self._settings.batch_max_bytes)
+        self._data.set()
 
     async def _refused(self, batch: Batch, reply: Reply) -> float:
         status = reply.status
@@ -224,6 +322,7 @@ class Uploader:
         self.last_error = detail
         log.warning("upload failed (%s); next attempt in %.1f s", detail, delay)
         self._backlog = True
+        self.policy.interrupted()
         self._data.set()  # the sealed batch is still there: retry it after the delay
         return delay
 

@@ -51,6 +51,13 @@ class BatchHeader:
             batch included); optional, 0 from agents that predate it.
         backlog_oldest_ms: wall-clock timestamp (ms) of the oldest sample still in the agent's buffer,
             0 when empty or unknown (older agents).
+        summary_ms: 0 for full data; else the batch is a summary (``uplink.when_short = "summarise"``):
+            for each series, the real sample at the end of every interval of this many ms. Its samples
+            arrive again with the full data later; the collector keeps each sample once.
+        uplink: the agent's link at sending, for the fleet page (empty from older agents; see
+            ``UPLINK_FIELDS``): bytes spent this day and month and the budgets (0: none), why bulk
+            uploads were held just before this batch ("" none, "window", "budget", "cap"), when the
+            window it was sent in ends and when the next one opens (wall-clock ms, 0: no windows).
         corrected_samples: samples whose timestamps the agent corrected because its clock was wrong
             when it stamped them (docs/clock.md), ever (cumulative per buffer); 0 from older agents.
     """
@@ -72,6 +79,8 @@ class BatchHeader:
     # collector already keeps (the chunk was sent without it). Empty: every chunk carries its table,
     # and the collector does not keep them. Only sent to a collector that announced TABLES_HEADER.
     table_refs: list[str] = field(default_factory=list)
+    summary_ms: int = 0
+    uplink: dict[str, int | str] = field(default_factory=dict)
     corrected_samples: int = 0
 
 
@@ -83,6 +92,10 @@ MAX_INT = 2**63
 _TABLE_REF = re.compile(r"^[0-9a-f]{32}$")
 # Reply header of a collector that keeps series tables, so chunks may be sent by table reference.
 TABLES_HEADER = "X-Backhaul-Series-Tables"
+# The integer fields of ``BatchHeader.uplink``; its one text field is "blocked", one of BLOCK_REASONS.
+UPLINK_FIELDS = ("spent_day", "budget_day", "spent_month", "budget_month", "window_ends_ms", "next_window_ms")
+BLOCK_REASONS = ("", "window", "budget", "cap")
+_REASON = re.compile(r"^[a-z_]{0,32}$")
 
 
 def encode(header: BatchHeader, chunks: list[bytes]) -> bytes:
@@ -135,6 +148,7 @@ def _check_header(h: BatchHeader) -> None:
         *LOSS_FIELDS,
         "backlog_bytes",
         "backlog_oldest_ms",
+        "summary_ms",
         "corrected_samples",
     ):
         value = getattr(h, name)
@@ -151,3 +165,17 @@ def _check_header(h: BatchHeader) -> None:
         raise WireError("batch: header field 'table_refs' must be empty or name one table (or \"\") per chunk")
     if not all(isinstance(r, str) and (r == "" or _TABLE_REF.match(r)) for r in refs):
         raise WireError("batch: header field 'table_refs' holds something that is not a table digest")
+    _check_uplink(h.uplink)
+
+
+def _check_uplink(uplink: object) -> None:
+    # Fields and reasons this build does not know come from a newer agent: allowed if they look sane
+    # (the collector keeps only the fields it knows), as for the header's own fields.
+    if not isinstance(uplink, dict) or len(uplink) > 32:
+        raise WireError("batch: header field 'uplink' must be an object of at most 32 fields")
+    for name, value in uplink.items():
+        if name == "blocked":
+            if not isinstance(value, str) or not _REASON.match(value):
+                raise WireError("batch: header field 'uplink.blocked' must be a short reason such as 'window'")
+        elif not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_INT:
+            raise WireError(f"batch: header field 'uplink.{str(name)[:40]}' must be an integer from 0 to 2**63-1")

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 
 from backhaul.wire.alert import AlertMessage
+from backhaul.wire.batch import UPLINK_FIELDS, BatchHeader
 from backhaul.wire.series import Labels
 
 # The causes of loss an agent reports in every batch header (cumulative per buffer), as stored per
@@ -39,6 +40,8 @@ class DeviceState:
         agent_version: the version its agent last reported.
         backlog_bytes: what the agent last reported still waiting in its buffer.
         backlog_oldest_ms: wall-clock ms of its oldest buffered sample (0: none or unknown).
+        uplink: the agent's link as its last batch reported it (JSON of the header's ``uplink``
+            object: budgets and bytes spent, why uploads were held, its windows), "" if never.
         corrected_samples: samples its agent corrected the timestamps of (its clock was wrong), summed
             over its buffers.
     """
@@ -56,6 +59,7 @@ class DeviceState:
     duplicate_batches: int = 0
     backlog_bytes: int = 0
     backlog_oldest_ms: int = 0
+    uplink: str = ""
     corrected_samples: int = 0
 
     def losses(self) -> dict[str, int]:
@@ -131,6 +135,12 @@ class StoredAlert:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+def uplink_report(header: BatchHeader) -> str:
+    """The fields of a batch header's ``uplink`` object this build knows, as stored (JSON)."""
+    known = {k: v for k, v in header.uplink.items() if k in UPLINK_FIELDS or k == "blocked"}
+    return json.dumps(known, separators=(",", ":"), sort_keys=True) if known else ""
 
 
 def columns(record: type[DeviceState | Registration | StoredAlert]) -> str:

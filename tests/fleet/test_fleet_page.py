@@ -77,7 +77,10 @@ async def fleet(tmp_path: Path) -> AsyncIterator[tuple[str, Clock]]:
             backlog_bytes=5 * MIB,
             backlog_oldest_ms=now_ms - 7_200_000,
             evicted_samples=1234,
-        )
+            # a depot Wi-Fi window that closed an hour ago and opens again in two
+            uplink={"spent_day": 3 * MIB, "budget_day": 0, "window_ends_ms": now_ms - 3_600_000,
+                    "next_window_ms": now_ms + 7_200_000, "blocked": ""},
+        )  # fmt: skip
         clock.now = start
         model = ("__name__", "backhaul_model_info")
         await upload(
@@ -87,7 +90,10 @@ async def fleet(tmp_path: Path) -> AsyncIterator[tuple[str, Clock]]:
             agent_version="1.0.0",
             backlog_bytes=2048,
             backlog_oldest_ms=now_ms - 30_000,
-        )
+            # an LTE plan: 85 % of the day's budget spent, throttled by the cap
+            uplink={"spent_day": int(8.5 * MIB), "budget_day": 10 * MIB, "spent_month": 80 * MIB,
+                    "budget_month": 500 * MIB, "blocked": "cap"},
+        )  # fmt: skip
         await upload(
             "edge-b",
             1,
@@ -129,6 +135,18 @@ async def test_fleet_api_reports_each_device(fleet: tuple[str, Clock]) -> None:
     assert old["model_name"] == "" and old["alerts_firing"] == []
     assert devices["edge-gone"]["revoked"]
     assert devices["edge-new"]["last_seen_ms"] is None and not devices["edge-new"]["online"]
+
+
+async def test_fleet_api_reports_each_devices_link(fleet: tuple[str, Clock]) -> None:
+    url, _ = fleet
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/api/v1/fleet", headers=READ_HEADERS) as resp:
+        devices = {d["device"]: d for d in (await resp.json())["devices"]}
+    a, old, b = devices["edge-a"]["uplink"], devices["edge-old"]["uplink"], devices["edge-b"]["uplink"]
+    assert (a["spent_day"], a["budget_day"], a["budget_month"]) == (int(8.5 * MIB), 10 * MIB, 500 * MIB)
+    assert a["blocked"] == "cap" and a["next_window_ms"] is None
+    # the window its last batch went in has closed: held by the window until the next one
+    assert old["blocked"] == "window" and 7199 <= old["next_window_in_s"] <= 7201
+    assert b["spent_day"] is None and b["blocked"] == ""  # an agent that reports no link
 
 
 class Rows(HTMLParser):
@@ -229,6 +247,10 @@ async def test_fleet_page_renders_in_chromium(fleet: tuple[str, Clock], tmp_path
     assert {"alert critical", "alert warning"} <= set(rows["edge-a"]["spans"])
     assert rows["edge-b"]["cells"]["alerts"] == []
     assert "".join(rows["edge-b"]["cells"]["model-version"]) == "2.0"
+    assert "".join(rows["edge-a"]["cells"]["num uplink-spent"]) == "8.5 MiB / 10.0 MiB"
+    assert "meter high" in rows["edge-a"]["spans"] and "held held-cap" in rows["edge-a"]["spans"]
+    assert "".join(rows["edge-old"]["cells"]["num next-window"]) == "in 2.0 h"
+    assert "held held-window" in rows["edge-old"]["spans"]
     assert dom.summary == {
         "count-devices": "5",
         "count-online": "2",

@@ -120,3 +120,21 @@ async def test_series_tables_are_kept_per_device_and_old_ones_dropped(backend: s
         assert await store.get_table("dev-1", "b" * 32) == b"[]"
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("backend", ["postgres", "embedded"])
+async def test_the_link_an_agent_reports_is_kept_on_either_store(backend: str, pg_dsn: str, tmp_path) -> None:
+    from collector.store.sqlite import SqliteStore
+
+    store = PostgresStore(pg_dsn, pool_size=3) if backend == "postgres" else SqliteStore(tmp_path / "c.db", "FULL")
+    await store.open()
+    series = {LABELS: ([1000], [1.0])}
+    link: dict[str, int | str] = {"spent_day": 5000, "budget_day": 10_000, "blocked": "cap", "some_newer_field": 3}
+    try:
+        await put(store, "x", series, 1000, BatchHeader("x", "b", 1, 1000, 1, uplink=link))
+        # a batch from an agent that reports no link leaves what was reported before
+        await put(store, "x", {LABELS: ([2000], [1.0])}, 2000, BatchHeader("x", "b", 2, 2000, 1))
+        (state,) = [s for s in await store.device_states() if s.device == "x"]
+        assert state.uplink == '{"blocked":"cap","budget_day":10000,"spent_day":5000}'
+    finally:
+        await store.close()

@@ -125,7 +125,7 @@ def test_mypy_checks_the_arguments_of_calls_run_on_a_database_thread(tmp_path: P
         "from agent.buffer.store import BufferStore\n\n"
         "async def f(store: BufferStore) -> None:\n"
         '    await store.call(store.claim, "not a size", 0, True)\n'
-        "    await store.call(store.ack, 1, 2, 3)\n"
+        "    await store.call(store.ack, 1, 2, (), 3)\n"
     )
     done = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(snippet)],

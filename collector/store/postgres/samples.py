@@ -239,6 +239,9 @@ class PostgresSamples(PostgresBase):
                 "backlog_oldest_ms": batch.backlog_oldest_ms,
                 **losses,
             }
+            uplink = records.uplink_report(batch)
+            if uplink:
+                reported["uplink"] = uplink
             counts += ", " + ", ".join(reported)
             values += list(reported.values())
             update += [f"{name} = excluded.{name}" for name in reported]

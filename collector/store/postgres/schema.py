@@ -83,6 +83,10 @@ _MIGRATIONS = [
         samples BIGINT NOT NULL, batches BIGINT NOT NULL, backlog_bytes BIGINT NOT NULL, lag_ms BIGINT,
         clock_offset_ms BIGINT, link TEXT NOT NULL DEFAULT '', PRIMARY KEY (device, bucket_ms));
     """,
+    # The agent's link as its last batch reported it, as in the embedded store's migration 10.
+    """
+    ALTER TABLE devices ADD COLUMN uplink TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 

@@ -102,6 +102,7 @@ class SqliteSamples(SqliteBase):
                 updated.agent_version = batch.agent_version
                 updated.backlog_bytes = batch.backlog_bytes
                 updated.backlog_oldest_ms = batch.backlog_oldest_ms
+                updated.uplink = records.uplink_report(batch) or updated.uplink
                 for name, value in self._record_losses(conn, batch).items():
                     setattr(updated, name, value)
             conn.execute(_UPSERT_DEVICE, [getattr(updated, f) for f in _DEVICE_FIELDS])

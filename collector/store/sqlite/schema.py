@@ -141,4 +141,10 @@ def _v9(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
+def _v10(db: sqlite_utils.Database) -> None:
+    # Issue 13 (metered links): the agent's link as its last batch reported it
+    # (budgets, bytes spent, windows, why uploads were held), JSON, for the fleet page (docs/uplink.md).
+    db.execute("ALTER TABLE devices ADD COLUMN uplink TEXT NOT NULL DEFAULT ''")
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10]
