@@ -15,6 +15,14 @@ def transport_for(settings: AgentSettings, link: Link, tls: ClientTls | None) ->
     token, timeout = u.token.get_secret_value(), u.timeout.total_seconds()
     if u.protocol == "remote_write":
         return RemoteWriteTransport(
-            str(u.url), token, timeout, settings.device_id, u.device_label, u.max_samples_per_request, tls, link
+            str(u.url),
+            token,
+            timeout,
+            settings.device_id,
+            u.device_label,
+            u.max_samples_per_request,
+            tls,
+            settings=u,
+            link=link,
         )
     return HttpTransport(str(u.url), token, timeout, settings.buffer.zstd_level, tls, link)
