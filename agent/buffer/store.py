@@ -95,13 +95,17 @@ class BufferStore(Batches, Holds):
     def _disk_room(self) -> int:
         """Bytes the buffer may hold without taking the filesystem below ``min_free_bytes``.
 
-        What the buffer holds now plus what is free above the floor: pages freed by eviction are
-        reused by SQLite before the file grows.
+        What the buffer holds now, plus the file's free pages, plus what is free above the floor:
+        SQLite reuses free pages before the file grows. Without the free pages, every append after
+        an eviction would see the filesystem still below the floor (evicted pages stay in the file
+        until there are ``free_bytes_kept`` of them) and evict again, most of the buffer in the end.
         """
         if not self.min_free_bytes:
             return 1 << 62
         stat = os.statvfs(self.path.parent)
-        return self.totals.bytes + stat.f_bavail * stat.f_frsize - self.min_free_bytes
+        free_pages: int = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+        page: int = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        return self.totals.bytes + free_pages * page + stat.f_bavail * stat.f_frsize - self.min_free_bytes
 
     def _evict(self, total: int, limit: int) -> tuple[Losses, int]:
         """Evict the oldest unsent chunks until ``total`` (bytes held, the new chunk included) fits

@@ -1,3 +1,4 @@
+import os
 import random
 import sqlite3
 from pathlib import Path
@@ -212,3 +213,26 @@ def test_compaction_and_sealing_keep_histograms_and_metadata(open_store):
     assert held.samples() == 36
     batch = store.claim(4 << 20, NOW, report_losses=False)
     assert batch is not None and batch.samples == 36
+
+
+def test_the_free_space_floor_evicts_what_the_next_chunk_needs_not_the_whole_buffer(open_store, monkeypatch):
+    # A filesystem that stays 20 KB below the floor: evicted pages stay in the file as free pages
+    # (up to free_bytes_kept), so evicting gives the filesystem nothing back.
+    floor = 1 << 30
+    real = os.statvfs
+
+    class Stat:
+        f_frsize = 4096
+        f_bavail = 2 * floor // 4096
+
+    store = open_store(min_free_bytes=floor, free_bytes_kept=64 << 20)
+    monkeypatch.setattr(os, "statvfs", lambda path: Stat())
+    for k in range(50):
+        store.append(scrape(k, noisy=True), dropped=0, now_ms=NOW)
+    Stat.f_bavail = (floor - 20_000) // 4096
+    held_before = store.totals.samples
+    evicted = sum(store.append(scrape(50 + k, noisy=True), dropped=0, now_ms=NOW).evicted for k in range(20))
+    monkeypatch.setattr(os, "statvfs", real)
+    # The first append makes the 20 KB of room; each later one reuses what its eviction freed.
+    assert 0 < evicted <= 20 * 200 + 20_000 // 5, (evicted, held_before)
+    assert store.totals.samples >= held_before - 20_000 // 5
