@@ -19,6 +19,7 @@ from backhaul.wire import remote_write_v2 as v2
 from backhaul.wire.histogram import Histogram
 from backhaul.wire.metadata import Metadata
 from tests.support import TOKEN, buffer_contents, exported_samples, http, metric_value, stored_contents
+from tests.unit.test_remote_write_v2 import spec_example
 
 pytestmark = [pytest.mark.integration]
 
@@ -37,25 +38,8 @@ def body(request: Any) -> bytes:
 
 
 def spec_request(now: int) -> Any:
-    request = v2.Request()
-    request.symbols.extend(
-        ["", "__name__", "http_requests_total", "job", "api", "Requests served.", "trace_id", "abc123",
-         "http_request_duration_seconds", "Latency.", "seconds"]
-    )  # fmt: skip
-    counter = request.timeseries.add(labels_refs=[1, 2, 3, 4], created_timestamp=now - 3_600_000)
-    counter.samples.add(value=10, timestamp=now - 15_000)
-    counter.samples.add(value=12, timestamp=now)
-    counter.exemplars.add(labels_refs=[6, 7], value=0.25, timestamp=now - 100)
-    counter.metadata.type = 1
-    counter.metadata.help_ref = 5
-    latency = request.timeseries.add(labels_refs=[1, 8, 3, 4])
-    h = latency.histograms.add(count_int=3, sum=0.75, schema=2, zero_count_int=0, timestamp=now)
-    h.positive_spans.add(offset=-1, length=2)
-    h.positive_deltas.extend([1, 1])
-    latency.metadata.type = 3
-    latency.metadata.help_ref = 9
-    latency.metadata.unit_ref = 10
-    return request
+    """The request the spec's message description builds (tests/unit/test_remote_write_v2.py), at ``now``."""
+    return spec_example(now)
 
 
 def test_remote_write_2_0_is_stored_and_answered_with_the_written_counts(start_agent, tmp_path):

@@ -30,7 +30,7 @@ def body(request) -> bytes:
     return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
 
 
-def spec_example():
+def spec_example(now: int = NOW) -> Any:
     """The request the spec's message description builds: symbols interned once, "" first; a counter
     with metadata and an exemplar; a native histogram."""
     request = v2.Request()
@@ -38,14 +38,14 @@ def spec_example():
         ["", "__name__", "http_requests_total", "job", "api", "Requests served.", "trace_id", "abc123",
          "http_request_duration_seconds", "Latency.", "seconds"]
     )  # fmt: skip
-    counter = request.timeseries.add(labels_refs=[1, 2, 3, 4], created_timestamp=NOW - 3_600_000)
-    counter.samples.add(value=10, timestamp=NOW - 15_000)
-    counter.samples.add(value=12, timestamp=NOW)
-    counter.exemplars.add(labels_refs=[6, 7], value=0.25, timestamp=NOW - 100)
+    counter = request.timeseries.add(labels_refs=[1, 2, 3, 4], created_timestamp=now - 3_600_000)
+    counter.samples.add(value=10, timestamp=now - 15_000)
+    counter.samples.add(value=12, timestamp=now)
+    counter.exemplars.add(labels_refs=[6, 7], value=0.25, timestamp=now - 100)
     counter.metadata.type = 1
     counter.metadata.help_ref = 5
     latency = request.timeseries.add(labels_refs=[1, 8, 3, 4])
-    h = latency.histograms.add(count_int=3, sum=0.75, schema=2, zero_count_int=0, timestamp=NOW)
+    h = latency.histograms.add(count_int=3, sum=0.75, schema=2, zero_count_int=0, timestamp=now)
     h.positive_spans.add(offset=-1, length=2)
     h.positive_deltas.extend([1, 1])
     latency.metadata.type = 3
