@@ -10,11 +10,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import ByteSize, Field, HttpUrl, SecretStr, field_validator, model_validator
+from pydantic import ByteSize, Field, HttpUrl, SecretStr, field_validator
 
 from agent.uplink.windows import parse
 from backhaul.periods import zone
-from backhaul.settings import ReadableFile, Secret, Section
+from backhaul.settings import Secret, Section
+from backhaul.tls import ClientTlsSettings
 
 
 class LinkSettings(Section):
@@ -57,7 +58,7 @@ class LinkSettings(Section):
         return value
 
 
-class UplinkSettings(LinkSettings):
+class UplinkSettings(LinkSettings, ClientTlsSettings):
     """Where and how batches go, over the one link described by :class:`LinkSettings`."""
 
     url: HttpUrl | None = None
@@ -78,20 +79,5 @@ class UplinkSettings(LinkSettings):
     timeout: timedelta = timedelta(seconds=30)
     backoff_min: timedelta = timedelta(seconds=1)
     backoff_max: timedelta = timedelta(minutes=5)
-    # TLS for https URLs (the uplink, the alert lane's http channel, remote_write): a private CA bundle
-    # instead of the system's, this device's certificate and key (mTLS), and the name to verify when it
-    # differs from the URL's host. Reloaded on SIGHUP and when the files change (backhaul.tls).
-    ca_file: ReadableFile | None = None
-    client_cert: ReadableFile | None = None
-    client_key: ReadableFile | None = None
-    server_name: str | None = Field(None, min_length=1, max_length=253)
-
-    @model_validator(mode="after")
-    def _key_needs_cert(self) -> UplinkSettings:
-        if self.client_key is not None and self.client_cert is None:
-            raise ValueError("uplink.client_key needs uplink.client_cert")
-        return self
-
-    @property
-    def tls_configured(self) -> bool:
-        return any(v is not None for v in (self.ca_file, self.client_cert, self.server_name))
+    # TLS for https URLs (the uplink, the alert lane's http channel, remote_write): ca_file, client_cert,
+    # client_key, server_name from backhaul.tls.ClientTlsSettings; reloaded on SIGHUP and on change.
