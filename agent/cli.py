@@ -19,18 +19,18 @@ def check(settings: AgentSettings) -> None:
         ClientTls(u.ca_file, u.client_cert, u.client_key, u.server_name)
 
 
+PROGRAM = cli.Program(
+    "backhaul-agent",
+    AgentSettings,
+    serve,
+    lambda s: f"device {s.device_id}, buffer {s.buffer.path}",
+    check,
+    {"status": status_cli.main},
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["status"]:
-        return status_cli.main("backhaul-agent", args[1:])
-    return cli.main(
-        "backhaul-agent",
-        AgentSettings,
-        serve,
-        lambda s: f"device {s.device_id}, buffer {s.buffer.path}",
-        argv,
-        check,
-    )
+    return cli.main(PROGRAM, argv)
 
 
 if __name__ == "__main__":

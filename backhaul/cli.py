@@ -1,4 +1,5 @@
-"""The command-line shape both programs share: ``run --config PATH`` and ``check-config --config PATH``.
+"""The command-line shape both programs share: ``run --config PATH``, ``check-config --config PATH``
+and the program's own further commands (``status``, the collector's ``devices``).
 
 ``run`` hands the program a way to load its config again (the same file, the same checks), for the
 reload on SIGHUP (:mod:`backhaul.reload`).
@@ -10,9 +11,10 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic_settings import BaseSettings
 
@@ -27,8 +29,9 @@ EXIT_CONFIG = 2
 
 
 def parse_and_load(prog: str, cls: type[S], argv: list[str] | None) -> tuple[str, S, Path | None, Path | None]:
-    """The command, the settings, the file a reload reads and the file read at start."""
-    """Parse the command line and load settings; a bad config exits with status 2 and names the field."""
+    """Parse the command line and load settings; a bad config exits with status 2 and names the field.
+
+    Returns the command, the settings, the file a reload reads and the file read at start."""
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,17 +69,33 @@ def again(
     return load_again
 
 
-def main(
-    prog: str,
-    cls: type[S],
-    serve: Callable[[S, Callable[[], S]], Coroutine[Any, Any, None]],
-    summary: Callable[[S], str],
-    argv: list[str] | None,
-    check: Callable[[S], object] | None = None,
-) -> int:
-    """Both programs' entry point: ``check-config`` prints ``summary``, ``run`` runs ``serve``.
-    ``check`` looks further than the settings can (e.g. that a certificate fits its key), for both."""
-    command, settings, path, start_path = parse_and_load(prog, cls, argv)
+Command = Callable[[str, list[str]], int]
+
+
+@dataclass(frozen=True)
+class Program(Generic[S]):
+    """One program: its name, settings, what ``run`` serves, what ``check-config`` prints.
+
+    ``check`` looks further than the settings can (e.g. that a certificate fits its key), for both;
+    ``commands`` are the program's further commands, each called with the program's name and the
+    arguments after the command's name.
+    """
+
+    name: str
+    settings: type[S]
+    serve: Callable[[S, Callable[[], S]], Coroutine[Any, Any, None]]
+    summary: Callable[[S], str]
+    check: Callable[[S], object] | None = None
+    commands: Mapping[str, Command] = field(default_factory=dict)
+
+
+def main(program: Program[S], argv: list[str] | None = None) -> int:
+    """Both programs' entry point: a further command, ``check-config`` or ``run``."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] and args[0] in program.commands:
+        return program.commands[args[0]](program.name, args[1:])
+    prog, cls, serve, check = program.name, program.settings, program.serve, program.check
+    command, settings, path, start_path = parse_and_load(prog, cls, args)
     if check is not None:
         try:
             check(settings)
@@ -84,7 +103,7 @@ def main(
             print(f"{prog}: {exc}", file=sys.stderr)
             return EXIT_CONFIG
     if command == "check-config":
-        print(f"config ok: {summary(settings)}")
+        print(f"config ok: {program.summary(settings)}")
         return 0
     level = getattr(settings, "log_level", "INFO")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

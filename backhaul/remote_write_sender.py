@@ -71,18 +71,8 @@ def chunk_contents(frames: Iterable[bytes], limit: int) -> Contents:
     codec = Codec()
     out = Contents()
     for frame in frames:
-        part = codec.decode_contents(frame, limit)
-        merge_into(out.series, part.series)
-        _merge(out.histograms, part.histograms)
-        out.metadata.update(part.metadata)
+        out.add(codec.decode_contents(frame, limit))
     return out
-
-
-def _merge(target: dict[Labels, tuple[list[int], list[V]]], source: dict[Labels, tuple[list[int], list[V]]]) -> None:
-    for labels, (stamps, values) in source.items():
-        entry = target.setdefault(labels, ([], []))
-        entry[0].extend(stamps)
-        entry[1].extend(values)
 
 
 @dataclass
@@ -200,7 +190,7 @@ class RemoteWriteSender:
         device: str,
     ) -> None:
         if not self.device_label:
-            _merge(series, part)
+            merge_into(series, part)
             return
         cache = self._relabelled
         if len(cache) > _CACHED_LABELS:
@@ -210,7 +200,7 @@ class RemoteWriteSender:
             if key is None:
                 (key,) = with_device_label({labels: ([], [])}, self.device_label, device)
                 cache[(labels, device)] = key
-            _merge(series, {key: samples})
+            merge_into(series, {key: samples})
 
     async def post(self, request: Request) -> Answer:
         """Post one request and classify what came back (never raises for a peer's failure)."""

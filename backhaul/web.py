@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from backhaul.errors import AuthError, BackhaulError, Unavailable, UnknownTables
+from backhaul.errors import AuthError, BackhaulError, InputError, Unavailable, UnknownTables
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,16 @@ def error_response(exc: BackhaulError, what: str = "request") -> web.Response:
         body = json.dumps({"unknown_tables": exc.digests, "reason": exc.reason})
         return web.Response(status=status, text=body, content_type="application/json", headers=headers)
     return web.Response(status=status, text=exc.reason + "\n", headers=headers)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request's body; one declared or found larger than ``limit`` bytes is refused (413)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise InputError(f"request body of {request.content_length} bytes exceeds the limit of {limit}", 413)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:  # more than aiohttp's client_max_size (set to ``limit``)
+        raise InputError(f"request body exceeds the limit of {limit} bytes", 413) from None
 
 
 async def respond(handler: Handler, request: web.Request, what: str = "request") -> web.StreamResponse:

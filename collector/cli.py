@@ -20,20 +20,18 @@ def check(settings: CollectorSettings) -> None:
         ServerTls(listen.tls_cert, listen.tls_key, listen.client_ca)
 
 
+PROGRAM = cli.Program(
+    "backhaul-collector",
+    CollectorSettings,
+    serve,
+    lambda s: f"{len(s.devices)} devices, store {s.store.describe()}",
+    check,
+    {"devices": registry.main, "status": status_cli.main},
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["devices"]:
-        return registry.main("backhaul-collector", args[1:])
-    if args[:1] == ["status"]:
-        return status_cli.main("backhaul-collector", args[1:])
-    return cli.main(
-        "backhaul-collector",
-        CollectorSettings,
-        serve,
-        lambda s: f"{len(s.devices)} devices, store {s.store.describe()}",
-        argv,
-        check,
-    )
+    return cli.main(PROGRAM, argv)
 
 
 if __name__ == "__main__":

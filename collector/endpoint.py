@@ -11,8 +11,7 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from backhaul import labels
-from backhaul.errors import InputError
-from backhaul.web import respond
+from backhaul.web import read_body, respond
 from backhaul.wire.budget import DecodeBudget
 from backhaul.wire.series import SeriesMap
 from collector.auth import DeviceAuth
@@ -67,11 +66,7 @@ class DeviceEndpoint:
         return response
 
     async def _read(self, request: web.Request) -> bytes:
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            limit = int(self._settings.limits.max_request_bytes)
-            raise InputError(f"body exceeds the limit of {limit} bytes", 413) from None
+        return await read_body(request, int(self._settings.limits.max_request_bytes))
 
     def _count_dropped(self, device: str, dropped: dict[str, int]) -> int:
         """Count samples refused one series at a time (labels, timestamps), per device and reason."""

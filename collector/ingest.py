@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import Counter
@@ -27,14 +27,12 @@ from backhaul.errors import InputError, StoreError, TooLarge, UnknownTables, Wir
 from backhaul.wire import batch as batchfmt
 from backhaul.wire import chunk as chunkfmt
 from backhaul.wire.batch import BatchHeader
-from backhaul.wire.budget import DecodeBudget, chunk_cost
+from backhaul.wire.budget import chunk_cost
 from backhaul.wire.chunk import Codec
 from collector.auth import DeviceAuth
-from collector.config import CollectorSettings
 from collector.endpoint import DeviceEndpoint
-from collector.forward.spool import Chunks, Forward
-from collector.metrics import CollectorMetrics
-from collector.store import IngestResult, NewChunk, Store
+from collector.forward.spool import Chunks
+from collector.store import IngestResult, NewChunk
 from collector.store.cache import BoundedCache
 from collector.store.chunks import TableInfo, prepare
 from collector.store.history import BatchNote
@@ -59,16 +57,8 @@ class BatchReceiver(DeviceEndpoint):
 
     what = "batch"
 
-    def __init__(
-        self,
-        settings: CollectorSettings,
-        store: Store,
-        metrics: CollectorMetrics,
-        clock: Callable[[], float] = time.time,
-        forward: Forward | None = None,
-        budget: DecodeBudget | None = None,
-    ) -> None:
-        super().__init__(settings, store, metrics, clock, forward, budget)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._tables: BoundedCache[tuple[str, str], TableInfo] = BoundedCache(_CACHED_TABLES)
         self._table_bytes: BoundedCache[tuple[str, str], bytes] = BoundedCache(_CACHED_TABLE_BYTES, len)
 

@@ -7,7 +7,6 @@ import sqlite3
 from pathlib import Path
 
 from backhaul.wire.chunk import Codec, Contents
-from backhaul.wire.series import merge_into
 
 LOSS_CAUSES = ("evicted", "expired", "dropped", "corrupt")  # the keys of agent_loss_counters()
 
@@ -57,13 +56,7 @@ def buffer_contents(db: Path) -> Contents:
     out = Contents()
     try:
         for (blob,) in conn.execute("SELECT data FROM chunks ORDER BY id"):
-            part = codec.decode_contents(blob, 1 << 30)
-            merge_into(out.series, part.series)
-            for labels, (stamps, values) in part.histograms.items():
-                entry = out.histograms.setdefault(labels, ([], []))
-                entry[0].extend(stamps)
-                entry[1].extend(values)
-            out.metadata.update(part.metadata)
+            out.add(codec.decode_contents(blob, 1 << 30))
         return out
     finally:
         conn.close()

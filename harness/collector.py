@@ -12,7 +12,7 @@ from typing import Any
 
 from backhaul.wire import chunk as chunkfmt
 from backhaul.wire.chunk import Codec, Contents
-from backhaul.wire.series import Labels, merge_into
+from backhaul.wire.series import Labels
 from harness.agent import LOSS_CAUSES
 from harness.config import READ_HEADERS
 from harness.metrics import read_metrics
@@ -76,14 +76,7 @@ def stored_contents(db: Path) -> dict[str, Contents]:
         )
         for device, table, frame in rows:
             stripped, table = codec.decompress(frame, 1 << 30), codec.decompress(table, 1 << 30)
-            part = chunkfmt.decode_contents(chunkfmt.join_table(stripped, table))
-            held = out.setdefault(device, Contents())
-            merge_into(held.series, part.series)
-            for labels, (stamps, values) in part.histograms.items():
-                entry = held.histograms.setdefault(labels, ([], []))
-                entry[0].extend(stamps)
-                entry[1].extend(values)
-            held.metadata.update(part.metadata)
+            out.setdefault(device, Contents()).add(chunkfmt.decode_contents(chunkfmt.join_table(stripped, table)))
         return out
     finally:
         conn.close()

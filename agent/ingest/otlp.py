@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, Counter
 from agent.ingest.commit import Committer
 from agent.ingest.settings import IngestSettings
 from backhaul.errors import InputError
-from backhaul.web import respond
+from backhaul.web import read_body, respond
 from backhaul.wire import budget, otlp, protodesc
 from backhaul.wire import remote_write as rw
 from backhaul.wire.budget import DecodeBudget
@@ -98,13 +98,7 @@ class OtlpReceiver:
     async def _handle(self, request: web.Request) -> web.Response:
         kind = otlp.media_type(request.headers.get("Content-Type"))
         encoding = request.headers.get("Content-Encoding")
-        limit = int(self._ingest.max_request_bytes)
-        if request.content_length is not None and request.content_length > limit:
-            raise InputError(f"request body of {request.content_length} bytes exceeds the limit of {limit}", 413)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise InputError(f"request body exceeds the limit of {limit} bytes", 413) from None
+        body = await read_body(request, int(self._ingest.max_request_bytes))
         limits = self._limits()
         cap = limits.max_decompressed_bytes
         gzip = (encoding or "").strip().lower() == "gzip"

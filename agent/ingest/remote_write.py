@@ -38,8 +38,7 @@ from agent.clock.keeper import TimeKeeper
 from agent.ingest.commit import Committer
 from agent.ingest.metrics import IngestMetrics
 from agent.ingest.settings import IngestSettings
-from backhaul.errors import InputError
-from backhaul.web import respond
+from backhaul.web import read_body, respond
 from backhaul.wire import budget
 from backhaul.wire import remote_write as rw
 from backhaul.wire import remote_write_v2 as rw2
@@ -124,13 +123,7 @@ class RemoteWriteReceiver:
     async def _handle(self, request: web.Request) -> web.Response:
         # Unsupported (415) for a Content-Type or proto= not understood: never parsed as something else.
         message = rw.negotiate(request.headers.get("Content-Type"), request.headers.get("Content-Encoding"), ACCEPTED)
-        limit = int(self._ingest.max_request_bytes)
-        if request.content_length is not None and request.content_length > limit:
-            raise InputError(f"request body of {request.content_length} bytes exceeds the limit of {limit}", 413)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise InputError(f"request body exceeds the limit of {limit} bytes", 413) from None
+        body = await read_body(request, int(self._ingest.max_request_bytes))
         length = rw.snappy_uncompressed_length(body)
         if length > _INLINE_DECODE_BYTES:
             cost = min(budget.remote_write_worst(length), self.budget.per_request)

@@ -34,8 +34,10 @@ ExemplarMap = dict[Labels, list[Exemplar]]
 V = TypeVar("V")
 
 
-def merge_into(target: SeriesMap, source: SeriesMap) -> None:
-    """Append every sample of ``source`` to ``target`` (series by series)."""
+def merge_into(
+    target: dict[Labels, tuple[list[int], list[V]]], source: dict[Labels, tuple[list[int], list[V]]]
+) -> None:
+    """Append every sample of ``source`` to ``target`` (series by series; floats or histograms)."""
     for labels, (ts, vals) in source.items():
         entry = target.get(labels)
         if entry is None:

@@ -14,8 +14,8 @@ bearer token authenticates the sender; it is counted as ``outcome="unsigned"``. 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import Counter
@@ -23,10 +23,8 @@ from prometheus_client import Counter
 from backhaul.errors import AuthError, InputError, store_trouble
 from backhaul.wire import alert as wire
 from backhaul.wire.alert import AlertMessage
-from collector.config import CollectorSettings
 from collector.endpoint import DeviceEndpoint
-from collector.metrics import CollectorMetrics
-from collector.store import Registration, Store
+from collector.store import Registration
 from collector.store.records import alert_time
 
 log = logging.getLogger(__name__)
@@ -61,15 +59,8 @@ class AlertReceiver(DeviceEndpoint):
 
     what = "alert"
 
-    def __init__(
-        self,
-        settings: CollectorSettings,
-        store: Store,
-        metrics: CollectorMetrics,
-        clock: Callable[[], float] = time.time,
-        on_stored: Callable[[], None] = _nothing,
-    ) -> None:
-        super().__init__(settings, store, metrics, clock)
+    def __init__(self, *args: Any, on_stored: Callable[[], None] = _nothing, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._on_stored = on_stored
 
     def _answers(self) -> Counter:

@@ -27,7 +27,7 @@ from itertools import accumulate, compress
 from backhaul.errors import WireError
 from backhaul.labels import LabelRules
 from backhaul.wire import chunk as chunkfmt
-from backhaul.wire.chunk.columns import LITTLE, MAX_DECIMALS, unshuffle
+from backhaul.wire.chunk.columns import MAX_DECIMALS, sample_counts, unshuffle
 from backhaul.wire.chunk.header import (
     FLOAT_KIND,
     HEADER,
@@ -106,12 +106,7 @@ def scan(raw: bytes) -> Scan:
     pos = HEADER.size + U32.size
     if len(raw) < pos + 5 * n_series + 8 * n_samples:
         raise WireError(f"chunk: {len(raw)} bytes is shorter than its header announces")
-    counts = array("I")
-    counts.frombytes(raw[pos : pos + 4 * n_series])
-    if not LITTLE:
-        counts.byteswap()
-    if sum(counts) != n_samples or 0 in counts:
-        raise WireError(f"chunk: per-series counts do not add up to {n_samples} samples")
+    counts = sample_counts(raw, pos, n_series, n_samples)
     pos += 4 * n_series
     kinds = raw[pos : pos + n_series]
     # Set and byte-string operations run in C: this runs for every chunk stored.

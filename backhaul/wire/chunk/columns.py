@@ -26,10 +26,24 @@ import math
 import sys
 from array import array
 
+from backhaul.wire.errors import WireError
+
 LITTLE = sys.byteorder == "little"
 MAX_DECIMALS = 15
 # Scaled integers stay well inside the range where a float holds every integer exactly.
 MAX_SCALED = 2**52
+
+
+def sample_counts(data: bytes, pos: int, n_series: int, n_samples: int) -> array:  # type: ignore[type-arg]
+    """The chunk's per-series sample counts (u32 each, from ``pos``); WireError unless each is at least
+    one and they add up to ``n_samples``."""
+    counts = array("I")
+    counts.frombytes(data[pos : pos + 4 * n_series])
+    if not LITTLE:
+        counts.byteswap()
+    if sum(counts) != n_samples or 0 in counts:
+        raise WireError(f"chunk: per-series counts do not add up to {n_samples} samples")
+    return counts
 
 
 def shuffle(column: array) -> bytes:  # type: ignore[type-arg]

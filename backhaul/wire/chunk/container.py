@@ -18,6 +18,7 @@ from backhaul.wire.chunk.columns import (
     LITTLE,
     MAX_DECIMALS,
     MAX_SCALED,
+    sample_counts,
     scaled_integers,
     shuffle,
     unshuffle,
@@ -39,7 +40,7 @@ from backhaul.wire.chunk.histograms import decode_histograms, encode_histograms
 from backhaul.wire.errors import WireError
 from backhaul.wire.histogram import Histogram, HistogramSeriesMap
 from backhaul.wire.metadata import MetadataMap, from_json, to_json
-from backhaul.wire.series import Labels, SeriesMap
+from backhaul.wire.series import Labels, SeriesMap, merge_into
 
 
 class _TableCache:
@@ -83,6 +84,12 @@ class Contents:
     def samples(self) -> int:
         """Float samples and histogram samples together (what the chunk header's n_samples counts)."""
         return sum(len(ts) for ts, _ in self.series.values()) + sum(len(ts) for ts, _ in self.histograms.values())
+
+    def add(self, part: Contents) -> None:
+        """Append ``part``'s samples series by series; its metadata replaces what this holds."""
+        merge_into(self.series, part.series)
+        merge_into(self.histograms, part.histograms)
+        self.metadata.update(part.metadata)
 
 
 def encode(
@@ -195,12 +202,7 @@ def decode_contents(data: bytes) -> Contents:
     if not isinstance(table, list) or len(table) != n_series:
         raise WireError(f"chunk: series table does not hold {n_series} series")
     pos += table_len
-    counts = array("I")
-    counts.frombytes(data[pos : pos + 4 * n_series])
-    if not LITTLE:
-        counts.byteswap()
-    if sum(counts) != n_samples or 0 in counts:
-        raise WireError(f"chunk: per-series counts do not add up to {n_samples} samples")
+    counts = sample_counts(data, pos, n_series, n_samples)
     pos += 4 * n_series
     kinds = data[pos : pos + kinds_len] if version >= 2 else bytes(n_series)
     if any(kind > 1 + MAX_DECIMALS and (kind != HISTOGRAM_KIND or version < VERSION_HISTOGRAMS) for kind in kinds):
