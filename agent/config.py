@@ -12,7 +12,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings
 
 from agent.alerts.settings import AlertSettings
 from agent.buffer.settings import BufferSettings
@@ -22,17 +21,14 @@ from agent.ingest.settings import HostSettings, IngestSettings, ScrapeSettings
 from agent.proxy.settings import ProxySettings as ProxySettings  # re-exported: [proxy] is part of the root
 from agent.supervisor_settings import InferenceSettings
 from agent.uplink.settings import UplinkSettings
-from backhaul.settings import settings_config
+from backhaul.settings import ProgramSettings
 from backhaul.wire.batch import DEVICE_ID_PATTERN
 
 
-class AgentSettings(BaseSettings):
+class AgentSettings(ProgramSettings):
     """Root of the agent's configuration."""
 
-    model_config = settings_config()
-
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
-    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     # SIGTERM: time allowed to flush and close before exiting anyway (below systemd's TimeoutStopSec).
     shutdown_grace: timedelta = timedelta(seconds=20)
     listen: ListenSettings = ListenSettings()

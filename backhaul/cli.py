@@ -16,13 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from pydantic_settings import BaseSettings
-
 from backhaul import __version__
 from backhaul.errors import BackhaulError, ConfigError
-from backhaul.settings import load
+from backhaul.settings import ProgramSettings, load
 
-S = TypeVar("S", bound=BaseSettings)
+S = TypeVar("S", bound=ProgramSettings)
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -105,8 +103,7 @@ def main(program: Program[S], argv: list[str] | None = None) -> int:
     if command == "check-config":
         print(f"config ok: {program.summary(settings)}")
         return 0
-    level = getattr(settings, "log_level", "INFO")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every job run at INFO
     try:
         asyncio.run(serve(settings, again(cls, path, check, start_path)))

@@ -29,8 +29,13 @@ S = TypeVar("S", bound=BaseSettings)
 ENV_PREFIX = "BACKHAUL_"
 
 
-def settings_config() -> SettingsConfigDict:
-    return SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+class ProgramSettings(BaseSettings):
+    """Base of each program's root settings: read from ``BACKHAUL_*`` too, unknown keys refused, and
+    the one setting every program has."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
 
 class Section(BaseModel):

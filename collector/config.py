@@ -13,9 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings
 
-from backhaul.settings import settings_config
+from backhaul.settings import ProgramSettings
 from collector.alerts.settings import AlertSettings
 from collector.export_settings import ExportSettings
 from collector.fleet_settings import FleetSettings
@@ -26,12 +25,9 @@ from collector.registry_settings import DeviceEntry
 from collector.store.settings import StoreSettings
 
 
-class CollectorSettings(BaseSettings):
+class CollectorSettings(ProgramSettings):
     """Root of the collector's configuration."""
 
-    model_config = settings_config()
-
-    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     # Label added to every stored series to tell devices apart (an existing one becomes exported_<name>).
     device_label: str = Field("device_id", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
     listen: ListenSettings = ListenSettings()

@@ -22,7 +22,7 @@ from agent.buffer import recovery
 from agent.buffer.compaction import Compaction
 from agent.buffer.records import Batch
 from backhaul.wire import WireError
-from backhaul.wire.series import SeriesMap, sample_count, time_range
+from backhaul.wire.series import SeriesMap, append_series, sample_count, time_range
 
 _CANDIDATES = 1000  # chunks looked at for one summary batch
 
@@ -170,9 +170,7 @@ class Summaries(Compaction):
             for chunk_id, samples, blob in rows:
                 series = self._decode(chunk_id, samples, blob, now_ms)
                 for labels, (stamps, values) in last_per_interval(series or {}, start, end, interval_ms).items():
-                    held = picked.setdefault(labels, ([], []))
-                    held[0].extend(stamps)
-                    held[1].extend(values)
+                    append_series(picked, labels, stamps, values)
             picked = last_per_interval(picked, start, end, interval_ms)  # across overlapping chunks
             c = self.counters()
             lo = min(c["summary_lo_ms"], start) if c["summary_lo_ms"] else start

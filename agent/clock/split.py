@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agent.clock.eras import LOST, PENDING, SETTLED, Era, EraBook
-from backhaul.wire.series import Labels, SeriesMap
+from backhaul.wire.series import Labels, SeriesMap, append_series
 
 
 @dataclass
@@ -40,12 +40,7 @@ class Split:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
 
     def hold(self, era: int, labels: Labels, stamps: list[int], values: list[float]) -> None:
-        entry = self.held.setdefault(era, {}).get(labels)
-        if entry is None:
-            self.held[era][labels] = (stamps, values)
-        else:
-            entry[0].extend(stamps)
-            entry[1].extend(values)
+        append_series(self.held.setdefault(era, {}), labels, stamps, values)
         self.samples += len(stamps)
 
 
@@ -128,10 +123,5 @@ def _one_by_one(
             if shift:
                 out.corrected += 1
     if kept_t:
-        entry = out.ready.get(labels)
-        if entry is None:
-            out.ready[labels] = (kept_t, kept_v)
-        else:
-            entry[0].extend(kept_t)
-            entry[1].extend(kept_v)
+        append_series(out.ready, labels, kept_t, kept_v)
         out.samples += len(kept_t)

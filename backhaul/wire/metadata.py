@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 
 from backhaul.wire.errors import WireError
+from backhaul.wire.jsonpart import json_part
 
 # The metric types of Prometheus' protobuf messages (remote write 1.0 MetricMetadata.MetricType and
 # 2.0 Metadata.MetricType use the same numbers), by number.
@@ -105,12 +106,7 @@ def to_json(families: MetadataMap) -> bytes:
 
 def from_json(data: bytes) -> MetadataMap:
     """The inverse of :func:`to_json`; :class:`WireError` for anything else."""
-    try:
-        raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"chunk: metadata is not JSON ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise WireError("chunk: metadata is not a JSON object")
+    raw = json_part(data, "chunk: metadata", dict)
     out: MetadataMap = {}
     for name, entry in raw.items():
         if (

@@ -41,7 +41,7 @@ from backhaul.wire import remote_write as rw
 from backhaul.wire.errors import WireError
 from backhaul.wire.metadata import Metadata, MetadataMap, family_of, lookup
 from backhaul.wire.protodesc import Field, T
-from backhaul.wire.series import Exemplar, ExemplarMap, Labels, SeriesMap
+from backhaul.wire.series import Exemplar, ExemplarMap, Labels, SeriesMap, append_series
 
 PROTO = rw.Message.V2.value
 CONTENT_TYPE = f"{rw.CONTENT_TYPE};proto={PROTO}"
@@ -208,9 +208,7 @@ def _decode_series(i: int, ts: Any, symbols: list[str], out: rw.Decoded, limits:
     if histograms:
         h_stamps, values = rw.decode_histograms(histograms, out, limits)
         if h_stamps:
-            h_entry = out.histograms.setdefault(labels, ([], []))
-            h_entry[0].extend(h_stamps)
-            h_entry[1].extend(values)
+            append_series(out.histograms, labels, h_stamps, values)
             out.histogram_samples += len(h_stamps)
     else:
         floats = [s.value for s in samples]
@@ -222,12 +220,7 @@ def _decode_series(i: int, ts: Any, symbols: list[str], out: rw.Decoded, limits:
             stamps = [stamps[k] for k in keep]
             floats = [floats[k] for k in keep]
         if stamps:
-            entry = out.series.get(labels)
-            if entry is None:
-                out.series[labels] = (stamps, floats)
-            else:
-                entry[0].extend(stamps)
-                entry[1].extend(floats)
+            append_series(out.series, labels, stamps, floats)
             out.samples += len(stamps)
     if labels not in out.series and labels not in out.histograms:
         return  # every sample fell outside the window, and the series' extras go with them

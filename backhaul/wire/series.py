@@ -47,6 +47,19 @@ def merge_into(
             entry[1].extend(vals)
 
 
+def append_series(
+    target: dict[Labels, tuple[list[int], list[V]]], labels: Labels, stamps: list[int], values: list[V]
+) -> None:
+    """Append samples to ``labels``' series in ``target``; a new series takes the lists as they are
+    (the caller gives them up)."""
+    entry = target.get(labels)
+    if entry is None:
+        target[labels] = (stamps, values)
+    else:
+        entry[0].extend(stamps)
+        entry[1].extend(values)
+
+
 def merge_owned(parts: list[dict[Labels, tuple[list[int], list[V]]]]) -> dict[Labels, tuple[list[int], list[V]]]:
     """Merge maps the caller owns and will not use again: their lists are reused, not copied.
 
@@ -55,13 +68,8 @@ def merge_owned(parts: list[dict[Labels, tuple[list[int], list[V]]]]) -> dict[La
     """
     merged = parts[0]
     for part in parts[1:]:
-        for labels, pair in part.items():
-            entry = merged.get(labels)
-            if entry is None:
-                merged[labels] = pair
-            else:
-                entry[0].extend(pair[0])
-                entry[1].extend(pair[1])
+        for labels, (stamps, values) in part.items():
+            append_series(merged, labels, stamps, values)
     return merged
 
 

@@ -3,12 +3,12 @@ ingest, the fleet page and the label rules need of it (collector/store/chunks.py
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from backhaul.errors import WireError
 from backhaul.labels import LabelRules
 from backhaul.wire import chunk as chunkfmt
+from backhaul.wire.jsonpart import json_part
 from backhaul.wire.series import Labels
 from collector.store.history import INFERENCE_SERIES
 
@@ -53,12 +53,7 @@ class TableInfo:
     def parse(cls, data: bytes, digest: str | None = None, rules: LabelRules | None = None) -> TableInfo:
         """Check and parse a table (each series against ``rules`` if given); raises :class:`WireError`
         naming what is wrong."""
-        try:
-            flat = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise WireError(f"chunk: series table is not JSON ({exc})") from exc
-        if not isinstance(flat, list):
-            raise WireError("chunk: series table is not a JSON array")
+        flat = json_part(data, "chunk: series table", list)
         entries: list[Labels] = []
         names: set[str] = set()
         fleet: list[tuple[int, str, Labels]] = []

@@ -39,8 +39,9 @@ from backhaul.wire.chunk.header import (
 from backhaul.wire.chunk.histograms import decode_histograms, encode_histograms
 from backhaul.wire.errors import WireError
 from backhaul.wire.histogram import Histogram, HistogramSeriesMap
+from backhaul.wire.jsonpart import json_part
 from backhaul.wire.metadata import MetadataMap, from_json, to_json
-from backhaul.wire.series import Labels, SeriesMap, merge_into
+from backhaul.wire.series import Labels, SeriesMap, append_series, merge_into
 
 
 class _TableCache:
@@ -195,11 +196,8 @@ def decode_contents(data: bytes) -> Contents:
             raise WireError(f"chunk: {len(data)} bytes, but its header announces {declared.min_len}")
     elif len(data) < declared.min_len:
         raise WireError(f"chunk: {len(data)} bytes is shorter than its header announces")
-    try:
-        table = json.loads(data[pos : pos + table_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"chunk: series table is not JSON ({exc})") from exc
-    if not isinstance(table, list) or len(table) != n_series:
+    table = json_part(data[pos : pos + table_len], "chunk: series table", list)
+    if len(table) != n_series:
         raise WireError(f"chunk: series table does not hold {n_series} series")
     pos += table_len
     counts = sample_counts(data, pos, n_series, n_samples)
@@ -250,12 +248,7 @@ def decode_contents(data: bytes) -> Contents:
         labels = _labels(flat)
         end = start + count
         if kind == HISTOGRAM_KIND:
-            h_entry = out.histograms.get(labels)
-            if h_entry is None:
-                out.histograms[labels] = (stamps[start:end], histograms[h_at])
-            else:
-                h_entry[0].extend(stamps[start:end])
-                h_entry[1].extend(histograms[h_at])
+            append_series(out.histograms, labels, stamps[start:end], histograms[h_at])
             h_at += 1
             start = end
             continue
@@ -271,12 +264,7 @@ def decode_contents(data: bytes) -> Contents:
             ints = accumulate(integers[int_at : int_at + count])
             values = [float(n) for n in ints] if scale == 1 else [n / scale for n in ints]
             int_at += count
-        entry = out.series.get(labels)
-        if entry is None:
-            out.series[labels] = (stamps[start:end], values)
-        else:  # the same series twice in one chunk is legal, if wasteful
-            entry[0].extend(stamps[start:end])
-            entry[1].extend(values)
+        append_series(out.series, labels, stamps[start:end], values)  # twice in one chunk: legal, if wasteful
         start = end
     return out
 

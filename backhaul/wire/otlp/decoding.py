@@ -11,7 +11,6 @@ encoding, with ``partial_success`` when points were refused.
 from __future__ import annotations
 
 import base64
-import json
 import zlib
 from typing import Any
 
@@ -21,6 +20,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 
 from backhaul.wire import remote_write as rw
 from backhaul.wire.errors import TooLarge, Unsupported, WireError
+from backhaul.wire.jsonpart import json_part
 from backhaul.wire.otlp.mapping import to_prometheus
 from backhaul.wire.otlp.model import Mapped, Options
 
@@ -71,12 +71,7 @@ def parse(body: bytes, kind: str) -> Any:
         except DecodeError as exc:
             raise WireError(f"protobuf: not an ExportMetricsServiceRequest ({exc})") from exc
         return request
-    try:
-        raw = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise WireError(f"OTLP/JSON: not JSON ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise WireError("OTLP/JSON: the body is not a JSON object")
+    raw = json_part(body, "OTLP/JSON: the body", dict)
     try:
         _hex_ids_to_base64(raw)
         json_format.ParseDict(raw, request, ignore_unknown_fields=True)

@@ -27,7 +27,7 @@ from backhaul.wire.metadata import Metadata, MetadataMap
 from backhaul.wire.remote_write.messages import Label, LabelBytes, WriteRequestRawLabels
 from backhaul.wire.remote_write.negotiation import CONTENT_TYPE, Message
 from backhaul.wire.remote_write.pieces import V2_FIELDS, pieces
-from backhaul.wire.series import Exemplar, ExemplarMap, Labels, SeriesMap
+from backhaul.wire.series import Exemplar, ExemplarMap, Labels, SeriesMap, append_series
 
 # Millisecond timestamps beyond this are not dates (year ~285,000); refusing them keeps the
 # chunk encoder's delta arithmetic inside int64.
@@ -279,12 +279,7 @@ def _take(request: Any, out: Decoded, limits: Limits, cache: LabelCache, histogr
             values = [values[i] for i in keep]
             if not stamps:
                 continue
-        entry = series.get(labels)
-        if entry is None:
-            series[labels] = (stamps, values)
-        else:
-            entry[0].extend(stamps)
-            entry[1].extend(values)
+        append_series(series, labels, stamps, values)
         out.samples += len(stamps)
 
 
@@ -300,9 +295,7 @@ def _decode_histograms(ts: Any, out: Decoded, limits: Limits, cache: LabelCache)
         return
     stamps, values = decode_histograms(ts.histograms, out, limits)
     if stamps:
-        entry = out.histograms.setdefault(labels, ([], []))
-        entry[0].extend(stamps)
-        entry[1].extend(values)
+        append_series(out.histograms, labels, stamps, values)
         out.histogram_samples += len(stamps)
 
 
