@@ -40,6 +40,7 @@ from backhaul.wire.metadata import Metadata
 from backhaul.wire.series import Labels, SeriesMap, sample_count
 from backhaul.wire.varint import varint
 from harness.config import READ_HEADERS
+from harness.remote_write import raw_label, raw_series
 
 DEVICES = {"dev-1": "fuzz-token-one", "dev-2": "fuzz-token-two", "dev-3": "fuzz-token-three"}
 RW_HEADERS = {"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy"}
@@ -314,19 +315,20 @@ class Fuzzer:
         raw = rw.decompress(rw.encode(series, 1_000_000)[0], 1 << 30)
         if kind == 0:  # a series that breaks a label rule, beside good ones
             bad = self.hostile_labels(sender)
-            raw += _series_bytes(
-                [_label(n.encode("utf-8", "surrogatepass"), v.encode("utf-8", "surrogatepass")) for n, v in bad],
+            raw += raw_series(
+                [raw_label(n.encode("utf-8", "surrogatepass"), v.encode("utf-8", "surrogatepass")) for n, v in bad],
                 self.now_ms,
             )
         elif kind == 1:  # labels that are not UTF-8, or not protobuf
-            label = self.pick([_label(b"v", b"\xff\xfe"), _label(b"\xc3", b"x"), b"\x0a\x05\x0a\x08ab", b"\x0a\x00"])
-            raw += _series_bytes(
-                [_label(b"__name__", b"fz_bin"), _label(b"fuzz_sender", sender.encode()), label], self.now_ms
+            bad_labels = [raw_label(b"v", b"\xff\xfe"), raw_label(b"\xc3", b"x"), b"\x0a\x05\x0a\x08ab", b"\x0a\x00"]
+            label = self.pick(bad_labels)
+            raw += raw_series(
+                [raw_label(b"__name__", b"fz_bin"), raw_label(b"fuzz_sender", sender.encode()), label], self.now_ms
             )
         elif kind == 2:  # timestamps and values at the edges
             ts = self.pick([0, -1, 2**53, 2**63 - 1, -(2**63), self.now_ms + 86_400_000, self.now_ms - 30 * 86_400_000])
-            raw += _series_bytes(
-                [_label(b"__name__", b"fz_edge"), _label(b"fuzz_sender", sender.encode())],
+            raw += raw_series(
+                [raw_label(b"__name__", b"fz_edge"), raw_label(b"fuzz_sender", sender.encode())],
                 ts,
                 struct.pack("<d", self.pick(FLOATS)),
             )
@@ -624,17 +626,6 @@ def _zero_frame(size: int) -> bytes:
     writer = zstandard.ZstdCompressor().compressobj()
     zeros = b"\0" * (1 << 20)
     return b"".join([*(writer.compress(zeros) for _ in range(size >> 20)), writer.flush()])
-
-
-def _label(name: bytes, value: bytes) -> bytes:
-    inner = b"\x0a" + varint(len(name)) + name + b"\x12" + varint(len(value)) + value
-    return b"\x0a" + varint(len(inner)) + inner
-
-
-def _series_bytes(labels: list[bytes], ts: int, value_bits: bytes = b"\0" * 8) -> bytes:
-    sample = b"\x09" + value_bits + b"\x10" + varint(ts)
-    inner = b"".join(labels) + b"\x12" + varint(len(sample)) + sample
-    return b"\x0a" + varint(len(inner)) + inner
 
 
 def batch_for(device: str, series: SeriesMap) -> tuple[bytes, dict[str, str]]:

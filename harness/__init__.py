@@ -21,13 +21,13 @@ The public API is exactly ``__all__`` (checked by tests/unit/test_harness.py).
 
 from harness.agent import LOSS_CAUSES, agent_loss_counters, buffer_contents, copy_database, samples_at
 from harness.collector import export, exported_samples, reported_losses, same_value, stored_contents
-from harness.config import READ, READ_HEADERS, READ_TOKEN, TOKEN, agent_config, toml_text, write_toml
+from harness.config import READ, READ_HEADERS, READ_TOKEN, TOKEN, agent_config, collector_config, toml_text, write_toml
 from harness.metrics import metric_sum, metric_value, parse_metrics, read_metrics
 from harness.net import free_port, get_json, http, wait_until
 from harness.process import BIN, Proc, ProcError, Process, child_env, faketime_env, require_program
 from harness.prometheus import prometheus3, start_prometheus
-from harness.proxy import CountingProxy, DelayProxy, LoopbackProxy, TlsFront
-from harness.remote_write import RW_HEADERS, Attempt, RecordingSender, Sender, push
+from harness.proxy import CountingProxy, DelayProxy, LoopbackProxy, LoopThread, TlsFront
+from harness.remote_write import RW_HEADERS, Attempt, RecordingSender, Sender, push, raw_label, raw_series
 
 __all__ = [
     "BIN",
@@ -40,6 +40,7 @@ __all__ = [
     "Attempt",
     "CountingProxy",
     "DelayProxy",
+    "LoopThread",
     "LoopbackProxy",
     "Proc",
     "ProcError",
@@ -51,6 +52,7 @@ __all__ = [
     "agent_loss_counters",
     "buffer_contents",
     "child_env",
+    "collector_config",
     "copy_database",
     "export",
     "exported_samples",
@@ -63,6 +65,8 @@ __all__ = [
     "parse_metrics",
     "prometheus3",
     "push",
+    "raw_label",
+    "raw_series",
     "read_metrics",
     "reported_losses",
     "require_program",

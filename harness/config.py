@@ -37,6 +37,19 @@ def write_toml(path: Path, values: Mapping[str, Any], header: str = "") -> Path:
     return path
 
 
+def collector_config(port: int, db: Path, **sections: Any) -> dict[str, Any]:
+    """The config of a test collector listening on ``port`` with its store at ``db``, which knows
+    devices ``dev-1`` (token :data:`TOKEN`) and ``dev-2`` (``TOKEN + "-2"``) and the harness' read
+    token. ``sections`` as for :func:`agent_config`."""
+    config: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "store": {"path": str(db)},
+        "devices": [{"id": "dev-1", "token": TOKEN}, {"id": "dev-2", "token": TOKEN + "-2"}],
+        "read": READ,
+    }
+    return _updated(config, sections)
+
+
 def agent_config(port: int, db: Path, collector_url: str | None = None, **sections: Any) -> dict[str, Any]:
     """The config of a test agent (device ``dev-1``) listening on ``port`` with its buffer database at ``db``,
     uploading to ``collector_url`` (none: it only buffers) quickly and with short backoffs. Each of
@@ -56,6 +69,10 @@ def agent_config(port: int, db: Path, collector_url: str | None = None, **sectio
             "backoff_max": 1,
             "timeout": 5,
         }
+    return _updated(config, sections)
+
+
+def _updated(config: dict[str, Any], sections: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in sections.items():
         if isinstance(value, Mapping) and isinstance(config.get(key), dict):
             config[key] = {**config[key], **value}

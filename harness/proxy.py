@@ -7,15 +7,58 @@ import asyncio
 import ssl
 import threading
 import time
-from typing import Self
+from collections.abc import Coroutine
+from typing import Any, Self, TypeVar
 
 import aiohttp
 from aiohttp import web
 
 from harness.net import free_port
 
+T = TypeVar("T")
 
-class LoopbackProxy:
+
+class LoopThread:
+    """A server on 127.0.0.1 with its own event loop in a daemon thread; ``with server: ...`` runs
+    :meth:`start` on that loop, and at the end :meth:`stop`, then cancels whatever still runs there
+    (answers held for an agent that died meanwhile, connections in flight)."""
+
+    def __init__(self, name: str) -> None:
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name=name)
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        pass
+
+    def call(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` on the server's loop and wait for it (10 s at most)."""
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result(10)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        self.call(self.start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def finish() -> None:
+            await self.stop()
+            held = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in held:
+                task.cancel()
+            await asyncio.gather(*held, return_exceptions=True)
+            await asyncio.sleep(0.05)  # transports close on the loop's next turns: let them
+
+        self.call(finish())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+class LoopbackProxy(LoopThread):
     """A real HTTP proxy on 127.0.0.1 in a thread of its own, relaying POSTs (with their Authorization
     and Content-Type) to what :meth:`relay` decides. Subclasses say where, and what happens to the
     answer; the lifecycle (``with proxy: ...``) is here once.
@@ -28,12 +71,9 @@ class LoopbackProxy:
     _runner: web.AppRunner
 
     def __init__(self, session_timeout: float | None = None) -> None:
-        self.port = free_port()
+        super().__init__("loopback-proxy")
         self.url = f"http://127.0.0.1:{self.port}"
         self._session_timeout = session_timeout
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
     async def relay(self, request: web.Request, body: bytes, headers: dict[str, str]) -> web.Response:
         raise NotImplementedError
@@ -42,13 +82,7 @@ class LoopbackProxy:
         async with self._session.post(target + path, data=body, headers=headers) as resp:
             return web.Response(status=resp.status, body=await resp.read(), content_type=resp.content_type)
 
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._start())
-        self._ready.set()
-        self._loop.run_forever()
-
-    async def _start(self) -> None:
+    async def start(self) -> None:
         async def forward(request: web.Request) -> web.Response:
             body = await request.read()
             headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
@@ -62,25 +96,9 @@ class LoopbackProxy:
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        async def stop() -> None:
-            await self._runner.cleanup()
-            await self._session.close()
-            # answers still held (for an agent that died meanwhile) are abandoned
-            held = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in held:
-                task.cancel()
-            await asyncio.gather(*held, return_exceptions=True)
-
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+        await self._session.close()
 
 
 class DelayProxy(LoopbackProxy):
@@ -107,7 +125,7 @@ class DelayProxy(LoopbackProxy):
         return answer
 
 
-class TlsFront:
+class TlsFront(LoopThread):
     """TLS in front of a plain TCP server on 127.0.0.1, as a cloud's load balancer terminates it: bytes
     pass both ways unchanged (streams included), in a thread with its own event loop.
 
@@ -117,13 +135,11 @@ class TlsFront:
     """
 
     def __init__(self, target_port: int, context: ssl.SSLContext) -> None:
-        self.port = free_port()
+        super().__init__("tls-front")
         self.url = f"https://127.0.0.1:{self.port}"
         self.connections = 0  # completed TLS handshakes
         self._target = target_port
         self._context = context
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -145,29 +161,15 @@ class TlsFront:
             return
         await asyncio.gather(self._pump(client_r, target_w), self._pump(target_r, client_w))
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        start = asyncio.start_server(self._handle, "127.0.0.1", self.port, ssl=self._context)
-        self._server = asyncio.run_coroutine_threadsafe(start, self._loop).result(10)
-        return self
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, ssl=self._context)
 
-    def __exit__(self, *exc: object) -> None:
-        async def stop() -> None:
-            assert self._server is not None
+    async def stop(self) -> None:
+        if self._server is not None:
             self._server.close()
-            held = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in held:
-                task.cancel()
-            await asyncio.gather(*held, return_exceptions=True)
-            await asyncio.sleep(0.05)  # transports close on the loop's next turns: let them
-
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
 
-class CountingProxy:
+class CountingProxy(LoopThread):
     """A TCP proxy on 127.0.0.1 that counts every byte on the wire, in a thread of its own: what a
     carrier bills. Bytes are counted per direction and per connection, each connection named by the
     path of its first HTTP request (``/api/v1/batches``, ``/api/v1/alerts``), so one link's bulk and
@@ -181,17 +183,14 @@ class CountingProxy:
     """
 
     def __init__(self, target: tuple[str, int]) -> None:
+        super().__init__("counting-proxy")
         self.target = target
-        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.down = False
         self._lock = threading.Lock()
         self.sent: dict[str, int] = {}  # path -> bytes client -> target
         self.received: dict[str, int] = {}  # path -> bytes target -> client
         self.reads: list[tuple[float, str, int]] = []  # (monotonic time, path, bytes) client -> target
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="counting-proxy")
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -208,7 +207,7 @@ class CountingProxy:
 
     def set_down(self, down: bool) -> None:
         self.down = down
-        asyncio.run_coroutine_threadsafe(self._set_down(down), self._loop).result(10)
+        self.call(self._set_down(down))
 
     async def _set_down(self, down: bool) -> None:
         if down:
@@ -229,13 +228,8 @@ class CountingProxy:
             if record:
                 self.reads.append((time.monotonic(), path, n))
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
-        )
-        self._ready.set()
-        self._loop.run_forever()
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.down:
@@ -277,21 +271,7 @@ class CountingProxy:
         finally:
             writer.transport.abort()
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        async def stop() -> None:
-            if self._server is not None:
-                self._server.close()
-            self._cut()
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            if tasks:
-                await asyncio.wait(tasks, timeout=5)
-
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self._cut()

@@ -17,6 +17,7 @@ from http.client import HTTPException
 
 from backhaul.wire import remote_write as rw
 from backhaul.wire.series import Labels, SeriesMap
+from backhaul.wire.varint import varint
 from harness.net import http
 
 RW_HEADERS = {
@@ -219,3 +220,20 @@ class RecordingSender(Sender):
         """Until a new request (not a retry) goes out."""
         self.fresh.clear()
         assert self.fresh.wait(timeout), "the sender sent nothing new"
+
+
+# -- by hand: bytes the encoder never makes (labels that are not UTF-8) ------------------------------
+
+
+def raw_label(name: bytes, value: bytes) -> bytes:
+    """A remote-write 1.0 ``Label`` field of a ``TimeSeries``, with any bytes as name and value."""
+    inner = b"\x0a" + varint(len(name)) + name + b"\x12" + varint(len(value)) + value
+    return b"\x0a" + varint(len(inner)) + inner
+
+
+def raw_series(labels: list[bytes], ts: int, value_bits: bytes = b"\0" * 8) -> bytes:
+    """A ``WriteRequest`` field holding one ``TimeSeries`` of ``labels`` (from :func:`raw_label`) and
+    one sample; requests are such fields put together, then snappy-compressed."""
+    sample = b"\x09" + value_bits + b"\x10" + varint(ts)
+    inner = b"".join(labels) + b"\x12" + varint(len(sample)) + sample
+    return b"\x0a" + varint(len(inner)) + inner

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import READ, TOKEN, Proc, Process, agent_config, free_port, start_prometheus, toml_text
+from tests.support import (
+    Proc,
+    Process,
+    agent_config,
+    collector_config,
+    free_port,
+    start_prometheus,
+    toml_text,
+)
 
 # The examples ship placeholder secrets, which both programs refuse at start (issue 12). A test that
 # loads an example sets real ones the way the examples advise: in the environment, which wins.
@@ -62,14 +70,7 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., Running]]:
 def start_collector(tmp_path: Path, launch: Callable[..., Running]) -> Callable[..., Running]:
     def start(port: int | None = None, name: str = "collector", **overrides: object) -> Running:
         port = port or free_port()
-        config: dict[str, object] = {
-            "listen": {"host": "127.0.0.1", "port": port},
-            "store": {"path": str(tmp_path / f"{name}.db")},
-            "devices": [{"id": "dev-1", "token": TOKEN}, {"id": "dev-2", "token": TOKEN + "-2"}],
-            "read": READ,
-        }
-        config.update(overrides)
-        return launch("backhaul-collector", name, port, config)
+        return launch("backhaul-collector", name, port, collector_config(port, tmp_path / f"{name}.db", **overrides))
 
     return start
 

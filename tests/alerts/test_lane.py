@@ -16,10 +16,10 @@ import pytest
 from backhaul.wire import alert as wire
 from backhaul.wire.alert import AlertMessage
 from tests.support import (
-    READ,
     READ_HEADERS,
     TOKEN,
     Proc,
+    collector_config,
     exported_samples,
     free_port,
     http,
@@ -37,14 +37,8 @@ Run = Callable[[str, str, int, dict[str, Any]], Proc]
 RULE = {"name": "TooHot", "selector": 'temp_celsius{room="lab"}', "op": ">", "threshold": 80, "severity": "critical"}
 
 
-def collector_config(tmp_path: Path, port: int, **alerts: Any) -> dict[str, Any]:
-    return {
-        "listen": {"host": "127.0.0.1", "port": port},
-        "store": {"path": str(tmp_path / "collector.db")},
-        "devices": [{"id": "dev-1", "token": TOKEN}, {"id": "dev-2", "token": TOKEN + "-2"}],
-        "read": READ,
-        "alerts": alerts,
-    }
+def collector_with(tmp_path: Path, port: int, **alerts: Any) -> dict[str, Any]:
+    return collector_config(port, tmp_path / "collector.db", alerts=alerts)
 
 
 def agent_config(tmp_path: Path, port: int, collector_port: int | None, **alerts: Any) -> dict[str, Any]:
@@ -62,6 +56,13 @@ def agent_config(tmp_path: Path, port: int, collector_port: int | None, **alerts
             "batch_interval": 0.2,
         }
     return config
+
+
+def mqtt_only_agent(tmp_path: Path, port: int, broker: int) -> dict[str, Any]:
+    """An agent with no uplink at all: MQTT through ``broker`` is its only way out."""
+    return agent_config(
+        tmp_path, port, None, channels=[{"type": "mqtt", "host": "127.0.0.1", "port": broker}], token=TOKEN
+    )
 
 
 def temp(agent_url: str, value: float) -> None:
@@ -87,7 +88,7 @@ def subscribed(log: Path) -> None:
 def test_rule_fires_and_resolves_at_the_collector_over_http(tmp_path: Path, run: Run) -> None:
     cport, aport = free_port(), free_port()
     collector = f"http://127.0.0.1:{cport}"
-    run("backhaul-collector", "collector", cport, collector_config(tmp_path, cport))
+    run("backhaul-collector", "collector", cport, collector_with(tmp_path, cport))
     agent = f"http://127.0.0.1:{aport}"
     run("backhaul-agent", "agent", aport, agent_config(tmp_path, aport, cport))
 
@@ -119,7 +120,7 @@ def test_rule_fires_and_resolves_at_the_collector_over_http(tmp_path: Path, run:
 def test_collector_refuses_bad_alert_messages_with_a_reason(tmp_path: Path, run: Run) -> None:
     cport = free_port()
     url = f"http://127.0.0.1:{cport}/api/v1/alerts"
-    run("backhaul-collector", "collector", cport, collector_config(tmp_path, cport))
+    run("backhaul-collector", "collector", cport, collector_with(tmp_path, cport))
     good = wire.encode(AlertMessage("dev-1", "R", "firing", "info", 1.0, int(time.time() * 1000), 1, 5), KEY)
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": wire.CONTENT_TYPE}
 
@@ -149,7 +150,7 @@ def test_alerts_queued_while_the_collector_is_down_survive_sigkill(tmp_path: Pat
     proc.kill()  # SIGKILL with the alert still queued (no collector yet)
 
     run("backhaul-agent", "agent2", aport, config)
-    run("backhaul-collector", "collector", cport, collector_config(tmp_path, cport))
+    run("backhaul-collector", "collector", cport, collector_with(tmp_path, cport))
     fired = wait_until(lambda: listed(collector, "TooHot", "firing"), 20, "the queued alert after the restart")
     assert fired["value"] == 99
     crashed = wait_until(lambda: listed(collector, "AgentCrashed", "firing"), 10, "the built-in crash alert")
@@ -163,18 +164,11 @@ def test_mqtt_channel_through_a_real_broker_to_the_collector(tmp_path: Path, run
         "backhaul-collector",
         "collector",
         cport,
-        collector_config(tmp_path, cport, mqtt={"host": "127.0.0.1", "port": mosquitto}),
+        collector_with(tmp_path, cport, mqtt={"host": "127.0.0.1", "port": mosquitto}),
     )
     agent = f"http://127.0.0.1:{aport}"
     # No uplink at all: MQTT is the only way out.
-    run(
-        "backhaul-agent",
-        "agent",
-        aport,
-        agent_config(
-            tmp_path, aport, None, channels=[{"type": "mqtt", "host": "127.0.0.1", "port": mosquitto}], token=TOKEN
-        ),
-    )
+    run("backhaul-agent", "agent", aport, mqtt_only_agent(tmp_path, aport, mosquitto))
     subscribed(tmp_path / "collector.log")
     temp(agent, 81)
     fired = wait_until(lambda: listed(collector, "TooHot", "firing"), 10, "the alert via MQTT")
@@ -230,7 +224,7 @@ def test_collector_forwards_firing_and_resolved_to_alertmanager_and_a_webhook(
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         cport = free_port()
-        config = collector_config(
+        config = collector_with(
             tmp_path, cport, alertmanager_url=alertmanager, webhook_url=f"http://127.0.0.1:{hook_port}/hook"
         )
         run("backhaul-collector", "collector", cport, config)
@@ -273,19 +267,12 @@ def test_mqtt_alerts_published_while_the_collector_is_down_arrive_when_it_return
 ) -> None:
     cport, aport = free_port(), free_port()
     collector = f"http://127.0.0.1:{cport}"
-    config = collector_config(tmp_path, cport, mqtt={"host": "127.0.0.1", "port": mosquitto})
+    config = collector_with(tmp_path, cport, mqtt={"host": "127.0.0.1", "port": mosquitto})
     first = run("backhaul-collector", "collector", cport, config)
     subscribed(tmp_path / "collector.log")  # the broker now keeps a persistent session for it
     assert first.stop() == 0
     agent = f"http://127.0.0.1:{aport}"
-    run(
-        "backhaul-agent",
-        "agent",
-        aport,
-        agent_config(
-            tmp_path, aport, None, channels=[{"type": "mqtt", "host": "127.0.0.1", "port": mosquitto}], token=TOKEN
-        ),
-    )
+    run("backhaul-agent", "agent", aport, mqtt_only_agent(tmp_path, aport, mosquitto))
     temp(agent, 85)
     wait_until(lambda: metric_value(agent, "backhaul_alerts_sent_total", 'channel="mqtt"') >= 1, 10, "the PUBACK")
     run("backhaul-collector", "collector-again", cport, config)
@@ -296,7 +283,7 @@ def test_mqtt_alerts_published_while_the_collector_is_down_arrive_when_it_return
 def test_a_rule_with_for_fires_when_it_runs_out_not_at_the_next_scheduled_pass(tmp_path: Path, run: Run) -> None:
     cport, aport = free_port(), free_port()
     collector = f"http://127.0.0.1:{cport}"
-    run("backhaul-collector", "collector", cport, collector_config(tmp_path, cport))
+    run("backhaul-collector", "collector", cport, collector_with(tmp_path, cport))
     agent = f"http://127.0.0.1:{aport}"
     config = agent_config(tmp_path, aport, cport, eval_interval=30)
     config["alerts"]["rules"] = [{**RULE, "for": 1}]
@@ -310,7 +297,7 @@ def test_a_rule_with_for_fires_when_it_runs_out_not_at_the_next_scheduled_pass(t
 def test_a_clean_restart_is_reported_as_such(tmp_path: Path, run: Run) -> None:
     cport, aport = free_port(), free_port()
     collector = f"http://127.0.0.1:{cport}"
-    run("backhaul-collector", "collector", cport, collector_config(tmp_path, cport))
+    run("backhaul-collector", "collector", cport, collector_with(tmp_path, cport))
     config = agent_config(tmp_path, aport, cport)
     assert run("backhaul-agent", "agent", aport, config).stop() == 0  # SIGTERM: a clean stop
     run("backhaul-agent", "agent2", aport, config)

@@ -34,11 +34,11 @@ from typing import Any
 import pytest
 
 from harness import (
-    READ,
     READ_HEADERS,
     TOKEN,
     Proc,
     Process,
+    collector_config,
     export,
     free_port,
     get_json,
@@ -113,12 +113,7 @@ class Rig:
         port = port or free_port()
         config = write_toml(
             self.tmp / "collector.toml",
-            {
-                "listen": {"host": "127.0.0.1", "port": port},
-                "store": {"path": str(self.tmp / "collector.db")},
-                "devices": [{"id": "dev-1", "token": TOKEN}],
-                "read": READ,
-            },
+            collector_config(port, self.tmp / "collector.db"),
         )
         proc = Proc("backhaul-collector", config, self.tmp / "collector.log").start()
         self.started.append(proc)

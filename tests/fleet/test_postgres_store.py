@@ -7,19 +7,35 @@ import asyncio
 import math
 import struct
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from backhaul.errors import StoreError
+from backhaul.wire.alert import AlertMessage
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.remote_write import STALE_NAN_BYTES
 from backhaul.wire.series import Labels
+from collector.store import Store
 from collector.store.postgres import PostgresStore
 from tests.fleet.batches import put, read
 from tests.support import free_port
 
 STALE_NAN = struct.unpack("<d", STALE_NAN_BYTES)[0]  # Prometheus' stale marker, a NaN with its own bits
 LABELS: Labels = (("__name__", "temp"), ("device_id", "x"), ("room", "a"))
+
+
+@pytest.fixture(params=["postgres", "embedded"])
+async def either_store(request: pytest.FixtureRequest, pg_dsn: str, tmp_path: Path) -> AsyncIterator[Store]:
+    """The PostgreSQL store and the embedded one, opened on empty databases, for tests that both pass."""
+    from collector.store.sqlite import SqliteStore
+
+    s = PostgresStore(pg_dsn, pool_size=3) if request.param == "postgres" else SqliteStore(tmp_path / "c.db", "FULL")
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
 
 
 @pytest.fixture
@@ -76,65 +92,41 @@ async def test_an_unreachable_database_is_a_transient_error() -> None:
     assert caught.value.transient
 
 
-@pytest.mark.parametrize("backend", ["postgres", "embedded"])
-async def test_alerts_move_forward_once_per_message_on_either_store(backend: str, pg_dsn: str, tmp_path) -> None:
+async def test_alerts_move_forward_once_per_message_on_either_store(either_store: Store) -> None:
     from backhaul.wire.alert import AlertMessage
-    from collector.store.sqlite import SqliteStore
 
-    store = PostgresStore(pg_dsn, pool_size=3) if backend == "postgres" else SqliteStore(tmp_path / "c.db", "FULL")
-    await store.open()
-    try:
+    def msg(seq: int, state: str, ts_ms: int) -> AlertMessage:
+        return AlertMessage("dev-1", "TooHot", state, "critical", 81.5, ts_ms, seq, 0xBEEF, "hot")
 
-        def msg(seq: int, state: str, ts_ms: int) -> AlertMessage:
-            return AlertMessage("dev-1", "TooHot", state, "critical", 81.5, ts_ms, seq, 0xBEEF, "hot")
-
-        assert await store.record_alert("dev-1", msg(1, "firing", 1000), 1001, "http")
-        assert not await store.record_alert("dev-1", msg(1, "firing", 1000), 1002, "mqtt")  # the same message again
-        assert await store.record_alert("dev-1", msg(2, "firing", 5000), 5001, "http")  # a repeat: starts stays 1000
-        (alert,) = await store.alerts(state="firing")
-        assert (alert.starts_ms, alert.updated_ms, alert.seq, alert.value) == (1000, 5000, 2, 81.5)
-        assert (await store.alerts_firing())["dev-1"][0]["rule"] == "TooHot"
-        assert await store.record_alert("dev-1", msg(3, "resolved", 9000), 9001, "http")
-        assert await store.record_alert("dev-1", msg(2, "firing", 4000), 9002, "mqtt")  # late and older: log only
-        (alert,) = await store.alerts()
-        assert (alert.state, alert.starts_ms, alert.ends_ms) == ("resolved", 1000, 9000)
-        assert await store.alerts_firing() == {}
-        assert await store.alerts(resolved_since_ms=9500) == []
-    finally:
-        await store.close()
+    assert await either_store.record_alert("dev-1", msg(1, "firing", 1000), 1001, "http")
+    assert not await either_store.record_alert("dev-1", msg(1, "firing", 1000), 1002, "mqtt")  # the same message again
+    assert await either_store.record_alert("dev-1", msg(2, "firing", 5000), 5001, "http")  # a repeat: starts stays 1000
+    (alert,) = await either_store.alerts(state="firing")
+    assert (alert.starts_ms, alert.updated_ms, alert.seq, alert.value) == (1000, 5000, 2, 81.5)
+    assert (await either_store.alerts_firing())["dev-1"][0]["rule"] == "TooHot"
+    assert await either_store.record_alert("dev-1", msg(3, "resolved", 9000), 9001, "http")
+    assert await either_store.record_alert("dev-1", msg(2, "firing", 4000), 9002, "mqtt")  # late and older: log only
+    (alert,) = await either_store.alerts()
+    assert (alert.state, alert.starts_ms, alert.ends_ms) == ("resolved", 1000, 9000)
+    assert await either_store.alerts_firing() == {}
+    assert await either_store.alerts(resolved_since_ms=9500) == []
 
 
-@pytest.mark.parametrize("backend", ["postgres", "embedded"])
-async def test_series_tables_are_kept_per_device_and_old_ones_dropped(backend: str, pg_dsn: str, tmp_path) -> None:
-    from collector.store.sqlite import SqliteStore
-
-    store = PostgresStore(pg_dsn, pool_size=3) if backend == "postgres" else SqliteStore(tmp_path / "c.db", "FULL")
-    await store.open()
-    try:
-        await store.put_tables("dev-1", {"a" * 32: b'[["__name__","up"]]'}, 1000, 0)
-        await store.put_tables("dev-1", {"a" * 32: b"other bytes"}, 2000, 0)  # a digest names one table: kept
-        assert await store.get_table("dev-1", "a" * 32) == b'[["__name__","up"]]'
-        assert await store.get_table("dev-2", "a" * 32) is None  # tables are per device
-        await store.put_tables("dev-1", {"b" * 32: b"[]"}, 9000, 5000)  # stored before 5000: dropped
-        assert await store.get_table("dev-1", "a" * 32) is None
-        assert await store.get_table("dev-1", "b" * 32) == b"[]"
-    finally:
-        await store.close()
+async def test_series_tables_are_kept_per_device_and_old_ones_dropped(either_store: Store) -> None:
+    await either_store.put_tables("dev-1", {"a" * 32: b'[["__name__","up"]]'}, 1000, 0)
+    await either_store.put_tables("dev-1", {"a" * 32: b"other bytes"}, 2000, 0)  # a digest names one table: kept
+    assert await either_store.get_table("dev-1", "a" * 32) == b'[["__name__","up"]]'
+    assert await either_store.get_table("dev-2", "a" * 32) is None  # tables are per device
+    await either_store.put_tables("dev-1", {"b" * 32: b"[]"}, 9000, 5000)  # stored before 5000: dropped
+    assert await either_store.get_table("dev-1", "a" * 32) is None
+    assert await either_store.get_table("dev-1", "b" * 32) == b"[]"
 
 
-@pytest.mark.parametrize("backend", ["postgres", "embedded"])
-async def test_the_link_an_agent_reports_is_kept_on_either_store(backend: str, pg_dsn: str, tmp_path) -> None:
-    from collector.store.sqlite import SqliteStore
-
-    store = PostgresStore(pg_dsn, pool_size=3) if backend == "postgres" else SqliteStore(tmp_path / "c.db", "FULL")
-    await store.open()
+async def test_the_link_an_agent_reports_is_kept_on_either_store(either_store: Store) -> None:
     series = {LABELS: ([1000], [1.0])}
     link: dict[str, int | str] = {"spent_day": 5000, "budget_day": 10_000, "blocked": "cap", "some_newer_field": 3}
-    try:
-        await put(store, "x", series, 1000, BatchHeader("x", "b", 1, 1000, 1, uplink=link))
-        # a batch from an agent that reports no link leaves what was reported before
-        await put(store, "x", {LABELS: ([2000], [1.0])}, 2000, BatchHeader("x", "b", 2, 2000, 1))
-        (state,) = [s for s in await store.device_states() if s.device == "x"]
-        assert state.uplink == '{"blocked":"cap","budget_day":10000,"spent_day":5000}'
-    finally:
-        await store.close()
+    await put(either_store, "x", series, 1000, BatchHeader("x", "b", 1, 1000, 1, uplink=link))
+    # a batch from an agent that reports no link leaves what was reported before
+    await put(either_store, "x", {LABELS: ([2000], [1.0])}, 2000, BatchHeader("x", "b", 2, 2000, 1))
+    (state,) = [s for s in await either_store.device_states() if s.device == "x"]
+    assert state.uplink == '{"blocked":"cap","budget_day":10000,"spent_day":5000}'

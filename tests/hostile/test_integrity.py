@@ -18,9 +18,8 @@ from backhaul.wire import chunk as chunkfmt
 from backhaul.wire import remote_write as rw
 from backhaul.wire.chunk import Codec
 from backhaul.wire.series import Labels, SeriesMap, sample_count
-from backhaul.wire.varint import varint
 from tests.conftest import Running
-from tests.support import TOKEN, export, http, metric_value, push
+from tests.support import TOKEN, export, http, metric_value, push, raw_label, raw_series
 
 pytestmark = [pytest.mark.integration]
 
@@ -210,23 +209,12 @@ def test_collector_remote_write_drops_and_counts_series_with_bad_labels(start_co
     assert metric_value(collector.url, name, 'device="dev-1",reason="missing_metric_name"') == 1
 
 
-def label(name: bytes, value: bytes) -> bytes:
-    inner = b"\x0a" + varint(len(name)) + name + b"\x12" + varint(len(value)) + value
-    return b"\x0a" + varint(len(inner)) + inner
-
-
-def series_bytes(labels: list[bytes], ts: int, value_bits: bytes = b"\0" * 8) -> bytes:
-    sample = b"\x09" + value_bits + b"\x10" + varint(ts)
-    inner = b"".join(labels) + b"\x12" + varint(len(sample)) + sample
-    return b"\x0a" + varint(len(inner)) + inner
-
-
 def test_agent_drops_a_series_with_labels_not_utf8_and_keeps_the_rest(start_agent: Any) -> None:
     """Finding 5 (agent remote write): a label value that is not UTF-8 costs its series, not the request."""
     agent = start_agent(None)
     now = int(time.time() * 1000)
-    good = series_bytes([label(b"__name__", b"good")], now)
-    bad = series_bytes([label(b"__name__", b"bad"), label(b"v", b"\xff\xfe")], now)
+    good = raw_series([raw_label(b"__name__", b"good")], now)
+    bad = raw_series([raw_label(b"__name__", b"bad"), raw_label(b"v", b"\xff\xfe")], now)
     body = bytes(cramjam.snappy.compress_raw(good + bad))
     status, text, _ = http("POST", f"{agent.url}/api/v1/write", body, PROTO)
     assert status == 204, text

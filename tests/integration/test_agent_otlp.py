@@ -23,6 +23,7 @@ from backhaul.wire import protodesc
 from backhaul.wire.metadata import Metadata
 from backhaul.wire.protodesc import Field, T
 from backhaul.wire.series import Labels
+from tests.otlp_example import official_style_json
 from tests.support import exported_samples, http, metric_value, stored_contents, wait_until
 
 pytestmark = [pytest.mark.integration]
@@ -88,35 +89,6 @@ def test_the_real_sdk_and_exporter_send_through_the_agent_to_the_collector(start
     assert h.count == 6 and math.isclose(h.sum, 709.5) and sum(c for _, c in h.positive_buckets()) == 6
     assert held.metadata["requests_total"] == Metadata("counter", "Requests served.", "")
     assert held.metadata["request_duration_seconds"] == Metadata("histogram", "Latency.", "seconds")
-
-
-def official_style_json(t_ns: int) -> bytes:
-    """Shaped like opentelemetry-proto's examples/metrics.json: a delta counter, a gauge, a delta histogram."""
-    t = str(t_ns)
-    resource = {"attributes": [{"key": "service.name", "value": {"stringValue": "my.service"}}]}
-    metrics = [
-        {
-            "name": "my.counter",
-            "unit": "1",
-            "sum": {
-                "aggregationTemporality": 1,
-                "isMonotonic": True,
-                "dataPoints": [{"asDouble": 5, "timeUnixNano": t}],
-            },
-        },
-        {"name": "my.gauge", "unit": "1", "gauge": {"dataPoints": [{"asInt": "10", "timeUnixNano": t}]}},
-        {
-            "name": "my.histogram",
-            "histogram": {
-                "aggregationTemporality": 1,
-                "dataPoints": [{"timeUnixNano": t, "count": 3, "bucketCounts": [1, 2], "explicitBounds": [1]}],
-            },
-        },
-    ]
-    body = {
-        "resourceMetrics": [{"resource": resource, "scopeMetrics": [{"scope": {"name": "lib"}, "metrics": metrics}]}]
-    }
-    return json.dumps(body).encode()
 
 
 def test_json_partial_success_and_malformed_bodies(start_collector, start_agent):

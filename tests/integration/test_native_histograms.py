@@ -40,6 +40,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# Prometheus scraping the test's page and sending to the agent (``{sending}``: the remote-write
+# section's further settings).
 SCRAPING = """
 global:
   scrape_interval: 1s
@@ -50,8 +52,9 @@ remote_write:
   - url: http://127.0.0.1:{agent}/api/v1/write
     send_native_histograms: true
     queue_config: {{max_shards: 1, batch_send_deadline: 500ms, min_backoff: 100ms, max_backoff: 1s}}
-    metadata_config: {{send_interval: 2s}}
+    {sending}
 """
+
 RECEIVING = """
 global:
   scrape_interval: 1m
@@ -124,7 +127,9 @@ def test_native_histograms_arrive_intact_at_a_forwarding_prometheus(
         target = urllib.parse.urlsplit(native_target).netloc.split(":")[1]
         scraping, scraping_url = start_prometheus(
             tmp_path,
-            lambda port: SCRAPING.format(target=target, agent=agent_port),
+            lambda port: SCRAPING.format(
+                target=target, agent=agent_port, sending="metadata_config: {send_interval: 2s}"
+            ),
             "--enable-feature=native-histograms",
         )
 
@@ -175,20 +180,6 @@ def test_native_histograms_arrive_intact_at_a_forwarding_prometheus(
         receiving.kill()
 
 
-SENDING_V2 = """
-global:
-  scrape_interval: 1s
-scrape_configs:
-  - job_name: native
-    static_configs: [{{targets: ['127.0.0.1:{target}']}}]
-remote_write:
-  - url: http://127.0.0.1:{agent}/api/v1/write
-    protobuf_message: io.prometheus.write.v2.Request
-    send_native_histograms: true
-    queue_config: {{max_shards: 1, batch_send_deadline: 500ms, min_backoff: 100ms, max_backoff: 1s}}
-"""
-
-
 def raw_floats(url: str, selector: str) -> dict[tuple[tuple[str, str], ...], dict[int, float]]:
     out: dict[tuple[tuple[str, str], ...], dict[int, float]] = {}
     for series in query(url, f"{selector}[10m]"):
@@ -213,7 +204,9 @@ def test_prometheus_3_sending_remote_write_2_0(native_target, start_collector, s
         target = urllib.parse.urlsplit(native_target).netloc.split(":")[1]
         sending, sending_url = start_prometheus(
             tmp_path,
-            lambda port: SENDING_V2.format(target=target, agent=agent_port),
+            lambda port: SCRAPING.format(
+                target=target, agent=agent_port, sending="protobuf_message: io.prometheus.write.v2.Request"
+            ),
             "--enable-feature=native-histograms,metadata-wal-records",
             binary=binary,
         )

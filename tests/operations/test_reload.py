@@ -12,7 +12,19 @@ from typing import Any
 
 from tests.conftest import Running
 from tests.operations.conftest import Page
-from tests.support import BIN, READ_HEADERS, READ_TOKEN, TOKEN, Proc, free_port, http, parse_metrics, push, toml_text
+from tests.support import (
+    BIN,
+    READ_HEADERS,
+    READ_TOKEN,
+    TOKEN,
+    Proc,
+    collector_config,
+    free_port,
+    http,
+    parse_metrics,
+    push,
+    toml_text,
+)
 from tests.support import wait_until as until
 
 RULE = {"name": "Hot", "selector": 'temperature_celsius{job="sensor"}', "op": ">", "threshold": 50}
@@ -145,12 +157,7 @@ def test_an_invalid_config_is_refused_whole_and_the_running_one_stays(tmp_path: 
 def test_collector_reloads_read_tokens_and_refuses_a_device_token_as_reader(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    config: dict[str, Any] = {
-        "listen": {"host": "127.0.0.1", "port": port},
-        "store": {"path": str(tmp_path / "collector.db")},
-        "devices": [{"id": "dev-1", "token": TOKEN}],
-        "read": {"tokens": [{"name": "ops", "token": READ_TOKEN}]},
-    }
+    config = collector_config(port, tmp_path / "collector.db", read={"tokens": [{"name": "ops", "token": READ_TOKEN}]})
     collector = start(tmp_path, "backhaul-collector", config, port)
     old = {"Authorization": f"Bearer {READ_TOKEN}"}
     new = {"Authorization": "Bearer another-read-token-42"}

@@ -6,13 +6,12 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 from tests.fleet.batches import batch_body, headers, series_for
 from tests.forward.conftest import ScriptedReceiver, scripted_receiver
-from tests.support import READ, TOKEN, Proc, free_port, toml_text
+from tests.support import TOKEN, Proc, collector_config, free_port, toml_text
 
 __all__ = ["scripted_receiver"]  # the fixture, used below
 
@@ -32,13 +31,8 @@ async def test_a_forward_target_moves_on_reload(
     a, b = await scripted_receiver(), await scripted_receiver()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    config: dict[str, Any] = {
-        "listen": {"host": "127.0.0.1", "port": port},
-        "store": {"path": str(tmp_path / "collector.db")},
-        "devices": [{"id": "dev-1", "token": TOKEN}],
-        "read": READ,
-        "forward": [{"name": "tsdb", "url": a.url, "bearer_token": "token-for-a-123", "backoff_max": 1}],
-    }
+    target = {"name": "tsdb", "url": a.url, "bearer_token": "token-for-a-123", "backoff_max": 1}
+    config = collector_config(port, tmp_path / "collector.db", forward=[target])
     path = tmp_path / "collector.toml"
     path.write_text(toml_text(config))
     collector = Proc("backhaul-collector", path, tmp_path / "collector.log").start()

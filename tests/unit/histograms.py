@@ -1,4 +1,5 @@
-"""Hypothesis strategies for native histograms, and comparison by bits (NaN sums must survive too)."""
+"""Native histograms for tests: the spec's example, Hypothesis strategies, comparison by bits (NaN sums
+must survive too), and damaged bytes for the decoders."""
 
 from __future__ import annotations
 
@@ -9,6 +10,17 @@ from typing import Any
 from hypothesis import strategies as st
 
 from backhaul.wire.histogram import CUSTOM_BUCKETS_SCHEMA, Histogram
+
+# The native histogram spec's example: -2→3, -1→5, 2→1, 4→3, 5→2.
+LATENCY = Histogram(
+    count=15,
+    sum=3.25,
+    schema=3,
+    zero_threshold=2.0**-128,
+    zero_count=1,
+    positive_spans=((-2, 2), (2, 1), (1, 2)),
+    positive=(3, 2, -4, 2, -1),
+)
 
 STALE = struct.unpack("<d", (0x7FF0000000000002).to_bytes(8, "little"))[0]
 
@@ -119,3 +131,14 @@ def histogram_runs(draw: st.DrawFn, max_size: int = 12) -> list[Histogram]:
             is_float = not is_float
         out.append(draw(histogram_with(layout, is_float)))
     return out
+
+
+def damaged(data: st.DataObject, good: bytes, most: int) -> bytes:
+    """``good`` with 1 to ``most`` bytes overwritten, and cut short half the time."""
+    raw = bytearray(good)
+    for _ in range(data.draw(st.integers(1, most))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        raw[at] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        raw = raw[: data.draw(st.integers(0, len(raw)))]
+    return bytes(raw)

@@ -14,20 +14,10 @@ from backhaul.wire import histogram as hist
 from backhaul.wire.histogram import Histogram
 from backhaul.wire.metadata import Metadata
 from backhaul.wire.series import SeriesMap
-from tests.unit.histograms import histogram_runs, histograms, key
+from tests.unit.histograms import LATENCY, damaged, histogram_runs, histograms, key
 
 NOW = 1_700_000_000_000
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-LATENCY = Histogram(
-    count=15,
-    sum=3.25,
-    schema=3,
-    zero_threshold=2.0**-128,
-    zero_count=1,
-    positive_spans=((-2, 2), (2, 1), (1, 2)),
-    positive=(3, 2, -4, 2, -1),  # the native histogram spec's example: -2→3, -1→5, 2→1, 4→3, 5→2
-)
 
 
 def test_the_spec_example_maps_buckets_to_their_indices():
@@ -182,14 +172,9 @@ def test_chunks_with_histograms_round_trip_every_bit(c):
 @given(contents(), st.data())
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_damaged_histogram_chunks_are_wire_errors_and_nothing_else(c, data):
-    raw = bytearray(chunk.encode(c.series, c.histograms, c.metadata))
-    for _ in range(data.draw(st.integers(1, 4))):
-        at = data.draw(st.integers(0, len(raw) - 1))
-        raw[at] = data.draw(st.integers(0, 255))
-    if data.draw(st.booleans()):
-        raw = raw[: data.draw(st.integers(0, len(raw)))]
+    raw = damaged(data, chunk.encode(c.series, c.histograms, c.metadata), 4)
     try:
-        decoded = chunk.decode_contents(bytes(raw))
+        decoded = chunk.decode_contents(raw)
     except WireError:
         return
     for _, hs in decoded.histograms.values():

@@ -24,6 +24,7 @@ from backhaul.wire import TooLarge, Unsupported, WireError, otlp
 from backhaul.wire import remote_write as rw
 from backhaul.wire.histogram import Histogram
 from backhaul.wire.metadata import Metadata
+from tests.otlp_example import official_style_json
 
 RESOURCE = {
     "service.name": "infer",
@@ -164,77 +165,6 @@ def test_what_the_real_otlp_http_exporter_sends_gzipped_decodes_the_same():
     assert headers["content-encoding"] == "gzip" and headers["content-type"] == "application/x-protobuf"
     mapped = otlp.decode(body, headers["content-type"], headers["content-encoding"], wide_limits())
     check_inference_series(mapped)
-
-
-def official_style_json() -> bytes:
-    """A request shaped like opentelemetry-proto's examples/metrics.json: a delta counter, a gauge and
-    a delta histogram; camelCase, an int64 as a string, an exemplar with hex ids."""
-    t = "1700000000000000000"
-    return json.dumps(
-        {
-            "resourceMetrics": [
-                {
-                    "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "my.service"}}]},
-                    "scopeMetrics": [
-                        {
-                            "scope": {"name": "my.library", "version": "1.0.0"},
-                            "metrics": [
-                                {
-                                    "name": "my.counter",
-                                    "unit": "1",
-                                    "sum": {
-                                        "aggregationTemporality": 1,
-                                        "isMonotonic": True,
-                                        "dataPoints": [{"asDouble": 5, "timeUnixNano": t}],
-                                    },
-                                },
-                                {
-                                    "name": "my.gauge",
-                                    "unit": "1",
-                                    "description": "I am a gauge",
-                                    "gauge": {
-                                        "dataPoints": [
-                                            {
-                                                "asInt": "10",
-                                                "timeUnixNano": t,
-                                                "attributes": [
-                                                    {"key": "my.gauge.attr", "value": {"stringValue": "v"}},
-                                                    {"key": "my_gauge.attr", "value": {"intValue": "2"}},
-                                                ],
-                                                "exemplars": [
-                                                    {
-                                                        "asDouble": 9,
-                                                        "timeUnixNano": t,
-                                                        "traceId": "5b8efff798038103d269b633813fc60c",
-                                                        "spanId": "eee19b7ec3c1b174",
-                                                    }
-                                                ],
-                                            }
-                                        ]
-                                    },
-                                },
-                                {
-                                    "name": "my.histogram",
-                                    "histogram": {
-                                        "aggregationTemporality": 1,
-                                        "dataPoints": [
-                                            {
-                                                "timeUnixNano": t,
-                                                "count": 3,
-                                                "bucketCounts": [1, 2],
-                                                "explicitBounds": [1],
-                                            }
-                                        ],
-                                    },
-                                    "futureField": {"ignored": True},
-                                },
-                            ],
-                        }
-                    ],
-                }
-            ]
-        }
-    ).encode()
 
 
 def test_otlp_json_with_deltas_maps_the_gauge_and_refuses_the_deltas_as_a_partial_success():

@@ -9,6 +9,7 @@ from backhaul.wire import remote_write as rw
 from backhaul.wire.histogram import Histogram
 from backhaul.wire.metadata import Metadata
 from backhaul.wire.series import Exemplar, SeriesMap
+from tests.unit.histograms import LATENCY
 
 NOW = 1_700_000_000_000
 
@@ -157,15 +158,6 @@ def test_a_v2_body_labelled_as_v1_is_refused_not_read_as_empty():
         rw.decode(body, limits())
 
 
-LATENCY = Histogram(
-    count=15,
-    sum=3.25,
-    schema=3,
-    zero_threshold=2.0**-128,
-    zero_count=1,
-    positive_spans=((-2, 2), (2, 1), (1, 2)),
-    positive=(3, 2, -4, 2, -1),
-)
 FLOATY = Histogram(
     count=2.5, sum=1.0, schema=-53, positive_spans=((1, 1),), positive=(2.5,), custom_values=(0.5, 1.0), is_float=True
 )
