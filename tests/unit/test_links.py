@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def uplink(*links: dict[str, Any], **fields: Any) -> UplinkSettings:
     return UplinkSettings.model_validate({"links": list(links), **fields})
 
 
-def make(interfaces: Interfaces):  # type: ignore[no-untyped-def]
+def make(interfaces: Interfaces) -> Callable[[Any, str, Any], Link]:
     def build(settings: Any, name: str, clock: Any) -> Link:
         return Link(settings, name, clock, interface_state=interfaces)
 
@@ -66,7 +67,8 @@ def test_links_are_named_entries_that_inherit_the_calendar_and_drain_order() -> 
     assert isinstance(wifi, NamedLink) and str(wifi.source_address) == "10.0.0.2"
     assert wifi.budget_timezone == lte.budget_timezone == "Europe/Berlin"
     assert wifi.when_short == "summarise" and wifi.drain_order == "fresh_first" and lte.drain_order == "oldest_first"
-    assert int(wifi.daily_bytes) == 100_000 and int(lte.daily_bytes) == 50_000 and sat.alerts_only
+    assert isinstance(sat, NamedLink) and sat.alerts_only
+    assert int(wifi.daily_bytes) == 100_000 and int(lte.daily_bytes) == 50_000
 
 
 @pytest.mark.parametrize(
@@ -184,5 +186,5 @@ def test_the_batch_header_carries_the_link_name_and_refuses_a_bad_one() -> None:
     encoded = batchfmt.encode(header, [])
     assert batchfmt.decode(encoded)[0].uplink["link"] == "lte"
     for bad in ("", "a b", "x" * 33, 5):
-        with pytest.raises(WireError, match="uplink.link"):
+        with pytest.raises(WireError, match=r"uplink\.link"):
             batchfmt.decode(batchfmt.encode(batchfmt.BatchHeader("d", "b" * 32, 1, 0, uplink={"link": bad}), []))
