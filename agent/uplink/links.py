@@ -43,6 +43,7 @@ class Links:
         self._make = make
         self.all = [make(s, name, clock) for name, s in settings.named_links()]
         self.active = self.bulk()[0]
+        self._chosen = False  # whether select() chose a link yet
         self.on_switch: OnSwitch | None = None
         self._store: BufferStore | None = None
         # Called with each link added by a reload (the uploader gives it a transport).
@@ -53,7 +54,7 @@ class Links:
         """One given link (the uploader's and the policy's tests, the bench)."""
         self = cls.__new__(cls)
         self._clock, self._make = link.now, Link
-        self.all, self.active = [link], link
+        self.all, self.active, self._chosen = [link], link, True
         self.on_switch, self.on_added, self._store = None, None, None
         return self
 
@@ -73,18 +74,31 @@ class Links:
         """The link for the next ``nbytes`` of bulk traffic (made the active one), or None and why
         the first bulk link may not carry it."""
         link, reason = choose(self.all, nbytes)
-        if link is not None and link is not self.active:
+        if link is not None and not self._chosen:
+            self._chosen = True  # the first choice after start is no switch
+            if link is not self.active:
+                log.info("uplink: using link %s (%s)", link.name, self._why(self.active, link, nbytes))
+            self.active = link
+        elif link is not None and link is not self.active:
             self._switch(link, nbytes)
         return link, reason
 
+    def _why(self, was: Link, to: Link, nbytes: int) -> str:
+        """Why bulk traffic moves from ``was`` to ``to``, for the log."""
+        if was not in self.all:
+            return f"{was.name} was removed"
+        why = was.blocked(nbytes)
+        if why is None:
+            return f"{to.name} is usable again"
+        if why == "down":
+            state = was.down()
+            why = "down" if state == "down" else f"down: {state}"
+        return f"{was.name}: {why}"
+
     def _switch(self, to: Link, nbytes: int) -> None:
         was = self.active
-        why = was.blocked(nbytes) if was in self.all else "removed"
-        if why == "down":
-            why = f"down: {was.down()}"
-        elif why is None:
-            why = f"{to.name} is usable again"
-        log.info("uplink: link switch %s → %s (%s: %s)", was.name, to.name, was.name, why)
+        why = self._why(was, to, nbytes)
+        log.info("uplink: link switch %s → %s (%s)", was.name, to.name, why)
         self.active = to
         if self.on_switch is not None:
             self.on_switch(was, to, why)

@@ -133,12 +133,20 @@ def test_the_active_link_switches_with_a_log_line_and_a_callback(caplog: pytest.
     links.on_switch = lambda was, to, why: seen.append((was.name, to.name, why))
     assert links.active is wifi
     caplog.set_level(logging.INFO, "agent.uplink.links")
+    assert links.select(100) == (wifi, None)
     ifs.down["wlan0"] = "down"
     assert links.select(100) == (lte, None) and links.active is lte
     ifs.down.clear()
     assert links.select(100) == (wifi, None)
-    assert seen == [("wifi", "lte", "down: down"), ("lte", "wifi", "wifi is usable again")]
-    assert "link switch wifi → lte (wifi: down: down)" in caplog.text
+    assert seen == [("wifi", "lte", "wifi: down"), ("lte", "wifi", "wifi is usable again")]
+    assert "link switch wifi → lte (wifi: down)" in caplog.text
+    # after a start, the first choice is not a switch (nothing moved), though it is logged
+    seen.clear()
+    ifs.down["wlan0"] = "no address"
+    fresh = Links(uplink(WIFI, LTE), lambda: NOW, make(ifs))
+    fresh.on_switch = lambda was, to, why: seen.append((was.name, to.name, why))
+    assert fresh.select(100)[0] is fresh.all[1] and seen == []
+    assert "using link lte (wifi: down: no address)" in caplog.text
     # the proxy's gate: the bytes go to the active link's budget
     links.count(700)
     assert wifi.budget.spent("day", NOW) == 700 and lte.budget.spent("day", NOW) == 0
