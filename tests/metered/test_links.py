@@ -3,8 +3,9 @@
 wifi; wifi's interface is taken down on the agent's side and they move to lte (the kernel's byte
 counters show it, not only the agent); each link's budget counts only what went over it, a restart
 keeps both, and wifi takes over again once it is back. With wifi and lte both down, bulk uploads
-wait while an alert reaches the collector over sat. The links bind to their source addresses, and source-based routing rules (as on a
-real multi-homed device) send each address out through its own interface.
+wait while an alert reaches the collector over sat. The links bind to their source addresses, and
+source-based routing rules (as on a real multi-homed device) send each address out through its own
+interface.
 
 Addresses exist only inside the two namespaces; both are deleted at the end, whatever happened.
 """
