@@ -21,7 +21,7 @@ T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 
 
-def ip(*args: str) -> str:
+def _ip(*args: str) -> str:
     """Run ``ip ARGS``; its output, or AssertionError with ip's message."""
     done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
     if done.returncode != 0:
@@ -34,12 +34,12 @@ class Netns:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        ip("netns", "add", name)
-        ip("-n", name, "link", "set", "lo", "up")
+        _ip("netns", "add", name)
+        _ip("-n", name, "link", "set", "lo", "up")
         self._pool: ThreadPoolExecutor | None = None
 
     def ip(self, *args: str) -> str:
-        return ip("-n", self.name, *args)
+        return _ip("-n", self.name, *args)
 
     def argv(self, argv: list[str]) -> list[str]:
         """``argv`` run inside the namespace (``ip netns exec`` also mounts its /sys/class/net)."""
@@ -73,6 +73,6 @@ class Netns:
 
 def veth(a: Netns, a_name: str, b: Netns, b_name: str) -> None:
     """A veth pair with one end in each namespace, both up."""
-    ip("link", "add", a_name, "netns", a.name, "type", "veth", "peer", "name", b_name, "netns", b.name)
+    _ip("link", "add", a_name, "netns", a.name, "type", "veth", "peer", "name", b_name, "netns", b.name)
     a.ip("link", "set", a_name, "up")
     b.ip("link", "set", b_name, "up")
