@@ -355,6 +355,11 @@ class Uploader:
         self._metrics.batches.labels("failed").inc()
         self._metrics.upload_failures.labels(reason).inc()
         delay = self._backoff.next(retry_after(reply.headers, self._clock()) if reply else None)
+        if reply is None and self.link.down() is not None and self.links.select(0)[0] is not None:
+            # The link went down under the request and another may carry it: try that one at once
+            # rather than back off for a failure of the link that is gone.
+            self._backoff.reset()
+            delay = 0.0
         self.last_error = detail
         log.warning("upload failed (%s); next attempt in %.1f s", detail, delay)
         self._backlog = True
