@@ -157,10 +157,11 @@ def links(links: Links, blocked: str | None) -> list[dict[str, Any]]:
         report: dict[str, Any] = dict(link.report(blocked if in_use else link.blocked()))
         report.pop("link", None)
         why = report.pop("blocked") or None
-        if why == "down":
-            why = f"down ({link.down()})"
+        state = link.down()
+        if why == "down" and state != "down":
+            why = f"down ({state})"
         elif why is None and not in_use:
-            why = "a link before it is usable" if not link.alerts_only else "alerts_only"
+            why = "an earlier link is in use"
         metered = bool(report.get("budget_day") or report.get("budget_month") or report.get("next_window_ms"))
         extra = {"interface": link.interface or None, "alerts_only": link.alerts_only}
         out.append({"name": link.name, "in_use": in_use, "why_not": why, "metered": metered, **extra, **report})

@@ -5,7 +5,7 @@
 - the drain policy asks :meth:`Links.select` before every batch: the first link that is up, in its
   window and within its budget (:func:`~agent.uplink.link.choose`) becomes the active one; a switch
   is logged (from, to and why) and reported through ``on_switch`` (the metrics count it);
-- the alert lane asks :meth:`Links.for_alerts`: the first link that is up, alerts_only ones included;
+- the alert lane asks :meth:`Links.alert_route`: the first link that is up, alerts_only ones included;
 - the inference proxy sees it as its :class:`~agent.proxy.link.LinkGate`: escalated requests count
   against the active link's budget;
 - a reload (:meth:`Links.reconfigure`) applies new caps, budgets, windows and links in place: a link
