@@ -42,8 +42,8 @@ from agent.metrics import AgentMetrics
 from agent.sources import Sources
 from agent.status import AgentStatus, health
 from agent.supervisor import CrashLoop, Supervisor
-from agent.uplink.build import transport_for
-from agent.uplink.link import Link
+from agent.uplink.build import transports_for
+from agent.uplink.links import Links
 from agent.uplink.transport import Transport
 from agent.uplink.uploader import Uploader
 from backhaul import __version__, systemd
@@ -96,11 +96,14 @@ class Agent:
         u = settings.uplink
         # One TLS holder for everything the agent sends to its uplink (batches, alerts, remote write).
         self.tls = ClientTls(u.ca_file, u.client_cert, u.client_key, u.server_name) if u.tls_configured else None
-        # The one link bulk uploads (and escalated inference requests) go over: its cap, budgets, windows.
-        self.link = Link(settings.uplink, clock=clock)
+        # The links bulk uploads (and escalated inference requests) go over: caps, budgets, windows.
+        self.links = Links(settings.uplink, clock)
+        # A transport per link (a test's one transport serves every link).
+        self.transports: dict[str, Transport] = {}
         if transport is None and settings.uplink.url is not None:
-            transport = transport_for(settings, self.link, self.tls)
-        self.transport = transport
+            self.transports = transports_for(settings, self.links, self.tls)
+        elif transport is not None:
+            self.transports = {link.name: transport for link in self.links.bulk()}
         self.jobs = Jobs(self.registry)
         self.timekeeper = TimeKeeper(
             settings.clock,
@@ -114,15 +117,15 @@ class Agent:
             on_backward_jump=lambda _jump: self.jobs.rewind(),
         )
         self.uploader: Uploader | None = None
-        if transport is not None:
+        if self.transports:
             self.uploader = Uploader(
                 settings.uplink,
                 settings.device_id,
                 self.store,
-                transport,
+                self.transports,
                 self.metrics.uplink,
                 clock,
-                link=self.link,
+                link=self.links,
                 time_keeper=self.timekeeper,
             )
         self.staging = Staging(
@@ -145,6 +148,7 @@ class Agent:
                 clock,
                 lambda series: clock_ingest.submit(self.timekeeper, self.staging, series),  # its own samples
                 self.tls,
+                self.links.alert_route,
             )
         observe = self.alerts.engine.observe if self.alerts is not None else None
         self.receiver = RemoteWriteReceiver(
@@ -168,7 +172,7 @@ class Agent:
             self.timekeeper,
         )
         local_down = self.supervisor.unavailable if self.supervisor is not None else None
-        self.sources = Sources(settings, self.sink, self.registry, self.jobs, clock, local_down, self.link)
+        self.sources = Sources(settings, self.sink, self.registry, self.jobs, clock, local_down, self.links)
         self._lifecycle: Lifecycle | None = None
         self._started = False
         self._stopping = False
@@ -179,7 +183,7 @@ class Agent:
 
     def _readings(self) -> Readings:
         """What the built-in alert checks read, as typed callables into the components."""
-        store, uploader, supervisor, link = self.store, self.uploader, self.supervisor, self.link
+        store, uploader, supervisor, links = self.store, self.uploader, self.supervisor, self.links
         return Readings(
             buffer_bytes=lambda: store.totals.bytes,
             budget_bytes=store.budget_bytes,
@@ -189,7 +193,7 @@ class Agent:
             upload_error=lambda: uploader.last_error if uploader is not None else None,
             clock_skew=self.timekeeper.skew_seconds,
             inference_crash_loop=(lambda: supervisor.in_crash_loop) if supervisor is not None else None,
-            uplink_budget=link.budget_reading(lambda: uploader is not None and uploader.blocked == "budget"),
+            uplink_budget=links.budget_reading(lambda: uploader is not None and uploader.blocked == "budget"),
         )
 
     def _crash_loop(self, _event: CrashLoop) -> None:
@@ -224,13 +228,13 @@ class Agent:
     async def _start(self, life: Lifecycle) -> None:
         s = self.settings
         await life.enter("buffer", self.store)
-        await self.link.attach(self.store)
+        await self.links.attach(self.store)
         await life.enter("clock", self.timekeeper)
         self.metrics.buffer.watch_buffer(lambda: self.store.totals, self.store.budget_bytes, self._clock)
         self.metrics.buffer.watch_disk(self.store.path.parent, self.store.min_free_bytes)
         self.metrics.info.info({"version": __version__, "device": s.device_id, "buffer_id": self.store.buffer_id})
-        if self.transport is not None:
-            life.on_stop("uplink connection", self.transport.close)
+        if self.uploader is not None:
+            life.on_stop("uplink connections", self._close_transports)
         await life.enter("background tasks", self.tasks)
         self.tasks.spawn("staging", self.staging.run())
         self.tasks.spawn("clock", self.timekeeper.run())
@@ -306,12 +310,17 @@ class Agent:
             return  # never started, or a failed start already unwound
         await life.stop(self.settings.shutdown_grace.total_seconds())
 
+    async def _close_transports(self) -> None:
+        if self.uploader is not None:
+            for transport in {id(t): t for t in self.uploader.transports()}.values():
+                await transport.close()
+
     # -- maintenance -------------------------------------------------------------------------------
 
     async def _maintain(self) -> None:
         await self._expire()
         await self._compact()
-        await self.link.flush()  # e.g. the proxy's escalated bytes
+        await self.links.flush()  # e.g. the proxy's escalated bytes
 
     async def _expire(self) -> None:
         # By the best estimate of true time: the buffer's timestamps are corrected ones.

@@ -2,7 +2,9 @@
 
 Applied without a restart: ``log_level``; the scrape targets (``[scrape]`` targets, interval and
 timeout, ``inference.metrics_url``); the alert rules, channels and the token that signs alerts; the
-uplink's token, batch interval and backoff; the inference server's health check, restart backoff,
+uplink's token, batch interval and backoff; the uplink's links (``[[uplink.links]]``: added, removed,
+reordered) and each link's cap, budgets, windows, interface, source address and drain order, a link
+that keeps its name keeping what it spent; the inference server's health check, restart backoff,
 crash-loop rule and log rate; and, re-read at every reload, the uplink's TLS files. Everything else
 (the buffer, the listener, the uplink URL and protocol, the inference command, ...) needs a restart:
 a reload logs it as such and keeps the value in force. The alert state, the alert queue and the buffer
@@ -17,8 +19,10 @@ from typing import TYPE_CHECKING
 from agent.alerts.setup import channels, mac_token
 from agent.config import AgentSettings
 from agent.sources import scrape_targets
+from agent.uplink.build import transport_for
+from agent.uplink.link import Link
 from agent.uplink.remote_write import RemoteWriteTransport
-from agent.uplink.transport import HttpTransport
+from agent.uplink.transport import HttpTransport, Transport
 from backhaul.reload import ConfigReload
 from backhaul.wire import alert as wire
 
@@ -28,6 +32,22 @@ if TYPE_CHECKING:
 SCRAPE = ("scrape.targets", "scrape.interval", "scrape.timeout", "inference.metrics_url")
 ALERTS = ("alerts.rules", "alerts.channels", "alerts.token", "uplink.token")
 UPLINK_PACE = ("uplink.batch_interval", "uplink.backoff_min", "uplink.backoff_max")
+UPLINK_LINKS = tuple(
+    f"uplink.{name}"
+    for name in (
+        "links",
+        "max_bytes_per_second",
+        "daily_bytes",
+        "monthly_bytes",
+        "windows",
+        "budget_timezone",
+        "budget_reset_day",
+        "drain_order",
+        "fresh_window",
+        "when_short",
+        "summary_interval",
+    )
+)
 INFERENCE_HEALTH = tuple(
     f"inference.{name}"
     for name in (
@@ -55,20 +75,36 @@ def register(reload: ConfigReload[AgentSettings], agent: Agent) -> None:
     if lane is not None:
 
         async def alerts(s: AgentSettings) -> None:
-            await lane.reconfigure(s.alerts.rules, channels(s, agent.tls), wire.token_key(mac_token(s)))
+            chosen = channels(s, agent.tls, lane.budget, agent.links.alert_route)
+            await lane.reconfigure(s.alerts.rules, chosen, wire.token_key(mac_token(s)))
 
         reload.apply("alert rules and channels", ALERTS, alerts)
-    transport = agent.transport
-    if isinstance(transport, HttpTransport | RemoteWriteTransport):
-        token = transport
-
-        def set_token(s: AgentSettings) -> None:
-            token.set_token(s.uplink.token.get_secret_value())
-
-        reload.apply("uplink token", ("uplink.token",), set_token)
     uploader = agent.uploader
     if uploader is not None:
+
+        def set_token(s: AgentSettings) -> None:
+            for transport in uploader.transports():
+                if isinstance(transport, HttpTransport | RemoteWriteTransport):
+                    transport.set_token(s.uplink.token.get_secret_value())
+
+        reload.apply("uplink token", ("uplink.token",), set_token)
         reload.apply("uplink batch interval and backoff", UPLINK_PACE, lambda s: uploader.reconfigure(s.uplink))
+
+    async def links(s: AgentSettings) -> None:
+        if uploader is None:
+            await agent.links.reconfigure(s.uplink)
+            return
+
+        def make(link: Link) -> Transport:
+            # Where batches go (url, protocol) needs a restart: the new link's transport leads there too.
+            transport = transport_for(agent.settings, link, agent.tls)
+            if isinstance(transport, HttpTransport | RemoteWriteTransport):
+                transport.set_token(s.uplink.token.get_secret_value())
+            return transport
+
+        await uploader.reconfigure_links(s.uplink, make)
+
+    reload.apply("uplink links, caps, budgets and windows", UPLINK_LINKS, links)
     supervisor = agent.supervisor
     if supervisor is not None:
         reload.apply("inference health settings", INFERENCE_HEALTH, lambda s: supervisor.reconfigure(s.inference))

@@ -20,7 +20,7 @@ from backhaul import __version__
 
 if TYPE_CHECKING:
     from agent.app import Agent
-    from agent.uplink.link import Link
+    from agent.uplink.links import Links
 
 # The upload rate is measured over this long, sampled this often.
 RATE_WINDOW_S = 60.0
@@ -117,7 +117,7 @@ class AgentStatus:
             "upload_rate_bytes_per_s": rate,
             "drain_eta_s": 0.0 if drained else (backlog / rate if rate else None),
             "drain_progress": 1.0 if drained or not self._peak else max(0.0, 1 - backlog / self._peak),
-            "links": links(agent.link, uploader.blocked),
+            "links": links(agent.links, uploader.blocked),
         }
 
     def _alerts(self) -> dict[str, Any] | None:
@@ -148,13 +148,24 @@ class AgentStatus:
         return described
 
 
-def links(link: Link, blocked: str | None) -> list[dict[str, Any]]:
-    """The uplink's links as the status shows them, the one in use first (agent/uplink/link.py: one
-    link today, a list once several links land): its budgets, windows and why it is held."""
-    report: dict[str, Any] = dict(link.report(blocked))
-    why = report.pop("blocked") or None
-    metered = bool(report.get("budget_day") or report.get("budget_month") or report.get("next_window_ms"))
-    return [{"name": link.name, "in_use": True, "why_not": why, "metered": metered, **report}]
+def links(links: Links, blocked: str | None) -> list[dict[str, Any]]:
+    """The uplink's links as the status shows them, in order (the one in use marked): each one's
+    budgets, windows and why it is not in use (for the one in use: why bulk uploads are held)."""
+    out = []
+    for link in links:
+        in_use = link is links.active
+        report: dict[str, Any] = dict(link.report(blocked if in_use else link.blocked()))
+        report.pop("link", None)
+        why = report.pop("blocked") or None
+        state = link.down()
+        if why == "down" and state != "down":
+            why = f"down ({state})"
+        elif why is None and not in_use:
+            why = "an earlier link is in use"
+        metered = bool(report.get("budget_day") or report.get("budget_month") or report.get("next_window_ms"))
+        extra = {"interface": link.interface or None, "alerts_only": link.alerts_only}
+        out.append({"name": link.name, "in_use": in_use, "why_not": why, "metered": metered, **extra, **report})
+    return out
 
 
 def health(agent: Agent) -> tuple[bool, dict[str, Any]]:
@@ -177,7 +188,8 @@ def health(agent: Agent) -> tuple[bool, dict[str, Any]]:
     if dead:
         detail["dead"] = dead
     if agent.uploader is not None:
-        detail["uplink"] = {"last_error": agent.uploader.last_error, **agent.link.report(agent.uploader.blocked)}
+        uploader = agent.uploader
+        detail["uplink"] = {"last_error": uploader.last_error, **agent.links.active.report(uploader.blocked)}
     if agent.supervisor is not None:
         detail["inference"] = agent.supervisor.describe()
     if agent.timekeeper.entered:

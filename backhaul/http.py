@@ -16,12 +16,16 @@ with ``PeerError("blocked", reason)`` before a byte goes out), its body is strea
 slices, each waiting for the cap's tokens, and every byte of it is counted: the request line and
 headers as aiohttp sends them, the body as it goes, the answer's status line, headers and body. A
 failed attempt is counted as far as it got, since those bytes were paid for too.
+
+A client may also be given ``source``: asked before every request for the local address to bind the
+connection to (one of several links, ``[[uplink.links]] source_address``; None: the kernel picks). Each
+address has its own session and pool, so a switch of link never reuses a connection of the old one.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace, TracebackType
 from typing import Protocol
@@ -94,6 +98,8 @@ class HttpClient:
         headers: more headers sent with every request (the two above win).
         tls: CA, client certificate and server name to use for https URLs (None: the system's CAs).
         link: the metered link the requests go over (None: not metered, not paced).
+        source: the local address to bind each request's connection to, asked per request (see the
+            module docstring); None: never bound.
     """
 
     def __init__(
@@ -104,8 +110,11 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         tls: ClientTls | None = None,
         link: LinkHooks | None = None,
+        source: Callable[[], str | None] | None = None,
     ) -> None:
         self.timeout = timeout
+        self._source = source
+        self._sessions: dict[str, aiohttp.ClientSession] = {}  # by bound local address
         self._tls = tls
         self._headers = {**(headers or {}), "User-Agent": user_agent}
         if token:
@@ -115,17 +124,24 @@ class HttpClient:
         self._counted = 0  # bytes of the request in progress counted so far
 
     def _open(self) -> aiohttp.ClientSession:
-        if self._session is None:
+        address = self._source() if self._source is not None else None
+        session = self._session if address is None else self._sessions.get(address)
+        if session is None:
             # Created on first use: a session belongs to the running event loop.
             traces = []
             if self.link is not None:
                 trace = aiohttp.TraceConfig()
                 trace.on_request_headers_sent.append(self._headers_sent)
                 traces.append(trace)
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout), trace_configs=traces
+            connector = aiohttp.TCPConnector(local_addr=(address, 0)) if address is not None else None
+            session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout), trace_configs=traces, connector=connector
             )
-        return self._session
+            if address is None:
+                self._session = session
+            else:
+                self._sessions[address] = session
+        return session
 
     def _count(self, nbytes: int) -> None:
         if self.link is not None:
@@ -213,8 +229,9 @@ class HttpClient:
             raise PeerError(kind, short(exc)) from exc
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
+        sessions = [*self._sessions.values(), *([self._session] if self._session is not None else [])]
+        self._session, self._sessions = None, {}
+        for session in sessions:
             await session.close()
 
     async def __aenter__(self) -> HttpClient:

@@ -130,6 +130,7 @@ class RemoteWriteSender:
             ``--enable-feature=native-histograms``, Mimir); otherwise they are left out (the caller
             counts them: :meth:`requests` says how many).
         link: the metered link the requests go over (the agent's uplink), None for none.
+        source: the local address to bind connections to, asked per request (:class:`~backhaul.http.HttpClient`).
     """
 
     def __init__(
@@ -144,11 +145,12 @@ class RemoteWriteSender:
         tls: ClientTls | None = None,
         native_histograms: bool = False,
         link: LinkHooks | None = None,
+        source: Callable[[], str | None] | None = None,
     ) -> None:
         self.url = url
         self.native_histograms = native_histograms
         self.client = HttpClient(
-            timeout, user_agent, token, {**(headers or {}), **PROTOCOL_HEADERS}, tls=tls, link=link
+            timeout, user_agent, token, {**(headers or {}), **PROTOCOL_HEADERS}, tls=tls, link=link, source=source
         )
         self.device_label = device_label
         self.max_samples = max_samples_per_request

@@ -14,6 +14,7 @@ Modules, one concern each:
 - :mod:`harness.agent`: an agent's buffer database read from outside.
 - :mod:`harness.proxy`: proxies between agent and collector (:class:`DelayProxy`, the byte-counting
   :class:`CountingProxy`), :class:`TlsFront`.
+- :mod:`harness.netns`: network namespaces (root only): :class:`Netns`, ``veth`` pairs between them.
 - :mod:`harness.prometheus`: a real Prometheus (``start_prometheus``; ``prometheus3``, one that sends 2.0).
 
 The public API is exactly ``__all__`` (checked by tests/unit/test_harness.py).
@@ -24,6 +25,7 @@ from harness.collector import export, exported_samples, reported_losses, same_va
 from harness.config import READ, READ_HEADERS, READ_TOKEN, TOKEN, agent_config, collector_config, toml_text, write_toml
 from harness.metrics import metric_sum, metric_value, parse_metrics, read_metrics
 from harness.net import free_port, get_json, http, wait_until
+from harness.netns import Netns, veth
 from harness.process import BIN, Proc, ProcError, Process, child_env, faketime_env, require_program
 from harness.prometheus import prometheus3, start_prometheus
 from harness.proxy import CountingProxy, DelayProxy, LoopbackProxy, LoopThread, TlsFront
@@ -42,6 +44,7 @@ __all__ = [
     "DelayProxy",
     "LoopThread",
     "LoopbackProxy",
+    "Netns",
     "Proc",
     "ProcError",
     "Process",
@@ -75,6 +78,7 @@ __all__ = [
     "start_prometheus",
     "stored_contents",
     "toml_text",
+    "veth",
     "wait_until",
     "write_toml",
 ]

@@ -18,6 +18,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 import aiomqtt
@@ -34,6 +35,11 @@ from backhaul.wire.alert import CONTENT_TYPE
 log = logging.getLogger(__name__)
 
 
+# Which link an alert goes over (``[[uplink.links]]``): the first that is up, alerts_only ones
+# included, as (name, the local address to bind to or None); None when no link is up. Asked per message.
+Via = Callable[[], tuple[str, str | None] | None]
+
+
 class Channel(Protocol):
     name: str
 
@@ -46,18 +52,28 @@ class HttpChannel:
     """POSTs the message to the collector's ``/api/v1/alerts`` with the device's bearer token.
 
     Args: url, token, timeout (seconds), tls (the uplink's TLS settings, for an https URL); the
-    lane's byte budget (None: none).
+    lane's byte budget (None: none); ``via``: the link to send over (None: the kernel's route).
     """
 
     name = "http"
 
     def __init__(
-        self, url: str, token: str, timeout: float, tls: ClientTls | None = None, budget: AlertBudget | None = None
+        self,
+        url: str,
+        token: str,
+        timeout: float,
+        tls: ClientTls | None = None,
+        budget: AlertBudget | None = None,
+        via: Via | None = None,
     ) -> None:
         self._url = url
+        self._via = via
+        self._address: str | None = None  # the chosen link's source address, for the request being sent
         # Its own client and connection pool: never behind a batch upload's connection, never paced.
         headers = {"Content-Type": CONTENT_TYPE}
-        self._client = HttpClient(timeout, f"backhaul-agent/{__version__}", token, headers, tls=tls, link=budget)
+        agent = f"backhaul-agent/{__version__}"
+        source = (lambda: self._address) if via is not None else None
+        self._client = HttpClient(timeout, agent, token, headers, tls=tls, link=budget, source=source)
 
     @classmethod
     def from_settings(
@@ -67,6 +83,7 @@ class HttpChannel:
         uplink_token: str,
         tls: ClientTls | None = None,
         budget: AlertBudget | None = None,
+        via: Via | None = None,
     ) -> HttpChannel:
         if s.url is not None:
             url = str(s.url)
@@ -75,9 +92,14 @@ class HttpChannel:
         else:
             raise ValueError("alerts: an http channel needs a url (or uplink.url)")
         token = s.token.get_secret_value() if s.token is not None else uplink_token
-        return cls(url, token, s.timeout.total_seconds(), tls, budget)
+        return cls(url, token, s.timeout.total_seconds(), tls, budget, via)
 
     async def send(self, body: bytes) -> None:
+        if self._via is not None:
+            route = self._via()
+            if route is None:
+                raise PeerError("connection", "no link is up (uplink.links)")
+            self._address = route[1]
         reply = await self._client.post(self._url, body)
         if reply.ok:
             return

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from agent.alerts.budget import AlertBudget
 from agent.alerts.builtin import Readings
-from agent.alerts.channels import Channel, CommandChannel, HttpChannel, MqttChannel
+from agent.alerts.channels import Channel, CommandChannel, HttpChannel, MqttChannel, Via
 from agent.alerts.lane import AlertLane
 from agent.alerts.metrics import AlertMetrics
 from agent.alerts.settings import CommandChannelSettings, HttpChannelSettings, MqttChannelSettings
@@ -21,10 +21,13 @@ from backhaul.wire.series import SeriesMap
 log = logging.getLogger(__name__)
 
 
-def channels(settings: AgentSettings, tls: ClientTls | None = None, budget: AlertBudget | None = None) -> list[Channel]:
+def channels(
+    settings: AgentSettings, tls: ClientTls | None = None, budget: AlertBudget | None = None, via: Via | None = None
+) -> list[Channel]:
     """The configured channels in fallback order; by default HTTP to the collector when uplink.url is
     set and names a backhaul collector (an agent that uploads straight to a TSDB has no collector).
-    ``tls``: the uplink's TLS settings, for http channels. Each charges ``budget`` (alerts.daily_bytes)."""
+    ``tls``: the uplink's TLS settings, for http channels. Each charges ``budget`` (alerts.daily_bytes).
+    ``via``: the link http channels send over (``[[uplink.links]]``)."""
     configured = list(settings.alerts.channels)
     to_collector = settings.uplink.url is not None and settings.uplink.protocol == "backhaul"
     if not configured and to_collector:
@@ -34,7 +37,7 @@ def channels(settings: AgentSettings, tls: ClientTls | None = None, budget: Aler
     for c in configured:
         if isinstance(c, HttpChannelSettings):
             token = settings.uplink.token.get_secret_value()
-            out.append(HttpChannel.from_settings(c, uplink_url, token, tls, budget))
+            out.append(HttpChannel.from_settings(c, uplink_url, token, tls, budget, via))
         elif isinstance(c, MqttChannelSettings):
             out.append(MqttChannel(c, settings.device_id, budget))
         elif isinstance(c, CommandChannelSettings):
@@ -59,13 +62,15 @@ def build_lane(
     clock: Callable[[], float] = time.time,
     long_form: Callable[[SeriesMap], Awaitable[None]] | None = None,
     tls: ClientTls | None = None,
+    via: Via | None = None,
 ) -> AlertLane:
-    """The lane for ``settings``; ``readings`` are what the built-in checks look at; ``tls`` the uplink's."""
+    """The lane for ``settings``; ``readings`` are what the built-in checks look at; ``tls`` the uplink's;
+    ``via`` the link its http channels send over."""
     b = settings.buffer
     queue_path = settings.alerts.queue_path or b.path.with_name(b.path.stem + ".alerts.db")
     # Days are counted in the uplink's time zone, so "a day" means the same for both budgets.
     budget = AlertBudget(int(settings.alerts.daily_bytes), Periods(settings.uplink.budget_timezone), clock)
-    chosen = channels(settings, tls, budget)
+    chosen = channels(settings, tls, budget, via)
     if not chosen:
         log.warning("alerts: no channel configured and no uplink.url: alerts are queued but not sent")
     token = mac_token(settings)

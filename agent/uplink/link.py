@@ -12,8 +12,10 @@ that puts bulk traffic on the link:
 - the inference proxy (as its :class:`~agent.proxy.link.LinkGate`): escalated requests count against
   the same budget and are refused while the link is blocked (``proxy.cloud.respect_budget``).
 
-Today a device has one link (``[uplink]``); several links (issue 14) are a list of these, and
-:func:`choose` picks the one to use.
+A device has one link (``[uplink]``) or several (``[[uplink.links]]``): a list of these, in order, of
+which :func:`choose` picks the one to use (:mod:`agent.uplink.links` keeps the list and the one in use).
+A link with an ``interface`` is usable only while that interface is up with an address; one that is
+``alerts_only`` never carries bulk traffic.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from agent.buffer.records import UsageRow
 from agent.buffer.store import BufferStore
+from agent.uplink import iface
 from agent.uplink.budget import Budget
 from agent.uplink.cap import TokenBucket
-from agent.uplink.settings import LinkSettings
+from agent.uplink.settings import LinkSettings, NamedLink
 from agent.uplink.windows import Windows
 from backhaul.errors import StoreError
 from backhaul.periods import Periods
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 OVERHEAD = 1024
 # A batch smaller than this is not worth its headers: with less budget left, the link counts as spent.
 MIN_BATCH = 4 * OVERHEAD
+# How often a link whose interface is down is looked at again.
+DOWN_RECHECK = 1.0
 
 Save = Callable[[list[UsageRow]], Awaitable[None]]
 
@@ -49,6 +54,10 @@ class Link:
         name: the link's name (its usage is saved under it).
         clock: wall clock in seconds (days, months and windows follow it).
         cap: the token bucket for ``max_bytes_per_second`` (default: one on the monotonic clock).
+        interface_state: why an interface cannot carry traffic now, or None (default: :func:`iface.state`).
+
+    A :class:`~agent.uplink.settings.NamedLink` also gives the link its interface, source address and
+    whether it is for alerts only.
     """
 
     def __init__(
@@ -57,18 +66,37 @@ class Link:
         name: str = "uplink",
         clock: Callable[[], float] = time.time,
         cap: TokenBucket | None = None,
+        interface_state: Callable[[str], str | None] = iface.state,
     ) -> None:
         self.settings = settings
         self.name = name
         self._clock = clock
-        rate = int(settings.max_bytes_per_second)
-        self.cap = cap if cap is not None else (TokenBucket(rate) if rate else None)
+        self._interface_state = interface_state
+        self.cap = cap
         periods = Periods(settings.budget_timezone, settings.budget_reset_day)
         self.budget = Budget(name, int(settings.daily_bytes), int(settings.monthly_bytes), periods)
-        self.windows = Windows(settings.windows, settings.budget_timezone)
+        self.reconfigure(settings)  # the rest (a cap given here is kept: its rate is the setting's)
         self._save: Save | None = None
         # Bytes counted on the wire since start, both directions (for the metrics).
         self.wire_bytes = 0
+
+    def reconfigure(self, settings: LinkSettings) -> None:
+        """A reload: the new cap, budgets, windows (and interface, address, alerts_only) from now on;
+        what the link spent this day and month stays spent, a request in flight finishes as it was."""
+        self.settings = settings
+        named = settings if isinstance(settings, NamedLink) else None
+        self.interface = named.interface if named is not None else ""
+        self.source_address = str(named.source_address) if named and named.source_address else None
+        self.alerts_only = named.alerts_only if named is not None else False
+        rate = int(settings.max_bytes_per_second)
+        if not rate:
+            self.cap = None
+        elif self.cap is None or self.cap.rate != rate:
+            self.cap = TokenBucket(rate)
+        budget = self.budget
+        budget.limits = {"day": int(settings.daily_bytes), "month": int(settings.monthly_bytes)}
+        budget.periods = Periods(settings.budget_timezone, settings.budget_reset_day)
+        self.windows = Windows(settings.windows, settings.budget_timezone)
 
     def persist(self, rows: list[UsageRow], save: Save) -> None:
         """Start from what was saved (``rows``) and save through ``save`` from now on."""
@@ -86,9 +114,18 @@ class Link:
     def now(self) -> float:
         return self._clock()
 
+    def down(self) -> str | None:
+        """Why the link's interface cannot carry anything now ("down", "no address", ...), or None."""
+        return self._interface_state(self.interface) if self.interface else None
+
     def blocked(self, nbytes: int = 0) -> str | None:
-        """Why the link may not carry ``nbytes`` more of bulk traffic now ("window" or "budget"), or
-        None. With ``nbytes`` 0 (the proxy's question): whether anything at all may go."""
+        """Why the link may not carry ``nbytes`` more of bulk traffic now ("alerts_only", "down",
+        "window" or "budget"), or None. With ``nbytes`` 0 (the proxy's question): whether anything
+        at all may go."""
+        if self.alerts_only:
+            return "alerts_only"
+        if self.down() is not None:
+            return "down"
         now = self._clock()
         if not self.windows.open(now):
             return "window"
@@ -111,7 +148,9 @@ class Link:
         if reason == "budget":
             renews = self.budget.renews(now)
             return 3600.0 if renews is None else max(0.0, renews - now)
-        return 0.0
+        if reason == "down":
+            return DOWN_RECHECK
+        return 3600.0 if reason == "alerts_only" else 0.0
 
     @property
     def throttling(self) -> bool:
@@ -178,6 +217,7 @@ class Link:
         closes = self.windows.closes(now)
         reopens = self.windows.next_open(closes if closes is not None else now)
         return {
+            "link": self.name,
             "spent_day": self.budget.spent("day", now),
             "budget_day": self.budget.limits["day"],
             "spent_month": self.budget.spent("month", now),
@@ -189,11 +229,19 @@ class Link:
 
 
 def choose(links: Sequence[Link], nbytes: int = 0) -> tuple[Link | None, str | None]:
-    """The first link that may carry ``nbytes`` of bulk traffic now, or None and why the first may not."""
+    """The first link that may carry ``nbytes`` of bulk traffic now, or None and why the first bulk
+    link may not (an alerts_only link is never the reason bulk traffic waits)."""
     first_reason: str | None = None
     for link in links:
         reason = link.blocked(nbytes)
         if reason is None:
             return link, None
-        first_reason = first_reason or reason
+        if reason != "alerts_only":
+            first_reason = first_reason or reason
     return None, first_reason
+
+
+def for_alerts(links: Sequence[Link]) -> Link | None:
+    """The first link whose interface is up, alerts_only ones included (alerts ignore windows and bulk
+    budgets); None when none is."""
+    return next((link for link in links if link.down() is None), None)

@@ -6,9 +6,11 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from agent.uplink.budget import KINDS
 from agent.uplink.link import Link
+from agent.uplink.links import Links
 
-BLOCK_REASONS = ("window", "budget", "cap")
+BLOCK_REASONS = ("window", "budget", "cap", "down")
 
 
 class UplinkMetrics:
@@ -84,35 +86,65 @@ class UplinkMetrics:
             ["reason"],
             registry=r,
         )
+        self.link_active = Gauge(
+            "backhaul_uplink_link_active", "1 for the link bulk uploads use now (or used last)", ["link"], registry=r
+        )
+        self.link_up = Gauge(
+            "backhaul_uplink_link_up", "1 while the link's interface is up with an address", ["link"], registry=r
+        )
+        self.link_spent = Gauge(
+            "backhaul_uplink_link_spent_bytes",
+            "Bytes each link spent in the current period (saved under its name)",
+            ["link", "period"],
+            registry=r,
+        )
+        self.link_switches = Counter(
+            "backhaul_uplink_link_switches",
+            "Times bulk uploads moved from one link to another",
+            ["from", "to"],
+            registry=r,
+        )
         self.newest_acked_age = Gauge(
             "backhaul_uplink_newest_acknowledged_sample_age_seconds",
             "Age of the newest sample the collector acknowledged (freshness at the collector)",
             registry=r,
         )
 
-    def watch_link(self, link: Link, blocked: Callable[[], str | None], newest_acked_ms: Callable[[], int]) -> None:
-        """Read the link's gauges at scrape time: its budgets, windows and why uploads are held."""
-        budget = link.budget
-        self.cap.set(int(link.settings.max_bytes_per_second))
+    def switched(self, was: str, to: str) -> None:
+        self.link_switches.labels(was, to).inc()
+
+    def watch_links(self, links: Links, blocked: Callable[[], str | None], newest_acked_ms: Callable[[], int]) -> None:
+        """Read the links' gauges at scrape time: the unlabelled ones follow the link in use (its
+        budgets, windows, why uploads are held), the ``link`` ones show each link. Called again after
+        a reload changed the links."""
+
+        def active() -> Link:
+            return links.active
+
+        self.cap.set_function(lambda: float(int(active().settings.max_bytes_per_second)))
+
+        def limit(kind: str) -> Callable[[], float]:
+            return lambda: float(active().budget.limits[kind])
 
         def spent(kind: str) -> Callable[[], float]:
-            return lambda: float(budget.spent(kind, link.now()))
+            return lambda: float(active().budget.spent(kind, active().now()))
 
         def renews(kind: str) -> Callable[[], float]:
-            return lambda: budget.periods.period(kind, link.now()).end
+            return lambda: active().budget.periods.period(kind, active().now()).end
 
-        for kind, limit in budget.limits.items():
-            self.budget.labels(kind).set(limit)
+        for kind in KINDS:
+            self.budget.labels(kind).set_function(limit(kind))
             self.budget_spent.labels(kind).set_function(spent(kind))
             self.budget_renews.labels(kind).set_function(renews(kind))
 
         def next_window() -> float:
+            link = active()
             now = link.now()
             opens = link.windows.next_open(now)
             return 0.0 if opens is None else max(0.0, opens - now)
 
         def reason() -> str | None:
-            return blocked() or ("cap" if link.throttling else None)
+            return blocked() or ("cap" if active().throttling else None)
 
         self.next_window.set_function(next_window)
         self.allowed.set_function(lambda: 0.0 if blocked() else 1.0)
@@ -125,6 +157,28 @@ class UplinkMetrics:
 
         def freshness() -> float:
             newest = newest_acked_ms()
-            return 0.0 if not newest else max(0.0, link.now() - newest / 1000)
+            return 0.0 if not newest else max(0.0, active().now() - newest / 1000)
 
         self.newest_acked_age.set_function(freshness)
+        self._watch_each(links)
+
+    def _watch_each(self, links: Links) -> None:
+        for gauge in (self.link_active, self.link_up, self.link_spent):
+            gauge.clear()  # a reload may have removed or renamed links
+        for link in links:
+            self.link_active.labels(link.name).set_function(_is_active(links, link))
+            self.link_up.labels(link.name).set_function(_is_up(link))
+            for kind in KINDS:
+                self.link_spent.labels(link.name, kind).set_function(_spent(link, kind))
+
+
+def _is_active(links: Links, link: Link) -> Callable[[], float]:
+    return lambda: float(link is links.active)
+
+
+def _is_up(link: Link) -> Callable[[], float]:
+    return lambda: float(link.down() is None)
+
+
+def _spent(link: Link, kind: str) -> Callable[[], float]:
+    return lambda: float(link.budget.spent(kind, link.now()))

@@ -28,6 +28,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from agent.uplink.link import MIN_BATCH, Link
+from agent.uplink.links import Links
 from agent.uplink.settings import UplinkSettings
 
 PACE_SECONDS = 5.0
@@ -99,17 +100,23 @@ def overlap(lo: int, hi: int, samples: int, since_ms: int) -> float:
 
 
 class DrainPolicy:
-    """Args: the ``[uplink]`` settings and the link they describe."""
+    """Args: the ``[uplink]`` settings and the links batches may go over (or one link). The link in
+    use is the first that may carry the next batch; its cap and budget shape the batch."""
 
-    def __init__(self, settings: UplinkSettings, link: Link) -> None:
+    def __init__(self, settings: UplinkSettings, links: Link | Links) -> None:
         self.settings = settings
-        self.link = link
+        self.links = links if isinstance(links, Links) else Links.of(links)
         self.gap = True  # at start a backlog may wait: the fresh window goes first
         self.bytes_per_sample: float | None = None
         self.summary_bytes_per_sample: float | None = None
         self.short = False
         # Acknowledged full batches stamped within the rate window: (oldest, newest sample ms, samples).
         self._sent: deque[tuple[int, int, int]] = deque()
+
+    @property
+    def link(self) -> Link:
+        """The link in use (the last one chosen)."""
+        return self.links.active
 
     # -- what happened -------------------------------------------------------------------------------
 
@@ -165,7 +172,7 @@ class DrainPolicy:
         summary_bps = self.summary_bytes_per_sample or bps * SUMMARY_COST
         rate = self.production(now, backlog)
         # One sample per series per interval, and never more than there are.
-        summary_rate = min(rate, backlog.series / self.settings.summary_interval.total_seconds())
+        summary_rate = min(rate, backlog.series / self.link.settings.summary_interval.total_seconds())
         short = False
         reserve = 0.0
         for kind, limit in budget.limits.items():
@@ -180,18 +187,20 @@ class DrainPolicy:
 
     def next(self, now: float, backlog: Backlog) -> Step:
         """The next step, given the clock and what the buffer holds."""
-        link = self.link
         if backlog.sealed_bytes is not None:
             need = backlog.sealed_bytes
         else:
             need = min(MIN_BATCH, backlog.unclaimed_bytes)
-        reason = link.blocked(need)
-        if reason is not None:
+        was = self.links.active
+        link, reason = self.links.select(need)
+        if link is None:
             self.gap = True
-            return Step("wait", link.lifts_in(reason), reason)
+            return Step("wait", self.links.lifts_in(need), reason)
+        if link is not was:
+            self.gap = True  # a new link: the fresh window goes first again
         if backlog.sealed_bytes is not None:
             return Step("send")  # the sealed batch goes first, unchanged
-        s = self.settings
+        s = link.settings  # drain order and summaries are the link's (with [[uplink.links]], per link)
         newest = s.drain_order == "fresh_first"
         step = Step("send", max_bytes=self._pace_bytes(), newest_first=newest)
         if newest and self.gap:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 
 from agent.uplink.settings import UplinkSettings
@@ -49,6 +50,7 @@ class RemoteWriteTransport:
         settings: the ``[uplink]`` settings, for ``native_histograms`` (the database takes them;
             otherwise they are left out, and each batch that had some says how many in the log).
         link: the metered link the requests go over, None for none.
+        source: the local address to bind connections to, asked per request (None: never bound).
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class RemoteWriteTransport:
         tls: ClientTls | None = None,
         settings: UplinkSettings | None = None,
         link: LinkHooks | None = None,
+        source: Callable[[], str | None] | None = None,
     ) -> None:
         self._sender = RemoteWriteSender(
             url,
@@ -73,6 +76,7 @@ class RemoteWriteTransport:
             tls=tls,
             native_histograms=settings.native_histograms if settings is not None else False,
             link=link,
+            source=source,
         )
         self._device_id = device_id
         # The batch being sent (by (buffer_id, seq)), its requests and how many were acknowledged:

@@ -1,16 +1,19 @@
 """The ``[uplink]`` settings: where batches go and how (see examples/agent.toml and docs/uplink.md).
 
 :class:`LinkSettings` is one link's policy — its cap, budgets, windows and what to send when — and
-``[uplink]`` is that one link plus where it leads. A device with several links (issue 14) gets a list
-of them; the names below stay.
+``[uplink]`` is where batches lead plus, when ``[[uplink.links]]`` is absent, the one implicit link
+(named ``uplink``). With ``[[uplink.links]]`` each entry is a :class:`NamedLink`: a
+:class:`LinkSettings` with a name, the interface it leaves through, the address uploads bind to and
+whether it is for alerts only (docs/uplink.md, "Several links").
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from ipaddress import IPv4Address, IPv6Address
 from typing import Literal
 
-from pydantic import ByteSize, Field, HttpUrl, SecretStr, field_validator
+from pydantic import ByteSize, Field, HttpUrl, SecretStr, field_validator, model_validator
 
 from agent.uplink.windows import parse
 from backhaul.periods import zone
@@ -58,8 +61,33 @@ class LinkSettings(Section):
         return value
 
 
+# A link's name: its budgets are saved under it, and it is a label value and a batch header field.
+LINK_NAME = r"^[A-Za-z0-9_.-]{1,32}$"
+# The name of the one link ``[uplink]`` describes when ``[[uplink.links]]`` is absent.
+IMPLICIT_LINK = "uplink"
+# With [[uplink.links]], these are set per link only: on [uplink] they would be ambiguous.
+PER_LINK = ("max_bytes_per_second", "daily_bytes", "monthly_bytes", "windows")
+# ... and these, when a link does not set them, are taken from [uplink] (one calendar, one drain order).
+INHERITED = ("budget_timezone", "budget_reset_day", "drain_order", "fresh_window", "when_short", "summary_interval")
+
+
+class NamedLink(LinkSettings):
+    """One of ``[[uplink.links]]``: a link's policy (:class:`LinkSettings`) and how to reach it."""
+
+    name: str = Field(pattern=LINK_NAME)
+    # The network interface the link is (e.g. wlan0, wwan0): usable while its operstate is "up" and it
+    # has an address. "" : always usable (no interface to watch).
+    interface: str = Field("", pattern=r"^[A-Za-z0-9_.:@-]{0,15}$")
+    # Uploads (and alerts) over this link bind to this local address, so they leave through it (with
+    # the usual source-based routing rule for that address; docs/uplink.md).
+    source_address: IPv4Address | IPv6Address | None = None
+    # A link for the alert lane only (e.g. a satellite modem): bulk uploads never use it.
+    alerts_only: bool = False
+
+
 class UplinkSettings(LinkSettings, ClientTlsSettings):
-    """Where and how batches go, over the one link described by :class:`LinkSettings`."""
+    """Where and how batches go: over the one link described by :class:`LinkSettings`, or over the
+    first usable of ``links``."""
 
     url: HttpUrl | None = None
     token: Secret = SecretStr("")
@@ -81,3 +109,31 @@ class UplinkSettings(LinkSettings, ClientTlsSettings):
     backoff_max: timedelta = timedelta(minutes=5)
     # TLS for https URLs (the uplink, the alert lane's http channel, remote_write): ca_file, client_cert,
     # client_key, server_name from backhaul.tls.ClientTlsSettings; reloaded on SIGHUP and on change.
+    # Several links, in order of preference: uploads go over the first that is up, in its window and
+    # within its budget. Empty: the fields above are the one implicit link, named "uplink".
+    links: list[NamedLink] = []
+
+    @model_validator(mode="after")
+    def _links(self) -> UplinkSettings:
+        if not self.links:
+            return self
+        names = [link.name for link in self.links]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"uplink.links: the name {name!r} is used twice")
+        if all(link.alerts_only for link in self.links):
+            raise ValueError("uplink.links: every link is alerts_only, so bulk uploads could never go")
+        for key in PER_LINK:
+            if key in self.model_fields_set:
+                raise ValueError(f"uplink.{key}: with [[uplink.links]], set it on each link instead")
+        for link in self.links:
+            for key in INHERITED:
+                if key not in link.model_fields_set:
+                    setattr(link, key, getattr(self, key))
+        return self
+
+    def named_links(self) -> list[tuple[str, LinkSettings]]:
+        """The links in order, each with its name: ``links``, or the implicit one."""
+        if not self.links:
+            return [(IMPLICIT_LINK, self)]
+        return [(link.name, link) for link in self.links]

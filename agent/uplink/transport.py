@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Protocol
 
 from agent.uplink.tables import TableRefs
@@ -52,6 +53,7 @@ class HttpTransport:
         zstd_level: for chunks re-compressed without their series table.
         tls: the uplink's TLS settings for an https URL (None: the system's CAs).
         link: the metered link batches go over (its cap, budgets, windows), None for none.
+        source: the local address to bind connections to, asked per request (None: never bound).
     """
 
     def __init__(
@@ -62,10 +64,12 @@ class HttpTransport:
         zstd_level: int = 3,
         tls: ClientTls | None = None,
         link: LinkHooks | None = None,
+        source: Callable[[], str | None] | None = None,
     ) -> None:
         self._url = url
         headers = {"Content-Type": CONTENT_TYPE}
-        self._client = HttpClient(timeout, f"backhaul-agent/{__version__}", token, headers, tls=tls, link=link)
+        agent = f"backhaul-agent/{__version__}"
+        self._client = HttpClient(timeout, agent, token, headers, tls=tls, link=link, source=source)
         self._zstd_level = zstd_level
         self.tables = TableRefs(zstd_level)
 

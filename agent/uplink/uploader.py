@@ -25,11 +25,12 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from agent.buffer.store import LOSS_KEYS, Batch, BufferStore
 from agent.clock.keeper import Sent, TimeKeeper
 from agent.uplink.link import Link
+from agent.uplink.links import Links
 from agent.uplink.metrics import UplinkMetrics
 from agent.uplink.policy import RATE_WINDOW_MS, Backlog, DrainPolicy, Step
 from agent.uplink.settings import UplinkSettings
@@ -53,10 +54,11 @@ class Uploader:
         settings: the ``[uplink]`` settings.
         device_id: this device's id, sent in every batch.
         store: the buffer.
-        transport: how batches reach the collector (over ``link``).
+        transport: how batches reach the collector: one per link (by name), or one for every link.
         metrics: upload counters.
         clock: wall clock in seconds; rng: jitter source (both replaceable in tests).
-        link: the link's cap, budgets and windows (default: built from ``settings``, unpersisted).
+        link: the links (their caps, budgets and windows), or one link (default: built from
+            ``settings``, unpersisted). Each batch goes over the first that may carry it.
         time_keeper: judges the agent's clock by the replies' ``Date`` (None: only the skew gauge).
     """
 
@@ -65,21 +67,25 @@ class Uploader:
         settings: UplinkSettings,
         device_id: str,
         store: BufferStore,
-        transport: Transport,
+        transport: Transport | Mapping[str, Transport],
         metrics: UplinkMetrics,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
-        link: Link | None = None,
+        link: Link | Links | None = None,
         time_keeper: TimeKeeper | None = None,
     ) -> None:
         self._settings = settings
         self._device_id = device_id
         self._store = store
-        self._transport = transport
+        self._transports = dict(transport) if isinstance(transport, Mapping) else {}
+        self._one_transport = None if isinstance(transport, Mapping) else transport
         self._metrics = metrics
         self._clock = clock
-        self.link = link if link is not None else Link(settings, clock=clock)
-        self.policy = DrainPolicy(settings, self.link)
+        if link is None:
+            link = Links(settings, clock)
+        self.links = link if isinstance(link, Links) else Links.of(link)
+        self.links.on_switch = lambda was, to, _why: metrics.switched(was.name, to.name)
+        self.policy = DrainPolicy(settings, self.links)
         self._time = time_keeper
         self._interval = settings.batch_interval.total_seconds()
         self._max_bytes = int(settings.batch_max_bytes)
@@ -95,7 +101,27 @@ class Uploader:
         self.blocked: str | None = None
         self._reported_block = ""  # the last block, told to the collector with the next batch
         self.newest_acked_ms = 0  # the newest sample timestamp the collector acknowledged
-        metrics.watch_link(self.link, lambda: self.blocked, lambda: self.newest_acked_ms)
+        metrics.watch_links(self.links, lambda: self.blocked, lambda: self.newest_acked_ms)
+
+    @property
+    def link(self) -> Link:
+        """The link in use (or last used)."""
+        return self.links.active
+
+    @property
+    def _transport(self) -> Transport:
+        found = self._transports.get(self.link.name, self._one_transport)
+        if found is None:  # a link without a transport of its own: a bug in the wiring
+            raise RuntimeError(f"uplink: no transport for link {self.link.name!r}")
+        return found
+
+    def add_transport(self, name: str, transport: Transport) -> None:
+        """A link added by a reload: batches over it go through ``transport``."""
+        self._transports[name] = transport
+
+    def transports(self) -> list[Transport]:
+        """Every transport (to close them at stop)."""
+        return [*self._transports.values(), *([self._one_transport] if self._one_transport else [])]
 
     def reconfigure(self, settings: UplinkSettings) -> None:
         """A reload: the batch interval and the backoff bounds from now on (the URL, the protocol and
@@ -104,6 +130,13 @@ class Uploader:
         self._interval = settings.batch_interval.total_seconds()
         self._backoff.minimum = settings.backoff_min.total_seconds()
         self._backoff.maximum = settings.backoff_max.total_seconds()
+        self._data.set()
+
+    async def reconfigure_links(self, settings: UplinkSettings, make: Callable[[Link], Transport]) -> None:
+        """A reload of the links (:meth:`Links.reconfigure`): a new link gets its transport from ``make``."""
+        self.links.on_added = lambda link: self.add_transport(link.name, make(link))
+        await self.links.reconfigure(settings)
+        self._metrics.watch_links(self.links, lambda: self.blocked, lambda: self.newest_acked_ms)
         self._data.set()
 
     def notify_data(self) -> None:
@@ -168,7 +201,7 @@ class Uploader:
         if batch is None:
             self._backlog = False
             if step.summary and not step.full:  # only summaries fit: the next one at the next interval
-                interval = self._settings.summary_interval.total_seconds()
+                interval = self.link.settings.summary_interval.total_seconds()
                 return self._hold("budget", interval - self._clock() % interval + 1)
             if step.strict and unclaimed_bytes:  # data waits, but no part of it fits what the budget has left
                 return self._hold("budget", self.link.lifts_in("budget"))
@@ -178,7 +211,7 @@ class Uploader:
     async def _next_batch(self, step: Step) -> Batch | None:
         store, now_ms = self._store, int(self._clock() * 1000)
         if step.summary:
-            interval_ms = int(self._settings.summary_interval.total_seconds() * 1000)
+            interval_ms = int(self.link.settings.summary_interval.total_seconds() * 1000)
             batch = await store.call(store.summarise, interval_ms, now_ms)
             if batch is not None:
                 return batch
@@ -246,11 +279,14 @@ class Uploader:
         return await self._refused(batch, reply)
 
     async def _acknowledged(self, batch: Batch, reply: Reply, reported_loss: int, wire: int) -> None:
-        usage = self.link.budget.unsaved()
+        # Every link's count so far (the one before a switch, the proxy's bytes), in the same transaction.
+        usage = {link: link.budget.unsaved() for link in self.links}
         try:
-            await self._store.call(self._store.ack, batch.seq, reported_loss, usage)
+            rows = [row for saved in usage.values() for row in saved]
+            await self._store.call(self._store.ack, batch.seq, reported_loss, rows)
         except StoreError:
-            self.link.budget.unsave(usage)
+            for link, saved in usage.items():
+                link.budget.unsave(saved)
             raise
         log.debug(
             "batch %d acknowledged: %d samples%s in %d chunks, %d body bytes, %d on the wire",
@@ -319,6 +355,11 @@ class Uploader:
         self._metrics.batches.labels("failed").inc()
         self._metrics.upload_failures.labels(reason).inc()
         delay = self._backoff.next(retry_after(reply.headers, self._clock()) if reply else None)
+        if reply is None and self.link.down() is not None and self.links.select(0)[0] is not None:
+            # The link went down under the request and another may carry it: try that one at once
+            # rather than back off for a failure of the link that is gone.
+            self._backoff.reset()
+            delay = 0.0
         self.last_error = detail
         log.warning("upload failed (%s); next attempt in %.1f s", detail, delay)
         self._backlog = True

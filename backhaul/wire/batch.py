@@ -56,8 +56,9 @@ class BatchHeader:
             arrive again with the full data later; the collector keeps each sample once.
         uplink: the agent's link at sending, for the fleet page (empty from older agents; see
             ``UPLINK_FIELDS``): bytes spent this day and month and the budgets (0: none), why bulk
-            uploads were held just before this batch ("" none, "window", "budget", "cap"), when the
-            window it was sent in ends and when the next one opens (wall-clock ms, 0: no windows).
+            uploads were held just before this batch ("" none, "window", "budget", "cap", "down"), when
+            the window it was sent in ends and when the next one opens (wall-clock ms, 0: no windows),
+            and the name of the link it went over ("link").
         corrected_samples: samples whose timestamps the agent corrected because its clock was wrong
             when it stamped them (docs/clock.md), ever (cumulative per buffer); 0 from older agents.
     """
@@ -92,10 +93,13 @@ MAX_INT = 2**63
 _TABLE_REF = re.compile(r"^[0-9a-f]{32}$")
 # Reply header of a collector that keeps series tables, so chunks may be sent by table reference.
 TABLES_HEADER = "X-Backhaul-Series-Tables"
-# The integer fields of ``BatchHeader.uplink``; its one text field is "blocked", one of BLOCK_REASONS.
+# The integer fields of ``BatchHeader.uplink``; its text fields are "blocked", one of BLOCK_REASONS,
+# and "link", the name of the link the batch went over (``[[uplink.links]]``, "uplink" for the one
+# implicit link).
 UPLINK_FIELDS = ("spent_day", "budget_day", "spent_month", "budget_month", "window_ends_ms", "next_window_ms")
-BLOCK_REASONS = ("", "window", "budget", "cap")
+BLOCK_REASONS = ("", "window", "budget", "cap", "down")
 _REASON = re.compile(r"^[a-z_]{0,32}$")
+_LINK = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
 
 def encode(header: BatchHeader, chunks: list[bytes]) -> bytes:
@@ -177,5 +181,8 @@ def _check_uplink(uplink: object) -> None:
         if name == "blocked":
             if not isinstance(value, str) or not _REASON.match(value):
                 raise WireError("batch: header field 'uplink.blocked' must be a short reason such as 'window'")
+        elif name == "link":
+            if not isinstance(value, str) or not _LINK.match(value):
+                raise WireError("batch: header field 'uplink.link' must be a link name (1-32 of A-Z a-z 0-9 _ . -)")
         elif not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_INT:
             raise WireError(f"batch: header field 'uplink.{str(name)[:40]}' must be an integer from 0 to 2**63-1")

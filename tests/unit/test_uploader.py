@@ -9,6 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agent.buffer.store import BufferStore
+from agent.uplink.link import Link
+from agent.uplink.links import Links
 from agent.uplink.metrics import UplinkMetrics
 from agent.uplink.settings import UplinkSettings
 from agent.uplink.transport import Transport
@@ -174,3 +176,39 @@ async def test_a_buffer_error_while_sealing_does_not_stop_the_uploader(store, mo
     await run_until(uploader, transport, 1)
     assert len(calls) >= 2
     assert store.totals.samples == 0  # delivered after the error
+
+
+async def test_a_batch_whose_link_went_down_goes_over_the_next_link_at_once(store):
+    """Two links, a transport each: wifi fails as its interface goes away; the same batch goes over lte
+    without waiting out a long backoff, its header names lte, and each link counts its own bytes."""
+    down: dict[str, str] = {}
+    settings = UplinkSettings.model_validate(
+        {
+            "url": "http://collector.invalid/api/v1/batches",
+            "token": "t",
+            "batch_interval": 0,
+            "backoff_min": 10,  # a backoff would outlast the test
+            "backoff_max": 30,
+            "links": [{"name": "wifi", "interface": "wlan0"}, {"name": "lte", "interface": "wwan0"}],
+        }
+    )
+    links = Links(settings, make=lambda s, name, clock: Link(s, name, clock, interface_state=down.get))
+    await store.call(store.append, scrape(0), 0, NOW)
+
+    class Dropping(ScriptedTransport):
+        async def send(self, header: BatchHeader, frames: list[bytes]) -> Reply:
+            down["wlan0"] = "down"  # the interface goes while the request is out
+            for _ in range(3):
+                self.answers.append(PeerError("connection", "network unreachable"))
+            return await super().send(header, frames)
+
+    wifi, lte = Dropping([]), ScriptedTransport([])
+    metrics = UplinkMetrics(CollectorRegistry())
+    uploader = Uploader(settings, "dev-1", store, {"wifi": wifi, "lte": lte}, metrics, link=links)
+    await run_until(uploader, lte, 1, limit=5)
+    assert len(wifi.bodies) == 1 and len(lte.bodies) == 1
+    (sent_wifi, _), (sent_lte, _) = batchfmt.decode(wifi.bodies[0]), batchfmt.decode(lte.bodies[0])
+    assert sent_wifi.seq == sent_lte.seq  # the same sealed batch
+    assert (sent_wifi.uplink["link"], sent_lte.uplink["link"]) == ("wifi", "lte")
+    assert uploader.link.name == "lte" and store.totals.samples == 0
+    assert metrics.link_switches.labels("wifi", "lte")._value.get() == 1
