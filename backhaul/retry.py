@@ -10,15 +10,23 @@ forwarders (DESIGN.md, delivery contract 6)::
       "unsupported path requested"                            retry slowly, say why
     any other answer (another 4xx)             REFUSED        the message itself is refused for good
 
-:class:`Backoff` is the one backoff: every retry loop in the agent and the collector waits with it.
+:class:`Backoff` is the one backoff: every retry loop in the agent and the collector waits with it;
+:func:`keep_trying` is the loop of the senders that must never stop (the uploader, each forwarder).
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import enum
+import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import NoReturn
+
+from backhaul.errors import StoreError
+
+log = logging.getLogger(__name__)
 
 
 class Verdict(enum.Enum):
@@ -89,3 +97,22 @@ def retry_after(headers: dict[str, str], now: float) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - now)
+
+
+async def keep_trying(
+    step: Callable[[], Awaitable[float]], trouble: Callable[[str], float], what: str, database: str
+) -> NoReturn:
+    """Run ``step`` for ever, waiting the seconds it returns after each run. Neither trouble with the
+    local ``database`` (a full disk: the data is still there) nor a bug ends the loop: ``trouble`` gets
+    the reason and says how long to wait (it records the reason, and backs off); ``what`` names the
+    loop in the log."""
+    while True:
+        try:
+            delay = await step()
+        except StoreError as exc:
+            delay = trouble(f"{database}: {exc}")
+        except Exception:  # a bug must not stop sending for good: logged loudly, then carry on
+            log.exception("%s: failed unexpectedly", what)
+            delay = trouble("internal error (see the log)")
+        if delay:
+            await asyncio.sleep(delay)

@@ -38,7 +38,7 @@ from agent.uplink.transport import Transport
 from backhaul import __version__
 from backhaul.errors import PeerError, StoreError
 from backhaul.http import Reply
-from backhaul.retry import Backoff, Verdict, retry_after, verdict
+from backhaul.retry import Backoff, Verdict, keep_trying, retry_after, verdict
 from backhaul.wire.batch import BatchHeader
 
 log = logging.getLogger(__name__)
@@ -144,17 +144,11 @@ class Uploader:
         self._data.set()
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self._gathered()
-                delay = await self._once()
-            except StoreError as exc:  # e.g. a full disk while sealing: the data is still there
-                delay = self._retry_later(f"buffer: {exc}")
-            except Exception:  # a bug must not stop uploads for good: log it loudly and carry on
-                log.exception("uploader failed unexpectedly")
-                delay = self._retry_later("internal error (see the log)")
-            if delay:
-                await asyncio.sleep(delay)
+        await keep_trying(self._step, self._retry_later, "uploader", "buffer")
+
+    async def _step(self) -> float:
+        await self._gathered()
+        return await self._once()
 
     def _retry_later(self, error: str) -> float:
         delay = self._backoff.next()

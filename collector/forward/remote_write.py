@@ -26,9 +26,8 @@ import time
 from collections.abc import Callable
 
 from backhaul import __version__
-from backhaul.errors import StoreError
 from backhaul.remote_write_sender import Answer, Outbox, RemoteWriteSender, Request, chunk_contents
-from backhaul.retry import Backoff, Verdict, retry_after
+from backhaul.retry import Backoff, Verdict, keep_trying, retry_after
 from backhaul.wire import WireError
 from backhaul.wire import remote_write as rw
 from backhaul.wire.chunk import Contents
@@ -142,23 +141,17 @@ class Forwarder:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
-            try:
-                # A group that failed is retried as it was, not re-taken with newer entries, so that
-                # no request is re-sent (and no refusal counted twice) because the group grew.
-                entries = self._pending or await self.spool.call(self.spool.take, GROUP_SAMPLES)
-                if not entries:
-                    await self._wake.wait()
-                    self._wake.clear()
-                    continue
-                delay = await self._forward(entries)
-            except StoreError as exc:
-                delay = self._retry_later(f"spool: {exc}")
-            except Exception:  # a bug must not stop forwarding for good
-                log.exception("forward %s: failed unexpectedly", self.name)
-                delay = self._retry_later("internal error (see the log)")
-            if delay:
-                await asyncio.sleep(delay)
+        await keep_trying(self._step, self._retry_later, f"forward {self.name}", "spool")
+
+    async def _step(self) -> float:
+        # A group that failed is retried as it was, not re-taken with newer entries, so that no
+        # request is re-sent (and no refusal counted twice) because the group grew.
+        entries = self._pending or await self.spool.call(self.spool.take, GROUP_SAMPLES)
+        if not entries:
+            await self._wake.wait()
+            self._wake.clear()
+            return 0.0
+        return await self._forward(entries)
 
     def _retry_later(self, error: str) -> float:
         delay = self._backoff.next()

@@ -25,6 +25,7 @@ from agent.ingest.scrape import ACCEPT
 from backhaul.wire import exposition
 from backhaul.wire.metadata import Metadata
 from tests.support import (
+    Process,
     buffer_contents,
     exported_samples,
     free_port,
@@ -54,6 +55,16 @@ remote_write:
     queue_config: {{max_shards: 1, batch_send_deadline: 500ms, min_backoff: 100ms, max_backoff: 1s}}
     {sending}
 """
+
+
+def scraping_prometheus(
+    tmp_path: Path, target_url: str, agent_port: int, sending: str, features: str, binary: str | None = None
+) -> tuple[Process, str]:
+    """A Prometheus that scrapes ``target_url`` each second and remote-writes to the agent (see SCRAPING)."""
+    target = urllib.parse.urlsplit(target_url).netloc.split(":")[1]
+    config = SCRAPING.format(target=target, agent=agent_port, sending=sending)
+    return start_prometheus(tmp_path, lambda port: config, f"--enable-feature={features}", binary=binary)
+
 
 RECEIVING = """
 global:
@@ -124,13 +135,8 @@ def test_native_histograms_arrive_intact_at_a_forwarding_prometheus(
             port=agent_port,
             scrape={"interval": 1, "targets": [{"job": "direct", "url": native_target}]},
         )
-        target = urllib.parse.urlsplit(native_target).netloc.split(":")[1]
-        scraping, scraping_url = start_prometheus(
-            tmp_path,
-            lambda port: SCRAPING.format(
-                target=target, agent=agent_port, sending="metadata_config: {send_interval: 2s}"
-            ),
-            "--enable-feature=native-histograms",
+        scraping, scraping_url = scraping_prometheus(
+            tmp_path, native_target, agent_port, "metadata_config: {send_interval: 2s}", "native-histograms"
         )
 
         def enough() -> bool:
@@ -201,14 +207,13 @@ def test_prometheus_3_sending_remote_write_2_0(native_target, start_collector, s
         collector = start_collector(forward=[{**forward, "backoff_min": 0.1, "backoff_max": 1}])
         agent_port = free_port()
         agent = start_agent(collector.url, port=agent_port)
-        target = urllib.parse.urlsplit(native_target).netloc.split(":")[1]
-        sending, sending_url = start_prometheus(
+        sending, sending_url = scraping_prometheus(
             tmp_path,
-            lambda port: SCRAPING.format(
-                target=target, agent=agent_port, sending="protobuf_message: io.prometheus.write.v2.Request"
-            ),
-            "--enable-feature=native-histograms,metadata-wal-records",
-            binary=binary,
+            native_target,
+            agent_port,
+            "protobuf_message: io.prometheus.write.v2.Request",
+            "native-histograms,metadata-wal-records",
+            binary,
         )
 
         def enough() -> bool:
