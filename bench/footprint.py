@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import http.server
-import json
 import os
 import shutil
 import subprocess
@@ -36,13 +35,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import procstat
+from bench import procstat, report
 from bench.servers import DEVICE, TOKEN, ByteSink, Server
 from bench.table import Row, render
 from harness import BIN, READ, Process, free_port, write_toml
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 SCRAPE_SECONDS = 5
 MB = 1024**2
 Maker = Callable[[Path, str | None, str, int], Server]  # workdir, scrape target, remote, copy -> server
@@ -377,11 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{f.name} {f.samples:,}" for f in figures)
     )
     print(table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / ".gitignore").write_text("*\n")
-    out = RESULTS / f"footprint-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps({"args": vars(args), "figures": [asdict(f) for f in figures], "table": table}, indent=2))
-    print(f"results: {out.relative_to(HERE.parent)}")
+    report.save("footprint", {"args": vars(args), "figures": [asdict(f) for f in figures], "table": table})
     return 0
 
 
