@@ -14,14 +14,17 @@ test:
 # sizes, an hour's backlog for the drain), each figure next to its references from the same run;
 # then a simulated day on metered links (bench/metered.py); then the collector (bench/collector.py:
 # simulated devices against SQLite, two collectors on PostgreSQL, forwarding to VictoriaMetrics;
-# VictoriaMetrics and the row store as references).
+# VictoriaMetrics and the row store as references); then the footprint on a small device
+# (bench/footprint.py: one node_exporter every 5 s through the agent, vmagent and Prometheus in agent
+# mode side by side, 5 min; `.venv/bin/python -m bench.footprint --quick` is the 2-minute version).
 bench: venv
 	vmagent=$$(bench/fetch-vmagent || true); \
 	.venv/bin/python -m bench.foundation --series 1000 --vmagent "$$vmagent" && \
 	.venv/bin/python -m bench.foundation --series 10000 --minutes 15 --drain-minutes 60 --vmagent "$$vmagent" && \
 	.venv/bin/python -m bench.metered && \
 	.venv/bin/python -m bench.collector && \
-	.venv/bin/python -m bench.collector --batch-seconds 60 --skip vm,rows
+	.venv/bin/python -m bench.collector --batch-seconds 60 --skip vm,rows && \
+	.venv/bin/python -m bench.footprint --vmagent "$$vmagent"
 
 # ruff (lint and format) over the tree; mypy over the packages, tests/ and bench/ ([tool.mypy] in pyproject.toml).
 lint: venv

@@ -21,7 +21,7 @@ import signal
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -41,7 +41,6 @@ from agent.ingest.sink import SampleSink
 from agent.metrics import AgentMetrics
 from agent.sources import Sources
 from agent.status import AgentStatus, health
-from agent.supervisor import CrashLoop, Supervisor
 from agent.uplink.build import transports_for
 from agent.uplink.links import Links
 from agent.uplink.transport import Transport
@@ -52,6 +51,10 @@ from backhaul.lifecycle import Jobs, Lifecycle, TaskGroup, watchdog
 from backhaul.listener import Listener, ListenerMetrics
 from backhaul.reload import ConfigReload
 from backhaul.tls import ClientTls, watch
+
+if TYPE_CHECKING:
+    # Imported where it is built: the supervisor's psutil only for an agent that runs an inference server.
+    from agent.supervisor import CrashLoop, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +141,11 @@ class Agent:
         )
         self.tasks = TaskGroup()
         inf = settings.inference
-        self.supervisor = Supervisor(inf, self.registry, self._crash_loop) if inf.command else None
+        self.supervisor: Supervisor | None = None
+        if inf.command:
+            from agent.supervisor import Supervisor
+
+            self.supervisor = Supervisor(inf, self.registry, self._crash_loop)
         self.alerts: AlertLane | None = None
         if settings.alerts.enabled:
             self.alerts = build_lane(

@@ -12,16 +12,22 @@ import contextlib
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
 from agent.config import AgentSettings
-from agent.ingest.host import HostSampler
 from agent.ingest.model import ModelInfo
 from agent.ingest.scrape import Scraper, Target
 from agent.ingest.sink import SampleSink
-from agent.proxy import InferenceProxy, LinkGate
 from backhaul.lifecycle import Jobs
+
+if TYPE_CHECKING:
+    # Imported where they are built: the host sampler (psutil) and the proxy cost memory the agent
+    # should not pay for a part that is not configured.
+    from agent.ingest.host import HostSampler
+    from agent.proxy.link import LinkGate
+    from agent.proxy.server import InferenceProxy
 
 
 def scrape_targets(settings: AgentSettings) -> list[Target]:
@@ -79,6 +85,8 @@ class Sources:
         )
         self.host: HostSampler | None = None
         if s.host.enabled:
+            from agent.ingest.host import HostSampler
+
             self.host = HostSampler(
                 sink,
                 s.buffer.path.parent,
@@ -88,7 +96,11 @@ class Sources:
                 s.host.tegrastats,
                 clock,
             )
-        self.proxy = InferenceProxy(s.proxy, registry, local_down, link) if s.proxy.enabled else None
+        self.proxy: InferenceProxy | None = None
+        if s.proxy.enabled:
+            from agent.proxy.server import InferenceProxy
+
+            self.proxy = InferenceProxy(s.proxy, registry, local_down, link)
         self.model: ModelInfo | None = None
         if inf.model_name or inf.model_version or inf.model_path:
             self.model = ModelInfo(registry, inf.model_name, inf.model_version, inf.model_path)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import threading
@@ -33,6 +32,7 @@ from typing import Any
 
 import psutil
 
+from bench import report
 from bench.collector_load import Driven, Load, build_load, drive, drive_rw, rw_bodies
 from bench.collector_servers import (
     ROW_STORE_COMMIT,
@@ -48,7 +48,6 @@ from bench.progress import Progress
 from bench.servers import Server
 from harness import get_json, wait_until
 
-HERE = Path(__file__).resolve().parent
 # A device at the reference rate: 1,000 series every 15 s.
 DEVICE_RATE = 1000 / 15
 
@@ -276,12 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(table)
     print("devices/core: stored samples/s per collector core / (1,000 series / 15 s)")
-    out_dir = HERE / "results"
-    out_dir.mkdir(exist_ok=True)
-    (out_dir / ".gitignore").write_text("*\n")
-    out = out_dir / f"collector-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps({"args": vars(args), "results": [asdict(r) for r in results], "table": table}, indent=2))
-    print(f"results: {out.relative_to(HERE.parent)}")
+    report.save("collector", {"args": vars(args), "results": [asdict(r) for r in results], "table": table})
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import shutil
 import sys
@@ -31,6 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from backhaul import __version__
+from bench import report
 from bench.drain import run_drain
 from bench.ingest import IngestResult, make_ingest_plan, run_ingest
 from bench.progress import Progress
@@ -38,9 +38,6 @@ from bench.servers import ByteSink, Server, agent_server, prometheus_server, vma
 from bench.sizes import run_size_jobs
 from bench.table import build_rows, notes_for, render
 from bench.workload import INTERVAL_MS, WorkloadSpec
-
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -136,27 +133,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}")
     print(f"took {elapsed:.0f} s")
 
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / ".gitignore").write_text("*\n")
-    out = RESULTS / f"foundation-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "version": __version__,
-                "args": vars(args),
-                "elapsed_seconds": elapsed,
-                "workload": {"series": workload.n_series, "rounds": workload.n_rounds, "samples": workload.samples},
-                "rows": [asdict(r) for r in rows],
-                "sizes": sizes,
-                "ingest": [r.row() for r in ingest],
-                "drain": drain,
-                "notes": notes,
-                "table": table,
-            },
-            indent=2,
-        )
+    report.save(
+        "foundation",
+        {
+            "version": __version__,
+            "args": vars(args),
+            "elapsed_seconds": elapsed,
+            "workload": {"series": workload.n_series, "rounds": workload.n_rounds, "samples": workload.samples},
+            "rows": [asdict(r) for r in rows],
+            "sizes": sizes,
+            "ingest": [r.row() for r in ingest],
+            "drain": drain,
+            "notes": notes,
+            "table": table,
+        },
     )
-    print(f"results: {out.relative_to(HERE.parent)}")
     return 0
 
 

@@ -36,7 +36,7 @@ def serve_proxy(port: int, upstream: str) -> None:
     from prometheus_client import CollectorRegistry
 
     from agent.config import ProxySettings
-    from agent.proxy import InferenceProxy
+    from agent.proxy.server import InferenceProxy
 
     async def run() -> None:
         proxy = InferenceProxy(ProxySettings(enabled=True, port=port, upstream=upstream), CollectorRegistry())

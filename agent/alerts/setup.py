@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from agent.alerts.budget import AlertBudget
 from agent.alerts.builtin import Readings
-from agent.alerts.channels import Channel, CommandChannel, HttpChannel, MqttChannel, Via
+from agent.alerts.channels import Channel, CommandChannel, HttpChannel, Via
 from agent.alerts.lane import AlertLane
 from agent.alerts.metrics import AlertMetrics
 from agent.alerts.settings import CommandChannelSettings, HttpChannelSettings, MqttChannelSettings
@@ -39,6 +39,8 @@ def channels(
             token = settings.uplink.token.get_secret_value()
             out.append(HttpChannel.from_settings(c, uplink_url, token, tls, budget, via))
         elif isinstance(c, MqttChannelSettings):
+            from agent.alerts.mqtt import MqttChannel  # here: aiomqtt and paho only when configured
+
             out.append(MqttChannel(c, settings.device_id, budget))
         elif isinstance(c, CommandChannelSettings):
             out.append(CommandChannel(c, budget))

@@ -10,22 +10,7 @@ configured (``[proxy.cloud]``), escalates requests the local model cannot serve.
     metrics.py    backhaul_proxy_*
     link.py       LinkGate: what the metered link allows (the uplink's budget, issue 13)
     errors.py     UpstreamError
+
+Nothing is imported here: the agent's settings read ``agent.proxy.settings`` whether or not a proxy
+is configured, and importing the proxy itself is left to the agent that runs one (agent.sources).
 """
-
-from agent.proxy.errors import UpstreamError
-from agent.proxy.link import CountedLink, LinkGate, UnmeteredLink
-from agent.proxy.routing import ROUTE_HEADER, ROUTED_HEADER
-from agent.proxy.server import InferenceProxy
-from agent.proxy.settings import CloudSettings, ProxySettings
-
-__all__ = [
-    "ROUTED_HEADER",
-    "ROUTE_HEADER",
-    "CloudSettings",
-    "CountedLink",
-    "InferenceProxy",
-    "LinkGate",
-    "ProxySettings",
-    "UnmeteredLink",
-    "UpstreamError",
-]

@@ -13,7 +13,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from agent.config import ProxySettings
-from agent.proxy import InferenceProxy
+from agent.proxy.server import InferenceProxy
 from demo.inference_server import FakeModel, Server
 from tests.support import free_port
 

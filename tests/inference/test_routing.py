@@ -12,8 +12,9 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from agent.config import AgentSettings, ProxySettings
-from agent.proxy import InferenceProxy, LinkGate
+from agent.proxy.link import LinkGate
 from agent.proxy.routing import Body, Plan, RouteHeaderError, Router, estimated_prompt_tokens, route_header
+from agent.proxy.server import InferenceProxy
 from agent.proxy.settings import CloudSettings
 from tests.inference.conftest import Demo
 from tests.support import free_port
