@@ -50,7 +50,7 @@ from backhaul.errors import StoreError
 from backhaul.lifecycle import Jobs, Lifecycle, TaskGroup, watchdog
 from backhaul.listener import Listener, ListenerMetrics
 from backhaul.reload import ConfigReload
-from backhaul.tls import ClientTls, watch
+from backhaul.tls import ClientTls, keep_current
 
 if TYPE_CHECKING:
     # Imported where it is built: the supervisor's psutil only for an agent that runs an inference server.
@@ -254,11 +254,7 @@ class Agent:
             self.tasks.spawn("uploader", self.uploader.run())
         self.tasks.spawn("status", self.status.run())
         proxy = self.sources.proxy
-        held = [t for t in (self.tls, proxy.tls if proxy is not None else None) if t is not None]
-        for tls in held:
-            life.on_reload(f"{tls.what} TLS", tls.reload)
-        if held:
-            self.tasks.spawn("TLS watch", watch(held))
+        keep_current([self.tls, proxy.tls if proxy is not None else None], life, self.tasks)
         # Expire once right away: a device off for weeks should not upload stale data first.
         self.tasks.spawn("first expiry", self._expire(), forever=False)
         await life.enter("scheduler", self.jobs)

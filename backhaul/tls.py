@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from backhaul.errors import ConfigError
+from backhaul.lifecycle import Lifecycle, TaskGroup
 from backhaul.settings import ReadableFile, Section
 
 log = logging.getLogger(__name__)
@@ -250,3 +251,13 @@ async def watch(holders: Iterable[TlsFiles], interval: float = WATCH_INTERVAL) -
         for holder in holders:
             if holder.changed():
                 holder.reload()
+
+
+def keep_current(holders: Iterable[TlsFiles | None], life: Lifecycle, tasks: TaskGroup) -> None:
+    """Reload each holder's files at every reload (SIGHUP) and whenever they change on disk (a renewed
+    certificate), for both programs; None stands for TLS not configured."""
+    held = [h for h in holders if h is not None]
+    for tls in held:
+        life.on_reload(f"{tls.what} TLS", tls.reload)
+    if held:
+        tasks.spawn("TLS watch", watch(held))

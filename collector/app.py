@@ -18,7 +18,7 @@ from backhaul import systemd
 from backhaul.lifecycle import Lifecycle, TaskGroup
 from backhaul.listener import Listener, ListenerMetrics
 from backhaul.reload import ConfigReload
-from backhaul.tls import ServerTls, TlsFiles, watch
+from backhaul.tls import ServerTls, keep_current
 from backhaul.web import error_middleware
 from collector import reload, web_security
 from collector.alerts.listing import AlertLister
@@ -191,11 +191,7 @@ class Collector:
         if self.mqtt is not None:
             self.tasks.spawn("mqtt alerts", self.mqtt.run())
         outgoing = [f.tls for f in self.forwarding.forwarders] if self.forwarding is not None else []
-        held: list[TlsFiles] = [t for t in (self.tls, *outgoing) if t is not None]
-        for tls in held:
-            life.on_reload(f"{tls.what} TLS", tls.reload)
-        if held:
-            self.tasks.spawn("TLS watch", watch(held))
+        keep_current([self.tls, *outgoing], life, self.tasks)
         listen = self.settings.listen
         listener = Listener(
             self.build_app(),

@@ -10,8 +10,6 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-import psutil
-
 SYS_NET = Path("/sys/class/net")
 ADDRESS_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
@@ -26,6 +24,8 @@ def state(interface: str, sys_net: Path = SYS_NET) -> str | None:
     # "unknown" is what drivers without carrier reporting say (tun devices, some modems): usable.
     if operstate not in ("up", "unknown"):
         return operstate or "down"
+    import psutil  # here: only an agent whose links name an interface needs it
+
     addresses = psutil.net_if_addrs().get(interface, [])
     if not any(a.family in ADDRESS_FAMILIES for a in addresses):
         return "no address"

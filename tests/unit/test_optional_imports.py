@@ -19,7 +19,7 @@ from harness import TOKEN, agent_config, free_port, write_toml
 OPTIONAL = {
     "aiomqtt": "an mqtt alert channel",
     "paho": "an mqtt alert channel (under aiomqtt)",
-    "psutil": "[host] enabled, or an [inference] command to supervise",
+    "psutil": "[host] enabled, an [inference] command to supervise, or a link that names an interface",
     "agent.ingest.host": "[host] enabled",
     "agent.alerts.mqtt": "an mqtt alert channel",
     "agent.proxy.server": "[proxy] enabled",
