@@ -40,14 +40,14 @@ def write_toml(path: Path, values: Mapping[str, Any], header: str = "") -> Path:
 def collector_config(port: int, db: Path, **sections: Any) -> dict[str, Any]:
     """The config of a test collector listening on ``port`` with its store at ``db``, which knows
     devices ``dev-1`` (token :data:`TOKEN`) and ``dev-2`` (``TOKEN + "-2"``) and the harness' read
-    token. ``sections`` as for :func:`agent_config`."""
+    token. Each of ``sections`` replaces the table of its name whole (``read={}``: no read token)."""
     config: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": port},
         "store": {"path": str(db)},
         "devices": [{"id": "dev-1", "token": TOKEN}, {"id": "dev-2", "token": TOKEN + "-2"}],
         "read": READ,
     }
-    return _updated(config, sections)
+    return {**config, **sections}
 
 
 def agent_config(port: int, db: Path, collector_url: str | None = None, **sections: Any) -> dict[str, Any]:
