@@ -38,7 +38,7 @@ from typing import Any
 from bench import procstat, report
 from bench.servers import DEVICE, TOKEN, ByteSink, Server
 from bench.table import Row, render
-from harness import BIN, READ, Process, free_port, write_toml
+from harness import BIN, READ, Process, QuietHandler, free_port, write_toml
 
 SCRAPE_SECONDS = 5
 MB = 1024**2
@@ -53,21 +53,14 @@ class CountingTarget:
         self.samples = 0
         self.scrapes = 0
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 with urllib.request.urlopen(upstream, timeout=10) as reply:
                     body = reply.read()
                     content_type = reply.headers.get("Content-Type", "text/plain")
                 target.samples += sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
                 target.scrapes += 1
-                self.send_response(200)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
+                self.answer(body, content_type)
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.address = f"127.0.0.1:{self._server.server_address[1]}"

@@ -24,7 +24,7 @@ from harness.agent import LOSS_CAUSES, agent_loss_counters, buffer_contents, cop
 from harness.collector import export, exported_samples, reported_losses, same_value, stored_contents
 from harness.config import READ, READ_HEADERS, READ_TOKEN, TOKEN, agent_config, collector_config, toml_text, write_toml
 from harness.metrics import metric_sum, metric_value, parse_metrics, read_metrics
-from harness.net import free_port, get_json, http, wait_until
+from harness.net import QuietHandler, free_port, get_json, http, wait_until
 from harness.netns import Netns, veth
 from harness.process import BIN, Proc, ProcError, Process, child_env, faketime_env, require_program
 from harness.prometheus import prometheus3, start_prometheus
@@ -48,6 +48,7 @@ __all__ = [
     "Proc",
     "ProcError",
     "Process",
+    "QuietHandler",
     "RecordingSender",
     "Sender",
     "TlsFront",

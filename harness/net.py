@@ -13,9 +13,24 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A test server's request handler that logs nothing and answers with :meth:`answer`."""
+
+    def answer(self, body: bytes, content_type: str, status: int = 200) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
 
 
 def free_port() -> int:

@@ -15,11 +15,15 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
+from collector.store import Store
+from collector.store.postgres import PostgresStore
+from collector.store.sqlite import SqliteStore
 from tests.support import free_port, require_program
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -115,3 +119,30 @@ def pg_server() -> Iterator[PgServer]:
 def pg_dsn(pg_server: PgServer) -> str:
     """A fresh, empty database on the session's server."""
     return pg_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """Each store back end in turn: (back end, its file or a fresh database's DSN)."""
+    if request.param == "postgres":
+        return "postgres", request.getfixturevalue("pg_dsn")
+    return "sqlite", str(tmp_path / "c.db")
+
+
+@asynccontextmanager
+async def opened(where: tuple[str, str]) -> AsyncIterator[Store]:
+    """The store, opened afresh (a restarted collector: nothing cached), closed at the end."""
+    backend, at = where
+    store: Store = PostgresStore(at, pool_size=2) if backend == "postgres" else SqliteStore(Path(at), "NORMAL")
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def store(where: tuple[str, str]) -> AsyncIterator[Store]:
+    """Each back end's store, open on an empty database (tests that both back ends must pass)."""
+    async with opened(where) as s:
+        yield s

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from backhaul.wire.histogram import Histogram, HistogramSeriesMap
 from backhaul.wire.series import Labels, SeriesMap
 from collector.store import Store
 from collector.store.chunks import prepare
-from collector.store.postgres import PostgresStore
 from collector.store.retention import Retention, Rules
 from collector.store.settings import StoreSettings
 from collector.store.sqlite import SqliteStore
@@ -28,20 +26,6 @@ from tests.fleet.batches import put, read
 HOUR = 3_600_000
 NOW = 1_800_000_000_000
 UP: Labels = (("__name__", "up"), ("job", "node"))
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store
-    if request.param == "postgres":
-        s = PostgresStore(request.getfixturevalue("pg_dsn"), pool_size=3)
-    else:
-        s = SqliteStore(tmp_path / "c.db", "NORMAL")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def every(step_ms: int, start: int, end: int) -> list[int]:

@@ -3,31 +3,10 @@ ends: five-minute rows that add up, the latest backlog, freshness, clock offset 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
-
 from collector.store import Store
 from collector.store.history import BUCKET_MS, KEEP_MS, BatchNote
-from collector.store.postgres import PostgresStore
-from collector.store.sqlite import SqliteStore
 
 T0 = 1_800_000_000_000 - 1_800_000_000_000 % BUCKET_MS  # the start of a five-minute row
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store
-    if request.param == "postgres":
-        s = PostgresStore(request.getfixturevalue("pg_dsn"), pool_size=2)
-    else:
-        s = SqliteStore(tmp_path / "collector.db", "NORMAL")
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def test_batches_add_up_per_five_minutes(store: Store) -> None:

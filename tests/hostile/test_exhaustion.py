@@ -20,7 +20,7 @@ from backhaul.wire import batch as batchfmt
 from backhaul.wire import remote_write as rw
 from backhaul.wire.series import SeriesMap
 from backhaul.wire.varint import varint
-from tests.support import TOKEN, http, metric_value, push
+from tests.support import TOKEN, QuietHandler, http, metric_value, push
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -170,25 +170,18 @@ def test_the_proxys_model_label_cannot_grow_without_bound(start_agent: Any) -> N
     """Finding 9: the model names come from the upstream's answers; a new name on every answer once
     meant a new series on every answer. Now: the first 20 names, then ``other``."""
     import json
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import ThreadingHTTPServer
 
     from tests.support import free_port, parse_metrics
 
     served = [0]
 
-    class Upstream(BaseHTTPRequestHandler):
+    class Upstream(QuietHandler):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             served[0] += 1
             body = json.dumps({"model": f"model-{served[0]}", "usage": {"prompt_tokens": 3, "completion_tokens": 5}})
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body.encode())
-
-        def log_message(self, *args: object) -> None:
-            pass
+            self.answer(body.encode(), "application/json")
 
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), Upstream)
     threading.Thread(target=server.serve_forever, daemon=True).start()

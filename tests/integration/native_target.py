@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 from backhaul.wire import exposition
 from backhaul.wire.histogram import Histogram, from_indexed
+from harness.net import QuietHandler
 
 SCHEMA = 3
 OBSERVATIONS = (0.0, 0.003, 0.012, 0.05, 0.05, 0.2, 0.9, 2.5, 7.0)
@@ -55,7 +56,7 @@ class _State:
 STATE = _State()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(QuietHandler):
     def do_GET(self) -> None:
         with STATE.lock:
             STATE.scrapes += 1
@@ -74,14 +75,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             body = f"# HELP rpc_total Scrapes served.\n# TYPE rpc_total counter\nrpc_total {scrapes}\n".encode()
             content_type = "text/plain; version=0.0.4"
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.answer(body, content_type)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import json
 import math
 import struct
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 
 import pytest
 from google.protobuf import json_format
@@ -25,6 +25,7 @@ from backhaul.wire import remote_write as rw
 from backhaul.wire.histogram import Histogram
 from backhaul.wire.metadata import Metadata
 from tests.otlp_example import official_style_json
+from tests.support import QuietHandler
 
 RESOURCE = {
     "service.name": "infer",
@@ -127,21 +128,14 @@ def test_a_request_built_by_the_sdk_maps_to_prometheus_series():
     check_inference_series(again)
 
 
-class _Capture(BaseHTTPRequestHandler):
+class _Capture(QuietHandler):
     received: list[tuple[dict[str, str], bytes]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).received.append(({k.lower(): v for k, v in self.headers.items()}, body))
         answer = otlp.response(otlp.Mapped(), otlp.PROTOBUF)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.answer(answer, "application/x-protobuf")
 
 
 def test_what_the_real_otlp_http_exporter_sends_gzipped_decodes_the_same():
