@@ -2,7 +2,7 @@
 
 The agent's buffer driven directly (:mod:`bench.buffer`, ``synchronous = FULL``), the WAL's automatic
 checkpoint turned off so that every commit's frames stay countable: a scrape of ``--series`` series
-(one sample each, like one node_exporter page) committed, sealed into a batch and acknowledged, and
+(one sample each, ~4 KB stored: like one node_exporter page) committed, sealed into a batch and acknowledged, and
 the clock keeper's save of the era's end, each repeated ``--rounds`` times; frames per transaction are
 the WAL's growth divided by a frame's size (page + 24-byte header), averaged.
 
@@ -30,13 +30,13 @@ STEP_MS = 5_000
 
 
 def _scrape(series: int, k: int) -> SeriesMap:
-    """One page: counters and gauges with full-precision values (they do not compress away)."""
+    """One page: counters with six-digit values (a ~5 KB chunk, like one real node_exporter page)."""
     rng = random.Random(k)
     t = NOW_MS + k * STEP_MS
     return {
         (("__name__", f"node_metric_{i % 40}_total"), ("instance", "127.0.0.1:9100"), ("i", str(i))): (
             [t],
-            [rng.random() * 1e9],
+            [round(rng.random() * 1e7, 5)],
         )
         for i in range(series)
     }
@@ -71,10 +71,12 @@ def measure(series: int, rounds: int, chunks_per_batch: int) -> dict[str, float]
                 journal.save(store, eras, jumps)
 
             k = 0
+            sizes: list[int] = []
             for r in range(rounds + 2):
                 for _ in range(chunks_per_batch):
                     k += 1
                     counted("commit", partial(store.append, _scrape(series, k), 0, NOW_MS + k * STEP_MS))
+                sizes.append(store.conn.execute("SELECT coalesce(sum(length(data)), 0) FROM chunks").fetchone()[0])
                 batch = counted("claim", partial(store.claim, 4 << 20, NOW_MS + k * STEP_MS, False))
                 assert batch is not None
                 counted("ack", partial(store.ack, batch.seq, 0))
@@ -82,7 +84,9 @@ def measure(series: int, rounds: int, chunks_per_batch: int) -> dict[str, float]
                 if r < 2:  # the first rounds grow the file: not steady state
                     for v in frames.values():
                         v.clear()
-    return {kind: sum(v) / len(v) for kind, v in frames.items() if v}
+    result = {kind: sum(v) / len(v) for kind, v in frames.items() if v}
+    result["KB per batch"] = sum(sizes) / len(sizes) / 1000
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 from agent.buffer.records import LOSS_KEYS, Batch, UsageRow
 from agent.buffer.summaries import Summaries
-from backhaul.wire.chunk import Contents
 
 # A chunk too big for a batch is split only down to this many bytes (its series table must fit too).
 MIN_PART_BYTES = 1024
@@ -53,13 +52,14 @@ class Batches(Summaries):
                 if changed:
                     self._recount()
                 return None
-            # One series table per batch instead of one per commit: small chunks are merged when the
-            # batch is loaded (in memory, not rewritten here); one that does not decode is taken out.
+            # One series table per batch instead of one per commit: merge small chunks first.
             rows = self.conn.execute(
                 f"SELECT id, samples FROM chunks WHERE id IN ({','.join('?' * len(chosen))}) ORDER BY id", chosen
             ).fetchall()
-            decoded, bad = self._verify_runs(rows, now_ms)
-            chosen = [c for c in chosen if c not in bad]
+            merged = {ids[0]: ids for ids in self._small_runs(rows)}
+            for first, ids in merged.items():
+                self._merge(ids, now_ms)
+                chosen = [c for c in chosen if c == first or c not in ids]
             (seq,) = self.conn.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
             seq += 1
             self.conn.execute("UPDATE meta SET value = ? WHERE key='next_seq'", (seq,))
@@ -69,9 +69,9 @@ class Batches(Summaries):
                 "SELECT coalesce(sum(samples), 0) FROM chunks WHERE batch_seq = ?", (seq,)
             ).fetchone()
             self.conn.execute("INSERT INTO batches (seq, sealed_ms, samples) VALUES (?, ?, ?)", (seq, now_ms, samples))
-        if bad or changed:
+        if merged or changed:
             self._recount()
-        return self._load_batch(seq, now_ms, samples, 0, decoded)
+        return self._load_batch(seq, now_ms, samples, 0)
 
     def _choose(
         self,
@@ -132,20 +132,17 @@ class Batches(Summaries):
             nbytes, lo, hi = self._extent(part)
         return part, nbytes
 
-    def _load_batch(
-        self, seq: int, sealed_ms: int, samples: int, summary_ms: int, decoded: dict[int, Contents] | None = None
-    ) -> Batch:
+    def _load_batch(self, seq: int, sealed_ms: int, samples: int, summary_ms: int) -> Batch:
         if summary_ms:
             query = "SELECT data, min_ts, max_ts FROM summaries WHERE seq = ?"
             (blob, lo, hi) = self.conn.execute(query, (seq,)).fetchone()
             return Batch(seq, sealed_ms, samples, [blob], hi, summary_ms, lo)
         rows = self.conn.execute(
-            "SELECT id, samples, data, min_ts, max_ts FROM chunks WHERE batch_seq = ? ORDER BY id", (seq,)
+            "SELECT data, min_ts, max_ts FROM chunks WHERE batch_seq = ? ORDER BY id", (seq,)
         ).fetchall()
-        lo = min((r[3] for r in rows), default=0)
-        hi = max((r[4] for r in rows), default=0)
-        chunks = self._as_sent([(r[0], r[1], r[2]) for r in rows], decoded or {})
-        return Batch(seq, sealed_ms, samples, chunks, hi, 0, lo)
+        lo = min((r[1] for r in rows), default=0)
+        hi = max((r[2] for r in rows), default=0)
+        return Batch(seq, sealed_ms, samples, [r[0] for r in rows], hi, 0, lo)
 
     def recent(self, since_ms: int) -> tuple[float, int]:
         """Samples stamped at or after ``since_ms`` (chunks counted by the share of their time span

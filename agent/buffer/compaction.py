@@ -95,52 +95,6 @@ class Compaction(StoreCore):
                 )
         return len(ids) - 1
 
-    def _verify_runs(self, rows: list[tuple[int, int]], now_ms: int) -> tuple[dict[int, Contents], set[int]]:
-        """Decode the chunks of each run of small ones among ``rows`` (``(id, samples)`` in id order,
-        in the caller's transaction): what they hold, and the ids of those that do not decode (each
-        quarantined, counted and deleted). Sealing checks a batch this way and merges only in memory
-        (:meth:`_as_sent`), so it writes no chunk data."""
-        decoded: dict[int, Contents] = {}
-        bad: set[int] = set()
-        for ids in self._small_runs(rows):
-            marks = ",".join("?" * len(ids))
-            query = f"SELECT id, samples, data FROM chunks WHERE id IN ({marks}) ORDER BY id"
-            for chunk_id, samples, blob in self.conn.execute(query, ids).fetchall():
-                try:
-                    decoded[chunk_id] = self.codec.decode_contents(blob, limit=recovery.MAX_CHUNK_BYTES)
-                except WireError as exc:
-                    self._quarantine_chunk(chunk_id, samples, blob, str(exc), now_ms)
-                    self.conn.execute("DELETE FROM chunks WHERE id = ?", (chunk_id,))
-                    bad.add(chunk_id)
-        return decoded, bad
-
-    def _as_sent(self, rows: list[tuple[int, int, bytes]], decoded: dict[int, Contents]) -> list[bytes]:
-        """A batch's chunks (``(id, samples, data)`` in id order) as they are sent: each run of small
-        ones merged into one chunk, with one series table, in memory. The same stored chunks give
-        the same bytes, so a batch re-sent after a restart is sent unchanged. A run with a chunk
-        that no longer decodes (damaged after sealing) goes as stored, for the collector to judge."""
-        blobs = {chunk_id: blob for chunk_id, _, blob in rows}
-        runs = {ids[0]: ids for ids in self._small_runs([(r[0], r[1]) for r in rows])}
-        out: list[bytes] = []
-        done: set[int] = set()
-        for chunk_id, _, blob in rows:
-            if chunk_id in done:
-                continue
-            ids = runs.get(chunk_id)
-            if ids is None:
-                out.append(blob)
-                continue
-            done.update(ids)
-            try:
-                limit = recovery.MAX_CHUNK_BYTES
-                parts = [decoded[i] if i in decoded else self.codec.decode_contents(blobs[i], limit) for i in ids]
-            except WireError:
-                out.extend(blobs[i] for i in ids)
-                continue
-            merged = _merged(parts)
-            out.append(self.codec.encode(merged.series, merged.histograms, merged.metadata))
-        return out
-
     def _quarantine_chunk(self, chunk_id: int, samples: int, blob: bytes, reason: str, now_ms: int) -> None:
         log.error("chunk %d does not decode (%s): quarantined, %d samples lost", chunk_id, reason, samples)
         self.conn.execute(
