@@ -197,6 +197,7 @@ class Figures:
     idle_wakeups: int = 0  # voluntary context switches, all threads
     idle_switches: int = 0  # voluntary and involuntary
     idle_sync_calls: int = 0
+    idle_write_bytes: int = 0
 
     def per_sample(self, value: float) -> float | None:
         return value / self.samples if self.samples else None
@@ -285,6 +286,7 @@ def run(args: argparse.Namespace) -> list[Figures]:
                 f.idle_wakeups = end.voluntary_switches - start.voluntary_switches
                 f.idle_switches = end.switches - start.switches
                 f.idle_sync_calls = syncs
+                f.idle_write_bytes = end.write_bytes - start.write_bytes
             print(
                 f"load: {args.seconds:g} s of {SCRAPE_SECONDS} s scrapes after {args.warmup:g} s ...", file=sys.stderr
             )
@@ -331,6 +333,9 @@ def rows(figures: list[Figures]) -> list[Row]:
         row("idle wake-ups per second (voluntary switches)", lambda f: f.idle_wakeups / f.idle_seconds, "< 5"),
         row("idle context switches per second (all)", lambda f: f.idle_switches / f.idle_seconds, "-"),
         row("idle sync calls per hour", lambda f: f.idle_sync_calls * 3600 / f.idle_seconds, "-", "{:,.0f}"),
+        row(
+            "idle disk bytes written per hour, KB", lambda f: f.idle_write_bytes * 3.6 / f.idle_seconds, "-", "{:,.0f}"
+        ),
     ]
 
 

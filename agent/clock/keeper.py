@@ -37,7 +37,12 @@ from backhaul.wire.series import SeriesMap
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 1.0  # seconds between readings of the clocks
-SAVE_INTERVAL = 10.0  # how often the current era's end is written down
+# How often the current era's end is written down: while samples come in (a power cut then loses at
+# most this much of the span the era can have stamped), and when none have come in since the last
+# save (the end then only bounds what a local sender may still send stamped by this clock; an idle
+# agent writes a page this often, not every 10 s; docs/clock.md "Limits").
+SAVE_INTERVAL = 10.0
+IDLE_SAVE_INTERVAL = 900.0
 SLACK_MS = 1000  # a timestamp this far outside an era's span still counts as its own
 PROBE_PAUSE = 60.0  # after a reply that could not settle the era (no Date), no probe for this long
 
@@ -98,6 +103,7 @@ class TimeKeeper:
         self._probe_paused_until = 0.0  # loop time
         self._refiner = Refiner(int(settings.max_skew.total_seconds() * 1000))
         self._corrected_unsaved = 0
+        self._stamped = False  # samples split since the era's end was last written down
         self._corrected_before = 0  # what the buffer had counted when this process started
         self._corrected_in = 0  # corrected on the way in by this process
         self.jumps_total = 0
@@ -165,10 +171,10 @@ class TimeKeeper:
             self.observe()
             now = loop.time()
             try:
-                if now - saved >= SAVE_INTERVAL:
+                if now - saved >= (SAVE_INTERVAL if self._stamped else IDLE_SAVE_INTERVAL):
                     self.book.changed.add(self.book.current.id)
                     await self._flush_corrected()
-                    saved = now
+                    saved, self._stamped = now, False
                 await self._save()
                 if self._work.is_set():
                     self._work.clear()
@@ -250,6 +256,7 @@ class TimeKeeper:
     async def split(self, series: SeriesMap) -> Split:
         """Sort one request's (or scrape's) samples: ready, held by era, or dropped."""
         await self.check()
+        self._stamped = True
         boot_ms, wall_ms = self._read()
         return split(series, self.book, wall_ms, boot_ms, self._max_age_ms, self._max_future_ms, SLACK_MS)
 

@@ -286,3 +286,29 @@ async def test_a_clock_within_max_skew_settles_at_the_first_reply(tmp_path: Path
     async with agentlet(tmp_path, fake) as a:
         assert reply(a, fake, TRUE) == 1
         assert a.keeper.book.current.offset_ms == 0
+
+
+async def test_the_eras_end_is_written_down_while_samples_come_in_not_while_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.clock import keeper as keeper_module
+
+    monkeypatch.setattr(keeper_module, "WATCH_INTERVAL", 0.01)
+    monkeypatch.setattr(keeper_module, "SAVE_INTERVAL", 0.0)  # every pass, once samples came in
+    fake = FakeClocks(TRUE)
+
+    async def saved_end(a: Agentlet) -> int:
+        rows = await a.store.call(lambda: a.store.conn.execute("SELECT max(end_wall_ms) FROM clock_eras").fetchall())
+        return int(rows[0][0])
+
+    async with agentlet(tmp_path, fake) as a:
+        start = await saved_end(a)
+        fake.advance(60)
+        await asyncio.sleep(0.2)  # many passes of the keeper, nothing ingested
+        assert await saved_end(a) == start  # idle: nothing written (IDLE_SAVE_INTERVAL is 15 min)
+        await a.ingest(scrape(fake.wall))
+
+        async def caught_up() -> bool:
+            return await saved_end(a) >= int(fake.wall * 1000)
+
+        await eventually(caught_up, "the era's end written after a sample came in")
