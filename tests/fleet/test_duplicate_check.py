@@ -7,7 +7,7 @@ store from before the index is indexed when it opens."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -156,7 +156,9 @@ async def test_a_store_from_before_the_index_is_indexed_when_it_opens(
 
 
 def test_the_bound_counts_chunks_and_samples() -> None:
-    rows: Callable[[int, int], list[tuple[int, int, int]]] = lambda n, size: [(k, 1, size) for k in range(n)]
+    def rows(n: int, size: int) -> list[tuple[int, int, int]]:
+        return [(k, 1, size) for k in range(n)]
+
     assert overlap.within_bound(rows(3, 10)) == ([(0, 1), (1, 1), (2, 1)], False)
     kept, capped = overlap.within_bound(rows(overlap.MAX_HELD_CHUNKS + 1, 1))
     assert capped and len(kept) == overlap.MAX_HELD_CHUNKS
