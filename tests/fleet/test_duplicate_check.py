@@ -7,7 +7,8 @@ store from before the index is indexed when it opens."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from collector.store import Store, overlap
 from collector.store.postgres import PostgresStore
 from collector.store.sqlite import SqliteStore
 from collector.store.tables import TableInfo
-from tests.fleet.batches import put, read
+from tests.conftest import Running
+from tests.fleet.batches import batch_body, headers, put, read
+from tests.support import TOKEN, http, metric_value
 
 NOW = 1_800_000_000_000
 START = NOW - 3_600_000
@@ -164,3 +167,21 @@ def test_the_bound_counts_chunks_and_samples() -> None:
     assert capped and len(kept) == overlap.MAX_HELD_CHUNKS
     kept, capped = overlap.within_bound(rows(10, overlap.MAX_HELD_SAMPLES // 4))
     assert capped and len(kept) == 4
+
+
+@pytest.mark.integration
+def test_a_collector_counts_checks_cut_short_per_device(start_collector: Callable[..., Running]) -> None:
+    collector = start_collector()
+    start = int(time.time() * 1000) - 600_000
+    held = overlap.MAX_HELD_CHUNKS + 2
+    for seq in range(1, held + 1):
+        body = batch_body("dev-1", seq, {UP: ([start + seq * 1000], [float(seq)])})
+        assert http("POST", f"{collector.url}/api/v1/batches", body, headers(TOKEN))[0] == 200
+    name = "backhaul_collector_duplicate_checks_capped_total"
+    assert metric_value(collector.url, name, 'device="dev-1"') == 0
+    every = [start + k * 1000 for k in range(1, held + 1)]
+    body = batch_body("dev-1", held + 1, {UP: (every, [float(k) for k in range(1, held + 1)])})
+    status, answer, _ = http("POST", f"{collector.url}/api/v1/batches", body, headers(TOKEN))
+    assert status == 200, answer
+    assert metric_value(collector.url, name, 'device="dev-1"') == 1
+    assert metric_value(collector.url, "backhaul_collector_duplicate_samples_total") == overlap.MAX_HELD_CHUNKS
