@@ -60,23 +60,30 @@ def collector(
     return Server(Process(name, argv, workdir / f"{name}.log"), f"http://127.0.0.1:{port}", "/healthz", workdir)
 
 
-def row_store_program(into: Path) -> list[str] | None:
-    """The collector of :data:`ROW_STORE_COMMIT`, unpacked from git into ``into``; None without git."""
+def unpack(commit: str, into: Path) -> bool:
+    """The packages ``backhaul`` and ``collector`` of ``commit``, from git into ``into``; False without git."""
     try:
         archive = subprocess.run(
-            ["git", "-C", str(REPO), "archive", ROW_STORE_COMMIT, "backhaul", "collector"],
+            ["git", "-C", str(REPO), "archive", commit, "backhaul", "collector"],
             capture_output=True,
             check=True,
             timeout=60,
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return None
+        return False
     into.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile() as f:
         f.write(archive)
         f.seek(0)
         with tarfile.open(fileobj=f) as tar:
             tar.extractall(into, filter="data")
+    return True
+
+
+def row_store_program(into: Path) -> list[str] | None:
+    """The collector of :data:`ROW_STORE_COMMIT`, unpacked from git into ``into``; None without git."""
+    if not unpack(ROW_STORE_COMMIT, into):
+        return None
     # -P: not the working directory first on the path (it may be a checkout of the new code)
     return [sys.executable, "-P", "-c", "import sys; from collector.cli import main; sys.exit(main())"]
 

@@ -126,8 +126,7 @@ class BatchReceiver(DeviceEndpoint):
             self._metrics.batches.labels("duplicate").inc()
         else:
             self._metrics.batches.labels("stored").inc()
-            self._metrics.samples.inc(result.samples)
-            self._metrics.duplicate_samples.inc(result.duplicate_samples)
+            self._metrics.stored(header.device, result)
             self._count_dropped(header.device, dropped)
             newest = max((c.scan.max_ts for c in prepared), default=0)
             await self._note(header, newest, sum(len(c) for c in chunks), result.samples)

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from collector.store.records import DeviceState
+from collector.store.records import DeviceState, IngestResult
 
 
 class CollectorMetrics:
@@ -62,6 +62,20 @@ class CollectorMetrics:
         self.ingest_seconds = Histogram(
             "backhaul_collector_ingest_duration_seconds", "Time to decode and durably store one batch", registry=r
         )
+        self.duplicate_checks_capped = Counter(
+            "backhaul_collector_duplicate_checks_capped",
+            "Batches and remote-write requests whose duplicate check reached its bound, by device: held chunks"
+            " past it were not compared, so duplicates they hold were counted as new samples (and kept)",
+            ["device"],
+            registry=r,
+        )
+
+    def stored(self, device: str, result: IngestResult) -> None:
+        """Count what storing one batch or request did (not a repeated batch)."""
+        self.samples.inc(result.samples)
+        self.duplicate_samples.inc(result.duplicate_samples)
+        if result.capped:
+            self.duplicate_checks_capped.labels(device).inc()
 
 
 class DeviceCollector(Collector):

@@ -102,8 +102,7 @@ class RemoteWriteReceiver(DeviceEndpoint):
                     await self._forward(device, payload, samples)
             result = await self._store.ingest(device, chunks, now_ms)
             families.committed(metadata, now_ms)
-            self._metrics.samples.inc(result.samples)
-            self._metrics.duplicate_samples.inc(result.duplicate_samples)
+            self._metrics.stored(device, result)
         self._count_dropped(device, decoded.dropped)
         if message is rw.Message.V1:
             return web.Response(status=204)

@@ -6,9 +6,17 @@ summary an agent sends first followed by the full data, fresh data first and the
 The export merges per series and keeps one sample per timestamp (the one stored first); this module
 keeps the figures honest: a sample counts as new once, as a duplicate every further time.
 
-Only chunks whose time range overlaps are compared (the index finds them); a chunk whose every sample
-is a duplicate is not stored at all. Cost: nothing for a chunk that overlaps no other, else one set
-lookup per sample of the series the chunks share.
+Only chunks whose time range overlaps and whose table shares a series are compared (the store's
+indexes find them: :mod:`collector.store.series_index`); a chunk whose every sample is a duplicate
+is not stored at all. Cost: nothing for a chunk that overlaps no other, else one set lookup per
+sample of the series the chunks share.
+
+The work per request is bounded, whatever a device stored before: at most :data:`MAX_HELD_CHUNKS`
+held chunks of :data:`MAX_HELD_SAMPLES` samples in all are compared, the newest first (a retry or a
+re-sent summary is recent). Past the bound the rest are not compared, so a duplicate they hold is
+counted new and kept (the export still shows it once): the count errs towards keeping data, never
+towards dropping it, and the store says the check was cut short (``IngestResult.capped``, the
+metric ``backhaul_collector_duplicate_checks_capped_total``).
 """
 
 from __future__ import annotations
@@ -16,12 +24,30 @@ from __future__ import annotations
 import functools
 import operator
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import compress
 
 from backhaul.wire.series import Labels
 from collector.store.chunks import Scan
+
+# The bound of the comparison per request (see above): a legitimate sender's new chunk overlaps a
+# few held ones of its series (a retry, a summary then the full data), far fewer than this.
+MAX_HELD_CHUNKS = 128
+MAX_HELD_SAMPLES = 500_000
+
+
+def within_bound(rows: Iterable[tuple[int, int, int]]) -> tuple[list[tuple[int, int]], bool]:
+    """Of candidate held chunks ``(chunk id, table id, samples)``, newest first, those compared
+    (``(chunk id, table id)``) and whether the bound left some out."""
+    kept: list[tuple[int, int]] = []
+    samples = 0
+    for chunk_id, table_id, n in rows:
+        samples += n
+        if len(kept) == MAX_HELD_CHUNKS or samples > MAX_HELD_SAMPLES:
+            return kept, True
+        kept.append((chunk_id, table_id))
+    return kept, False
 
 
 @dataclass

@@ -75,11 +75,14 @@ class IngestResult:
         duplicate_batch: the batch was stored before (nothing was stored now).
         samples: new samples stored.
         duplicate_samples: samples already stored before.
+        capped: the duplicate check reached its bound (collector/store/overlap.py): held chunks past
+            it were not compared, so duplicates they hold were counted new (and kept).
     """
 
     duplicate_batch: bool
     samples: int = 0
     duplicate_samples: int = 0
+    capped: bool = False
 
 
 @dataclass

@@ -25,7 +25,7 @@ import asyncpg
 from backhaul.errors import StoreError, UnknownTables
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.series import Labels
-from collector.store import overlap, records
+from collector.store import overlap, records, series_index
 from collector.store.chunks import NewChunk, Scan, TableInfo
 from collector.store.postgres.base import PostgresBase, count
 from collector.store.records import DeviceState, IngestResult
@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 # The first key of the device locks (the second is the device's hashtext); the two-key lock space
 # is apart from the one-key space of the migration lock.
 _DEVICE_LOCKS = 0x62636B
+# The held chunks worth comparing with new ones, as in the embedded store (collector/store/sqlite/samples.py).
+_SHARING = (
+    "SELECT id, table_id, samples FROM chunks WHERE device = $1 AND max_ts >= $2 AND min_ts <= $3"
+    " AND table_id IN (SELECT b.table_id FROM table_series a JOIN table_series b ON b.hash = a.hash"
+    " WHERE a.table_id = ANY($4::bigint[])) ORDER BY max_ts DESC LIMIT $5"
+)
 
 
 class PostgresSamples(PostgresBase):
@@ -83,7 +89,7 @@ class PostgresSamples(PostgresBase):
                     return IngestResult(duplicate_batch=True)
             await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _DEVICE_LOCKS, device)
             ids = [await self._table_id(conn, device, c, fresh_ids) for c in chunks]
-            dups = await self._duplicates(conn, device, chunks, ids)
+            dups, capped = await self._duplicates(conn, device, chunks, ids)
             for chunk, table_id, dup in zip(chunks, ids, dups, strict=True):
                 if dup < chunk.scan.samples:
                     chunk_id = await self._insert_chunk(conn, device, chunk, table_id, chunk.scan.samples - dup, now_ms)
@@ -102,42 +108,37 @@ class PostgresSamples(PostgresBase):
         for chunk_id, found in fresh_scans.items():
             self._scans.put(chunk_id, found)
         self.devices[device] = DeviceState(*row)
-        return IngestResult(duplicate_batch=False, samples=total - duplicates, duplicate_samples=duplicates)
+        return IngestResult(
+            duplicate_batch=False, samples=total - duplicates, duplicate_samples=duplicates, capped=capped
+        )
 
     async def _duplicates(
         self, conn: asyncpg.Connection, device: str, chunks: list[NewChunk], ids: list[int]
-    ) -> list[int]:
-        """Per new chunk, its samples the store holds already (see :mod:`collector.store.overlap`)."""
+    ) -> tuple[list[int], bool]:
+        """Per new chunk, its samples the store holds already (see :mod:`collector.store.overlap`);
+        and whether the comparison reached its bound."""
         if not chunks:
-            return []
-        low = min(c.scan.min_ts for c in chunks)
-        high = max(c.scan.max_ts for c in chunks)
+            return [], False
         rows = await conn.fetch(
-            "SELECT id, table_id FROM chunks WHERE device = $1 AND max_ts >= $2 AND min_ts <= $3 ORDER BY id",
+            _SHARING,
             device,
-            low,
-            high,
+            min(c.scan.min_ts for c in chunks),
+            max(c.scan.max_ts for c in chunks),
+            sorted(set(ids)),
+            overlap.MAX_HELD_CHUNKS + 1,
         )
+        picked, capped = overlap.within_bound((r["id"], r["table_id"], r["samples"]) for r in rows)
         needs_entries = (
-            bool(rows) or len(chunks) > 1 or not all(c.table.unique and overlap.increasing(c.scan) for c in chunks)
+            bool(picked) or len(chunks) > 1 or not all(c.table.unique and overlap.increasing(c.scan) for c in chunks)
         )
         entries: dict[int, list[Labels]] = {}
         if needs_entries:
-            for table_id in set(ids):
+            for table_id in {*ids, *(t for _, t in picked)}:
                 entries[table_id] = await self._entries(conn, table_id)
-        held: list[overlap.Held] = []
-        if rows:
-            keys = {labels for table_id in set(ids) for labels in entries[table_id]}
-            for r in rows:
-                table_id = r["table_id"]
-                if table_id not in entries:
-                    found = await self._entries(conn, table_id)
-                    entries[table_id] = found if not keys.isdisjoint(found) else []
-                if table_id in ids or entries[table_id]:
-                    held.append(_held(entries, table_id, await self._scan(conn, r["id"])))
+        held = [_held(entries, table_id, await self._scan(conn, chunk_id)) for chunk_id, table_id in picked]
         new = [_held(entries, table_id, c.scan, c.table.unique) for c, table_id in zip(chunks, ids, strict=True)]
         # The comparison is CPU work: off the event loop.
-        return await asyncio.to_thread(overlap.duplicates, new, held)
+        return await asyncio.to_thread(overlap.duplicates, new, held), capped
 
     async def _table_id(
         self, conn: asyncpg.Connection, device: str, chunk: NewChunk, fresh: dict[tuple[str, str], int]
@@ -170,6 +171,10 @@ class PostgresSamples(PostgresBase):
             await conn.executemany(
                 "INSERT INTO table_names (name, table_id) VALUES ($1, $2)",
                 [(name, table_id) for name in sorted(table.names)],
+            )
+            await conn.executemany(
+                "INSERT INTO table_series (table_id, hash) VALUES ($1, $2)",
+                series_index.rows_of(table_id, device, table),
             )
         assert table_id is not None
         fresh[key] = table_id

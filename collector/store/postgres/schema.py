@@ -5,15 +5,28 @@ starting together migrate once. The same tables as the embedded store (collector
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import asyncpg
+
+from backhaul.wire.chunk import Codec
+from collector.store import series_index
 
 log = logging.getLogger(__name__)
 
 # Any constant, as long as every instance uses the same one.
 MIGRATION_LOCK = 0x6261636B
 
-_MIGRATIONS = [
+
+async def _index_tables(conn: asyncpg.Connection) -> None:
+    """Hash the series of the tables stored before the series index existed (migration 9)."""
+    codec = Codec()
+    async for row in conn.cursor("SELECT id, device, data FROM chunk_tables"):
+        rows = series_index.backfill_rows(row["id"], row["device"], bytes(row["data"]), codec)
+        await conn.executemany("INSERT INTO table_series (table_id, hash) VALUES ($1, $2)", rows)
+
+
+_MIGRATIONS: list[str | Callable[[asyncpg.Connection], Awaitable[None]]] = [
     """
     CREATE TABLE series (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL, labels TEXT NOT NULL UNIQUE);
     CREATE INDEX series_by_name ON series (name);
@@ -87,6 +100,13 @@ _MIGRATIONS = [
     """
     ALTER TABLE devices ADD COLUMN uplink TEXT NOT NULL DEFAULT '';
     """,
+    # Which tables share a series (collector/store/series_index.py), as in the embedded store's
+    # migration 11: the table, then the tables stored before hashed in the same transaction.
+    """
+    CREATE TABLE table_series (table_id BIGINT NOT NULL, hash BIGINT NOT NULL, PRIMARY KEY (table_id, hash));
+    CREATE INDEX table_series_by_hash ON table_series (hash);
+    """,
+    _index_tables,
 ]
 
 
@@ -96,6 +116,9 @@ async def migrate(conn: asyncpg.Connection) -> None:
     await conn.execute("CREATE TABLE IF NOT EXISTS backhaul_schema (version INTEGER NOT NULL)")
     version = await conn.fetchval("SELECT max(version) FROM backhaul_schema") or 0
     for number, step in enumerate(_MIGRATIONS[version:], start=version + 1):
-        await conn.execute(step)
+        if isinstance(step, str):
+            await conn.execute(step)
+        else:
+            await step(conn)
         await conn.execute("INSERT INTO backhaul_schema (version) VALUES ($1)", number)
         log.info("postgres store: schema migrated to version %d", number)

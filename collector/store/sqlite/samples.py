@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from backhaul.errors import StoreError, UnknownTables
 from backhaul.wire.batch import BatchHeader
-from collector.store import overlap, records
+from collector.store import overlap, records, series_index
 from collector.store.chunks import NewChunk, Scan, TableInfo
 from collector.store.records import DeviceState, IngestResult
 from collector.store.sqlite.base import SqliteBase
@@ -30,6 +30,15 @@ _DEVICE_FIELDS = records.DEVICE_COLUMNS.split(", ")
 _UPSERT_DEVICE = (
     f"INSERT INTO devices ({records.DEVICE_COLUMNS}) VALUES ({', '.join('?' * len(_DEVICE_FIELDS))})"
     " ON CONFLICT (device) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _DEVICE_FIELDS[1:])
+)
+
+# The held chunks worth comparing with new ones: the device's, overlapping the new chunks' time
+# range, of a table that shares a series hash with a new chunk's table (a table shares with itself);
+# newest first, one more than the bound (collector/store/overlap.py).
+_SHARING = (
+    "SELECT id, table_id, samples FROM chunks WHERE device = ? AND max_ts >= ? AND min_ts <= ?"
+    " AND table_id IN (SELECT b.table_id FROM table_series a JOIN table_series b ON b.hash = a.hash"
+    " WHERE a.table_id IN ({marks})) ORDER BY max_ts DESC LIMIT ?"
 )
 
 
@@ -83,7 +92,7 @@ class SqliteSamples(SqliteBase):
                     self._count_duplicate_batch(device)
                     return IngestResult(duplicate_batch=True)
             ids = [self._table_id(conn, device, c) for c in chunks]
-            dups = self._duplicates(conn, device, chunks, ids)
+            dups, capped = self._duplicates(conn, device, chunks, ids)
             for chunk, table_id, dup in zip(chunks, ids, dups, strict=True):
                 if dup < chunk.scan.samples:
                     self._insert_chunk(conn, device, chunk, table_id, chunk.scan.samples - dup, now_ms)
@@ -107,29 +116,26 @@ class SqliteSamples(SqliteBase):
                     setattr(updated, name, value)
             conn.execute(_UPSERT_DEVICE, [getattr(updated, f) for f in _DEVICE_FIELDS])
         self.devices[device] = updated
-        return IngestResult(duplicate_batch=False, samples=total - duplicates, duplicate_samples=duplicates)
+        return IngestResult(
+            duplicate_batch=False, samples=total - duplicates, duplicate_samples=duplicates, capped=capped
+        )
 
-    def _duplicates(self, conn: sqlite3.Connection, device: str, chunks: list[NewChunk], ids: list[int]) -> list[int]:
-        """Per new chunk, its samples the store holds already (see :mod:`collector.store.overlap`)."""
+    def _duplicates(
+        self, conn: sqlite3.Connection, device: str, chunks: list[NewChunk], ids: list[int]
+    ) -> tuple[list[int], bool]:
+        """Per new chunk, its samples the store holds already (see :mod:`collector.store.overlap`);
+        and whether the comparison reached its bound."""
         if not chunks:
-            return []
+            return [], False
         new = [self._held(conn, table_id, c.scan, c.table.unique) for c, table_id in zip(chunks, ids, strict=True)]
-        low = min(c.scan.min_ts for c in chunks)
-        high = max(c.scan.max_ts for c in chunks)
-        rows = conn.execute(
-            "SELECT id, table_id FROM chunks WHERE device = ? AND max_ts >= ? AND min_ts <= ? ORDER BY id",
-            (device, low, high),
-        ).fetchall()
-        held: list[overlap.Held] = []
-        if rows:
-            keys = {labels for table_id in set(ids) for labels in self._entries(conn, table_id)}
-            sharing: dict[int, bool] = {}
-            for chunk_id, table_id in rows:
-                if table_id not in sharing:
-                    sharing[table_id] = table_id in ids or not keys.isdisjoint(self._entries(conn, table_id))
-                if sharing[table_id]:
-                    held.append(self._held(conn, table_id, self._scan(conn, chunk_id)))
-        return overlap.duplicates(new, held)
+        tables = sorted(set(ids))
+        rows = conn.execute(_SHARING.format(marks=",".join("?" * len(tables))), (
+            device, min(c.scan.min_ts for c in chunks), max(c.scan.max_ts for c in chunks),
+            *tables, overlap.MAX_HELD_CHUNKS + 1,
+        ))  # fmt: skip
+        picked, capped = overlap.within_bound(rows)
+        held = [self._held(conn, table_id, self._scan(conn, chunk_id)) for chunk_id, table_id in picked]
+        return overlap.duplicates(new, held), capped
 
     def _held(self, conn: sqlite3.Connection, table_id: int, scan: Scan, unique: bool = True) -> overlap.Held:
         return overlap.Held(lambda: self._entries(conn, table_id), scan, unique)
@@ -154,6 +160,9 @@ class SqliteSamples(SqliteBase):
             conn.executemany(
                 "INSERT INTO table_names (name, table_id) VALUES (?, ?)",
                 [(name, table_id) for name in sorted(table.names)],
+            )
+            conn.executemany(
+                "INSERT INTO table_series (table_id, hash) VALUES (?, ?)", series_index.rows_of(table_id, device, table)
             )
             if table.entries is not None:
                 self._tables.put(table_id, table)

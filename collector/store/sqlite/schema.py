@@ -8,6 +8,8 @@ from __future__ import annotations
 import sqlite_utils
 
 from backhaul.sqlite import Migration
+from backhaul.wire.chunk import Codec
+from collector.store import series_index
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -147,4 +149,22 @@ def _v10(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE devices ADD COLUMN uplink TEXT NOT NULL DEFAULT ''")
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10]
+def _v11(db: sqlite_utils.Database) -> None:
+    # Which tables share a series (collector/store/series_index.py): a hash per series, once per
+    # table, so the duplicate check finds the stored tables worth comparing without parsing any.
+    # Tables stored before are hashed now, in this migration's transaction.
+    db.execute(
+        "CREATE TABLE table_series (table_id INTEGER NOT NULL, hash INTEGER NOT NULL, PRIMARY KEY (table_id, hash))"
+        " WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX table_series_by_hash ON table_series (hash)")
+    codec = Codec()
+    conn = db.conn
+    for table_id, device, data in conn.execute("SELECT id, device, data FROM chunk_tables"):
+        conn.executemany(
+            "INSERT INTO table_series (table_id, hash) VALUES (?, ?)",
+            series_index.backfill_rows(table_id, device, bytes(data), codec),
+        )
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11]
