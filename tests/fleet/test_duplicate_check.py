@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from pathlib import Path
+from collections.abc import Callable
 
 import asyncpg
 import pytest
@@ -18,37 +16,16 @@ import pytest
 from backhaul.labels import LabelRules
 from backhaul.wire.series import Labels
 from collector.store import Store, overlap
-from collector.store.postgres import PostgresStore
-from collector.store.sqlite import SqliteStore
 from collector.store.tables import TableInfo
 from tests.conftest import Running
 from tests.fleet.batches import batch_body, headers, put, read
+from tests.fleet.conftest import opened
 from tests.support import TOKEN, http, metric_value
 
 NOW = 1_800_000_000_000
 START = NOW - 3_600_000
 UP: Labels = (("__name__", "up"), ("job", "node"))
 OTHER = 60  # tables of other series stored over the same time range
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    """(back end, its file or DSN)."""
-    if request.param == "postgres":
-        return "postgres", request.getfixturevalue("pg_dsn")
-    return "sqlite", str(tmp_path / "c.db")
-
-
-@asynccontextmanager
-async def opened(where: tuple[str, str]) -> AsyncIterator[Store]:
-    """The store, opened afresh (a restarted collector: nothing cached)."""
-    backend, at = where
-    store: Store = PostgresStore(at, pool_size=2) if backend == "postgres" else SqliteStore(Path(at), "NORMAL")
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 @pytest.fixture
