@@ -92,7 +92,7 @@ async def fleet(tmp_path: Path) -> AsyncIterator[tuple[str, Clock]]:
             backlog_oldest_ms=now_ms - 30_000,
             # an LTE plan: 85 % of the day's budget spent, throttled by the cap
             uplink={"spent_day": int(8.5 * MIB), "budget_day": 10 * MIB, "spent_month": 80 * MIB,
-                    "budget_month": 500 * MIB, "blocked": "cap"},
+                    "budget_month": 500 * MIB, "blocked": "cap", "link": "lte"},
         )  # fmt: skip
         await upload(
             "edge-b",
@@ -248,6 +248,7 @@ async def test_fleet_page_renders_in_chromium(fleet: tuple[str, Clock], tmp_path
     assert rows["edge-b"]["cells"]["alerts"] == []
     assert "".join(rows["edge-b"]["cells"]["model-version"]) == "2.0"
     assert "".join(rows["edge-a"]["cells"]["num uplink-spent"]) == "8.5 MiB / 10.0 MiB"
+    assert "".join(rows["edge-a"]["cells"]["link"]) == "lte"  # the link its agent named (issue 14)
     assert "meter high" in rows["edge-a"]["spans"] and "held held-cap" in rows["edge-a"]["spans"]
     assert "".join(rows["edge-old"]["cells"]["num next-window"]) == "in 2.0 h"
     assert "held held-window" in rows["edge-old"]["spans"]

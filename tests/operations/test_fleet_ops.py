@@ -38,7 +38,8 @@ def name(metric: str, **labels: str) -> tuple[tuple[str, str], ...]:
 async def fleet(tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
     """Three devices over the last day (the collector's clock moved hour by hour):
 
-    - edge-a: yolo 8.1, inference up, TTFT p50 0.1 s, an alert that fired and resolved
+    - edge-a: yolo 8.1, inference up, TTFT p50 0.1 s, an alert that fired and resolved; its uploads
+      came over depot Wi-Fi until 8 hours ago, over LTE since
     - edge-b: yolo 8.0 (model drift: the fleet runs 8.1), its clock 2 minutes ahead, inference crash loop
     - edge-c: yolo 8.1, its oldest unsent sample 2 hours old (behind)
     """
@@ -78,7 +79,10 @@ async def fleet(tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
             at = int(clock.now * 1000)
             # edge-a: a backlog that builds up in the afternoon and drains; data 30 s old on arrival
             series: SeriesMap = {name("load", device="a"): ([at - 30_000], [float(hour)])}
-            await upload("edge-a", series, backlog_bytes=(hour % 12) * 100_000, backlog_oldest_ms=at - 30_000)
+            link = {"link": "depot-wifi" if hour < 16 else "lte"}
+            await upload(
+                "edge-a", series, backlog_bytes=(hour % 12) * 100_000, backlog_oldest_ms=at - 30_000, uplink=link
+            )
             await upload("edge-b", {name("load", device="b"): ([at - 1000], [1.0])}, skew_ms=120_000)
         at = int(now * 1000)
         model = "backhaul_model_info"
@@ -165,6 +169,7 @@ async def test_device_api_has_its_last_day(fleet: tuple[str, int]) -> None:
     assert {r["lag_ms"] for r in rows[:-1]} == {30_000}
     assert max(r["backlog_bytes"] for r in rows) == 1_100_000
     assert [a["state"] for a in data["alerts"]] == ["resolved"]
+    assert [(s["from"], s["to"]) for s in data["link_switches"]] == [("depot-wifi", "lte")]
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{url}/api/v1/fleet/nobody", headers=READ_HEADERS) as resp:
             assert resp.status == 404
@@ -215,6 +220,7 @@ async def test_filters_in_the_address_and_the_device_page_in_chromium(fleet: tup
     assert html.count('class="bar"') >= 20  # bytes per hour: a bar for (nearly) every hour
     assert html.count('class="line"') == 2  # backlog and freshness
     assert "GpuHot" in html and "resolved" in html
+    assert "depot-wifi" in html and "lte" in html  # its link switch
     assert 'data-loaded="true"' in html
     await chromium(tmp_path, f"--screenshot={shot}", "--window-size=1400,900", device)
     keep(shot, "fleet-device.png")
