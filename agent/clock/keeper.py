@@ -273,6 +273,9 @@ class TimeKeeper:
             self._corrected_in += done.corrected
         for era, series in done.held.items():
             self.held.add(era, sum(len(ts) for ts, _ in series.values()))
+        # An era that settled while these were sorted and committed: its pass is over, so wake the next.
+        if any(era in self.book.eras and self.book.eras[era].state != PENDING for era in done.held):
+            self._work.set()
 
     async def _flush_corrected(self) -> None:
         n, self._corrected_unsaved = self._corrected_unsaved, 0

@@ -312,3 +312,19 @@ async def test_the_eras_end_is_written_down_while_samples_come_in_not_while_idle
             return await saved_end(a) >= int(fake.wall * 1000)
 
         await eventually(caught_up, "the era's end written after a sample came in")
+
+
+async def test_a_hold_committed_after_its_era_settled_still_ends(tmp_path: Path):
+    # Sorted while the era was pending, committed after the reply settled it: the keeper's pass had
+    # already found nothing held, and the chunk stayed held for good (a CI run caught it: 200 samples
+    # never sent after an outage).
+    fake = FakeClocks(TRUE - DAY)
+    async with agentlet(tmp_path, fake) as a:
+        done = await a.keeper.split(scrape(fake.wall))
+        assert done.held
+        reply(a, fake, TRUE)
+        await asyncio.sleep(0.2)  # the keeper's pass ends the holds there are (none yet)
+        await a.staging.submit(done.ready, done.samples, sum(done.dropped.values()), done.held)
+        a.keeper.committed(done)
+        await eventually(lambda: _empty(a), "the late hold to end")
+        assert a.keeper.corrected_total == 10
