@@ -39,8 +39,7 @@ log = logging.getLogger(__name__)
 WATCH_INTERVAL = 1.0  # seconds between readings of the clocks
 # How often the current era's end is written down: while samples come in (a power cut then loses at
 # most this much of the span the era can have stamped), and when none have come in since the last
-# save (the end then only bounds what a local sender may still send stamped by this clock; an idle
-# agent writes a page this often, not every 10 s; docs/clock.md "Limits").
+# save (the end then only bounds what a local sender may still send stamped by this clock: docs/clock.md).
 SAVE_INTERVAL = 10.0
 IDLE_SAVE_INTERVAL = 900.0
 SLACK_MS = 1000  # a timestamp this far outside an era's span still counts as its own
@@ -273,9 +272,8 @@ class TimeKeeper:
             self._corrected_in += done.corrected
         for era, series in done.held.items():
             self.held.add(era, sum(len(ts) for ts, _ in series.values()))
-        # An era that settled while these were sorted and committed: its pass is over, so wake the next.
         if any(era in self.book.eras and self.book.eras[era].state != PENDING for era in done.held):
-            self._work.set()
+            self._work.set()  # an era that settled meanwhile: its pass is over, so wake the next
 
     async def _flush_corrected(self) -> None:
         n, self._corrected_unsaved = self._corrected_unsaved, 0
