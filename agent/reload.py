@@ -22,6 +22,7 @@ from agent.sources import scrape_targets
 from agent.uplink.build import transport_for
 from agent.uplink.link import Link
 from agent.uplink.remote_write import RemoteWriteTransport
+from agent.uplink.settings import INHERITED, PER_LINK
 from agent.uplink.transport import HttpTransport, Transport
 from backhaul.reload import ConfigReload
 from backhaul.wire import alert as wire
@@ -32,22 +33,8 @@ if TYPE_CHECKING:
 SCRAPE = ("scrape.targets", "scrape.interval", "scrape.timeout", "inference.metrics_url")
 ALERTS = ("alerts.rules", "alerts.channels", "alerts.token", "uplink.token")
 UPLINK_PACE = ("uplink.batch_interval", "uplink.backoff_min", "uplink.backoff_max")
-UPLINK_LINKS = tuple(
-    f"uplink.{name}"
-    for name in (
-        "links",
-        "max_bytes_per_second",
-        "daily_bytes",
-        "monthly_bytes",
-        "windows",
-        "budget_timezone",
-        "budget_reset_day",
-        "drain_order",
-        "fresh_window",
-        "when_short",
-        "summary_interval",
-    )
-)
+# Each link's settings, and those a link takes from [uplink] (agent/uplink/settings.py).
+UPLINK_LINKS = tuple(f"uplink.{name}" for name in ("links", *PER_LINK, *INHERITED))
 INFERENCE_HEALTH = tuple(
     f"inference.{name}"
     for name in (
