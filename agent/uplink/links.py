@@ -39,24 +39,26 @@ class Links:
         clock: Callable[[], float] = time.time,
         make: Callable[..., Link] = Link,
     ) -> None:
+        self._start([make(s, name, clock) for name, s in settings.named_links()], clock, make)
+
+    @classmethod
+    def of(cls, link: Link) -> Links:
+        """One given link (the uploader's and the policy's tests, the bench)."""
+        self = cls.__new__(cls)
+        self._start([link], link.now, Link)
+        self._chosen = True
+        return self
+
+    def _start(self, links: list[Link], clock: Callable[[], float], make: Callable[..., Link]) -> None:
         self._clock = clock
         self._make = make
-        self.all = [make(s, name, clock) for name, s in settings.named_links()]
+        self.all = links
         self.active = self.bulk()[0]
         self._chosen = False  # whether select() chose a link yet
         self.on_switch: OnSwitch | None = None
         self._store: BufferStore | None = None
         # Called with each link added by a reload (the uploader gives it a transport).
         self.on_added: Callable[[Link], None] | None = None
-
-    @classmethod
-    def of(cls, link: Link) -> Links:
-        """One given link (the uploader's and the policy's tests, the bench)."""
-        self = cls.__new__(cls)
-        self._clock, self._make = link.now, Link
-        self.all, self.active, self._chosen = [link], link, True
-        self.on_switch, self.on_added, self._store = None, None, None
-        return self
 
     def __iter__(self) -> Iterator[Link]:
         return iter(self.all)
