@@ -41,6 +41,7 @@ import aiomqtt
 import psutil
 
 from backhaul.wire.series import SeriesMap
+from bench import procstat
 from bench.fuzz_cases import DEVICES, Case, Fuzzer
 from harness import (
     READ,
@@ -183,11 +184,8 @@ class Targets:
         """(RSS, peak RSS) in MB of each program."""
         out = {}
         for proc in (self.collector, self.agent):
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-            fields = {
-                line.split(":")[0]: int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("Vm")
-            }
-            out[proc.name] = (fields["VmRSS"], fields["VmHWM"])
+            now = procstat.read(proc.pid, 0.0)
+            out[proc.name] = (now.rss / 2**20, now.peak_rss / 2**20)
         return out
 
 
