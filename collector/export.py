@@ -33,7 +33,8 @@ from backhaul.selector import Selector
 from backhaul.wire.remote_write import is_stale_marker
 from collector.config import CollectorSettings
 from collector.store import Store
-from collector.store.reader import Chosen, Limits, Reader
+from collector.store.matching import Limits
+from collector.store.reader import Chosen, Reader
 
 _MIN_MS, _MAX_MS = -(2**63), 2**63 - 1
 _SLICE = 8192

@@ -33,6 +33,15 @@ from backhaul.wire.chunk import Codec
 from backhaul.wire.series import Labels
 from collector.store.cache import BoundedCache
 from collector.store.chunks import TableInfo, read_series, scan
+from collector.store.matching import (
+    NO_LIMITS,
+    DevicePlan,
+    LabelIndex,
+    Limits,
+    TableMatcher,
+    label_candidates,
+    narrowing,
+)
 from collector.store.records import ChunkRef, TableRef
 
 # Parsed tables a reader keeps, by series; tables fetched and matched per step.
@@ -40,10 +49,9 @@ CACHED_SERIES = 20_000
 TABLES_PER_STEP = 200
 # Samples decoded per step of a read.
 GROUP_SAMPLES = 200_000
-_NO_LIMIT = 2**62
 
 
-class Source(Protocol):
+class Source(LabelIndex, Protocol):
     """What a reader needs of a store (:class:`collector.store.Store` has it)."""
 
     async def tables(
@@ -56,14 +64,6 @@ class Source(Protocol):
     async def metric_names(self) -> list[str]: ...
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Args: series and samples (an upper bound, see the module docstring) one read may return."""
-
-    max_series: int = _NO_LIMIT
-    max_samples: int = _NO_LIMIT
-
-
 @dataclass
 class Chosen:
     """A series the selectors chose: its device, its labels as stored (device label included, sorted),
@@ -73,15 +73,6 @@ class Chosen:
     labels: dict[str, str]
     where: list[tuple[int, int]] = field(default_factory=list)
     bound: int = 0
-
-
-@dataclass
-class DevicePlan:
-    """One device's part of a plan: the indices chosen per table (table id -> indices, digest)."""
-
-    device: str
-    tables: dict[int, list[int]] = field(default_factory=dict)
-    digests: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,20 +100,6 @@ def stored_dict(labels: Labels, device_label: str, device: str, ordered: bool = 
     return dict(sorted(found.items())) if ordered else found
 
 
-def narrowing(selectors: list[Selector], label: str) -> tuple[list[str], list[str]] | None:
-    """``(values, patterns)`` of ``label`` that every selector needs (an equality or a regex), or
-    None when some selector leaves the label open."""
-    values: list[str] = []
-    patterns: list[str] = []
-    for s in selectors:
-        found = [m for m in s.matchers if m.name == label and m.op in ("=", "=~")]
-        if not found:
-            return None
-        m = found[0]
-        (values if m.op == "=" else patterns).append(m.value)
-    return values, patterns
-
-
 class Reader:
     """Args: the store, the device label, and the table cache to use (a fresh bounded one by default)."""
 
@@ -142,14 +119,17 @@ class Reader:
             values += [n for n in known if any(test(n) for test in tests)]
         return sorted(set(values))
 
-    async def plan(self, selectors: list[Selector], start_ms: int, end_ms: int, limits: Limits = Limits()) -> Plan:
+    async def plan(self, selectors: list[Selector], start_ms: int, end_ms: int, limits: Limits = NO_LIMITS) -> Plan:
         """What the selectors choose in ``[start_ms, end_ms]``; raises OverLimit past ``limits``."""
         names = await self._names(selectors)
         devices = narrowing(selectors, self._device_label)
         refs = await self._store.tables(
             start_ms, end_ms, sorted(set(devices[0])) if devices and not devices[1] else None, names
         )
-        matcher = _Matcher(selectors, self._device_label, limits)
+        candidates = await label_candidates(self._store, selectors, self._device_label)
+        if candidates is not None:
+            refs = [r for r in refs if r.id in candidates]
+        matcher = TableMatcher(selectors, self._device_label, limits)
         for first in range(0, len(refs), TABLES_PER_STEP):
             page = refs[first : first + TABLES_PER_STEP]
             cached: dict[int, TableInfo] = {}
@@ -216,101 +196,6 @@ class Reader:
                 group_refs = [c for t in wanted for c in by_table.get(t, ())]
                 frames = await self._store.chunk_frames(sorted(c.id for c in group_refs))
                 yield await asyncio.to_thread(_decode, group, group_refs, frames, plan.start_ms, plan.end_ms)
-
-
-class _Matcher:
-    """Matches tables a page at a time (on a worker thread), keeping per table only the indices chosen;
-    the series of one device are told apart across its tables (a device's tables come together)."""
-
-    def __init__(self, selectors: list[Selector], device_label: str, limits: Limits) -> None:
-        self._selectors = [_Compiled(s, device_label) for s in selectors]
-        self._device_label = device_label
-        self._limits = limits
-        self._plans: list[DevicePlan] = []
-        self._keys: set[Labels] = set()  # the current device's series
-        self.series = 0
-
-    def match(
-        self, refs: list[TableRef], cached: dict[int, TableInfo], data: dict[int, bytes], keep: int
-    ) -> list[tuple[int, TableInfo]]:
-        """Match a page of tables (those not cached come as ``data``); returns the parsed tables worth
-        caching, up to ``keep`` series."""
-        codec = Codec()
-        kept: list[tuple[int, TableInfo]] = []
-        for ref in refs:
-            table = cached.get(ref.id)
-            if table is None:
-                raw = data.get(ref.id)
-                if raw is None:
-                    continue  # removed since the tables were listed
-                table = TableInfo.parse(codec.decompress(raw, 1 << 30), ref.digest)
-                if table.weight <= keep:
-                    kept.append((ref.id, table))
-                    keep -= table.weight
-            self._match_table(ref, table)
-        return kept
-
-    def _match_table(self, ref: TableRef, table: TableInfo) -> None:
-        if table.entries is None:
-            return
-        if not self._plans or self._plans[-1].device != ref.device:
-            self._plans.append(DevicePlan(ref.device))
-            self._keys = set()
-        plan = self._plans[-1]
-        chosen: list[int] = []
-        selectors = [s for s in self._selectors if s.device_matches(ref.device)]
-        if not selectors:
-            return
-        for index, labels in enumerate(table.entries):
-            if not any(s.matches(labels) for s in selectors):
-                continue
-            chosen.append(index)
-            if labels not in self._keys:
-                self._keys.add(labels)
-                self.series += 1
-                if self.series > self._limits.max_series:
-                    raise OverLimit(
-                        f"the selection holds more than {self._limits.max_series} series ([export] max_series):"
-                        " narrow the selector",
-                        "max_series",
-                    )
-        if chosen:
-            plan.tables[ref.id] = chosen
-            plan.digests[ref.id] = ref.digest
-
-    def done(self) -> list[DevicePlan]:
-        return [p for p in self._plans if p.tables]
-
-
-class _Compiled:
-    """A selector, its matchers sorted by what they test: the device label (once per table), the
-    metric name (predicates cached per distinct value, :mod:`backhaul.selector`), and other labels,
-    read from the series' labels as the agent sent them (``exported_<device label>`` is the agent's
-    own label of that name)."""
-
-    def __init__(self, selector: Selector, device_label: str) -> None:
-        exported = f"exported_{device_label}"
-        self._device = [m.predicate() for m in selector.matchers if m.name == device_label]
-        self._name = [m.predicate() for m in selector.matchers if m.name == "__name__"]
-        self._other = [
-            (device_label if m.name == exported else m.name, m.predicate())
-            for m in selector.matchers
-            if m.name not in (device_label, "__name__")
-        ]
-
-    def device_matches(self, device: str) -> bool:
-        return all(test(device) for test in self._device)
-
-    def matches(self, labels: Labels) -> bool:
-        if self._name:
-            first = labels[0]
-            name = first[1] if first[0] == "__name__" else next((v for n, v in labels if n == "__name__"), "")
-            if not all(test(name) for test in self._name):
-                return False
-        if self._other:
-            found = dict(labels)
-            return all(test(found.get(label, "")) for label, test in self._other)
-        return True
 
 
 def _parse(items: list[tuple[TableRef, bytes]]) -> dict[int, TableInfo]:

@@ -12,6 +12,7 @@ import os
 import pwd
 import shutil
 import signal
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -19,6 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from collector.store import Store
@@ -146,3 +148,29 @@ async def store(where: tuple[str, str]) -> AsyncIterator[Store]:
     """Each back end's store, open on an empty database (tests that both back ends must pass)."""
     async with opened(where) as s:
         yield s
+
+
+async def rewind(where: tuple[str, str], tables: list[str]) -> None:
+    """Take the store back to before its last migrations, each of which made one of ``tables``
+    (newest first): the tables dropped and the schema version set back, so that they run again at
+    the next open (an upgrade from an older collector)."""
+    backend, at = where
+    if backend == "postgres":
+        conn = await asyncpg.connect(at)
+        try:
+            version = await conn.fetchval("SELECT max(version) FROM backhaul_schema")
+            for table in tables:
+                await conn.execute(f"DROP TABLE {table}")
+            # a migration that fills its table is a step of its own after the one that makes it
+            await conn.execute("DELETE FROM backhaul_schema WHERE version > $1", version - 2 * len(tables))
+        finally:
+            await conn.close()
+        return
+    db = sqlite3.connect(at, isolation_level=None)
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        for table in tables:
+            db.execute(f"DROP TABLE {table}")
+        db.execute(f"PRAGMA user_version = {version - len(tables)}")
+    finally:
+        db.close()

@@ -6,11 +6,9 @@ store from before the index is indexed when it opens."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 
-import asyncpg
 import pytest
 
 from backhaul.labels import LabelRules
@@ -19,7 +17,7 @@ from collector.store import Store, overlap
 from collector.store.tables import TableInfo
 from tests.conftest import Running
 from tests.fleet.batches import batch_body, headers, put, read
-from tests.fleet.conftest import opened
+from tests.fleet.conftest import opened, rewind
 from tests.support import TOKEN, http, metric_value
 
 NOW = 1_800_000_000_000
@@ -99,34 +97,13 @@ async def test_the_check_is_bounded_and_a_check_cut_short_keeps_the_data(where: 
         assert (small.samples, small.duplicate_samples, small.capped) == (0, 1, False)
 
 
-async def unindex(where: tuple[str, str]) -> None:
-    """Take the store back to before the series index (its migration not yet run)."""
-    backend, at = where
-    if backend == "postgres":
-        conn = await asyncpg.connect(at)
-        try:
-            version = await conn.fetchval("SELECT max(version) FROM backhaul_schema")
-            await conn.execute("DROP TABLE table_series")
-            await conn.execute("DELETE FROM backhaul_schema WHERE version >= $1", version - 1)
-        finally:
-            await conn.close()
-        return
-    db = sqlite3.connect(at, isolation_level=None)
-    try:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        db.execute("DROP TABLE table_series")
-        db.execute(f"PRAGMA user_version = {version - 1}")
-    finally:
-        db.close()
-
-
 async def test_a_store_from_before_the_index_is_indexed_when_it_opens(
     where: tuple[str, str], parsed: list[frozenset[str]]
 ) -> None:
     async with opened(where) as store:
         await fill_with_other_tables(store)
         await put(store, "dev-1", {UP: (stamps(0, 10), [1.0] * 10)}, NOW)
-    await unindex(where)
+    await rewind(where, ["table_labels", "table_series"])
     async with opened(where) as store:
         assert len(parsed) >= OTHER + 1  # each stored table hashed once, at open
         parsed.clear()

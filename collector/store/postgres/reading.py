@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collector.store.label_index import ODD
 from collector.store.postgres.base import PostgresBase
 from collector.store.records import ChunkRef, TableRef
 
@@ -60,3 +61,18 @@ class PostgresReading(PostgresBase):
     async def metric_names(self) -> list[str]:
         """Every metric name a stored table holds."""
         return [r["name"] for r in await self._fetch("SELECT DISTINCT name FROM table_names")]
+
+    async def label_values(self, name: str) -> list[str]:
+        """Every value of label ``name`` a stored table holds (:mod:`collector.store.label_index`)."""
+        rows = await self._fetch("SELECT DISTINCT value FROM table_labels WHERE name = $1 AND value != $2", name, ODD)
+        return [r["value"] for r in rows]
+
+    async def tables_with(self, name: str, values: list[str]) -> set[int]:
+        """The tables that hold label ``name`` with one of ``values`` (or may: a superset)."""
+        rows = await self._fetch(
+            "SELECT table_id FROM table_labels WHERE name = $3 OR (name = $1 AND value = ANY($2::text[]))",
+            name,
+            [ODD, *values],
+            ODD,
+        )
+        return {r["table_id"] for r in rows}

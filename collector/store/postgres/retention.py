@@ -66,6 +66,7 @@ class PostgresRetention(PostgresBase):
             gone = [r["id"] for r in await conn.fetch("DELETE FROM chunk_tables WHERE chunks <= 0 RETURNING id")]
             await conn.execute("DELETE FROM table_names WHERE table_id = ANY($1::bigint[])", gone)
             await conn.execute("DELETE FROM table_series WHERE table_id = ANY($1::bigint[])", gone)
+            await conn.execute("DELETE FROM table_labels WHERE table_id = ANY($1::bigint[])", gone)
             await conn.execute("DELETE FROM batches WHERE received_ms < $1", batches_before_ms)
             # The newest sample of each series stays (a device's model is shown however long ago it came).
             await conn.execute(

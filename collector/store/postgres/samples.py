@@ -25,7 +25,7 @@ import asyncpg
 from backhaul.errors import StoreError, UnknownTables
 from backhaul.wire.batch import BatchHeader
 from backhaul.wire.series import Labels
-from collector.store import overlap, records, series_index
+from collector.store import label_index, overlap, records, series_index
 from collector.store.chunks import NewChunk, Scan, TableInfo
 from collector.store.postgres.base import PostgresBase, count
 from collector.store.records import DeviceState, IngestResult
@@ -175,6 +175,10 @@ class PostgresSamples(PostgresBase):
             await conn.executemany(
                 "INSERT INTO table_series (table_id, hash) VALUES ($1, $2)",
                 series_index.rows_of(table_id, device, table),
+            )
+            await conn.executemany(
+                "INSERT INTO table_labels (name, value, table_id) VALUES ($1, $2, $3)",
+                label_index.rows_of(table_id, table),
             )
         assert table_id is not None
         fresh[key] = table_id

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from backhaul.wire.chunk import Codec
-from collector.store import series_index
+from collector.store import label_index, series_index
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,14 @@ async def _index_tables(conn: asyncpg.Connection) -> None:
     async for row in conn.cursor("SELECT id, device, data FROM chunk_tables"):
         rows = series_index.backfill_rows(row["id"], row["device"], bytes(row["data"]), codec)
         await conn.executemany("INSERT INTO table_series (table_id, hash) VALUES ($1, $2)", rows)
+
+
+async def _index_labels(conn: asyncpg.Connection) -> None:
+    """Index the label pairs of the tables stored before the label index existed (migration 11)."""
+    codec = Codec()
+    async for row in conn.cursor("SELECT id, data FROM chunk_tables"):
+        rows = label_index.backfill_rows(row["id"], bytes(row["data"]), codec)
+        await conn.executemany("INSERT INTO table_labels (name, value, table_id) VALUES ($1, $2, $3)", rows)
 
 
 _MIGRATIONS: list[str | Callable[[asyncpg.Connection], Awaitable[None]]] = [
@@ -107,6 +115,14 @@ _MIGRATIONS: list[str | Callable[[asyncpg.Connection], Awaitable[None]]] = [
     CREATE INDEX table_series_by_hash ON table_series (hash);
     """,
     _index_tables,
+    # Which tables hold a label pair (collector/store/label_index.py), as in the embedded store's
+    # migration 12: the table, then the tables stored before indexed in the same transaction.
+    """
+    CREATE TABLE table_labels (name TEXT NOT NULL, value TEXT NOT NULL, table_id BIGINT NOT NULL,
+        PRIMARY KEY (name, value, table_id));
+    CREATE INDEX table_labels_by_table ON table_labels (table_id);
+    """,
+    _index_labels,
 ]
 
 

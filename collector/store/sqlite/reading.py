@@ -4,6 +4,7 @@ and time range, the chunk index, the chunks themselves (the decoding is the read
 
 from __future__ import annotations
 
+from collector.store.label_index import ODD
 from collector.store.records import ChunkRef, TableRef
 from collector.store.sqlite.base import SqliteBase
 
@@ -102,3 +103,26 @@ class SqliteReading(SqliteBase):
     def _metric_names(self) -> list[str]:
         with self.db.read() as conn:
             return [name for (name,) in conn.execute("SELECT DISTINCT name FROM table_names")]
+
+    async def label_values(self, name: str) -> list[str]:
+        """Every value of label ``name`` a stored table holds (:mod:`collector.store.label_index`)."""
+        return await self.db.run(self._label_values, name)
+
+    def _label_values(self, name: str) -> list[str]:
+        with self.db.read() as conn:
+            sql = "SELECT DISTINCT value FROM table_labels WHERE name = ? AND value != ?"
+            return [value for (value,) in conn.execute(sql, (name, ODD))]
+
+    async def tables_with(self, name: str, values: list[str]) -> set[int]:
+        """The tables that hold label ``name`` with one of ``values`` (or may: a superset)."""
+        return await self.db.run(self._tables_with, name, values)
+
+    def _tables_with(self, name: str, values: list[str]) -> set[int]:
+        found: set[int] = set()
+        with self.db.read() as conn:
+            found.update(i for (i,) in conn.execute("SELECT table_id FROM table_labels WHERE name = ?", (ODD,)))
+            for first in range(0, len(values) + 1, _IDS_PER_STATEMENT):
+                page = [ODD, *values[first : first + _IDS_PER_STATEMENT]]
+                sql = f"SELECT table_id FROM table_labels WHERE name = ? AND value IN ({','.join('?' * len(page))})"
+                found.update(i for (i,) in conn.execute(sql, [name, *page]))
+        return found

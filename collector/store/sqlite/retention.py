@@ -66,6 +66,7 @@ class SqliteRetention(SqliteBase):
             gone = [r[0] for r in conn.execute("SELECT id FROM chunk_tables WHERE chunks <= 0")]
             conn.executemany("DELETE FROM table_names WHERE table_id = ?", [(i,) for i in gone])
             conn.executemany("DELETE FROM table_series WHERE table_id = ?", [(i,) for i in gone])
+            conn.executemany("DELETE FROM table_labels WHERE table_id = ?", [(i,) for i in gone])
             conn.executemany("DELETE FROM chunk_tables WHERE id = ?", [(i,) for i in gone])
             conn.execute("DELETE FROM batches WHERE received_ms < ?", (batches_before_ms,))
             _drop_old_fleet_samples(conn, fleet_before_ms)

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from backhaul.errors import StoreError, UnknownTables
 from backhaul.wire.batch import BatchHeader
-from collector.store import overlap, records, series_index
+from collector.store import label_index, overlap, records, series_index
 from collector.store.chunks import NewChunk, Scan, TableInfo
 from collector.store.records import DeviceState, IngestResult
 from collector.store.sqlite.base import SqliteBase
@@ -163,6 +163,10 @@ class SqliteSamples(SqliteBase):
             )
             conn.executemany(
                 "INSERT INTO table_series (table_id, hash) VALUES (?, ?)", series_index.rows_of(table_id, device, table)
+            )
+            conn.executemany(
+                "INSERT INTO table_labels (name, value, table_id) VALUES (?, ?, ?)",
+                label_index.rows_of(table_id, table),
             )
             if table.entries is not None:
                 self._tables.put(table_id, table)

@@ -9,7 +9,7 @@ import sqlite_utils
 
 from backhaul.sqlite import Migration
 from backhaul.wire.chunk import Codec
-from collector.store import series_index
+from collector.store import label_index, series_index
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -167,4 +167,22 @@ def _v11(db: sqlite_utils.Database) -> None:
         )
 
 
-MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11]
+def _v12(db: sqlite_utils.Database) -> None:
+    # Which tables hold a label pair (collector/store/label_index.py), so that an export whose
+    # selector names no metric reads only the tables that may match. Tables stored before are
+    # indexed now, in this migration's transaction.
+    db.execute(
+        "CREATE TABLE table_labels (name TEXT NOT NULL, value TEXT NOT NULL, table_id INTEGER NOT NULL,"
+        " PRIMARY KEY (name, value, table_id)) WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX table_labels_by_table ON table_labels (table_id)")
+    codec = Codec()
+    conn = db.conn
+    for table_id, data in conn.execute("SELECT id, data FROM chunk_tables"):
+        conn.executemany(
+            "INSERT INTO table_labels (name, value, table_id) VALUES (?, ?, ?)",
+            label_index.backfill_rows(table_id, bytes(data), codec),
+        )
+
+
+MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11, _v12]
