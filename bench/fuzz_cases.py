@@ -123,8 +123,11 @@ class Fuzzer:
         self.cases = 0
         self.tables: dict[str, list[str]] = {d: [] for d in DEVICES}  # digests each device's tables go by
         self.codec = chunkfmt.Codec()
-        for size in (1 << 20, 300 << 20):  # made now: a case must not stall the sender while it is timed
+        # bombs made now: a case must not stall the sender while it is timed (the gzip bomb, made at
+        # its first use, once held every answer in flight for 2 s)
+        for size in (1 << 20, 300 << 20):
             _zero_frame(size)
+        _gzip_bomb()
 
     # -- shared pieces ---------------------------------------------------------------------------------
 

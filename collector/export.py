@@ -9,8 +9,9 @@ seconds (fractions allowed) or RFC 3339; both are inclusive and optional. Promet
 are left out: they mark the end of a series, they are not values. Native histograms are left out
 too: this format has no place for them (query them in the TSDB that forwarding feeds).
 
-Guard rails (``[export]``): at most ``max_series`` series and ``max_samples`` samples, and without
-both start and end at most ``unbounded_max_samples``; over one, 422 naming it, decided from the
+Guard rails (``[export]``): at most ``max_series`` series and ``max_samples`` samples from at most
+``max_tables`` stored series tables, and without both start and end at most
+``unbounded_max_samples``; over one, 422 naming it, decided from the
 store's index before the first byte. The matching, the decoding and the JSON run on worker threads
 and the answer is streamed a group of series at a time, so memory stays bounded and the event loop
 (``/healthz``, uploads) keeps answering during a large export.
@@ -111,7 +112,7 @@ class Exporter:
         end = parse_time(end_text, _MAX_MS, "end")
         selectors = [Selector.parse(t) for t in texts]
         s = self._settings
-        plan = await self._reader.plan(selectors, start, end, Limits(s.max_series, s.max_samples))
+        plan = await self._reader.plan(selectors, start, end, Limits(s.max_series, s.max_samples, s.max_tables))
         if not (start_text and end_text) and plan.samples_bound > s.unbounded_max_samples:
             raise OverLimit(
                 f"the selection holds up to {plan.samples_bound} samples: give start and end to export more than"

@@ -15,5 +15,8 @@ class ExportSettings(Section):
     # Samples one export may return (an upper bound from the chunk index: up to the series chosen
     # from each chunk times the most samples one series has in it): about 5-10 s of work.
     max_samples: int = Field(10_000_000, ge=1)
+    # Stored series tables one export may match, counted from the index before any is parsed (a
+    # device stores a table each time its set of series changes; matching costs ~0.2 ms a table).
+    max_tables: int = Field(50_000, ge=1)
     # Without both start and end, an export may return at most this many samples.
     unbounded_max_samples: int = Field(2_000_000, ge=1)

@@ -28,10 +28,12 @@ class LabelIndex(Protocol):
 
 @dataclass(frozen=True)
 class Limits:
-    """Args: series and samples (an upper bound, see :mod:`collector.store.reader`) one read may return."""
+    """Args: series and samples (an upper bound, see :mod:`collector.store.reader`) one read may
+    return, and stored series tables it may match (each is parsed: the plan's cost)."""
 
     max_series: int = _NO_LIMIT
     max_samples: int = _NO_LIMIT
+    max_tables: int = _NO_LIMIT
 
 
 @dataclass

@@ -129,6 +129,12 @@ class Reader:
         candidates = await label_candidates(self._store, selectors, self._device_label)
         if candidates is not None:
             refs = [r for r in refs if r.id in candidates]
+        if len(refs) > limits.max_tables:
+            raise OverLimit(
+                f"the selection spans {len(refs)} stored series tables, over the limit of {limits.max_tables}"
+                " ([export] max_tables): narrow the selector (a label value) or the time range",
+                "max_tables",
+            )
         matcher = TableMatcher(selectors, self._device_label, limits)
         for first in range(0, len(refs), TABLES_PER_STEP):
             page = refs[first : first + TABLES_PER_STEP]

@@ -76,6 +76,17 @@ def test_limits_are_422_naming_the_limit_before_anything_is_sent(
     assert len(exported_samples(collector.url, '{__name__="limits_metric",i="001"}')) == 1
 
 
+def test_an_export_spanning_more_tables_than_allowed_is_422_unless_a_label_narrows_it(
+    start_collector: Callable[..., Running], tmp_path: Path
+) -> None:
+    store_directly(tmp_path / "collector.db", rw_series(12, 20), per_chunk=4)  # three series tables
+    collector = start_collector(export={"max_tables": 2})
+    status, text = export(collector.url, "limits_metric")
+    assert status == 422 and "max_tables" in text and "3 stored series tables" in text, text
+    # the label index finds the one table that holds i="001"
+    assert len(exported_samples(collector.url, '{__name__="limits_metric",i="001"}')) == 1
+
+
 @pytest.mark.parametrize("field", ["start", "end"])
 @pytest.mark.parametrize("value", ["99999999999999999999", "inf", "-inf", "1e400", "-1e309", "nan", "yesterday"])
 def test_times_that_are_no_times_are_400_naming_the_field(
