@@ -42,13 +42,8 @@ def _kept(text: str) -> str:
 
 def rows_of(table_id: int, table: TableInfo) -> list[tuple[str, str, int]]:
     """``table_labels`` rows of a table being stored (its entries parsed if they are not)."""
-    entries = table.entries
-    if entries is None:
-        assert table.data is not None  # a table is stored from its bytes
-        entries = TableInfo.parse(table.data, table.digest).entries
-        assert entries is not None
     pairs: set[tuple[str, str]] = set()
-    for labels in entries:
+    for labels in table.labels():
         for name, value in labels:
             if name == "__name__":
                 continue

@@ -45,12 +45,7 @@ def table_hashes(device: str, entries: Iterable[Labels]) -> list[int]:
 
 def rows_of(table_id: int, device: str, table: TableInfo) -> list[tuple[int, int]]:
     """``table_series`` rows of a table being stored (its entries parsed if they are not)."""
-    entries = table.entries
-    if entries is None:
-        assert table.data is not None  # a table is stored from its bytes
-        entries = TableInfo.parse(table.data, table.digest).entries
-        assert entries is not None
-    return [(table_id, h) for h in table_hashes(device, entries)]
+    return [(table_id, h) for h in table_hashes(device, table.labels())]
 
 
 def backfill_rows(table_id: int, device: str, data: bytes, codec: Codec) -> list[tuple[int, int]]:

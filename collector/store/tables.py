@@ -85,6 +85,15 @@ class TableInfo:
             self.digest, self.n_series, self.names, self.fleet, self.unique, size=self.size, refused=self.refused
         )
 
+    def labels(self) -> list[Labels]:
+        """Each series' labels: the entries, parsed from the data if they are not (a table being stored)."""
+        if self.entries is not None:
+            return self.entries
+        assert self.data is not None
+        entries = TableInfo.parse(self.data, self.digest).entries
+        assert entries is not None
+        return entries
+
     @property
     def weight(self) -> int:
         """What it costs a cache: one unit per series it holds in memory."""

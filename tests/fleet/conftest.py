@@ -23,9 +23,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from backhaul.labels import LabelRules
 from collector.store import Store
 from collector.store.postgres import PostgresStore
 from collector.store.sqlite import SqliteStore
+from collector.store.tables import TableInfo
 from tests.support import free_port, require_program
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -174,3 +176,18 @@ async def rewind(where: tuple[str, str], tables: list[str]) -> None:
         db.execute(f"PRAGMA user_version = {version - len(tables)}")
     finally:
         db.close()
+
+
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[frozenset[str]]:
+    """The metric names of every series table parsed from now on."""
+    names: list[frozenset[str]] = []
+    real = TableInfo.parse
+
+    def counting(data: bytes, digest: str | None = None, rules: LabelRules | None = None) -> TableInfo:
+        found = real(data, digest, rules)
+        names.append(found.names)
+        return found
+
+    monkeypatch.setattr(TableInfo, "parse", staticmethod(counting))
+    return names

@@ -11,10 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
-from backhaul.labels import LabelRules
 from backhaul.wire.series import Labels
 from collector.store import Store, overlap
-from collector.store.tables import TableInfo
 from tests.conftest import Running
 from tests.fleet.batches import batch_body, headers, put, read
 from tests.fleet.conftest import opened, rewind
@@ -24,21 +22,6 @@ NOW = 1_800_000_000_000
 START = NOW - 3_600_000
 UP: Labels = (("__name__", "up"), ("job", "node"))
 OTHER = 60  # tables of other series stored over the same time range
-
-
-@pytest.fixture
-def parsed(monkeypatch: pytest.MonkeyPatch) -> list[frozenset[str]]:
-    """The metric names of every series table parsed from now on."""
-    names: list[frozenset[str]] = []
-    real = TableInfo.parse
-
-    def counting(data: bytes, digest: str | None = None, rules: LabelRules | None = None) -> TableInfo:
-        found = real(data, digest, rules)
-        names.append(found.names)
-        return found
-
-    monkeypatch.setattr(TableInfo, "parse", staticmethod(counting))
-    return names
 
 
 def stamps(first: int, last: int) -> list[int]:

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from backhaul.labels import LabelRules
 from backhaul.selector import Selector
 from backhaul.wire.series import Labels
 from collector.store import Store
-from collector.store.tables import TableInfo
 from tests.fleet.batches import put
 from tests.fleet.conftest import opened, rewind
 
@@ -20,21 +18,6 @@ NOW = 1_800_000_000_000
 START = NOW - 3_600_000
 OTHER = 40  # tables of other series over the same time range
 LONG = "v" * 300  # longer than the index keeps as is
-
-
-@pytest.fixture
-def parsed(monkeypatch: pytest.MonkeyPatch) -> list[frozenset[str]]:
-    """The metric names of every series table parsed from now on."""
-    names: list[frozenset[str]] = []
-    real = TableInfo.parse
-
-    def counting(data: bytes, digest: str | None = None, rules: LabelRules | None = None) -> TableInfo:
-        found = real(data, digest, rules)
-        names.append(found.names)
-        return found
-
-    monkeypatch.setattr(TableInfo, "parse", staticmethod(counting))
-    return names
 
 
 def one(labels: Labels, value: float = 1.0) -> dict[Labels, tuple[list[int], list[float]]]:

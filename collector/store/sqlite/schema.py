@@ -5,6 +5,9 @@ A migration, once released, never changes: a new column or table is a new step a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import sqlite_utils
 
 from backhaul.sqlite import Migration
@@ -159,12 +162,7 @@ def _v11(db: sqlite_utils.Database) -> None:
     )
     db.execute("CREATE INDEX table_series_by_hash ON table_series (hash)")
     codec = Codec()
-    conn = db.conn
-    for table_id, device, data in conn.execute("SELECT id, device, data FROM chunk_tables"):
-        conn.executemany(
-            "INSERT INTO table_series (table_id, hash) VALUES (?, ?)",
-            series_index.backfill_rows(table_id, device, bytes(data), codec),
-        )
+    _backfill(db, "table_series (table_id, hash)", lambda i, d, data: series_index.backfill_rows(i, d, data, codec))
 
 
 def _v12(db: sqlite_utils.Database) -> None:
@@ -177,12 +175,18 @@ def _v12(db: sqlite_utils.Database) -> None:
     )
     db.execute("CREATE INDEX table_labels_by_table ON table_labels (table_id)")
     codec = Codec()
+    _backfill(db, "table_labels (name, value, table_id)", lambda i, _, data: label_index.backfill_rows(i, data, codec))
+
+
+def _backfill(
+    db: sqlite_utils.Database, into: str, rows: Callable[[int, str, bytes], Sequence[tuple[Any, ...]]]
+) -> None:
+    """Index every stored table: ``rows(table id, device, data as stored)`` inserted ``into`` the
+    index table (``name (columns)``), in the migration's transaction."""
     conn = db.conn
-    for table_id, data in conn.execute("SELECT id, data FROM chunk_tables"):
-        conn.executemany(
-            "INSERT INTO table_labels (name, value, table_id) VALUES (?, ?, ?)",
-            label_index.backfill_rows(table_id, bytes(data), codec),
-        )
+    marks = ", ".join("?" for _ in into[into.index("(") + 1 : -1].split(","))
+    for table_id, device, data in conn.execute("SELECT id, device, data FROM chunk_tables"):
+        conn.executemany(f"INSERT INTO {into} VALUES ({marks})", rows(table_id, device, bytes(data)))
 
 
 MIGRATIONS: list[Migration] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11, _v12]
