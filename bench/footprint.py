@@ -341,10 +341,10 @@ def rows(figures: list[Figures]) -> list[Row]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=300, help="load window (after the warm-up)")
-    ap.add_argument("--idle-seconds", type=float, default=60, help="idle window (after the warm-up)")
-    ap.add_argument("--warmup", type=float, default=15, help="seconds after start before a window opens")
-    ap.add_argument("--quick", action="store_true", help="60 s of load, 20 s idle, 10 s warm-ups")
+    ap.add_argument("--seconds", type=float, help="load window after the warm-up (300; --quick: 60)")
+    ap.add_argument("--idle-seconds", type=float, help="idle window after the warm-up (60; --quick: 20)")
+    ap.add_argument("--warmup", type=float, help="seconds after start before a window opens (15; --quick: 10)")
+    ap.add_argument("--quick", action="store_true", help="shorter windows, unless given")
     ap.add_argument("--vmagent", default=os.environ.get("BACKHAUL_BENCH_VMAGENT") or shutil.which("vmagent"))
     ap.add_argument("--prometheus", default=shutil.which("prometheus"), help="2.x or 3.x, run in agent mode")
     ap.add_argument(
@@ -352,8 +352,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--workdir", default=None, help="where the forwarders keep their files (a real disk, not tmpfs)")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.seconds, args.idle_seconds, args.warmup = 60, 20, 10
+    # --quick changes the defaults only: a window given on the command line is kept
+    defaults = (60, 20, 10) if args.quick else (300, 60, 15)
+    for name, default in zip(("seconds", "idle_seconds", "warmup"), defaults, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, float(default))
     return args
 
 
