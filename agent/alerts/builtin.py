@@ -7,7 +7,8 @@
     ClockSkew          agent clock differs from the collector's by more than ``clock_skew_max`` (value: s)
     InferenceCrashLoop the supervised inference server keeps exiting (value: 1); only with [inference] command
     UplinkBudgetNearlySpent  the link spent ``budget_nearly_spent`` (80 %) of a budget (value: the share
-                       of the budget spent); only with uplink.daily_bytes or uplink.monthly_bytes
+                       of the budget spent); inactive while the link in use has no daily_bytes or
+                       monthly_bytes (a reload may add or remove them)
     UplinkBudgetSpent  bulk uploads are held until the budget renews (value: the share spent)
     AgentCrashed       this start follows a run that did not shut down cleanly (value: starts so far)
     AgentRestarted     this start follows a clean shutdown (value: starts so far)
@@ -42,8 +43,8 @@ class Readings:
     clock_skew: Callable[[], float]  # seconds, agent minus collector
     # Whether the supervised inference server is in a crash loop; None when none is supervised.
     inference_crash_loop: Callable[[], bool] | None = None
-    # The largest share of a link budget spent, and whether bulk uploads are held for it; None
-    # without budgets.
+    # The largest share of the active link's budget spent, and whether bulk uploads are held for it
+    # ((0, False) while it has none); None when no uplink is configured.
     uplink_budget: Callable[[], tuple[float, bool]] | None = None
 
 

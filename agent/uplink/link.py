@@ -200,13 +200,6 @@ class Link:
             log.warning("could not save the link's usage: %s", exc)
             self.budget.unsave(rows)
 
-    def budget_reading(self, spent: Callable[[], bool]) -> Callable[[], tuple[float, bool]] | None:
-        """For the budget alerts: the largest share of a budget used, and ``spent()`` (whether bulk
-        uploads are held by it); None when the link has no budget."""
-        if not self.budget.limited:
-            return None
-        return lambda: (self.budget.used(self._clock()), spent())
-
     # -- for the batch header, /healthz and the fleet page -------------------------------------------
 
     def report(self, blocked: str | None) -> dict[str, int | str]:

@@ -161,9 +161,14 @@ class Links:
         if self.active not in bulk:
             self._switch(bulk[0], 0)
 
-    def budget_reading(self, spent: Callable[[], bool]) -> Callable[[], tuple[float, bool]] | None:
-        """For the budget alerts: the active link's largest share of a budget used, and ``spent()``;
-        None when no link has a budget (then the check is not set up)."""
-        if not any(link.budget.limited for link in self.all):
-            return None
-        return lambda: (self.active.budget.used(self._clock()), spent())
+    def budget_reading(self, spent: Callable[[], bool]) -> Callable[[], tuple[float, bool]]:
+        """For the budget alerts: the active link's largest share of a budget used, and ``spent()``.
+        Read at each evaluation, so a budget a reload adds (or removes) counts from then on: without
+        one it reads (0, False), and the alerts stay (or become) inactive."""
+
+        def reading() -> tuple[float, bool]:
+            if not self.active.budget.limited:
+                return 0.0, False
+            return self.active.budget.used(self._clock()), spent()
+
+        return reading

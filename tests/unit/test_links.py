@@ -189,6 +189,19 @@ async def test_a_reload_keeps_what_a_link_spent_and_adds_and_drops_links() -> No
     assert wifi.affordable() is not None and wifi.affordable() < 10_000  # type: ignore[operator]
 
 
+async def test_the_budget_alerts_read_a_budget_that_a_reload_adds() -> None:
+    held = [False]
+    links = Links(uplink({"name": "eth", "interface": "eth0"}), lambda: NOW, make(Interfaces()))
+    reading = links.budget_reading(lambda: held[0])
+    assert reading() == (0.0, False)  # no budget: the alerts are inactive, yet set up
+    await links.reconfigure(uplink({"name": "eth", "interface": "eth0", "daily_bytes": 10_000}))
+    links.count(9_000)
+    held[0] = True
+    assert reading() == (0.9, True)
+    await links.reconfigure(uplink({"name": "eth", "interface": "eth0"}))
+    assert reading() == (0.0, False)  # removed: they resolve
+
+
 def test_the_batch_header_carries_the_link_name_and_refuses_a_bad_one() -> None:
     header = batchfmt.BatchHeader("dev-1", "b" * 32, 1, 0, uplink={"link": "lte", "blocked": "down", "spent_day": 5})
     encoded = batchfmt.encode(header, [])
