@@ -17,7 +17,7 @@ and the answer is streamed a group of series at a time, so memory stays bounded 
 (``/healthz``, uploads) keeps answering during a large export.
 
 400: no ``match[]``, a selector that does not parse, a ``start``/``end`` that is no time (or outside
-the signed 64-bit range of milliseconds), naming the field.
+the signed 64-bit range of milliseconds), an ``end`` before ``start``, naming the field.
 """
 
 from __future__ import annotations
@@ -110,6 +110,9 @@ class Exporter:
         start_text, end_text = request.query.get("start"), request.query.get("end")
         start = parse_time(start_text, _MIN_MS, "start")
         end = parse_time(end_text, _MAX_MS, "end")
+        if start > end:
+            # as Prometheus answers: an empty range is a mistake to name, not an empty answer to compute
+            raise InputError(f"end: {(end_text or '')[:64]!r} is before start {(start_text or '')[:64]!r}")
         selectors = [Selector.parse(t) for t in texts]
         s = self._settings
         plan = await self._reader.plan(selectors, start, end, Limits(s.max_series, s.max_samples, s.max_tables))

@@ -87,6 +87,13 @@ def test_an_export_spanning_more_tables_than_allowed_is_422_unless_a_label_narro
     assert len(exported_samples(collector.url, '{__name__="limits_metric",i="001"}')) == 1
 
 
+def test_an_end_before_the_start_is_400_naming_it(start_collector: Callable[..., Running]) -> None:
+    collector = start_collector()
+    status, text = export(collector.url, "limits_metric", start="2000", end="1000")
+    assert status == 400 and "end" in text and "before start" in text, text
+    assert export(collector.url, "limits_metric", start="1000", end="1000")[0] == 200  # one instant: fine
+
+
 @pytest.mark.parametrize("field", ["start", "end"])
 @pytest.mark.parametrize("value", ["99999999999999999999", "inf", "-inf", "1e400", "-1e309", "nan", "yesterday"])
 def test_times_that_are_no_times_are_400_naming_the_field(
