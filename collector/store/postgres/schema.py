@@ -5,7 +5,8 @@ starting together migrate once. The same tables as the embedded store (collector
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import asyncpg
 
@@ -18,20 +19,29 @@ log = logging.getLogger(__name__)
 MIGRATION_LOCK = 0x6261636B
 
 
+IndexRows = Callable[[int, str, bytes, Codec], Sequence[tuple[Any, ...]]]
+
+
+async def _backfill(conn: asyncpg.Connection, into: str, rows: IndexRows) -> None:
+    """Index every stored table: ``rows(table id, device, data as stored, codec)`` inserted ``into``
+    the index table (``name (columns)``), in the migration's transaction (as the embedded store's)."""
+    codec = Codec()
+    marks = ", ".join(f"${k + 1}" for k in range(len(into[into.index("(") + 1 : -1].split(","))))
+    async for row in conn.cursor("SELECT id, device, data FROM chunk_tables"):
+        found = rows(row["id"], row["device"], bytes(row["data"]), codec)
+        await conn.executemany(f"INSERT INTO {into} VALUES ({marks})", found)
+
+
 async def _index_tables(conn: asyncpg.Connection) -> None:
     """Hash the series of the tables stored before the series index existed (migration 9)."""
-    codec = Codec()
-    async for row in conn.cursor("SELECT id, device, data FROM chunk_tables"):
-        rows = series_index.backfill_rows(row["id"], row["device"], bytes(row["data"]), codec)
-        await conn.executemany("INSERT INTO table_series (table_id, hash) VALUES ($1, $2)", rows)
+    await _backfill(conn, "table_series (table_id, hash)", series_index.backfill_rows)
 
 
 async def _index_labels(conn: asyncpg.Connection) -> None:
     """Index the label pairs of the tables stored before the label index existed (migration 11)."""
-    codec = Codec()
-    async for row in conn.cursor("SELECT id, data FROM chunk_tables"):
-        rows = label_index.backfill_rows(row["id"], bytes(row["data"]), codec)
-        await conn.executemany("INSERT INTO table_labels (name, value, table_id) VALUES ($1, $2, $3)", rows)
+    await _backfill(
+        conn, "table_labels (name, value, table_id)", lambda i, _, data, c: label_index.backfill_rows(i, data, c)
+    )
 
 
 _MIGRATIONS: list[str | Callable[[asyncpg.Connection], Awaitable[None]]] = [
