@@ -17,8 +17,7 @@ import asyncpg
 
 from backhaul.errors import StoreError
 from backhaul.wire.chunk import Codec
-from backhaul.wire.series import Labels
-from collector.store import records
+from collector.store import overlap, records
 from collector.store.cache import BoundedCache
 from collector.store.chunks import Scan, TableInfo, scan
 from collector.store.postgres.schema import migrate
@@ -57,7 +56,7 @@ def count(status: str) -> int:
 
 # Bounds of what the store remembers, as in the embedded store (collector/store/sqlite/base.py).
 CACHED_TABLE_IDS = 4096
-CACHED_TABLE_SERIES = 20_000
+CACHED_TABLE_KEYS = 200_000
 CACHED_SCAN_SAMPLES = 200_000
 
 
@@ -79,7 +78,7 @@ class PostgresBase:
         # transaction committed; ids are never reused, so a committed one stays right.
         self._codec = Codec()  # used on the event loop only
         self._table_ids: BoundedCache[tuple[str, str], int] = BoundedCache(CACHED_TABLE_IDS)
-        self._tables: BoundedCache[int, TableInfo] = BoundedCache(CACHED_TABLE_SERIES, lambda t: t.weight)
+        self._keys: BoundedCache[int, tuple[bytes, ...]] = BoundedCache(CACHED_TABLE_KEYS, lambda k: len(k) + 1)
         self._scans: BoundedCache[int, Scan] = BoundedCache(CACHED_SCAN_SAMPLES, lambda s: s.samples or 1)
 
     async def open(self) -> None:
@@ -97,15 +96,17 @@ class PostgresBase:
     async def _convert(self) -> None:
         """Convert rows of a store that kept a row per sample (collector/store/postgres/legacy.py)."""
 
-    async def _entries(self, conn: asyncpg.Connection, table_id: int) -> list[Labels]:
-        """A stored table's series, parsed (and cached)."""
-        found = self._tables.get(table_id)
-        if found is None or found.entries is None:
+    async def _series_keys(self, conn: asyncpg.Connection, table_id: int) -> tuple[bytes, ...]:
+        """A stored table's series keys (:func:`overlap.series_keys`), parsed once and cached (a
+        table's content never changes under its id, so a key cached by a rolled-back transaction
+        stays right)."""
+        found = self._keys.get(table_id)
+        if found is None:
             row = await conn.fetchrow("SELECT digest, data FROM chunk_tables WHERE id = $1", table_id)
-            found = TableInfo.parse(self._codec.decompress(bytes(row["data"]), 1 << 30), row["digest"])
-            self._tables.put(table_id, found)
-        assert found.entries is not None
-        return found.entries
+            table = TableInfo.parse(self._codec.decompress(bytes(row["data"]), 1 << 30), row["digest"])
+            found = overlap.series_keys(table.labels())
+            self._keys.put(table_id, found)
+        return found
 
     async def _scan(self, conn: asyncpg.Connection, chunk_id: int) -> Scan:
         found = self._scans.get(chunk_id)

@@ -77,7 +77,7 @@ class PostgresRetention(PostgresBase):
         if gone:
             self._table_ids.clear()
             for table_id in gone:
-                self._tables.discard(table_id)
+                self._keys.discard(table_id)
 
 
 async def _subtract(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> None:

@@ -24,7 +24,6 @@ import asyncpg
 
 from backhaul.errors import StoreError, UnknownTables
 from backhaul.wire.batch import BatchHeader
-from backhaul.wire.series import Labels
 from collector.store import label_index, overlap, records, series_index
 from collector.store.chunks import NewChunk, Scan, TableInfo
 from collector.store.postgres.base import PostgresBase, count
@@ -131,12 +130,12 @@ class PostgresSamples(PostgresBase):
         needs_entries = (
             bool(picked) or len(chunks) > 1 or not all(c.table.unique and overlap.increasing(c.scan) for c in chunks)
         )
-        entries: dict[int, list[Labels]] = {}
+        keys: dict[int, tuple[bytes, ...]] = {}
         if needs_entries:
             for table_id in {*ids, *(t for _, t in picked)}:
-                entries[table_id] = await self._entries(conn, table_id)
-        held = [_held(entries, table_id, await self._scan(conn, chunk_id)) for chunk_id, table_id in picked]
-        new = [_held(entries, table_id, c.scan, c.table.unique) for c, table_id in zip(chunks, ids, strict=True)]
+                keys[table_id] = await self._series_keys(conn, table_id)
+        held = [_held(keys, table_id, await self._scan(conn, chunk_id)) for chunk_id, table_id in picked]
+        new = [_held(keys, table_id, c.scan, c.table.unique) for c, table_id in zip(chunks, ids, strict=True)]
         # The comparison is CPU work: off the event loop.
         return await asyncio.to_thread(overlap.duplicates, new, held), capped
 
@@ -307,5 +306,5 @@ class PostgresSamples(PostgresBase):
         return [(r["device"], r["labels"], r["ts"], v) for r, v in zip(rows, values, strict=True)]
 
 
-def _held(entries: dict[int, list[Labels]], table_id: int, found: Scan, unique: bool = True) -> overlap.Held:
-    return overlap.Held(lambda: entries[table_id], found, unique)
+def _held(keys: dict[int, tuple[bytes, ...]], table_id: int, found: Scan, unique: bool = True) -> overlap.Held:
+    return overlap.Held(lambda: keys[table_id], found, unique)

@@ -18,16 +18,16 @@ import sqlite_utils
 
 from backhaul.sqlite import Database, Synchronous
 from backhaul.wire.chunk import Codec
-from backhaul.wire.series import Labels
+from collector.store import overlap
 from collector.store.cache import BoundedCache
 from collector.store.chunks import Scan, TableInfo, scan
 from collector.store.records import DeviceState
 from collector.store.sqlite.schema import MIGRATIONS
 
-# Bounds of what the store remembers: tables by id and parsed, by series; chunks scanned for the
-# de-duplication of overlapping ones, by samples.
+# Bounds of what the store remembers: tables by id; the series keys of tables (the de-duplication's,
+# ~57 bytes a series: 200,000 is ~11 MB), by series; chunks scanned for it, by samples.
 CACHED_TABLE_IDS = 4096
-CACHED_TABLE_SERIES = 20_000
+CACHED_TABLE_KEYS = 200_000
 CACHED_SCAN_SAMPLES = 200_000
 # A new store's pages: a row holding a chunk lives on one table page when it fits, and the chunks of
 # 10 s batches (2-3 KB) fit one to a 4 KB page, leaving a third of it empty; in 2 KB pages they spill
@@ -50,7 +50,7 @@ class SqliteBase:
         self.devices: dict[str, DeviceState] = {}
         self._codec = Codec()  # used on the database thread only
         self._table_ids: BoundedCache[tuple[str, str], int] = BoundedCache(CACHED_TABLE_IDS)
-        self._tables: BoundedCache[int, TableInfo] = BoundedCache(CACHED_TABLE_SERIES, lambda t: t.weight)
+        self._keys: BoundedCache[int, tuple[bytes, ...]] = BoundedCache(CACHED_TABLE_KEYS, lambda k: len(k) + 1)
         self._scans: BoundedCache[int, Scan] = BoundedCache(CACHED_SCAN_SAMPLES, lambda s: s.samples or 1)
 
     async def open(self) -> None:
@@ -74,7 +74,7 @@ class SqliteBase:
         conn = self.db.conn
         self.devices = {row["device"]: DeviceState(**row) for row in sqlite_utils.Database(conn)["devices"].rows}
         self._table_ids.clear()
-        self._tables.clear()
+        self._keys.clear()
         self._scans.clear()
 
     async def close(self, grace: float | None = None) -> None:
@@ -83,15 +83,14 @@ class SqliteBase:
 
     # -- on the database thread -------------------------------------------------------------------
 
-    def _entries(self, conn: sqlite3.Connection, table_id: int) -> list[Labels]:
-        """A stored table's series, parsed (and cached)."""
-        found = self._tables.get(table_id)
-        if found is None or found.entries is None:
+    def _series_keys(self, conn: sqlite3.Connection, table_id: int) -> tuple[bytes, ...]:
+        """A stored table's series keys (:func:`overlap.series_keys`), parsed once and cached."""
+        found = self._keys.get(table_id)
+        if found is None:
             digest, data = conn.execute("SELECT digest, data FROM chunk_tables WHERE id = ?", (table_id,)).fetchone()
-            found = TableInfo.parse(self._codec.decompress(data, 1 << 30), digest)
-            self._tables.put(table_id, found)
-        assert found.entries is not None
-        return found.entries
+            found = overlap.series_keys(TableInfo.parse(self._codec.decompress(data, 1 << 30), digest).labels())
+            self._keys.put(table_id, found)
+        return found
 
     def _scan(self, conn: sqlite3.Connection, chunk_id: int) -> Scan:
         found = self._scans.get(chunk_id)

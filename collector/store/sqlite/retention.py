@@ -73,7 +73,7 @@ class SqliteRetention(SqliteBase):
         if gone:
             self._table_ids.clear()
             for table_id in gone:
-                self._tables.discard(table_id)
+                self._keys.discard(table_id)
 
 
 def _drop_old_fleet_samples(conn: sqlite3.Connection, before_ms: int) -> None:

@@ -138,7 +138,7 @@ class SqliteSamples(SqliteBase):
         return overlap.duplicates(new, held), capped
 
     def _held(self, conn: sqlite3.Connection, table_id: int, scan: Scan, unique: bool = True) -> overlap.Held:
-        return overlap.Held(lambda: self._entries(conn, table_id), scan, unique)
+        return overlap.Held(lambda: self._series_keys(conn, table_id), scan, unique)
 
     def _table_id(self, conn: sqlite3.Connection, device: str, chunk: NewChunk) -> int:
         """The id of the chunk's table, stored now if it is new (from the chunk, or else from the
@@ -169,7 +169,7 @@ class SqliteSamples(SqliteBase):
                 label_index.rows_of(table_id, table),
             )
             if table.entries is not None:
-                self._tables.put(table_id, table)
+                self._keys.put(table_id, overlap.series_keys(table.entries))
         else:
             table_id = row[0]
         self._table_ids.put(key, table_id)
