@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
+from backhaul.errors import UnknownTables
+from backhaul.wire.chunk import Codec
 from backhaul.wire.series import Labels
 from collector.store import Store, overlap
+from collector.store.chunks import from_series
 from tests.conftest import Running
 from tests.fleet.batches import batch_body, headers, put, read
 from tests.fleet.conftest import opened, rewind
@@ -122,3 +126,40 @@ def test_a_collector_counts_checks_cut_short_per_device(start_collector: Callabl
     assert status == 200, answer
     assert metric_value(collector.url, name, 'device="dev-1"') == 1
     assert metric_value(collector.url, "backhaul_collector_duplicate_samples_total") == overlap.MAX_HELD_CHUNKS
+
+
+async def test_a_failed_ingest_forgets_only_what_it_cached_itself(
+    where: tuple[str, str], parsed: list[frozenset[str]]
+) -> None:
+    """A hostile batch that fails inside the transaction (here: a table reference nobody offered)
+    must not empty the caches that every device's check relies on, and nothing it cached may stay:
+    the embedded store gives the row ids it inserted to the next rows."""
+    fresh: Labels = (("__name__", "fresh"), ("job", "node"))
+    later: Labels = (("__name__", "later"), ("job", "node"))
+    async with opened(where) as store:
+        await put(store, "dev-1", {UP: (stamps(0, 10), [1.0] * 10)}, NOW)
+        await put(store, "dev-1", {UP: (stamps(5, 15), [1.0] * 10)}, NOW)  # the check reads UP's table
+
+        [stored] = from_series({fresh: (stamps(0, 5), [7.0] * 5)}, Codec())
+        [unknown] = from_series({later: (stamps(0, 5), [8.0] * 5)}, Codec())
+        unknown = replace(unknown, table=replace(unknown.table.summary(), digest="f" * 32))
+        with pytest.raises(UnknownTables):
+            await store.ingest("dev-1", [stored, unknown], NOW)
+
+        [again] = from_series({UP: (stamps(10, 20), [1.0] * 10)}, Codec())
+        parsed.clear()
+        result = await store.ingest("dev-1", [again], NOW)
+        assert parsed == [], "the failed batch emptied the table cache: held tables parsed again"
+        assert (result.samples, result.duplicate_samples) == (5, 5)
+
+        # the next new table takes the row id the failed batch had used: its own series, not "fresh"
+        first = await put(store, "dev-1", {later: (stamps(0, 5), [9.0] * 5)}, NOW)
+        second = await put(store, "dev-1", {later: (stamps(0, 8), [9.0] * 8)}, NOW)
+        assert (first.duplicate_samples, second.samples, second.duplicate_samples) == (0, 3, 5)
+        assert await read(store, '{__name__="fresh"}') == {}
+        # and the failed batch's table, sent again, is stored as itself (not under the id it had)
+        await put(store, "dev-1", {fresh: (stamps(0, 5), [7.0] * 5)}, NOW)
+        assert (await read(store, '{__name__="fresh"}'))["dev-1"][1:] == (stamps(0, 5), [7.0] * 5)
+        got = await read(store, '{__name__="later"}')
+        assert got["dev-1"][1:] == (stamps(0, 8), [9.0] * 8)
+        assert (await read(store, '{__name__="up"}'))["dev-1"][1] == stamps(0, 20)

@@ -4,22 +4,26 @@ memory holds of it.
 Every statement runs on the database's own thread: each public coroutine hands a private method of
 the same name to ``db.run``, so the event loop never waits for an fsync, and every ``sqlite3.Error``
 arrives as :class:`~backhaul.errors.StoreError` (HTTP 503). Memory holds the devices' figures (for
-the metrics page) and bounded caches (table ids, parsed tables, scanned chunks), never a structure
-per stored series. After a failed transaction the rollback hook reloads the figures and empties the
-caches, so memory never holds what the file does not.
+the metrics page) and bounded caches (table ids, tables' series keys, scanned chunks), never a
+structure per stored series. After a failed transaction the rollback hook reloads the figures and
+forgets every cache entry made during it (the ids of rows it inserted may come back for other rows),
+so memory never holds what the file does not. Entries made before it stay: what they map never
+changes under an id, and retention forgets the ids it deletes.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Hashable
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
 from backhaul.sqlite import Database, Synchronous
 from backhaul.wire.chunk import Codec
 from collector.store import overlap
-from collector.store.cache import BoundedCache
+from collector.store.cache import BoundedCache, K, V
 from collector.store.chunks import Scan, TableInfo, scan
 from collector.store.records import DeviceState
 from collector.store.sqlite.schema import MIGRATIONS
@@ -45,13 +49,15 @@ class SqliteBase:
         self.path = path
         self.device_label = device_label
         self.db = Database(path, synchronous, MIGRATIONS, "collector-db", page_size=PAGE_SIZE)
-        self.db.on_rollback(self._load)
+        self.db.on_rollback(self._rolled_back)
         # The last known state of every device, for the metrics page (a scrape cannot await).
         self.devices: dict[str, DeviceState] = {}
         self._codec = Codec()  # used on the database thread only
         self._table_ids: BoundedCache[tuple[str, str], int] = BoundedCache(CACHED_TABLE_IDS)
         self._keys: BoundedCache[int, tuple[bytes, ...]] = BoundedCache(CACHED_TABLE_KEYS, lambda k: len(k) + 1)
         self._scans: BoundedCache[int, Scan] = BoundedCache(CACHED_SCAN_SAMPLES, lambda s: s.samples or 1)
+        # Cache entries made since the last commit (forgotten if it fails); see _remember.
+        self._made: list[tuple[BoundedCache[Any, Any], Hashable]] = []
 
     async def open(self) -> None:
         await self.db.run(self._open)
@@ -76,6 +82,25 @@ class SqliteBase:
         self._table_ids.clear()
         self._keys.clear()
         self._scans.clear()
+        self._made.clear()
+
+    def _rolled_back(self) -> None:
+        # Not a clear of every cache: hostile batches that fail inside the transaction (a table
+        # reference no longer offered, say) would make every device's next check parse and scan
+        # its held chunks again.
+        conn = self.db.conn
+        self.devices = {row["device"]: DeviceState(**row) for row in sqlite_utils.Database(conn)["devices"].rows}
+        for cache, key in self._made:
+            cache.discard(key)
+        self._made.clear()
+
+    def _remember(self, cache: BoundedCache[K, V], key: K, value: V) -> None:
+        """Put ``key`` in ``cache`` within a transaction (until it commits, see _committed)."""
+        cache.put(key, value)
+        self._made.append((cache, key))
+
+    def _committed(self) -> None:
+        self._made.clear()
 
     async def close(self, grace: float | None = None) -> None:
         """Close within ``grace`` seconds (None: no limit); see :meth:`Database.aclose`."""
@@ -89,7 +114,7 @@ class SqliteBase:
         if found is None:
             digest, data = conn.execute("SELECT digest, data FROM chunk_tables WHERE id = ?", (table_id,)).fetchone()
             found = overlap.series_keys(TableInfo.parse(self._codec.decompress(data, 1 << 30), digest).labels())
-            self._keys.put(table_id, found)
+            self._remember(self._keys, table_id, found)
         return found
 
     def _scan(self, conn: sqlite3.Connection, chunk_id: int) -> Scan:
@@ -97,5 +122,5 @@ class SqliteBase:
         if found is None:
             (data,) = conn.execute("SELECT data FROM chunk_data WHERE id = ?", (chunk_id,)).fetchone()
             found = scan(self._codec.decompress(data, 1 << 30))
-            self._scans.put(chunk_id, found)
+            self._remember(self._scans, chunk_id, found)
         return found

@@ -115,6 +115,7 @@ class SqliteSamples(SqliteBase):
                 for name, value in self._record_losses(conn, batch).items():
                     setattr(updated, name, value)
             conn.execute(_UPSERT_DEVICE, [getattr(updated, f) for f in _DEVICE_FIELDS])
+        self._committed()
         self.devices[device] = updated
         return IngestResult(
             duplicate_batch=False, samples=total - duplicates, duplicate_samples=duplicates, capped=capped
@@ -169,10 +170,10 @@ class SqliteSamples(SqliteBase):
                 label_index.rows_of(table_id, table),
             )
             if table.entries is not None:
-                self._keys.put(table_id, overlap.series_keys(table.entries))
+                self._remember(self._keys, table_id, overlap.series_keys(table.entries))
         else:
             table_id = row[0]
-        self._table_ids.put(key, table_id)
+        self._remember(self._table_ids, key, table_id)
         return table_id
 
     def _offered(self, conn: sqlite3.Connection, device: str, digest: str) -> TableInfo:
@@ -201,7 +202,7 @@ class SqliteSamples(SqliteBase):
         )
         chunk_id = int(cur.lastrowid or 0)
         conn.execute("INSERT INTO chunk_data (id, data) VALUES (?, ?)", (chunk_id, chunk.frame))
-        self._scans.put(chunk_id, s)
+        self._remember(self._scans, chunk_id, s)
 
     def _record_losses(self, conn: sqlite3.Connection, header: BatchHeader) -> dict[str, int]:
         """Keep the newest loss (and correction) counters of the batch's buffer; return the device's totals."""
