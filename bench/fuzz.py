@@ -79,6 +79,7 @@ class Tally:
     slowest: dict[str, float] = field(default_factory=dict)
     slowest_case: dict[str, str] = field(default_factory=dict)
     slow: Counter[str] = field(default_factory=Counter)
+    slow_cases: list[str] = field(default_factory=list)  # the first answers over the bar, to look into
     valid_refused: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     ledger: list[Case] = field(default_factory=list)
@@ -91,6 +92,9 @@ class Tally:
             self.slowest_case[case.endpoint] = f"{status} {case.query or case.headers} {case.body[:80]!r}"[:300]
         if seconds > SLOW_S:
             self.slow[case.endpoint] += 1
+            if len(self.slow_cases) < 20:
+                what = f"{case.endpoint} {seconds:.1f} s {status} {case.query or case.headers}"
+                self.slow_cases.append(f"{time.strftime('%H:%M:%S')} {what}"[:300])
         if case.valid and case.target != "mqtt":
             if not status.startswith("2"):
                 self.valid_refused.append(f"{case.endpoint} {status}")
@@ -462,6 +466,8 @@ def report(
     for endpoint, seconds in sorted(tally.slowest.items()):
         if seconds > SLOW_S:
             print(f"  slowest {endpoint}: {seconds:.1f} s: {tally.slowest_case[endpoint]}")
+    for slow in tally.slow_cases:
+        print(f"  over {SLOW_S:.0f} s: {slow}")
     print(f"5xx (and no answer): {tally.fives()} {tally.errors[:5]}")
     print(f"valid cases not acknowledged: {len(tally.valid_refused)} {tally.valid_refused[:5]}")
     print(f"tracebacks in the logs: {sum(sum(c.values()) for c in traces.values())}")

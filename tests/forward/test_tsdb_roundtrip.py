@@ -63,7 +63,13 @@ def assert_holds(db: Tsdb, job: str, expected: Samples, timeout: float = 30) -> 
     except AssertionError:
         have = got()
         missing = sum(len(p.keys() - have.get(k, {}).keys()) for k, p in expected.items())
-        raise AssertionError(f"{db.kind}: {missing} samples missing, {len(have)}/{len(expected)} series") from None
+        extra = sum(len(p.keys() - expected.get(k, {}).keys()) for k, p in have.items())
+        changed = sum(have[k][t] != v for k, p in expected.items() if k in have for t, v in p.items() if t in have[k])
+        # a final read that matches says the database was only slower than the timeout (a loaded machine)
+        raise AssertionError(
+            f"{db.kind} after {timeout} s: {missing} samples missing, {extra} extra, {changed} changed,"
+            f" {len(have)}/{len(expected)} series"
+        ) from None
     if db.kind == "victoria-metrics":
         assert db.export(f'{{job="{job}"}}') == expected
 
