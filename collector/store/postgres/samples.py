@@ -179,6 +179,8 @@ class PostgresSamples(PostgresBase):
                 "INSERT INTO table_labels (name, value, table_id) VALUES ($1, $2, $3)",
                 label_index.rows_of(table_id, table),
             )
+            if table.entries is not None:  # parsed already: the check need not read it back (ids are never reused)
+                self._keys.put(table_id, overlap.series_keys(table.entries))
         assert table_id is not None
         fresh[key] = table_id
         return table_id

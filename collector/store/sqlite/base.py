@@ -77,8 +77,7 @@ class SqliteBase:
         raise NotImplementedError
 
     def _load(self) -> None:
-        conn = self.db.conn
-        self.devices = {row["device"]: DeviceState(**row) for row in sqlite_utils.Database(conn)["devices"].rows}
+        self._load_devices()
         self._table_ids.clear()
         self._keys.clear()
         self._scans.clear()
@@ -88,11 +87,14 @@ class SqliteBase:
         # Not a clear of every cache: hostile batches that fail inside the transaction (a table
         # reference no longer offered, say) would make every device's next check parse and scan
         # its held chunks again.
-        conn = self.db.conn
-        self.devices = {row["device"]: DeviceState(**row) for row in sqlite_utils.Database(conn)["devices"].rows}
+        self._load_devices()
         for cache, key in self._made:
             cache.discard(key)
         self._made.clear()
+
+    def _load_devices(self) -> None:
+        rows = sqlite_utils.Database(self.db.conn)["devices"].rows
+        self.devices = {row["device"]: DeviceState(**row) for row in rows}
 
     def _remember(self, cache: BoundedCache[K, V], key: K, value: V) -> None:
         """Put ``key`` in ``cache`` within a transaction (until it commits, see _committed)."""
