@@ -171,9 +171,16 @@ class _Thread:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
+    def is_current(self) -> bool:
+        return threading.current_thread() is self._thread
+
 
 class Database:
-    """One SQLite file, its one connection and the thread that uses it; an async context manager.
+    """One SQLite file, its writing connection and the thread that uses it; an async context manager.
+
+    Reads that need no write lock may go to a second connection on a thread of its own
+    (:meth:`run_read`): in WAL mode a reader sees the last committed snapshot and never waits for the
+    writer, so a long read (an export) does not queue behind ingest, nor ingest behind it.
 
     Args:
         path: the database file, created (mode 0600, with its folder) when missing.
@@ -201,6 +208,8 @@ class Database:
         self._salvage = salvage
         self._conn: sqlite3.Connection | None = None
         self._thread: _Thread | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._reader_thread: _Thread | None = None
         self._depth = 0
         self._rollback_hooks: list[Callable[[], None]] = []
         self._entered = False
@@ -266,6 +275,7 @@ class Database:
 
     def close(self) -> None:
         """Checkpoint the WAL into the file and close (a failed checkpoint is only logged)."""
+        self._close_reader()
         if self._conn is None:
             return
         try:
@@ -318,10 +328,32 @@ class Database:
             for hook in self._rollback_hooks:
                 hook()
 
+    def _reading_conn(self) -> sqlite3.Connection:
+        """The reader's connection on the reader thread (opened on first use, ``query_only``), else the
+        writer's."""
+        thread = self._reader_thread
+        if thread is None or not thread.is_current():
+            return self.conn
+        if self._reader is None:
+            if self._conn is None:
+                raise StoreError(f"{self.name}: database is not open", transient=False)
+            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            reader.execute("PRAGMA busy_timeout = 5000")
+            reader.execute("PRAGMA query_only = ON")
+            self._reader = reader
+        return self._reader
+
+    def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            with contextlib.suppress(sqlite3.Error):
+                reader.close()
+
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
-        """Reads that see one snapshot of the file; ``sqlite3.Error`` becomes StoreError."""
-        conn = self.conn
+        """Reads that see one snapshot of the file (on the reader thread, the reader's connection);
+        ``sqlite3.Error`` becomes StoreError."""
+        conn = self._reading_conn()
         nested = conn.in_transaction
         try:
             if not nested:
@@ -349,6 +381,20 @@ class Database:
 
         return await asyncio.wrap_future(self._thread.submit(call))
 
+    async def run_read(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn`` on the reader thread, where :meth:`read` uses the reader's connection: for reads
+        only (a write there fails: the connection is ``query_only``)."""
+        if self._reader_thread is None:
+            self._reader_thread = _Thread(f"{self.name}-reader")
+
+        def call() -> T:
+            try:
+                return fn(*args, **kwargs)
+            except sqlite3.Error as exc:
+                raise translate(exc) from exc
+
+        return await asyncio.wrap_future(self._reader_thread.submit(call))
+
     async def __aenter__(self) -> Database:
         if self._entered:
             raise RuntimeError(f"{self.name}: a Database is entered once")
@@ -370,6 +416,14 @@ class Database:
 
         Past the grace the thread is abandoned (logged): the process can still exit.
         """
+        reader, self._reader_thread = self._reader_thread, None
+        if reader is not None:
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(reader.submit(self._close_reader)), grace)
+            except TimeoutError:
+                log.error("%s: the reader thread did not close within %s s; abandoning it", self.name, grace)
+            finally:
+                reader.stop()
         thread, self._thread = self._thread, None
         if thread is None:
             self.close()

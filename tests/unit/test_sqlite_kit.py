@@ -145,3 +145,42 @@ async def test_new_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "k.db").stat().st_mode) == 0o600
+
+
+async def test_reads_on_the_reader_thread_do_not_wait_for_a_write_transaction(tmp_path: Path) -> None:
+    # Issue 12 (fuzz run): exports queued behind ingest on the one database thread and took up to
+    # 17 s; the reader's own connection sees the last commit while a write transaction is open.
+    async with Database(tmp_path / "k.db", "FULL", [_table], "kit") as db:
+
+        def insert(k: int) -> None:
+            with db.atomic() as conn:
+                conn.execute("INSERT INTO t VALUES (?, 'x')", (k,))
+
+        await db.run(insert, 1)
+        holding, release = threading.Event(), threading.Event()
+
+        def long_write() -> None:
+            with db.atomic() as conn:
+                conn.execute("INSERT INTO t VALUES (2, 'y')")
+                holding.set()
+                release.wait(10)
+
+        def keys() -> list[int]:
+            with db.read() as conn:
+                return [k for (k,) in conn.execute("SELECT k FROM t ORDER BY k")]
+
+        writing = asyncio.ensure_future(db.run(long_write))
+        await asyncio.to_thread(holding.wait, 10)
+        try:
+            assert await asyncio.wait_for(db.run_read(keys), 2) == [1]  # the snapshot before the open write
+        finally:
+            release.set()
+        await writing
+        assert await db.run_read(keys) == [1, 2]
+
+        def write_on_reader() -> None:
+            with db.read() as conn:
+                conn.execute("INSERT INTO t VALUES (3, 'z')")
+
+        with pytest.raises(StoreError, match="readonly"):
+            await db.run_read(write_on_reader)

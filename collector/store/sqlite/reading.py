@@ -1,6 +1,7 @@
 """What the export and the fleet page read from the embedded store: series tables by device, name
 and time range, the chunk index, the chunks themselves (the decoding is the reader's,
-:mod:`collector.store.reader`, off this thread)."""
+:mod:`collector.store.reader`, off this thread). All on the database's reader thread and connection
+(:meth:`backhaul.sqlite.Database.run_read`): an export never waits behind ingest's transactions."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ from collector.store.label_index import ODD
 from collector.store.records import ChunkRef, TableRef
 from collector.store.sqlite.base import SqliteBase
 
-# Bound parameters per statement: far below SQLite's limit, and a step short enough that ingest,
-# which shares the database thread, never waits long behind a read.
+# Bound parameters per statement: far below SQLite's limit.
 _IDS_PER_STATEMENT = 500
 
 
@@ -23,7 +23,7 @@ class SqliteReading(SqliteBase):
     ) -> list[TableRef]:
         """Tables with chunks in ``[start_ms, end_ms]``, of those devices and holding those metric
         names (None: any)."""
-        return await self.db.run(self._find_tables, start_ms, end_ms, devices, names)
+        return await self.db.run_read(self._find_tables, start_ms, end_ms, devices, names)
 
     def _find_tables(
         self, start_ms: int, end_ms: int, devices: list[str] | None, names: list[str] | None
@@ -41,7 +41,7 @@ class SqliteReading(SqliteBase):
 
     async def table_data(self, ids: list[int]) -> dict[int, bytes]:
         """The tables' JSON, zstd-compressed, by id."""
-        return await self.db.run(self._table_data, ids)
+        return await self.db.run_read(self._table_data, ids)
 
     def _table_data(self, ids: list[int]) -> dict[int, bytes]:
         out: dict[int, bytes] = {}
@@ -53,7 +53,7 @@ class SqliteReading(SqliteBase):
 
     async def chunk_refs(self, table_ids: list[int], start_ms: int, end_ms: int) -> list[ChunkRef]:
         """The index entries of the tables' chunks that overlap ``[start_ms, end_ms]``, oldest first."""
-        return await self.db.run(self._chunk_refs, table_ids, start_ms, end_ms)
+        return await self.db.run_read(self._chunk_refs, table_ids, start_ms, end_ms)
 
     def _chunk_refs(self, table_ids: list[int], start_ms: int, end_ms: int) -> list[ChunkRef]:
         out: list[ChunkRef] = []
@@ -70,7 +70,7 @@ class SqliteReading(SqliteBase):
     async def chunk_totals(self, table_ids: list[int], start_ms: int, end_ms: int) -> dict[int, tuple[int, int]]:
         """Per table, of its chunks that overlap ``[start_ms, end_ms]``: their samples, and the sum of
         each one's most samples of one series (what bounds a read, :mod:`collector.store.reader`)."""
-        return await self.db.run(self._chunk_totals, table_ids, start_ms, end_ms)
+        return await self.db.run_read(self._chunk_totals, table_ids, start_ms, end_ms)
 
     def _chunk_totals(self, table_ids: list[int], start_ms: int, end_ms: int) -> dict[int, tuple[int, int]]:
         out: dict[int, tuple[int, int]] = {}
@@ -86,7 +86,7 @@ class SqliteReading(SqliteBase):
 
     async def chunk_frames(self, ids: list[int]) -> dict[int, bytes]:
         """Stored chunks (zstd, without their table) by id; a chunk retention removed meanwhile is absent."""
-        return await self.db.run(self._chunk_frames, ids)
+        return await self.db.run_read(self._chunk_frames, ids)
 
     def _chunk_frames(self, ids: list[int]) -> dict[int, bytes]:
         out: dict[int, bytes] = {}
@@ -98,7 +98,7 @@ class SqliteReading(SqliteBase):
 
     async def metric_names(self) -> list[str]:
         """Every metric name a stored table holds."""
-        return await self.db.run(self._metric_names)
+        return await self.db.run_read(self._metric_names)
 
     def _metric_names(self) -> list[str]:
         with self.db.read() as conn:
@@ -106,7 +106,7 @@ class SqliteReading(SqliteBase):
 
     async def label_values(self, name: str) -> list[str]:
         """Every value of label ``name`` a stored table holds (:mod:`collector.store.label_index`)."""
-        return await self.db.run(self._label_values, name)
+        return await self.db.run_read(self._label_values, name)
 
     def _label_values(self, name: str) -> list[str]:
         with self.db.read() as conn:
@@ -115,7 +115,7 @@ class SqliteReading(SqliteBase):
 
     async def tables_with(self, name: str, values: list[str]) -> set[int]:
         """The tables that hold label ``name`` with one of ``values`` (or may: a superset)."""
-        return await self.db.run(self._tables_with, name, values)
+        return await self.db.run_read(self._tables_with, name, values)
 
     def _tables_with(self, name: str, values: list[str]) -> set[int]:
         found: set[int] = set()
