@@ -21,21 +21,20 @@ waited for until systemd's SIGKILL.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Literal, ParamSpec, TypeVar
 
 import sqlite_utils
 
+from backhaul.call_thread import CallThread, finish
 from backhaul.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -139,42 +138,6 @@ def check(conn: sqlite3.Connection) -> str | None:
     return None if found == ["ok"] else "; ".join(found[:5])
 
 
-class _Thread:
-    """One daemon thread running submitted calls in order (a daemon, so that a call hung in the kernel
-    cannot keep the process from exiting once the shutdown grace is over)."""
-
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            call, future = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(call())
-            except BaseException as exc:
-                future.set_exception(exc)
-
-    def submit(self, call: Callable[[], T]) -> concurrent.futures.Future[T]:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._jobs.put((call, future))
-        return future
-
-    def stop(self) -> None:
-        self._jobs.put(None)
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def is_current(self) -> bool:
-        return threading.current_thread() is self._thread
-
-
 class Database:
     """One SQLite file, its writing connection and the thread that uses it; an async context manager.
 
@@ -207,9 +170,9 @@ class Database:
         self._migrations = migrations
         self._salvage = salvage
         self._conn: sqlite3.Connection | None = None
-        self._thread: _Thread | None = None
+        self._thread: CallThread | None = None
         self._reader: sqlite3.Connection | None = None
-        self._reader_thread: _Thread | None = None
+        self._reader_thread: CallThread | None = None
         self._depth = 0
         self._rollback_hooks: list[Callable[[], None]] = []
         self._entered = False
@@ -371,29 +334,15 @@ class Database:
     async def run(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` on the database thread; ``sqlite3.Error`` becomes StoreError."""
         if self._thread is None:
-            self._thread = _Thread(self.name)
-
-        def call() -> T:
-            try:
-                return fn(*args, **kwargs)
-            except sqlite3.Error as exc:
-                raise translate(exc) from exc
-
-        return await asyncio.wrap_future(self._thread.submit(call))
+            self._thread = CallThread(self.name)
+        return await _translated(self._thread, functools.partial(fn, *args, **kwargs))
 
     async def run_read(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` on the reader thread, where :meth:`read` uses the reader's connection: for reads
         only (a write there fails: the connection is ``query_only``)."""
         if self._reader_thread is None:
-            self._reader_thread = _Thread(f"{self.name}-reader")
-
-        def call() -> T:
-            try:
-                return fn(*args, **kwargs)
-            except sqlite3.Error as exc:
-                raise translate(exc) from exc
-
-        return await asyncio.wrap_future(self._reader_thread.submit(call))
+            self._reader_thread = CallThread(f"{self.name}-reader")
+        return await _translated(self._reader_thread, functools.partial(fn, *args, **kwargs))
 
     async def __aenter__(self) -> Database:
         if self._entered:
@@ -418,19 +367,21 @@ class Database:
         """
         reader, self._reader_thread = self._reader_thread, None
         if reader is not None:
-            try:
-                await asyncio.wait_for(asyncio.wrap_future(reader.submit(self._close_reader)), grace)
-            except TimeoutError:
-                log.error("%s: the reader thread did not close within %s s; abandoning it", self.name, grace)
-            finally:
-                reader.stop()
+            await finish(reader, self._close_reader, grace, f"{self.name}: the reader thread")
         thread, self._thread = self._thread, None
         if thread is None:
             self.close()
             return
+        await finish(thread, self.close, grace, f"{self.name}: the database thread")
+
+
+async def _translated(thread: CallThread, call: Callable[[], T]) -> T:
+    """``call`` on ``thread``; ``sqlite3.Error`` becomes StoreError."""
+
+    def translating() -> T:
         try:
-            await asyncio.wait_for(asyncio.wrap_future(thread.submit(self.close)), grace)
-        except TimeoutError:
-            log.error("%s: the database thread did not close within %s s; abandoning it", self.name, grace)
-        finally:
-            thread.stop()
+            return call()
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+
+    return await asyncio.wrap_future(thread.submit(translating))
