@@ -39,6 +39,9 @@ from backhaul.errors import StoreError
 
 log = logging.getLogger(__name__)
 
+# How long a statement waits for a lock another connection holds (the writer and the reader alike).
+BUSY_TIMEOUT_MS = 5000
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -70,7 +73,7 @@ def connect(path: Path, synchronous: Synchronous, page_size: int | None = None) 
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
-        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         # First, so that no write below is synced at another level than the configured one.
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         (pages,) = conn.execute("PRAGMA page_count").fetchone()
@@ -301,7 +304,7 @@ class Database:
             if self._conn is None:
                 raise StoreError(f"{self.name}: database is not open", transient=False)
             reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            reader.execute("PRAGMA busy_timeout = 5000")
+            reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             reader.execute("PRAGMA query_only = ON")
             self._reader = reader
         return self._reader
