@@ -30,6 +30,13 @@ ODD = "\uffff"
 # UTF-8 bytes of a name or value kept as is; longer ones become ODD (PostgreSQL's B-tree keys are
 # limited to about 2.7 KB, and long values are never what an index lookup is fast for).
 MAX_KEPT_BYTES = 256
+# Every metric name of ``table_names``, one index seek per distinct name (a skip scan: both
+# SQLite and PostgreSQL would otherwise read every row, 13x slower on a fuzz run's 250,000).
+METRIC_NAMES_SQL = (
+    "WITH RECURSIVE names(name) AS (SELECT min(name) FROM table_names"
+    " UNION ALL SELECT (SELECT min(name) FROM table_names WHERE name > names.name) FROM names"
+    " WHERE names.name IS NOT NULL) SELECT name FROM names WHERE name IS NOT NULL"
+)
 
 
 def _kept(text: str) -> str:

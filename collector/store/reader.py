@@ -34,6 +34,7 @@ from backhaul.wire.series import Labels
 from collector.store.cache import BoundedCache
 from collector.store.chunks import TableInfo, read_series, scan
 from collector.store.matching import (
+    NO_LIMIT,
     NO_LIMITS,
     DevicePlan,
     LabelIndex,
@@ -55,7 +56,13 @@ class Source(LabelIndex, Protocol):
     """What a reader needs of a store (:class:`collector.store.Store` has it)."""
 
     async def tables(
-        self, start_ms: int, end_ms: int, devices: list[str] | None = None, names: list[str] | None = None
+        self,
+        start_ms: int,
+        end_ms: int,
+        devices: list[str] | None = None,
+        names: list[str] | None = None,
+        within: set[int] | None = None,
+        limit: int | None = None,
     ) -> list[TableRef]: ...
     async def table_data(self, ids: list[int]) -> dict[int, bytes]: ...
     async def chunk_refs(self, table_ids: list[int], start_ms: int, end_ms: int) -> list[ChunkRef]: ...
@@ -123,15 +130,23 @@ class Reader:
         """What the selectors choose in ``[start_ms, end_ms]``; raises OverLimit past ``limits``."""
         names = await self._names(selectors)
         devices = narrowing(selectors, self._device_label)
-        refs = await self._store.tables(
-            start_ms, end_ms, sorted(set(devices[0])) if devices and not devices[1] else None, names
-        )
         candidates = await label_candidates(self._store, selectors, self._device_label)
-        if candidates is not None:
-            refs = [r for r in refs if r.id in candidates]
+        # one table past the limit tells that the limit is passed, without listing them all
+        refs = (
+            []
+            if candidates == set()
+            else await self._store.tables(
+                start_ms,
+                end_ms,
+                sorted(set(devices[0])) if devices and not devices[1] else None,
+                names,
+                candidates,
+                limits.max_tables + 1 if limits.max_tables < NO_LIMIT else None,
+            )
+        )
         if len(refs) > limits.max_tables:
             raise OverLimit(
-                f"the selection spans {len(refs)} stored series tables, over the limit of {limits.max_tables}"
+                f"the selection spans more than {limits.max_tables} stored series tables"
                 " ([export] max_tables): narrow the selector (a label value) or the time range",
                 "max_tables",
             )

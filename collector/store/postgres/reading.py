@@ -3,17 +3,23 @@
 
 from __future__ import annotations
 
-from collector.store.label_index import ODD
+from collector.store.label_index import METRIC_NAMES_SQL, ODD
 from collector.store.postgres.base import PostgresBase
 from collector.store.records import ChunkRef, TableRef
 
 
 class PostgresReading(PostgresBase):
     async def tables(
-        self, start_ms: int, end_ms: int, devices: list[str] | None = None, names: list[str] | None = None
+        self,
+        start_ms: int,
+        end_ms: int,
+        devices: list[str] | None = None,
+        names: list[str] | None = None,
+        within: set[int] | None = None,
+        limit: int | None = None,
     ) -> list[TableRef]:
-        """Tables with chunks in ``[start_ms, end_ms]``, of those devices and holding those metric
-        names (None: any)."""
+        """Tables with chunks in ``[start_ms, end_ms]``, of those devices, holding those metric names
+        and among the ids ``within`` (None: any), by device then id; at most ``limit`` of them."""
         sql = "SELECT id, device, digest FROM chunk_tables WHERE chunks > 0 AND max_ts >= $1 AND min_ts <= $2"
         args: list[object] = [start_ms, end_ms]
         if devices is not None:
@@ -22,7 +28,14 @@ class PostgresReading(PostgresBase):
         if names is not None:
             args.append(names)
             sql += f" AND id IN (SELECT table_id FROM table_names WHERE name = ANY(${len(args)}::text[]))"
-        rows = await self._fetch(sql + " ORDER BY device, id", *args)
+        if within is not None:
+            args.append(sorted(within))
+            sql += f" AND id = ANY(${len(args)}::bigint[])"
+        sql += " ORDER BY device, id"
+        if limit is not None:
+            args.append(limit)
+            sql += f" LIMIT ${len(args)}"
+        rows = await self._fetch(sql, *args)
         return [TableRef(r["id"], r["device"], r["digest"]) for r in rows]
 
     async def table_data(self, ids: list[int]) -> dict[int, bytes]:
@@ -60,7 +73,7 @@ class PostgresReading(PostgresBase):
 
     async def metric_names(self) -> list[str]:
         """Every metric name a stored table holds."""
-        return [r["name"] for r in await self._fetch("SELECT DISTINCT name FROM table_names")]
+        return [r["name"] for r in await self._fetch(METRIC_NAMES_SQL)]
 
     async def label_values(self, name: str) -> list[str]:
         """Every value of label ``name`` a stored table holds (:mod:`collector.store.label_index`)."""

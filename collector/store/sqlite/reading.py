@@ -5,7 +5,7 @@ and time range, the chunk index, the chunks themselves (the decoding is the read
 
 from __future__ import annotations
 
-from collector.store.label_index import ODD
+from collector.store.label_index import METRIC_NAMES_SQL, ODD
 from collector.store.records import ChunkRef, TableRef
 from collector.store.sqlite.base import SqliteBase
 
@@ -19,25 +19,53 @@ def _pages(ids: list[int]) -> list[list[int]]:
 
 class SqliteReading(SqliteBase):
     async def tables(
-        self, start_ms: int, end_ms: int, devices: list[str] | None = None, names: list[str] | None = None
+        self,
+        start_ms: int,
+        end_ms: int,
+        devices: list[str] | None = None,
+        names: list[str] | None = None,
+        within: set[int] | None = None,
+        limit: int | None = None,
     ) -> list[TableRef]:
-        """Tables with chunks in ``[start_ms, end_ms]``, of those devices and holding those metric
-        names (None: any)."""
-        return await self.db.run_read(self._find_tables, start_ms, end_ms, devices, names)
+        """Tables with chunks in ``[start_ms, end_ms]``, of those devices, holding those metric names
+        and among the ids ``within`` (None: any), by device then id; at most ``limit`` of them."""
+        return await self.db.run_read(self._find_tables, start_ms, end_ms, devices, names, within, limit)
 
     def _find_tables(
-        self, start_ms: int, end_ms: int, devices: list[str] | None, names: list[str] | None
+        self,
+        start_ms: int,
+        end_ms: int,
+        devices: list[str] | None,
+        names: list[str] | None,
+        within: set[int] | None,
+        limit: int | None,
     ) -> list[TableRef]:
-        sql = "SELECT id, device, digest FROM chunk_tables WHERE chunks > 0 AND max_ts >= ? AND min_ts <= ?"
-        args: list[object] = [start_ms, end_ms]
+        # Rows are streamed and the scan stops at the limit: a selector that spans every stored
+        # table costs as much as ``limit`` of them, not a list of all (a fuzz run's store of 30,000
+        # tables took 0.5 s per such export, and eight at once queued for seconds). By name, the
+        # walk starts from the name index, so nothing is built before the first row.
+        if names is None:
+            sql = "SELECT id, device, digest FROM chunk_tables t WHERE"
+            args: list[object] = []
+        else:
+            sql = (
+                "SELECT t.id, t.device, t.digest FROM table_names n JOIN chunk_tables t ON t.id = n.table_id"
+                f" WHERE n.name IN ({','.join('?' * len(names))}) AND"
+            )
+            args = list(names)
+        sql += " t.chunks > 0 AND t.max_ts >= ? AND t.min_ts <= ?"
+        args += [start_ms, end_ms]
         if devices is not None:
-            sql += f" AND device IN ({','.join('?' * len(devices))})"
+            sql += f" AND t.device IN ({','.join('?' * len(devices))})"
             args += devices
-        if names is not None:
-            sql += f" AND id IN (SELECT table_id FROM table_names WHERE name IN ({','.join('?' * len(names))}))"
-            args += names
+        found: dict[int, TableRef] = {}
         with self.db.read() as conn:
-            return [TableRef(*row) for row in conn.execute(sql + " ORDER BY device, id", args)]
+            for table_id, device, digest in conn.execute(sql, args):
+                if (within is None or table_id in within) and table_id not in found:
+                    found[table_id] = TableRef(table_id, device, digest)
+                    if limit is not None and len(found) >= limit:
+                        break
+        return sorted(found.values(), key=lambda r: (r.device, r.id))
 
     async def table_data(self, ids: list[int]) -> dict[int, bytes]:
         """The tables' JSON, zstd-compressed, by id."""
@@ -102,7 +130,7 @@ class SqliteReading(SqliteBase):
 
     def _metric_names(self) -> list[str]:
         with self.db.read() as conn:
-            return [name for (name,) in conn.execute("SELECT DISTINCT name FROM table_names")]
+            return [name for (name,) in conn.execute(METRIC_NAMES_SQL)]
 
     async def label_values(self, name: str) -> list[str]:
         """Every value of label ``name`` a stored table holds (:mod:`collector.store.label_index`)."""
