@@ -32,6 +32,10 @@ def test_a_short_budget_sends_summaries_first_then_the_full_data_once_it_renews(
             "summary_interval": INTERVAL_MS / 1000,
         },
         clock_offset=offset_to_before_midnight(120, "UTC"),
+        # The moved clock only brings midnight near; the samples are stamped by the real one. Left
+        # on, correction takes them for the agent's own once the machine's uptime is longer than
+        # the time to midnight (the era then reaches back to them) and shifts them by the offset.
+        clock={"correct": False},
     )
     start = (int(time.time() * 1000) - 900_000) // INTERVAL_MS * INTERVAL_MS  # ten minutes, 15 minutes ago
     scrapes = list(noisy(100, start, 120, interval_ms=5000, seed=5))
