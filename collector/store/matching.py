@@ -16,8 +16,7 @@ from backhaul.wire.series import Labels
 from collector.store.chunks import TableInfo
 from collector.store.records import TableRef
 
-# "No limit": far above any count a store holds.
-NO_LIMIT = 2**62
+_NO_LIMIT = 2**62
 
 
 class LabelIndex(Protocol):
@@ -32,9 +31,9 @@ class Limits:
     """Args: series and samples (an upper bound, see :mod:`collector.store.reader`) one read may
     return, and stored series tables it may match (each is parsed: the plan's cost)."""
 
-    max_series: int = NO_LIMIT
-    max_samples: int = NO_LIMIT
-    max_tables: int = NO_LIMIT
+    max_series: int = _NO_LIMIT
+    max_samples: int = _NO_LIMIT
+    max_tables: int = _NO_LIMIT
 
 
 @dataclass

@@ -34,7 +34,6 @@ from backhaul.wire.series import Labels
 from collector.store.cache import BoundedCache
 from collector.store.chunks import TableInfo, read_series, scan
 from collector.store.matching import (
-    NO_LIMIT,
     NO_LIMITS,
     DevicePlan,
     LabelIndex,
@@ -141,7 +140,7 @@ class Reader:
                 sorted(set(devices[0])) if devices and not devices[1] else None,
                 names,
                 candidates,
-                limits.max_tables + 1 if limits.max_tables < NO_LIMIT else None,
+                limits.max_tables + 1,
             )
         )
         if len(refs) > limits.max_tables:

@@ -29,7 +29,7 @@ class PostgresReading(PostgresBase):
             args.append(names)
             sql += f" AND id IN (SELECT table_id FROM table_names WHERE name = ANY(${len(args)}::text[]))"
         if within is not None:
-            args.append(sorted(within))
+            args.append(list(within))
             sql += f" AND id = ANY(${len(args)}::bigint[])"
         sql += " ORDER BY device, id"
         if limit is not None:
