@@ -5,7 +5,8 @@ One real node_exporter is scraped every 5 s by three forwarders at once, each th
 counting pass-through (so each is charged for the samples it was actually served):
 
 - the agent (``backhaul-agent``, default buffer settings: ``synchronous = FULL``) uploading to a real
-  collector;
+  collector, and a second one with ``buffer.source_commit_interval`` (``--source-commit-interval``,
+  60 s) whose scrapes are committed together;
 - vmagent 1.112 (``bench/fetch-vmagent``) remote-writing to a byte sink;
 - Prometheus in agent mode (2.x ``--enable-feature=agent``, 3.x ``--agent``) remote-writing to the sink.
 
@@ -120,22 +121,30 @@ def _token(copy: int) -> str:
     return f"{TOKEN}-{copy}"
 
 
-def agent(workdir: Path, target: str | None, collector_url: str, copy: int) -> Server:
-    port = free_port()
-    scrape: dict[str, Any] = {"interval": f"PT{SCRAPE_SECONDS}S"}
-    if target:
-        scrape["targets"] = [{"job": "node", "url": f"http://{target}/metrics"}]
-    config = {
-        "device_id": _device(copy),
-        "log_level": "WARNING",
-        "listen": {"host": "127.0.0.1", "port": port},
-        "buffer": {"path": workdir / "buffer.db"},
-        "scrape": scrape,
-        "uplink": {"url": f"{collector_url}/api/v1/batches", "token": _token(copy)},
-    }
-    path = write_toml(workdir / "agent.toml", config)
-    argv = [str(BIN / "backhaul-agent"), "run", "--config", str(path)]
-    return Server(Process("agent", argv, workdir / "agent.log"), f"http://127.0.0.1:{port}", "/healthz", workdir)
+def agent(source_commit_seconds: float = 0.0, first_copy: int = 0) -> Maker:
+    """The agent with default settings but ``buffer.source_commit_interval``; copies from
+    ``first_copy`` on get their own device ids and tokens."""
+
+    def make(workdir: Path, target: str | None, collector_url: str, copy: int) -> Server:
+        copy += first_copy
+        port = free_port()
+        scrape: dict[str, Any] = {"interval": f"PT{SCRAPE_SECONDS}S"}
+        if target:
+            scrape["targets"] = [{"job": "node", "url": f"http://{target}/metrics"}]
+        config = {
+            "device_id": _device(copy),
+            "log_level": "WARNING",
+            "listen": {"host": "127.0.0.1", "port": port},
+            "buffer": {"path": workdir / "buffer.db", "source_commit_interval": f"PT{source_commit_seconds:g}S"},
+            "scrape": scrape,
+            "uplink": {"url": f"{collector_url}/api/v1/batches", "token": _token(copy)},
+        }
+        path = write_toml(workdir / "agent.toml", config)
+        argv = [str(BIN / "backhaul-agent"), "run", "--config", str(path)]
+        process = Process("agent", argv, workdir / "agent.log")
+        return Server(process, f"http://127.0.0.1:{port}", "/healthz", workdir)
+
+    return make
 
 
 def vmagent(binary: str) -> Maker:
@@ -245,13 +254,13 @@ def _phase(
 
 
 def collector(workdir: Path) -> Server:
-    """A real collector (embedded SQLite store, synchronous = FULL) that knows both agents' devices."""
+    """A real collector (embedded SQLite store, synchronous = FULL) that knows every agent's devices."""
     port = free_port()
     config = {
         "log_level": "WARNING",
         "listen": {"host": "127.0.0.1", "port": port},
         "store": {"path": workdir / "collector.db"},
-        "devices": [{"id": _device(copy), "token": _token(copy)} for copy in (0, 1)],
+        "devices": [{"id": _device(copy), "token": _token(copy)} for copy in range(4)],
         "read": READ,
     }
     path = write_toml(workdir / "collector.toml", config)
@@ -271,7 +280,9 @@ def run(args: argparse.Namespace) -> list[Figures]:
         try:
             node.start().wait_ready(f"http://127.0.0.1:{node_port}/metrics", 30)
             cloud.start()
-            makers: list[tuple[str, Maker, str]] = [("agent", agent, cloud.url)]
+            makers: list[tuple[str, Maker, str]] = [("agent", agent(), cloud.url)]
+            if args.source_commit_interval:
+                makers.append(("agent-deferred", agent(args.source_commit_interval, first_copy=2), cloud.url))
             if args.vmagent:
                 makers.append(("vmagent", vmagent(args.vmagent), sink.url))
             if args.prometheus:
@@ -306,14 +317,17 @@ def run(args: argparse.Namespace) -> list[Figures]:
     return list(figures.values())
 
 
-def rows(figures: list[Figures]) -> list[Row]:
+def rows(figures: list[Figures], args_interval: float = 0.0) -> list[Row]:
+    """The table: the agent with default settings against its references (and against itself with
+    ``buffer.source_commit_interval = args_interval`` when that ran)."""
     ours, refs = figures[0], figures[1:]
 
     def row(figure: str, value: Callable[[Figures], float | None], target: str, fmt: str = "{:.2f}") -> Row:
         return Row(figure, value(ours), [(label(f), value(f)) for f in refs], target, fmt)
 
     def label(f: Figures) -> str:
-        return {"vmagent": "vmagent 1.112", "prometheus": "Prometheus agent mode"}.get(f.name, f.name)
+        names = {"vmagent": "vmagent 1.112", "prometheus": "Prometheus agent mode"}
+        return names.get(f.name, f"backhaul, source_commit_interval {args_interval:g} s")
 
     vm_cpu = next((f.per_sample(f.cpu_seconds * 1e6) for f in refs if f.name == "vmagent"), None)
     per_million = [(label(f), f.per_sample(f.cpu_seconds * 1e6)) for f in refs]
@@ -350,6 +364,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--node-exporter", default=shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
     )
+    ap.add_argument(
+        "--source-commit-interval",
+        type=float,
+        default=60.0,
+        help="seconds; also run the agent with buffer.source_commit_interval set so (60; 0: not)",
+    )
     ap.add_argument("--workdir", default=None, help="where the forwarders keep their files (a real disk, not tmpfs)")
     args = ap.parse_args(argv)
     # --quick changes the defaults only: a window given on the command line is kept
@@ -366,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         print("footprint: needs node_exporter (prometheus-node-exporter) and strace", file=sys.stderr)
         return 1
     figures = run(args)
-    table = render(rows(figures))
+    table = render(rows(figures, args.source_commit_interval))
     versions = f"Prometheus {prometheus_version(args.prometheus)}" if args.prometheus else "no Prometheus"
     print()
     print(

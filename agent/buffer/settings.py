@@ -23,6 +23,12 @@ class BufferSettings(Section):
     synchronous: Synchronous = "FULL"
     # Group commit: how long to gather further requests into one transaction.
     commit_delay_ms: float = Field(2.0, ge=0, le=1000)
+    # The agent's own sources (scrapes, host metrics, its self-scrape) answer to nobody: their passes
+    # may wait this long in memory and be committed together, which divides the flash pages written
+    # per sample by the number of passes per commit. A crash or power cut loses at most this long of
+    # them (backhaul_buffer_source_samples_waiting shows what waits); pushed samples are unaffected.
+    # 0: every pass is committed at once, as a pushed request is.
+    source_commit_interval: timedelta = Field(timedelta(0), ge=timedelta(0), le=timedelta(minutes=10))
     # Requests waiting for a commit above this many samples are answered 503 (sender retries).
     max_pending_samples: int = Field(2_000_000, ge=1000)
     # Small chunks (one per commit) are merged in the background into chunks of about this size.

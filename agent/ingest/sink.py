@@ -4,18 +4,24 @@ They go through the same staging and group commit as remote write. Nobody waits 
 each source awaits its commit anyway, so a slow disk slows the sources down (backpressure) instead of
 letting samples pile up in memory. A failed commit (disk full, overloaded, shutting down) loses that
 one pass: it is counted and logged, and the source carries on at its next interval.
+
+With ``buffer.source_commit_interval`` the sources do not wait: their passes gather in staging and
+are committed together (:meth:`agent.buffer.staging.Staging.defer`), and each pass is counted, or
+counted as failed, when that commit settles. Backpressure is then staging's cap on waiting samples.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter
 
 from agent.buffer.staging import Staging
 from agent.clock.keeper import TimeKeeper
+from agent.clock.split import Split
 from agent.ingest.metrics import IngestMetrics
 from backhaul.errors import StoreError, Unavailable
 from backhaul.wire.histogram import HistogramSeriesMap
@@ -117,19 +123,8 @@ class SampleSink:
                 self._observe(kept)
             except Exception:  # a rule bug must never cost the samples
                 log.exception("%s: alert rules failed on a scrape", source)
-        try:
-            await self._staging.submit(kept, samples, dropped, None, kept_h, families)
-        except (Unavailable, StoreError) as exc:
-            self.failures.labels(source).inc()
-            log.warning("%s: %d samples not buffered: %s", source, samples, exc)
-            return False
-        self._families.committed(families, now_ms)
-        self.committed.labels(source).inc(samples)
-        if too_old:
-            self._metrics.samples_dropped.labels("too_old").inc(too_old)
-        if too_new:
-            self._metrics.samples_dropped.labels("too_far_in_future").inc(too_new)
-        return True
+        drops = {"too_old": too_old, "too_far_in_future": too_new}
+        return await self._stage(source, kept, samples, dropped, None, kept_h, families, now_ms, drops, None)
 
     async def _commit_split(
         self, source: str, series: SeriesMap, histograms: HistogramSeriesMap | None, metadata: MetadataMap | None
@@ -151,15 +146,65 @@ class SampleSink:
                 self._observe(series)
             except Exception:  # a rule bug must never cost the samples
                 log.exception("%s: alert rules failed on a scrape", source)
+        return await self._stage(
+            source, done.ready, samples, dropped, done.held, histograms, families, now_ms, done.dropped, done
+        )
+
+    async def _stage(
+        self,
+        source: str,
+        series: SeriesMap,
+        samples: int,
+        dropped: int,
+        held: Mapping[int, SeriesMap] | None,
+        histograms: HistogramSeriesMap,
+        families: MetadataMap,
+        now_ms: int,
+        drops: Mapping[str, int],
+        done: Split | None,
+    ) -> bool:
+        """Hand one pass to staging: awaited when every pass commits at once, else deferred
+        (``buffer.source_commit_interval``) and counted when its commit settles."""
         try:
-            await self._staging.submit(done.ready, samples, dropped, done.held, histograms, families)
+            if self._staging.defer_for <= 0:
+                await self._staging.submit(series, samples, dropped, held, histograms, families)
+            else:
+                pending = self._staging.defer(series, samples, dropped, held, histograms, families)
         except (Unavailable, StoreError) as exc:
-            self.failures.labels(source).inc()
-            log.warning("%s: %d samples not buffered: %s", source, samples, exc)
+            self._failed(source, samples, exc)
             return False
-        self._time.committed(done)
+        if self._staging.defer_for <= 0:
+            self._settled(source, samples, families, now_ms, drops, done)
+            return True
+
+        def settle(future: asyncio.Future[None]) -> None:
+            exc = future.exception()
+            if exc is None:
+                self._settled(source, samples, families, now_ms, drops, done)
+            else:
+                self._failed(source, samples, exc)
+
+        pending.add_done_callback(settle)
+        return True
+
+    def _failed(self, source: str, samples: int, exc: BaseException) -> None:
+        self.failures.labels(source).inc()
+        log.warning("%s: %d samples not buffered: %s", source, samples, exc)
+
+    def _settled(
+        self,
+        source: str,
+        samples: int,
+        families: MetadataMap,
+        now_ms: int,
+        drops: Mapping[str, int],
+        done: Split | None,
+    ) -> None:
+        """The pass is durable: count it (and what the clock keeper corrected or holds)."""
+        if done is not None and self._time is not None:
+            self._time.committed(done)
         self._families.committed(families, now_ms)
         self.committed.labels(source).inc(samples)
-        for reason, count in done.dropped.items():
-            self._metrics.samples_dropped.labels(reason).inc(count)
-        return True
+        for reason, count in drops.items():
+            if count:
+                self._metrics.samples_dropped.labels(reason).inc(count)
