@@ -3,7 +3,8 @@
 The agent's buffer driven directly (:mod:`bench.buffer`, ``synchronous = FULL``), the WAL's automatic
 checkpoint turned off so that every commit's frames stay countable: a scrape of ``--series`` series
 (one sample each, ~4 KB stored: like one node_exporter page) committed, sealed into a batch and acknowledged, and
-the clock keeper's save of the era's end, each repeated ``--rounds`` times; frames per transaction are
+the clock keeper's save of the era's end, each repeated ``--rounds`` times (``--passes-per-commit``
+scrapes merged into each commit, as ``buffer.source_commit_interval`` does); frames per transaction are
 the WAL's growth divided by a frame's size (page + 24-byte header), averaged.
 
     .venv/bin/python -m bench.wal_frames
@@ -21,7 +22,7 @@ from typing import TypeVar
 
 from agent.clock import journal
 from agent.clock.eras import EraBook
-from backhaul.wire.series import SeriesMap
+from backhaul.wire.series import SeriesMap, merge_owned
 from bench.buffer import open_store
 
 T = TypeVar("T")
@@ -47,7 +48,12 @@ def _wal_bytes(path: Path) -> int:
     return wal.stat().st_size if wal.exists() else 0
 
 
-def measure(series: int, rounds: int, chunks_per_batch: int) -> dict[str, float]:
+def _passes(series: int, k: int, passes: int) -> SeriesMap:
+    """``passes`` scrapes ending with scrape ``k``, merged as staging merges the passes it deferred."""
+    return merge_owned([_scrape(series, j) for j in range(k - passes + 1, k + 1)])
+
+
+def measure(series: int, rounds: int, chunks_per_batch: int, passes: int = 1) -> dict[str, float]:
     """Average frames per transaction, by kind."""
     frames: dict[str, list[int]] = {"commit": [], "claim": [], "ack": [], "era save": []}
     with tempfile.TemporaryDirectory(dir=Path.home()) as tmp:  # a real disk, not tmpfs
@@ -74,8 +80,8 @@ def measure(series: int, rounds: int, chunks_per_batch: int) -> dict[str, float]
             sizes: list[int] = []
             for r in range(rounds + 2):
                 for _ in range(chunks_per_batch):
-                    k += 1
-                    counted("commit", partial(store.append, _scrape(series, k), 0, NOW_MS + k * STEP_MS))
+                    k += passes
+                    counted("commit", partial(store.append, _passes(series, k, passes), 0, NOW_MS + k * STEP_MS))
                 sizes.append(store.conn.execute("SELECT coalesce(sum(length(data)), 0) FROM chunks").fetchone()[0])
                 batch = counted("claim", partial(store.claim, 4 << 20, NOW_MS + k * STEP_MS, False))
                 assert batch is not None
@@ -94,11 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--series", type=int, default=507, help="series per scrape (node_exporter 1.5.0: 507)")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--chunks-per-batch", type=int, default=1, help="commits sealed into each batch")
+    ap.add_argument(
+        "--passes-per-commit", type=int, default=1, help="scrapes per commit (buffer.source_commit_interval / 5 s)"
+    )
     args = ap.parse_args(argv)
-    result = measure(args.series, args.rounds, args.chunks_per_batch)
+    result = measure(args.series, args.rounds, args.chunks_per_batch, args.passes_per_commit)
     print(
-        f"WAL frames per transaction ({args.series} series per commit, {args.chunks_per_batch} commit(s) per batch,"
-        f" {args.rounds} rounds, synchronous = FULL)"
+        f"WAL frames per transaction ({args.series} series, {args.passes_per_commit} scrape(s) per commit,"
+        f" {args.chunks_per_batch} commit(s) per batch, {args.rounds} rounds, synchronous = FULL)"
     )
     for kind, n in result.items():
         print(f"  {kind:<9} {n:6.2f}")

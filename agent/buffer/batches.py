@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from agent.buffer.records import LOSS_KEYS, Batch, UsageRow
+from agent.buffer.schema import IN_BATCH, UNCLAIMED
 from agent.buffer.summaries import Summaries
 
 # A chunk too big for a batch is split only down to this many bytes (its series table must fit too).
@@ -44,7 +45,7 @@ class Batches(Summaries):
         since = "" if since_ms is None else f" AND max_ts >= {int(since_ms)}"
         with self.db.atomic():
             candidates = self.conn.execute(
-                f"SELECT id, bytes, samples, min_ts, max_ts FROM chunks WHERE batch_seq IS NULL AND hold = 0{since}"
+                f"SELECT id, bytes, samples, min_ts, max_ts FROM chunks WHERE {UNCLAIMED} AND hold = 0{since}"
                 f" ORDER BY {order} LIMIT 10000"
             ).fetchall()
             chosen, changed = self._choose(candidates, max_bytes, now_ms, newest_first, since_ms, strict)
@@ -63,10 +64,10 @@ class Batches(Summaries):
             (seq,) = self.conn.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
             seq += 1
             self.conn.execute("UPDATE meta SET value = ? WHERE key='next_seq'", (seq,))
-            self.conn.executemany("UPDATE chunks SET batch_seq = ? WHERE id = ?", [(seq, c) for c in chosen])
+            self.conn.executemany("INSERT INTO claims (chunk_id, batch_seq) VALUES (?, ?)", [(c, seq) for c in chosen])
             # Counted after merging: a chunk quarantined by the merge is no longer in the batch.
             (samples,) = self.conn.execute(
-                "SELECT coalesce(sum(samples), 0) FROM chunks WHERE batch_seq = ?", (seq,)
+                f"SELECT coalesce(sum(samples), 0) FROM chunks WHERE {IN_BATCH}", (seq,)
             ).fetchone()
             self.conn.execute("INSERT INTO batches (seq, sealed_ms, samples) VALUES (?, ?, ?)", (seq, now_ms, samples))
         if merged or changed:
@@ -138,7 +139,7 @@ class Batches(Summaries):
             (blob, lo, hi) = self.conn.execute(query, (seq,)).fetchone()
             return Batch(seq, sealed_ms, samples, [blob], hi, summary_ms, lo)
         rows = self.conn.execute(
-            "SELECT data, min_ts, max_ts FROM chunks WHERE batch_seq = ? ORDER BY id", (seq,)
+            f"SELECT data, min_ts, max_ts FROM chunks WHERE {IN_BATCH} ORDER BY id", (seq,)
         ).fetchall()
         lo = min((r[1] for r in rows), default=0)
         hi = max((r[2] for r in rows), default=0)
@@ -157,16 +158,14 @@ class Batches(Summaries):
 
     def oldest_unclaimed_ms(self) -> int | None:
         """When the oldest chunk not yet in a batch was written (agent clock, ms), if any."""
-        (oldest,) = self.conn.execute(
-            "SELECT min(created_ms) FROM chunks WHERE batch_seq IS NULL AND hold = 0"
-        ).fetchone()
+        (oldest,) = self.conn.execute(f"SELECT min(created_ms) FROM chunks WHERE {UNCLAIMED} AND hold = 0").fetchone()
         return int(oldest) if oldest is not None else None
 
     def unclaimed(self) -> tuple[int, int, int | None]:
         """Bytes and samples of the chunks not in a batch, and their newest sample's timestamp (ms)."""
         row = self.conn.execute(
             "SELECT coalesce(sum(bytes), 0), coalesce(sum(samples), 0), max(max_ts) FROM chunks"
-            " WHERE batch_seq IS NULL AND hold = 0"
+            f" WHERE {UNCLAIMED} AND hold = 0"
         ).fetchone()
         return int(row[0]), int(row[1]), (int(row[2]) if row[2] is not None else None)
 
@@ -175,10 +174,8 @@ class Batches(Summaries):
         row = self.conn.execute("SELECT seq, summary_ms FROM batches ORDER BY seq LIMIT 1").fetchone()
         if row is None:
             return None
-        table, column = ("summaries", "seq") if row[1] else ("chunks", "batch_seq")
-        (size,) = self.conn.execute(
-            f"SELECT coalesce(sum(length(data)), 0) FROM {table} WHERE {column} = ?", (row[0],)
-        ).fetchone()
+        which = "summaries WHERE seq = ?" if row[1] else f"chunks WHERE {IN_BATCH}"
+        (size,) = self.conn.execute(f"SELECT coalesce(sum(length(data)), 0) FROM {which}", (row[0],)).fetchone()
         return int(size)
 
     def unsent_loss(self) -> int:
@@ -189,7 +186,7 @@ class Batches(Summaries):
     def ack(self, seq: int, reported_loss: int, usage: Sequence[UsageRow] = ()) -> None:
         """The collector stored batch ``seq``: forget its chunks (and save what sending it spent)."""
         with self.db.atomic():
-            self.conn.execute("DELETE FROM chunks WHERE batch_seq = ?", (seq,))
+            self.conn.execute(f"DELETE FROM chunks WHERE {IN_BATCH}", (seq,))
             self.conn.execute("DELETE FROM summaries WHERE seq = ?", (seq,))
             self.conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
             self.conn.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'reported_loss'", (reported_loss,))
@@ -200,7 +197,7 @@ class Batches(Summaries):
     def release(self, seq: int) -> None:
         """Unseal batch ``seq`` (the collector refused it whole): its chunks become claimable again."""
         with self.db.atomic():
-            self.conn.execute("UPDATE chunks SET batch_seq = NULL WHERE batch_seq = ?", (seq,))
+            self.conn.execute("DELETE FROM claims WHERE batch_seq = ?", (seq,))
             self.conn.execute("DELETE FROM summaries WHERE seq = ?", (seq,))
             self.conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
 
@@ -208,9 +205,9 @@ class Batches(Summaries):
         """Drop batch ``seq`` for good (the collector refused even a single chunk); count it."""
         with self.db.atomic():
             (samples,) = self.conn.execute(
-                "SELECT coalesce(sum(samples), 0) FROM chunks WHERE batch_seq = ?", (seq,)
+                f"SELECT coalesce(sum(samples), 0) FROM chunks WHERE {IN_BATCH}", (seq,)
             ).fetchone()
-            self.conn.execute("DELETE FROM chunks WHERE batch_seq = ?", (seq,))
+            self.conn.execute(f"DELETE FROM chunks WHERE {IN_BATCH}", (seq,))
             self.conn.execute("DELETE FROM summaries WHERE seq = ?", (seq,))
             self.conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
             self._bump("rejected_samples", samples)

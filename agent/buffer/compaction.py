@@ -7,6 +7,7 @@ import logging
 
 from agent.buffer import recovery
 from agent.buffer.core import StoreCore
+from agent.buffer.schema import UNCLAIMED
 from backhaul.wire import WireError
 from backhaul.wire.chunk import Contents
 from backhaul.wire.metadata import MetadataMap
@@ -26,7 +27,7 @@ class Compaction(StoreCore):
         same database thread, wait at most one merge behind it.
         """
         rows = self.conn.execute(
-            "SELECT id, samples FROM chunks WHERE batch_seq IS NULL AND hold = 0 ORDER BY id LIMIT ?", (max_chunks,)
+            f"SELECT id, samples FROM chunks WHERE {UNCLAIMED} AND hold = 0 ORDER BY id LIMIT ?", (max_chunks,)
         ).fetchall()
         runs = self._small_runs(rows)[:max_runs]
         merged_away = sum(self._merge(group, now_ms) for group in runs)
@@ -65,7 +66,7 @@ class Compaction(StoreCore):
         parts: list[Contents] = []
         with self.db.atomic():
             rows = self.conn.execute(
-                f"SELECT id, samples, data, min_ts, max_ts FROM chunks WHERE id IN ({marks}) AND batch_seq IS NULL"
+                f"SELECT id, samples, data, min_ts, max_ts FROM chunks WHERE id IN ({marks}) AND {UNCLAIMED}"
                 " ORDER BY id",
                 ids,
             ).fetchall()

@@ -17,6 +17,7 @@ import logging
 
 from agent.buffer import recovery
 from agent.buffer.compaction import Compaction
+from agent.buffer.schema import UNCLAIMED
 from backhaul.wire import WireError
 from backhaul.wire.series import SeriesMap, merge_owned, sample_count, time_range
 
@@ -29,7 +30,7 @@ class Holds(Compaction):
     def held(self) -> dict[int, int]:
         """Samples held, by tag."""
         rows = self.conn.execute(
-            "SELECT hold, sum(samples) FROM chunks WHERE hold != 0 AND batch_seq IS NULL GROUP BY hold"
+            f"SELECT hold, sum(samples) FROM chunks WHERE hold != 0 AND {UNCLAIMED} GROUP BY hold"
         ).fetchall()
         return {int(tag): int(samples) for tag, samples in rows}
 
@@ -37,9 +38,9 @@ class Holds(Compaction):
         """The chunks held under ``tag`` may be sent as they are; returns their samples."""
         with self.db.atomic():
             (samples,) = self.conn.execute(
-                "SELECT coalesce(sum(samples), 0) FROM chunks WHERE hold = ? AND batch_seq IS NULL", (tag,)
+                f"SELECT coalesce(sum(samples), 0) FROM chunks WHERE hold = ? AND {UNCLAIMED}", (tag,)
             ).fetchone()
-            self.conn.execute("UPDATE chunks SET hold = 0 WHERE hold = ? AND batch_seq IS NULL", (tag,))
+            self.conn.execute(f"UPDATE chunks SET hold = 0 WHERE hold = ? AND {UNCLAIMED}", (tag,))
         self._recount()
         return int(samples)
 
@@ -49,7 +50,7 @@ class Holds(Compaction):
         none are left). Bounded per call, so that commits of fresh data queued on the database
         thread wait for one such step at most. A chunk that does not decode is quarantined."""
         rows = self.conn.execute(
-            "SELECT id, samples, data FROM chunks WHERE hold = ? AND batch_seq IS NULL ORDER BY id LIMIT ?",
+            f"SELECT id, samples, data FROM chunks WHERE hold = ? AND {UNCLAIMED} ORDER BY id LIMIT ?",
             (tag, max_chunks),
         ).fetchall()
         if not rows:
@@ -92,7 +93,7 @@ class Holds(Compaction):
     def drop_hold(self, tag: int, before_ts: int | None = None) -> int:
         """Delete the chunks held under ``tag`` (only those whose newest sample is older than
         ``before_ts``, when given), counting their samples as expired; returns how many."""
-        where = "hold = ? AND batch_seq IS NULL" + ("" if before_ts is None else " AND max_ts < ?")
+        where = f"hold = ? AND {UNCLAIMED}" + ("" if before_ts is None else " AND max_ts < ?")
         args: tuple[int, ...] = (tag,) if before_ts is None else (tag, before_ts)
         with self.db.atomic():
             (samples,) = self.conn.execute(

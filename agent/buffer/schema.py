@@ -1,7 +1,7 @@
 """The buffer database's schema, as explicit numbered migrations (tracked in PRAGMA user_version).
 
 Inspect a buffer with the sqlite-utils CLI, e.g. ``sqlite-utils tables buffer.db --counts`` or
-``sqlite-utils query buffer.db "select id, samples, bytes, batch_seq from chunks"``.
+``sqlite-utils query buffer.db "select id, samples, bytes, batch_seq from chunks join claims on chunk_id = id"``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,13 @@ def _v1(db: sqlite_utils.Database) -> None:
 
 
 MIGRATIONS: list[sqlite.Migration] = [_v1]
+
+
+# Since v6 a chunk's batch is a row of ``claims``, never a column of the chunk: claiming must not
+# rewrite the chunk's record (and its overflow pages). The queries of agent/buffer say which chunks
+# they mean with these.
+UNCLAIMED = "id NOT IN (SELECT chunk_id FROM claims)"
+IN_BATCH = "id IN (SELECT chunk_id FROM claims WHERE batch_seq = ?)"
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -127,3 +134,21 @@ def _v5_footprint(db: sqlite_utils.Database) -> None:
 
 
 MIGRATIONS.append(_v5_footprint)
+
+
+def _v6_claims(db: sqlite_utils.Database) -> None:
+    # Issue 16, flash writes: ``UPDATE chunks SET batch_seq`` grew each claimed chunk's record, so
+    # SQLite wrote all of it again (a 60 s chunk: 15 WAL frames for a claim instead of ~4). Batch
+    # membership moves to a table of its own; ``chunks.batch_seq`` stays, always NULL, so that the
+    # upgrade rewrites only the chunks in flight, not the buffer.
+    db.execute("CREATE TABLE claims (chunk_id INTEGER PRIMARY KEY, batch_seq INTEGER NOT NULL)")
+    db.execute("INSERT INTO claims SELECT id, batch_seq FROM chunks WHERE batch_seq IS NOT NULL")
+    db.execute("UPDATE chunks SET batch_seq = NULL WHERE batch_seq IS NOT NULL")
+    db.execute("DROP INDEX chunks_claimed")
+    # However a chunk leaves (ack, reject, expiry, eviction), its claim goes with it.
+    db.execute(
+        "CREATE TRIGGER chunks_unclaim AFTER DELETE ON chunks BEGIN DELETE FROM claims WHERE chunk_id = OLD.id; END"
+    )
+
+
+MIGRATIONS.append(_v6_claims)

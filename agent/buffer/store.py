@@ -6,7 +6,7 @@ Every method here is synchronous and must run on the store's own thread: async c
 Invariants:
 - A chunk is written in the same transaction that updates the loss counters of whatever it evicted,
   so after any crash the counters and the data agree.
-- A chunk claimed by a batch (``batch_seq`` set) is never evicted, compacted or expired: the batch
+- A chunk claimed by a batch (a row in ``claims``) is never evicted, compacted or expired: the batch
   must be re-sent byte for byte until the collector acknowledges it.
 - ``bytes`` (the compressed size) is what the budget counts; SQLite's page overhead comes on top.
 - A held chunk (``hold`` set) counts towards the budget and may be evicted like any other, but is
@@ -21,6 +21,7 @@ import os
 from agent.buffer.batches import Batches
 from agent.buffer.holds import Holds
 from agent.buffer.records import LOSS_KEYS, Batch, Losses, Totals
+from agent.buffer.schema import IN_BATCH, UNCLAIMED
 from backhaul.errors import StoreError
 from backhaul.wire.histogram import HistogramSeriesMap
 from backhaul.wire.metadata import MetadataMap
@@ -113,7 +114,7 @@ class BufferStore(Batches, Holds):
         losses = Losses()
         while total > limit:
             victims = self.conn.execute(
-                "SELECT id, bytes, samples FROM chunks WHERE batch_seq IS NULL ORDER BY id LIMIT 64"
+                f"SELECT id, bytes, samples FROM chunks WHERE {UNCLAIMED} ORDER BY id LIMIT 64"
             ).fetchall()
             if not victims:
                 break  # only chunks in flight remain; the config check keeps them well under budget
@@ -137,17 +138,17 @@ class BufferStore(Batches, Holds):
         with self.db.atomic():
             # Held chunks are left alone: their timestamps are not yet true (agent/buffer/holds.py).
             (samples,) = self.conn.execute(
-                "SELECT coalesce(sum(samples), 0) FROM chunks WHERE batch_seq IS NULL AND hold = 0 AND max_ts < ?",
+                f"SELECT coalesce(sum(samples), 0) FROM chunks WHERE {UNCLAIMED} AND hold = 0 AND max_ts < ?",
                 (cutoff_ms,),
             ).fetchone()
-            self.conn.execute("DELETE FROM chunks WHERE batch_seq IS NULL AND hold = 0 AND max_ts < ?", (cutoff_ms,))
+            self.conn.execute(f"DELETE FROM chunks WHERE {UNCLAIMED} AND hold = 0 AND max_ts < ?", (cutoff_ms,))
             stale_batches = self.conn.execute(
-                "SELECT batch_seq, sum(samples) FROM chunks WHERE batch_seq IS NOT NULL"
-                " GROUP BY batch_seq HAVING max(max_ts) < ?",
+                "SELECT claims.batch_seq, sum(samples) FROM claims JOIN chunks ON chunks.id = claims.chunk_id"
+                " GROUP BY claims.batch_seq HAVING max(max_ts) < ?",
                 (cutoff_ms,),
             ).fetchall()
             for seq, batch_samples in stale_batches:
-                self.conn.execute("DELETE FROM chunks WHERE batch_seq = ?", (seq,))
+                self.conn.execute(f"DELETE FROM chunks WHERE {IN_BATCH}", (seq,))
                 self.conn.execute("DELETE FROM batches WHERE seq = ?", (seq,))
                 samples += batch_samples
             if samples:

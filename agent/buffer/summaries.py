@@ -21,6 +21,7 @@ from itertools import pairwise
 from agent.buffer import recovery
 from agent.buffer.compaction import Compaction
 from agent.buffer.records import Batch
+from agent.buffer.schema import UNCLAIMED
 from backhaul.wire import WireError
 from backhaul.wire.series import SeriesMap, append_series, sample_count, time_range
 
@@ -86,7 +87,7 @@ class Summaries(Compaction):
         eviction still finds it oldest) and those from ``cut_ms`` on (a new id). Returns the ids of
         the two parts, None for a part without samples. Runs inside the caller's transaction."""
         row = self.conn.execute(
-            "SELECT samples, data, created_ms FROM chunks WHERE id = ? AND batch_seq IS NULL", (chunk_id,)
+            f"SELECT samples, data, created_ms FROM chunks WHERE id = ? AND {UNCLAIMED}", (chunk_id,)
         ).fetchone()
         if row is None:
             return None, None
@@ -128,7 +129,7 @@ class Summaries(Compaction):
         lo, hi = c["summary_lo_ms"], c["summary_hi_ms"]
         if hi and cutoff > hi:
             rows = self.conn.execute(
-                "SELECT id, samples FROM chunks WHERE batch_seq IS NULL AND hold = 0 AND max_ts >= ? AND min_ts < ?",
+                f"SELECT id, samples FROM chunks WHERE {UNCLAIMED} AND hold = 0 AND max_ts >= ? AND min_ts < ?",
                 (hi, cutoff),
             ).fetchall()
             if sum(n for _, n in rows) <= max_samples:
@@ -137,7 +138,7 @@ class Summaries(Compaction):
             lo = hi = cutoff
             self._set_summary_range(lo, hi)
         candidates = self.conn.execute(
-            "SELECT id, samples, min_ts, max_ts FROM chunks WHERE batch_seq IS NULL AND hold = 0 AND min_ts < ?"
+            f"SELECT id, samples, min_ts, max_ts FROM chunks WHERE {UNCLAIMED} AND hold = 0 AND min_ts < ?"
             f" ORDER BY max_ts DESC LIMIT {_CANDIDATES}",
             (lo,),
         ).fetchall()

@@ -236,3 +236,53 @@ def test_the_free_space_floor_evicts_what_the_next_chunk_needs_not_the_whole_buf
     # The first append makes the 20 KB of room; each later one reuses what its eviction freed.
     assert 0 < evicted <= 20 * 200 + 20_000 // 5, (evicted, held_before)
     assert store.totals.samples >= held_before - 20_000 // 5
+
+
+def test_a_batch_sealed_before_the_claims_table_is_resent_identically_after_the_upgrade(open_store, tmp_path):
+    """Buffer migration v6 moves batch membership out of the chunk rows (so that a claim does not
+    rewrite the chunk): a batch in flight in a v5 file is re-sent byte for byte after the upgrade,
+    the unclaimed chunks stay unclaimed, and the ack forgets exactly the batch."""
+    path = tmp_path / "buffer.db"
+    store = open_store(path=path)
+    for k in range(3):
+        store.append(scrape(k), 0, NOW)
+    first = store.claim(4 << 20, NOW, False)
+    store.append(scrape(9), 0, NOW)
+    store.close()
+    # The same file as schema v5 left it: the batch in chunks.batch_seq, no claims table.
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE chunks SET batch_seq = (SELECT batch_seq FROM claims WHERE chunk_id = chunks.id)")
+        conn.execute("DROP TRIGGER chunks_unclaim")
+        conn.execute("DROP TABLE claims")
+        conn.execute("CREATE INDEX chunks_claimed ON chunks (batch_seq) WHERE batch_seq IS NOT NULL")
+        conn.execute("PRAGMA user_version = 5")
+    conn.close()
+
+    upgraded = open_store(path=path)
+    assert upgraded.conn.execute("SELECT count(*) FROM chunks WHERE batch_seq IS NOT NULL").fetchone() == (0,)
+    again = upgraded.claim(4 << 20, NOW + 1000, False)
+    assert (again.seq, again.chunks, again.samples) == (first.seq, first.chunks, first.samples)
+    upgraded.ack(again.seq, 0)
+    assert upgraded.conn.execute("SELECT count(*) FROM claims").fetchone() == (0,)
+    nxt = upgraded.claim(4 << 20, NOW, False)
+    assert nxt.seq == first.seq + 1 and nxt.samples == 200
+
+
+def test_a_claim_does_not_rewrite_the_chunks_it_seals(open_store):
+    """The claim leaves each sealed chunk's row as it was (issue 16: rewriting a 30 KB chunk to mark
+    it cost 15 WAL frames), and whatever deletes a chunk takes its claim with it."""
+    store = open_store()
+    store.append(scrape(0, n=2000, noisy=True), 0, NOW)  # one chunk with overflow pages
+    (before,) = store.conn.execute("SELECT data FROM chunks").fetchone()
+    pages_before = dict(
+        store.conn.execute("SELECT pageno, sum(ncell) FROM dbstat WHERE name = 'chunks' GROUP BY pageno")
+    )
+    batch = store.claim(4 << 20, NOW, False)
+    assert batch is not None and batch.chunks == [before]
+    pages_after = dict(
+        store.conn.execute("SELECT pageno, sum(ncell) FROM dbstat WHERE name = 'chunks' GROUP BY pageno")
+    )
+    assert pages_after == pages_before  # the record (and its overflow chain) stayed on its pages
+    store.reject(batch.seq)
+    assert store.conn.execute("SELECT count(*) FROM claims").fetchone() == (0,)
