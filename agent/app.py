@@ -139,6 +139,7 @@ class Agent:
             on_commit=self.uploader.notify_data if self.uploader else lambda: None,
             clock=clock,
             defer_for=b.source_commit_interval.total_seconds(),
+            rider=self.timekeeper.commit_rider(),
         )
         self.tasks = TaskGroup()
         inf = settings.inference

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from agent.buffer.metrics import BufferMetrics
 from agent.buffer.store import BufferStore, Losses
@@ -26,6 +27,14 @@ from backhaul.wire.metadata import MetadataMap
 from backhaul.wire.series import SeriesMap, merge_owned
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Ride:
+    """Writes that ride along with one group's commit, in its transaction (no fsync of their own)."""
+
+    write: Callable[[], None]  # on the store's thread, inside the commit's transaction
+    settle: Callable[[bool], None]  # on the loop afterwards: True when the commit went through
 
 
 class Staging:
@@ -39,6 +48,7 @@ class Staging:
         on_commit: called after each successful commit (wakes the uploader).
         clock: wall clock in seconds.
         defer_for: seconds a :meth:`defer` submission may wait for its commit.
+        rider: asked before each commit (on the loop) for a :class:`Ride` to take along, or None.
     """
 
     def __init__(
@@ -50,7 +60,9 @@ class Staging:
         on_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         defer_for: float = 0.0,
+        rider: Callable[[], Ride | None] | None = None,
     ) -> None:
+        self._rider = rider
         self._store = store
         self.defer_for = defer_for
         self._deferred_samples = 0  # of the pending ones, those nobody waits for
@@ -154,11 +166,14 @@ class Staging:
         if not group:
             return
         started = time.perf_counter()
+        ride = self._rider() if self._rider is not None else None
         try:
             losses = await self._store.call(
-                self._write, [g[0] for g in group], sum(g[2] for g in group), [g[3] for g in group if g[3]]
+                self._write, [g[0] for g in group], sum(g[2] for g in group), [g[3] for g in group if g[3]], ride
             )
         except Exception as exc:
+            if ride is not None:
+                ride.settle(False)
             # Every waiting sender must get an answer (503/500 and a retry), whatever went wrong.
             failure = exc if isinstance(exc, StoreError) else StoreError(f"internal error: {exc!r}", transient=False)
             if not isinstance(exc, StoreError):
@@ -169,6 +184,8 @@ class Staging:
                 if not future.done():
                     future.set_exception(failure)
             return
+        if ride is not None:
+            ride.settle(True)
         self._metrics.commit_seconds.observe(time.perf_counter() - started)
         self._metrics.commits.inc()
         self._metrics.samples_ingested.inc(sum(g[1] for g in group))
@@ -180,8 +197,11 @@ class Staging:
                 future.set_result(None)
         self._on_commit()
 
-    def _write(self, parts: list[Contents], dropped: int, held: list[Mapping[int, SeriesMap]]) -> Losses:
-        """On the store's thread: merge the group into one chunk (one more per hold tag) and commit it."""
+    def _write(
+        self, parts: list[Contents], dropped: int, held: list[Mapping[int, SeriesMap]], ride: Ride | None
+    ) -> Losses:
+        """On the store's thread: merge the group into one chunk (one more per hold tag) and commit it
+        (with the ride's writes)."""
         # The requests' decoded maps are ours alone (a request is answered only after this commit).
         merged = merge_owned([p.series for p in parts])
         histograms = merge_owned([p.histograms for p in parts])
@@ -189,7 +209,7 @@ class Staging:
         for p in parts:
             metadata.update(p.metadata)
         now_ms = int(self._clock() * 1000)
-        if not held:
+        if not held and ride is None:
             return self._store.append(merged, dropped, now_ms, histograms=histograms, metadata=metadata)
         by_tag: dict[int, list[SeriesMap]] = {}
         for tags in held:
@@ -199,4 +219,6 @@ class Staging:
             losses = self._store.append(merged, dropped, now_ms, histograms=histograms, metadata=metadata)
             for tag, tagged in by_tag.items():
                 losses.evicted += self._store.append(merge_owned(tagged), 0, now_ms, hold=tag).evicted
+            if ride is not None:
+                ride.write()
         return losses

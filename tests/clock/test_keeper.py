@@ -79,7 +79,14 @@ async def agentlet(
     backward: list[Jump] = []
     keeper = TimeKeeper(settings, store, metrics, max_age, 600, fake.clocks(), on_backward_jump=backward.append)
     async with store, keeper:
-        staging = Staging(store, BufferMetrics(CollectorRegistry()), 0.001, 1_000_000, clock=lambda: fake.wall)
+        staging = Staging(
+            store,
+            BufferMetrics(CollectorRegistry()),
+            0.001,
+            1_000_000,
+            clock=lambda: fake.wall,
+            rider=keeper.commit_rider(),  # as the agent wires them
+        )
         tasks = [asyncio.create_task(staging.run()), asyncio.create_task(keeper.run())]
         parts = Agentlet(store, staging, keeper, metrics)
         parts.backward = backward
@@ -312,6 +319,30 @@ async def test_the_eras_end_is_written_down_while_samples_come_in_not_while_idle
             return await saved_end(a) >= int(fake.wall * 1000)
 
         await eventually(caught_up, "the era's end written after a sample came in")
+
+
+async def test_the_eras_end_rides_in_the_commit_of_the_samples_it_covers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16: no transaction (and fsync) of its own every 10 s while samples come in; the commit
+    that stores them writes the era's end too, so the end on disk is never behind stored stamps by
+    more than SAVE_INTERVAL (here 0: not at all)."""
+    from agent.clock import keeper as keeper_module
+
+    monkeypatch.setattr(keeper_module, "WATCH_INTERVAL", 3600.0)  # the keeper's own pass never comes
+    monkeypatch.setattr(keeper_module, "SAVE_INTERVAL", 0.0)
+    fake = FakeClocks(TRUE)
+
+    async def saved_end(a: Agentlet) -> int:
+        rows = await a.store.call(lambda: a.store.conn.execute("SELECT max(end_wall_ms) FROM clock_eras").fetchall())
+        return int(rows[0][0])
+
+    async with agentlet(tmp_path, fake) as a:
+        for _ in range(3):
+            fake.advance(30)
+            await a.ingest(scrape(fake.wall))
+            assert await saved_end(a) >= int(fake.wall * 1000)  # as soon as the commit returned
+        assert max(await a.stamps()) == int(fake.wall * 1000)
 
 
 async def test_a_hold_committed_after_its_era_settled_still_ends(tmp_path: Path):
