@@ -139,7 +139,7 @@ class Agent:
             on_commit=self.uploader.notify_data if self.uploader else lambda: None,
             clock=clock,
             defer_for=b.source_commit_interval.total_seconds(),
-            rider=self.timekeeper.commit_rider(),
+            rider=self.timekeeper.recorder.rider(),
         )
         self.tasks = TaskGroup()
         inf = settings.inference
@@ -241,7 +241,6 @@ class Agent:
         await life.enter("clock", self.timekeeper)
         self.metrics.buffer.watch_buffer(lambda: self.store.totals, self.store.budget_bytes, self._clock)
         self.metrics.buffer.watch_disk(self.store.path.parent, self.store.min_free_bytes)
-        self.metrics.buffer.watch_waiting(lambda: self.staging.deferred_samples)
         self.metrics.info.info({"version": __version__, "device": s.device_id, "buffer_id": self.store.buffer_id})
         if self.uploader is not None:
             life.on_stop("uplink connections", self._close_transports)

@@ -16,10 +16,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from agent.clock.eras import SETTLED
+from agent.clock.keeper import iso_ms
 from backhaul import __version__
 
 if TYPE_CHECKING:
     from agent.app import Agent
+    from agent.clock.keeper import TimeKeeper
     from agent.uplink.links import Links
 
 # The upload rate is measured over this long, sampled this often.
@@ -139,7 +142,7 @@ class AgentStatus:
     def _clock_state(self) -> dict[str, Any]:
         agent = self._agent
         keeper = agent.timekeeper  # the clock keeper (docs/clock.md)
-        described: dict[str, Any] = dict(keeper.describe()) if keeper.entered else {}
+        described: dict[str, Any] = describe_clock(keeper) if keeper.entered else {}
         if agent.uploader is not None:
             described.setdefault("skew_s", agent.uploader.clock_skew)
         corrected = agent.registry.get_sample_value("backhaul_clock_corrected_samples_total")
@@ -193,10 +196,33 @@ def health(agent: Agent) -> tuple[bool, dict[str, Any]]:
     if agent.supervisor is not None:
         detail["inference"] = agent.supervisor.describe()
     if agent.timekeeper.entered:
-        detail["clock"] = agent.timekeeper.describe()
+        detail["clock"] = describe_clock(agent.timekeeper)
     failing = agent.sources.scrape_errors()
     if failing:
         detail["scrape_errors"] = failing
     if agent.alerts is not None:
         detail["alerts"] = agent.alerts.health()
     return not agent.stopping and not dead, detail
+
+
+def describe_clock(keeper: TimeKeeper) -> dict[str, Any]:
+    """The clock's state for /api/v1/status and ``backhaul-agent status`` (docs/clock.md)."""
+    era = keeper.book.current
+    last = keeper.book.last_jump
+    return {
+        "era": era.id,
+        "state": era.state,
+        "trusted": era.state == SETTLED,
+        "offset_s": era.offset_ms / 1000,
+        "error_s": era.error_ms / 1000 if era.error_ms is not None else None,
+        "source": era.source,
+        "below_floor": era.below_floor,
+        "floor": iso_ms(keeper.floor_ms),
+        "boot_id": keeper.boot_id,
+        "jumps": keeper.jumps_total,
+        "last_jump": None
+        if last is None
+        else {"seconds": last.jump_ms / 1000, "to": iso_ms(last.wall_after_ms), "while_stopped": last.while_stopped},
+        "held_samples": keeper.held.total,
+        "corrected_samples": keeper.corrected_total,
+    }

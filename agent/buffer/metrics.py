@@ -66,10 +66,6 @@ class BufferMetrics:
             registry=r,
         )
 
-    def watch_waiting(self, waiting: Callable[[], int]) -> None:
-        """The samples that staging holds for a deferred commit, read at scrape time."""
-        self.waiting.set_function(lambda: float(waiting()))
-
     def watch_disk(self, path: Path, floor: int) -> None:
         """The buffer filesystem's free space, read at scrape time, next to the floor the buffer keeps."""
         self.disk_floor.set(floor)

@@ -66,6 +66,7 @@ class Staging:
         self._store = store
         self.defer_for = defer_for
         self._deferred_samples = 0  # of the pending ones, those nobody waits for
+        metrics.waiting.set_function(lambda: float(self._deferred_samples))
         self._timer: asyncio.TimerHandle | None = None
         self._metrics = metrics
         self._delay = commit_delay
@@ -118,11 +119,6 @@ class Staging:
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.defer_for, self._wake.set)
         return future
-
-    @property
-    def deferred_samples(self) -> int:
-        """Samples of the agent's own sources waiting in memory for their commit."""
-        return self._deferred_samples
 
     def _enqueue(
         self,

@@ -20,15 +20,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from agent.buffer.staging import Ride
 from agent.buffer.store import BufferStore
 from agent.clock import journal
 from agent.clock.clocks import Clocks, floor_of, read_boot_id
 from agent.clock.eras import PENDING, SETTLED, EraBook, Jump
 from agent.clock.holds import HeldSamples
 from agent.clock.metrics import ClockMetrics
+from agent.clock.recorder import Recorder
 from agent.clock.refine import Refiner
 from agent.clock.settings import ClockSettings
 from agent.clock.split import Split, split
@@ -38,16 +37,11 @@ from backhaul.wire.series import SeriesMap
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 1.0  # seconds between readings of the clocks
-# How often the current era's end is written down: while samples come in (a power cut then loses at
-# most this much of the span the era can have stamped), and when none have come in since the last
-# save (the end then only bounds what a local sender may still send stamped by this clock: docs/clock.md).
-SAVE_INTERVAL = 10.0
-IDLE_SAVE_INTERVAL = 900.0
 SLACK_MS = 1000  # a timestamp this far outside an era's span still counts as its own
 PROBE_PAUSE = 60.0  # after a reply that could not settle the era (no Date), no probe for this long
 
 
-def _iso(ms: float) -> str:
+def iso_ms(ms: float) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
@@ -97,15 +91,10 @@ class TimeKeeper:
         self.floor_ms = int(floor_of(settings.floor) * 1000)
         self._book: EraBook | None = None
         self.boot_id = ""
-        self._unsaved_era = False  # a new era not written yet: nothing may be held under it before
-        self._saving: asyncio.Lock = asyncio.Lock()
+        self.recorder = Recorder(store)  # writes the book down (agent/clock/recorder.py)
         self._work = asyncio.Event()  # an era settled or was lost: end holds
         self._probe_paused_until = 0.0  # loop time
         self._refiner = Refiner(int(settings.max_skew.total_seconds() * 1000))
-        self._corrected_unsaved = 0
-        self._stamped = False  # samples split since the era's end was last written down
-        self._saved_at = 0.0  # loop time the era's end was last written down
-        self._rides = False  # the era's end rides with the buffer's commits (commit_rider)
         self._corrected_before = 0  # what the buffer had counted when this process started
         self._corrected_in = 0  # corrected on the way in by this process
         self.jumps_total = 0
@@ -136,15 +125,17 @@ class TimeKeeper:
         self.boot_id = self._clocks.boot_id()
         boot_ms, wall_ms = self._read()
         book.start(self.boot_id, boot_ms, wall_ms)
+        self.recorder.book = book
         for jump in book.new_jumps:
             self._jumped(jump)
-        await self._save()
+        await self.recorder.save()
         await self.held.refresh()
         self._corrected_before = (await store.call(store.counters)).get("corrected_samples", 0)
         self.jumps_total = await store.call(journal.jump_count, store)
         era = book.current
         if era.below_floor:
-            log.warning("clock: %s is earlier than the floor %s: samples are held", _iso(wall_ms), _iso(self.floor_ms))
+            floor = iso_ms(self.floor_ms)
+            log.warning("clock: %s is earlier than the floor %s: samples are held", iso_ms(wall_ms), floor)
         log.info(
             "clock: era %d (%s, boot %s), %d samples held from earlier eras",
             era.id,
@@ -161,25 +152,16 @@ class TimeKeeper:
             return
         self.observe()
         with contextlib.suppress(StoreError):
-            await self._flush_corrected()
-            self.book.changed.add(self.book.current.id)
-            await self._save()
+            await self.recorder.save_all()
 
     async def run(self) -> None:
         """Watch the clock and end holds; runs until cancelled."""
         loop = asyncio.get_running_loop()
-        self._saved_at = loop.time()
+        self.recorder.saved_at(loop.time())
         while True:
             self.observe()
-            now = loop.time()
             try:
-                # While samples come in, the commits carry the era's end when they ride (commit_rider).
-                busy = self._stamped and not self._rides
-                if now - self._saved_at >= (SAVE_INTERVAL if busy else IDLE_SAVE_INTERVAL):
-                    self.book.changed.add(self.book.current.id)
-                    await self._flush_corrected()
-                    self._saved_at, self._stamped = now, False
-                await self._save()
+                await self.recorder.tick(loop.time())
                 if self._work.is_set():
                     self._work.clear()
                     await self.held.end(self.book)
@@ -208,7 +190,7 @@ class TimeKeeper:
         return jump
 
     def _jumped(self, jump: Jump) -> None:
-        self._unsaved_era = True
+        self.recorder.unsaved_era = True
         before = self.book.eras.get(jump.from_era)
         if before is not None and before.low_ms is not None and before.high_ms is not None and before.state == PENDING:
             # its probes were cut short by the jump: what they measured settles it
@@ -224,8 +206,8 @@ class TimeKeeper:
             "clock jumped %+.3f s%s: %s -> %s; era %d begins (%s%s)",
             seconds,
             " while the agent was stopped" if jump.while_stopped else "",
-            _iso(jump.wall_before_ms),
-            _iso(jump.wall_after_ms),
+            iso_ms(jump.wall_before_ms),
+            iso_ms(jump.wall_after_ms),
             era.id,
             era.state,
             f", offset {era.offset_ms / 1000:+.3f} s from the era before" if era.state == SETTLED else "",
@@ -237,63 +219,15 @@ class TimeKeeper:
     async def check(self) -> None:
         """Read the clocks; after a jump, wait until the new era is written down."""
         self.observe()
-        if self._unsaved_era:
-            await self._save()
-
-    async def _save(self) -> None:
-        async with self._saving:
-            if not self.book.changed and not self.book.new_jumps:
-                return
-            unsaved = self._unsaved_era
-            eras, jumps = self.book.take_changes()
-            try:
-                await self._store.call(journal.save, self._store, eras, jumps)
-            except BaseException:
-                self.book.changed.update(e.id for e in eras)
-                self.book.new_jumps[:0] = jumps
-                raise
-            if unsaved:
-                self._unsaved_era = False
+        if self.recorder.unsaved_era:
+            await self.recorder.save()
 
     # -- ingest ------------------------------------------------------------------------------------
-
-    def commit_rider(self) -> Callable[[], Ride | None]:
-        """For the buffer's group commit: the era's end (and the corrected count) written in a
-        commit's own transaction once ``SAVE_INTERVAL`` has passed since they were last written and
-        samples came in, instead of in a transaction (and an fsync) of their own every 10 s."""
-        self._rides = True
-        return self._ride
-
-    def _ride(self) -> Ride | None:
-        if self._book is None or not self._stamped or self._unsaved_era:
-            return None  # a new era is written by _save, before anything may be held under it
-        now = asyncio.get_running_loop().time()
-        if now - self._saved_at < SAVE_INTERVAL:
-            return None
-        self.book.changed.add(self.book.current.id)
-        eras, jumps = self.book.take_changes()
-        corrected, self._corrected_unsaved = self._corrected_unsaved, 0
-        self._saved_at, self._stamped = now, False
-        store = self._store
-
-        def write() -> None:
-            journal.save(store, eras, jumps)
-            if corrected:
-                store.count_corrected(corrected)
-
-        def settle(ok: bool) -> None:
-            if not ok:  # written by the next commit or pass instead
-                self.book.changed.update(e.id for e in eras)
-                self.book.new_jumps[:0] = jumps
-                self._corrected_unsaved += corrected
-                self._saved_at, self._stamped = 0.0, True
-
-        return Ride(write, settle)
 
     async def split(self, series: SeriesMap) -> Split:
         """Sort one request's (or scrape's) samples: ready, held by era, or dropped."""
         await self.check()
-        self._stamped = True
+        self.recorder.stamped = True
         boot_ms, wall_ms = self._read()
         return split(series, self.book, wall_ms, boot_ms, self._max_age_ms, self._max_future_ms, SLACK_MS)
 
@@ -306,21 +240,12 @@ class TimeKeeper:
         """``done`` is durable: count what it corrected and what it holds."""
         if done.corrected:
             self._metrics.corrected.inc(done.corrected)
-            self._corrected_unsaved += done.corrected
+            self.recorder.corrected += done.corrected
             self._corrected_in += done.corrected
         for era, series in done.held.items():
             self.held.add(era, sum(len(ts) for ts, _ in series.values()))
         if any(era in self.book.eras and self.book.eras[era].state != PENDING for era in done.held):
             self._work.set()  # an era that settled meanwhile: its pass is over, so wake the next
-
-    async def _flush_corrected(self) -> None:
-        n, self._corrected_unsaved = self._corrected_unsaved, 0
-        if n:
-            try:
-                await self._store.call(self._store.count_corrected, n)
-            except BaseException:
-                self._corrected_unsaved += n
-                raise
 
     # -- the uploader ------------------------------------------------------------------------------
 
@@ -407,27 +332,6 @@ class TimeKeeper:
         if era.below_floor:
             return (self.wall_ms() - self.floor_ms) / 1000
         return 0.0
-
-    def describe(self) -> dict[str, Any]:
-        era = self.book.current
-        last = self.book.last_jump
-        return {
-            "era": era.id,
-            "state": era.state,
-            "trusted": era.state == SETTLED,
-            "offset_s": era.offset_ms / 1000,
-            "error_s": era.error_ms / 1000 if era.error_ms is not None else None,
-            "source": era.source,
-            "below_floor": era.below_floor,
-            "floor": _iso(self.floor_ms),
-            "boot_id": self.boot_id,
-            "jumps": self.jumps_total,
-            "last_jump": None
-            if last is None
-            else {"seconds": last.jump_ms / 1000, "to": _iso(last.wall_after_ms), "while_stopped": last.while_stopped},
-            "held_samples": self.held.total,
-            "corrected_samples": self.corrected_total,
-        }
 
     def _update_gauges(self) -> None:
         era = self.book.current

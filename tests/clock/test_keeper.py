@@ -85,7 +85,7 @@ async def agentlet(
             0.001,
             1_000_000,
             clock=lambda: fake.wall,
-            rider=keeper.commit_rider(),  # as the agent wires them
+            rider=keeper.recorder.rider(),  # as the agent wires them
         )
         tasks = [asyncio.create_task(staging.run()), asyncio.create_task(keeper.run())]
         parts = Agentlet(store, staging, keeper, metrics)
@@ -299,9 +299,10 @@ async def test_the_eras_end_is_written_down_while_samples_come_in_not_while_idle
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from agent.clock import keeper as keeper_module
+    from agent.clock import recorder
 
     monkeypatch.setattr(keeper_module, "WATCH_INTERVAL", 0.01)
-    monkeypatch.setattr(keeper_module, "SAVE_INTERVAL", 0.0)  # every pass, once samples came in
+    monkeypatch.setattr(recorder, "SAVE_INTERVAL", 0.0)  # every commit, once samples came in
     fake = FakeClocks(TRUE)
 
     async def saved_end(a: Agentlet) -> int:
@@ -328,9 +329,10 @@ async def test_the_eras_end_rides_in_the_commit_of_the_samples_it_covers(
     that stores them writes the era's end too, so the end on disk is never behind stored stamps by
     more than SAVE_INTERVAL (here 0: not at all)."""
     from agent.clock import keeper as keeper_module
+    from agent.clock import recorder
 
     monkeypatch.setattr(keeper_module, "WATCH_INTERVAL", 3600.0)  # the keeper's own pass never comes
-    monkeypatch.setattr(keeper_module, "SAVE_INTERVAL", 0.0)
+    monkeypatch.setattr(recorder, "SAVE_INTERVAL", 0.0)
     fake = FakeClocks(TRUE)
 
     async def saved_end(a: Agentlet) -> int:
