@@ -1,0 +1,85 @@
+"""Staging's deferred passes (``buffer.source_commit_interval``), on a real buffer file: they wait
+for their interval or ride with the next pushed group, in one chunk, and while they wait the passes
+of one series share one label tuple instead of each holding its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import tracemalloc
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from agent.buffer.metrics import BufferMetrics
+from agent.buffer.staging import Staging
+from agent.buffer.store import BufferStore
+from backhaul.wire.series import SeriesMap
+
+NOW = 1_780_000_000_000
+
+
+def scrape(k: int, n: int) -> SeriesMap:
+    """A pass with freshly built labels, as a parser builds them for every scrape."""
+    return {
+        (("__name__", f"node_metric_{i}"), ("instance", "127.0.0.1:9100"), ("job", "node")): (
+            [NOW + 5000 * k],
+            [float(i + k)],
+        )
+        for i in range(n)
+    }
+
+
+async def test_deferred_passes_ride_with_a_push_as_one_chunk(tmp_path: Path) -> None:
+    async with BufferStore(tmp_path / "b.db", 64 << 20, "FULL") as store:
+        staging = Staging(store, BufferMetrics(CollectorRegistry()), 0.001, 1_000_000, defer_for=600)
+        task = asyncio.create_task(staging.run())
+        try:
+            passes = [staging.defer(scrape(k, 50), 50, 0) for k in range(3)]
+            await asyncio.sleep(0.05)
+            assert store.totals.samples == 0 and not any(p.done() for p in passes)  # waiting for 600 s
+            await staging.submit({(("__name__", "pushed"),): ([NOW], [1.0])}, 1, 0)
+            assert all(p.done() and p.exception() is None for p in passes)
+            assert store.totals.samples == 151 and store.totals.chunks == 1
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def test_deferred_passes_commit_on_their_own_after_the_interval(tmp_path: Path) -> None:
+    async with BufferStore(tmp_path / "b.db", 64 << 20, "FULL") as store:
+        staging = Staging(store, BufferMetrics(CollectorRegistry()), 0.001, 1_000_000, defer_for=0.2)
+        task = asyncio.create_task(staging.run())
+        try:
+            first = staging.defer(scrape(0, 10), 10, 0)
+            second = staging.defer(scrape(1, 10), 10, 0)
+            await asyncio.wait_for(asyncio.gather(first, second), 5)
+            assert store.totals.samples == 20 and store.totals.chunks == 1
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def test_waiting_passes_share_their_labels(tmp_path: Path) -> None:
+    async with BufferStore(tmp_path / "b.db", 64 << 20, "FULL") as store:
+        staging = Staging(store, BufferMetrics(CollectorRegistry()), 0.001, 1_000_000, defer_for=600)
+        n = 2000
+        gc.collect()
+        tracemalloc.start()
+        try:
+            staging.defer(scrape(0, n), n, 0)
+            one_pass, _ = tracemalloc.get_traced_memory()
+            for k in range(1, 12):
+                staging.defer(scrape(k, n), n, 0)
+            gc.collect()
+            twelve, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        # Each later pass adds its values only (two list slots and two numbers a series, < 100 bytes),
+        # not its own label tuples and strings (~400 bytes a series here).
+        assert twelve - one_pass < 11 * n * 150, (one_pass, twelve)
+        await staging.drain()
+        assert store.totals.samples == 12 * n
