@@ -196,3 +196,26 @@ def test_a_chunk_without_its_table_decodes_once_the_table_is_put_back():
         chunk.join_table(raw, table)
     with pytest.raises(WireError, match="version 2"):
         chunk.split_table(V1_CHUNK)
+
+
+def test_chunks_that_share_a_series_table_keep_their_own_values_and_a_bad_table_is_still_refused():
+    """Decoded tables are reused by their exact bytes (issue 16: commit after commit the agent merges
+    chunks with the same table); only the labels are shared, and a table that differs in one byte is
+    judged on its own."""
+    rng = random.Random(7)
+    first = random_series(rng, n_series=30, n_samples=1)
+    second = {labels: ([ts[0] + 5000], [v[0] + 1.5]) for labels, (ts, v) in first.items()}
+    a, b = chunk.encode(first), chunk.encode(second)
+    table_start = 4 + 8 + 4
+    assert a[table_start : table_start + 200] == b[table_start : table_start + 200]  # the same table
+
+    def exact(series: SeriesMap) -> dict[object, object]:  # NaN (staleness) never equals itself: compare bits
+        return {labels: (ts, bits(v)) for labels, (ts, v) in series.items()}
+
+    assert exact(chunk.decode(a)) == exact(first)
+    assert exact(chunk.decode(b)) == exact(second)
+    bad = bytearray(b)
+    bad[table_start + 2] = ord("7")  # '[["__name__"...' -> '[[7__name__...': not a list of strings
+    with pytest.raises(WireError, match="series"):
+        chunk.decode(bytes(bad))
+    assert exact(chunk.decode(a)) == exact(first)  # the good table is still served

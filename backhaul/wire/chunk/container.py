@@ -68,6 +68,38 @@ class _TableCache:
 _TABLE = _TableCache()
 
 
+class _DecodedTables:
+    """Decoded series tables by their bytes. The agent merges chunks whose series table is the same
+    commit after commit (one node_exporter page: the same 507 series), and building their label
+    tuples was a quarter of its CPU at a 5 s scrape (py-spy, issue 16). Exact bytes give exactly the
+    same labels, so a hit is safe whoever sent the chunk. Bounded by the tables' bytes: when full it
+    starts over."""
+
+    def __init__(self, max_bytes: int = 1 << 20) -> None:
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._entries: dict[bytes, tuple[Labels, ...]] = {}
+
+    def labels(self, raw: bytes, n_series: int) -> tuple[Labels, ...]:
+        found = self._entries.get(raw)
+        if found is not None:
+            return found
+        table = json_part(raw, "chunk: series table", list)
+        if len(table) != n_series:
+            raise WireError(f"chunk: series table does not hold {n_series} series")
+        found = tuple(_labels(flat) for flat in table)
+        if len(raw) <= self._max_bytes // 4:
+            if self._bytes + len(raw) > self._max_bytes:
+                self._entries.clear()  # atomic: the collector decodes on more than one thread
+                self._bytes = 0
+            self._entries[raw] = found
+            self._bytes += len(raw)
+        return found
+
+
+_DECODED = _DecodedTables()
+
+
 @dataclass
 class Contents:
     """Everything a chunk holds.
@@ -196,9 +228,7 @@ def decode_contents(data: bytes) -> Contents:
             raise WireError(f"chunk: {len(data)} bytes, but its header announces {declared.min_len}")
     elif len(data) < declared.min_len:
         raise WireError(f"chunk: {len(data)} bytes is shorter than its header announces")
-    table = json_part(data[pos : pos + table_len], "chunk: series table", list)
-    if len(table) != n_series:
-        raise WireError(f"chunk: series table does not hold {n_series} series")
+    table = _DECODED.labels(data[pos : pos + table_len], n_series)
     pos += table_len
     counts = sample_counts(data, pos, n_series, n_samples)
     pos += 4 * n_series
@@ -244,8 +274,7 @@ def decode_contents(data: bytes) -> Contents:
             out.metadata = from_json(meta)
 
     start = int_at = float_at = h_at = 0
-    for flat, count, kind in zip(table, counts, kinds, strict=True):
-        labels = _labels(flat)
+    for labels, count, kind in zip(table, counts, kinds, strict=True):
         end = start + count
         if kind == HISTOGRAM_KIND:
             append_series(out.histograms, labels, stamps[start:end], histograms[h_at])
