@@ -30,6 +30,17 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class _Group:
+    """Requests (or deferred passes) committed together, and the future that answers them."""
+
+    contents: Contents
+    samples: int
+    dropped: int
+    held: dict[int, SeriesMap]  # more samples held by tag (agent.buffer.holds)
+    future: asyncio.Future[None]
+
+
+@dataclass
 class Ride:
     """Writes that ride along with one group's commit, in its transaction (no fsync of their own)."""
 
@@ -74,7 +85,7 @@ class Staging:
         self._max_pending = max_pending_samples
         self._on_commit = on_commit
         self._clock = clock
-        self._pending: list[tuple[Contents, int, int, Mapping[int, SeriesMap] | None, asyncio.Future[None]]] = []
+        self._pending: list[_Group] = []
         self._pending_samples = 0
         self._wake = asyncio.Event()
         self._closing = False
@@ -94,7 +105,7 @@ class Staging:
         ``held``: more samples, committed with them but held (by tag) until released
         (:mod:`agent.buffer.holds`); ``samples`` counts them too, and the histograms.
         """
-        future = self._enqueue(series, samples, dropped, held, histograms, metadata)
+        future = self._enqueue(Contents(series, histograms or {}, metadata or {}), samples, dropped, held)
         self._wake.set()
         # Shielded: a sender that hangs up must not cancel the commit others share.
         await asyncio.shield(future)
@@ -113,11 +124,12 @@ class Staging:
 
         Raises :class:`Unavailable` at once when shutting down or when too many samples wait.
         """
+        part = Contents(series, histograms or {}, metadata or {})
         if self._gathering is None:
-            future = self._enqueue(series, samples, dropped, held, histograms, metadata)
+            future = self._enqueue(part, samples, dropped, held)
             self._gathering = len(self._pending) - 1
         else:
-            future = self._gather(series, samples, dropped, held, histograms, metadata)
+            future = self._gather(part, samples, dropped, held)
         self._deferred_samples += samples
         if self.defer_for <= 0:
             self._wake.set()
@@ -126,31 +138,23 @@ class Staging:
         return future
 
     def _gather(
-        self,
-        series: SeriesMap,
-        samples: int,
-        dropped: int,
-        held: Mapping[int, SeriesMap] | None,
-        histograms: HistogramSeriesMap | None,
-        metadata: MetadataMap | None,
+        self, part: Contents, samples: int, dropped: int, held: Mapping[int, SeriesMap] | None
     ) -> asyncio.Future[None]:
         """Merge a deferred pass into the deferred group at once, so that the series of many passes
         share their label tuples while they wait (10k series x 12 passes would otherwise hold 12
         copies); every pass of the group shares its future."""
         self._check(samples)
         assert self._gathering is not None
-        contents, n, d, group_held, future = self._pending[self._gathering]
-        merge_owned([contents.series, series])
-        merge_owned([contents.histograms, histograms or {}])
-        contents.metadata.update(metadata or {})
-        if held:
-            merged_held = {tag: dict(part) for tag, part in (group_held or {}).items()}
-            for tag, part in held.items():
-                merge_owned([merged_held.setdefault(tag, {}), part])
-            group_held = merged_held
-        self._pending[self._gathering] = (contents, n + samples, d + dropped, group_held, future)
+        group = self._pending[self._gathering]
+        merge_owned([group.contents.series, part.series])
+        merge_owned([group.contents.histograms, part.histograms])
+        group.contents.metadata.update(part.metadata)
+        for tag, tagged in (held or {}).items():
+            merge_owned([group.held.setdefault(tag, {}), tagged])
+        group.samples += samples
+        group.dropped += dropped
         self._pending_samples += samples
-        return future
+        return group.future
 
     def _check(self, samples: int) -> None:
         if self._closing:
@@ -159,17 +163,11 @@ class Staging:
             raise Unavailable(f"{self._pending_samples} samples already wait for a commit")
 
     def _enqueue(
-        self,
-        series: SeriesMap,
-        samples: int,
-        dropped: int,
-        held: Mapping[int, SeriesMap] | None,
-        histograms: HistogramSeriesMap | None,
-        metadata: MetadataMap | None,
+        self, part: Contents, samples: int, dropped: int, held: Mapping[int, SeriesMap] | None
     ) -> asyncio.Future[None]:
         self._check(samples)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((Contents(series, histograms or {}, metadata or {}), samples, dropped, held, future))
+        self._pending.append(_Group(part, samples, dropped, dict(held or {}), future))
         self._pending_samples += samples
         return future
 
@@ -200,9 +198,7 @@ class Staging:
         started = time.perf_counter()
         ride = self._rider() if self._rider is not None else None
         try:
-            losses = await self._store.call(
-                self._write, [g[0] for g in group], sum(g[2] for g in group), [g[3] for g in group if g[3]], ride
-            )
+            losses = await self._store.call(self._write, group, ride)
         except Exception as exc:
             if ride is not None:
                 ride.settle(False)
@@ -212,41 +208,40 @@ class Staging:
                 log.exception("commit of %d requests failed unexpectedly", len(group))
             self._metrics.commit_failures.inc()
             log.error("commit of %d requests failed: %s", len(group), failure)
-            for *_, future in group:
-                if not future.done():
-                    future.set_exception(failure)
+            for g in group:
+                if not g.future.done():
+                    g.future.set_exception(failure)
             return
         if ride is not None:
             ride.settle(True)
         self._metrics.commit_seconds.observe(time.perf_counter() - started)
         self._metrics.commits.inc()
-        self._metrics.samples_ingested.inc(sum(g[1] for g in group))
+        self._metrics.samples_ingested.inc(sum(g.samples for g in group))
         self._metrics.evicted.inc(losses.evicted)
         if losses.evicted:
             log.warning("buffer full: evicted %d oldest samples", losses.evicted)
-        for *_, future in group:
-            if not future.done():
-                future.set_result(None)
+        for g in group:
+            if not g.future.done():
+                g.future.set_result(None)
         self._on_commit()
 
-    def _write(
-        self, parts: list[Contents], dropped: int, held: list[Mapping[int, SeriesMap]], ride: Ride | None
-    ) -> Losses:
-        """On the store's thread: merge the group into one chunk (one more per hold tag) and commit it
-        (with the ride's writes)."""
+    def _write(self, groups: list[_Group], ride: Ride | None) -> Losses:
+        """On the store's thread: merge the groups into one chunk (one more per hold tag) and commit
+        it (with the ride's writes)."""
         # The requests' decoded maps are ours alone (a request is answered only after this commit).
-        merged = merge_owned([p.series for p in parts])
-        histograms = merge_owned([p.histograms for p in parts])
+        merged = merge_owned([g.contents.series for g in groups])
+        histograms = merge_owned([g.contents.histograms for g in groups])
         metadata: MetadataMap = {}
-        for p in parts:
-            metadata.update(p.metadata)
+        for g in groups:
+            metadata.update(g.contents.metadata)
+        dropped = sum(g.dropped for g in groups)
         now_ms = int(self._clock() * 1000)
-        if not held and ride is None:
-            return self._store.append(merged, dropped, now_ms, histograms=histograms, metadata=metadata)
         by_tag: dict[int, list[SeriesMap]] = {}
-        for tags in held:
-            for tag, part in tags.items():
+        for g in groups:
+            for tag, part in g.held.items():
                 by_tag.setdefault(tag, []).append(part)
+        if not by_tag and ride is None:
+            return self._store.append(merged, dropped, now_ms, histograms=histograms, metadata=metadata)
         with self._store.db.atomic():  # one transaction for the whole group, held chunks included
             losses = self._store.append(merged, dropped, now_ms, histograms=histograms, metadata=metadata)
             for tag, tagged in by_tag.items():

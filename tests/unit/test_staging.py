@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import tracemalloc
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -31,36 +32,37 @@ def scrape(k: int, n: int) -> SeriesMap:
     }
 
 
-async def test_deferred_passes_ride_with_a_push_as_one_chunk(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, defer_for: float) -> AsyncIterator[tuple[BufferStore, Staging]]:
+    """A buffer and its staging, with staging's commit loop running."""
     async with BufferStore(tmp_path / "b.db", 64 << 20, "FULL") as store:
-        staging = Staging(store, BufferMetrics(CollectorRegistry()), 0.001, 1_000_000, defer_for=600)
+        staging = Staging(store, BufferMetrics(CollectorRegistry()), 0.001, 1_000_000, defer_for=defer_for)
         task = asyncio.create_task(staging.run())
         try:
-            passes = [staging.defer(scrape(k, 50), 50, 0) for k in range(3)]
-            await asyncio.sleep(0.05)
-            assert store.totals.samples == 0 and not any(p.done() for p in passes)  # waiting for 600 s
-            await staging.submit({(("__name__", "pushed"),): ([NOW], [1.0])}, 1, 0)
-            assert all(p.done() and p.exception() is None for p in passes)
-            assert store.totals.samples == 151 and store.totals.chunks == 1
+            yield store, staging
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def test_deferred_passes_ride_with_a_push_as_one_chunk(tmp_path: Path) -> None:
+    async with running(tmp_path, 600) as (store, staging):
+        passes = [staging.defer(scrape(k, 50), 50, 0) for k in range(3)]
+        await asyncio.sleep(0.05)
+        assert store.totals.samples == 0 and not any(p.done() for p in passes)  # waiting for 600 s
+        await staging.submit({(("__name__", "pushed"),): ([NOW], [1.0])}, 1, 0)
+        assert all(p.done() and p.exception() is None for p in passes)
+        assert store.totals.samples == 151 and store.totals.chunks == 1
 
 
 async def test_deferred_passes_commit_on_their_own_after_the_interval(tmp_path: Path) -> None:
-    async with BufferStore(tmp_path / "b.db", 64 << 20, "FULL") as store:
-        staging = Staging(store, BufferMetrics(CollectorRegistry()), 0.001, 1_000_000, defer_for=0.2)
-        task = asyncio.create_task(staging.run())
-        try:
-            first = staging.defer(scrape(0, 10), 10, 0)
-            second = staging.defer(scrape(1, 10), 10, 0)
-            await asyncio.wait_for(asyncio.gather(first, second), 5)
-            assert store.totals.samples == 20 and store.totals.chunks == 1
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async with running(tmp_path, 0.2) as (store, staging):
+        first = staging.defer(scrape(0, 10), 10, 0)
+        second = staging.defer(scrape(1, 10), 15, 0, held={7: scrape(2, 5)})  # samples count the held too
+        await asyncio.wait_for(asyncio.gather(first, second), 5)
+        assert store.totals.samples == 25 and store.totals.chunks == 2  # the held part is a chunk of its own
+        assert await store.call(store.held) == {7: 5}
 
 
 async def test_waiting_passes_share_their_labels(tmp_path: Path) -> None:
