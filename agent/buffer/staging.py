@@ -76,8 +76,7 @@ class Staging:
         self._rider = rider
         self._store = store
         self.defer_for = defer_for
-        self._deferred_samples = 0  # of the pending ones, those nobody waits for
-        metrics.waiting.set_function(lambda: float(self._deferred_samples))
+        metrics.waiting.set_function(lambda: float(self._deferred_samples()))
         self._timer: asyncio.TimerHandle | None = None
         self._gathering: int | None = None  # the index in _pending of the deferred passes' group
         self._metrics = metrics
@@ -130,7 +129,6 @@ class Staging:
             self._gathering = len(self._pending) - 1
         else:
             future = self._gather(part, samples, dropped, held)
-        self._deferred_samples += samples
         if self.defer_for <= 0:
             self._wake.set()
         elif self._timer is None:
@@ -155,6 +153,10 @@ class Staging:
         group.dropped += dropped
         self._pending_samples += samples
         return group.future
+
+    def _deferred_samples(self) -> int:
+        """Samples nobody waits for: every deferred pass is in the one gathering group."""
+        return self._pending[self._gathering].samples if self._gathering is not None else 0
 
     def _check(self, samples: int) -> None:
         if self._closing:
@@ -187,7 +189,7 @@ class Staging:
 
     async def _commit_pending(self) -> None:
         group, self._pending = self._pending, []
-        self._pending_samples = self._deferred_samples = 0
+        self._pending_samples = 0
         self._gathering = None
         self._wake.clear()
         if self._timer is not None:  # the deferred passes ride with this group

@@ -165,15 +165,16 @@ class SampleSink:
     ) -> bool:
         """Hand one pass to staging: awaited when every pass commits at once, else deferred
         (``buffer.source_commit_interval``) and counted when its commit settles."""
+        deferring = self._staging.defer_for > 0
         try:
-            if self._staging.defer_for <= 0:
-                await self._staging.submit(series, samples, dropped, held, histograms, families)
-            else:
+            if deferring:
                 pending = self._staging.defer(series, samples, dropped, held, histograms, families)
+            else:
+                await self._staging.submit(series, samples, dropped, held, histograms, families)
         except (Unavailable, StoreError) as exc:
             self._failed(source, samples, exc)
             return False
-        if self._staging.defer_for <= 0:
+        if not deferring:
             self._settled(source, samples, families, now_ms, drops, done)
             return True
 
