@@ -112,10 +112,12 @@ def prometheus_server(workdir: Path, binary: str) -> Server:
 
 
 class ByteSink:
-    """An HTTP endpoint that takes anything and counts body bytes: where vmagent forwards to."""
+    """An HTTP endpoint that takes anything and counts body bytes: where vmagent forwards to. While
+    ``down`` is set it answers 503 to everything (an outage of the remote end)."""
 
     def __init__(self) -> None:
         sink = self
+        self.down = False
         self.bytes = 0
         self.requests = 0
         self.encodings: set[str] = set()
@@ -124,6 +126,10 @@ class ByteSink:
             def do_POST(self) -> None:
                 n = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(n)
+                if sink.down:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
                 sink.bytes += n
                 sink.requests += 1
                 sink.encodings.add(self.headers.get("Content-Encoding") or "none")
