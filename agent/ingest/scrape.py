@@ -10,7 +10,8 @@ Like Prometheus, every sample gets the target's ``job`` and ``instance`` labels 
 the same name is kept as ``exported_<name>``) plus the target's configured labels, and every scrape
 adds ``up``, ``scrape_duration_seconds`` and ``scrape_samples_scraped``. Timestamps in the page are
 kept; samples without one get the scrape's start time. Parsing is prometheus_client's, off the event
-loop (a node_exporter page takes tens of milliseconds of pure Python).
+loop (a node_exporter page takes tens of milliseconds of pure Python); a text page shaped like the
+target's last one has only its numbers read (agent/ingest/textpage.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,16 +28,15 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from agent.ingest.sink import SampleSink
+from agent.ingest.textpage import TextReader, families_to_series, text_metadata
 from backhaul.errors import ScrapeError
 from backhaul.lifecycle import Jobs
 from backhaul.wire import WireError, exposition
 from backhaul.wire.exposition import Page
-from backhaul.wire.metadata import TYPES, Metadata, MetadataMap
 from backhaul.wire.series import Labels, SeriesMap
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ ACCEPT = (
     f"{exposition.MEDIA_TYPE};q=1,text/plain;version=0.0.4;q=0.5,"
     "application/openmetrics-text;version=1.0.0;q=0.3,*/*;q=0.1"
 )
-_CREATED_TYPES = {"counter", "histogram", "summary", "gaugehistogram"}
 
 
 @dataclass
@@ -76,35 +75,6 @@ class Target:
         return {"job": self.job, "instance": self.instance, **self.labels}
 
 
-def families_to_series(families: Iterable[Metric], base: dict[str, str], default_ms: int) -> SeriesMap:
-    """Metric families (parsed or collected) as a ``SeriesMap`` with the target's labels attached."""
-    out: SeriesMap = {}
-    families = list(families)
-    # A counter's (histogram's, summary's) _created series: in the text format a family of its own.
-    # It is start-time metadata, one more series per counter: not worth the uplink.
-    created = {f"{f.name}_created" for f in families if f.type in _CREATED_TYPES}
-    for family in families:
-        for sample in family.samples:
-            if sample.name in created or sample.native_histogram is not None:
-                continue  # native histograms have no float value to keep
-            pairs = {"__name__": sample.name}
-            for k, v in sample.labels.items():
-                if v == "":
-                    continue  # an empty label is an absent label
-                pairs[f"exported_{k}" if k in base else k] = v
-            pairs.update(base)
-            ts = sample.timestamp
-            ms = default_ms if ts is None else round(float(ts) * 1000)
-            labels: Labels = tuple(sorted(pairs.items()))
-            entry = out.get(labels)
-            if entry is None:
-                out[labels] = ([ms], [float(sample.value)])
-            else:  # the same series twice in one page: keep both, as Prometheus would refuse only one
-                entry[0].append(ms)
-                entry[1].append(float(sample.value))
-    return out
-
-
 def parse_page(text: str, content_type: str, base: dict[str, str], default_ms: int) -> SeriesMap:
     """A /metrics page as a ``SeriesMap``; raises :class:`ScrapeError` when it does not parse."""
     parser = parse_openmetrics if content_type.startswith("application/openmetrics-text") else parse_text
@@ -114,27 +84,23 @@ def parse_page(text: str, content_type: str, base: dict[str, str], default_ms: i
         raise ScrapeError(f"unparsable {content_type or 'page'}: {exc}") from exc
 
 
-def text_metadata(families: list[Metric]) -> MetadataMap:
-    """Each text family's type, help and unit."""
-    out: MetadataMap = {}
-    for family in families:
-        kind = family.type if family.type in TYPES else "unknown"
-        meta = Metadata(kind, family.documentation[:4096], (family.unit or "")[:128])
-        if not meta.is_empty():
-            out[family.name] = meta
-    return out
-
-
-def parse_any(body: bytes, content_type: str, base: dict[str, str], default_ms: int) -> Page:
-    """A scraped page in any of the three formats; :class:`ScrapeError` when it does not parse."""
+def parse_any(
+    body: bytes, content_type: str, base: dict[str, str], default_ms: int, reader: TextReader | None = None
+) -> Page:
+    """A scraped page in any of the three formats; :class:`ScrapeError` when it does not parse.
+    ``reader``: the target's, to read a text page whose shape held since the last one quickly."""
     if exposition.is_protobuf(content_type):
         try:
             return exposition.parse(body, base, default_ms)
         except WireError as exc:
             raise ScrapeError(f"unparsable protobuf page: {exc}") from exc
     text = body.decode("utf-8", errors="replace")
-    parser = parse_openmetrics if content_type.startswith("application/openmetrics-text") else parse_text
+    openmetrics = content_type.startswith("application/openmetrics-text")
+    parser = parse_openmetrics if openmetrics else parse_text
     try:
+        if reader is not None and not openmetrics:
+            series, metadata = reader.read(text, base, default_ms)
+            return Page(series=series, metadata=metadata)
         families = list(parser(text))
         return Page(series=families_to_series(families, base, default_ms), metadata=text_metadata(families))
     except (ValueError, TypeError, KeyError, IndexError) as exc:
@@ -202,6 +168,7 @@ class Scraper:
             registry=registry,
         )
         self.last_error: dict[str, str] = {}
+        self._readers: dict[str, TextReader] = {}  # url -> the last text page's shape
 
     async def start(self) -> None:
         """Open the HTTP session and schedule every target (first scrapes within a second)."""
@@ -245,6 +212,7 @@ class Scraper:
                 job.remove()
             if url not in wanted:
                 self.last_error.pop(url, None)
+                self._readers.pop(url, None)
         self.targets = list(targets)
         if self._session is not None:  # started: else start() schedules them
             self._schedule(fresh)
@@ -303,7 +271,8 @@ class Scraper:
         try:
             async with asyncio.timeout(target.timeout):
                 body, content_type = await self._fetch(target)
-                page = await asyncio.to_thread(parse_any, body, content_type, base, ms)
+                reader = self._readers.setdefault(target.url, TextReader())
+                page = await asyncio.to_thread(parse_any, body, content_type, base, ms, reader)
         except (ScrapeError, TimeoutError) as exc:
             error = str(exc) or f"timed out after {target.timeout:g} s"
             page = Page()
