@@ -10,13 +10,14 @@ demo:
 test:
 	scripts/test
 
-# About 25 minutes: ~1k series over a simulated hour, then 10k series (15 min of scrapes for the
+# About 35 minutes: ~1k series over a simulated hour, then 10k series (15 min of scrapes for the
 # sizes, an hour's backlog for the drain), each figure next to its references from the same run;
 # then a simulated day on metered links (bench/metered.py); then the collector (bench/collector.py:
 # simulated devices against SQLite, two collectors on PostgreSQL, forwarding to VictoriaMetrics;
 # VictoriaMetrics and the row store as references); then the footprint on a small device
 # (bench/footprint.py: one node_exporter every 5 s through the agent, vmagent and Prometheus in agent
-# mode side by side, 5 min; `.venv/bin/python -m bench.footprint --quick` is the 2-minute version).
+# mode side by side, 5 min, then the same at 10k series; `.venv/bin/python -m bench.footprint --quick`
+# is the 2-minute version, and docs/benchmarks.md gives the churn and the outage-and-drain runs).
 bench: venv
 	vmagent=$$(bench/fetch-vmagent || true); \
 	.venv/bin/python -m bench.foundation --series 1000 --vmagent "$$vmagent" && \
@@ -24,7 +25,8 @@ bench: venv
 	.venv/bin/python -m bench.metered && \
 	.venv/bin/python -m bench.collector && \
 	.venv/bin/python -m bench.collector --batch-seconds 60 --skip vm,rows && \
-	.venv/bin/python -m bench.footprint --vmagent "$$vmagent"
+	.venv/bin/python -m bench.footprint --vmagent "$$vmagent" && \
+	.venv/bin/python -m bench.footprint --vmagent "$$vmagent" --series 10000 --idle-seconds 20
 
 # ruff (lint and format) over the tree; mypy over the packages, tests/ and bench/ ([tool.mypy] in pyproject.toml).
 lint: venv

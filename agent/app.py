@@ -99,9 +99,8 @@ class Agent:
         u = settings.uplink
         # One TLS holder for everything the agent sends to its uplink (batches, alerts, remote write).
         self.tls = ClientTls(u.ca_file, u.client_cert, u.client_key, u.server_name) if u.tls_configured else None
-        # The links bulk uploads (and escalated inference requests) go over: caps, budgets, windows.
+        # The links bulk uploads (and inference escalations) take, a transport each (a test's: one for all).
         self.links = Links(settings.uplink, clock)
-        # A transport per link (a test's one transport serves every link).
         self.transports: dict[str, Transport] = {}
         if transport is None and settings.uplink.url is not None:
             self.transports = transports_for(settings, self.links, self.tls)
@@ -140,6 +139,7 @@ class Agent:
             clock=clock,
             defer_for=b.source_commit_interval.total_seconds(),
             rider=self.timekeeper.recorder.rider(),
+            defer_series=b.source_commit_max_series,
         )
         self.tasks = TaskGroup()
         inf = settings.inference

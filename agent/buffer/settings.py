@@ -29,6 +29,9 @@ class BufferSettings(Section):
     # them (backhaul_buffer_source_samples_waiting shows what waits); pushed samples are unaffected.
     # 0: every pass is committed at once, as a pushed request is.
     source_commit_interval: timedelta = Field(timedelta(0), ge=timedelta(0), le=timedelta(minutes=10))
+    # ... but no longer than until the waiting passes hold this many distinct series: memory grows
+    # with the series waiting (a few KB each), and under series churn every pass brings new ones.
+    source_commit_max_series: int = Field(20_000, ge=100)
     # Requests waiting for a commit above this many samples are answered 503 (sender retries).
     max_pending_samples: int = Field(2_000_000, ge=1000)
     # Small chunks (one per commit) are merged in the background into chunks of about this size.

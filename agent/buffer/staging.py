@@ -59,6 +59,7 @@ class Staging:
         on_commit: called after each successful commit (wakes the uploader).
         clock: wall clock in seconds.
         defer_for: seconds a :meth:`defer` submission may wait for its commit.
+        defer_series: ... or until the waiting passes hold this many distinct series (churn).
         rider: asked before each commit (on the loop) for a :class:`Ride` to take along, or None.
     """
 
@@ -72,8 +73,10 @@ class Staging:
         clock: Callable[[], float] = time.time,
         defer_for: float = 0.0,
         rider: Callable[[], Ride | None] | None = None,
+        defer_series: int = 20_000,
     ) -> None:
         self._rider = rider
+        self._defer_series = defer_series
         self._store = store
         self.defer_for = defer_for
         metrics.waiting.set_function(lambda: float(self._deferred_samples()))
@@ -129,7 +132,7 @@ class Staging:
             self._gathering = len(self._pending) - 1
         else:
             future = self._gather(part, samples, dropped, held)
-        if self.defer_for <= 0:
+        if self.defer_for <= 0 or self._deferred_series() >= self._defer_series:
             self._wake.set()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.defer_for, self._wake.set)
@@ -157,6 +160,12 @@ class Staging:
     def _deferred_samples(self) -> int:
         """Samples nobody waits for: every deferred pass is in the one gathering group."""
         return self._pending[self._gathering].samples if self._gathering is not None else 0
+
+    def _deferred_series(self) -> int:
+        if self._gathering is None:
+            return 0
+        contents = self._pending[self._gathering].contents
+        return len(contents.series) + len(contents.histograms)
 
     def _check(self, samples: int) -> None:
         if self._closing:

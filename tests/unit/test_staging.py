@@ -85,3 +85,26 @@ async def test_waiting_passes_share_their_labels(tmp_path: Path) -> None:
         assert twelve - one_pass < 11 * n * 150, (one_pass, twelve)
         await staging.drain()
         assert store.totals.samples == 12 * n
+
+
+async def test_waiting_passes_are_committed_early_once_they_hold_too_many_series(tmp_path: Path) -> None:
+    """Under series churn every pass brings new series; the waiting group may not grow without bound
+    (buffer.source_commit_max_series), while passes of the same series keep waiting."""
+    async with BufferStore(tmp_path / "b.db", 64 << 20, "FULL") as store:
+        staging = Staging(store, BufferMetrics(CollectorRegistry()), 0.001, 1_000_000, defer_for=600, defer_series=250)
+        task = asyncio.create_task(staging.run())
+        try:
+            same = [staging.defer(scrape(k, 100), 100, 0) for k in range(5)]  # 100 series, 5 passes
+            await asyncio.sleep(0.05)
+            assert store.totals.samples == 0 and not any(p.done() for p in same)
+
+            def churned(k: int) -> SeriesMap:
+                return {(*labels, ("gen", str(k))): v for labels, v in scrape(k, 100).items()}
+
+            fresh = [staging.defer(churned(k), 100, 0) for k in range(2)]  # 300 series waiting now
+            await asyncio.wait_for(asyncio.gather(*same, *fresh), 5)
+            assert store.totals.samples == 700
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

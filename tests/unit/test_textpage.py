@@ -82,7 +82,7 @@ def test_a_value_the_library_rejects_fails_the_scrape_even_when_the_shape_held()
 
 
 def test_counters_named_without_total_and_created_series_are_the_library_s() -> None:
-    page = "# TYPE c counter\nc 1\nc_created 1.7e9\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 2\nh_count 2\nh_sum 3\n"
+    page = '# TYPE c counter\nc 1\nc_created 1.7e9\n# TYPE h histogram\nh_bucket{le="+Inf"} 2\nh_count 2\nh_sum 3\n'
     reader = TextReader()
     for value in ("1", "2"):
         text = page.replace("c 1", f"c {value}")
