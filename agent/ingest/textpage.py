@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from prometheus_client.samples import Sample, Timestamp
 
 from backhaul.wire.metadata import TYPES, Metadata, MetadataMap
-from backhaul.wire.series import Labels, SeriesMap
+from backhaul.wire.series import Labels, PairPool, SeriesMap, pooled
 
 # A counter's (histogram's, summary's) _created series: in the text format a family of its own. It is
 # start-time metadata, one more series per counter: not worth the uplink.
@@ -35,9 +35,10 @@ def created_names(families: list[Metric]) -> set[str]:
     return {f"{f.name}_created" for f in families if f.type in _CREATED_TYPES}
 
 
-def sample_labels(sample: Sample, base: dict[str, str], created: set[str]) -> Labels | None:
+def sample_labels(sample: Sample, base: dict[str, str], created: set[str], pool: PairPool) -> Labels | None:
     """A parsed sample's labels with the target's attached (a scraped label of the same name becomes
-    ``exported_<name>``, an empty one is absent); None for a sample not kept."""
+    ``exported_<name>``, an empty one is absent), their pairs shared through ``pool``; None for a
+    sample not kept."""
     if sample.name in created or sample.native_histogram is not None:
         return None  # native histograms have no float value to keep
     pairs = {"__name__": sample.name}
@@ -45,7 +46,7 @@ def sample_labels(sample: Sample, base: dict[str, str], created: set[str]) -> La
         if v != "":
             pairs[f"exported_{k}" if k in base else k] = v
     pairs.update(base)
-    return tuple(sorted(pairs.items()))
+    return pooled(sorted(pairs.items()), pool)
 
 
 def _add(out: SeriesMap, labels: Labels, ms: int, value: float) -> None:
@@ -61,14 +62,17 @@ def _ms(timestamp: float | Timestamp | None, default_ms: int) -> int:
     return default_ms if timestamp is None else round(float(timestamp) * 1000)
 
 
-def families_to_series(families: Iterable[Metric], base: dict[str, str], default_ms: int) -> SeriesMap:
+def families_to_series(
+    families: Iterable[Metric], base: dict[str, str], default_ms: int, pool: PairPool | None = None
+) -> SeriesMap:
     """Metric families (parsed or collected) as a ``SeriesMap`` with the target's labels attached."""
     out: SeriesMap = {}
     families = list(families)
     created = created_names(families)
+    pool = {} if pool is None else pool
     for family in families:
         for sample in family.samples:
-            labels = sample_labels(sample, base, created)
+            labels = sample_labels(sample, base, created, pool)
             if labels is not None:
                 _add(out, labels, _ms(sample.timestamp, default_ms), float(sample.value))
     return out
@@ -167,9 +171,10 @@ class TextReader:
                 self.fast_reads += 1
                 return series, dict(known.metadata)
         families = list(parse_text(text))
-        series = families_to_series(families, base, default_ms)
+        pool: PairPool = {}  # the page's series and the labels kept share their pairs
+        series = families_to_series(families, base, default_ms, pool)
         metadata = text_metadata(families)
-        self._known = self._learn(cut, families, base, metadata)
+        self._known = self._learn(cut, families, base, metadata, pool)
         return series, metadata
 
     @staticmethod
@@ -177,16 +182,22 @@ class TextReader:
         out: SeriesMap = {}
         try:
             for labels, (_, value, stamp) in zip(known.labels, cuts, strict=True):
+                # read even a line not kept (a _created one): the library refuses a page for any bad number
+                number = float(_number(value))
+                ms = default_ms if stamp is None else _ms(_number(stamp) / 1000, default_ms)
                 if labels is not None:
-                    ms = default_ms if stamp is None else _ms(_number(stamp) / 1000, default_ms)
-                    _add(out, labels, ms, float(_number(value)))
+                    _add(out, labels, ms, number)
         except ValueError:
             return None  # not a number by the library's rules either: let it say so
         return out
 
     @staticmethod
     def _learn(
-        cut: tuple[list[str], list[Cut]] | None, families: list[Metric], base: dict[str, str], metadata: MetadataMap
+        cut: tuple[list[str], list[Cut]] | None,
+        families: list[Metric],
+        base: dict[str, str],
+        metadata: MetadataMap,
+        pool: PairPool,
     ) -> _Known | None:
         """What to keep of a page the library read: only when its samples pair one to one, in order,
         with the cut sample lines (same count, same numbers)."""
@@ -206,5 +217,5 @@ class TextReader:
                     return None
             except ValueError:
                 return None
-            labels.append(sample_labels(sample, base, created))
+            labels.append(sample_labels(sample, base, created, pool))
         return _Known(shape, dict(base), labels, metadata)

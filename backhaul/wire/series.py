@@ -88,6 +88,21 @@ def labels_from_pairs(pairs: Iterable[tuple[str, str]]) -> Labels:
     return tuple(sorted(pairs))
 
 
+# One tuple per distinct label pair, shared by every label set built with the same pool.
+PairPool = dict[tuple[str, str], tuple[str, str]]
+
+
+def pooled(pairs: Iterable[tuple[str, str]], pool: PairPool) -> Labels:
+    """``pairs`` (already in order) as a label set whose pair tuples are the pool's.
+
+    A page or a series table repeats a few hundred pairs over thousands of series (``job``,
+    ``instance``, ``cpu="0"``): 10k series of the bench workload hold 60,528 pairs, 503 of them
+    distinct, and their label sets take 8.3 MB built pair by pair, about 1 MB pooled. A pool lives as
+    long as one page or table is read, so series churn cannot grow it."""
+    listed = list(pairs)
+    return tuple(map(pool.setdefault, listed, listed))
+
+
 def with_device_label(series: SeriesMap, label: str, device: str) -> SeriesMap:
     """The series as a store or TSDB keeps them: ``label=device`` added (an existing one becomes
     ``exported_<label>``, as Prometheus does with target labels on a clash)."""

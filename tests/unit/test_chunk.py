@@ -219,3 +219,15 @@ def test_chunks_that_share_a_series_table_keep_their_own_values_and_a_bad_table_
     with pytest.raises(WireError, match="series"):
         chunk.decode(bytes(bad))
     assert exact(chunk.decode(a)) == exact(first)  # the good table is still served
+
+
+def test_a_decoded_series_table_holds_one_tuple_per_distinct_label_pair():
+    # 10k series of one page repeat a few hundred pairs; one tuple per use was 8x the memory (issue 16)
+    series: SeriesMap = {
+        (("__name__", "m"), ("cpu", str(i % 4)), ("job", "node"), ("n", str(i))): ([1000], [float(i)])
+        for i in range(200)
+    }
+    decoded = chunk.decode(chunk.encode(series))
+    assert decoded.keys() == series.keys()
+    pairs = [pair for labels in decoded for pair in labels]
+    assert len(pairs) == 800 and len({id(pair) for pair in pairs}) == len(set(pairs)) == 1 + 4 + 1 + 200

@@ -81,6 +81,26 @@ def test_a_value_the_library_rejects_fails_the_scrape_even_when_the_shape_held()
     assert _read(reader, "a 3\nb 4\n")[0] == _library("a 3\nb 4\n")[0]
 
 
+def test_a_bad_number_on_a_line_not_kept_fails_the_scrape_too() -> None:
+    # a _created line is not kept, but the library refuses the page for its number all the same
+    page = "# TYPE e counter\ne_total 1\ne_created {}\n"
+    reader = TextReader()
+    _read(reader, page.format("0"))
+    with pytest.raises(ScrapeError):
+        _library(page.format("0x2"))
+    with pytest.raises(ScrapeError):
+        _read(reader, page.format("0x2"))
+
+
+def test_the_label_sets_kept_share_one_tuple_per_distinct_pair() -> None:
+    page = "".join(f'm{{cpu="{i % 2}",mode="idle",n="{i}"}} {i}\n' for i in range(100))
+    reader = TextReader()
+    for _ in range(2):
+        series = _read(reader, page)[0]
+    pairs = [pair for labels in series for pair in labels]
+    assert len(pairs) == 600 and len({id(pair) for pair in pairs}) == len(set(pairs)) == 106
+
+
 def test_counters_named_without_total_and_created_series_are_the_library_s() -> None:
     page = '# TYPE c counter\nc 1\nc_created 1.7e9\n# TYPE h histogram\nh_bucket{le="+Inf"} 2\nh_count 2\nh_sum 3\n'
     reader = TextReader()

@@ -41,7 +41,7 @@ from backhaul.wire.errors import WireError
 from backhaul.wire.histogram import Histogram, HistogramSeriesMap
 from backhaul.wire.jsonpart import json_part
 from backhaul.wire.metadata import MetadataMap, from_json, to_json
-from backhaul.wire.series import Labels, SeriesMap, append_series, merge_into
+from backhaul.wire.series import Labels, PairPool, SeriesMap, append_series, merge_into, pooled
 
 
 class _TableCache:
@@ -87,7 +87,8 @@ class _DecodedTables:
         table = json_part(raw, "chunk: series table", list)
         if len(table) != n_series:
             raise WireError(f"chunk: series table does not hold {n_series} series")
-        found = tuple(_labels(flat) for flat in table)
+        pool: PairPool = {}
+        found = tuple(_labels(flat, pool) for flat in table)
         if len(raw) <= self._max_bytes // 4:
             if self._bytes + len(raw) > self._max_bytes:
                 self._entries.clear()  # atomic: the collector decodes on more than one thread
@@ -310,8 +311,8 @@ def _section(data: bytes, pos: int, what: str) -> bytes:
 _STR_ONLY = {str}
 
 
-def _labels(flat: object) -> Labels:
+def _labels(flat: object, pool: PairPool) -> Labels:
     # set(map(type, ...)) runs in C: much cheaper than an isinstance() per item for every series.
     if type(flat) is not list or not flat or len(flat) % 2 or set(map(type, flat)) != _STR_ONLY:
         raise WireError("chunk: a series entry is not a non-empty list of label name/value strings")
-    return tuple(zip(flat[0::2], flat[1::2], strict=True))
+    return pooled(zip(flat[0::2], flat[1::2], strict=True), pool)

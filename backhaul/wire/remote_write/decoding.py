@@ -27,7 +27,7 @@ from backhaul.wire.metadata import Metadata, MetadataMap
 from backhaul.wire.remote_write.messages import Label, LabelBytes, WriteRequestRawLabels
 from backhaul.wire.remote_write.negotiation import CONTENT_TYPE, Message
 from backhaul.wire.remote_write.pieces import V2_FIELDS, pieces
-from backhaul.wire.series import Exemplar, ExemplarMap, Labels, SeriesMap, append_series
+from backhaul.wire.series import Exemplar, ExemplarMap, Labels, SeriesMap, append_series, pooled
 
 # Millisecond timestamps beyond this are not dates (year ~285,000); refusing them keeps the
 # chunk encoder's delta arithmetic inside int64.
@@ -159,7 +159,7 @@ class LabelCache:
                 break
             pairs.append((label.name, label.value))
         if result is None:
-            result = label_problem(pairs, limits) or tuple(self._pairs.setdefault(pair, pair) for pair in sorted(pairs))
+            result = label_problem(pairs, limits) or pooled(sorted(pairs), self._pairs)
         if len(self._sets) >= self._max_entries or len(self._pairs) >= self._max_pairs:
             self._sets.clear()
             self._pairs.clear()
