@@ -90,11 +90,12 @@ def text_metadata(families: list[Metric]) -> MetadataMap:
 
 
 def _number(token: str) -> float:
-    """A value or timestamp token as prometheus_client reads it (an int when it is one)."""
-    try:
-        return int(token)
-    except ValueError:
-        return float(token)
+    """A value or timestamp token as prometheus_client reads it: ``int()`` if that takes it, else
+    ``float()``. For a token :func:`_cut` let through (no blank, no underscore) ``int()`` takes
+    exactly an optional sign and decimal digits; asking first saves raising a ValueError for most
+    values, which was an eighth of the agent's CPU at 10k series (py-spy)."""
+    digits = token[1:] if token[:1] in ("+", "-") else token
+    return int(token) if digits.isdecimal() else float(token)
 
 
 def _cut(line: str) -> Cut | None:

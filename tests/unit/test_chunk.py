@@ -231,3 +231,15 @@ def test_a_decoded_series_table_holds_one_tuple_per_distinct_label_pair():
     assert decoded.keys() == series.keys()
     pairs = [pair for labels in decoded for pair in labels]
     assert len(pairs) == 800 and len({id(pair) for pair in pairs}) == len(set(pairs)) == 1 + 4 + 1 + 200
+
+
+def test_a_series_table_seen_twice_is_decoded_once_more_however_big():
+    # a 10k series table is ~1 MB: it used to be too big to keep, and was decoded at every merge
+    series: SeriesMap = {
+        (("__name__", "m"), ("n", f"{i:08d}"), ("path", "/var/lib/" + "x" * 80)): ([1000], [1.0]) for i in range(3000)
+    }
+    raw = chunk.encode(series)
+    decoded = [list(chunk.decode(raw)) for _ in range(3)]
+    assert len(raw) > 256 << 10 and decoded[0] == decoded[1] == decoded[2] == list(series)
+    assert decoded[0][0] is not decoded[1][0]  # seen once: not kept
+    assert all(a is b for a, b in zip(decoded[1], decoded[2], strict=True))  # seen twice: kept

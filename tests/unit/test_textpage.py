@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.ingest import textpage
 from agent.ingest.scrape import parse_any
 from agent.ingest.textpage import TextReader
 from backhaul.errors import ScrapeError
@@ -177,3 +178,24 @@ def test_any_two_pages_of_one_shape_read_exactly_as_the_library_reads_them(pages
             continue
         got = _read(reader, page)
         assert _same(got[0], want[0]) and got[1] == want[1]
+
+
+def _int_else_float(token: str) -> float:  # the library's own rule for a value
+    try:
+        return int(token)
+    except ValueError:
+        return float(token)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=["Zs", "Cc"], blacklist_characters="_"), max_size=8))
+def test_a_number_is_read_by_the_library_s_rule(token: str) -> None:
+    try:
+        want: float | type[Exception] = _int_else_float(token)
+    except (ValueError, OverflowError) as exc:
+        want = type(exc)
+    try:
+        got: float | type[Exception] = textpage._number(token)
+    except (ValueError, OverflowError) as exc:
+        got = type(exc)
+    assert type(got) is type(want) and (got == want or (got != got and want != want))

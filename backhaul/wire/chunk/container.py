@@ -72,13 +72,18 @@ class _DecodedTables:
     """Decoded series tables by their bytes. The agent merges chunks whose series table is the same
     commit after commit (one node_exporter page: the same 507 series), and building their label
     tuples was a quarter of its CPU at a 5 s scrape (py-spy, issue 16). Exact bytes give exactly the
-    same labels, so a hit is safe whoever sent the chunk. Bounded by the tables' bytes: when full it
-    starts over."""
+    same labels, so a hit is safe whoever sent the chunk.
 
-    def __init__(self, max_bytes: int = 1 << 20) -> None:
+    A table is kept once it has been seen twice: at 10k series a table is ~1 MB, too big to keep
+    every one on sight, and under series churn no table comes again. Bounded by the tables' bytes:
+    when full it starts over (atomically: the collector decodes on more than one thread)."""
+
+    def __init__(self, max_bytes: int = 4 << 20, max_seen: int = 256) -> None:
         self._max_bytes = max_bytes
+        self._max_seen = max_seen
         self._bytes = 0
         self._entries: dict[bytes, tuple[Labels, ...]] = {}
+        self._seen: set[int] = set()  # hashes of tables decoded once; a collision only admits early
 
     def labels(self, raw: bytes, n_series: int) -> tuple[Labels, ...]:
         found = self._entries.get(raw)
@@ -89,9 +94,14 @@ class _DecodedTables:
             raise WireError(f"chunk: series table does not hold {n_series} series")
         pool: PairPool = {}
         found = tuple(_labels(flat, pool) for flat in table)
-        if len(raw) <= self._max_bytes // 4:
+        key = hash(raw)
+        if key not in self._seen:
+            if len(self._seen) >= self._max_seen:
+                self._seen = set()
+            self._seen.add(key)
+        elif len(raw) <= self._max_bytes // 2:
             if self._bytes + len(raw) > self._max_bytes:
-                self._entries.clear()  # atomic: the collector decodes on more than one thread
+                self._entries = {}
                 self._bytes = 0
             self._entries[raw] = found
             self._bytes += len(raw)
