@@ -12,15 +12,23 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import re2
+from types import ModuleType
+from typing import Any
 
 from backhaul.errors import SelectorError
 
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.dot_nl = True
-_RE2_OPTIONS.log_errors = False  # a bad pattern is the caller's 400, not a line on our stderr
-_RE2_OPTIONS.never_capture = True
+
+@functools.cache
+def _re2() -> tuple[ModuleType, Any]:
+    """RE2 and our options for it, on the first regular expression: most agents have none, and the
+    module is 1.6 MB of a small device's memory (issue 16)."""
+    import re2
+
+    options = re2.Options()
+    options.dot_nl = True
+    options.log_errors = False  # a bad pattern is the caller's 400, not a line on our stderr
+    options.never_capture = True
+    return re2, options
 
 
 @dataclass(frozen=True)
@@ -34,8 +42,9 @@ class Matcher:
             return lambda v: v == self.value
         if self.op == "!=":
             return lambda v: v != self.value
+        re2, options = _re2()
         try:
-            pattern = re2.compile(self.value, _RE2_OPTIONS)
+            pattern = re2.compile(self.value, options)
         except re2.error as exc:
             detail = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else exc
             raise SelectorError(f"bad regular expression {self.value!r} for {self.name}: {detail}") from exc

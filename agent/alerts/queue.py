@@ -15,13 +15,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec, TypeVar
-
-import sqlite_utils
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from backhaul.sqlite import Database, Synchronous
 from backhaul.wire import alert as wire
 from backhaul.wire.alert import AlertMessage
+
+if TYPE_CHECKING:  # imported by backhaul.sqlite.migrate, only when a migration runs
+    import sqlite_utils
 
 P = ParamSpec("P")
 T = TypeVar("T")

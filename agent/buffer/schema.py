@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from backhaul import sqlite
+
+if TYPE_CHECKING:  # imported by backhaul.sqlite.migrate, only when a migration runs
+    import sqlite_utils
 
 
 def _v1(db: sqlite_utils.Database) -> None:

@@ -70,3 +70,15 @@ def test_the_optional_parts_are_imported_once_configured(tmp_path: Path) -> None
         alerts={"token": TOKEN, "channels": [{"type": "mqtt", "host": "127.0.0.1", "port": free_port()}]},
     )
     assert {"aiomqtt", "paho", "psutil", "agent.ingest.host", "agent.alerts.mqtt"} <= modules
+
+
+def test_a_restart_on_a_buffer_at_its_newest_schema_needs_neither_sqlite_utils_nor_re2(tmp_path: Path) -> None:
+    # sqlite-utils (with click, dateutil, pluggy) only runs migrations; RE2 only compiles a selector's regex
+    first = imported(tmp_path)
+    assert "sqlite_utils" in first  # a new buffer is created through it
+    again = imported(tmp_path)
+    assert "agent.app" in again and not {"sqlite_utils", "click", "dateutil", "re2"} & again
+    with_rule = imported(
+        tmp_path, alerts={"rules": [{"name": "hot", "selector": 'temp{zone=~"gpu.*"}', "op": ">", "threshold": 90}]}
+    )
+    assert "re2" in with_rule
