@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import compress
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families as parse_text
@@ -111,10 +112,25 @@ def _cut(line: str) -> Cut | None:
         if space < 0:
             return None
         head, rest = line[:space], line[space + 1 :]
-    tokens = [t for t in rest.split(" ") if t]
-    if not 1 <= len(tokens) <= 2 or any("_" in t or t != t.strip() for t in tokens):
+    # Printable ASCII: no blank but the space, so split() cuts as the library does.
+    if "_" in rest or not rest.isascii() or not rest.isprintable():
         return None
-    return head, tokens[0], tokens[1] if len(tokens) == 2 else None
+    tokens = rest.split()
+    if len(tokens) == 1:
+        return head, tokens[0], None
+    return (head, tokens[0], tokens[1]) if len(tokens) == 2 else None
+
+
+def _numbers(tokens: list[str]) -> list[float]:
+    """Value tokens as the library reads them, in C where that gives the same float: ``float()``
+    and ``int()``-then-``float()`` part only for an integer token that is ``-0`` (``int`` loses the
+    sign) or too big for a float (``int`` refuses), so a zero or an infinity is read again."""
+    values = list(map(float, tokens))  # ValueError: the library would refuse the token too
+    if 0.0 in values or math.inf in values or -math.inf in values:
+        for i, value in enumerate(values):
+            if value == 0.0 or math.isinf(value):
+                values[i] = float(_number(tokens[i]))
+    return values
 
 
 def _shape(text: str) -> tuple[list[str], list[Cut]] | None:
@@ -140,12 +156,16 @@ def _shape(text: str) -> tuple[list[str], list[Cut]] | None:
 @dataclass(frozen=True)
 class _Known:
     """A page the library has read: its shape, the target labels it was read with, and per sample
-    line the labels kept (None: not kept)."""
+    line the labels kept (None: not kept); ``simple`` when no line has a timestamp and no series
+    repeats, so a page of this shape maps one line to one series."""
 
     shape: list[str]
     base: dict[str, str]
     labels: list[Labels | None]
     metadata: MetadataMap
+    simple: bool = False
+    kept: list[bool] = field(default_factory=list)  # per sample line: whether its series is kept
+    kept_labels: list[Labels] = field(default_factory=list)  # the labels of those kept, in order
 
 
 def _same(a: float, b: float) -> bool:
@@ -180,14 +200,20 @@ class TextReader:
 
     @staticmethod
     def _fast(known: _Known, cuts: list[Cut], default_ms: int) -> SeriesMap | None:
-        out: SeriesMap = {}
         try:
-            for labels, (_, value, stamp) in zip(known.labels, cuts, strict=True):
-                # read even a line not kept (a _created one): the library refuses a page for any bad number
-                number = float(_number(value))
+            # every line's number, kept or not (a _created one): the library refuses a page for any
+            values = _numbers([value for _, value, _ in cuts])
+            if known.simple and not any(stamp for _, _, stamp in cuts):
+                kept_values = compress(values, known.kept)
+                return {
+                    labels: ([default_ms], [value])
+                    for labels, value in zip(known.kept_labels, kept_values, strict=True)
+                }
+            out: SeriesMap = {}
+            for labels, value, (_, _, stamp) in zip(known.labels, values, cuts, strict=True):
                 ms = default_ms if stamp is None else _ms(_number(stamp) / 1000, default_ms)
                 if labels is not None:
-                    _add(out, labels, ms, number)
+                    _add(out, labels, ms, value)
         except ValueError:
             return None  # not a number by the library's rules either: let it say so
         return out
@@ -219,4 +245,7 @@ class TextReader:
             except ValueError:
                 return None
             labels.append(sample_labels(sample, base, created, pool))
-        return _Known(shape, dict(base), labels, metadata)
+        kept = [label is not None for label in labels]
+        kept_labels = [label for label in labels if label is not None]
+        simple = len(set(kept_labels)) == len(kept_labels) and not any(stamp for _, _, stamp in cuts)
+        return _Known(shape, dict(base), labels, metadata, simple, kept, kept_labels)
