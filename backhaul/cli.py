@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from backhaul import __version__, malloc
+from backhaul import __version__, memory
 from backhaul.errors import BackhaulError, ConfigError
 from backhaul.settings import ProgramSettings, load
 
@@ -105,7 +105,8 @@ def main(program: Program[S], argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every job run at INFO
-    malloc.return_large_blocks()
+    memory.return_large_blocks()
+    memory.freeze_imports()
     try:
         asyncio.run(serve(settings, again(cls, path, check, start_path)))
     except ConfigError as exc:

@@ -1,4 +1,4 @@
-"""backhaul.malloc: large freed blocks go back to the system (issue 16: 117.7 -> 94.6 MB at 10k series)."""
+"""backhaul.memory: large freed blocks go back to the system (issue 16: 117.7 -> 94.6 MB at 10k series)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from harness import child_env
 # threshold past it), then big blocks with small, long-lived malloc'd objects between them.
 PROBE = """
 import sys
-from backhaul.malloc import return_large_blocks
+from backhaul.memory import return_large_blocks
 def rss():
     return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
 applied = sys.argv[1] == "fix" and return_large_blocks()
