@@ -11,7 +11,8 @@ test:
 	scripts/test
 
 # About 35 minutes: ~1k series over a simulated hour, then 10k series (15 min of scrapes for the
-# sizes, an hour's backlog for the drain), each figure next to its references from the same run;
+# sizes, an hour's backlog for the drain) and what one 10k series request costs at least in CPython
+# (bench/decode_floor.py), each figure next to its references from the same run;
 # then a simulated day on metered links (bench/metered.py); then the collector (bench/collector.py:
 # simulated devices against SQLite, two collectors on PostgreSQL, forwarding to VictoriaMetrics;
 # VictoriaMetrics and the row store as references); then the footprint on a small device
@@ -22,6 +23,7 @@ bench: venv
 	vmagent=$$(bench/fetch-vmagent || true); \
 	.venv/bin/python -m bench.foundation --series 1000 --vmagent "$$vmagent" && \
 	.venv/bin/python -m bench.foundation --series 10000 --minutes 15 --drain-minutes 60 --vmagent "$$vmagent" && \
+	.venv/bin/python -m bench.decode_floor && \
 	.venv/bin/python -m bench.metered && \
 	.venv/bin/python -m bench.collector && \
 	.venv/bin/python -m bench.collector --batch-seconds 60 --skip vm,rows && \
