@@ -31,15 +31,8 @@ from bench.workload import Workload
 def request_body(series: int) -> tuple[bytes, int]:
     """A snappy-compressed WriteRequest of one round of the workload, and its series count."""
     _, samples = next(Workload(series, 1, 1_780_000_000_000).rounds())
-    request = rw.WriteRequest()
-    for labels, (stamps, values) in samples.items():
-        ts = request.timeseries.add()
-        for name, value in labels:
-            label = ts.labels.add()
-            label.name, label.value = name, value
-        sample = ts.samples.add()
-        sample.timestamp, sample.value = stamps[0], values[0]
-    return bytes(cramjam.snappy.compress_raw(request.SerializeToString())), len(request.timeseries)
+    (body,) = rw.encode(samples)
+    return body, len(samples)
 
 
 def best(work: Callable[[], object], runs: int = 7) -> float:
