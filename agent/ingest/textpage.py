@@ -156,14 +156,14 @@ def _shape(text: str) -> tuple[list[str], list[Cut]] | None:
 @dataclass(frozen=True)
 class _Known:
     """A page the library has read: its shape, the target labels it was read with, and per sample
-    line the labels kept (None: not kept); ``simple`` when no line has a timestamp and no series
-    repeats, so a page of this shape maps one line to one series."""
+    line the labels kept (None: not kept); ``distinct`` when no series is kept twice, so a page of
+    this shape without timestamps maps one line to one series."""
 
     shape: list[str]
     base: dict[str, str]
     labels: list[Labels | None]
     metadata: MetadataMap
-    simple: bool = False
+    distinct: bool = False
     kept: list[bool] = field(default_factory=list)  # per sample line: whether its series is kept
     kept_labels: list[Labels] = field(default_factory=list)  # the labels of those kept, in order
 
@@ -203,7 +203,7 @@ class TextReader:
         try:
             # every line's number, kept or not (a _created one): the library refuses a page for any
             values = _numbers([value for _, value, _ in cuts])
-            if known.simple and not any(stamp for _, _, stamp in cuts):
+            if known.distinct and not any(stamp for _, _, stamp in cuts):
                 kept_values = compress(values, known.kept)
                 return {
                     labels: ([default_ms], [value])
@@ -247,5 +247,5 @@ class TextReader:
             labels.append(sample_labels(sample, base, created, pool))
         kept = [label is not None for label in labels]
         kept_labels = [label for label in labels if label is not None]
-        simple = len(set(kept_labels)) == len(kept_labels) and not any(stamp for _, _, stamp in cuts)
-        return _Known(shape, dict(base), labels, metadata, simple, kept, kept_labels)
+        distinct = len(set(kept_labels)) == len(kept_labels)
+        return _Known(shape, dict(base), labels, metadata, distinct, kept, kept_labels)
