@@ -389,7 +389,7 @@ async def serve(settings: AgentSettings, reload_from: Callable[[], AgentSettings
         interval = systemd.watchdog_interval()
         dog = None
         if interval:
-            dog = agent.tasks.spawn("watchdog", watchdog(interval, agent.alive, lambda: systemd.notify("WATCHDOG=1")))
+            dog = agent.tasks.spawn("watchdog", watchdog(interval, agent.alive, systemd.ping_watchdog))
         await stop.wait()
         log.info("stopping")
         systemd.notify("STOPPING=1")
