@@ -6,6 +6,7 @@ One module per concern:
   their fields, and Prometheus' stale marker.
 - ``negotiation``: the ``Content-Type`` a request carries, telling 1.0 from 2.0 (``remote_write_v2``).
 - ``decoding``: a body to :class:`Decoded` within the receiver's :class:`Limits`.
+- ``labelcache``: label sets decoded once and looked up by their raw bytes.
 - ``encoding``: samples to bodies, split into requests the way Prometheus sends them.
 
 Callers import this package (``from backhaul.wire import remote_write as rw``); the names below are
@@ -20,11 +21,11 @@ from backhaul.wire.remote_write.decoding import (
     decode,
     decode_histograms,
     decompress,
-    label_problem,
     snappy_uncompressed_length,
     unknown_field_numbers,
 )
 from backhaul.wire.remote_write.encoding import encode
+from backhaul.wire.remote_write.labelcache import label_problem
 from backhaul.wire.remote_write.messages import STALE_NAN_BYTES, WriteRequest, is_stale_marker
 from backhaul.wire.remote_write.negotiation import ACCEPTED, CONTENT_TYPE, Message, header_problem, negotiate
 

@@ -13,6 +13,8 @@ Message fields (package ``prometheus``)::
     Exemplar        labels 1 (repeated Label), value 2 (double), timestamp 3 (int64, ms)
     MetricMetadata  type 1 (int32), metric_family_name 2, help 4, unit 5 (strings)
     Histogram       protodesc.histogram_messages
+    KeyRequest      timeseries 1 (repeated KeySeries): a request read only for its label cache keys
+    KeySeries       labels 1, exemplars 3, histograms 4 (repeated bytes)
 
 A body is one snappy block (no framing) of a serialized ``WriteRequest``. A stale marker is the
 float sample whose bits are 0x7ff0000000000002, a NaN Prometheus writes when a series vanishes.
@@ -77,6 +79,15 @@ def _build_messages() -> dict[str, Any]:
             # lookup instead of a Python object per label name and value.
             "TimeSeriesRawLabels": series(Field("labels", 1, T.TYPE_BYTES, repeated=True)),
             "WriteRequestRawLabels": request("TimeSeriesRawLabels"),
+            # A request's series as keys of the label cache: parsed, stripped of what they do not
+            # declare (samples, unknown fields), each series serializes to its labels exactly as
+            # they came, and to its exemplars and histograms if it has any.
+            "KeySeries": [
+                Field("labels", 1, T.TYPE_BYTES, repeated=True),
+                Field("exemplars", 3, T.TYPE_BYTES, repeated=True),
+                Field("histograms", 4, T.TYPE_BYTES, repeated=True),
+            ],
+            "KeyRequest": [Field("timeseries", 1, T.TYPE_MESSAGE, repeated=True, message="KeySeries")],
         },
     )
 
@@ -86,6 +97,8 @@ WriteRequest = _MESSAGES["WriteRequest"]
 WriteRequestRawLabels = _MESSAGES["WriteRequestRawLabels"]
 Label = _MESSAGES["Label"]
 LabelBytes = _MESSAGES["LabelBytes"]
+KeySeries = _MESSAGES["KeySeries"]
+KeyRequest = _MESSAGES["KeyRequest"]
 
 
 def is_stale_marker(value: float) -> bool:
