@@ -65,13 +65,7 @@ class LabelCache:
         found = self._sets.get(key)
         if found is not None:
             return found
-        # Before parsing a label at all: a set of 100,000 labels costs a length check, not 100,000 objects.
-        if len(raw) > limits.max_labels_per_series:
-            result: Labels | str = "too_many_labels"
-        elif len(joined) > 2 * limits.max_label_bytes + 8 * len(raw):  # bytes on the wire > text + framing
-            result = "labels_too_long"
-        else:
-            result = self._decode(raw, limits)
+        result = self._decode(raw, len(joined), limits)
         self._store(self._sets, key, result)
         return result
 
@@ -88,15 +82,8 @@ class LabelCache:
                 series = KeySeries.FromString(keys[i])
                 if series.exemplars or series.histograms:
                     return None
-                # The same checks as lookup(): the joined key's length is the items' plus separators.
-                items = series.labels
-                size = sum(map(len, items)) + len(items) - 1
-                if len(items) > limits.max_labels_per_series:
-                    result: Labels | str = "too_many_labels"
-                elif size > 2 * limits.max_label_bytes + 8 * len(items):
-                    result = "labels_too_long"
-                else:
-                    result = self._decode(items, limits)
+                items = series.labels  # measured as lookup() measures its joined key: items and separators
+                result = self._decode(items, sum(map(len, items)) + len(items) - 1, limits)
                 self._store(self._framed, keys[i], result)
                 found[i] = result
         return found
@@ -118,7 +105,14 @@ class LabelCache:
             self.clear()
         into[key] = result
 
-    def _decode(self, raw: Sequence[bytes], limits: Limits) -> Labels | str:
+    def _decode(self, raw: Sequence[bytes], joined_size: int, limits: Limits) -> Labels | str:
+        """A series' label items (``joined_size``: their bytes joined by one separator each) to its
+        sorted labels, or the reason they are refused."""
+        # Before parsing a label at all: a set of 100,000 labels costs a length check, not 100,000 objects.
+        if len(raw) > limits.max_labels_per_series:
+            return "too_many_labels"
+        if joined_size > 2 * limits.max_label_bytes + 8 * len(raw):  # bytes on the wire > text + framing
+            return "labels_too_long"
         pairs = []
         for item in raw:
             try:
