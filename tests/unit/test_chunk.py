@@ -4,8 +4,12 @@ import struct
 
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from backhaul.wire import TooLarge, WireError, chunk
+from backhaul.wire.chunk import container
+from backhaul.wire.chunk.columns import decimal_of
 from backhaul.wire.series import SeriesMap
 
 STALE = struct.unpack("<d", (0x7FF0000000000002).to_bytes(8, "little"))[0]
@@ -243,3 +247,29 @@ def test_a_series_table_seen_twice_is_decoded_once_more_however_big():
     assert len(raw) > 256 << 10 and decoded[0] == decoded[1] == decoded[2] == list(series)
     assert decoded[0][0] is not decoded[1][0]  # seen once: not kept
     assert all(a is b for a, b in zip(decoded[1], decoded[2], strict=True))  # seen twice: kept
+
+
+# Values as exporters and senders give them: short decimals of every size, float sums, integers past
+# 2^52, -0.0, NaN, infinities, stale markers.
+_VALUES = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.builds(round, st.floats(-1e12, 1e12), st.integers(0, 15)),
+    st.integers(-(2**60), 2**60).map(float),
+    st.sampled_from([-0.0, 0.0, STALE, 2.0**52, -(2.0**52), 1e-5, 1e16]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_VALUES, min_size=1, max_size=40))
+def test_the_column_at_a_time_encode_of_single_samples_equals_the_series_by_series_one(values):
+    series: SeriesMap = {(("__name__", f"m{i}"),): ([1_700_000_000_000 + i], [v]) for i, v in enumerate(values)}
+    assert container._single_sample_columns(series) == container._columns(series)
+    decoded = chunk.decode(chunk.encode(series))
+    assert [bits(v) for _, v in decoded.values()] == [bits(v) for _, v in series.values()]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_VALUES.filter(lambda v: not v.is_integer()))
+def test_a_decimal_read_from_repr_is_the_one_decimal_scale_finds(value):
+    k = chunk.decimal_scale([value])
+    assert decimal_of(value) == (None if k is None else (k, round(value * 10**k)))

@@ -13,6 +13,7 @@ import operator
 from array import array
 from dataclasses import dataclass, field
 from itertools import accumulate
+from typing import cast
 
 from backhaul.wire.chunk.columns import (
     LITTLE,
@@ -21,6 +22,7 @@ from backhaul.wire.chunk.columns import (
     sample_counts,
     scaled_integers,
     shuffle,
+    single_columns,
     unshuffle,
     zigzag_deltas,
 )
@@ -63,6 +65,13 @@ class _TableCache:
                 self._entries.clear()
             self._entries[labels] = found
         return found
+
+    def entries(self, series: list[Labels]) -> list[bytes]:
+        """:meth:`entry` of each; those already kept are looked up in C."""
+        found = list(map(self._entries.get, series))
+        if None in found:
+            return [known or self.entry(labels) for known, labels in zip(found, series, strict=True)]
+        return cast(list[bytes], found)
 
 
 _TABLE = _TableCache()
@@ -144,36 +153,8 @@ def encode(
     Floats only: a version 2 chunk, which every reader takes. With native histograms or metadata:
     version 3.
     """
-    entries: list[bytes] = []
-    counts = array("I")
-    kinds = bytearray()
-    stamps: list[int] = []
-    integers = array("Q")
-    floats: list[float] = []
+    entries, counts, kinds, stamps, integers, floats = _single_sample_columns(series) or _columns(series)
     entry = _TABLE.entry
-    for labels, (ts, vals) in series.items():
-        n = len(ts)
-        if n != len(vals):
-            raise ValueError(f"series {labels!r}: {n} timestamps but {len(vals)} values")
-        if not n:
-            continue
-        entries.append(entry(labels))
-        counts.append(n)
-        stamps.extend(ts)
-        if n == 1:  # one sample per series, as a single remote-write request brings: the common case
-            v = float(vals[0])
-            if v.is_integer() and -MAX_SCALED < v < MAX_SCALED and (v or math.copysign(1.0, v) > 0):
-                kinds.append(1)
-                i = int(v)
-                integers.append((i << 1) ^ (i >> 63))
-                continue
-        scaled = scaled_integers(vals)
-        if scaled is None:
-            kinds.append(FLOAT_KIND)
-            floats.extend(vals)
-        else:
-            kinds.append(1 + scaled[0])
-            integers.extend(zigzag_deltas(scaled[1]))
 
     version = VERSION
     tail = b""
@@ -213,6 +194,58 @@ def encode(
             tail,
         )
     )
+
+
+_Columns = tuple[list[bytes], "array[int]", bytearray, list[int], "array[int]", list[float]]
+_first = operator.itemgetter(0)
+
+
+def _single_sample_columns(series: SeriesMap) -> _Columns | None:
+    """The columns of series that hold one sample each, a column at a time: what a group commit of
+    remote-write requests usually encodes. None for anything else."""
+    if not series:
+        return None
+    stamps, values = zip(*series.values(), strict=True)
+    if set(map(len, stamps)) != {1} or set(map(len, values)) != {1}:
+        return None
+    kinds, integers, floats = single_columns(list(map(float, map(_first, values))))
+    counts = array("I", [1]) * len(stamps)
+    return _TABLE.entries(list(series)), counts, kinds, list(map(_first, stamps)), array("Q", integers), floats
+
+
+def _columns(series: SeriesMap) -> _Columns:
+    """The columns, series by series."""
+    entries: list[bytes] = []
+    counts = array("I")
+    kinds = bytearray()
+    stamps: list[int] = []
+    integers = array("Q")
+    floats: list[float] = []
+    entry = _TABLE.entry
+    for labels, (ts, vals) in series.items():
+        n = len(ts)
+        if n != len(vals):
+            raise ValueError(f"series {labels!r}: {n} timestamps but {len(vals)} values")
+        if not n:
+            continue
+        entries.append(entry(labels))
+        counts.append(n)
+        stamps.extend(ts)
+        if n == 1:  # one sample per series, as a single remote-write request brings: the common case
+            v = float(vals[0])
+            if v.is_integer() and -MAX_SCALED < v < MAX_SCALED and (v or math.copysign(1.0, v) > 0):
+                kinds.append(1)
+                i = int(v)
+                integers.append((i << 1) ^ (i >> 63))
+                continue
+        scaled = scaled_integers(vals)
+        if scaled is None:
+            kinds.append(FLOAT_KIND)
+            floats.extend(vals)
+        else:
+            kinds.append(1 + scaled[0])
+            integers.extend(zigzag_deltas(scaled[1]))
+    return entries, counts, kinds, stamps, integers, floats
 
 
 def decode(data: bytes) -> SeriesMap:
