@@ -28,7 +28,7 @@ from backhaul.wire.remote_write.labelcache import LabelCache, label_problem
 from backhaul.wire.remote_write.messages import KeyRequest, KeySeries, WriteRequestRawLabels
 from backhaul.wire.remote_write.negotiation import CONTENT_TYPE, Message
 from backhaul.wire.remote_write.pieces import V2_FIELDS, pieces
-from backhaul.wire.series import Exemplar, ExemplarMap, Labels, SeriesMap, append_series
+from backhaul.wire.series import Exemplar, ExemplarMap, Labels, SeriesMap, append_series, merge_owned
 
 __all__ = ["Decoded", "LabelCache", "Limits", "decode", "decode_histograms", "label_problem"]
 
@@ -200,14 +200,31 @@ def _take_bulk(raw: bytes, request: Any, out: Decoded, limits: Limits, cache: La
         kept = [i for i, labels in enumerate(found) if not isinstance(labels, str)]
         labelled = [labelled[i] for i in kept]
         stamps, values = [stamps[i] for i in kept], [values[i] for i in kept]
-    series = dict(zip(labelled, zip([[t] for t in stamps], [[v] for v in values], strict=True), strict=True))
-    if out.series or len(series) < len(labelled):  # a series more than once: its samples in their order
-        series = out.series
-        for labels, t, v in zip(labelled, stamps, values, strict=True):
-            append_series(series, labels, [t], [v])
+    entries = list(zip([[t] for t in stamps], [[v] for v in values], strict=True))
+    series = dict(zip(labelled, entries, strict=True))
+    if len(series) < len(labelled):
+        _put_back_repeats(series, labelled, entries)
+    if out.series:
+        series = merge_owned([out.series, series])
     out.series = series
     out.samples += len(labelled)
     return True
+
+
+def _put_back_repeats(series: SeriesMap, labelled: list[Labels], entries: list[tuple[list[int], list[float]]]) -> None:
+    """``series`` was built from ``labelled`` and ``entries`` by position, so a series listed more than
+    once kept only its last sample. Prometheus lists one entry per sample: a request that spans two
+    scrapes of a shard repeats the series of the first (330 of 2,000 in the bench's requests). Put
+    the earlier samples back in front, in their order, looking only at the positions repeated."""
+    last = dict(zip(labelled, range(len(labelled)), strict=True))  # each series' last position
+    earlier: SeriesMap = {}
+    for at in sorted(set(range(len(labelled))).difference(last.values())):
+        stamps, values = entries[at]
+        append_series(earlier, labelled[at], stamps, values)
+    for labels, (stamps, values) in earlier.items():
+        stamps.extend(series[labels][0])
+        values.extend(series[labels][1])
+        series[labels] = (stamps, values)
 
 
 def _take(request: Any, out: Decoded, limits: Limits, cache: LabelCache, histograms: bool, exemplars: bool) -> None:
