@@ -273,3 +273,10 @@ def test_the_column_at_a_time_encode_of_single_samples_equals_the_series_by_seri
 def test_a_decimal_read_from_repr_is_the_one_decimal_scale_finds(value):
     k = chunk.decimal_scale([value])
     assert decimal_of(value) == (None if k is None else (k, round(value * 10**k)))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_VALUES, min_size=1, max_size=20))
+def test_scaled_integers_of_a_series_are_decimal_scale_and_its_integers(values):
+    k = chunk.decimal_scale(values)
+    assert chunk.scaled_integers(values) == (None if k is None else (k, [round(v * 10**k) for v in values]))
