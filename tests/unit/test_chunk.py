@@ -280,3 +280,16 @@ def test_a_decimal_read_from_repr_is_the_one_decimal_scale_finds(value):
 def test_scaled_integers_of_a_series_are_decimal_scale_and_its_integers(values):
     k = chunk.decimal_scale(values)
     assert chunk.scaled_integers(values) == (None if k is None else (k, [round(v * 10**k) for v in values]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.lists(_VALUES, min_size=1, max_size=3), min_size=1, max_size=30))
+def test_a_chunk_of_single_and_longer_series_keeps_each_series_samples(series_values):
+    series: SeriesMap = {
+        (("__name__", f"m{i}"),): ([1_700_000_000_000 + i * 10 + k for k in range(len(vs))], vs)
+        for i, vs in enumerate(series_values)
+    }
+    decoded = chunk.decode(chunk.encode(series))
+    assert decoded.keys() == series.keys()
+    for labels, (stamps, values) in series.items():
+        assert decoded[labels][0] == stamps and bits(decoded[labels][1]) == bits(values)

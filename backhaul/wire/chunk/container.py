@@ -153,7 +153,7 @@ def encode(
     Floats only: a version 2 chunk, which every reader takes. With native histograms or metadata:
     version 3.
     """
-    entries, counts, kinds, stamps, integers, floats = _single_sample_columns(series) or _columns(series)
+    entries, counts, kinds, stamps, integers, floats = _float_columns(series)
     entry = _TABLE.entry
 
     version = VERSION
@@ -198,6 +198,31 @@ def encode(
 
 _Columns = tuple[list[bytes], "array[int]", bytearray, list[int], "array[int]", list[float]]
 _first = operator.itemgetter(0)
+
+
+def _float_columns(series: SeriesMap) -> _Columns:
+    """The float series' columns. Series of one sample each go first, a column at a time, and the
+    rest after them, series by series: a group commit of remote-write requests holds mostly the
+    former (a request that spans two scrapes of a shard brings some of its series twice). The order
+    of series in a chunk is free; each keeps its own samples' order."""
+    singles = {labels: entry for labels, entry in series.items() if len(entry[0]) == 1}
+    if len(singles) == len(series):
+        return _single_sample_columns(series) or _columns(series)
+    if len(singles) < len(series) // 2:
+        return _columns(series)
+    first = _single_sample_columns(singles)
+    if first is None:
+        return _columns(series)
+    rest = _columns({labels: entry for labels, entry in series.items() if len(entry[0]) != 1})
+    entries, counts, kinds, stamps, integers, floats = first
+    more_entries, more_counts, more_kinds, more_stamps, more_integers, more_floats = rest
+    entries += more_entries
+    counts += more_counts
+    kinds += more_kinds
+    stamps += more_stamps
+    integers += more_integers
+    floats += more_floats
+    return entries, counts, kinds, stamps, integers, floats
 
 
 def _single_sample_columns(series: SeriesMap) -> _Columns | None:
