@@ -107,6 +107,7 @@ def main(program: Program[S], argv: list[str] | None = None) -> int:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every job run at INFO
     memory.return_large_blocks()
     memory.freeze_imports()
+    memory.collect_less_often()
     try:
         asyncio.run(serve(settings, again(cls, path, check, start_path)))
     except ConfigError as exc:

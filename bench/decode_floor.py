@@ -7,7 +7,10 @@ best of 7 runs each, in microseconds per sample):
 - snappy and the protobuf parse;
 - the same, then each series' labels and its sample touched from Python, and nothing else;
 - the agent's whole decode (``backhaul.wire.remote_write.decode``, its label sets cached);
-- the chunk encode with zstd that the commit does (``backhaul.wire.chunk.Codec.encode``).
+- the chunk encode with zstd that the commit does (``backhaul.wire.chunk.Codec.encode``);
+- the time the cycle collector takes during ten decodes and encodes, at CPython's default threshold
+  and at the agent's (``backhaul.memory.collect_less_often``), with the imports frozen as the agent
+  does.
 
 The first two are what any Python receiver pays; compare them with vmagent's CPU per sample in the
 ingest benchmark (``bench.foundation``), which includes its whole ingest.
@@ -16,12 +19,14 @@ ingest benchmark (``bench.foundation``), which includes its whole ingest.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from collections.abc import Callable
 
 import cramjam
 
+from backhaul import memory
 from backhaul.wire import chunk
 from backhaul.wire import remote_write as rw
 from backhaul.wire.remote_write.decoding import LabelCache, Limits, decode
@@ -42,6 +47,25 @@ def best(work: Callable[[], object], runs: int = 7) -> float:
         work()
         fastest = min(fastest, time.perf_counter() - start)
     return fastest
+
+
+def collector_seconds(work: Callable[[], object]) -> float:
+    """Seconds the cycle collector ran during ``work``."""
+    spent, started = 0.0, 0.0
+
+    def timer(phase: str, info: dict[str, int]) -> None:
+        nonlocal spent, started
+        if phase == "start":
+            started = time.perf_counter()
+        else:
+            spent += time.perf_counter() - started
+
+    gc.callbacks.append(timer)
+    try:
+        work()
+    finally:
+        gc.callbacks.remove(timer)
+    return spent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         ("the agent's decode (label sets cached)", best(lambda: decode(body, limits, cache))),
         ("the chunk encode with zstd", best(lambda: codec.encode(decoded.series))),
     ]
+    gc.freeze()
+    for young in (gc.get_threshold()[0], memory.YOUNG_THRESHOLD):
+        memory.collect_less_often(young)
+        spent = collector_seconds(lambda: [codec.encode(decode(body, limits, cache).series) for _ in range(10)])
+        rows.append((f"cycle collector during decode + encode, threshold {young:,}", spent / 10))
     print(f"one remote-write request: {n:,} series x 1 sample, {len(body):,} bytes")
     for name, seconds in rows:
         print(f"{name:<56} {seconds / n * 1e6:6.2f} us/sample")
