@@ -11,7 +11,7 @@ A 2.0 ``Request`` sent as 1.0 (its fields 4 and 5) is refused rather than read a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
 from typing import Any, cast
@@ -213,18 +213,25 @@ def _take_bulk(raw: bytes, request: Any, out: Decoded, limits: Limits, cache: La
 
 def _put_back_repeats(series: SeriesMap, labelled: list[Labels], entries: list[tuple[list[int], list[float]]]) -> None:
     """``series`` was built from ``labelled`` and ``entries`` by position, so a series listed more than
-    once kept only its last sample. Prometheus lists one entry per sample: a request that spans two
+    once kept only its last entry. Prometheus lists one entry per sample: a request that spans two
     scrapes of a shard repeats the series of the first (330 of 2,000 in the bench's requests). Put
-    the earlier samples back in front, in their order, looking only at the positions repeated."""
-    last = dict(zip(labelled, range(len(labelled)), strict=True))  # each series' last position
-    earlier: SeriesMap = {}
-    for at in sorted(set(range(len(labelled))).difference(last.values())):
-        stamps, values = entries[at]
-        append_series(earlier, labelled[at], stamps, values)
-    for labels, (stamps, values) in earlier.items():
-        stamps.extend(series[labels][0])
-        values.extend(series[labels][1])
-        series[labels] = (stamps, values)
+    the earlier samples back in front, in their order, looking only at the positions repeated.
+
+    The label cache gives a series' labels as one object, so positions are told apart by identity:
+    hashing a label set walks every pair, and did so twice per repeat. Should two equal label sets
+    be distinct objects (the cache started over in between), identities tell fewer repeats than the
+    map holds, and equality is used instead."""
+    n = len(labelled)
+    keys: Sequence[Hashable] = list(map(id, labelled))
+    last = dict(zip(keys, range(n), strict=True))  # each series' last position
+    if len(last) != len(series):
+        keys = labelled
+        last = dict(zip(keys, range(n), strict=True))
+    # From the last repeat back to the first, each sample goes in front of what its series holds.
+    for at in sorted(set(range(n)).difference(last.values()), reverse=True):
+        stamps, values = entries[last[keys[at]]]
+        stamps[0:0] = entries[at][0]
+        values[0:0] = entries[at][1]
 
 
 def _take(request: Any, out: Decoded, limits: Limits, cache: LabelCache, histograms: bool, exemplars: bool) -> None:
