@@ -263,7 +263,7 @@ _VALUES = st.one_of(
 @given(st.lists(_VALUES, min_size=1, max_size=40))
 def test_the_column_at_a_time_encode_of_single_samples_equals_the_series_by_series_one(values):
     series: SeriesMap = {(("__name__", f"m{i}"),): ([1_700_000_000_000 + i], [v]) for i, v in enumerate(values)}
-    assert container._single_sample_columns(series) == container._columns(series)
+    assert container._single_sample_columns(list(series.items())) == container._columns(list(series.items()))
     decoded = chunk.decode(chunk.encode(series))
     assert [bits(v) for _, v in decoded.values()] == [bits(v) for _, v in series.values()]
 

@@ -12,7 +12,7 @@ import math
 import operator
 from array import array
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, compress
 from typing import cast
 
 from backhaul.wire.chunk.columns import (
@@ -198,6 +198,7 @@ def encode(
 
 _Columns = tuple[list[bytes], "array[int]", bytearray, list[int], "array[int]", list[float]]
 _first = operator.itemgetter(0)
+_Entry = tuple[list[int], list[float]]
 
 
 def _float_columns(series: SeriesMap) -> _Columns:
@@ -205,15 +206,17 @@ def _float_columns(series: SeriesMap) -> _Columns:
     rest after them, series by series: a group commit of remote-write requests holds mostly the
     former (a request that spans two scrapes of a shard brings some of its series twice). The order
     of series in a chunk is free; each keeps its own samples' order."""
-    singles = {labels: entry for labels, entry in series.items() if len(entry[0]) == 1}
-    if len(singles) == len(series):
-        return _single_sample_columns(series) or _columns(series)
-    if len(singles) < len(series) // 2:
-        return _columns(series)
-    first = _single_sample_columns(singles)
+    items = list(series.items())
+    single = [len(entry[0]) == 1 for entry in series.values()]
+    n_single = sum(single)
+    if n_single == len(items):
+        return _single_sample_columns(items) or _columns(items)
+    if n_single < len(items) // 2:
+        return _columns(items)
+    first = _single_sample_columns(list(compress(items, single)))
     if first is None:
-        return _columns(series)
-    rest = _columns({labels: entry for labels, entry in series.items() if len(entry[0]) != 1})
+        return _columns(items)
+    rest = _columns(list(compress(items, map(operator.not_, single))))
     entries, counts, kinds, stamps, integers, floats = first
     more_entries, more_counts, more_kinds, more_stamps, more_integers, more_floats = rest
     entries += more_entries
@@ -225,20 +228,21 @@ def _float_columns(series: SeriesMap) -> _Columns:
     return entries, counts, kinds, stamps, integers, floats
 
 
-def _single_sample_columns(series: SeriesMap) -> _Columns | None:
+def _single_sample_columns(items: list[tuple[Labels, _Entry]]) -> _Columns | None:
     """The columns of series that hold one sample each, a column at a time: what a group commit of
     remote-write requests usually encodes. None for anything else."""
-    if not series:
+    if not items:
         return None
-    stamps, values = zip(*series.values(), strict=True)
+    labels, entries = zip(*items, strict=True)
+    stamps, values = zip(*entries, strict=True)
     if set(map(len, stamps)) != {1} or set(map(len, values)) != {1}:
         return None
     kinds, integers, floats = single_columns(list(map(float, map(_first, values))))
     counts = array("I", [1]) * len(stamps)
-    return _TABLE.entries(list(series)), counts, kinds, list(map(_first, stamps)), array("Q", integers), floats
+    return _TABLE.entries(list(labels)), counts, kinds, list(map(_first, stamps)), array("Q", integers), floats
 
 
-def _columns(series: SeriesMap) -> _Columns:
+def _columns(items: list[tuple[Labels, _Entry]]) -> _Columns:
     """The columns, series by series."""
     entries: list[bytes] = []
     counts = array("I")
@@ -247,7 +251,7 @@ def _columns(series: SeriesMap) -> _Columns:
     integers = array("Q")
     floats: list[float] = []
     entry = _TABLE.entry
-    for labels, (ts, vals) in series.items():
+    for labels, (ts, vals) in items:
         n = len(ts)
         if n != len(vals):
             raise ValueError(f"series {labels!r}: {n} timestamps but {len(vals)} values")
