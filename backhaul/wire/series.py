@@ -81,18 +81,18 @@ def merge_owned(parts: list[dict[Labels, tuple[list[int], list[V]]]]) -> dict[La
     return merged
 
 
+_stamps = itemgetter(0)
+
+
 def time_range(series: dict[Labels, tuple[list[int], list[V]]]) -> tuple[int, int]:
     """The oldest and newest timestamp in a non-empty map."""
     stamps = list(map(_stamps, series.values()))
     if sum(map(len, stamps)) <= 4 * len(stamps):  # a commit's few samples a series: all at once, in C
         flat = list(chain.from_iterable(stamps))
         return min(flat), max(flat)
-    lo = min(min(ts) if len(ts) > 1 else ts[0] for ts, _ in series.values())
-    hi = max(max(ts) if len(ts) > 1 else ts[0] for ts, _ in series.values())
+    lo = min(min(ts) if len(ts) > 1 else ts[0] for ts in stamps)
+    hi = max(max(ts) if len(ts) > 1 else ts[0] for ts in stamps)
     return lo, hi
-
-
-_stamps = itemgetter(0)
 
 
 def sample_count(series: dict[Labels, tuple[list[int], list[V]]]) -> int:
